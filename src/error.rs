@@ -1,0 +1,41 @@
+//! One error type for the library: every failure says what was wrong and where.
+
+use std::path::PathBuf;
+
+/// Errors returned by the library. Bad user input never panics; it ends up here.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration that cannot describe a GPT-2 model (e.g. n_embd not divisible by n_head).
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// Input that the model cannot take (sequence too long, token id out of range, ...).
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// A weight file that is missing, truncated, foreign or holds the wrong tensors.
+    #[error("{path}: {msg}")]
+    Weights { path: PathBuf, msg: String },
+    /// A tokenizer failure (unknown character, bad vocabulary file, ...).
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// An I/O failure, with the file it concerns.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    /// A weight-file error naming the file.
+    pub fn weights(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Weights { path: path.into(), msg: msg.into() }
+    }
+}
