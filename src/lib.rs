@@ -1,1 +1,15 @@
-pub fn x(){}
+//! GPT-2 from scratch: a model you can read, train, run and look inside.
+//!
+//! Data flows one way: text → [`tokenizer`] → token ids → [`model::Gpt`] → logits, then either
+//! loss → backward → [`ops::adamw`] (training) or logits → sampler (generation).
+
+pub mod config;
+pub mod error;
+pub mod io;
+pub mod model;
+pub mod ops;
+pub mod rng;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use model::Gpt;

@@ -1,0 +1,121 @@
+//! Hugging Face model directories: `config.json` + `model.safetensors` (or sharded
+//! `model.safetensors.index.json` + shards), with the tensor names `GPT2LMHeadModel` uses.
+
+use super::atomic::{write_dir, write_synced};
+use super::safetensors::{to_f32, write_safetensors, MappedFile, TensorOut};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::model::{param_specs, Gpt};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Names in a Hugging Face file that are not parameters of ours: the causal-mask buffers that
+/// older `transformers` saved, and the LM head, which is tied to (a copy of) `wte.weight`.
+fn is_ignored(name: &str) -> bool {
+    name == "lm_head.weight" || name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias")
+}
+
+/// The safetensors files of a model directory.
+fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::weights(&index, format!("invalid JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::weights(&index, "missing 'weight_map' object"))?;
+        let mut files = BTreeSet::new();
+        for file in map.values() {
+            let file = file.as_str().ok_or_else(|| Error::weights(&index, "weight_map values must be file names"))?;
+            if file.contains('/') || file.contains('\\') || file == ".." {
+                return Err(Error::weights(&index, format!("shard name '{file}' must be a plain file name")));
+            }
+            files.insert(dir.join(file));
+        }
+        return Ok(files.into_iter().collect());
+    }
+    if dir.join("pytorch_model.bin").is_file() {
+        return Err(Error::weights(
+            dir,
+            "only pytorch_model.bin found: it is a Python pickle, and unpickling can run code, so it is never loaded. \
+             Use the model's model.safetensors instead (on the Hugging Face hub every GPT-2 has one)",
+        ));
+    }
+    Err(Error::weights(dir, "no model.safetensors (or model.safetensors.index.json) in this directory"))
+}
+
+/// Loads a Hugging Face GPT-2 directory. Tensor names may carry the `transformer.` prefix
+/// (current `save_pretrained`) or not (the hub's gpt2 file).
+pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
+    if !dir.is_dir() {
+        return Err(Error::weights(dir, "not a directory"));
+    }
+    let config = Config::from_hf_file(&dir.join("config.json"))?;
+    let specs = param_specs(&config);
+    let index: HashMap<&str, usize> = specs.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let mut offsets = Vec::with_capacity(specs.len());
+    let mut total = 0;
+    for s in &specs {
+        offsets.push(total);
+        total += s.numel();
+    }
+    let mut params = vec![0.0f32; total];
+    let mut seen = vec![false; specs.len()];
+    for path in safetensors_files(dir)? {
+        let file = MappedFile::open(&path)?;
+        for (name, view) in file.tensors()?.iter() {
+            let key = name.strip_prefix("transformer.").unwrap_or(name);
+            if is_ignored(key) {
+                continue;
+            }
+            let &i = index.get(key).ok_or_else(|| {
+                Error::weights(&path, format!("unexpected tensor '{name}': not part of a GPT-2 with this config.json"))
+            })?;
+            let spec = &specs[i];
+            if view.shape() != spec.shape.as_slice() {
+                return Err(Error::weights(
+                    &path,
+                    format!("tensor '{name}' has shape {:?}, expected {:?} from config.json", view.shape(), spec.shape),
+                ));
+            }
+            let out = &mut params[offsets[i]..offsets[i] + spec.numel()];
+            to_f32(view.dtype(), view.data(), out).map_err(|msg| Error::weights(&path, format!("tensor '{name}': {msg}")))?;
+            seen[i] = true;
+        }
+    }
+    if let Some(i) = seen.iter().position(|&s| !s) {
+        return Err(Error::weights(dir, format!("missing tensor '{}'", specs[i].name)));
+    }
+    Ok(Gpt::from_params(config, params))
+}
+
+/// Writes the model files (`config.json`, `model.safetensors`) into an existing directory.
+/// Names follow the hub's gpt2 file (no prefix, no separate LM head), which
+/// `GPT2LMHeadModel.from_pretrained` loads.
+pub fn write_hf_files(model: &Gpt, dir: &Path) -> Result<()> {
+    let config_json = model.config.to_hf_json();
+    write_synced(&dir.join("config.json"), |w| std::io::Write::write_all(w, config_json.as_bytes()))?;
+    let specs = param_specs(&model.config);
+    let mut offset = 0;
+    let tensors: Vec<TensorOut> = specs
+        .iter()
+        .map(|s| {
+            let data = &model.params[offset..offset + s.numel()];
+            offset += s.numel();
+            TensorOut { name: &s.name, shape: &s.shape, data }
+        })
+        .collect();
+    write_synced(&dir.join("model.safetensors"), |w| write_safetensors(w, &tensors))
+}
+
+/// Saves the model as a Hugging Face directory, atomically (an existing `dir` is replaced only
+/// once the new one is complete).
+pub fn save_hf_dir(model: &Gpt, dir: &Path) -> Result<()> {
+    write_dir(dir, |tmp| write_hf_files(model, tmp))
+}

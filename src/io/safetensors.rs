@@ -1,0 +1,117 @@
+//! The safetensors format: an 8-byte little-endian header length, a JSON header naming each
+//! tensor's dtype, shape and byte range, then the raw little-endian data.
+//! Reading memory-maps the file; writing streams the tensors without copying them.
+
+use crate::error::{Error, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::io::Write;
+use std::path::Path;
+
+/// A memory-mapped safetensors file.
+pub struct MappedFile {
+    path: std::path::PathBuf,
+    map: memmap2::Mmap,
+}
+
+impl MappedFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only; like every mmap reader we assume nobody truncates the
+        // file while it is open.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Ok(MappedFile { path: path.to_path_buf(), map })
+    }
+
+    /// Parses the header (validated by the `safetensors` crate: sizes, offsets, bounds).
+    pub fn tensors(&self) -> Result<SafeTensors<'_>> {
+        SafeTensors::deserialize(&self.map)
+            .map_err(|e| Error::weights(&self.path, format!("not a valid safetensors file: {e}")))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Converts a tensor's bytes to f32 into `out` (F32, BF16 and F16 are accepted).
+pub fn to_f32(dtype: Dtype, bytes: &[u8], out: &mut [f32]) -> std::result::Result<(), String> {
+    let width = match dtype {
+        Dtype::F32 => 4,
+        Dtype::BF16 | Dtype::F16 => 2,
+        other => return Err(format!("dtype {other:?} is not supported (expected F32, BF16 or F16)")),
+    };
+    if bytes.len() != out.len() * width {
+        return Err(format!("holds {} bytes, expected {}", bytes.len(), out.len() * width));
+    }
+    match dtype {
+        Dtype::F32 => out.iter_mut().zip(bytes.chunks_exact(4)).for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        Dtype::BF16 => out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, b)| *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
+        _ => out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, b)| *o = f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
+    }
+    Ok(())
+}
+
+/// IEEE half precision to single precision.
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, _) => {
+            // subnormal: value = frac · 2^-24
+            let value = frac as f32 * (1.0 / (1 << 24) as f32);
+            return if sign != 0 { -value } else { value };
+        }
+        (0x1f, _) => sign | 0x7f80_0000 | (frac << 13),
+        _ => sign | ((exp + 112) << 23) | (frac << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// One tensor to write: name, shape and f32 data.
+pub struct TensorOut<'a> {
+    pub name: &'a str,
+    pub shape: &'a [usize],
+    pub data: &'a [f32],
+}
+
+/// Streams tensors in the safetensors format (F32), with `__metadata__` = {"format": "pt"} as
+/// `transformers` expects.
+pub fn write_safetensors(out: &mut dyn Write, tensors: &[TensorOut<'_>]) -> std::io::Result<()> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut offset = 0usize;
+    for t in tensors {
+        let end = offset + 4 * t.data.len();
+        header.insert(t.name.into(), serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}));
+        offset = end;
+    }
+    let mut header = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
+    // Pad the header with spaces so the data starts 8-byte aligned.
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    out.write_all(&(header.len() as u64).to_le_bytes())?;
+    out.write_all(&header)?;
+    let mut buf = Vec::with_capacity(1 << 16);
+    for t in tensors {
+        for chunk in t.data.chunks(1 << 14) {
+            buf.clear();
+            chunk.iter().for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
+            out.write_all(&buf)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_conversion_matches_known_values() {
+        for (bits, value) in [(0x3c00u16, 1.0f32), (0xc000, -2.0), (0x7bff, 65504.0), (0x0001, 5.960_464_5e-8), (0x0000, 0.0)] {
+            assert_eq!(f16_to_f32(bits), value, "{bits:#x}");
+        }
+        assert!(f16_to_f32(0x7c00).is_infinite() && f16_to_f32(0x7e00).is_nan());
+    }
+}

@@ -1,0 +1,175 @@
+//! All parameters in one contiguous f32 buffer, with named views in Hugging Face order.
+//!
+//! The same layout serves the gradients and the two AdamW moments, so the optimizer, gradient
+//! clipping and checkpointing are each one loop over one slice.
+
+use crate::config::Config;
+use crate::rng::Rng;
+
+/// Name and shape of one parameter tensor (Hugging Face name, Conv1D layout: weights are [in, out]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// The parameter tensors of a GPT-2, in the order they sit in the flat buffer.
+pub fn param_specs(cfg: &Config) -> Vec<TensorSpec> {
+    let (c, v, t, f) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
+    let spec = |name: String, shape: &[usize]| TensorSpec { name, shape: shape.to_vec() };
+    let mut specs = vec![spec("wte.weight".into(), &[v, c]), spec("wpe.weight".into(), &[t, c])];
+    for l in 0..cfg.n_layer {
+        let h = |s: &str| format!("h.{l}.{s}");
+        specs.extend([
+            spec(h("ln_1.weight"), &[c]),
+            spec(h("ln_1.bias"), &[c]),
+            spec(h("attn.c_attn.weight"), &[c, 3 * c]),
+            spec(h("attn.c_attn.bias"), &[3 * c]),
+            spec(h("attn.c_proj.weight"), &[c, c]),
+            spec(h("attn.c_proj.bias"), &[c]),
+            spec(h("ln_2.weight"), &[c]),
+            spec(h("ln_2.bias"), &[c]),
+            spec(h("mlp.c_fc.weight"), &[c, f]),
+            spec(h("mlp.c_fc.bias"), &[f]),
+            spec(h("mlp.c_proj.weight"), &[f, c]),
+            spec(h("mlp.c_proj.bias"), &[c]),
+        ]);
+    }
+    specs.extend([spec("ln_f.weight".into(), &[c]), spec("ln_f.bias".into(), &[c])]);
+    specs
+}
+
+/// The tensors of one transformer block, as slices of the flat buffer.
+pub struct Block<S> {
+    pub ln_1_w: S,       // [C]
+    pub ln_1_b: S,       // [C]
+    pub c_attn_w: S,     // [C, 3C]  fused q, k, v projection
+    pub c_attn_b: S,     // [3C]
+    pub attn_proj_w: S,  // [C, C]
+    pub attn_proj_b: S,  // [C]
+    pub ln_2_w: S,       // [C]
+    pub ln_2_b: S,       // [C]
+    pub c_fc_w: S,       // [C, 4C]
+    pub c_fc_b: S,       // [4C]
+    pub mlp_proj_w: S,   // [4C, C]
+    pub mlp_proj_b: S,   // [C]
+}
+
+/// Every parameter of the model, as slices of the flat buffer (`&[f32]` or `&mut [f32]`).
+pub struct Weights<S> {
+    pub wte: S, // [V, C] token embedding, also the (tied) LM head
+    pub wpe: S, // [T, C] position embedding
+    pub blocks: Vec<Block<S>>,
+    pub ln_f_w: S, // [C]
+    pub ln_f_b: S, // [C]
+}
+
+/// A slice that can be cut in two, shared (`&[f32]`) or exclusive (`&mut [f32]`).
+pub trait Splittable: Sized {
+    fn split(self, mid: usize) -> (Self, Self);
+}
+impl Splittable for &[f32] {
+    fn split(self, mid: usize) -> (Self, Self) {
+        self.split_at(mid)
+    }
+}
+impl Splittable for &mut [f32] {
+    fn split(self, mid: usize) -> (Self, Self) {
+        self.split_at_mut(mid)
+    }
+}
+
+impl<S: Splittable> Weights<S> {
+    /// Cuts a flat buffer laid out by [`param_specs`] into named views. The struct fields
+    /// are taken in the same order as `param_specs` lists them (checked by a test).
+    pub fn split(buf: S, cfg: &Config) -> Self {
+        let sizes: Vec<usize> = param_specs(cfg).iter().map(TensorSpec::numel).collect();
+        let mut sizes = sizes.into_iter();
+        let mut rest = Some(buf);
+        let mut take = || {
+            let (head, tail) = rest.take().expect("buffer consumed").split(sizes.next().expect("spec left"));
+            rest = Some(tail);
+            head
+        };
+        let wte = take();
+        let wpe = take();
+        let blocks = (0..cfg.n_layer)
+            .map(|_| Block {
+                ln_1_w: take(),
+                ln_1_b: take(),
+                c_attn_w: take(),
+                c_attn_b: take(),
+                attn_proj_w: take(),
+                attn_proj_b: take(),
+                ln_2_w: take(),
+                ln_2_b: take(),
+                c_fc_w: take(),
+                c_fc_b: take(),
+                mlp_proj_w: take(),
+                mlp_proj_b: take(),
+            })
+            .collect();
+        Weights { wte, wpe, blocks, ln_f_w: take(), ln_f_b: take() }
+    }
+}
+
+/// Fills a fresh parameter buffer as GPT-2 / nanoGPT do: weights and embeddings ~ N(0, 0.02),
+/// the two residual projections per block ~ N(0, 0.02 / sqrt(2 * n_layer)) so the residual
+/// stream's variance does not grow with depth, biases 0, LayerNorm gains 1.
+pub fn init_params(cfg: &Config, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    let residual_std = 0.02 / (2.0 * cfg.n_layer as f32).sqrt();
+    let mut buf = Vec::with_capacity(cfg.num_params());
+    for spec in param_specs(cfg) {
+        let name = spec.name.as_str();
+        let n = spec.numel();
+        if name.ends_with("c_proj.weight") {
+            buf.extend((0..n).map(|_| rng.normal() * residual_std));
+        } else if spec.shape.len() == 2 {
+            buf.extend((0..n).map(|_| rng.normal() * 0.02));
+        } else if name.contains("ln_") && name.ends_with(".weight") {
+            buf.extend(std::iter::repeat_n(1.0, n));
+        } else {
+            buf.extend(std::iter::repeat_n(0.0, n));
+        }
+    }
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpt2_small_has_124_439_808_parameters() {
+        assert_eq!(Config::preset("gpt2").unwrap().num_params(), 124_439_808);
+    }
+
+    #[test]
+    fn views_follow_the_spec_order() {
+        let cfg = Config::new(11, 7, 8, 2, 2);
+        // Fill each tensor with its index in the spec list, then check each view holds its index.
+        let specs = param_specs(&cfg);
+        let buf: Vec<f32> = specs.iter().enumerate().flat_map(|(i, s)| std::iter::repeat_n(i as f32, s.numel())).collect();
+        let w = Weights::split(buf.as_slice(), &cfg);
+        let mut views: Vec<&[f32]> = vec![w.wte, w.wpe];
+        for b in &w.blocks {
+            views.extend([
+                b.ln_1_w, b.ln_1_b, b.c_attn_w, b.c_attn_b, b.attn_proj_w, b.attn_proj_b, b.ln_2_w, b.ln_2_b, b.c_fc_w,
+                b.c_fc_b, b.mlp_proj_w, b.mlp_proj_b,
+            ]);
+        }
+        views.extend([w.ln_f_w, w.ln_f_b]);
+        assert_eq!(views.len(), specs.len());
+        for (i, (view, spec)) in views.iter().zip(&specs).enumerate() {
+            assert_eq!(view.len(), spec.numel(), "{}", spec.name);
+            assert!(view.iter().all(|&x| x == i as f32), "{}", spec.name);
+        }
+    }
+}

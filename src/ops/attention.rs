@@ -1,0 +1,240 @@
+//! Causal multi-head self-attention on a fused qkv buffer.
+//!
+//! For each batch row b and head h, with Q, K, V the head's [T, hs] slices of qkv:
+//! `S = Q Kᵀ / sqrt(hs)`, `P = softmax(S)` over the keys j ≤ t of each query t (causal mask),
+//! `O = P V`, written into the head's columns of out. Work is split over (batch, head) pairs.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+/// Shapes of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub b: usize,
+    pub t: usize,
+    pub c: usize,
+    pub n_head: usize,
+}
+
+impl AttnShape {
+    fn hs(&self) -> usize {
+        self.c / self.n_head
+    }
+    /// Offsets of head h's q, k, v columns within a qkv row [3C].
+    fn qkv_offsets(&self, h: usize) -> (usize, usize, usize) {
+        let hs = self.hs();
+        (h * hs, self.c + h * hs, 2 * self.c + h * hs)
+    }
+}
+
+/// A raw pointer that rayon tasks may share: each task writes only its own head's columns.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: the tasks that hold copies write disjoint elements (one (batch, head) each).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The [rows, cols] matrix at `offset` with the given row stride.
+    ///
+    /// SAFETY: the caller guarantees the region is in bounds and that no other task writes it.
+    unsafe fn view(self, offset: usize, rows: usize, cols: usize, row_stride: usize) -> MatMut<'static, f32> {
+        MatMut::from_raw_parts_mut(self.0.add(offset), rows, cols, row_stride as isize, 1)
+    }
+}
+
+/// A [rows, cols] view into `data` at `offset` with the given row stride.
+fn strided(data: &[f32], offset: usize, rows: usize, cols: usize, row_stride: usize) -> MatRef<'_, f32> {
+    MatRef::from_row_major_slice_with_stride(&data[offset..offset + (rows - 1) * row_stride + cols], rows, cols, row_stride)
+}
+
+fn square_mut(data: &mut [f32], n: usize) -> MatMut<'_, f32> {
+    MatMut::from_row_major_slice_mut(data, n, n)
+}
+
+fn square(data: &[f32], n: usize) -> MatRef<'_, f32> {
+    MatRef::from_row_major_slice(data, n, n)
+}
+
+/// Forward. qkv: [B, T, 3C]; out: [B, T, C]; att: [B, NH, T, T] receives P (kept for backward).
+/// With dropout, `dropped` [B, NH, T, T] arrives holding the dropout mask (0 or 1/(1-p)) and
+/// leaves holding `P ⊙ mask`, which is what multiplies V; its zeros mark the dropped entries.
+pub fn attention_forward(out: &mut [f32], att: &mut [f32], dropped: Option<&mut [f32]>, qkv: &[f32], s: AttnShape) {
+    let tt = s.t * s.t;
+    assert!(out.len() == s.b * s.t * s.c && qkv.len() == 3 * out.len() && att.len() == s.b * s.n_head * tt);
+    let out = SharedOut(out.as_mut_ptr());
+    let heads = att.par_chunks_mut(tt).enumerate();
+    match dropped {
+        Some(dropped) => heads
+            .zip(dropped.par_chunks_mut(tt))
+            .for_each(|((bh, p), pd)| head_forward(s, bh, qkv, p, Some(pd), out)),
+        None => heads.for_each(|(bh, p)| head_forward(s, bh, qkv, p, None, out)),
+    }
+}
+
+/// One (batch, head) pair of the forward pass; p: [T, T], pd: [T, T].
+fn head_forward(s: AttnShape, bh: usize, qkv: &[f32], p: &mut [f32], pd: Option<&mut [f32]>, out: SharedOut) {
+    let (t, c, hs) = (s.t, s.c, s.hs());
+    let (b, h) = (bh / s.n_head, bh % s.n_head);
+    let (q_off, k_off, v_off) = s.qkv_offsets(h);
+    let row0 = b * t * 3 * c;
+    let q = strided(qkv, row0 + q_off, t, hs, 3 * c);
+    let k = strided(qkv, row0 + k_off, t, hs, 3 * c);
+    let v = strided(qkv, row0 + v_off, t, hs, 3 * c);
+    // S = Q Kᵀ / sqrt(hs): the full square; the masked upper triangle is zeroed by the softmax.
+    matmul(square_mut(p, t), Accum::Replace, q, k.transpose(), 1.0 / (hs as f32).sqrt(), Par::Seq);
+    for (i, row) in p.chunks_exact_mut(t).enumerate() {
+        softmax_causal_row(row, i);
+    }
+    // SAFETY: head h of batch row b alone writes columns [h*hs, (h+1)*hs) of rows b*T..(b+1)*T.
+    let o = unsafe { out.view(b * t * c + h * hs, t, hs, c) };
+    // O = P V (or (P ⊙ mask) V under dropout)
+    let weights = match pd {
+        Some(pd) => {
+            pd.iter_mut().zip(p.iter()).for_each(|(m, &pi)| *m *= pi);
+            pd
+        }
+        None => p,
+    };
+    matmul(o, Accum::Replace, square(weights, t), v, 1.0, Par::Seq);
+}
+
+/// Backward. dout: [B, T, C]; dqkv: [B, T, 3C] (overwritten); att: P from the forward pass;
+/// dropped: `P ⊙ mask` from the forward pass under dropout, with its keep scale 1/(1-p);
+/// scratch: [B, NH, T, T]. Per head, with P' = P ⊙ mask (P' = P without dropout):
+/// `dV = P'ᵀ dO`, `dP' = dO Vᵀ`, `dP = dP' ⊙ mask`,
+/// softmax: `dS_tj = P_tj (dP_tj - Σ_k P_tk dP_tk)`, scores: `dQ = dS K / √hs`, `dK = dSᵀ Q / √hs`.
+pub fn attention_backward(
+    dqkv: &mut [f32],
+    scratch: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    att: &[f32],
+    dropped: Option<(&[f32], f32)>,
+    s: AttnShape,
+) {
+    let tt = s.t * s.t;
+    assert!(dout.len() == s.b * s.t * s.c && qkv.len() == 3 * dout.len() && dqkv.len() == qkv.len());
+    let dqkv = SharedOut(dqkv.as_mut_ptr());
+    scratch[..s.b * s.n_head * tt].par_chunks_mut(tt).enumerate().for_each(|(bh, dp)| {
+        let p = &att[bh * tt..(bh + 1) * tt];
+        let pd = dropped.map(|(pd, keep_scale)| (&pd[bh * tt..(bh + 1) * tt], keep_scale));
+        head_backward(s, bh, dqkv, dp, dout, qkv, p, pd);
+    });
+}
+
+/// One (batch, head) pair of the backward pass; dp: [T, T] scratch.
+#[allow(clippy::too_many_arguments)]
+fn head_backward(
+    s: AttnShape,
+    bh: usize,
+    dqkv: SharedOut,
+    dp: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    p: &[f32],
+    dropped: Option<(&[f32], f32)>,
+) {
+    let (t, c, hs) = (s.t, s.c, s.hs());
+    let (b, h) = (bh / s.n_head, bh % s.n_head);
+    let (q_off, k_off, v_off) = s.qkv_offsets(h);
+    let row0 = b * t * 3 * c;
+    let q = strided(qkv, row0 + q_off, t, hs, 3 * c);
+    let k = strided(qkv, row0 + k_off, t, hs, 3 * c);
+    let v = strided(qkv, row0 + v_off, t, hs, 3 * c);
+    let d_o = strided(dout, b * t * c + h * hs, t, hs, c);
+    // SAFETY: head h of batch row b alone writes its q, k, v columns of rows b*T..(b+1)*T.
+    let (dq, dk, dv) = unsafe {
+        (dqkv.view(row0 + q_off, t, hs, 3 * c), dqkv.view(row0 + k_off, t, hs, 3 * c), dqkv.view(row0 + v_off, t, hs, 3 * c))
+    };
+    let weights = dropped.map_or(p, |(pd, _)| pd);
+    // dV = P'ᵀ dO
+    matmul(dv, Accum::Replace, square(weights, t).transpose(), d_o, 1.0, Par::Seq);
+    // dP' = dO Vᵀ, then dP = dP' ⊙ mask (the mask is keep_scale where P' ≠ 0, else 0;
+    // where P itself is 0 the softmax gradient below is 0 whatever the mask says)
+    matmul(square_mut(dp, t), Accum::Replace, d_o, v.transpose(), 1.0, Par::Seq);
+    if let Some((pd, keep_scale)) = dropped {
+        dp.iter_mut().zip(pd).for_each(|(g, &m)| *g = if m != 0.0 { *g * keep_scale } else { 0.0 });
+    }
+    // Softmax backward, row by row, in place: dS = P ⊙ (dP - rowsum(P ⊙ dP)); upper triangle 0.
+    for (i, (ds, pr)) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
+        let dot: f32 = ds[..=i].iter().zip(&pr[..=i]).map(|(g, pi)| g * pi).sum();
+        for (g, &pi) in ds[..=i].iter_mut().zip(&pr[..=i]) {
+            *g = pi * (*g - dot);
+        }
+        ds[i + 1..].fill(0.0);
+    }
+    let scale = 1.0 / (hs as f32).sqrt();
+    // dQ = dS K · scale, dK = dSᵀ Q · scale
+    matmul(dq, Accum::Replace, square(dp, t), k, scale, Par::Seq);
+    matmul(dk, Accum::Replace, square(dp, t).transpose(), q, scale, Par::Seq);
+}
+
+/// In-place causal softmax of row i of the scores: entries j ≤ i become probabilities, j > i
+/// become 0.
+fn softmax_causal_row(row: &mut [f32], i: usize) {
+    let (visible, masked) = row.split_at_mut(i + 1);
+    let max = visible.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for x in visible.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    visible.iter_mut().for_each(|x| *x *= inv);
+    masked.fill(0.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_util::{check_gradient, random_vec};
+
+    fn run_forward(qkv: &[f32], s: AttnShape, mask: Option<&[f32]>) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+        let mut out = vec![0.0; s.b * s.t * s.c];
+        let mut att = vec![0.0; s.b * s.n_head * s.t * s.t];
+        let mut dropped = mask.map(<[f32]>::to_vec);
+        attention_forward(&mut out, &mut att, dropped.as_deref_mut(), qkv, s);
+        (out, att, dropped)
+    }
+
+    #[test]
+    fn matches_naive_causal_attention() {
+        let s = AttnShape { b: 2, t: 5, c: 6, n_head: 2 };
+        let qkv = random_vec(s.b * s.t * 3 * s.c, 1);
+        let (out, _, _) = run_forward(&qkv, s, None);
+        let hs = s.c / s.n_head;
+        for b in 0..s.b {
+            for h in 0..s.n_head {
+                for i in 0..s.t {
+                    let at = |tok: usize, part: usize, d: usize| qkv[(b * s.t + tok) * 3 * s.c + part * s.c + h * hs + d];
+                    let scores: Vec<f32> = (0..=i).map(|j| (0..hs).map(|d| at(i, 0, d) * at(j, 1, d)).sum::<f32>() / (hs as f32).sqrt()).collect();
+                    let max = scores.iter().cloned().fold(f32::MIN, f32::max);
+                    let z: f32 = scores.iter().map(|x| (x - max).exp()).sum();
+                    for d in 0..hs {
+                        let expected: f32 = (0..=i).map(|j| (scores[j] - max).exp() / z * at(j, 2, d)).sum();
+                        let got = out[(b * s.t + i) * s.c + h * hs + d];
+                        assert!((expected - got).abs() < 1e-5, "b{b} h{h} t{i} d{d}: {expected} vs {got}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_with_and_without_dropout() {
+        let s = AttnShape { b: 2, t: 4, c: 6, n_head: 2 };
+        let qkv = random_vec(s.b * s.t * 3 * s.c, 2);
+        let dout = random_vec(s.b * s.t * s.c, 3);
+        let keep_scale = 1.0 / (1.0 - 0.25);
+        let mask: Vec<f32> = random_vec(s.b * s.n_head * s.t * s.t, 4).iter().map(|&r| if r > -0.67 { keep_scale } else { 0.0 }).collect();
+        for mask in [None, Some(mask.as_slice())] {
+            let (_, att, dropped) = run_forward(&qkv, s, mask);
+            let mut dqkv = vec![0.0; qkv.len()];
+            let mut scratch = vec![0.0; att.len()];
+            attention_backward(&mut dqkv, &mut scratch, &dout, &qkv, &att, dropped.as_deref().map(|d| (d, keep_scale)), s);
+            check_gradient("attention dqkv", &qkv, &dqkv, &dout, |x| run_forward(x, s, mask).0);
+        }
+    }
+}

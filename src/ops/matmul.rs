@@ -1,0 +1,114 @@
+//! Matrix multiplies, through the `faer` crate, on row-major slices.
+//!
+//! A GPT-2 "Conv1D" layer stores its weight as [in, out], so a linear layer is `y = x W + b`
+//! with no transpose: the same layout Hugging Face and OpenAI use.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+/// A row-major [rows, cols] view, transposed on request.
+fn view(data: &[f32], rows: usize, cols: usize, transposed: bool) -> MatRef<'_, f32> {
+    let m = MatRef::from_row_major_slice(data, rows, cols);
+    if transposed {
+        m.transpose()
+    } else {
+        m
+    }
+}
+
+/// `out [m, n] (=|+=) op(a) · op(b)` where op(a) is [m, k] and op(b) is [k, n]; `a` is stored
+/// as [m, k] (or [k, m] when `a_t`), `b` as [k, n] (or [n, k] when `b_t`).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(out: &mut [f32], accumulate: bool, a: &[f32], a_t: bool, b: &[f32], b_t: bool, m: usize, k: usize, n: usize, par: Par) {
+    debug_assert_eq!(out.len(), m * n);
+    let lhs = if a_t { view(a, k, m, true) } else { view(a, m, k, false) };
+    let rhs = if b_t { view(b, n, k, true) } else { view(b, k, n, false) };
+    let accum = if accumulate { Accum::Add } else { Accum::Replace };
+    matmul(MatMut::from_row_major_slice_mut(out, m, n), accum, lhs, rhs, 1.0, par);
+}
+
+/// Use every thread of the current rayon pool.
+pub fn all_threads() -> Par {
+    Par::rayon(0)
+}
+
+/// Linear layer forward: `out [N, OC] = inp [N, IC] · w [IC, OC] + b [OC]`.
+pub fn linear_forward(out: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usize, ic: usize, oc: usize) {
+    // Start from the bias in every row, then accumulate the product on top of it.
+    out.par_chunks_mut(oc).for_each(|row| row.copy_from_slice(b));
+    gemm(out, true, inp, false, w, false, n, ic, oc, all_threads());
+}
+
+/// Linear layer backward. With `out = inp · w + b`:
+/// `dinp [N, IC] = dout · wᵀ` (overwritten), `dw [IC, OC] += inpᵀ · dout`, `db [OC] += Σ_rows dout`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward(
+    dinp: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    n: usize,
+    ic: usize,
+    oc: usize,
+) {
+    gemm(dinp, false, dout, false, w, true, n, oc, ic, all_threads());
+    gemm(dw, true, inp, true, dout, false, ic, n, oc, all_threads());
+    // Column sums, parallel over column blocks so that no two tasks write the same entry.
+    const COLS_PER_TASK: usize = 64;
+    db.par_chunks_mut(COLS_PER_TASK).enumerate().for_each(|(block, db)| {
+        let cols = block * COLS_PER_TASK..block * COLS_PER_TASK + db.len();
+        for row in dout.chunks_exact(oc) {
+            for (d, &g) in db.iter_mut().zip(&row[cols.clone()]) {
+                *d += g;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_util::{check_gradient, random_vec};
+
+    #[test]
+    fn gemm_matches_naive_in_every_layout() {
+        let (m, k, n) = (5, 7, 3);
+        let a = random_vec(m * k, 1);
+        let b = random_vec(k * n, 2);
+        let naive: Vec<f32> =
+            (0..m * n).map(|i| (0..k).map(|p| a[i / n * k + p] * b[p * n + i % n]).sum()).collect();
+        let transpose = |x: &[f32], r: usize, c: usize| -> Vec<f32> { (0..r * c).map(|i| x[(i % r) * c + i / r]).collect() };
+        let (at, bt) = (transpose(&a, m, k), transpose(&b, k, n));
+        for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
+            let mut out = vec![0.0; m * n];
+            let lhs = if a_t { &at } else { &a };
+            let rhs = if b_t { &bt } else { &b };
+            gemm(&mut out, false, lhs, a_t, rhs, b_t, m, k, n, Par::Seq);
+            for (x, y) in out.iter().zip(&naive) {
+                assert!((x - y).abs() < 1e-5, "layout a_t={a_t} b_t={b_t}");
+            }
+        }
+    }
+
+    #[test]
+    fn linear_gradients_match_finite_differences() {
+        let (n, ic, oc) = (4, 5, 6);
+        let inp = random_vec(n * ic, 3);
+        let w = random_vec(ic * oc, 4);
+        let b = random_vec(oc, 5);
+        let forward = |inp: &[f32], w: &[f32], b: &[f32]| {
+            let mut out = vec![0.0; n * oc];
+            linear_forward(&mut out, inp, w, b, n, ic, oc);
+            out
+        };
+        let dout = random_vec(n * oc, 6);
+        let (mut dinp, mut dw, mut db) = (vec![0.0; n * ic], vec![0.0; ic * oc], vec![0.0; oc]);
+        linear_backward(&mut dinp, &mut dw, &mut db, &dout, &inp, &w, n, ic, oc);
+        check_gradient("linear dinp", &inp, &dinp, &dout, |x| forward(x, &w, &b));
+        check_gradient("linear dw", &w, &dw, &dout, |x| forward(&inp, x, &b));
+        check_gradient("linear db", &b, &db, &dout, |x| forward(&inp, &w, x));
+    }
+}
