@@ -25,8 +25,9 @@ pub struct Config {
     pub dropout: f32,
 }
 
-/// The OpenAI GPT-2 sizes, by their Hugging Face names.
-pub const PRESETS: [&str; 4] = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"];
+/// The OpenAI GPT-2 sizes, by their Hugging Face names, and nanoGPT's character-level
+/// Shakespeare model.
+pub const PRESETS: [&str; 5] = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "shakespeare-char"];
 
 impl Config {
     /// A GPT-2 configuration with the given widths and the GPT-2 defaults elsewhere.
@@ -44,13 +45,15 @@ impl Config {
     }
 
     /// One of OpenAI's four GPT-2 sizes: `gpt2` (124M), `gpt2-medium` (355M),
-    /// `gpt2-large` (774M), `gpt2-xl` (1558M).
+    /// `gpt2-large` (774M), `gpt2-xl` (1558M); or `shakespeare-char` (nanoGPT's 10.7M
+    /// character-level model: 6 layers, 6 heads, 384 wide, 256 positions, 65 characters).
     pub fn preset(name: &str) -> Result<Self> {
         let (n_layer, n_head, n_embd) = match name {
             "gpt2" => (12, 12, 768),
             "gpt2-medium" => (24, 16, 1024),
             "gpt2-large" => (36, 20, 1280),
             "gpt2-xl" => (48, 25, 1600),
+            "shakespeare-char" | "char" => return Ok(Config::new(65, 256, 384, 6, 6)),
             _ => {
                 return Err(Error::Config(format!(
                     "unknown preset '{name}' (expected one of: {})",

@@ -3,12 +3,15 @@
 //! Data flows one way: text → [`tokenizer`] → token ids → [`model::Gpt`] → logits, then either
 //! loss → backward → [`ops::adamw`] (training) or logits → sampler (generation).
 
+pub mod bench;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod model;
 pub mod ops;
 pub mod rng;
+pub mod tokenizer;
 
 pub use config::Config;
 pub use error::{Error, Result};

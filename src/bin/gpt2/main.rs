@@ -1,1 +1,44 @@
-fn main() {}
+//! `gpt2`: the command-line shell over the library. It parses flags, calls the library and
+//! prints; all the work lives in the `gpt2` crate.
+
+mod bench_cmd;
+mod score_cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "gpt2", version, about = "GPT-2 from scratch: train, run and look inside", long_about = None)]
+struct Cli {
+    /// Worker threads for matrix multiplies and the parallel ops (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Loss and perplexity of a text under a model.
+    Score(score_cmd::ScoreArgs),
+    /// Throughput benchmarks (training step, forward pass), optionally against PyTorch.
+    #[command(subcommand)]
+    Bench(bench_cmd::BenchCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(threads) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
+            eprintln!("error: cannot start {threads} threads: {e}");
+            std::process::exit(2);
+        }
+    }
+    let result = match &cli.command {
+        Command::Score(args) => score_cmd::run(args),
+        Command::Bench(cmd) => bench_cmd::run(cmd),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

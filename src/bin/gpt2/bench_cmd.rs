@@ -1,0 +1,129 @@
+//! `gpt2 bench`: throughput figures, and the same shapes in PyTorch for a ratio.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use gpt2::bench::{bench_steps, BenchKind, BenchResult};
+use gpt2::Config;
+use std::path::PathBuf;
+use std::process::Command;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Training step: forward + loss + backward + grad clip + AdamW, on random tokens.
+    Train(BenchArgs),
+    /// Forward pass with loss only.
+    Forward(BenchArgs),
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Model size: gpt2, gpt2-medium, gpt2-large, gpt2-xl, shakespeare-char.
+    #[arg(long, default_value = "gpt2")]
+    preset: String,
+    #[arg(long)]
+    n_layer: Option<usize>,
+    #[arg(long)]
+    n_head: Option<usize>,
+    #[arg(long)]
+    n_embd: Option<usize>,
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    /// Batch size B.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Sequence length T of each batch row.
+    #[arg(long, default_value_t = 64)]
+    block_size: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Also run scripts/bench_pytorch.py with this Python (one with torch) and print the ratio.
+    #[arg(long, value_name = "PYTHON")]
+    pytorch: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+impl BenchArgs {
+    fn config(&self) -> Result<Config> {
+        let mut c = Config::preset(&self.preset)?;
+        c.n_layer = self.n_layer.unwrap_or(c.n_layer);
+        c.n_head = self.n_head.unwrap_or(c.n_head);
+        c.vocab_size = self.vocab_size.unwrap_or(c.vocab_size);
+        if let Some(n_embd) = self.n_embd {
+            c.n_embd = n_embd;
+            c.n_inner = 4 * n_embd;
+        }
+        if self.block_size > c.n_positions {
+            bail!("--block-size {} exceeds the model's {} positions", self.block_size, c.n_positions);
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+pub fn run(cmd: &BenchCommand) -> Result<()> {
+    let (args, kind, mode) = match cmd {
+        BenchCommand::Train(a) => (a, BenchKind::Train, "train"),
+        BenchCommand::Forward(a) => (a, BenchKind::Forward, "forward"),
+    };
+    let config = args.config()?;
+    let ours = bench_steps(config.clone(), kind, args.batch_size, args.block_size, args.steps, args.warmup)?;
+    let peer = match &args.pytorch {
+        Some(python) => Some(run_pytorch(python, args, &config, mode)?),
+        None => None,
+    };
+    if args.json {
+        let mut out = serde_json::to_value(&ours)?;
+        if let Some(peer) = &peer {
+            out["pytorch"] = peer.clone();
+            out["speedup_vs_pytorch"] = serde_json::json!(ours.tokens_per_s / peer["tokens_per_s"].as_f64().unwrap_or(f64::NAN));
+        }
+        println!("{out}");
+        return Ok(());
+    }
+    print_result("gpt2 (rust)", mode, &ours);
+    if let Some(peer) = peer {
+        let tps = peer["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "pytorch     {mode}: {:.1} ms/step (median), {:.1} tokens/s, peak RSS {:.0} MiB",
+            peer["step_ms_median"].as_f64().unwrap_or(f64::NAN),
+            tps,
+            peer["peak_rss_mb"].as_f64().unwrap_or(f64::NAN)
+        );
+        println!("speed-up vs PyTorch: {:.2}x", ours.tokens_per_s / tps);
+    }
+    Ok(())
+}
+
+fn print_result(who: &str, mode: &str, r: &BenchResult) {
+    println!(
+        "{who} {mode}: {:.1} ms/step (median of {}), {:.1} tokens/s, peak RSS {:.0} MiB  [{} params, B={} T={}, {} threads]",
+        r.step_ms_median, r.steps, r.tokens_per_s, r.peak_rss_mb, r.params, r.batch_size, r.block_size, r.threads
+    );
+}
+
+/// Runs the PyTorch peer with the same shapes and thread count; returns its JSON summary.
+fn run_pytorch(python: &PathBuf, args: &BenchArgs, c: &Config, mode: &str) -> Result<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench_pytorch.py");
+    let output = Command::new(python)
+        .arg(script)
+        .args(["--mode", mode, "--json"])
+        .args(["--n-layer", &c.n_layer.to_string(), "--n-head", &c.n_head.to_string()])
+        .args(["--n-embd", &c.n_embd.to_string(), "--vocab-size", &c.vocab_size.to_string()])
+        .args(["--batch-size", &args.batch_size.to_string(), "--block-size", &args.block_size.to_string()])
+        .args(["--steps", &args.steps.to_string(), "--warmup", &args.warmup.to_string()])
+        .args(["--threads", &rayon::current_num_threads().to_string()])
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !output.status.success() {
+        bail!("{script} failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("parsing the PyTorch result: {line}"))
+}

@@ -1,0 +1,164 @@
+//! `gpt2 tokenize` (text <-> token ids) and `gpt2 bpe train` (learn a BPE vocabulary).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use gpt2::tokenizer::{SpecialTokens, Tokenizer, UnknownChar};
+
+#[derive(Args)]
+pub struct TokenizeArgs {
+    /// Tokenizer: `gpt2` (bundled GPT-2 BPE); `char:<file>` (a saved char tokenizer.json, or a
+    /// text whose distinct characters are the vocabulary); `bpe:<file>` (our or Hugging Face's
+    /// tokenizer.json, a tiktoken .tiktoken file, or a model directory).
+    #[arg(long, default_value = "gpt2")]
+    encoding: String,
+    /// Input file; standard input if absent. Text to encode, or with --decode token ids
+    /// (separated by spaces, newlines or commas, or JSON: [ids] or {"ids": [ids]}).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Print JSON: {"ids": [...], "tokens": [...]} with each token's text (bytes that are not
+    /// UTF-8 on their own written \xNN); with --decode also "text".
+    #[arg(long)]
+    json: bool,
+    /// Decode token ids to text instead of encoding.
+    #[arg(long)]
+    decode: bool,
+    /// What `<|endoftext|>` in the text means: an error, the special token, or plain text.
+    #[arg(long, value_enum, default_value_t = Special::Reject)]
+    special: Special,
+    /// With a char tokenizer, leave out characters outside its vocabulary instead of failing.
+    #[arg(long)]
+    skip_unknown: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Special {
+    Reject,
+    Allow,
+    Text,
+}
+
+#[derive(Subcommand)]
+pub enum BpeCommand {
+    /// Learn a byte-level BPE vocabulary from a text (GPT-2 pre-tokenisation, byte fallback).
+    Train(BpeTrainArgs),
+}
+
+#[derive(Args)]
+pub struct BpeTrainArgs {
+    /// Training text (UTF-8).
+    #[arg(long)]
+    file: PathBuf,
+    /// Vocabulary size: 256 bytes + merges + <|endoftext|>.
+    #[arg(long, default_value_t = 4096)]
+    vocab_size: usize,
+    /// Where to write the tokenizer: a .json file, or a directory (then DIR/tokenizer.json).
+    /// Use it with `--encoding bpe:<file>`.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn read_input(file: Option<&Path>) -> Result<String> {
+    match file {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        }
+        None => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading standard input")?;
+            Ok(text)
+        }
+    }
+}
+
+/// Token ids written as a JSON list, a JSON object with "ids", or numbers separated by
+/// whitespace or commas.
+fn parse_ids(input: &str) -> Result<Vec<u32>> {
+    let trimmed = input.trim_start();
+    if trimmed.starts_with('[') || trimmed.starts_with('{') {
+        let value: serde_json::Value =
+            serde_json::from_str(trimmed).context("reading token ids as JSON")?;
+        let ids = if value.is_object() {
+            value["ids"].clone()
+        } else {
+            value
+        };
+        return serde_json::from_value(ids).context("expected a list of token ids");
+    }
+    input
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            w.parse::<u32>()
+                .with_context(|| format!("{w:?} is not a token id"))
+        })
+        .collect()
+}
+
+pub fn run(args: &TokenizeArgs) -> Result<()> {
+    let mut tokenizer = Tokenizer::from_spec(&args.encoding)?;
+    if args.skip_unknown {
+        tokenizer = tokenizer.with_unknown_chars(UnknownChar::Skip);
+    }
+    let input = read_input(args.file.as_deref())?;
+    let (ids, text) = if args.decode {
+        let ids = parse_ids(&input)?;
+        let text = tokenizer.decode(&ids)?;
+        (ids, Some(text))
+    } else {
+        let special = match args.special {
+            Special::Reject => SpecialTokens::Reject,
+            Special::Allow => SpecialTokens::Allow,
+            Special::Text => SpecialTokens::AsText,
+        };
+        (
+            tokenizer.encode_parallel_with_special(&input, special)?,
+            None,
+        )
+    };
+    if args.json {
+        let tokens: Vec<String> = ids.iter().map(|&id| tokenizer.token_text(id)).collect();
+        let mut out = serde_json::json!({ "ids": ids, "tokens": tokens });
+        if let Some(text) = text {
+            out["text"] = text.into();
+        }
+        println!("{out}");
+    } else if let Some(text) = text {
+        print!("{text}");
+    } else {
+        let line: Vec<String> = ids.iter().map(u32::to_string).collect();
+        println!("{}", line.join(" "));
+    }
+    Ok(())
+}
+
+pub fn run_bpe(command: &BpeCommand) -> Result<()> {
+    let BpeCommand::Train(args) = command;
+    let text = read_input(Some(&args.file))?;
+    if text.is_empty() {
+        bail!("{} is empty: nothing to learn from", args.file.display());
+    }
+    let start = std::time::Instant::now();
+    let tokenizer = Tokenizer::train_bpe(&text, args.vocab_size)?;
+    let path = if args.out.is_dir() {
+        args.out.join(gpt2::tokenizer::FILE_NAME)
+    } else {
+        args.out.clone()
+    };
+    tokenizer.save_file(&path)?;
+    let ids = tokenizer.encode_parallel_with_special(&text, SpecialTokens::AsText)?;
+    eprintln!(
+        "learned {} tokens from {} ({} bytes) in {:.2?}: {:.2} bytes per token; wrote {}",
+        tokenizer.vocab_size(),
+        args.file.display(),
+        text.len(),
+        start.elapsed(),
+        text.len() as f64 / ids.len().max(1) as f64,
+        path.display()
+    );
+    Ok(())
+}
