@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod eval;
 pub mod io;
@@ -12,6 +13,7 @@ pub mod model;
 pub mod ops;
 pub mod rng;
 pub mod tokenizer;
+pub mod train;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -3,6 +3,7 @@
 
 mod bench_cmd;
 mod score_cmd;
+mod train_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a GPT on text: from scratch or from a checkpoint, with evaluations, samples, a loss
+    /// plot and checkpoints that resume exactly. With no flags: Tiny Shakespeare, char-level.
+    Train(Box<train_cmd::TrainArgs>),
     /// Loss and perplexity of a text under a model.
     Score(score_cmd::ScoreArgs),
     /// Throughput benchmarks (training step, forward pass), optionally against PyTorch.
@@ -34,6 +38,7 @@ fn main() {
         }
     }
     let result = match &cli.command {
+        Command::Train(args) => train_cmd::run(args),
         Command::Score(args) => score_cmd::run(args),
         Command::Bench(cmd) => bench_cmd::run(cmd),
     };

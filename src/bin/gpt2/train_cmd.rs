@@ -1,0 +1,226 @@
+//! `gpt2 train`: train a GPT on text, with a progress bar, evaluations, samples and checkpoints.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use gpt2::train::{Event, Overrides, RunOptions, Summary, TrainConfig, Trainer};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Every setting is optional here: what is not given comes from --config, else the default.
+/// In a TOML file the keys are the flag names with '_' (nanoGPT's names; `learning_rate` and
+/// `gradient_accumulation_steps` are accepted too).
+#[derive(Args, Serialize)]
+pub struct TrainArgs {
+    /// TOML file of settings; flags override it. See configs/.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Continue the run in RUN_DIR from its latest checkpoint, exactly as if it had not stopped
+    /// (only --max-iters, --eval-*, and the sample settings may change).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "out_dir")]
+    #[serde(skip)]
+    resume: Option<PathBuf>,
+
+    /// Text files or directories of text files [default: the bundled data/tinyshakespeare.txt].
+    #[arg(long, num_args = 1.., value_name = "PATH", help_heading = "Data")]
+    data: Option<Vec<PathBuf>>,
+    /// char (one token per character of the corpus), char:<file>, gpt2 or bpe:<file>
+    /// [default: char, or the --init model's tokenizer].
+    #[arg(long, value_name = "SPEC", help_heading = "Data")]
+    tokenizer: Option<String>,
+    /// Where tokenised corpora are cached [default: ~/.cache/gpt2].
+    #[arg(long, value_name = "DIR", help_heading = "Data")]
+    cache_dir: Option<PathBuf>,
+    /// Fraction of the corpus, at its end, held out for validation [default: 0.1].
+    #[arg(long, help_heading = "Data")]
+    val_fraction: Option<f64>,
+    /// Train on sliding windows with this stride, in a shuffled order per epoch [default: random windows].
+    #[arg(long, help_heading = "Data")]
+    stride: Option<usize>,
+    /// Seed of initialisation, batches, dropout and samples [default: 1337].
+    #[arg(long, help_heading = "Data")]
+    seed: Option<u64>,
+
+    /// Model shape: gpt2, gpt2-medium, gpt2-large, gpt2-xl or shakespeare-char
+    /// [default: 4 layers, 4 heads, 128 wide, block 64].
+    #[arg(long, help_heading = "Model")]
+    preset: Option<String>,
+    /// Fine-tune: start from this checkpoint, run or Hugging Face GPT-2 directory.
+    #[arg(long, value_name = "DIR", help_heading = "Model")]
+    init: Option<PathBuf>,
+    #[arg(long, help_heading = "Model")]
+    n_layer: Option<usize>,
+    #[arg(long, help_heading = "Model")]
+    n_head: Option<usize>,
+    #[arg(long, help_heading = "Model")]
+    n_embd: Option<usize>,
+    /// Context length of the training windows (and of a new model).
+    #[arg(long, help_heading = "Model")]
+    block_size: Option<usize>,
+    /// Dropout probability while training [default: 0].
+    #[arg(long, help_heading = "Model")]
+    dropout: Option<f32>,
+
+    /// Windows per micro-batch [default: 12].
+    #[arg(long, help_heading = "Optimisation")]
+    batch_size: Option<usize>,
+    /// Micro-batches per optimizer step [default: 1].
+    #[arg(long, visible_alias = "gradient-accumulation-steps", help_heading = "Optimisation")]
+    grad_accum: Option<usize>,
+    /// Optimizer steps [default: 2000].
+    #[arg(long, help_heading = "Optimisation")]
+    max_iters: Option<usize>,
+    /// Peak learning rate [default: 1e-3].
+    #[arg(long, visible_alias = "learning-rate", help_heading = "Optimisation")]
+    lr: Option<f32>,
+    /// Learning rate at the end of the cosine decay [default: 1e-4].
+    #[arg(long, help_heading = "Optimisation")]
+    min_lr: Option<f32>,
+    /// Steps of linear warm-up [default: 100].
+    #[arg(long, help_heading = "Optimisation")]
+    warmup_iters: Option<usize>,
+    /// Step where the cosine decay reaches --min-lr [default: --max-iters].
+    #[arg(long, help_heading = "Optimisation")]
+    lr_decay_iters: Option<usize>,
+    /// false: constant learning rate [default: true].
+    #[arg(long, help_heading = "Optimisation")]
+    decay_lr: Option<bool>,
+    /// AdamW weight decay of the matrices and embeddings [default: 0.1].
+    #[arg(long, help_heading = "Optimisation")]
+    weight_decay: Option<f32>,
+    /// [default: 0.9]
+    #[arg(long, help_heading = "Optimisation")]
+    beta1: Option<f32>,
+    /// [default: 0.99]
+    #[arg(long, help_heading = "Optimisation")]
+    beta2: Option<f32>,
+    /// Clip the global gradient norm to this; 0: no clipping [default: 1].
+    #[arg(long, help_heading = "Optimisation")]
+    grad_clip: Option<f32>,
+
+    /// Evaluate (and checkpoint) every N steps [default: 500].
+    #[arg(long, help_heading = "Evaluation and output")]
+    eval_interval: Option<usize>,
+    /// Batches of each split per evaluation [default: 20].
+    #[arg(long, help_heading = "Evaluation and output")]
+    eval_iters: Option<usize>,
+    /// Prompt of the sample at each evaluation [default: a newline].
+    #[arg(long, help_heading = "Evaluation and output")]
+    prompt: Option<String>,
+    /// Tokens of that sample [default: 200].
+    #[arg(long, help_heading = "Evaluation and output")]
+    sample_tokens: Option<usize>,
+    /// [default: 0.8]
+    #[arg(long, help_heading = "Evaluation and output")]
+    temperature: Option<f32>,
+    /// Sample among the k most likely tokens; 0: all [default: 200].
+    #[arg(long, help_heading = "Evaluation and output")]
+    top_k: Option<usize>,
+    /// Run directory [default: runs/<UTC time>, linked from runs/latest].
+    #[arg(long, value_name = "DIR", help_heading = "Evaluation and output")]
+    out_dir: Option<PathBuf>,
+}
+
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let mut overrides = match &args.config {
+        Some(path) => TrainConfig::overrides_from_toml(path)?,
+        None => Overrides::new(),
+    };
+    let serde_json::Value::Object(flags) = serde_json::to_value(args)? else { bail!("flags are an object") };
+    overrides.extend(flags.into_iter().filter(|(_, v)| !v.is_null()));
+
+    let mut trainer = match &args.resume {
+        Some(dir) => Trainer::resume(dir, &overrides)?,
+        None => Trainer::new(TrainConfig::default().with_overrides(&overrides)?)?,
+    };
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: saving a checkpoint after this step (press Ctrl-C again to quit without saving)");
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    let info = trainer.info().clone();
+    let bar = if std::io::stdout().is_terminal() { ProgressBar::new(info.max_iters as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30.cyan/blue} step {pos}/{len} {msg} ETA {eta}").expect("a valid template").progress_chars("=> "),
+    );
+    let options = RunOptions { stop_at: None, interrupt: Some(interrupt) };
+    let summary = trainer.run(&options, &mut |event| match event {
+        Event::Started(info) => {
+            let m = &info.model;
+            let source = if info.cached { "from the cache" } else { "tokenised into" };
+            if info.resumed {
+                println!("resuming {} at step {}", info.run_dir.display(), info.start_step);
+            }
+            println!(
+                "data: {} files, {} tokens ({source} {}); tokenizer {} ({} ids); train {} / val {} tokens",
+                info.files,
+                info.tokens,
+                info.shard.display(),
+                info.tokenizer,
+                info.vocab_size,
+                info.train_tokens,
+                info.val_tokens
+            );
+            println!(
+                "model: {:.2}M parameters ({} layers, {} heads, {} wide, context {}); {} tokens per step; run dir {}",
+                info.params as f64 / 1e6,
+                m.n_layer,
+                m.n_head,
+                m.n_embd,
+                m.n_positions,
+                info.tokens_per_step,
+                info.run_dir.display()
+            );
+            bar.set_position(info.start_step as u64);
+            bar.reset_eta();
+        }
+        Event::Step(s) => {
+            bar.set_position(s.step as u64 + 1);
+            bar.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", s.train_loss, s.lr, s.tokens_per_s));
+        }
+        Event::Eval(e) => bar.suspend(|| {
+            println!(
+                "step {}: train loss {:.4} (perplexity {:.2}), val loss {:.4} (perplexity {:.2}) [{:.0} s]",
+                e.step, e.train_loss, e.train_perplexity, e.val_loss, e.val_perplexity, e.elapsed_s
+            );
+            println!("  sample: {}", e.sample.replace('\n', "\n          "));
+        }),
+        Event::Checkpoint(_) => {}
+    })?;
+    bar.finish_and_clear();
+    print_summary(&summary);
+    if summary.stopped {
+        std::process::exit(130);
+    }
+    Ok(())
+}
+
+fn print_summary(s: &Summary) {
+    let dir = s.run_dir.display();
+    if let Some(eval) = &s.last_eval {
+        println!("\nsample at step {}:\n{}\n", eval.step, eval.sample);
+    }
+    match &s.latest {
+        Some(latest) => println!("checkpoint: {} (step {})", latest.display(), s.step),
+        None => println!("no new checkpoint (nothing trained since the last one)"),
+    }
+    if let Some(best) = s.best_val_loss {
+        println!("best:       {} (val loss {best:.4})", s.run_dir.join("best").display());
+    }
+    if let Some([png, svg]) = &s.plots {
+        println!("loss plot:  {} and {}", png.display(), svg.display());
+    }
+    println!("metrics:    {}", s.run_dir.join("metrics.jsonl").display());
+    if s.stopped {
+        println!("stopped at step {}; continue with: gpt2 train --resume {dir}", s.step);
+    }
+}

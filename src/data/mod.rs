@@ -1,0 +1,12 @@
+//! Text → token ids on disk → training batches.
+//!
+//! [`corpus`] reads the text files, [`shard`] stores their token ids in a memory-mapped binary
+//! file cached by content, and [`batches`] cuts the ids into (input, target) windows.
+
+pub mod batches;
+pub mod corpus;
+pub mod shard;
+
+pub use batches::{eval_starts, Batch, BatchStream, DataPosition, Dataset, Split, Windows};
+pub use corpus::{read_corpus, Document};
+pub use shard::{tokenize_cached, Shard};

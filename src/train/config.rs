@@ -1,0 +1,271 @@
+//! Training settings: nanoGPT's config names, from defaults, a TOML file and flags.
+//!
+//! The defaults are nanoGPT's CPU "baby GPT" on the bundled Tiny Shakespeare at the character
+//! level. A TOML file and command-line flags set the same keys (flags in kebab-case); each layer
+//! is a map of the keys it sets ([`Overrides`]) laid over the one below.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+
+/// Keys set by the user (TOML file, flags) with their values, as JSON.
+pub type Overrides = Map<String, Value>;
+
+/// Every setting of a training run. `None` means "derived": from the preset, the `--init` model
+/// or the corpus; a started run records the derived values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    // --- data ---
+    /// Text files or directories of text (default: the bundled Tiny Shakespeare).
+    pub data: Vec<PathBuf>,
+    /// `char` (the corpus's characters), `char:<file>`, `gpt2` or `bpe:<file>`; default `char`,
+    /// or the `--init` model's own tokenizer.
+    pub tokenizer: Option<String>,
+    /// Where tokenised corpora are cached (default: `$XDG_CACHE_HOME/gpt2` or `~/.cache/gpt2`).
+    pub cache_dir: Option<PathBuf>,
+    /// Fraction of the corpus (its end) held out for validation.
+    pub val_fraction: f64,
+    /// Train on sliding windows with this stride instead of random windows.
+    pub stride: Option<usize>,
+    /// Seed of the initialisation, the batches, dropout and the samples.
+    pub seed: u64,
+    // --- model ---
+    /// Model shape from a preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl, shakespeare-char).
+    pub preset: Option<String>,
+    /// Start from this checkpoint or Hugging Face GPT-2 directory (fine-tuning).
+    pub init: Option<PathBuf>,
+    pub n_layer: Option<usize>,
+    pub n_head: Option<usize>,
+    pub n_embd: Option<usize>,
+    /// Context length T of the training windows (and of a new model).
+    pub block_size: Option<usize>,
+    pub dropout: f32,
+    // --- optimisation ---
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (nanoGPT's gradient_accumulation_steps).
+    #[serde(alias = "gradient_accumulation_steps")]
+    pub grad_accum: usize,
+    pub max_iters: usize,
+    /// Peak learning rate (nanoGPT's learning_rate).
+    #[serde(alias = "learning_rate")]
+    pub lr: f32,
+    pub min_lr: f32,
+    pub warmup_iters: usize,
+    /// End of the cosine decay (default: max_iters).
+    pub lr_decay_iters: Option<usize>,
+    /// false: constant learning rate.
+    pub decay_lr: bool,
+    pub weight_decay: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    /// Clip the global gradient norm to this (0: no clipping).
+    pub grad_clip: f32,
+    // --- evaluation and output ---
+    pub eval_interval: usize,
+    pub eval_iters: usize,
+    /// Prompt of the sample printed at each evaluation.
+    pub prompt: String,
+    /// Length of that sample, in tokens.
+    pub sample_tokens: usize,
+    pub temperature: f32,
+    /// Sample among the k most likely tokens (0: all).
+    pub top_k: usize,
+    /// Run directory (default: runs/<timestamp>, with runs/latest pointing at it).
+    pub out_dir: Option<PathBuf>,
+}
+
+/// The bundled corpus.
+pub fn bundled_corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join("tinyshakespeare.txt")
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            data: vec![bundled_corpus()],
+            tokenizer: None,
+            cache_dir: None,
+            val_fraction: 0.1,
+            stride: None,
+            seed: 1337,
+            preset: None,
+            init: None,
+            n_layer: None,
+            n_head: None,
+            n_embd: None,
+            block_size: None,
+            dropout: 0.0,
+            batch_size: 12,
+            grad_accum: 1,
+            max_iters: 2000,
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup_iters: 100,
+            lr_decay_iters: None,
+            decay_lr: true,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            grad_clip: 1.0,
+            eval_interval: 500,
+            eval_iters: 20,
+            prompt: "\n".into(),
+            sample_tokens: 200,
+            temperature: 0.8,
+            top_k: 200,
+            out_dir: None,
+        }
+    }
+}
+
+/// The model of `gpt2 train` without a preset: nanoGPT's baby GPT (0.8M parameters).
+pub const DEFAULT_SHAPE: (usize, usize, usize, usize) = (4, 4, 128, 64); // n_layer, n_head, n_embd, block_size
+
+/// Settings a resumed run may change: they do not alter the path of the training itself.
+pub const RESUMABLE_KEYS: [&str; 7] = ["max_iters", "eval_interval", "eval_iters", "prompt", "sample_tokens", "temperature", "top_k"];
+
+impl TrainConfig {
+    /// Reads a TOML file of settings. Unknown keys and wrong types are errors naming the line.
+    pub fn overrides_from_toml(path: &Path) -> Result<Overrides> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bad = |e: toml::de::Error| Error::Config(format!("{}: {}", path.display(), e.to_string().trim_end()));
+        toml::from_str::<TrainConfig>(&text).map_err(bad)?;
+        let table: toml::Table = toml::from_str(&text).map_err(bad)?;
+        let mut map = Overrides::new();
+        for (key, value) in table {
+            let key = match key.as_str() {
+                "learning_rate" => "lr".to_string(),
+                "gradient_accumulation_steps" => "grad_accum".to_string(),
+                _ => key,
+            };
+            let mut value = serde_json::to_value(value).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            // Relative paths in the file are relative to the file.
+            if matches!(key.as_str(), "data" | "init" | "cache_dir" | "out_dir") {
+                value = resolve_paths(value, path.parent().unwrap_or(Path::new("")));
+            }
+            map.insert(key, value);
+        }
+        Ok(map)
+    }
+
+    /// This config with `overrides` laid over it.
+    pub fn with_overrides(&self, overrides: &Overrides) -> Result<TrainConfig> {
+        let mut value = serde_json::to_value(self).map_err(|e| Error::Config(e.to_string()))?;
+        let map = value.as_object_mut().expect("a struct serialises to an object");
+        for (key, v) in overrides {
+            map.insert(key.clone(), v.clone());
+        }
+        serde_json::from_value(value).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// The keys of `overrides` whose values differ from this config's, ignoring `allowed`.
+    pub fn conflicts(&self, overrides: &Overrides, allowed: &[&str]) -> Result<Vec<String>> {
+        let ours = serde_json::to_value(self).map_err(|e| Error::Config(e.to_string()))?;
+        let theirs = serde_json::to_value(self.with_overrides(overrides)?).map_err(|e| Error::Config(e.to_string()))?;
+        Ok(overrides
+            .keys()
+            .filter(|k| !allowed.contains(&k.as_str()) && ours[k.as_str()] != theirs[k.as_str()])
+            .map(|k| format!("{k} = {} (the run has {})", theirs[k.as_str()], ours[k.as_str()]))
+            .collect())
+    }
+
+    /// Checks the numbers that do not depend on the model or the corpus.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+            ("eval_interval", self.eval_interval),
+            ("eval_iters", self.eval_iters),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(Error::Config(format!("{name} must be positive")));
+            }
+        }
+        for (name, value) in [("n_layer", self.n_layer), ("n_head", self.n_head), ("n_embd", self.n_embd), ("block_size", self.block_size), ("stride", self.stride)] {
+            if value == Some(0) {
+                return Err(Error::Config(format!("{name} must be positive")));
+            }
+        }
+        if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
+            return Err(Error::Config(format!("val_fraction must be between 0 and 1, got {}", self.val_fraction)));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::Config(format!("dropout must be in [0, 1), got {}", self.dropout)));
+        }
+        for (name, value) in [("lr", self.lr), ("min_lr", self.min_lr), ("weight_decay", self.weight_decay), ("grad_clip", self.grad_clip)] {
+            if !(value >= 0.0 && value.is_finite()) {
+                return Err(Error::Config(format!("{name} must be a non-negative number, got {value}")));
+            }
+        }
+        for (name, value) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&value) {
+                return Err(Error::Config(format!("{name} must be in [0, 1), got {value}")));
+            }
+        }
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(Error::Config(format!("temperature must be positive, got {}", self.temperature)));
+        }
+        if self.init.is_some() && self.preset.is_some() {
+            return Err(Error::Config("give either --init (start from a model) or --preset (a new model), not both".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A path or list of paths in a TOML file, made relative to the file's directory.
+fn resolve_paths(value: Value, base: &Path) -> Value {
+    match value {
+        Value::String(s) => Value::String(base.join(s).to_string_lossy().into_owned()),
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| resolve_paths(v, base)).collect()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_keys_and_flags_override_in_order_and_bad_keys_name_the_line() {
+        let dir = std::env::temp_dir().join(format!("gpt2-trainconfig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "learning_rate = 0.01\nn_layer = 2\ndata = [\"a.txt\"]\n").unwrap();
+        let file = TrainConfig::overrides_from_toml(&path).unwrap();
+        let mut flags = Overrides::new();
+        flags.insert("n_layer".into(), 3.into());
+        let config = TrainConfig::default().with_overrides(&file).unwrap().with_overrides(&flags).unwrap();
+        assert_eq!((config.lr, config.n_layer, config.batch_size), (0.01, Some(3), 12));
+        assert_eq!(config.data, [dir.join("a.txt")]);
+        assert_eq!(config.conflicts(&flags, &[]).unwrap(), Vec::<String>::new());
+        flags.insert("n_layer".into(), 4.into());
+        flags.insert("max_iters".into(), 9.into());
+        assert_eq!(config.conflicts(&flags, &RESUMABLE_KEYS).unwrap(), ["n_layer = 4 (the run has 3)"]);
+
+        std::fs::write(&path, "lr = 0.01\n\nn_layers = 2\n").unwrap();
+        let err = TrainConfig::overrides_from_toml(&path).unwrap_err().to_string();
+        assert!(err.contains("line 3") && err.contains("n_layers"), "{err}");
+        std::fs::write(&path, "batch_size = \"big\"\n").unwrap();
+        let err = TrainConfig::overrides_from_toml(&path).unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("batch_size"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn validation_rejects_impossible_settings() {
+        let bad = [
+            TrainConfig { batch_size: 0, ..Default::default() },
+            TrainConfig { val_fraction: 1.0, ..Default::default() },
+            TrainConfig { beta2: 1.0, ..Default::default() },
+            TrainConfig { stride: Some(0), ..Default::default() },
+            TrainConfig { init: Some("x".into()), preset: Some("gpt2".into()), ..Default::default() },
+        ];
+        for config in bad {
+            assert!(config.validate().is_err(), "{config:?}");
+        }
+        TrainConfig::default().validate().unwrap();
+    }
+}

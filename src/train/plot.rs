@@ -1,0 +1,129 @@
+//! The loss curves of a run, `loss.png` and `loss.svg`: train and validation loss against
+//! steps (left) and against tokens seen (right).
+
+use super::metrics::{EvalRecord, History, StepRecord};
+use crate::error::{Error, Result};
+use crate::io::atomic::write_file;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::error::Error as StdError;
+use std::path::{Path, PathBuf};
+
+const SIZE: (u32, u32) = (1200, 450);
+const FONT: &str = "sans-serif";
+
+/// Writes `loss.png` and `loss.svg` into `dir` (each atomically); returns their paths.
+pub fn write_plots(history: &History, dir: &Path) -> Result<[PathBuf; 2]> {
+    static FONT_ONCE: std::sync::Once = std::sync::Once::new();
+    // DejaVu Sans, bundled so the plots need no system fonts (licence in assets/).
+    FONT_ONCE.call_once(|| {
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, include_bytes!("../../assets/DejaVuSans.ttf"));
+    });
+    let (png_path, svg_path) = (dir.join("loss.png"), dir.join("loss.svg"));
+    let failed = |path: &Path, e: Box<dyn StdError>| Error::io(path, std::io::Error::other(format!("drawing the loss plot: {e}")));
+
+    let mut svg = String::new();
+    draw(&SVGBackend::with_string(&mut svg, SIZE).into_drawing_area(), history).map_err(|e| failed(&svg_path, e))?;
+    write_file(&svg_path, |w| w.write_all(svg.as_bytes()))?;
+
+    let mut rgb = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
+    draw(&BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area(), history).map_err(|e| failed(&png_path, e))?;
+    write_file(&png_path, |w| {
+        let mut encoder = png::Encoder::new(w, SIZE.0, SIZE.1);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header()?;
+        writer.write_image_data(&rgb)?;
+        writer.finish().map_err(std::io::Error::other)
+    })?;
+    Ok([png_path, svg_path])
+}
+
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, history: &History) -> std::result::Result<(), Box<dyn StdError>>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(SIZE.0 / 2);
+    panel(&left, history, "step", |s| s.step as f64, |e| e.step as f64)?;
+    panel(&right, history, "tokens seen", |s| s.tokens as f64, |e| e.tokens as f64)?;
+    root.present()?;
+    Ok(())
+}
+
+/// One chart: the per-step batch loss (thin), and the evaluated train and val losses (points
+/// joined by lines), against the x that `step_x` / `eval_x` pick.
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    history: &History,
+    x_name: &str,
+    step_x: impl Fn(&StepRecord) -> f64,
+    eval_x: impl Fn(&EvalRecord) -> f64,
+) -> std::result::Result<(), Box<dyn StdError>>
+where
+    DB::ErrorType: 'static,
+{
+    let batch: Vec<(f64, f64)> = history.steps.iter().map(|s| (step_x(s), s.train_loss as f64)).collect();
+    let train: Vec<(f64, f64)> = history.evals.iter().map(|e| (eval_x(e), e.train_loss as f64)).collect();
+    let val: Vec<(f64, f64)> = history.evals.iter().map(|e| (eval_x(e), e.val_loss as f64)).collect();
+    let points = || batch.iter().chain(&train).chain(&val).filter(|p| p.1.is_finite());
+    let x_max = points().map(|p| p.0).fold(1.0, f64::max);
+    let (y_min, y_max) = points().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
+    let (y_min, y_max) = if y_min < y_max { (y_min, y_max) } else { (y_min.min(0.0) - 0.5, y_min.max(0.0) + 0.5) };
+    let pad = 0.05 * (y_max - y_min);
+
+    let mut chart = ChartBuilder::on(area)
+        .caption(format!("loss vs {x_name}"), (FONT, 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..x_max, (y_min - pad).max(0.0)..y_max + pad)?;
+    chart.configure_mesh().x_desc(x_name).y_desc("loss (nats per token)").label_style((FONT, 13)).draw()?;
+    let faint = RGBColor(160, 190, 235);
+    chart.draw_series(LineSeries::new(batch.iter().copied(), faint.stroke_width(1)))?.label("train batch").legend(move |(x, y)| {
+        PathElement::new([(x, y), (x + 20, y)], faint.stroke_width(2))
+    });
+    for (series, color, name) in [(&train, BLUE, "train (eval)"), (&val, RED, "val (eval)")] {
+        chart
+            .draw_series(LineSeries::new(series.iter().copied(), color.stroke_width(2)).point_size(3))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font((FONT, 13)).draw()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_a_png_and_an_svg_with_both_curves() {
+        let dir = std::env::temp_dir().join(format!("gpt2-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut history = History::default();
+        for step in 0..20 {
+            let loss = 4.0 - step as f32 * 0.1;
+            history.steps.push(StepRecord { step, train_loss: loss, lr: 1e-3, grad_norm: 1.0, tokens: step as u64 * 64, tokens_per_s: 1e4, elapsed_s: 0.0 });
+        }
+        for step in [0, 10, 20] {
+            let (train_loss, val_loss) = (4.0 - step as f32 * 0.1, 4.1 - step as f32 * 0.09);
+            history.evals.push(EvalRecord {
+                step,
+                train_loss,
+                val_loss,
+                train_perplexity: train_loss.exp(),
+                val_perplexity: val_loss.exp(),
+                lr: 1e-3,
+                tokens: step as u64 * 64,
+                elapsed_s: 0.0,
+                sample: String::new(),
+            });
+        }
+        let [png, svg] = write_plots(&history, &dir).unwrap();
+        assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+        let svg = std::fs::read_to_string(&svg).unwrap();
+        assert!(svg.contains("val (eval)") && svg.contains("tokens seen"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
