@@ -50,8 +50,16 @@ fn a_run_directory_resolves_to_its_latest_checkpoint() {
     let model = Gpt::new(Config::new(11, 8, 8, 1, 2), 3).unwrap();
     save_hf_dir(&model, &run.join("latest")).unwrap();
     assert_eq!(load_model(&run).unwrap().params, model.params);
-    assert!(load_model(&scratch("empty")).err().unwrap().to_string().contains("not a model"));
-    assert!(load_model(&run.join("nope")).err().unwrap().to_string().contains("no such file"));
+    assert!(load_model(&scratch("empty"))
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("not a model"));
+    assert!(load_model(&run.join("nope"))
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("no such file"));
 }
 
 #[test]
@@ -82,7 +90,8 @@ fn missing_and_truncated_files_are_errors() {
 /// Rewrites the fixture's config.json through `edit`.
 fn with_config(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
     let dir = tiny_copy(name);
-    let mut config: serde_json::Value = serde_json::from_str(&fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     edit(&mut config);
     fs::write(dir.join("config.json"), config.to_string()).unwrap();
     dir
@@ -92,7 +101,10 @@ fn with_config(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf
 fn configs_that_disagree_with_the_tensors_or_the_maths_are_errors() {
     let dir = with_config("shape", |c| c["vocab_size"] = 97.into());
     let err = load_err(&dir);
-    assert!(err.contains("wte.weight") && err.contains("[96, 32]") && err.contains("[97, 32]"), "{err}");
+    assert!(
+        err.contains("wte.weight") && err.contains("[96, 32]") && err.contains("[97, 32]"),
+        "{err}"
+    );
 
     let dir = with_config("layers", |c| c["n_layer"] = 3.into());
     assert!(load_err(&dir).contains("missing tensor 'h.2.ln_1.weight'"));
@@ -116,7 +128,10 @@ fn configs_that_disagree_with_the_tensors_or_the_maths_are_errors() {
 
     let dir = with_config("inner", |c| c["n_inner"] = 64.into());
     let err = load_err(&dir);
-    assert!(err.contains("mlp.c_") && err.contains("has shape"), "n_inner 64 disagrees with the MLP tensors: {err}");
+    assert!(
+        err.contains("mlp.c_") && err.contains("has shape"),
+        "n_inner 64 disagrees with the MLP tensors: {err}"
+    );
 }
 
 #[test]
@@ -129,7 +144,11 @@ fn a_wrong_dtype_is_named() {
     let mut bytes = fs::read(&path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
-    let patched = header.replacen("\"dtype\":\"F32\",\"shape\":[5,4]", "\"dtype\":\"I32\",\"shape\":[5,4]", 1);
+    let patched = header.replacen(
+        "\"dtype\":\"F32\",\"shape\":[5,4]",
+        "\"dtype\":\"I32\",\"shape\":[5,4]",
+        1,
+    );
     assert_ne!(header, patched);
     bytes.splice(8..8 + n, patched.into_bytes());
     fs::write(&path, bytes).unwrap();
