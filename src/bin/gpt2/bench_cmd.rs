@@ -59,7 +59,11 @@ impl BenchArgs {
             c.n_inner = 4 * n_embd;
         }
         if self.block_size > c.n_positions {
-            bail!("--block-size {} exceeds the model's {} positions", self.block_size, c.n_positions);
+            bail!(
+                "--block-size {} exceeds the model's {} positions",
+                self.block_size,
+                c.n_positions
+            );
         }
         c.validate()?;
         Ok(c)
@@ -72,7 +76,14 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         BenchCommand::Forward(a) => (a, BenchKind::Forward, "forward"),
     };
     let config = args.config()?;
-    let ours = bench_steps(config.clone(), kind, args.batch_size, args.block_size, args.steps, args.warmup)?;
+    let ours = bench_steps(
+        config.clone(),
+        kind,
+        args.batch_size,
+        args.block_size,
+        args.steps,
+        args.warmup,
+    )?;
     let peer = match &args.pytorch {
         Some(python) => Some(run_pytorch(python, args, &config, mode)?),
         None => None,
@@ -81,7 +92,8 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         let mut out = serde_json::to_value(&ours)?;
         if let Some(peer) = &peer {
             out["pytorch"] = peer.clone();
-            out["speedup_vs_pytorch"] = serde_json::json!(ours.tokens_per_s / peer["tokens_per_s"].as_f64().unwrap_or(f64::NAN));
+            out["speedup_vs_pytorch"] =
+                serde_json::json!(ours.tokens_per_s / peer["tokens_per_s"].as_f64().unwrap_or(f64::NAN));
         }
         println!("{out}");
         return Ok(());
@@ -114,8 +126,18 @@ fn run_pytorch(python: &PathBuf, args: &BenchArgs, c: &Config, mode: &str) -> Re
         .arg(script)
         .args(["--mode", mode, "--json"])
         .args(["--n-layer", &c.n_layer.to_string(), "--n-head", &c.n_head.to_string()])
-        .args(["--n-embd", &c.n_embd.to_string(), "--vocab-size", &c.vocab_size.to_string()])
-        .args(["--batch-size", &args.batch_size.to_string(), "--block-size", &args.block_size.to_string()])
+        .args([
+            "--n-embd",
+            &c.n_embd.to_string(),
+            "--vocab-size",
+            &c.vocab_size.to_string(),
+        ])
+        .args([
+            "--batch-size",
+            &args.batch_size.to_string(),
+            "--block-size",
+            &args.block_size.to_string(),
+        ])
         .args(["--steps", &args.steps.to_string(), "--warmup", &args.warmup.to_string()])
         .args(["--threads", &rayon::current_num_threads().to_string()])
         .output()
