@@ -16,7 +16,11 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 /// A small corpus with some structure to learn (about 3,000 characters).
 fn write_corpus(dir: &Path) -> PathBuf {
-    let lines = ["the cat sat on the mat.\n", "a dog ran in the fog!\n", "we see the sea, you see?\n"];
+    let lines = [
+        "the cat sat on the mat.\n",
+        "a dog ran in the fog!\n",
+        "we see the sea, you see?\n",
+    ];
     let text: String = (0..40).map(|i| lines[i * 7 % 3]).collect::<String>() + "THE END\n";
     let path = dir.join("corpus.txt");
     std::fs::write(&path, text).unwrap();
@@ -47,11 +51,23 @@ fn tiny(dir: &Path) -> TrainConfig {
 }
 
 fn train(config: TrainConfig, stop_at: Option<usize>) -> Summary {
-    Trainer::new(config).unwrap().run(&RunOptions { stop_at, interrupt: None }, &mut |_| {}).unwrap()
+    Trainer::new(config)
+        .unwrap()
+        .run(
+            &RunOptions {
+                stop_at,
+                interrupt: None,
+            },
+            &mut |_| {},
+        )
+        .unwrap()
 }
 
 fn resume(run_dir: &Path, overrides: &Overrides) -> Summary {
-    Trainer::resume(run_dir, overrides).unwrap().run(&RunOptions::default(), &mut |_| {}).unwrap()
+    Trainer::resume(run_dir, overrides)
+        .unwrap()
+        .run(&RunOptions::default(), &mut |_| {})
+        .unwrap()
 }
 
 fn read(path: impl AsRef<Path>) -> Vec<u8> {
@@ -64,14 +80,29 @@ fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-/// The per-step (loss, grad norm) and per-eval (train, val) losses of a log.
-fn losses(run_dir: &Path) -> (Vec<(f64, f64)>, Vec<(u64, f64, f64)>) {
+/// (train loss, grad norm) of each step.
+type StepLosses = Vec<(f64, f64)>;
+/// (step, train loss, val loss) of each evaluation.
+type EvalLosses = Vec<(u64, f64, f64)>;
+
+/// The losses in a run's metrics log.
+fn losses(run_dir: &Path) -> (StepLosses, EvalLosses) {
     let records = metrics(run_dir);
-    let steps = records.iter().filter(|r| r.get("val_loss").is_none()).map(|r| (r["train_loss"].as_f64().unwrap(), r["grad_norm"].as_f64().unwrap())).collect();
+    let steps = records
+        .iter()
+        .filter(|r| r.get("val_loss").is_none())
+        .map(|r| (r["train_loss"].as_f64().unwrap(), r["grad_norm"].as_f64().unwrap()))
+        .collect();
     let evals = records
         .iter()
         .filter(|r| r.get("val_loss").is_some())
-        .map(|r| (r["step"].as_u64().unwrap(), r["train_loss"].as_f64().unwrap(), r["val_loss"].as_f64().unwrap()))
+        .map(|r| {
+            (
+                r["step"].as_u64().unwrap(),
+                r["train_loss"].as_f64().unwrap(),
+                r["val_loss"].as_f64().unwrap(),
+            )
+        })
         .collect();
     (steps, evals)
 }
@@ -83,16 +114,26 @@ fn a_run_stopped_at_any_step_and_resumed_matches_an_uninterrupted_run_bit_for_bi
         let dir = temp_dir(&format!("resume-{stop}"));
         let straight = TrainConfig { stride, ..tiny(&dir) };
         train(straight.clone(), None);
-        let stopped = TrainConfig { out_dir: Some(dir.join("stopped")), ..straight };
+        let stopped = TrainConfig {
+            out_dir: Some(dir.join("stopped")),
+            ..straight
+        };
         let summary = train(stopped, Some(stop));
         assert!(summary.stopped && summary.step == stop);
         let summary = resume(&dir.join("stopped"), &Overrides::new());
         assert!(!summary.stopped && summary.step == 12);
 
         for file in ["model.safetensors", "optimizer.safetensors"] {
-            assert!(read(dir.join("run/latest").join(file)) == read(dir.join("stopped/latest").join(file)), "{file} differs (stop at {stop})");
+            assert!(
+                read(dir.join("run/latest").join(file)) == read(dir.join("stopped/latest").join(file)),
+                "{file} differs (stop at {stop})"
+            );
         }
-        assert_eq!(losses(&dir.join("run")), losses(&dir.join("stopped")), "losses differ (stop at {stop})");
+        assert_eq!(
+            losses(&dir.join("run")),
+            losses(&dir.join("stopped")),
+            "losses differ (stop at {stop})"
+        );
         let (steps, evals) = losses(&dir.join("run"));
         assert_eq!(steps.len(), 12);
         assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), [0, 5, 10, 12]);
@@ -103,13 +144,24 @@ fn a_run_stopped_at_any_step_and_resumed_matches_an_uninterrupted_run_bit_for_bi
 #[test]
 fn a_run_learns_and_leaves_checkpoints_logs_and_plots() {
     let dir = temp_dir("layout");
-    let config = TrainConfig { max_iters: 40, eval_interval: 20, dropout: 0.0, ..tiny(&dir) };
+    let config = TrainConfig {
+        max_iters: 40,
+        eval_interval: 20,
+        dropout: 0.0,
+        ..tiny(&dir)
+    };
     let mut trainer = Trainer::new(config.clone()).unwrap();
     assert!(!trainer.info().cached);
     let summary = trainer.run(&RunOptions::default(), &mut |_| {}).unwrap();
     let run = dir.join("run");
     for ckpt in ["latest", "best"] {
-        for file in ["config.json", "model.safetensors", "optimizer.safetensors", "trainer.json", "tokenizer.json"] {
+        for file in [
+            "config.json",
+            "model.safetensors",
+            "optimizer.safetensors",
+            "trainer.json",
+            "tokenizer.json",
+        ] {
             assert!(run.join(ckpt).join(file).is_file(), "{ckpt}/{file}");
         }
     }
@@ -132,7 +184,11 @@ fn a_run_learns_and_leaves_checkpoints_logs_and_plots() {
     let loaded = load_model(&run).unwrap();
     assert!(loaded.params == trainer.model().params);
     // A second run on the same text takes the token shard from the cache.
-    let again = Trainer::new(TrainConfig { out_dir: Some(dir.join("again")), ..config }).unwrap();
+    let again = Trainer::new(TrainConfig {
+        out_dir: Some(dir.join("again")),
+        ..config
+    })
+    .unwrap();
     assert!(again.info().cached && again.info().shard == trainer.info().shard);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -140,7 +196,13 @@ fn a_run_learns_and_leaves_checkpoints_logs_and_plots() {
 #[test]
 fn fine_tuning_starts_from_a_checkpoint_with_its_tokenizer() {
     let dir = temp_dir("init");
-    train(TrainConfig { max_iters: 5, ..tiny(&dir) }, None);
+    train(
+        TrainConfig {
+            max_iters: 5,
+            ..tiny(&dir)
+        },
+        None,
+    );
     let base = load_model(&dir.join("run")).unwrap();
     let init = TrainConfig {
         init: Some(dir.join("run/latest")),
@@ -153,9 +215,22 @@ fn fine_tuning_starts_from_a_checkpoint_with_its_tokenizer() {
         ..tiny(&dir)
     };
     let trainer = Trainer::new(init.clone()).unwrap();
-    assert!(trainer.model().params == base.params, "starts from the checkpoint's weights");
-    assert_eq!(trainer.info().tokenizer, format!("char:{}", dir.join("run/latest").display()));
-    let err = Trainer::new(TrainConfig { n_layer: Some(3), out_dir: Some(dir.join("t2")), ..init }).err().unwrap().to_string();
+    assert!(
+        trainer.model().params == base.params,
+        "starts from the checkpoint's weights"
+    );
+    assert_eq!(
+        trainer.info().tokenizer,
+        format!("char:{}", dir.join("run/latest").display())
+    );
+    let err = Trainer::new(TrainConfig {
+        n_layer: Some(3),
+        out_dir: Some(dir.join("t2")),
+        ..init
+    })
+    .err()
+    .unwrap()
+    .to_string();
     assert!(err.contains("n_layer = 3 does not match the --init model's 2"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -171,7 +246,10 @@ fn new_error(config: TrainConfig) -> String {
 #[test]
 fn bad_corpora_are_clear_errors_that_name_the_file() {
     let dir = temp_dir("corpus");
-    let with_data = |path: PathBuf| TrainConfig { data: vec![path], ..tiny(&dir) };
+    let with_data = |path: PathBuf| TrainConfig {
+        data: vec![path],
+        ..tiny(&dir)
+    };
     let err = new_error(with_data(dir.join("missing.txt")));
     assert!(err.contains("missing.txt") && err.contains("No such file"), "{err}");
     std::fs::write(dir.join("empty.txt"), "").unwrap();
@@ -179,13 +257,22 @@ fn bad_corpora_are_clear_errors_that_name_the_file() {
     assert!(err.contains("empty.txt: the file is empty"), "{err}");
     std::fs::write(dir.join("latin1.txt"), b"caf\xe9 au lait").unwrap();
     let err = new_error(with_data(dir.join("latin1.txt")));
-    assert!(err.contains("latin1.txt: not UTF-8 text: byte 0xE9 at offset 3"), "{err}");
+    assert!(
+        err.contains("latin1.txt: not UTF-8 text: byte 0xE9 at offset 3"),
+        "{err}"
+    );
     std::fs::write(dir.join("short.txt"), "too short").unwrap();
     let err = new_error(with_data(dir.join("short.txt")));
-    assert!(err.contains("9 tokens long, shorter than one block") && err.contains("17 tokens"), "{err}");
+    assert!(
+        err.contains("9 tokens long, shorter than one block") && err.contains("17 tokens"),
+        "{err}"
+    );
     std::fs::write(dir.join("small.txt"), "x".repeat(100)).unwrap();
     let err = new_error(with_data(dir.join("small.txt")));
-    assert!(err.contains("validation split") && err.contains("10 tokens") && err.contains("too small to evaluate"), "{err}");
+    assert!(
+        err.contains("validation split") && err.contains("10 tokens") && err.contains("too small to evaluate"),
+        "{err}"
+    );
     assert!(!dir.join("run").exists(), "no run directory is made for a bad corpus");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -193,10 +280,16 @@ fn bad_corpora_are_clear_errors_that_name_the_file() {
 #[test]
 fn a_prompt_outside_the_vocabulary_and_an_unusable_output_directory_are_errors() {
     let dir = temp_dir("prompt");
-    let err = new_error(TrainConfig { prompt: "ROMEO:".into(), ..tiny(&dir) });
+    let err = new_error(TrainConfig {
+        prompt: "ROMEO:".into(),
+        ..tiny(&dir)
+    });
     assert!(err.contains("sample prompt") && err.contains("'R'"), "{err}");
     std::fs::write(dir.join("file"), "not a directory").unwrap();
-    let err = new_error(TrainConfig { out_dir: Some(dir.join("file/run")), ..tiny(&dir) });
+    let err = new_error(TrainConfig {
+        out_dir: Some(dir.join("file/run")),
+        ..tiny(&dir)
+    });
     assert!(err.contains("file/run"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -204,22 +297,40 @@ fn a_prompt_outside_the_vocabulary_and_an_unusable_output_directory_are_errors()
 #[test]
 fn an_existing_run_is_never_overwritten_or_resumed_with_other_settings() {
     let dir = temp_dir("guard");
-    train(TrainConfig { max_iters: 5, ..tiny(&dir) }, None);
+    train(
+        TrainConfig {
+            max_iters: 5,
+            ..tiny(&dir)
+        },
+        None,
+    );
     let run = dir.join("run");
     let before = read(run.join("latest/model.safetensors"));
 
     let err = new_error(tiny(&dir));
-    assert!(err.contains("already holds a training run") && err.contains("--resume"), "{err}");
+    assert!(
+        err.contains("already holds a training run") && err.contains("--resume"),
+        "{err}"
+    );
     let resume_error = |key: &str, value: serde_json::Value| {
         let overrides = Overrides::from_iter([(key.to_string(), value)]);
-        Trainer::resume(&run, &overrides).err().map(|e| e.to_string()).unwrap_or_default()
+        Trainer::resume(&run, &overrides)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
     };
     let err = resume_error("n_layer", 3.into());
     assert!(err.contains("n_layer = 3 (the run has 2)"), "{err}");
     let err = resume_error("tokenizer", "gpt2".into());
     assert!(err.contains("tokenizer = \"gpt2\" (the run has \"char\")"), "{err}");
-    assert!(resume_error("max_iters", 6.into()).is_empty(), "more steps may be asked for");
-    let err = Trainer::resume(&dir.join("nothing"), &Overrides::new()).err().unwrap().to_string();
+    assert!(
+        resume_error("max_iters", 6.into()).is_empty(),
+        "more steps may be asked for"
+    );
+    let err = Trainer::resume(&dir.join("nothing"), &Overrides::new())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("not a training run"), "{err}");
 
     // The corpus changed under the run.
@@ -227,20 +338,33 @@ fn an_existing_run_is_never_overwritten_or_resumed_with_other_settings() {
     std::fs::write(&corpus, std::fs::read_to_string(&corpus).unwrap().replace("cat", "tac")).unwrap();
     let err = Trainer::resume(&run, &Overrides::new()).err().unwrap().to_string();
     assert!(err.contains("is not the one this run was trained on"), "{err}");
-    assert!(read(run.join("latest/model.safetensors")) == before, "the checkpoint is untouched");
+    assert!(
+        read(run.join("latest/model.safetensors")) == before,
+        "the checkpoint is untouched"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_checkpoint_that_cannot_be_written_leaves_the_previous_one_intact() {
     let dir = temp_dir("full");
-    train(TrainConfig { max_iters: 5, ..tiny(&dir) }, None);
+    train(
+        TrainConfig {
+            max_iters: 5,
+            ..tiny(&dir)
+        },
+        None,
+    );
     let run = dir.join("run");
     let before = read(run.join("latest/model.safetensors"));
     // Occupy the temporary name of the next `latest/` so that writing it fails, as a full disk would.
     std::fs::write(run.join(format!(".latest.tmp-{}", std::process::id())), "in the way").unwrap();
     let overrides = Overrides::from_iter([("max_iters".to_string(), 10.into())]);
-    let err = Trainer::resume(&run, &overrides).unwrap().run(&RunOptions::default(), &mut |_| {}).err().unwrap();
+    let err = Trainer::resume(&run, &overrides)
+        .unwrap()
+        .run(&RunOptions::default(), &mut |_| {})
+        .err()
+        .unwrap();
     assert!(err.to_string().contains(".latest.tmp"), "{err}");
     assert!(read(run.join("latest/model.safetensors")) == before);
     let state: serde_json::Value = serde_json::from_slice(&read(run.join("latest/trainer.json"))).unwrap();

@@ -77,7 +77,9 @@ impl Dataset {
         for &start in starts {
             let at = base + start;
             batch.inputs.extend((at..at + t).map(|i| self.shard.get(i)));
-            batch.targets.extend((at + 1..at + t + 1).map(|i| self.shard.get(i) as i32));
+            batch
+                .targets
+                .extend((at + 1..at + t + 1).map(|i| self.shard.get(i) as i32));
         }
     }
 }
@@ -116,9 +118,17 @@ impl BatchStream {
     pub fn new(windows: Windows, seed: u64) -> BatchStream {
         let position = match windows {
             Windows::Random => DataPosition::Random { rng: Rng::new(seed) },
-            Windows::Stride(stride) => DataPosition::Stride { stride, epoch: 0, next: 0 },
+            Windows::Stride(stride) => DataPosition::Stride {
+                stride,
+                epoch: 0,
+                next: 0,
+            },
         };
-        BatchStream { seed, position, order: Vec::new() }
+        BatchStream {
+            seed,
+            position,
+            order: Vec::new(),
+        }
     }
 
     /// Continues a stream from a saved position.
@@ -129,9 +139,15 @@ impl BatchStream {
             _ => false,
         };
         if !matches {
-            return Err(Error::Input(format!("the saved data position ({position:?}) does not fit {windows:?} batches (--stride)")));
+            return Err(Error::Input(format!(
+                "the saved data position ({position:?}) does not fit {windows:?} batches (--stride)"
+            )));
         }
-        Ok(BatchStream { seed, position, order: Vec::new() })
+        Ok(BatchStream {
+            seed,
+            position,
+            order: Vec::new(),
+        })
     }
 
     pub fn position(&self) -> &DataPosition {
@@ -206,7 +222,14 @@ mod tests {
         let mut sorted = first.clone();
         sorted.sort();
         assert_eq!(sorted, [0, 3, 6, 9, 12, 15, 18]);
-        assert_eq!(stream.position(), &DataPosition::Stride { stride: 3, epoch: 0, next: 7 });
+        assert_eq!(
+            stream.position(),
+            &DataPosition::Stride {
+                stride: 3,
+                epoch: 0,
+                next: 7
+            }
+        );
         let second = stream.next_starts(23, 4, 7);
         assert_ne!(first, second, "a new order each epoch");
         // Resuming from a saved position gives the same continuation.
@@ -224,7 +247,10 @@ mod tests {
         assert!(starts.iter().all(|&s| s + 4 < 10) && starts.contains(&0) && starts.contains(&5));
         let mut resumed = BatchStream::resume(Windows::Random, 1, stream.position().clone()).unwrap();
         assert_eq!(resumed.next_starts(10, 4, 8), stream.next_starts(10, 4, 8));
-        assert_eq!(eval_starts(Windows::Random, 1, 10, 4, 2, 3), eval_starts(Windows::Random, 1, 10, 4, 2, 3));
+        assert_eq!(
+            eval_starts(Windows::Random, 1, 10, 4, 2, 3),
+            eval_starts(Windows::Random, 1, 10, 4, 2, 3)
+        );
         assert_eq!(eval_starts(Windows::Stride(4), 1, 10, 4, 2, 2), [[0, 4], [0, 4]]);
     }
 }

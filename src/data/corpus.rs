@@ -14,7 +14,9 @@ pub struct Document {
 /// (recursively, sorted by path, hidden entries skipped).
 pub fn list_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     if paths.is_empty() {
-        return Err(Error::Input("no corpus given: name one or more text files or directories".into()));
+        return Err(Error::Input(
+            "no corpus given: name one or more text files or directories".into(),
+        ));
     }
     let mut files = Vec::new();
     for path in paths {
@@ -23,7 +25,10 @@ pub fn list_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             let before = files.len();
             walk_dir(path, &mut files)?;
             if files.len() == before {
-                return Err(Error::Input(format!("{}: the directory holds no files", path.display())));
+                return Err(Error::Input(format!(
+                    "{}: the directory holds no files",
+                    path.display()
+                )));
             }
         } else {
             files.push(path.clone());
@@ -54,7 +59,10 @@ fn walk_dir(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
 /// Reads every file of [`list_files`]. A missing, empty or non-UTF-8 file is an error that names
 /// the file (and, for bad UTF-8, the byte offset).
 pub fn read_corpus(paths: &[PathBuf]) -> Result<Vec<Document>> {
-    list_files(paths)?.into_iter().map(|path| read_document(&path).map(|text| Document { path, text })).collect()
+    list_files(paths)?
+        .into_iter()
+        .map(|path| read_document(&path).map(|text| Document { path, text }))
+        .collect()
 }
 
 fn read_document(path: &Path) -> Result<String> {
@@ -65,7 +73,10 @@ fn read_document(path: &Path) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| {
         let offset = e.utf8_error().valid_up_to();
         let byte = e.as_bytes()[offset];
-        Error::Input(format!("{}: not UTF-8 text: byte 0x{byte:02X} at offset {offset}", path.display()))
+        Error::Input(format!(
+            "{}: not UTF-8 text: byte 0x{byte:02X} at offset {offset}",
+            path.display()
+        ))
     })
 }
 
@@ -81,15 +92,15 @@ mod tests {
         std::fs::write(root.join("b/2.txt"), "two").unwrap();
         std::fs::write(root.join("a.txt"), "one").unwrap();
         std::fs::write(root.join(".hidden"), "skip").unwrap();
-        let docs = read_corpus(&[root.clone()]).unwrap();
+        let docs = read_corpus(std::slice::from_ref(&root)).unwrap();
         let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
         assert_eq!(texts, ["one", "two"]);
 
         std::fs::write(root.join("b/3.txt"), b"ok\xffno").unwrap();
-        let err = read_corpus(&[root.clone()]).unwrap_err().to_string();
+        let err = read_corpus(std::slice::from_ref(&root)).unwrap_err().to_string();
         assert!(err.contains("3.txt") && err.contains("0xFF at offset 2"), "{err}");
         std::fs::write(root.join("b/3.txt"), b"").unwrap();
-        let err = read_corpus(&[root.clone()]).unwrap_err().to_string();
+        let err = read_corpus(std::slice::from_ref(&root)).unwrap_err().to_string();
         assert!(err.contains("3.txt: the file is empty"), "{err}");
         let err = read_corpus(&[root.join("missing.txt")]).unwrap_err().to_string();
         assert!(err.contains("missing.txt"), "{err}");

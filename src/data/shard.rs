@@ -70,9 +70,17 @@ impl Shard {
         }
         let len = u64::from_le_bytes(map[16..24].try_into().expect("8 bytes")) as usize;
         if (map.len() - HEADER_LEN) != len.saturating_mul(width) {
-            return Err(bad(format!("header says {len} ids of {width} bytes, file holds {} bytes", map.len() - HEADER_LEN)));
+            return Err(bad(format!(
+                "header says {len} ids of {width} bytes, file holds {} bytes",
+                map.len() - HEADER_LEN
+            )));
         }
-        Ok(Shard { path: path.to_path_buf(), map, width, len })
+        Ok(Shard {
+            path: path.to_path_buf(),
+            map,
+            width,
+            len,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -123,10 +131,12 @@ pub fn tokenize(docs: &[Document], tokenizer: &Tokenizer) -> Result<Vec<u32>> {
         if i > 0 {
             ids.extend(tokenizer.eot_token());
         }
-        let doc_ids = tokenizer.encode_parallel_with_special(&doc.text, SpecialTokens::AsText).map_err(|e| match e {
-            Error::Tokenizer(msg) => Error::Tokenizer(format!("{}: {msg}", doc.path.display())),
-            other => other,
-        })?;
+        let doc_ids = tokenizer
+            .encode_parallel_with_special(&doc.text, SpecialTokens::AsText)
+            .map_err(|e| match e {
+                Error::Tokenizer(msg) => Error::Tokenizer(format!("{}: {msg}", doc.path.display())),
+                other => other,
+            })?;
         ids.extend(doc_ids);
     }
     Ok(ids)
@@ -136,7 +146,10 @@ pub fn tokenize(docs: &[Document], tokenizer: &Tokenizer) -> Result<Vec<u32>> {
 /// it, else tokenised now and stored there. Returns the shard and whether it came from the cache.
 pub fn tokenize_cached(docs: &[Document], tokenizer: &Tokenizer, cache_dir: &Path) -> Result<(Shard, bool)> {
     std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
-    let path = cache_dir.join(format!("{}.tokens", cache_key(docs, &saved_form(tokenizer, cache_dir)?)));
+    let path = cache_dir.join(format!(
+        "{}.tokens",
+        cache_key(docs, &saved_form(tokenizer, cache_dir)?)
+    ));
     if path.is_file() {
         if let Ok(shard) = Shard::open(&path) {
             return Ok((shard, true));
@@ -152,7 +165,9 @@ fn saved_form(tokenizer: &Tokenizer, dir: &Path) -> Result<Vec<u8>> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let scratch = dir.join(format!(".tokenizer-{}-{n}.json", std::process::id()));
-    let bytes = tokenizer.save_file(&scratch).and_then(|_| std::fs::read(&scratch).map_err(|e| Error::io(&scratch, e)));
+    let bytes = tokenizer
+        .save_file(&scratch)
+        .and_then(|_| std::fs::read(&scratch).map_err(|e| Error::io(&scratch, e)));
     let _ = std::fs::remove_file(&scratch);
     bytes
 }
@@ -176,7 +191,10 @@ mod tests {
             Shard::write(&path, &ids, vocab).unwrap();
             let shard = Shard::open(&path).unwrap();
             assert_eq!((0..shard.len()).map(|i| shard.get(i)).collect::<Vec<_>>(), ids);
-            assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, HEADER_LEN + ids.len() * if vocab > 65536 { 4 } else { 2 });
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len() as usize,
+                HEADER_LEN + ids.len() * if vocab > 65536 { 4 } else { 2 }
+            );
         }
         let path = dir.join("x.tokens");
         let mut bytes = std::fs::read(&path).unwrap();
@@ -184,14 +202,22 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         assert!(Shard::open(&path).unwrap_err().to_string().contains("file holds"));
         std::fs::write(&path, b"hello").unwrap();
-        assert!(Shard::open(&path).unwrap_err().to_string().contains("not a token shard"));
+        assert!(Shard::open(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("not a token shard"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn the_cache_is_keyed_by_text_and_tokenizer() {
         let dir = temp_dir("cache");
-        let doc = |text: &str| vec![Document { path: "a.txt".into(), text: text.into() }];
+        let doc = |text: &str| {
+            vec![Document {
+                path: "a.txt".into(),
+                text: text.into(),
+            }]
+        };
         let tok = Tokenizer::char_level_from_text("abc");
         let (shard, cached) = tokenize_cached(&doc("abcab"), &tok, &dir).unwrap();
         assert!(!cached && shard.len() == 5 && shard.get(1) == 1);

@@ -65,7 +65,18 @@ pub fn save(dir: &Path, model: &Gpt, optimizer: &AdamW, tokenizer: &Tokenizer, s
     write_dir(dir, |tmp| {
         write_hf_files(model, tmp)?;
         let n = [optimizer.m.len()];
-        let tensors = [TensorOut { name: "exp_avg", shape: &n, data: &optimizer.m }, TensorOut { name: "exp_avg_sq", shape: &n, data: &optimizer.v }];
+        let tensors = [
+            TensorOut {
+                name: "exp_avg",
+                shape: &n,
+                data: &optimizer.m,
+            },
+            TensorOut {
+                name: "exp_avg_sq",
+                shape: &n,
+                data: &optimizer.v,
+            },
+        ];
         write_synced(&tmp.join(OPTIMIZER_FILE), |w| write_safetensors(w, &tensors))?;
         let json = serde_json::to_vec_pretty(state).map_err(|e| Error::Input(e.to_string()))?;
         write_synced(&tmp.join(TRAINER_FILE), |w| w.write_all(&json))?;
@@ -80,28 +91,51 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     let state: TrainerState =
         serde_json::from_str(&text).map_err(|e| Error::weights(&state_path, format!("not a trainer state: {e}")))?;
     if (state.format.as_str(), state.version) != (FORMAT, VERSION) {
-        return Err(Error::weights(&state_path, format!("format {} v{} (expected {FORMAT} v{VERSION})", state.format, state.version)));
+        return Err(Error::weights(
+            &state_path,
+            format!(
+                "format {} v{} (expected {FORMAT} v{VERSION})",
+                state.format, state.version
+            ),
+        ));
     }
     let model = load_hf_dir(dir)?;
-    let tokenizer = Tokenizer::load_dir(dir)?.ok_or_else(|| Error::weights(dir, "the checkpoint has no tokenizer.json"))?;
+    let tokenizer =
+        Tokenizer::load_dir(dir)?.ok_or_else(|| Error::weights(dir, "the checkpoint has no tokenizer.json"))?;
     if tokenizer.vocab_size() > model.config.vocab_size {
         return Err(Error::weights(
             dir,
-            format!("tokenizer.json has {} ids, more than the model's {}", tokenizer.vocab_size(), model.config.vocab_size),
+            format!(
+                "tokenizer.json has {} ids, more than the model's {}",
+                tokenizer.vocab_size(),
+                model.config.vocab_size
+            ),
         ));
     }
     let path = dir.join(OPTIMIZER_FILE);
     let file = MappedFile::open(&path)?;
     let tensors = file.tensors()?;
     let moment = |name: &str| -> Result<Vec<f32>> {
-        let view = tensors.tensor(name).map_err(|_| Error::weights(&path, format!("missing tensor '{name}'")))?;
+        let view = tensors
+            .tensor(name)
+            .map_err(|_| Error::weights(&path, format!("missing tensor '{name}'")))?;
         let mut out = vec![0.0; model.params.len()];
         if view.shape() != [out.len()] {
-            return Err(Error::weights(&path, format!("tensor '{name}' has shape {:?}, expected [{}]", view.shape(), out.len())));
+            return Err(Error::weights(
+                &path,
+                format!("tensor '{name}' has shape {:?}, expected [{}]", view.shape(), out.len()),
+            ));
         }
-        to_f32(view.dtype(), view.data(), &mut out).map_err(|msg| Error::weights(&path, format!("tensor '{name}': {msg}")))?;
+        to_f32(view.dtype(), view.data(), &mut out)
+            .map_err(|msg| Error::weights(&path, format!("tensor '{name}': {msg}")))?;
         Ok(out)
     };
     let (optimizer_m, optimizer_v) = (moment("exp_avg")?, moment("exp_avg_sq")?);
-    Ok(Checkpoint { model, optimizer_m, optimizer_v, tokenizer, state })
+    Ok(Checkpoint {
+        model,
+        optimizer_m,
+        optimizer_v,
+        tokenizer,
+        state,
+    })
 }

@@ -78,7 +78,9 @@ pub struct TrainConfig {
 
 /// The bundled corpus.
 pub fn bundled_corpus() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join("tinyshakespeare.txt")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join("tinyshakespeare.txt")
 }
 
 impl Default for TrainConfig {
@@ -124,7 +126,15 @@ impl Default for TrainConfig {
 pub const DEFAULT_SHAPE: (usize, usize, usize, usize) = (4, 4, 128, 64); // n_layer, n_head, n_embd, block_size
 
 /// Settings a resumed run may change: they do not alter the path of the training itself.
-pub const RESUMABLE_KEYS: [&str; 7] = ["max_iters", "eval_interval", "eval_iters", "prompt", "sample_tokens", "temperature", "top_k"];
+pub const RESUMABLE_KEYS: [&str; 7] = [
+    "max_iters",
+    "eval_interval",
+    "eval_iters",
+    "prompt",
+    "sample_tokens",
+    "temperature",
+    "top_k",
+];
 
 impl TrainConfig {
     /// Reads a TOML file of settings. Unknown keys and wrong types are errors naming the line.
@@ -140,7 +150,8 @@ impl TrainConfig {
                 "gradient_accumulation_steps" => "grad_accum".to_string(),
                 _ => key,
             };
-            let mut value = serde_json::to_value(value).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            let mut value =
+                serde_json::to_value(value).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
             // Relative paths in the file are relative to the file.
             if matches!(key.as_str(), "data" | "init" | "cache_dir" | "out_dir") {
                 value = resolve_paths(value, path.parent().unwrap_or(Path::new("")));
@@ -184,20 +195,39 @@ impl TrainConfig {
                 return Err(Error::Config(format!("{name} must be positive")));
             }
         }
-        for (name, value) in [("n_layer", self.n_layer), ("n_head", self.n_head), ("n_embd", self.n_embd), ("block_size", self.block_size), ("stride", self.stride)] {
+        for (name, value) in [
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+            ("n_embd", self.n_embd),
+            ("block_size", self.block_size),
+            ("stride", self.stride),
+        ] {
             if value == Some(0) {
                 return Err(Error::Config(format!("{name} must be positive")));
             }
         }
         if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
-            return Err(Error::Config(format!("val_fraction must be between 0 and 1, got {}", self.val_fraction)));
+            return Err(Error::Config(format!(
+                "val_fraction must be between 0 and 1, got {}",
+                self.val_fraction
+            )));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::Config(format!("dropout must be in [0, 1), got {}", self.dropout)));
+            return Err(Error::Config(format!(
+                "dropout must be in [0, 1), got {}",
+                self.dropout
+            )));
         }
-        for (name, value) in [("lr", self.lr), ("min_lr", self.min_lr), ("weight_decay", self.weight_decay), ("grad_clip", self.grad_clip)] {
+        for (name, value) in [
+            ("lr", self.lr),
+            ("min_lr", self.min_lr),
+            ("weight_decay", self.weight_decay),
+            ("grad_clip", self.grad_clip),
+        ] {
             if !(value >= 0.0 && value.is_finite()) {
-                return Err(Error::Config(format!("{name} must be a non-negative number, got {value}")));
+                return Err(Error::Config(format!(
+                    "{name} must be a non-negative number, got {value}"
+                )));
             }
         }
         for (name, value) in [("beta1", self.beta1), ("beta2", self.beta2)] {
@@ -206,10 +236,15 @@ impl TrainConfig {
             }
         }
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            return Err(Error::Config(format!("temperature must be positive, got {}", self.temperature)));
+            return Err(Error::Config(format!(
+                "temperature must be positive, got {}",
+                self.temperature
+            )));
         }
         if self.init.is_some() && self.preset.is_some() {
-            return Err(Error::Config("give either --init (start from a model) or --preset (a new model), not both".into()));
+            return Err(Error::Config(
+                "give either --init (start from a model) or --preset (a new model), not both".into(),
+            ));
         }
         Ok(())
     }
@@ -237,13 +272,20 @@ mod tests {
         let file = TrainConfig::overrides_from_toml(&path).unwrap();
         let mut flags = Overrides::new();
         flags.insert("n_layer".into(), 3.into());
-        let config = TrainConfig::default().with_overrides(&file).unwrap().with_overrides(&flags).unwrap();
+        let config = TrainConfig::default()
+            .with_overrides(&file)
+            .unwrap()
+            .with_overrides(&flags)
+            .unwrap();
         assert_eq!((config.lr, config.n_layer, config.batch_size), (0.01, Some(3), 12));
         assert_eq!(config.data, [dir.join("a.txt")]);
         assert_eq!(config.conflicts(&flags, &[]).unwrap(), Vec::<String>::new());
         flags.insert("n_layer".into(), 4.into());
         flags.insert("max_iters".into(), 9.into());
-        assert_eq!(config.conflicts(&flags, &RESUMABLE_KEYS).unwrap(), ["n_layer = 4 (the run has 3)"]);
+        assert_eq!(
+            config.conflicts(&flags, &RESUMABLE_KEYS).unwrap(),
+            ["n_layer = 4 (the run has 3)"]
+        );
 
         std::fs::write(&path, "lr = 0.01\n\nn_layers = 2\n").unwrap();
         let err = TrainConfig::overrides_from_toml(&path).unwrap_err().to_string();
@@ -257,11 +299,27 @@ mod tests {
     #[test]
     fn validation_rejects_impossible_settings() {
         let bad = [
-            TrainConfig { batch_size: 0, ..Default::default() },
-            TrainConfig { val_fraction: 1.0, ..Default::default() },
-            TrainConfig { beta2: 1.0, ..Default::default() },
-            TrainConfig { stride: Some(0), ..Default::default() },
-            TrainConfig { init: Some("x".into()), preset: Some("gpt2".into()), ..Default::default() },
+            TrainConfig {
+                batch_size: 0,
+                ..Default::default()
+            },
+            TrainConfig {
+                val_fraction: 1.0,
+                ..Default::default()
+            },
+            TrainConfig {
+                beta2: 1.0,
+                ..Default::default()
+            },
+            TrainConfig {
+                stride: Some(0),
+                ..Default::default()
+            },
+            TrainConfig {
+                init: Some("x".into()),
+                preset: Some("gpt2".into()),
+                ..Default::default()
+            },
         ];
         for config in bad {
             assert!(config.validate().is_err(), "{config:?}");

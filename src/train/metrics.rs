@@ -79,8 +79,9 @@ impl MetricsLog {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
             let mut kept = String::new();
             for (i, line) in text.lines().enumerate() {
-                let record: Record = serde_json::from_str(line)
-                    .map_err(|e| Error::Input(format!("{}: line {}: not a metrics record: {e}", path.display(), i + 1)))?;
+                let record: Record = serde_json::from_str(line).map_err(|e| {
+                    Error::Input(format!("{}: line {}: not a metrics record: {e}", path.display(), i + 1))
+                })?;
                 if record.step() < from_step {
                     kept.push_str(line);
                     kept.push('\n');
@@ -94,15 +95,25 @@ impl MetricsLog {
                 write_file(path, |w| w.write_all(kept.as_bytes()))?;
             }
         }
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
-        Ok(MetricsLog { path: path.to_path_buf(), file, history })
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(MetricsLog {
+            path: path.to_path_buf(),
+            file,
+            history,
+        })
     }
 
     /// Appends a record (one write, so a line is never split by a crash between records).
     pub fn append(&mut self, record: Record) -> Result<()> {
         let mut line = serde_json::to_string(&record).map_err(|e| Error::Input(e.to_string()))?;
         line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(|e| Error::io(&self.path, e))?;
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|e| Error::io(&self.path, e))?;
         match record {
             Record::Eval(e) => self.history.evals.push(e),
             Record::Step(s) => self.history.steps.push(s),
@@ -121,7 +132,17 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("metrics.jsonl");
         let _ = std::fs::remove_file(&path);
-        let step = |step| Record::Step(StepRecord { step, train_loss: 1.0, lr: 0.1, grad_norm: 2.0, tokens: 0, tokens_per_s: 1.0, elapsed_s: 0.0 });
+        let step = |step| {
+            Record::Step(StepRecord {
+                step,
+                train_loss: 1.0,
+                lr: 0.1,
+                grad_norm: 2.0,
+                tokens: 0,
+                tokens_per_s: 1.0,
+                elapsed_s: 0.0,
+            })
+        };
         let eval = Record::Eval(EvalRecord {
             step: 2,
             train_loss: 1.0,

@@ -127,7 +127,8 @@ impl Trainer {
         let docs = read_corpus(&config.data)?;
         let init = config.init.as_deref().map(load_model).transpose()?;
         let (tokenizer, tokenizer_spec) = resolve_tokenizer(&config, &docs)?;
-        let (model_config, block_size) = model_config(&config, tokenizer.vocab_size(), init.as_ref().map(|m| &m.config))?;
+        let (model_config, block_size) =
+            model_config(&config, tokenizer.vocab_size(), init.as_ref().map(|m| &m.config))?;
         let cache_dir = config.cache_dir.clone().unwrap_or_else(default_cache_dir);
         let (shard, cached) = tokenize_cached(&docs, &tokenizer, &cache_dir)?;
         let data = Dataset::new(shard, config.val_fraction, block_size)?;
@@ -168,12 +169,26 @@ impl Trainer {
     /// the user gave again: only [`config::RESUMABLE_KEYS`] may differ from the run's.
     pub fn resume(run_dir: &Path, overrides: &Overrides) -> Result<Trainer> {
         // Accept the run directory or its latest/ checkpoint.
-        let run_dir = if run_dir.join(checkpoint::TRAINER_FILE).is_file() { run_dir.parent().unwrap_or(Path::new(".")) } else { run_dir };
+        let run_dir = if run_dir.join(checkpoint::TRAINER_FILE).is_file() {
+            run_dir.parent().unwrap_or(Path::new("."))
+        } else {
+            run_dir
+        };
         let dir = run_dir.join("latest");
         if !dir.join(checkpoint::TRAINER_FILE).is_file() {
-            return Err(Error::Input(format!("{}: not a training run (no latest/{})", run_dir.display(), checkpoint::TRAINER_FILE)));
+            return Err(Error::Input(format!(
+                "{}: not a training run (no latest/{})",
+                run_dir.display(),
+                checkpoint::TRAINER_FILE
+            )));
         }
-        let Checkpoint { mut model, optimizer_m, optimizer_v, tokenizer, state } = checkpoint::load(&dir)?;
+        let Checkpoint {
+            mut model,
+            optimizer_m,
+            optimizer_v,
+            tokenizer,
+            state,
+        } = checkpoint::load(&dir)?;
         let conflicts = state.config.conflicts(overrides, &config::RESUMABLE_KEYS)?;
         if !conflicts.is_empty() {
             return Err(Error::Config(format!(
@@ -183,13 +198,23 @@ impl Trainer {
                 dir.display()
             )));
         }
-        let config = TrainConfig { out_dir: Some(run_dir.to_path_buf()), ..state.config.with_overrides(overrides)? };
+        let config = TrainConfig {
+            out_dir: Some(run_dir.to_path_buf()),
+            ..state.config.with_overrides(overrides)?
+        };
         config.validate()?;
         let block_size = config.block_size.unwrap_or(model.config.n_positions);
         let expected = (config.n_layer, config.n_head, config.n_embd);
-        let found = (Some(model.config.n_layer), Some(model.config.n_head), Some(model.config.n_embd));
+        let found = (
+            Some(model.config.n_layer),
+            Some(model.config.n_head),
+            Some(model.config.n_embd),
+        );
         if expected != found || block_size > model.config.n_positions {
-            return Err(Error::weights(&dir, "config.json does not match the settings in trainer.json"));
+            return Err(Error::weights(
+                &dir,
+                "config.json does not match the settings in trainer.json",
+            ));
         }
         model.config.dropout = config.dropout;
         let prompt = encode_prompt(&config.prompt, &tokenizer, &model.config)?;
@@ -200,7 +225,12 @@ impl Trainer {
             return Err(Error::Input(format!(
                 "{}: the corpus ({}) is not the one this run was trained on: its text or tokenizer changed",
                 run_dir.display(),
-                config.data.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                config
+                    .data
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let data = Dataset::new(shard, config.val_fraction, block_size)?;
@@ -216,7 +246,16 @@ impl Trainer {
             cached,
             files: docs.len(),
         };
-        Trainer::assemble(config, run_dir.to_path_buf(), model, optimizer, tokenizer, data, prompt, parts)
+        Trainer::assemble(
+            config,
+            run_dir.to_path_buf(),
+            model,
+            optimizer,
+            tokenizer,
+            data,
+            prompt,
+            parts,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -307,7 +346,7 @@ impl Trainer {
         let mut saved_at = None;
         loop {
             self.elapsed_s = elapsed_before + clock.elapsed().as_secs_f64();
-            if self.step % self.config.eval_interval == 0 || self.step == self.config.max_iters {
+            if self.step.is_multiple_of(self.config.eval_interval) || self.step == self.config.max_iters {
                 let record = self.evaluate(&mut batch)?;
                 self.log.append(Record::Eval(record.clone()))?;
                 plots = Some(plot::write_plots(&self.log.history, &self.run_dir)?);
@@ -326,7 +365,10 @@ impl Trainer {
             if self.step >= self.config.max_iters {
                 break;
             }
-            let interrupted = options.interrupt.as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst));
+            let interrupted = options
+                .interrupt
+                .as_ref()
+                .is_some_and(|flag| flag.load(Ordering::SeqCst));
             if interrupted || options.stop_at == Some(self.step) {
                 if self.step > session_start && saved_at != Some(self.step) {
                     latest = Some(self.save("latest")?);
@@ -360,7 +402,9 @@ impl Trainer {
         for _ in 0..accum {
             let starts = self.stream.next_starts(self.data.train.len(), t, b);
             self.data.fill(Split::Train, &starts, t, batch);
-            let micro = self.model.forward(&batch.inputs, b, t, Some(&batch.targets), Some(&mut self.dropout_rng))?;
+            let micro = self
+                .model
+                .forward(&batch.inputs, b, t, Some(&batch.targets), Some(&mut self.dropout_rng))?;
             loss += micro.expect("forward with targets returns a loss");
             self.model.backward(1.0 / accum as f32)?;
         }
@@ -371,7 +415,11 @@ impl Trainer {
                 self.step
             )));
         }
-        let max_norm = if self.config.grad_clip > 0.0 { self.config.grad_clip } else { f32::INFINITY };
+        let max_norm = if self.config.grad_clip > 0.0 {
+            self.config.grad_clip
+        } else {
+            f32::INFINITY
+        };
         let grad_norm = self.optimizer.clip_grad_norm(&mut self.model.grads, max_norm);
         self.optimizer.step(&mut self.model.params, &self.model.grads, lr);
         let tokens = self.info.tokens_per_step as u64;
@@ -390,11 +438,17 @@ impl Trainer {
     fn evaluate(&mut self, batch: &mut Batch) -> Result<EvalRecord> {
         let (b, t) = (self.config.batch_size, self.block_size);
         let mut losses = [0.0f32; 2];
-        for (loss, (split, starts)) in losses.iter_mut().zip([Split::Train, Split::Val].into_iter().zip(&self.eval_batches)) {
+        for (loss, (split, starts)) in losses
+            .iter_mut()
+            .zip([Split::Train, Split::Val].into_iter().zip(&self.eval_batches))
+        {
             let mut sum = 0.0f64;
             for batch_starts in starts {
                 self.data.fill(split, batch_starts, t, batch);
-                sum += self.model.forward(&batch.inputs, b, t, Some(&batch.targets), None)?.expect("targets given") as f64;
+                sum += self
+                    .model
+                    .forward(&batch.inputs, b, t, Some(&batch.targets), None)?
+                    .expect("targets given") as f64;
             }
             *loss = (sum / starts.len() as f64) as f32;
         }
@@ -414,9 +468,18 @@ impl Trainer {
     /// A sample of the model now: the prompt and sample_tokens tokens after it, drawn with the
     /// run's temperature and top-k from a stream seeded by the step (the training is untouched).
     fn sample(&mut self) -> Result<String> {
-        let sampling = Sampling { temperature: self.config.temperature, top_k: self.config.top_k };
+        let sampling = Sampling {
+            temperature: self.config.temperature,
+            top_k: self.config.top_k,
+        };
         let mut rng = Rng::new(self.config.seed ^ SAMPLE_STREAM ^ self.step as u64);
-        let ids = generate_ids(&mut self.model, &self.prompt, self.config.sample_tokens, &sampling, &mut rng)?;
+        let ids = generate_ids(
+            &mut self.model,
+            &self.prompt,
+            self.config.sample_tokens,
+            &sampling,
+            &mut rng,
+        )?;
         self.tokenizer.decode(&ids)
     }
 
@@ -456,7 +519,13 @@ struct Parts {
 }
 
 fn adamw_config(config: &TrainConfig) -> AdamWConfig {
-    AdamWConfig { lr: config.lr, beta1: config.beta1, beta2: config.beta2, eps: 1e-8, weight_decay: config.weight_decay }
+    AdamWConfig {
+        lr: config.lr,
+        beta1: config.beta1,
+        beta2: config.beta2,
+        eps: 1e-8,
+        weight_decay: config.weight_decay,
+    }
 }
 
 fn windows(config: &TrainConfig) -> Windows {
@@ -465,7 +534,11 @@ fn windows(config: &TrainConfig) -> Windows {
 
 /// The cache key a shard is named by.
 fn shard_key(shard: &crate::data::Shard) -> String {
-    shard.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    shard
+        .path()
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// The tokenizer of a new run, and its spec as recorded: `char` (the corpus's characters) by
@@ -473,13 +546,19 @@ fn shard_key(shard: &crate::data::Shard) -> String {
 fn resolve_tokenizer(config: &TrainConfig, docs: &[Document]) -> Result<(Tokenizer, String)> {
     match (config.tokenizer.as_deref(), config.init.as_deref()) {
         (Some("char"), _) | (None, None) => {
-            let chars: BTreeSet<char> = docs.iter().flat_map(|d| CharLevel::from_text(&d.text).chars().to_vec()).collect();
+            let chars: BTreeSet<char> = docs
+                .iter()
+                .flat_map(|d| CharLevel::from_text(&d.text).chars().to_vec())
+                .collect();
             Ok((Tokenizer::char_level(chars.into_iter().collect())?, "char".into()))
         }
         (Some(spec), _) => Ok((Tokenizer::from_spec(spec)?, spec.into())),
         (None, Some(dir)) => {
             let tokenizer = Tokenizer::load_dir(dir)?.ok_or_else(|| {
-                Error::Input(format!("{}: the --init model has no tokenizer files; name one with --tokenizer", dir.display()))
+                Error::Input(format!(
+                    "{}: the --init model has no tokenizer files; name one with --tokenizer",
+                    dir.display()
+                ))
             })?;
             let spec = match tokenizer.kind() {
                 "gpt2" => "gpt2".into(),
@@ -494,9 +573,16 @@ fn resolve_tokenizer(config: &TrainConfig, docs: &[Document]) -> Result<(Tokeniz
 /// flags may not change), else from the preset or the default, with the flags on top.
 fn model_config(config: &TrainConfig, vocab_size: usize, init: Option<&Config>) -> Result<(Config, usize)> {
     if let Some(init) = init {
-        for (name, given, has) in [("n_layer", config.n_layer, init.n_layer), ("n_head", config.n_head, init.n_head), ("n_embd", config.n_embd, init.n_embd)] {
+        for (name, given, has) in [
+            ("n_layer", config.n_layer, init.n_layer),
+            ("n_head", config.n_head, init.n_head),
+            ("n_embd", config.n_embd, init.n_embd),
+        ] {
             if given.is_some_and(|g| g != has) {
-                return Err(Error::Config(format!("{name} = {} does not match the --init model's {has}", given.unwrap_or(has))));
+                return Err(Error::Config(format!(
+                    "{name} = {} does not match the --init model's {has}",
+                    given.unwrap_or(has)
+                )));
             }
         }
         if vocab_size > init.vocab_size {
@@ -507,9 +593,18 @@ fn model_config(config: &TrainConfig, vocab_size: usize, init: Option<&Config>) 
         }
         let block_size = config.block_size.unwrap_or(init.n_positions);
         if block_size > init.n_positions {
-            return Err(Error::Config(format!("block_size {block_size} exceeds the --init model's {} positions", init.n_positions)));
+            return Err(Error::Config(format!(
+                "block_size {block_size} exceeds the --init model's {} positions",
+                init.n_positions
+            )));
         }
-        return Ok((Config { dropout: config.dropout, ..init.clone() }, block_size));
+        return Ok((
+            Config {
+                dropout: config.dropout,
+                ..init.clone()
+            },
+            block_size,
+        ));
     }
     let (n_layer, n_head, n_embd, block_size) = match &config.preset {
         Some(name) => {
@@ -519,7 +614,13 @@ fn model_config(config: &TrainConfig, vocab_size: usize, init: Option<&Config>) 
         None => config::DEFAULT_SHAPE,
     };
     let block_size = config.block_size.unwrap_or(block_size);
-    let mut model = Config::new(vocab_size, block_size, config.n_embd.unwrap_or(n_embd), config.n_layer.unwrap_or(n_layer), config.n_head.unwrap_or(n_head));
+    let mut model = Config::new(
+        vocab_size,
+        block_size,
+        config.n_embd.unwrap_or(n_embd),
+        config.n_layer.unwrap_or(n_layer),
+        config.n_head.unwrap_or(n_head),
+    );
     model.dropout = config.dropout;
     model.validate()?;
     Ok((model, block_size))
@@ -528,10 +629,18 @@ fn model_config(config: &TrainConfig, vocab_size: usize, init: Option<&Config>) 
 /// The sample prompt's ids; each character must be in the vocabulary, and the prompt must
 /// leave room in the context.
 fn encode_prompt(prompt: &str, tokenizer: &Tokenizer, model: &Config) -> Result<Vec<u32>> {
-    let ids = tokenizer.encode(prompt).map_err(|e| Error::Input(format!("the sample prompt {prompt:?}: {e}")))?;
-    let ids = if ids.is_empty() { tokenizer.eot_token().into_iter().collect() } else { ids };
+    let ids = tokenizer
+        .encode(prompt)
+        .map_err(|e| Error::Input(format!("the sample prompt {prompt:?}: {e}")))?;
+    let ids = if ids.is_empty() {
+        tokenizer.eot_token().into_iter().collect()
+    } else {
+        ids
+    };
     if ids.is_empty() {
-        return Err(Error::Input("the sample prompt is empty (and this vocabulary has no <|endoftext|> to start from)".into()));
+        return Err(Error::Input(
+            "the sample prompt is empty (and this vocabulary has no <|endoftext|> to start from)".into(),
+        ));
     }
     if ids.len() >= model.n_positions {
         return Err(Error::Input(format!(
@@ -548,7 +657,11 @@ pub fn default_cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")));
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        });
     base.unwrap_or_else(std::env::temp_dir).join("gpt2")
 }
 
@@ -611,7 +724,12 @@ fn utc_timestamp(time: std::time::SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

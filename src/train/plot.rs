@@ -20,7 +20,9 @@ pub fn write_plots(history: &History, dir: &Path) -> Result<[PathBuf; 2]> {
         let _ = plotters::style::register_font(FONT, FontStyle::Normal, include_bytes!("../../assets/DejaVuSans.ttf"));
     });
     let (png_path, svg_path) = (dir.join("loss.png"), dir.join("loss.svg"));
-    let failed = |path: &Path, e: Box<dyn StdError>| Error::io(path, std::io::Error::other(format!("drawing the loss plot: {e}")));
+    let failed = |path: &Path, e: Box<dyn StdError>| {
+        Error::io(path, std::io::Error::other(format!("drawing the loss plot: {e}")))
+    };
 
     let mut svg = String::new();
     draw(&SVGBackend::with_string(&mut svg, SIZE).into_drawing_area(), history).map_err(|e| failed(&svg_path, e))?;
@@ -39,7 +41,10 @@ pub fn write_plots(history: &History, dir: &Path) -> Result<[PathBuf; 2]> {
     Ok([png_path, svg_path])
 }
 
-fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, history: &History) -> std::result::Result<(), Box<dyn StdError>>
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    history: &History,
+) -> std::result::Result<(), Box<dyn StdError>>
 where
     DB::ErrorType: 'static,
 {
@@ -68,8 +73,14 @@ where
     let val: Vec<(f64, f64)> = history.evals.iter().map(|e| (eval_x(e), e.val_loss as f64)).collect();
     let points = || batch.iter().chain(&train).chain(&val).filter(|p| p.1.is_finite());
     let x_max = points().map(|p| p.0).fold(1.0, f64::max);
-    let (y_min, y_max) = points().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
-    let (y_min, y_max) = if y_min < y_max { (y_min, y_max) } else { (y_min.min(0.0) - 0.5, y_min.max(0.0) + 0.5) };
+    let (y_min, y_max) = points().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+        (lo.min(p.1), hi.max(p.1))
+    });
+    let (y_min, y_max) = if y_min < y_max {
+        (y_min, y_max)
+    } else {
+        (y_min.min(0.0) - 0.5, y_min.max(0.0) + 0.5)
+    };
     let pad = 0.05 * (y_max - y_min);
 
     let mut chart = ChartBuilder::on(area)
@@ -78,18 +89,29 @@ where
         .x_label_area_size(40)
         .y_label_area_size(55)
         .build_cartesian_2d(0.0..x_max, (y_min - pad).max(0.0)..y_max + pad)?;
-    chart.configure_mesh().x_desc(x_name).y_desc("loss (nats per token)").label_style((FONT, 13)).draw()?;
+    chart
+        .configure_mesh()
+        .x_desc(x_name)
+        .y_desc("loss (nats per token)")
+        .label_style((FONT, 13))
+        .draw()?;
     let faint = RGBColor(160, 190, 235);
-    chart.draw_series(LineSeries::new(batch.iter().copied(), faint.stroke_width(1)))?.label("train batch").legend(move |(x, y)| {
-        PathElement::new([(x, y), (x + 20, y)], faint.stroke_width(2))
-    });
+    chart
+        .draw_series(LineSeries::new(batch.iter().copied(), faint.stroke_width(1)))?
+        .label("train batch")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], faint.stroke_width(2)));
     for (series, color, name) in [(&train, BLUE, "train (eval)"), (&val, RED, "val (eval)")] {
         chart
             .draw_series(LineSeries::new(series.iter().copied(), color.stroke_width(2)).point_size(3))?
             .label(name)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font((FONT, 13)).draw()?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FONT, 13))
+        .draw()?;
     Ok(())
 }
 
@@ -104,7 +126,15 @@ mod tests {
         let mut history = History::default();
         for step in 0..20 {
             let loss = 4.0 - step as f32 * 0.1;
-            history.steps.push(StepRecord { step, train_loss: loss, lr: 1e-3, grad_norm: 1.0, tokens: step as u64 * 64, tokens_per_s: 1e4, elapsed_s: 0.0 });
+            history.steps.push(StepRecord {
+                step,
+                train_loss: loss,
+                lr: 1e-3,
+                grad_norm: 1.0,
+                tokens: step as u64 * 64,
+                tokens_per_s: 1e4,
+                elapsed_s: 0.0,
+            });
         }
         for step in [0, 10, 20] {
             let (train_loss, val_loss) = (4.0 - step as f32 * 0.1, 4.1 - step as f32 * 0.09);

@@ -26,7 +26,8 @@ impl LrSchedule {
         if it > self.lr_decay_iters {
             return self.min_lr;
         }
-        let ratio = (it - self.warmup_iters) as f64 / (self.lr_decay_iters.saturating_sub(self.warmup_iters)).max(1) as f64;
+        let ratio =
+            (it - self.warmup_iters) as f64 / (self.lr_decay_iters.saturating_sub(self.warmup_iters)).max(1) as f64;
         let coeff = 0.5 * (1.0 + (std::f64::consts::PI * ratio).cos());
         (self.min_lr as f64 + coeff * (self.lr - self.min_lr) as f64) as f32
     }
@@ -38,7 +39,13 @@ mod tests {
 
     #[test]
     fn warms_up_linearly_then_decays_to_the_floor() {
-        let s = LrSchedule { lr: 1.0, min_lr: 0.1, warmup_iters: 9, lr_decay_iters: 109, decay_lr: true };
+        let s = LrSchedule {
+            lr: 1.0,
+            min_lr: 0.1,
+            warmup_iters: 9,
+            lr_decay_iters: 109,
+            decay_lr: true,
+        };
         assert_eq!(s.at(0), 0.1);
         assert_eq!(s.at(8), 0.9);
         assert_eq!(s.at(9), 1.0);

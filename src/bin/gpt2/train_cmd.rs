@@ -130,7 +130,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         Some(path) => TrainConfig::overrides_from_toml(path)?,
         None => Overrides::new(),
     };
-    let serde_json::Value::Object(flags) = serde_json::to_value(args)? else { bail!("flags are an object") };
+    let serde_json::Value::Object(flags) = serde_json::to_value(args)? else {
+        bail!("flags are an object")
+    };
     overrides.extend(flags.into_iter().filter(|(_, v)| !v.is_null()));
 
     let mut trainer = match &args.resume {
@@ -148,15 +150,28 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     .context("installing the Ctrl-C handler")?;
 
     let info = trainer.info().clone();
-    let bar = if std::io::stdout().is_terminal() { ProgressBar::new(info.max_iters as u64) } else { ProgressBar::hidden() };
+    let bar = if std::io::stdout().is_terminal() {
+        ProgressBar::new(info.max_iters as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
-        ProgressStyle::with_template("{bar:30.cyan/blue} step {pos}/{len} {msg} ETA {eta}").expect("a valid template").progress_chars("=> "),
+        ProgressStyle::with_template("{bar:30.cyan/blue} step {pos}/{len} {msg} ETA {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
     );
-    let options = RunOptions { stop_at: None, interrupt: Some(interrupt) };
+    let options = RunOptions {
+        stop_at: None,
+        interrupt: Some(interrupt),
+    };
     let summary = trainer.run(&options, &mut |event| match event {
         Event::Started(info) => {
             let m = &info.model;
-            let source = if info.cached { "from the cache" } else { "tokenised into" };
+            let source = if info.cached {
+                "from the cache"
+            } else {
+                "tokenised into"
+            };
             if info.resumed {
                 println!("resuming {} at step {}", info.run_dir.display(), info.start_step);
             }
@@ -185,7 +200,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }
         Event::Step(s) => {
             bar.set_position(s.step as u64 + 1);
-            bar.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", s.train_loss, s.lr, s.tokens_per_s));
+            bar.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.0} tok/s",
+                s.train_loss, s.lr, s.tokens_per_s
+            ));
         }
         Event::Eval(e) => bar.suspend(|| {
             println!(
