@@ -69,6 +69,7 @@ pub struct TrainConfig {
     pub prompt: String,
     /// Length of that sample, in tokens.
     pub sample_tokens: usize,
+    /// Softmax temperature of that sample (0: greedy).
     pub temperature: f32,
     /// Sample among the k most likely tokens (0: all).
     pub top_k: usize,
@@ -235,9 +236,9 @@ impl TrainConfig {
                 return Err(Error::Config(format!("{name} must be in [0, 1), got {value}")));
             }
         }
-        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return Err(Error::Config(format!(
-                "temperature must be positive, got {}",
+                "temperature must be 0 (greedy) or positive, got {}",
                 self.temperature
             )));
         }

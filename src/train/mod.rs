@@ -470,17 +470,18 @@ impl Trainer {
     fn sample(&mut self) -> Result<String> {
         let sampling = Sampling {
             temperature: self.config.temperature,
-            top_k: self.config.top_k,
+            top_k: (self.config.top_k > 0).then_some(self.config.top_k),
+            ..Sampling::default()
         };
         let mut rng = Rng::new(self.config.seed ^ SAMPLE_STREAM ^ self.step as u64);
-        let ids = generate_ids(
+        let new = generate_ids(
             &mut self.model,
             &self.prompt,
             self.config.sample_tokens,
             &sampling,
             &mut rng,
         )?;
-        self.tokenizer.decode(&ids)
+        self.tokenizer.decode(&[self.prompt.as_slice(), &new].concat())
     }
 
     /// Writes the checkpoint `run_dir/<name>` atomically; returns its path.

@@ -93,6 +93,7 @@ where
         .configure_mesh()
         .x_desc(x_name)
         .y_desc("loss (nats per token)")
+        .x_label_formatter(&|x| short_number(*x))
         .label_style((FONT, 13))
         .draw()?;
     let faint = RGBColor(160, 190, 235);
@@ -113,6 +114,15 @@ where
         .label_font((FONT, 13))
         .draw()?;
     Ok(())
+}
+
+/// 200, 1.5K, 12M: an axis label.
+fn short_number(x: f64) -> String {
+    match x.abs() {
+        a if a >= 1e6 => format!("{}M", x / 1e6),
+        a if a >= 1e3 => format!("{}K", x / 1e3),
+        _ => format!("{x}"),
+    }
 }
 
 #[cfg(test)]
@@ -154,6 +164,10 @@ mod tests {
         assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
         let svg = std::fs::read_to_string(&svg).unwrap();
         assert!(svg.contains("val (eval)") && svg.contains("tokens seen"));
+        assert_eq!(
+            [short_number(200.0), short_number(1500.0), short_number(1.2e6)],
+            ["200", "1.5K", "1.2M"]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

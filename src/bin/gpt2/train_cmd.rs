@@ -114,7 +114,7 @@ pub struct TrainArgs {
     /// Tokens of that sample [default: 200].
     #[arg(long, help_heading = "Evaluation and output")]
     sample_tokens: Option<usize>,
-    /// [default: 0.8]
+    /// Softmax temperature of the sample; 0: greedy [default: 0.8].
     #[arg(long, help_heading = "Evaluation and output")]
     temperature: Option<f32>,
     /// Sample among the k most likely tokens; 0: all [default: 200].
