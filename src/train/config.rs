@@ -153,9 +153,11 @@ impl TrainConfig {
             };
             let mut value =
                 serde_json::to_value(value).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-            // Relative paths in the file are relative to the file.
+            // Relative paths in the file are relative to the file; all are made absolute, so that
+            // a run records paths that still hold when it is resumed from elsewhere.
             if matches!(key.as_str(), "data" | "init" | "cache_dir" | "out_dir") {
-                value = resolve_paths(value, path.parent().unwrap_or(Path::new("")));
+                let dir = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
+                value = resolve_paths(value, dir.parent().unwrap_or(Path::new("/")));
             }
             map.insert(key, value);
         }

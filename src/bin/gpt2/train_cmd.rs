@@ -26,14 +26,14 @@ pub struct TrainArgs {
     resume: Option<PathBuf>,
 
     /// Text files or directories of text files [default: the bundled data/tinyshakespeare.txt].
-    #[arg(long, num_args = 1.., value_name = "PATH", help_heading = "Data")]
+    #[arg(long, num_args = 1.., value_name = "PATH", value_parser = absolute, help_heading = "Data")]
     data: Option<Vec<PathBuf>>,
     /// char (one token per character of the corpus), char:<file>, gpt2 or bpe:<file>
     /// [default: char, or the --init model's tokenizer].
     #[arg(long, value_name = "SPEC", help_heading = "Data")]
     tokenizer: Option<String>,
     /// Where tokenised corpora are cached [default: ~/.cache/gpt2].
-    #[arg(long, value_name = "DIR", help_heading = "Data")]
+    #[arg(long, value_name = "DIR", value_parser = absolute, help_heading = "Data")]
     cache_dir: Option<PathBuf>,
     /// Fraction of the corpus, at its end, held out for validation [default: 0.1].
     #[arg(long, help_heading = "Data")]
@@ -50,7 +50,7 @@ pub struct TrainArgs {
     #[arg(long, help_heading = "Model")]
     preset: Option<String>,
     /// Fine-tune: start from this checkpoint, run or Hugging Face GPT-2 directory.
-    #[arg(long, value_name = "DIR", help_heading = "Model")]
+    #[arg(long, value_name = "DIR", value_parser = absolute, help_heading = "Model")]
     init: Option<PathBuf>,
     #[arg(long, help_heading = "Model")]
     n_layer: Option<usize>,
@@ -123,6 +123,11 @@ pub struct TrainArgs {
     /// Run directory [default: runs/<UTC time>, linked from runs/latest].
     #[arg(long, value_name = "DIR", help_heading = "Evaluation and output")]
     out_dir: Option<PathBuf>,
+}
+
+/// A path made absolute (against the current directory), as the run records it.
+fn absolute(path: &str) -> std::io::Result<PathBuf> {
+    std::path::absolute(path)
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
@@ -212,7 +217,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             );
             println!("  sample: {}", e.sample.replace('\n', "\n          "));
         }),
-        Event::Checkpoint(_) => {}
+        Event::Checkpoint(dir) => bar.suspend(|| println!("  saved {}", dir.display())),
     })?;
     bar.finish_and_clear();
     print_summary(&summary);
