@@ -300,6 +300,20 @@ mod tests {
     }
 
     #[test]
+    fn the_bundled_configs_are_valid_and_find_the_bundled_corpus() {
+        for name in ["shakespeare-char", "finetune-gpt2"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("configs")
+                .join(format!("{name}.toml"));
+            let config = TrainConfig::default()
+                .with_overrides(&TrainConfig::overrides_from_toml(&path).unwrap())
+                .unwrap();
+            config.validate().unwrap();
+            assert!(config.data.iter().all(|p| p.is_file()), "{name}: {:?}", config.data);
+        }
+    }
+
+    #[test]
     fn validation_rejects_impossible_settings() {
         let bad = [
             TrainConfig {

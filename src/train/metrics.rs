@@ -78,7 +78,9 @@ impl MetricsLog {
         if path.exists() {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
             let mut kept = String::new();
-            for (i, line) in text.lines().enumerate() {
+            // A last line without its newline is a write cut short by a crash: it is dropped.
+            let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+            for (i, line) in complete.lines().enumerate() {
                 let record: Record = serde_json::from_str(line).map_err(|e| {
                     Error::Input(format!("{}: line {}: not a metrics record: {e}", path.display(), i + 1))
                 })?;
@@ -127,7 +129,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reopening_drops_the_lines_after_the_checkpoint() {
+    fn reopening_drops_the_lines_after_the_checkpoint_and_a_torn_last_line() {
         let dir = std::env::temp_dir().join(format!("gpt2-metrics-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("metrics.jsonl");
@@ -159,6 +161,8 @@ mod tests {
             log.append(record).unwrap();
         }
         drop(log);
+        let mut torn = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        torn.write_all(b"{\"step\": 4, \"train_lo").unwrap();
         let log = MetricsLog::open(&path, 2).unwrap();
         assert_eq!(log.history.steps.len(), 2);
         assert!(log.history.evals.is_empty());
