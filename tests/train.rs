@@ -205,7 +205,7 @@ fn fine_tuning_starts_from_a_checkpoint_with_its_tokenizer() {
     );
     let base = load_model(&dir.join("run")).unwrap();
     let init = TrainConfig {
-        init: Some(dir.join("run/latest")),
+        init: Some(dir.join("run")),
         n_layer: None,
         n_head: None,
         n_embd: None,

@@ -23,7 +23,8 @@ use crate::config::Config;
 use crate::data::{eval_starts, read_corpus, tokenize_cached, Batch, BatchStream, Dataset, Document, Split, Windows};
 use crate::error::{Error, Result};
 use crate::generate::{generate_ids, Sampling};
-use crate::io::load_model;
+use crate::io::hf::load_hf_dir;
+use crate::io::resolve_model_dir;
 use crate::model::{param_specs, Gpt};
 use crate::ops::adamw::{AdamW, AdamWConfig};
 use crate::rng::Rng;
@@ -125,8 +126,9 @@ impl Trainer {
     pub fn new(config: TrainConfig) -> Result<Trainer> {
         config.validate()?;
         let docs = read_corpus(&config.data)?;
-        let init = config.init.as_deref().map(load_model).transpose()?;
-        let (tokenizer, tokenizer_spec) = resolve_tokenizer(&config, &docs)?;
+        let init_dir = config.init.as_deref().map(resolve_model_dir).transpose()?;
+        let init = init_dir.as_deref().map(load_hf_dir).transpose()?;
+        let (tokenizer, tokenizer_spec) = resolve_tokenizer(config.tokenizer.as_deref(), &docs, init_dir.as_deref())?;
         let (model_config, block_size) =
             model_config(&config, tokenizer.vocab_size(), init.as_ref().map(|m| &m.config))?;
         let cache_dir = config.cache_dir.clone().unwrap_or_else(default_cache_dir);
@@ -544,8 +546,8 @@ fn shard_key(shard: &crate::data::Shard) -> String {
 
 /// The tokenizer of a new run, and its spec as recorded: `char` (the corpus's characters) by
 /// default, a spec given by the user, or the `--init` model's own.
-fn resolve_tokenizer(config: &TrainConfig, docs: &[Document]) -> Result<(Tokenizer, String)> {
-    match (config.tokenizer.as_deref(), config.init.as_deref()) {
+fn resolve_tokenizer(spec: Option<&str>, docs: &[Document], init_dir: Option<&Path>) -> Result<(Tokenizer, String)> {
+    match (spec, init_dir) {
         (Some("char"), _) | (None, None) => {
             let chars: BTreeSet<char> = docs
                 .iter()
