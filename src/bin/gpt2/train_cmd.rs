@@ -181,8 +181,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 println!("resuming {} at step {}", info.run_dir.display(), info.start_step);
             }
             println!(
-                "data: {} files, {} tokens ({source} {}); tokenizer {} ({} ids); train {} / val {} tokens",
+                "data: {} file{}, {} tokens ({source} {}); tokenizer {} ({} ids); train {} / val {} tokens",
                 info.files,
+                if info.files == 1 { "" } else { "s" },
                 info.tokens,
                 info.shard.display(),
                 info.tokenizer,
