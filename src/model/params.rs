@@ -95,10 +95,16 @@ impl<S: Splittable> Weights<S> {
         let (c, v, t, f) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
         // The sizes of param_specs(cfg), computed without building the names.
         let block = [c, c, c * 3 * c, 3 * c, c * c, c, c, c, c * f, f, f * c, c];
-        let mut sizes = [v * c, t * c].into_iter().chain((0..cfg.n_layer).flat_map(|_| block)).chain([c, c]);
+        let mut sizes = [v * c, t * c]
+            .into_iter()
+            .chain((0..cfg.n_layer).flat_map(|_| block))
+            .chain([c, c]);
         let mut rest = Some(buf);
         let mut take = || {
-            let (head, tail) = rest.take().expect("buffer consumed").split(sizes.next().expect("spec left"));
+            let (head, tail) = rest
+                .take()
+                .expect("buffer consumed")
+                .split(sizes.next().expect("spec left"));
             rest = Some(tail);
             head
         };
