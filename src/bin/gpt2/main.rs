@@ -3,6 +3,7 @@
 
 mod bench_cmd;
 mod score_cmd;
+mod tokenize_cmd;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,11 @@ enum Command {
     Train(Box<train_cmd::TrainArgs>),
     /// Loss and perplexity of a text under a model.
     Score(score_cmd::ScoreArgs),
+    /// Text to token ids and back (GPT-2 BPE, char-level, or a trained BPE).
+    Tokenize(tokenize_cmd::TokenizeArgs),
+    /// Byte-level BPE vocabularies: `gpt2 bpe train`.
+    #[command(subcommand)]
+    Bpe(tokenize_cmd::BpeCommand),
     /// Throughput benchmarks (training step, forward pass), optionally against PyTorch.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
@@ -41,6 +47,8 @@ fn main() {
         Command::Train(args) => train_cmd::run(args),
         Command::Score(args) => score_cmd::run(args),
         Command::Bench(cmd) => bench_cmd::run(cmd),
+        Command::Tokenize(args) => tokenize_cmd::run(args),
+        Command::Bpe(cmd) => tokenize_cmd::run_bpe(cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
