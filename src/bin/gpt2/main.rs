@@ -2,6 +2,8 @@
 //! prints; all the work lives in the `gpt2` crate.
 
 mod bench_cmd;
+mod convert_cmd;
+mod download_cmd;
 mod score_cmd;
 
 use clap::{Parser, Subcommand};
@@ -20,7 +22,12 @@ struct Cli {
 enum Command {
     /// Loss and perplexity of a text under a model.
     Score(score_cmd::ScoreArgs),
-    /// Throughput benchmarks (training step, forward pass), optionally against PyTorch.
+    /// Read a model in any format (Hugging Face, OpenAI TensorFlow, llm.c) and write it as a
+    /// Hugging Face directory or an llm.c file.
+    Convert(convert_cmd::ConvertArgs),
+    /// Download OpenAI's GPT-2 (from Hugging Face or OpenAI) into the model cache.
+    Download(download_cmd::DownloadArgs),
+    /// Throughput benchmarks (training step, forward pass, model loading), optionally against PyTorch.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
 }
@@ -35,6 +42,8 @@ fn main() {
     }
     let result = match &cli.command {
         Command::Score(args) => score_cmd::run(args),
+        Command::Convert(args) => convert_cmd::run(args),
+        Command::Download(args) => download_cmd::run(args),
         Command::Bench(cmd) => bench_cmd::run(cmd),
     };
     if let Err(e) = result {
