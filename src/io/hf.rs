@@ -4,7 +4,7 @@
 use super::atomic::{write_dir, write_synced};
 use super::mapped::MappedFile;
 use super::param_buffer::{check_shape, ParamBuffer};
-use super::safetensors::{to_f32, write_safetensors, TensorOut};
+use super::safetensors::{write_safetensors, TensorOut};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::{param_specs, Gpt};
@@ -87,9 +87,8 @@ pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
                 )
             })?;
             check_shape(path, name, view.shape(), &buf.specs()[i].shape, "config.json")?;
-            to_f32(view.dtype(), view.data(), buf.slot(i, path, name)?)
+            file.read_f32(view.dtype(), view.data(), buf.slot(i, path, name)?)
                 .map_err(|msg| Error::weights(path, format!("tensor '{name}': {msg}")))?;
-            file.release(view.data());
         }
     }
     let params = buf.finish(dir, str::to_string)?;

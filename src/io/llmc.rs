@@ -17,10 +17,10 @@
 use super::atomic::write_file;
 use super::mapped::MappedFile;
 use super::param_buffer::ParamBuffer;
-use super::safetensors::to_f32;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::{param_specs, Gpt};
+use rayon::prelude::*;
 use safetensors::Dtype;
 use std::collections::HashMap;
 use std::path::Path;
@@ -86,18 +86,21 @@ fn is_linear_weight(name: &str, shape: &[usize]) -> bool {
     shape.len() == 2 && name.starts_with("h.")
 }
 
-/// `dst` [cols, rows] = the transpose of `src` [rows, cols], in cache-sized tiles.
+/// `dst` [cols, rows] = the transpose of `src` [rows, cols], in cache-sized tiles, blocks of
+/// `dst` rows spread over the threads.
 fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     const TILE: usize = 32;
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    dst[c * rows + r] = src[r * cols + c];
+    dst.par_chunks_mut(TILE * rows).enumerate().for_each(|(block, dst)| {
+        let c0 = block * TILE;
+        for r0 in (0..rows).step_by(TILE) {
+            let r1 = (r0 + TILE).min(rows);
+            for (c, dst_row) in dst.chunks_exact_mut(rows).enumerate() {
+                for (r, out) in (r0..r1).zip(&mut dst_row[r0..r1]) {
+                    *out = src[r * cols + c0 + c];
                 }
             }
         }
-    }
+    });
 }
 
 /// The padded vocabulary size llm.c uses for `vocab_size`.
@@ -204,11 +207,13 @@ pub fn load_llmc(path: &Path) -> Result<Gpt> {
         let used = &data[..numel * width]; // wte: the padding rows are dropped
         if is_linear_weight(&name, &shape) {
             scratch.resize(numel, 0.0);
-            to_f32(st_dtype, used, &mut scratch).map_err(|msg| Error::weights(path, msg))?;
+            file.read_f32(st_dtype, used, &mut scratch)
+                .map_err(|msg| Error::weights(path, msg))?;
             // scratch: [out, in] -> slot: [in, out]
             transpose(&scratch, shape[1], shape[0], slot);
         } else {
-            to_f32(st_dtype, used, slot).map_err(|msg| Error::weights(path, msg))?;
+            file.read_f32(st_dtype, used, slot)
+                .map_err(|msg| Error::weights(path, msg))?;
         }
         file.release(data);
     }

@@ -1,8 +1,14 @@
 //! A read-only memory map of a weight file, whose pages can be handed back once a tensor has
 //! been copied out, so that loading a model peaks at about its size in memory, not twice that.
 
+use super::safetensors::{dtype_width, to_f32};
 use crate::error::{Error, Result};
+use rayon::prelude::*;
+use safetensors::Dtype;
 use std::path::{Path, PathBuf};
+
+/// Tensors are copied out in chunks of this many bytes, spread over the threads.
+const CHUNK_BYTES: usize = 4 << 20;
 
 pub struct MappedFile {
     path: PathBuf,
@@ -49,5 +55,23 @@ impl MappedFile {
                     .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
             };
         }
+    }
+
+    /// Converts `data` (a tensor inside this map, stored as `dtype`) into `out`, chunk by chunk
+    /// on all threads, handing each chunk's pages back once it is copied: a load holds only a
+    /// few chunks of the file at a time.
+    pub fn read_f32(&self, dtype: Dtype, data: &[u8], out: &mut [f32]) -> std::result::Result<(), String> {
+        let width = dtype_width(dtype)?;
+        if data.len() != out.len() * width {
+            return Err(format!("holds {} bytes, expected {}", data.len(), out.len() * width));
+        }
+        let per_chunk = CHUNK_BYTES / width;
+        out.par_chunks_mut(per_chunk)
+            .zip(data.par_chunks(per_chunk * width))
+            .try_for_each(|(out, data)| {
+                to_f32(dtype, data, out)?;
+                self.release(data);
+                Ok(())
+            })
     }
 }

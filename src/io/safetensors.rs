@@ -24,13 +24,18 @@ pub fn has_header(file: &[u8]) -> bool {
         && u64::from_le_bytes(file[..8].try_into().expect("8 bytes")) < file.len() as u64 - 8
 }
 
+/// Bytes per value of the dtypes we read (F32, BF16, F16).
+pub fn dtype_width(dtype: Dtype) -> std::result::Result<usize, String> {
+    match dtype {
+        Dtype::F32 => Ok(4),
+        Dtype::BF16 | Dtype::F16 => Ok(2),
+        other => Err(format!("dtype {other:?} is not supported (expected F32, BF16 or F16)")),
+    }
+}
+
 /// Converts a tensor's bytes to f32 into `out` (F32, BF16 and F16 are accepted).
 pub fn to_f32(dtype: Dtype, bytes: &[u8], out: &mut [f32]) -> std::result::Result<(), String> {
-    let width = match dtype {
-        Dtype::F32 => 4,
-        Dtype::BF16 | Dtype::F16 => 2,
-        other => return Err(format!("dtype {other:?} is not supported (expected F32, BF16 or F16)")),
-    };
+    let width = dtype_width(dtype)?;
     if bytes.len() != out.len() * width {
         return Err(format!("holds {} bytes, expected {}", bytes.len(), out.len() * width));
     }

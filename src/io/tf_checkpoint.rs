@@ -25,7 +25,6 @@ use super::crc32c::{crc32c, unmask};
 use super::mapped::MappedFile;
 use super::param_buffer::{check_shape, ParamBuffer};
 use super::protobuf::{for_each_field, Value};
-use super::safetensors::to_f32;
 use super::sstable::read_table;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -350,9 +349,9 @@ pub fn load_openai_dir(dir: &Path) -> Result<Gpt> {
         };
         check_shape(index, name, &entry.shape, &expected, "hparams.json")?;
         let data = bundle.data(name, entry)?;
-        to_f32(entry.dtype, data, buf.slot(i, index, name)?)
+        bundle.shards[entry.shard]
+            .read_f32(entry.dtype, data, buf.slot(i, index, name)?)
             .map_err(|msg| Error::weights(index, format!("tensor '{name}': {msg}")))?;
-        bundle.release(entry, data);
     }
     let params = buf.finish(index, openai_name)?;
     Ok(Gpt::from_params(config, params))
