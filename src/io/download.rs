@@ -19,7 +19,7 @@ use super::cache::{model_dir, partial_dir, Source, MODELS};
 use super::tf_checkpoint::{read_hparams, Bundle};
 use crate::error::{Error, Result};
 use sha1::Sha1;
-use sha2::{Digest as _, Sha256};
+use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -291,8 +291,18 @@ fn fetch(
     out.sync_all().map_err(|e| Error::io(part, e))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The hex digest of `prefix` followed by the file's bytes.
+fn hash_file<D: Digest>(path: &Path, prefix: &[u8]) -> Result<String> {
+    let mut hasher = D::new();
+    hasher.update(prefix);
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf).map_err(|e| Error::io(path, e))? {
+            0 => return Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()),
+            n => hasher.update(&buf[..n]),
+        }
+    }
 }
 
 /// Checks a downloaded file against what the server announced (step 3).
@@ -306,25 +316,14 @@ fn verify(url: &str, part: &Path, expected: &Expected) -> Result<String> {
             ));
         }
     }
-    let mut sha256 = Sha256::new();
-    let mut git_sha1 = Sha1::new();
-    git_sha1.update(format!("blob {len}\0"));
-    let mut file = File::open(part).map_err(|e| Error::io(part, e))?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(part, e))?;
-        if n == 0 {
-            break;
-        }
-        match (&expected.sha256, &expected.git_sha1) {
-            (Some(_), _) => sha256.update(&buf[..n]),
-            (None, Some(_)) => git_sha1.update(&buf[..n]),
-            (None, None) => break,
-        }
-    }
     let (kind, want, got) = match (&expected.sha256, &expected.git_sha1) {
-        (Some(want), _) => ("sha256", want, hex(&sha256.finalize())),
-        (None, Some(want)) => ("git sha1", want, hex(&git_sha1.finalize())),
+        (Some(want), _) => ("sha256", want, hash_file::<Sha256>(part, b"")?),
+        // git hashes a blob as "blob <length>\0" + its bytes.
+        (None, Some(want)) => (
+            "git sha1",
+            want,
+            hash_file::<Sha1>(part, format!("blob {len}\0").as_bytes())?,
+        ),
         (None, None) => return Ok(format!("{len} bytes")),
     };
     if &got != want {

@@ -240,16 +240,19 @@ impl Bundle {
         Ok(data)
     }
 
-    /// Hands a tensor's pages back (see [`MappedFile::release`]).
-    pub fn release(&self, entry: &BundleEntry, data: &[u8]) {
-        self.shards[entry.shard].release(data);
+    /// Reads a tensor into `out` as f32, after checking its crc32c.
+    pub fn read_f32(&self, name: &str, entry: &BundleEntry, out: &mut [f32]) -> Result<()> {
+        let data = self.data(name, entry)?;
+        self.shards[entry.shard]
+            .read_f32(entry.dtype, data, out)
+            .map_err(|msg| Error::weights(&self.index_path, format!("tensor '{name}': {msg}")))
     }
 
-    /// Checks every tensor's bytes against its crc32c (in parallel).
+    /// Checks every tensor's bytes against its crc32c (in parallel), handing the pages back.
     pub fn verify(&self) -> Result<()> {
         self.entries.par_iter().try_for_each(|(name, entry)| {
             let data = self.data(name, entry)?;
-            self.release(entry, data);
+            self.shards[entry.shard].release(data);
             Ok(())
         })
     }
@@ -348,10 +351,7 @@ pub fn load_openai_dir(dir: &Path) -> Result<Gpt> {
             _ => spec.shape.clone(),
         };
         check_shape(index, name, &entry.shape, &expected, "hparams.json")?;
-        let data = bundle.data(name, entry)?;
-        bundle.shards[entry.shard]
-            .read_f32(entry.dtype, data, buf.slot(i, index, name)?)
-            .map_err(|msg| Error::weights(index, format!("tensor '{name}': {msg}")))?;
+        bundle.read_f32(name, entry, buf.slot(i, index, name)?)?;
     }
     let params = buf.finish(index, openai_name)?;
     Ok(Gpt::from_params(config, params))

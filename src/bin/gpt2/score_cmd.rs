@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ScoreArgs {
-    /// Model: a Hugging Face directory (config.json + model.safetensors), a checkpoint or a run directory.
+    /// Model, in any format (detected from its contents): a Hugging Face or OpenAI checkpoint
+    /// directory, an llm.c file, a run directory, or a downloaded model's name (gpt2, ...).
     #[arg(long)]
     model: PathBuf,
     /// File of whitespace-separated token ids to score.
