@@ -28,7 +28,7 @@ pub enum Value<'a> {
 }
 
 impl Value<'_> {
-    /// The field as an integer (varint or fixed), for error-tolerant reading of numeric fields.
+    /// The field as an integer (a varint or a fixed-width field).
     pub fn as_u64(&self) -> Result<u64, String> {
         match *self {
             Value::Varint(v) | Value::Fixed64(v) => Ok(v),

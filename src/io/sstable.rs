@@ -144,3 +144,36 @@ pub fn read_table(file: &[u8]) -> Result<Entries, String> {
     }
     Ok(entries)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::crc32c::mask;
+
+    const INDEX: &[u8] = include_bytes!("../../tests/fixtures/tiny_openai/model.ckpt.index");
+
+    #[test]
+    fn reads_tensorflows_index_in_key_order() {
+        let entries = read_table(INDEX).unwrap();
+        let keys: Vec<String> = entries.iter().map(|(k, _)| String::from_utf8_lossy(k).into()).collect();
+        // The bundle header (empty key) first, then 2 + 2 * 12 + 2 tensors, prefix-compressed.
+        assert_eq!(keys.len(), 1 + 28);
+        assert_eq!(keys[0], "");
+        assert!(keys.contains(&"model/h1/mlp/c_proj/w".to_string()));
+    }
+
+    #[test]
+    fn a_compressed_block_is_refused_even_with_a_valid_checksum() {
+        let mut file = INDEX.to_vec();
+        let footer = file.len() - FOOTER_LEN;
+        let mut pos = footer;
+        read_handle(&file, &mut pos).unwrap();
+        let (offset, size) = read_handle(&file, &mut pos).unwrap();
+        let end = (offset + size) as usize;
+        file[end] = 1; // snappy
+        let crc = mask(crc32c(&file[offset as usize..=end]));
+        file[end + 1..end + 5].copy_from_slice(&crc.to_le_bytes());
+        let err = read_table(&file).unwrap_err();
+        assert!(err.contains("compressed (type 1)"), "{err}");
+    }
+}

@@ -54,7 +54,8 @@ pub struct Bundle {
 
 /// The number of shards in the header entry, after checking that we can read the bundle.
 fn parse_header(value: &[u8]) -> std::result::Result<usize, String> {
-    let (mut num_shards, mut endianness, mut min_consumer) = (1, 0, 0);
+    // Absent fields are 0, as in any proto3 message.
+    let (mut num_shards, mut endianness, mut min_consumer) = (0, 0, 0);
     for_each_field(value, |field, v| {
         match field {
             1 => num_shards = v.as_u64()?,
