@@ -221,14 +221,15 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
 }
 
 /// The tiny fixture as the Hugging Face hub serves a model (config.json and the tokenizer files
-/// are in git, the weights in LFS).
+/// are in git, the weights in LFS; the tokenizer is the OpenAI fixture's 96 tokens).
 fn hub_files(model: &str) -> HashMap<String, Served> {
     let tiny = Path::new(FIXTURES).join("tiny");
+    let vocab = Path::new(FIXTURES).join("tiny_openai");
     let mut files = HashMap::new();
     let small = [
         ("config.json", fs::read(tiny.join("config.json")).unwrap()),
-        ("vocab.json", br#"{"a": 0}"#.to_vec()),
-        ("merges.txt", b"#version: 0.2\n".to_vec()),
+        ("vocab.json", fs::read(vocab.join("encoder.json")).unwrap()),
+        ("merges.txt", fs::read(vocab.join("vocab.bpe")).unwrap()),
     ];
     for (name, bytes) in small {
         let mut git = Sha1::new();
@@ -506,6 +507,7 @@ fn the_cli_downloads_and_then_finds_the_model_by_name() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokenizer: bpe"));
     assert!(load_model(&converted).unwrap().params == tiny_params());
 
     let out = Command::new(bin)

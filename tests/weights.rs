@@ -5,7 +5,7 @@
 
 use gpt2::io::llmc::{save_llmc, LlmcDtype};
 use gpt2::io::safetensors::{to_f32, MappedFile};
-use gpt2::io::{detect, load_model, save_model, ExportFormat, Format};
+use gpt2::io::{detect, load_model, load_model_with_tokenizer, save_model, ExportFormat, Format};
 use gpt2::Gpt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -145,9 +145,15 @@ fn conversions_round_trip_exactly() {
     let reference = hf_model();
     let dir = scratch("convert");
     let openai = load_model(&fixture("tiny_openai")).unwrap();
-    save_model(&openai, ExportFormat::Llmc(LlmcDtype::F32), &dir.join("sub/model.bin")).unwrap();
+    save_model(
+        &openai,
+        None,
+        ExportFormat::Llmc(LlmcDtype::F32),
+        &dir.join("sub/model.bin"),
+    )
+    .unwrap();
     let llmc = load_model(&dir.join("sub/model.bin")).unwrap();
-    save_model(&llmc, ExportFormat::HuggingFace, &dir.join("hf")).unwrap();
+    save_model(&llmc, None, ExportFormat::HuggingFace, &dir.join("hf")).unwrap();
     let back = load_model(&dir.join("hf")).unwrap();
     assert_eq!(back.config, reference.config);
     assert!(back.params == reference.params);
@@ -321,4 +327,54 @@ fn sharded_directories_need_every_shard_exactly_once() {
     index["weight_map"]["extra"] = "../escape.safetensors".into();
     fs::write(&index_path, index.to_string()).unwrap();
     assert!(load_err(&dir).contains("plain file name"));
+}
+
+// --- tokenizers -----------------------------------------------------------------------------------
+
+#[test]
+fn tokenizers_come_with_their_models() {
+    // OpenAI's directory: encoder.json + vocab.bpe (the fixture's: bytes 0x20..0x7f, no merges).
+    let loaded = load_model_with_tokenizer(&fixture("tiny_openai")).unwrap();
+    let tokenizer = loaded.tokenizer.expect("the OpenAI directory has a tokenizer");
+    assert_eq!(tokenizer.vocab_size(), 96);
+    assert_eq!(
+        tokenizer.encode("Hi!").unwrap(),
+        [b'H' as u32 - 32, b'i' as u32 - 32, 1]
+    );
+    // It travels into a Hugging Face directory...
+    let dir = scratch("tokenizers");
+    save_model(
+        &loaded.model,
+        Some(&tokenizer),
+        ExportFormat::HuggingFace,
+        &dir.join("hf"),
+    )
+    .unwrap();
+    let again = load_model_with_tokenizer(&dir.join("hf")).unwrap().tokenizer.unwrap();
+    assert_eq!(again.encode("Hi!").unwrap(), tokenizer.encode("Hi!").unwrap());
+    // ...but not into llm.c's format, which has no room for it.
+    assert!(load_model_with_tokenizer(&fixture("tiny_llmc.bin"))
+        .unwrap()
+        .tokenizer
+        .is_none());
+    assert!(load_model_with_tokenizer(&fixture("tiny")).unwrap().tokenizer.is_none());
+
+    // An llm.c file with GPT-2's vocabulary, plain or padded, gets GPT-2's tokenizer.
+    for vocab in [50257, 50304] {
+        let model = Gpt::new(gpt2::Config::new(vocab, 4, 4, 1, 1), 0).unwrap();
+        let path = dir.join(format!("v{vocab}.bin"));
+        save_llmc(&model, &path, LlmcDtype::Bf16).unwrap();
+        let tokenizer = load_model_with_tokenizer(&path).unwrap().tokenizer.unwrap();
+        assert_eq!(tokenizer.kind(), "gpt2");
+    }
+
+    // A vocabulary larger than the model's embedding is refused.
+    let bigger = copy_dir(&fixture("tiny_openai"), "big-vocab");
+    let mut encoder: serde_json::Value =
+        serde_json::from_slice(&fs::read(bigger.join("encoder.json")).unwrap()).unwrap();
+    encoder["ġĠ"] = 96.into();
+    fs::write(bigger.join("encoder.json"), encoder.to_string()).unwrap();
+    fs::write(bigger.join("vocab.bpe"), "#version: 0.2\nġ Ġ\n").unwrap();
+    let err = load_model_with_tokenizer(&bigger).err().unwrap().to_string();
+    assert!(err.contains("97 tokens, the model only 96"), "{err}");
 }

@@ -25,8 +25,10 @@ pub mod safetensors;
 pub mod sstable;
 pub mod tf_checkpoint;
 
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::Gpt;
+use crate::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
 /// A model on disk: its format and the path to read it from.
@@ -64,6 +66,36 @@ impl Format {
             Format::Llmc(file) => llmc::load_llmc(file),
         }
     }
+
+    /// The tokenizer that comes with a model of shape `config`: a directory's vocabulary files
+    /// (tokenizer.json, encoder.json + vocab.bpe, vocab.json + merges.txt); for an llm.c file,
+    /// which holds none, GPT-2's when the vocabulary is GPT-2's (50257 tokens, or 50304 padded).
+    pub fn tokenizer(&self, config: &Config) -> Result<Option<Tokenizer>> {
+        let tokenizer = match self {
+            Format::HuggingFace(dir) | Format::OpenAi(dir) => Tokenizer::load_dir(dir)?,
+            Format::Llmc(_) => matches!(config.vocab_size, 50257 | 50304).then(Tokenizer::gpt2),
+        };
+        if let Some(t) = &tokenizer {
+            if t.vocab_size() > config.vocab_size {
+                return Err(Error::weights(
+                    self.path(),
+                    format!(
+                        "the tokenizer has {} tokens, the model only {}",
+                        t.vocab_size(),
+                        config.vocab_size
+                    ),
+                ));
+            }
+        }
+        Ok(tokenizer)
+    }
+}
+
+/// A model and, where its files have one, its tokenizer.
+pub struct Loaded {
+    pub model: Gpt,
+    pub tokenizer: Option<Tokenizer>,
+    pub format: Format,
 }
 
 /// Finds what `path` holds: a model directory or file, a run directory (its `latest/`), a file
@@ -125,6 +157,18 @@ pub fn load_model(path: &Path) -> Result<Gpt> {
     detect(path)?.load()
 }
 
+/// Loads a model and its tokenizer (see [`Format::tokenizer`]).
+pub fn load_model_with_tokenizer(path: &Path) -> Result<Loaded> {
+    let format = detect(path)?;
+    let model = format.load()?;
+    let tokenizer = format.tokenizer(&model.config)?;
+    Ok(Loaded {
+        model,
+        tokenizer,
+        format,
+    })
+}
+
 /// The formats a model can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportFormat {
@@ -134,10 +178,15 @@ pub enum ExportFormat {
     Llmc(llmc::LlmcDtype),
 }
 
-/// Writes `model` to `out` (a directory for Hugging Face, a file for llm.c), atomically.
-pub fn save_model(model: &Gpt, format: ExportFormat, out: &Path) -> Result<()> {
+/// Writes `model` to `out` (a directory for Hugging Face, a file for llm.c), atomically. A
+/// Hugging Face directory also gets the tokenizer (as `tokenizer.json`); an llm.c file has no
+/// room for one.
+pub fn save_model(model: &Gpt, tokenizer: Option<&Tokenizer>, format: ExportFormat, out: &Path) -> Result<()> {
     match format {
-        ExportFormat::HuggingFace => hf::save_hf_dir(model, out),
+        ExportFormat::HuggingFace => atomic::write_dir(out, |tmp| {
+            hf::write_hf_files(model, tmp)?;
+            tokenizer.map_or(Ok(()), |t| t.save(tmp))
+        }),
         ExportFormat::Llmc(dtype) => {
             if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;

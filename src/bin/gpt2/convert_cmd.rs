@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use gpt2::io::llmc::LlmcDtype;
-use gpt2::io::{detect, save_model, ExportFormat};
+use gpt2::io::{load_model_with_tokenizer, save_model, ExportFormat};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -41,26 +41,29 @@ pub struct ConvertArgs {
 }
 
 pub fn run(args: &ConvertArgs) -> Result<()> {
-    let source = detect(&args.from)?;
-    let start = Instant::now();
-    let model = source.load()?;
-    let cfg = &model.config;
-    eprintln!(
-        "read {} {} ({} layers, n_embd {}, vocab {}) in {:.2} s",
-        source.name(),
-        source.path().display(),
-        cfg.n_layer,
-        cfg.n_embd,
-        cfg.vocab_size,
-        start.elapsed().as_secs_f64()
-    );
     let format = match (args.to, args.dtype) {
         (To::Hf, Dtype::F32) => ExportFormat::HuggingFace,
         (To::Hf, Dtype::Bf16) => anyhow::bail!("--dtype bf16 is for llm.c files; Hugging Face output is f32"),
         (To::Llmc, Dtype::F32) => ExportFormat::Llmc(LlmcDtype::F32),
         (To::Llmc, Dtype::Bf16) => ExportFormat::Llmc(LlmcDtype::Bf16),
     };
-    save_model(&model, format, &args.out)?;
+    let start = Instant::now();
+    let loaded = load_model_with_tokenizer(&args.from)?;
+    let cfg = &loaded.model.config;
+    eprintln!(
+        "read {} {} ({} layers, n_embd {}, vocab {}; tokenizer: {}) in {:.2} s",
+        loaded.format.name(),
+        loaded.format.path().display(),
+        cfg.n_layer,
+        cfg.n_embd,
+        cfg.vocab_size,
+        loaded.tokenizer.as_ref().map_or("none", |t| t.kind()),
+        start.elapsed().as_secs_f64()
+    );
+    if matches!(format, ExportFormat::Llmc(_)) && loaded.tokenizer.as_ref().is_some_and(|t| t.kind() != "gpt2") {
+        eprintln!("note: an llm.c file holds no tokenizer, and this model's is not GPT-2's; keep its vocabulary files");
+    }
+    save_model(&loaded.model, loaded.tokenizer.as_ref(), format, &args.out)?;
     println!("{}", args.out.display());
     Ok(())
 }
