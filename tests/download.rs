@@ -518,3 +518,22 @@ fn the_cli_downloads_and_then_finds_the_model_by_name() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("gpt2 download gpt2-xl"));
 }
+
+#[test]
+fn an_incomplete_cached_model_is_replaced_only_by_a_complete_one() {
+    let server = Server::start(hub_files("gpt2"));
+    let (_, cache) = scratch("incomplete");
+    let dir = fetch(&server, &cache, Source::HuggingFace, &mut Vec::new()).unwrap();
+    fs::remove_file(dir.join("merges.txt")).unwrap();
+    // The next attempt fails: the damaged copy stays as it was, nothing half-written replaces it.
+    server.fault(
+        "/openai-community/gpt2/resolve/main/model.safetensors",
+        Fault::Status(503),
+    );
+    assert!(fetch(&server, &cache, Source::HuggingFace, &mut Vec::new()).is_err());
+    assert!(dir.join("config.json").is_file() && !dir.join("merges.txt").exists());
+    server.clear_faults();
+    fetch(&server, &cache, Source::HuggingFace, &mut Vec::new()).unwrap();
+    assert!(dir.join("merges.txt").is_file());
+    assert!(load_model(&dir).unwrap().params == tiny_params());
+}

@@ -336,7 +336,8 @@ fn verify(url: &str, part: &Path, expected: &Expected) -> Result<String> {
     Ok(format!("{len} bytes, {kind} {}", &got[..12]))
 }
 
-/// Downloads a model into the cache (unless it is there already) and returns its folder.
+/// Downloads a model into the cache (unless it is there already) and returns its folder. An
+/// incomplete folder in the cache is replaced only once a complete, verified one is ready.
 pub fn download(req: &Request, on_event: &mut dyn FnMut(Event)) -> Result<PathBuf> {
     if !MODELS.contains(&req.model) {
         return Err(Error::Input(format!(
@@ -346,7 +347,7 @@ pub fn download(req: &Request, on_event: &mut dyn FnMut(Event)) -> Result<PathBu
         )));
     }
     let target = model_dir(req.cache_dir, req.source, req.model);
-    if target.is_dir() {
+    if files(req.source).iter().all(|f| target.join(f).is_file()) {
         on_event(Event::Cached);
         return Ok(target);
     }
