@@ -63,6 +63,14 @@ impl LlmcDtype {
         }
     }
 
+    /// The stored type, in the terms of the converters.
+    fn stored(self) -> Dtype {
+        match self {
+            LlmcDtype::F32 => Dtype::F32,
+            LlmcDtype::Bf16 => Dtype::BF16,
+        }
+    }
+
     fn width(self) -> usize {
         match self {
             LlmcDtype::F32 => 4,
@@ -185,10 +193,6 @@ pub fn load_llmc(path: &Path) -> Result<Gpt> {
             ),
         ));
     }
-    let st_dtype = match dtype {
-        LlmcDtype::F32 => Dtype::F32,
-        LlmcDtype::Bf16 => Dtype::BF16,
-    };
     let mut buf = ParamBuffer::new(&config, path, expected - HEADER_BYTES as u64)?;
     let mut scratch = Vec::new();
     let mut pos = HEADER_BYTES;
@@ -207,12 +211,12 @@ pub fn load_llmc(path: &Path) -> Result<Gpt> {
         let used = &data[..numel * width]; // wte: the padding rows are dropped
         if is_linear_weight(&name, &shape) {
             scratch.resize(numel, 0.0);
-            file.read_f32(st_dtype, used, &mut scratch)
+            file.read_f32(dtype.stored(), used, &mut scratch)
                 .map_err(|msg| Error::weights(path, msg))?;
             // scratch: [out, in] -> slot: [in, out]
             transpose(&scratch, shape[1], shape[0], slot);
         } else {
-            file.read_f32(st_dtype, used, slot)
+            file.read_f32(dtype.stored(), used, slot)
                 .map_err(|msg| Error::weights(path, msg))?;
         }
         file.release(data);
