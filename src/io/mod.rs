@@ -68,13 +68,15 @@ impl Format {
     }
 
     /// The tokenizer that comes with a model of shape `config`: a directory's vocabulary files
-    /// (tokenizer.json, encoder.json + vocab.bpe, vocab.json + merges.txt); for an llm.c file,
-    /// which holds none, GPT-2's when the vocabulary is GPT-2's (50257 tokens, or 50304 padded).
+    /// (tokenizer.json, encoder.json + vocab.bpe, vocab.json + merges.txt); without them (an
+    /// llm.c file never has any), GPT-2's when the vocabulary is GPT-2's (50257 tokens, or 50304
+    /// padded).
     pub fn tokenizer(&self, config: &Config) -> Result<Option<Tokenizer>> {
-        let tokenizer = match self {
+        let saved = match self {
             Format::HuggingFace(dir) | Format::OpenAi(dir) => Tokenizer::load_dir(dir)?,
-            Format::Llmc(_) => matches!(config.vocab_size, 50257 | 50304).then(Tokenizer::gpt2),
+            Format::Llmc(_) => None,
         };
+        let tokenizer = saved.or_else(|| matches!(config.vocab_size, 50257 | 50304).then(Tokenizer::gpt2));
         if let Some(t) = &tokenizer {
             if t.vocab_size() > config.vocab_size {
                 return Err(Error::weights(

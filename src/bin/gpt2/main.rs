@@ -5,6 +5,7 @@ mod bench_cmd;
 mod convert_cmd;
 mod download_cmd;
 mod score_cmd;
+mod tokenize_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,11 @@ struct Cli {
 enum Command {
     /// Loss and perplexity of a text under a model.
     Score(score_cmd::ScoreArgs),
+    /// Text to token ids and back (GPT-2 BPE, char-level, or a trained BPE).
+    Tokenize(tokenize_cmd::TokenizeArgs),
+    /// Byte-level BPE vocabularies: `gpt2 bpe train`.
+    #[command(subcommand)]
+    Bpe(tokenize_cmd::BpeCommand),
     /// Read a model in any format (Hugging Face, OpenAI TensorFlow, llm.c) and write it as a
     /// Hugging Face directory or an llm.c file.
     Convert(convert_cmd::ConvertArgs),
@@ -45,6 +51,8 @@ fn main() {
         Command::Convert(args) => convert_cmd::run(args),
         Command::Download(args) => download_cmd::run(args),
         Command::Bench(cmd) => bench_cmd::run(cmd),
+        Command::Tokenize(args) => tokenize_cmd::run(args),
+        Command::Bpe(cmd) => tokenize_cmd::run_bpe(cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

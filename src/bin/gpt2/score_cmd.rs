@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gpt2::eval::score_tokens;
-use gpt2::io::load_model;
+use gpt2::io::load_model_with_tokenizer;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -12,7 +12,10 @@ pub struct ScoreArgs {
     /// directory, an llm.c file, a run directory, or a downloaded model's name (gpt2, ...).
     #[arg(long)]
     model: PathBuf,
-    /// File of whitespace-separated token ids to score.
+    /// Text file to score, tokenized with the model's own tokenizer.
+    #[arg(long, conflicts_with = "tokens")]
+    text: Option<PathBuf>,
+    /// File of whitespace-separated token ids to score (instead of --text).
     #[arg(long)]
     tokens: Option<PathBuf>,
     /// Print one JSON object: {"tokens", "predictions", "loss", "perplexity"}.
@@ -21,18 +24,27 @@ pub struct ScoreArgs {
 }
 
 pub fn run(args: &ScoreArgs) -> Result<()> {
-    let mut model = load_model(&args.model)?;
-    let Some(path) = &args.tokens else {
-        bail!("give the text to score with --tokens <file>")
+    let loaded = load_model_with_tokenizer(&args.model)?;
+    let mut model = loaded.model;
+    let read = |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
+    let ids = match (&args.text, &args.tokens) {
+        (Some(path), _) => match &loaded.tokenizer {
+            Some(tokenizer) => tokenizer.encode_parallel(&read(path)?)?,
+            None => bail!(
+                "{} has no tokenizer file and its vocabulary ({}) is not GPT-2's: score token ids with --tokens",
+                args.model.display(),
+                model.config.vocab_size
+            ),
+        },
+        (None, Some(path)) => read(path)?
+            .split_whitespace()
+            .map(|w| {
+                w.parse::<u32>()
+                    .with_context(|| format!("{}: '{w}' is not a token id", path.display()))
+            })
+            .collect::<Result<Vec<u32>>>()?,
+        (None, None) => bail!("give the text to score with --text <file> (or token ids with --tokens <file>)"),
     };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let ids = text
-        .split_whitespace()
-        .map(|w| {
-            w.parse::<u32>()
-                .with_context(|| format!("{}: '{w}' is not a token id", path.display()))
-        })
-        .collect::<Result<Vec<u32>>>()?;
     let score = score_tokens(&mut model, &ids)?;
     if args.json {
         println!("{}", serde_json::to_string(&score)?);
