@@ -23,7 +23,8 @@ pub struct TrainConfig {
     /// `char` (the corpus's characters), `char:<file>`, `gpt2` or `bpe:<file>`; default `char`,
     /// or the `--init` model's own tokenizer.
     pub tokenizer: Option<String>,
-    /// Where tokenised corpora are cached (default: `$XDG_CACHE_HOME/gpt2` or `~/.cache/gpt2`).
+    /// Where tokenised corpora are cached (default: `tokens/` in the model cache: `$GPT2_CACHE_DIR`,
+    /// else `$XDG_CACHE_HOME/gpt2`, else `~/.cache/gpt2`).
     pub cache_dir: Option<PathBuf>,
     /// Fraction of the corpus (its end) held out for validation.
     pub val_fraction: f64,
@@ -34,7 +35,8 @@ pub struct TrainConfig {
     // --- model ---
     /// Model shape from a preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl, shakespeare-char).
     pub preset: Option<String>,
-    /// Start from this checkpoint or Hugging Face GPT-2 directory (fine-tuning).
+    /// Start from this model (fine-tuning): a checkpoint, run directory, Hugging Face, OpenAI or
+    /// llm.c GPT-2, or the name of a downloaded one (`gpt2`).
     pub init: Option<PathBuf>,
     pub n_layer: Option<usize>,
     pub n_head: Option<usize>,
@@ -154,8 +156,9 @@ impl TrainConfig {
             let mut value =
                 serde_json::to_value(value).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
             // Relative paths in the file are relative to the file; all are made absolute, so that
-            // a run records paths that still hold when it is resumed from elsewhere.
-            if matches!(key.as_str(), "data" | "init" | "cache_dir" | "out_dir") {
+            // a run records paths that still hold when it is resumed from elsewhere. (`init` may
+            // name a downloaded model, so it is taken as written.)
+            if matches!(key.as_str(), "data" | "cache_dir" | "out_dir") {
                 let dir = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
                 value = resolve_paths(value, dir.parent().unwrap_or(Path::new("/")));
             }

@@ -23,8 +23,7 @@ use crate::config::Config;
 use crate::data::{eval_starts, read_corpus, tokenize_cached, Batch, BatchStream, Dataset, Document, Split, Windows};
 use crate::error::{Error, Result};
 use crate::generate::{generate_ids, Sampling};
-use crate::io::hf::load_hf_dir;
-use crate::io::resolve_model_dir;
+use crate::io::{cache, load_model_with_tokenizer, Loaded};
 use crate::model::{param_specs, Gpt};
 use crate::ops::adamw::{AdamW, AdamWConfig};
 use crate::rng::Rng;
@@ -126,17 +125,16 @@ impl Trainer {
     pub fn new(config: TrainConfig) -> Result<Trainer> {
         config.validate()?;
         let docs = read_corpus(&config.data)?;
-        let init_dir = config.init.as_deref().map(resolve_model_dir).transpose()?;
-        let init = init_dir.as_deref().map(load_hf_dir).transpose()?;
-        let (tokenizer, tokenizer_spec) = resolve_tokenizer(config.tokenizer.as_deref(), &docs, init_dir.as_deref())?;
+        let init = config.init.as_deref().map(load_model_with_tokenizer).transpose()?;
+        let (tokenizer, tokenizer_spec) = resolve_tokenizer(config.tokenizer.as_deref(), &docs, init.as_ref())?;
         let (model_config, block_size) =
-            model_config(&config, tokenizer.vocab_size(), init.as_ref().map(|m| &m.config))?;
-        let cache_dir = config.cache_dir.clone().unwrap_or_else(default_cache_dir);
+            model_config(&config, tokenizer.vocab_size(), init.as_ref().map(|i| &i.model.config))?;
+        let cache_dir = shard_cache_dir(&config)?;
         let (shard, cached) = tokenize_cached(&docs, &tokenizer, &cache_dir)?;
         let data = Dataset::new(shard, config.val_fraction, block_size)?;
         let prompt = encode_prompt(&config.prompt, &tokenizer, &model_config)?;
         let model = match init {
-            Some(mut model) => {
+            Some(Loaded { mut model, .. }) => {
                 model.config.dropout = config.dropout;
                 model
             }
@@ -221,8 +219,7 @@ impl Trainer {
         model.config.dropout = config.dropout;
         let prompt = encode_prompt(&config.prompt, &tokenizer, &model.config)?;
         let docs = read_corpus(&config.data)?;
-        let cache_dir = config.cache_dir.clone().unwrap_or_else(default_cache_dir);
-        let (shard, cached) = tokenize_cached(&docs, &tokenizer, &cache_dir)?;
+        let (shard, cached) = tokenize_cached(&docs, &tokenizer, &shard_cache_dir(&config)?)?;
         if shard_key(&shard) != state.corpus_key {
             return Err(Error::Input(format!(
                 "{}: the corpus ({}) is not the one this run was trained on: its text or tokenizer changed",
@@ -546,8 +543,8 @@ fn shard_key(shard: &crate::data::Shard) -> String {
 
 /// The tokenizer of a new run, and its spec as recorded: `char` (the corpus's characters) by
 /// default, a spec given by the user, or the `--init` model's own.
-fn resolve_tokenizer(spec: Option<&str>, docs: &[Document], init_dir: Option<&Path>) -> Result<(Tokenizer, String)> {
-    match (spec, init_dir) {
+fn resolve_tokenizer(spec: Option<&str>, docs: &[Document], init: Option<&Loaded>) -> Result<(Tokenizer, String)> {
+    match (spec, init) {
         (Some("char"), _) | (None, None) => {
             let chars: BTreeSet<char> = docs
                 .iter()
@@ -556,16 +553,17 @@ fn resolve_tokenizer(spec: Option<&str>, docs: &[Document], init_dir: Option<&Pa
             Ok((Tokenizer::char_level(chars.into_iter().collect())?, "char".into()))
         }
         (Some(spec), _) => Ok((Tokenizer::from_spec(spec)?, spec.into())),
-        (None, Some(dir)) => {
-            let tokenizer = Tokenizer::load_dir(dir)?.ok_or_else(|| {
+        (None, Some(init)) => {
+            let path = init.format.path();
+            let tokenizer = init.tokenizer.clone().ok_or_else(|| {
                 Error::Input(format!(
                     "{}: the --init model has no tokenizer files; name one with --tokenizer",
-                    dir.display()
+                    path.display()
                 ))
             })?;
             let spec = match tokenizer.kind() {
                 "gpt2" => "gpt2".into(),
-                kind => format!("{kind}:{}", dir.display()),
+                kind => format!("{kind}:{}", path.display()),
             };
             Ok((tokenizer, spec))
         }
@@ -655,17 +653,12 @@ fn encode_prompt(prompt: &str, tokenizer: &Tokenizer, model: &Config) -> Result<
     Ok(ids)
 }
 
-/// `$XDG_CACHE_HOME/gpt2`, else `~/.cache/gpt2`, else a folder in the temporary directory.
-pub fn default_cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| PathBuf::from(h).join(".cache"))
-        });
-    base.unwrap_or_else(std::env::temp_dir).join("gpt2")
+/// Where token shards are cached: `--cache-dir`, else `tokens/` in the model cache.
+fn shard_cache_dir(config: &TrainConfig) -> Result<PathBuf> {
+    match &config.cache_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => Ok(cache::default_cache_dir()?.join("tokens")),
+    }
 }
 
 /// Makes the run directory: `out_dir` (which must not hold a run already), or

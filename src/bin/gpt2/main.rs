@@ -2,6 +2,8 @@
 //! prints; all the work lives in the `gpt2` crate.
 
 mod bench_cmd;
+mod convert_cmd;
+mod download_cmd;
 mod score_cmd;
 mod tokenize_cmd;
 mod train_cmd;
@@ -30,7 +32,12 @@ enum Command {
     /// Byte-level BPE vocabularies: `gpt2 bpe train`.
     #[command(subcommand)]
     Bpe(tokenize_cmd::BpeCommand),
-    /// Throughput benchmarks (training step, forward pass), optionally against PyTorch.
+    /// Read a model in any format (Hugging Face, OpenAI TensorFlow, llm.c) and write it as a
+    /// Hugging Face directory or an llm.c file.
+    Convert(convert_cmd::ConvertArgs),
+    /// Download OpenAI's GPT-2 (from Hugging Face or OpenAI) into the model cache.
+    Download(download_cmd::DownloadArgs),
+    /// Throughput benchmarks (training step, forward pass, model loading), optionally against PyTorch.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
 }
@@ -46,6 +53,8 @@ fn main() {
     let result = match &cli.command {
         Command::Train(args) => train_cmd::run(args),
         Command::Score(args) => score_cmd::run(args),
+        Command::Convert(args) => convert_cmd::run(args),
+        Command::Download(args) => download_cmd::run(args),
         Command::Bench(cmd) => bench_cmd::run(cmd),
         Command::Tokenize(args) => tokenize_cmd::run(args),
         Command::Bpe(cmd) => tokenize_cmd::run_bpe(cmd),

@@ -32,7 +32,7 @@ pub struct TrainArgs {
     /// [default: char, or the --init model's tokenizer].
     #[arg(long, value_name = "SPEC", help_heading = "Data")]
     tokenizer: Option<String>,
-    /// Where tokenised corpora are cached [default: ~/.cache/gpt2].
+    /// Where tokenised corpora are cached [default: ~/.cache/gpt2/tokens, or under $GPT2_CACHE_DIR].
     #[arg(long, value_name = "DIR", value_parser = absolute, help_heading = "Data")]
     cache_dir: Option<PathBuf>,
     /// Fraction of the corpus, at its end, held out for validation [default: 0.1].
@@ -49,8 +49,9 @@ pub struct TrainArgs {
     /// [default: 4 layers, 4 heads, 128 wide, block 64].
     #[arg(long, help_heading = "Model")]
     preset: Option<String>,
-    /// Fine-tune: start from this checkpoint, run or Hugging Face GPT-2 directory.
-    #[arg(long, value_name = "DIR", value_parser = absolute, help_heading = "Model")]
+    /// Fine-tune: start from this model (a checkpoint or run directory, a Hugging Face, OpenAI or
+    /// llm.c GPT-2, or a downloaded model's name such as gpt2) and its tokenizer.
+    #[arg(long, value_name = "MODEL", help_heading = "Model")]
     init: Option<PathBuf>,
     #[arg(long, help_heading = "Model")]
     n_layer: Option<usize>,
