@@ -245,7 +245,9 @@ fn print_summary(s: &Summary) {
         println!("loss plot:  {} and {}", png.display(), svg.display());
     }
     println!("metrics:    {}", s.run_dir.join("metrics.jsonl").display());
-    if s.stopped {
-        println!("stopped at step {}; continue with: gpt2 train --resume {dir}", s.step);
+    match (s.stopped, s.run_dir.join("latest").is_dir()) {
+        (true, true) => println!("stopped at step {}; continue with: gpt2 train --resume {dir}", s.step),
+        (true, false) => println!("stopped at step {}, before the first checkpoint", s.step),
+        _ => {}
     }
 }
