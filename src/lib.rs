@@ -7,6 +7,7 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod generate;
 pub mod io;
 pub mod model;
 pub mod ops;
@@ -14,4 +15,5 @@ pub mod rng;
 
 pub use config::Config;
 pub use error::{Error, Result};
+pub use generate::{generate_ids, Generator, Sampling};
 pub use model::Gpt;

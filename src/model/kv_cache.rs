@@ -102,12 +102,18 @@ impl KvCache {
     /// prompt prefill it once.
     pub fn broadcast(&mut self, rows: usize) -> Result<()> {
         if self.rows != 1 || rows == 0 {
-            return Err(Error::Input(format!("broadcast needs a one-row cache and rows >= 1 (cache has {} rows)", self.rows)));
+            return Err(Error::Input(format!(
+                "broadcast needs a one-row cache and rows >= 1 (cache has {} rows)",
+                self.rows
+            )));
         }
         for buf in [&mut self.k, &mut self.v] {
             let old = std::mem::take(buf);
             // old: [L, 1, ...] → new: [L, rows, ...], each layer's block repeated.
-            *buf = old.chunks_exact(self.block).flat_map(|layer| std::iter::repeat_n(layer, rows).flatten().copied()).collect();
+            *buf = old
+                .chunks_exact(self.block)
+                .flat_map(|layer| std::iter::repeat_n(layer, rows).flatten().copied())
+                .collect();
         }
         self.rows = rows;
         Ok(())
@@ -117,7 +123,11 @@ impl KvCache {
     /// finished sequences cost nothing in later steps.
     pub fn retain(&mut self, keep: &[bool]) -> Result<()> {
         if keep.len() != self.rows {
-            return Err(Error::Input(format!("retain: {} flags for {} rows", keep.len(), self.rows)));
+            return Err(Error::Input(format!(
+                "retain: {} flags for {} rows",
+                keep.len(),
+                self.rows
+            )));
         }
         let kept = keep.iter().filter(|&&k| k).count();
         for buf in [&mut self.k, &mut self.v] {
@@ -160,8 +170,11 @@ impl Gpt {
     /// those of [`Gpt::forward`] over the whole sequence at that position.
     pub fn forward_cached<'c>(&self, cache: &'c mut KvCache, tokens: &[u32]) -> Result<&'c [f32]> {
         let b = cache.rows;
-        if tokens.is_empty() || tokens.len() % b != 0 {
-            return Err(Error::Input(format!("{} tokens do not split into {b} non-empty rows", tokens.len())));
+        if b == 0 || tokens.is_empty() || tokens.len() % b != 0 {
+            return Err(Error::Input(format!(
+                "{} tokens do not split into {b} non-empty rows",
+                tokens.len()
+            )));
         }
         let t = tokens.len() / b;
         if cache.len + t > cache.capacity {
@@ -172,8 +185,20 @@ impl Gpt {
         }
         self.check_tokens(tokens, b, t)?;
         let cfg = &self.config;
-        let (c, f, v, eps, pos0, n) = (cfg.n_embd, cfg.n_inner, cfg.vocab_size, cfg.layer_norm_epsilon, cache.len, b * t);
-        let shape = AttnShape { b, t, c, n_head: cfg.n_head };
+        let (c, f, v, eps, pos0, n) = (
+            cfg.n_embd,
+            cfg.n_inner,
+            cfg.vocab_size,
+            cfg.layer_norm_epsilon,
+            cache.len,
+            b * t,
+        );
+        let shape = AttnShape {
+            b,
+            t,
+            c,
+            n_head: cfg.n_head,
+        };
         let w = Weights::split(self.params.as_slice(), cfg);
         let s = &mut cache.s;
         for (buf, len) in [
@@ -202,7 +227,15 @@ impl Gpt {
             cache.store(l, t, c, cfg.head_size());
             let layer = l * b * cache.block..(l + 1) * b * cache.block;
             let s = &mut cache.s;
-            attention_forward_cached(&mut s.atty, &mut s.scores, &s.qkv, &cache.k[layer.clone()], &cache.v[layer], shape, pos0);
+            attention_forward_cached(
+                &mut s.atty,
+                &mut s.scores,
+                &s.qkv,
+                &cache.k[layer.clone()],
+                &cache.v[layer],
+                shape,
+                pos0,
+            );
             linear_forward(&mut s.branch, &s.atty, p.attn_proj_w, p.attn_proj_b, n, c, c);
             add_inplace(&mut s.x, &s.branch);
             // MLP branch: x += c_proj(gelu(c_fc(ln_2(x))))
@@ -220,7 +253,16 @@ impl Gpt {
             last.copy_from_slice(&row[(t - 1) * c..]);
         }
         let ln_f = &mut s.ln[..b * c];
-        layernorm_forward(ln_f, &mut s.mean[..b], &mut s.rstd[..b], &s.last, w.ln_f_w, w.ln_f_b, c, eps);
+        layernorm_forward(
+            ln_f,
+            &mut s.mean[..b],
+            &mut s.rstd[..b],
+            &s.last,
+            w.ln_f_w,
+            w.ln_f_b,
+            c,
+            eps,
+        );
         gemm(&mut s.logits, false, ln_f, false, w.wte, true, b, c, v, all_threads());
         Ok(&cache.s.logits)
     }
@@ -247,7 +289,11 @@ mod tests {
     fn full_last_logits(model: &mut Gpt, seqs: &[Vec<u32>]) -> Vec<f32> {
         let (b, t, v) = (seqs.len(), seqs[0].len(), model.config.vocab_size);
         model.forward(&seqs.concat(), b, t, None, None).unwrap();
-        model.logits().chunks_exact(t * v).flat_map(|row| row[(t - 1) * v..].to_vec()).collect()
+        model
+            .logits()
+            .chunks_exact(t * v)
+            .flat_map(|row| row[(t - 1) * v..].to_vec())
+            .collect()
     }
 
     fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -273,7 +319,10 @@ mod tests {
                 assert!(err <= 1e-4, "B={b} step {step}: max error {err}");
             }
             assert_eq!(cache.len(), 24);
-            assert!(model.forward_cached(&mut cache, &random_tokens(b, v, 1)).is_err(), "a full cache must refuse");
+            assert!(
+                model.forward_cached(&mut cache, &random_tokens(b, v, 1)).is_err(),
+                "a full cache must refuse"
+            );
         }
     }
 
@@ -302,11 +351,20 @@ mod tests {
     #[test]
     fn bad_calls_are_errors() {
         let model = model();
-        assert!(KvCache::new(&model.config, 1, 25).is_err(), "capacity beyond n_positions");
+        assert!(
+            KvCache::new(&model.config, 1, 25).is_err(),
+            "capacity beyond n_positions"
+        );
         assert!(KvCache::new(&model.config, 0, 4).is_err());
         let mut cache = KvCache::new(&model.config, 2, 8).unwrap();
-        assert!(model.forward_cached(&mut cache, &[1, 2, 3]).is_err(), "3 tokens for 2 rows");
-        assert!(model.forward_cached(&mut cache, &[1, 97]).is_err(), "id outside the vocabulary");
+        assert!(
+            model.forward_cached(&mut cache, &[1, 2, 3]).is_err(),
+            "3 tokens for 2 rows"
+        );
+        assert!(
+            model.forward_cached(&mut cache, &[1, 97]).is_err(),
+            "id outside the vocabulary"
+        );
         assert!(model.forward_cached(&mut cache, &[]).is_err());
         assert!(cache.is_empty(), "failed calls leave the cache as it was");
         assert!(cache.broadcast(2).is_err(), "only a one-row cache broadcasts");
