@@ -12,6 +12,7 @@ pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
+pub mod matvec;
 
 /// Rows handled per rayon task in row-parallel loops: large enough to amortise scheduling,
 /// small enough to balance two to a few dozen cores.
