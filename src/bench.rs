@@ -37,7 +37,14 @@ pub enum BenchKind {
 }
 
 /// Runs `warmup` untimed and `steps` timed steps of `kind` on random tokens.
-pub fn bench_steps(config: Config, kind: BenchKind, b: usize, t: usize, steps: usize, warmup: usize) -> Result<BenchResult> {
+pub fn bench_steps(
+    config: Config,
+    kind: BenchKind,
+    b: usize,
+    t: usize,
+    steps: usize,
+    warmup: usize,
+) -> Result<BenchResult> {
     let mut model = Gpt::new(config, 1337)?;
     let mut rng = Rng::new(42);
     let v = model.config.vocab_size;
@@ -111,8 +118,14 @@ pub fn bench_generate(
     }
     let model = Gpt::new(config, 1337)?;
     let mut rng = Rng::new(42);
-    let prompt: Vec<u32> = (0..prompt_tokens).map(|_| rng.below(model.config.vocab_size) as u32).collect();
-    let options = GenerateOptions { max_new_tokens: new_tokens, sampling: Sampling::greedy(), ..Default::default() };
+    let prompt: Vec<u32> = (0..prompt_tokens)
+        .map(|_| rng.below(model.config.vocab_size) as u32)
+        .collect();
+    let options = GenerateOptions {
+        max_new_tokens: new_tokens,
+        sampling: Sampling::greedy(),
+        ..Default::default()
+    };
     let (mut prefill_ms, mut token_ms) = (Vec::new(), Vec::new());
     for i in 0..warmup + runs.max(1) {
         let start = Instant::now();
@@ -153,6 +166,10 @@ pub fn median(values: &mut [f64]) -> f64 {
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }

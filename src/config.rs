@@ -84,16 +84,19 @@ impl Config {
                 return Err(Error::Config(format!("{name} must be positive")));
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(Error::Config(format!(
                 "n_embd ({}) must be divisible by n_head ({})",
                 self.n_embd, self.n_head
             )));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::Config(format!("dropout must be in [0, 1), got {}", self.dropout)));
+            return Err(Error::Config(format!(
+                "dropout must be in [0, 1), got {}",
+                self.dropout
+            )));
         }
-        if !(self.layer_norm_epsilon > 0.0) {
+        if self.layer_norm_epsilon.is_nan() || self.layer_norm_epsilon <= 0.0 {
             return Err(Error::Config("layer_norm_epsilon must be positive".into()));
         }
         Ok(())
@@ -108,7 +111,9 @@ impl Config {
     /// support (another activation, attention scaling variants, untied head) are errors.
     pub fn from_hf_json(text: &str) -> Result<Self> {
         let v: Value = serde_json::from_str(text).map_err(|e| Error::Config(format!("config.json: {e}")))?;
-        let obj = v.as_object().ok_or_else(|| Error::Config("config.json: not a JSON object".into()))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::Config("config.json: not a JSON object".into()))?;
         let int = |key: &str| -> Result<usize> {
             obj.get(key)
                 .ok_or_else(|| Error::Config(format!("config.json: missing field '{key}'")))?
@@ -119,16 +124,23 @@ impl Config {
         let float_or = |key: &str, default: f64| -> Result<f64> {
             match obj.get(key) {
                 None | Some(Value::Null) => Ok(default),
-                Some(x) => x.as_f64().ok_or_else(|| Error::Config(format!("config.json: '{key}' must be a number"))),
+                Some(x) => x
+                    .as_f64()
+                    .ok_or_else(|| Error::Config(format!("config.json: '{key}' must be a number"))),
             }
         };
         if let Some(model_type) = obj.get("model_type").and_then(Value::as_str) {
             if model_type != "gpt2" {
-                return Err(Error::Config(format!("config.json: model_type '{model_type}' is not gpt2")));
+                return Err(Error::Config(format!(
+                    "config.json: model_type '{model_type}' is not gpt2"
+                )));
             }
         }
         // Options that change the maths: accept only GPT-2's own values.
-        let activation = obj.get("activation_function").and_then(Value::as_str).unwrap_or("gelu_new");
+        let activation = obj
+            .get("activation_function")
+            .and_then(Value::as_str)
+            .unwrap_or("gelu_new");
         if !matches!(activation, "gelu_new" | "gelu_pytorch_tanh") {
             return Err(Error::Config(format!(
                 "config.json: activation_function '{activation}' is not supported (only the tanh GELU, 'gelu_new')"

@@ -31,11 +31,17 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// A weight-file error naming the file.
     pub fn weights(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Weights { path: path.into(), msg: msg.into() }
+        Error::Weights {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
 }

@@ -22,7 +22,10 @@ pub struct Score {
 /// in each window, token i+1 is predicted from tokens 0..=i.
 pub fn score_tokens(model: &mut Gpt, tokens: &[u32]) -> Result<Score> {
     if tokens.len() < 2 {
-        return Err(Error::Input(format!("scoring needs at least 2 tokens, got {}", tokens.len())));
+        return Err(Error::Input(format!(
+            "scoring needs at least 2 tokens, got {}",
+            tokens.len()
+        )));
     }
     let (mut total, mut predictions) = (0.0f64, 0usize);
     for window in tokens.chunks(model.config.n_positions) {
@@ -30,10 +33,17 @@ pub fn score_tokens(model: &mut Gpt, tokens: &[u32]) -> Result<Score> {
             continue; // a last window of one token predicts nothing
         }
         let targets: Vec<i32> = window[1..].iter().map(|&id| id as i32).chain([IGNORE_INDEX]).collect();
-        let loss = model.forward(window, 1, window.len(), Some(&targets), None)?.expect("targets given");
+        let loss = model
+            .forward(window, 1, window.len(), Some(&targets), None)?
+            .expect("targets given");
         total += loss as f64 * (window.len() - 1) as f64;
         predictions += window.len() - 1;
     }
     let loss = total / predictions as f64;
-    Ok(Score { tokens: tokens.len(), predictions, loss, perplexity: loss.exp() })
+    Ok(Score {
+        tokens: tokens.len(),
+        predictions,
+        loss,
+        perplexity: loss.exp(),
+    })
 }

@@ -21,7 +21,9 @@ impl Rng {
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^ (z >> 31)
         };
-        Rng { state: [splitmix(), splitmix(), splitmix(), splitmix()] }
+        Rng {
+            state: [splitmix(), splitmix(), splitmix(), splitmix()],
+        }
     }
 
     pub fn next_u64(&mut self) -> u64 {

@@ -20,12 +20,17 @@ impl Reference {
     fn load() -> Self {
         let file = MappedFile::open(&Path::new(FIXTURES).join("tiny_reference.safetensors")).unwrap();
         let text = std::fs::read_to_string(Path::new(FIXTURES).join("tiny_reference.json")).unwrap();
-        Reference { file, json: serde_json::from_str(&text).unwrap() }
+        Reference {
+            file,
+            json: serde_json::from_str(&text).unwrap(),
+        }
     }
 
     fn f32(&self, name: &str) -> Vec<f32> {
         let tensors = self.file.tensors().unwrap();
-        let view = tensors.tensor(name).unwrap_or_else(|_| panic!("fixture has no tensor {name}"));
+        let view = tensors
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("fixture has no tensor {name}"));
         let mut out = vec![0.0; view.shape().iter().product()];
         to_f32(view.dtype(), view.data(), &mut out).unwrap();
         out
@@ -34,7 +39,10 @@ impl Reference {
     fn i32(&self, name: &str) -> Vec<i32> {
         let tensors = self.file.tensors().unwrap();
         let view = tensors.tensor(name).unwrap();
-        view.data().chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        view.data()
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
     }
 
     fn num(&self, key: &str) -> f32 {
@@ -43,7 +51,10 @@ impl Reference {
 
     /// The batch: tokens [B, T] and targets [B, T].
     fn batch(&self) -> (Vec<u32>, Vec<i32>) {
-        (self.i32("input_ids").iter().map(|&x| x as u32).collect(), self.i32("targets"))
+        (
+            self.i32("input_ids").iter().map(|&x| x as u32).collect(),
+            self.i32("targets"),
+        )
     }
 }
 
@@ -83,7 +94,11 @@ fn every_gradient_matches_hugging_face() {
         let grad = &model.grads[offset..offset + spec.numel()];
         offset += spec.numel();
         let (err, scale) = max_errors(grad, &reference.f32(&format!("grad.{}", spec.name)));
-        assert!(err <= 1e-4 * scale.max(1.0), "gradient of {}: max abs error {err} (max |g| {scale})", spec.name);
+        assert!(
+            err <= 1e-4 * scale.max(1.0),
+            "gradient of {}: max abs error {err} (max |g| {scale})",
+            spec.name
+        );
     }
 }
 
@@ -109,8 +124,14 @@ fn parameters_after_three_adamw_steps_with_clipping_match_pytorch() {
         let norm = opt.clip_grad_norm(&mut model.grads, clip);
         let expected_loss = reference.json["losses"][step].as_f64().unwrap() as f32;
         let expected_norm = reference.json["grad_norms"][step].as_f64().unwrap() as f32;
-        assert!((loss - expected_loss).abs() <= 1e-5, "step {step}: loss {loss} vs {expected_loss}");
-        assert!((norm - expected_norm).abs() <= 1e-4 * expected_norm, "step {step}: grad norm {norm} vs {expected_norm}");
+        assert!(
+            (loss - expected_loss).abs() <= 1e-5,
+            "step {step}: loss {loss} vs {expected_loss}"
+        );
+        assert!(
+            (norm - expected_norm).abs() <= 1e-4 * expected_norm,
+            "step {step}: grad norm {norm} vs {expected_norm}"
+        );
         opt.step(&mut model.params, &model.grads, config.lr);
     }
     // The key third of each c_attn bias has a true gradient of exactly 0 (a constant added to
@@ -127,7 +148,11 @@ fn parameters_after_three_adamw_steps_with_clipping_match_pytorch() {
         for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
             let noisy = spec.name.ends_with("attn.c_attn.bias") && (c..2 * c).contains(&i);
             let tolerance = if noisy { noise_tolerance } else { 1e-5 };
-            assert!((a - b).abs() <= tolerance, "{}[{i}] after 3 steps: {a} vs {b}", spec.name);
+            assert!(
+                (a - b).abs() <= tolerance,
+                "{}[{i}] after 3 steps: {a} vs {b}",
+                spec.name
+            );
         }
     }
 }

@@ -8,21 +8,32 @@ use std::path::{Path, PathBuf};
 
 /// A sibling path of `path` with a suffix that no other writer uses.
 fn sibling(path: &Path, tag: &str) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
 }
 
 /// Flushes a directory entry (so a rename inside it survives a crash).
 fn sync_dir(dir: &Path) -> Result<()> {
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }
 
 /// Creates (or truncates) `path`, lets `write` fill it through a buffer, and fsyncs it.
 pub fn write_synced(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
     let file = File::create(path).map_err(|e| Error::io(path, e))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    write(&mut out).and_then(|_| out.flush()).map_err(|e| Error::io(path, e))?;
+    write(&mut out)
+        .and_then(|_| out.flush())
+        .map_err(|e| Error::io(path, e))?;
     let file = out.into_inner().map_err(|e| Error::io(path, e.into_error()))?;
     file.sync_all().map_err(|e| Error::io(path, e))
 }
@@ -42,7 +53,10 @@ pub fn write_file(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Re
 /// directory (with [`write_synced`]), which then replaces `dir`. An existing `dir` stays intact
 /// until the new one is complete.
 pub fn write_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     let tmp = sibling(dir, "tmp");
     if tmp.exists() {
@@ -89,7 +103,11 @@ mod tests {
         assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"first");
         write_dir(&dir, |tmp| write_synced(&tmp.join("a.txt"), |w| w.write_all(b"third"))).unwrap();
         assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"third");
-        assert_eq!(fs::read_dir(&root).unwrap().count(), 1, "no temporary directories left behind");
+        assert_eq!(
+            fs::read_dir(&root).unwrap().count(),
+            1,
+            "no temporary directories left behind"
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 }

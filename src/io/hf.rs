@@ -32,9 +32,14 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .ok_or_else(|| Error::weights(&index, "missing 'weight_map' object"))?;
         let mut files = BTreeSet::new();
         for file in map.values() {
-            let file = file.as_str().ok_or_else(|| Error::weights(&index, "weight_map values must be file names"))?;
+            let file = file
+                .as_str()
+                .ok_or_else(|| Error::weights(&index, "weight_map values must be file names"))?;
             if file.contains('/') || file.contains('\\') || file == ".." {
-                return Err(Error::weights(&index, format!("shard name '{file}' must be a plain file name")));
+                return Err(Error::weights(
+                    &index,
+                    format!("shard name '{file}' must be a plain file name"),
+                ));
             }
             files.insert(dir.join(file));
         }
@@ -47,7 +52,10 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
              Use the model's model.safetensors instead (on the Hugging Face hub every GPT-2 has one)",
         ));
     }
-    Err(Error::weights(dir, "no model.safetensors (or model.safetensors.index.json) in this directory"))
+    Err(Error::weights(
+        dir,
+        "no model.safetensors (or model.safetensors.index.json) in this directory",
+    ))
 }
 
 /// Loads a Hugging Face GPT-2 directory. Tensor names may carry the `transformer.` prefix
@@ -75,17 +83,25 @@ pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
                 continue;
             }
             let &i = index.get(key).ok_or_else(|| {
-                Error::weights(&path, format!("unexpected tensor '{name}': not part of a GPT-2 with this config.json"))
+                Error::weights(
+                    &path,
+                    format!("unexpected tensor '{name}': not part of a GPT-2 with this config.json"),
+                )
             })?;
             let spec = &specs[i];
             if view.shape() != spec.shape.as_slice() {
                 return Err(Error::weights(
                     &path,
-                    format!("tensor '{name}' has shape {:?}, expected {:?} from config.json", view.shape(), spec.shape),
+                    format!(
+                        "tensor '{name}' has shape {:?}, expected {:?} from config.json",
+                        view.shape(),
+                        spec.shape
+                    ),
                 ));
             }
             let out = &mut params[offsets[i]..offsets[i] + spec.numel()];
-            to_f32(view.dtype(), view.data(), out).map_err(|msg| Error::weights(&path, format!("tensor '{name}': {msg}")))?;
+            to_f32(view.dtype(), view.data(), out)
+                .map_err(|msg| Error::weights(&path, format!("tensor '{name}': {msg}")))?;
             seen[i] = true;
         }
     }
@@ -100,7 +116,9 @@ pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
 /// `GPT2LMHeadModel.from_pretrained` loads.
 pub fn write_hf_files(model: &Gpt, dir: &Path) -> Result<()> {
     let config_json = model.config.to_hf_json();
-    write_synced(&dir.join("config.json"), |w| std::io::Write::write_all(w, config_json.as_bytes()))?;
+    write_synced(&dir.join("config.json"), |w| {
+        std::io::Write::write_all(w, config_json.as_bytes())
+    })?;
     let specs = param_specs(&model.config);
     let mut offset = 0;
     let tensors: Vec<TensorOut> = specs
@@ -108,7 +126,11 @@ pub fn write_hf_files(model: &Gpt, dir: &Path) -> Result<()> {
         .map(|s| {
             let data = &model.params[offset..offset + s.numel()];
             offset += s.numel();
-            TensorOut { name: &s.name, shape: &s.shape, data }
+            TensorOut {
+                name: &s.name,
+                shape: &s.shape,
+                data,
+            }
         })
         .collect();
     write_synced(&dir.join("model.safetensors"), |w| write_safetensors(w, &tensors))

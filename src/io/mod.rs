@@ -21,7 +21,10 @@ pub fn resolve_model_dir(path: &Path) -> Result<PathBuf> {
     if !path.exists() {
         return Err(Error::weights(path, "no such file or directory"));
     }
-    Err(Error::weights(path, "not a model: expected a directory with config.json + model.safetensors, or a run directory with latest/"))
+    Err(Error::weights(
+        path,
+        "not a model: expected a directory with config.json + model.safetensors, or a run directory with latest/",
+    ))
 }
 
 /// Loads a model from a model, checkpoint or run directory.

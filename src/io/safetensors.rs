@@ -19,7 +19,10 @@ impl MappedFile {
         // SAFETY: the map is read-only; like every mmap reader we assume nobody truncates the
         // file while it is open.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Ok(MappedFile { path: path.to_path_buf(), map })
+        Ok(MappedFile {
+            path: path.to_path_buf(),
+            map,
+        })
     }
 
     /// Parses the header (validated by the `safetensors` crate: sizes, offsets, bounds).
@@ -44,9 +47,18 @@ pub fn to_f32(dtype: Dtype, bytes: &[u8], out: &mut [f32]) -> std::result::Resul
         return Err(format!("holds {} bytes, expected {}", bytes.len(), out.len() * width));
     }
     match dtype {
-        Dtype::F32 => out.iter_mut().zip(bytes.chunks_exact(4)).for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        Dtype::BF16 => out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, b)| *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
-        _ => out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(o, b)| *o = f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
+        Dtype::F32 => out
+            .iter_mut()
+            .zip(bytes.chunks_exact(4))
+            .for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        Dtype::BF16 => out
+            .iter_mut()
+            .zip(bytes.chunks_exact(2))
+            .for_each(|(o, b)| *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
+        _ => out
+            .iter_mut()
+            .zip(bytes.chunks_exact(2))
+            .for_each(|(o, b)| *o = f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
     }
     Ok(())
 }
@@ -84,7 +96,10 @@ pub fn write_safetensors(out: &mut dyn Write, tensors: &[TensorOut<'_>]) -> std:
     let mut offset = 0usize;
     for t in tensors {
         let end = offset + 4 * t.data.len();
-        header.insert(t.name.into(), serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}));
+        header.insert(
+            t.name.into(),
+            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}),
+        );
         offset = end;
     }
     let mut header = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
@@ -109,7 +124,13 @@ mod tests {
 
     #[test]
     fn f16_conversion_matches_known_values() {
-        for (bits, value) in [(0x3c00u16, 1.0f32), (0xc000, -2.0), (0x7bff, 65504.0), (0x0001, 5.960_464_5e-8), (0x0000, 0.0)] {
+        for (bits, value) in [
+            (0x3c00u16, 1.0f32),
+            (0xc000, -2.0),
+            (0x7bff, 65504.0),
+            (0x0001, 5.960_464_5e-8),
+            (0x0000, 0.0),
+        ] {
             assert_eq!(f16_to_f32(bits), value, "{bits:#x}");
         }
         assert!(f16_to_f32(0x7c00).is_infinite() && f16_to_f32(0x7e00).is_nan());

@@ -5,22 +5,22 @@ use crate::config::Config;
 
 /// What one transformer block keeps from the forward pass for its backward pass.
 pub struct BlockActs {
-    pub ln_1: Vec<f32>,      // [N, C]  LayerNorm 1 output
-    pub ln_1_mean: Vec<f32>, // [N]
-    pub ln_1_rstd: Vec<f32>, // [N]
-    pub qkv: Vec<f32>,       // [N, 3C] fused query, key, value
-    pub att: Vec<f32>,       // [B, NH, T, T] attention probabilities P
+    pub ln_1: Vec<f32>,        // [N, C]  LayerNorm 1 output
+    pub ln_1_mean: Vec<f32>,   // [N]
+    pub ln_1_rstd: Vec<f32>,   // [N]
+    pub qkv: Vec<f32>,         // [N, 3C] fused query, key, value
+    pub att: Vec<f32>,         // [B, NH, T, T] attention probabilities P
     pub att_dropped: Vec<f32>, // [B, NH, T, T] P ⊙ dropout mask (empty without dropout)
-    pub atty: Vec<f32>,      // [N, C]  attention output, heads side by side
-    pub attn_mask: Vec<f32>, // [N, C]  dropout mask of the attention branch (empty without dropout)
-    pub residual_2: Vec<f32>, // [N, C] residual stream after the attention branch
-    pub ln_2: Vec<f32>,      // [N, C]
-    pub ln_2_mean: Vec<f32>, // [N]
-    pub ln_2_rstd: Vec<f32>, // [N]
-    pub fch: Vec<f32>,       // [N, F]  MLP hidden, before GELU
-    pub fch_gelu: Vec<f32>,  // [N, F]  MLP hidden, after GELU
-    pub mlp_mask: Vec<f32>,  // [N, C]  dropout mask of the MLP branch (empty without dropout)
-    pub residual_3: Vec<f32>, // [N, C] residual stream leaving the block
+    pub atty: Vec<f32>,        // [N, C]  attention output, heads side by side
+    pub attn_mask: Vec<f32>,   // [N, C]  dropout mask of the attention branch (empty without dropout)
+    pub residual_2: Vec<f32>,  // [N, C] residual stream after the attention branch
+    pub ln_2: Vec<f32>,        // [N, C]
+    pub ln_2_mean: Vec<f32>,   // [N]
+    pub ln_2_rstd: Vec<f32>,   // [N]
+    pub fch: Vec<f32>,         // [N, F]  MLP hidden, before GELU
+    pub fch_gelu: Vec<f32>,    // [N, F]  MLP hidden, after GELU
+    pub mlp_mask: Vec<f32>,    // [N, C]  dropout mask of the MLP branch (empty without dropout)
+    pub residual_3: Vec<f32>,  // [N, C] residual stream leaving the block
 }
 
 /// Every activation of a forward pass.
@@ -28,10 +28,10 @@ pub struct Activations {
     pub b: usize,
     pub t: usize,
     pub dropout: bool,
-    pub tokens: Vec<u32>,    // [N]
-    pub targets: Vec<i32>,   // [N] (empty when the pass had no targets)
-    pub encoded: Vec<f32>,   // [N, C] token + position embedding (after dropout)
-    pub emb_mask: Vec<f32>,  // [N, C] (empty without dropout)
+    pub tokens: Vec<u32>,   // [N]
+    pub targets: Vec<i32>,  // [N] (empty when the pass had no targets)
+    pub encoded: Vec<f32>,  // [N, C] token + position embedding (after dropout)
+    pub emb_mask: Vec<f32>, // [N, C] (empty without dropout)
     pub blocks: Vec<BlockActs>,
     pub ln_f: Vec<f32>,      // [N, C]
     pub ln_f_mean: Vec<f32>, // [N]

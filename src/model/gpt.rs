@@ -36,8 +36,18 @@ impl Gpt {
 
     /// Wraps existing parameters (e.g. loaded from a checkpoint); `params` must follow the layout.
     pub fn from_params(config: Config, params: Vec<f32>) -> Self {
-        assert_eq!(params.len(), config.num_params(), "parameter buffer does not match the config");
-        Gpt { config, params, grads: Vec::new(), acts: None, grad_acts: None }
+        assert_eq!(
+            params.len(),
+            config.num_params(),
+            "parameter buffer does not match the config"
+        );
+        Gpt {
+            config,
+            params,
+            grads: Vec::new(),
+            acts: None,
+            grad_acts: None,
+        }
     }
 
     /// Named views of the parameters.
@@ -61,7 +71,11 @@ impl Gpt {
             return Err(Error::Input("empty batch: B and T must be positive".into()));
         }
         if tokens.len() != b * t {
-            return Err(Error::Input(format!("expected B·T = {} token ids, got {}", b * t, tokens.len())));
+            return Err(Error::Input(format!(
+                "expected B·T = {} token ids, got {}",
+                b * t,
+                tokens.len()
+            )));
         }
         if t > self.config.n_positions {
             return Err(Error::Input(format!(
@@ -70,7 +84,10 @@ impl Gpt {
             )));
         }
         if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.config.vocab_size) {
-            return Err(Error::Input(format!("token id {bad} is outside the vocabulary [0, {})", self.config.vocab_size)));
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the vocabulary [0, {})",
+                self.config.vocab_size
+            )));
         }
         Ok(())
     }
@@ -89,7 +106,11 @@ impl Gpt {
         self.check_tokens(tokens, b, t)?;
         if let Some(targets) = targets {
             if targets.len() != tokens.len() {
-                return Err(Error::Input(format!("{} targets for {} tokens", targets.len(), tokens.len())));
+                return Err(Error::Input(format!(
+                    "{} targets for {} tokens",
+                    targets.len(),
+                    tokens.len()
+                )));
             }
         }
         let cfg = &self.config;
@@ -103,7 +124,12 @@ impl Gpt {
         }
         let acts = self.acts.as_mut().expect("just allocated");
         let w = Weights::split(self.params.as_slice(), cfg);
-        let shape = AttnShape { b, t, c, n_head: cfg.n_head };
+        let shape = AttnShape {
+            b,
+            t,
+            c,
+            n_head: cfg.n_head,
+        };
         acts.tokens.copy_from_slice(tokens);
 
         // Token + position embeddings: encoded [N, C]
@@ -118,7 +144,16 @@ impl Gpt {
             let residual = if l == 0 { &acts.encoded } else { &done[l - 1].residual_3 };
             let (a, p) = (&mut rest[0], &w.blocks[l]);
             // Attention branch: x + attn(ln_1(x))
-            layernorm_forward(&mut a.ln_1, &mut a.ln_1_mean, &mut a.ln_1_rstd, residual, p.ln_1_w, p.ln_1_b, c, eps);
+            layernorm_forward(
+                &mut a.ln_1,
+                &mut a.ln_1_mean,
+                &mut a.ln_1_rstd,
+                residual,
+                p.ln_1_w,
+                p.ln_1_b,
+                c,
+                eps,
+            );
             linear_forward(&mut a.qkv, &a.ln_1, p.c_attn_w, p.c_attn_b, n, c, 3 * c);
             let att_dropped = match rng.as_deref_mut() {
                 Some(rng) => {
@@ -135,10 +170,27 @@ impl Gpt {
             }
             add_inplace(&mut a.residual_2, residual);
             // MLP branch: x + c_proj(gelu(c_fc(ln_2(x))))
-            layernorm_forward(&mut a.ln_2, &mut a.ln_2_mean, &mut a.ln_2_rstd, &a.residual_2, p.ln_2_w, p.ln_2_b, c, eps);
+            layernorm_forward(
+                &mut a.ln_2,
+                &mut a.ln_2_mean,
+                &mut a.ln_2_rstd,
+                &a.residual_2,
+                p.ln_2_w,
+                p.ln_2_b,
+                c,
+                eps,
+            );
             linear_forward(&mut a.fch, &a.ln_2, p.c_fc_w, p.c_fc_b, n, c, cfg.n_inner);
             gelu_forward(&mut a.fch_gelu, &a.fch);
-            linear_forward(&mut a.residual_3, &a.fch_gelu, p.mlp_proj_w, p.mlp_proj_b, n, cfg.n_inner, c);
+            linear_forward(
+                &mut a.residual_3,
+                &a.fch_gelu,
+                p.mlp_proj_w,
+                p.mlp_proj_b,
+                n,
+                cfg.n_inner,
+                c,
+            );
             if let Some(rng) = rng.as_deref_mut() {
                 fill_mask(&mut a.mlp_mask, p_drop, rng);
                 apply_mask(&mut a.residual_3, &a.mlp_mask);
@@ -148,8 +200,28 @@ impl Gpt {
 
         // Final LayerNorm, then the tied LM head: logits [N, V] = ln_f [N, C] · wteᵀ [C, V]
         let last = &acts.blocks[cfg.n_layer - 1].residual_3;
-        layernorm_forward(&mut acts.ln_f, &mut acts.ln_f_mean, &mut acts.ln_f_rstd, last, w.ln_f_w, w.ln_f_b, c, eps);
-        gemm(&mut acts.logits, false, &acts.ln_f, false, w.wte, true, n, c, v, all_threads());
+        layernorm_forward(
+            &mut acts.ln_f,
+            &mut acts.ln_f_mean,
+            &mut acts.ln_f_rstd,
+            last,
+            w.ln_f_w,
+            w.ln_f_b,
+            c,
+            eps,
+        );
+        gemm(
+            &mut acts.logits,
+            false,
+            &acts.ln_f,
+            false,
+            w.wte,
+            true,
+            n,
+            c,
+            v,
+            all_threads(),
+        );
 
         acts.targets.clear();
         acts.target_count = 0;
@@ -189,11 +261,20 @@ impl Gpt {
         let d = self.grad_acts.as_mut().expect("just allocated");
         let w = Weights::split(self.params.as_slice(), cfg);
         let mut g = Weights::split(self.grads.as_mut_slice(), cfg);
-        let shape = AttnShape { b, t, c, n_head: cfg.n_head };
+        let shape = AttnShape {
+            b,
+            t,
+            c,
+            n_head: cfg.n_head,
+        };
         let keep_scale = 1.0 / (1.0 - cfg.dropout);
 
         // Loss → logits: dlogits = (softmax - onehot) · loss_scale / count, in place of the logits.
-        let scale = if acts.target_count == 0 { 0.0 } else { loss_scale / acts.target_count as f32 };
+        let scale = if acts.target_count == 0 {
+            0.0
+        } else {
+            loss_scale / acts.target_count as f32
+        };
         cross_entropy_backward_inplace(&mut acts.logits, &acts.lse, &acts.targets, v, scale);
         let dlogits = &acts.logits;
         // LM head: logits = ln_f · wteᵀ  ⇒  dln_f = dlogits · wte, dwte += dlogitsᵀ · ln_f
@@ -202,26 +283,90 @@ impl Gpt {
         // Final LayerNorm: the residual-stream gradient starts here.
         d.residual.fill(0.0);
         let last = &acts.blocks[cfg.n_layer - 1].residual_3;
-        layernorm_backward(&mut d.residual, g.ln_f_w, g.ln_f_b, &d.ln, last, &acts.ln_f_mean, &acts.ln_f_rstd, w.ln_f_w, c);
+        layernorm_backward(
+            &mut d.residual,
+            g.ln_f_w,
+            g.ln_f_b,
+            &d.ln,
+            last,
+            &acts.ln_f_mean,
+            &acts.ln_f_rstd,
+            w.ln_f_w,
+            c,
+        );
 
         for l in (0..cfg.n_layer).rev() {
             let a = &acts.blocks[l];
-            let residual = if l == 0 { &acts.encoded } else { &acts.blocks[l - 1].residual_3 };
+            let residual = if l == 0 {
+                &acts.encoded
+            } else {
+                &acts.blocks[l - 1].residual_3
+            };
             let (p, gp) = (&w.blocks[l], &mut g.blocks[l]);
             // MLP branch. residual_3 = residual_2 + drop(c_proj(gelu(fch))): the identity path
             // passes d.residual through unchanged; the branch sees d.residual ⊙ mask.
             let branch_grad = masked(&d.residual, &a.mlp_mask, &mut d.ln);
-            linear_backward(&mut d.fch, gp.mlp_proj_w, gp.mlp_proj_b, branch_grad, &a.fch_gelu, p.mlp_proj_w, n, f, c);
+            linear_backward(
+                &mut d.fch,
+                gp.mlp_proj_w,
+                gp.mlp_proj_b,
+                branch_grad,
+                &a.fch_gelu,
+                p.mlp_proj_w,
+                n,
+                f,
+                c,
+            );
             gelu_backward_inplace(&mut d.fch, &a.fch);
             linear_backward(&mut d.ln, gp.c_fc_w, gp.c_fc_b, &d.fch, &a.ln_2, p.c_fc_w, n, c, f);
-            layernorm_backward(&mut d.residual, gp.ln_2_w, gp.ln_2_b, &d.ln, &a.residual_2, &a.ln_2_mean, &a.ln_2_rstd, p.ln_2_w, c);
+            layernorm_backward(
+                &mut d.residual,
+                gp.ln_2_w,
+                gp.ln_2_b,
+                &d.ln,
+                &a.residual_2,
+                &a.ln_2_mean,
+                &a.ln_2_rstd,
+                p.ln_2_w,
+                c,
+            );
             // Attention branch. residual_2 = residual + drop(attn_proj(atty)).
             let branch_grad = masked(&d.residual, &a.attn_mask, &mut d.ln);
-            linear_backward(&mut d.atty, gp.attn_proj_w, gp.attn_proj_b, branch_grad, &a.atty, p.attn_proj_w, n, c, c);
+            linear_backward(
+                &mut d.atty,
+                gp.attn_proj_w,
+                gp.attn_proj_b,
+                branch_grad,
+                &a.atty,
+                p.attn_proj_w,
+                n,
+                c,
+                c,
+            );
             let dropped = (!a.att_dropped.is_empty()).then_some((a.att_dropped.as_slice(), keep_scale));
             attention_backward(&mut d.qkv, &mut d.att, &d.atty, &a.qkv, &a.att, dropped, shape);
-            linear_backward(&mut d.ln, gp.c_attn_w, gp.c_attn_b, &d.qkv, &a.ln_1, p.c_attn_w, n, c, 3 * c);
-            layernorm_backward(&mut d.residual, gp.ln_1_w, gp.ln_1_b, &d.ln, residual, &a.ln_1_mean, &a.ln_1_rstd, p.ln_1_w, c);
+            linear_backward(
+                &mut d.ln,
+                gp.c_attn_w,
+                gp.c_attn_b,
+                &d.qkv,
+                &a.ln_1,
+                p.c_attn_w,
+                n,
+                c,
+                3 * c,
+            );
+            layernorm_backward(
+                &mut d.residual,
+                gp.ln_1_w,
+                gp.ln_1_b,
+                &d.ln,
+                residual,
+                &a.ln_1_mean,
+                &a.ln_1_rstd,
+                p.ln_1_w,
+                c,
+            );
         }
 
         // Embeddings: encoded = drop(wte[tokens] + wpe[positions]).
@@ -235,7 +380,9 @@ impl Gpt {
 /// x += y, elementwise (a residual connection).
 pub(super) fn add_inplace(x: &mut [f32], y: &[f32]) {
     use rayon::prelude::*;
-    x.par_chunks_mut(4096).zip(y.par_chunks(4096)).for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(a, &b)| *a += b));
+    x.par_chunks_mut(4096)
+        .zip(y.par_chunks(4096))
+        .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(a, &b)| *a += b));
 }
 
 /// The gradient that reaches a dropped-out branch: `grad ⊙ mask` written into `scratch`, or
@@ -244,6 +391,101 @@ fn masked<'a>(grad: &'a [f32], mask: &[f32], scratch: &'a mut [f32]) -> &'a [f32
     if mask.is_empty() {
         return grad;
     }
-    scratch.iter_mut().zip(grad.iter().zip(mask)).for_each(|(s, (&g, &m))| *s = g * m);
     scratch
+        .iter_mut()
+        .zip(grad.iter().zip(mask))
+        .for_each(|(s, (&g, &m))| *s = g * m);
+    scratch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::cross_entropy::IGNORE_INDEX;
+    use crate::ops::test_util::check_gradient;
+
+    /// A tiny model with weights large enough that every gradient is clearly non-zero.
+    fn tiny(dropout: f32) -> Gpt {
+        let mut cfg = Config::new(13, 8, 8, 2, 2);
+        cfg.dropout = dropout;
+        let mut model = Gpt::new(cfg, 1).unwrap();
+        let mut rng = Rng::new(2);
+        model.params.iter_mut().for_each(|p| *p += 0.3 * rng.normal());
+        model
+    }
+
+    /// Whole-model finite-difference check of every parameter's gradient.
+    fn check_model_gradients(dropout: f32) {
+        let mut model = tiny(dropout);
+        let (b, t) = (2, 6);
+        let tokens: Vec<u32> = (0..b * t).map(|i| (i * 5 % 13) as u32).collect();
+        let mut targets: Vec<i32> = (0..b * t).map(|i| (i * 7 % 13) as i32).collect();
+        targets[3] = IGNORE_INDEX;
+        // The same seed gives the same dropout masks in every forward pass.
+        let config = model.config.clone();
+        let loss_at = |params: &[f32]| {
+            let mut m = Gpt::from_params(config.clone(), params.to_vec());
+            vec![m
+                .forward(&tokens, b, t, Some(&targets), Some(&mut Rng::new(9)))
+                .unwrap()
+                .unwrap()]
+        };
+        model.zero_grad();
+        model
+            .forward(&tokens, b, t, Some(&targets), Some(&mut Rng::new(9)))
+            .unwrap();
+        model.backward(1.0).unwrap();
+        check_gradient("whole model", &model.params, &model.grads, &[1.0], loss_at);
+    }
+
+    #[test]
+    fn whole_model_gradients_match_finite_differences() {
+        check_model_gradients(0.0);
+    }
+
+    #[test]
+    fn whole_model_gradients_match_finite_differences_with_dropout() {
+        check_model_gradients(0.2);
+    }
+
+    #[test]
+    fn gradient_accumulation_scales_and_adds() {
+        let mut model = tiny(0.0);
+        let tokens = [1u32, 2, 3, 4];
+        let targets = [2, 3, 4, 5];
+        model.zero_grad();
+        model.forward(&tokens, 1, 4, Some(&targets), None).unwrap();
+        model.backward(1.0).unwrap();
+        let once = model.grads.clone();
+        model.zero_grad();
+        for _ in 0..2 {
+            model.forward(&tokens, 1, 4, Some(&targets), None).unwrap();
+            model.backward(0.5).unwrap();
+        }
+        for (a, b) in once.iter().zip(&model.grads) {
+            assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0));
+        }
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        let mut model = tiny(0.0);
+        assert!(model
+            .forward(&[1, 2, 13], 1, 3, None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("token id 13"));
+        assert!(model
+            .forward(&[0; 9], 1, 9, None, None)
+            .unwrap_err()
+            .to_string()
+            .contains("longer than the context"));
+        assert!(model.forward(&[0; 3], 1, 4, None, None).is_err());
+        assert!(model.forward(&[0; 4], 1, 4, Some(&[0; 3]), None).is_err());
+        assert!(model.forward(&[0; 4], 1, 4, Some(&[0, 1, 2, 99]), None).is_err());
+        model.forward(&[0; 4], 1, 4, None, None).unwrap();
+        assert!(model.backward(1.0).is_err(), "backward without targets");
+        let err = Gpt::new(Config::new(10, 8, 10, 1, 3), 0).err().unwrap().to_string();
+        assert!(err.contains("divisible"), "{err}");
+    }
 }

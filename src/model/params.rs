@@ -22,7 +22,10 @@ impl TensorSpec {
 /// The parameter tensors of a GPT-2, in the order they sit in the flat buffer.
 pub fn param_specs(cfg: &Config) -> Vec<TensorSpec> {
     let (c, v, t, f) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
-    let spec = |name: String, shape: &[usize]| TensorSpec { name, shape: shape.to_vec() };
+    let spec = |name: String, shape: &[usize]| TensorSpec {
+        name,
+        shape: shape.to_vec(),
+    };
     let mut specs = vec![spec("wte.weight".into(), &[v, c]), spec("wpe.weight".into(), &[t, c])];
     for l in 0..cfg.n_layer {
         let h = |s: &str| format!("h.{l}.{s}");
@@ -47,18 +50,18 @@ pub fn param_specs(cfg: &Config) -> Vec<TensorSpec> {
 
 /// The tensors of one transformer block, as slices of the flat buffer.
 pub struct Block<S> {
-    pub ln_1_w: S,       // [C]
-    pub ln_1_b: S,       // [C]
-    pub c_attn_w: S,     // [C, 3C]  fused q, k, v projection
-    pub c_attn_b: S,     // [3C]
-    pub attn_proj_w: S,  // [C, C]
-    pub attn_proj_b: S,  // [C]
-    pub ln_2_w: S,       // [C]
-    pub ln_2_b: S,       // [C]
-    pub c_fc_w: S,       // [C, 4C]
-    pub c_fc_b: S,       // [4C]
-    pub mlp_proj_w: S,   // [4C, C]
-    pub mlp_proj_b: S,   // [C]
+    pub ln_1_w: S,      // [C]
+    pub ln_1_b: S,      // [C]
+    pub c_attn_w: S,    // [C, 3C]  fused q, k, v projection
+    pub c_attn_b: S,    // [3C]
+    pub attn_proj_w: S, // [C, C]
+    pub attn_proj_b: S, // [C]
+    pub ln_2_w: S,      // [C]
+    pub ln_2_b: S,      // [C]
+    pub c_fc_w: S,      // [C, 4C]
+    pub c_fc_b: S,      // [4C]
+    pub mlp_proj_w: S,  // [4C, C]
+    pub mlp_proj_b: S,  // [C]
 }
 
 /// Every parameter of the model, as slices of the flat buffer (`&[f32]` or `&mut [f32]`).
@@ -93,7 +96,10 @@ impl<S: Splittable> Weights<S> {
         let mut sizes = sizes.into_iter();
         let mut rest = Some(buf);
         let mut take = || {
-            let (head, tail) = rest.take().expect("buffer consumed").split(sizes.next().expect("spec left"));
+            let (head, tail) = rest
+                .take()
+                .expect("buffer consumed")
+                .split(sizes.next().expect("spec left"));
             rest = Some(tail);
             head
         };
@@ -115,7 +121,13 @@ impl<S: Splittable> Weights<S> {
                 mlp_proj_b: take(),
             })
             .collect();
-        Weights { wte, wpe, blocks, ln_f_w: take(), ln_f_b: take() }
+        Weights {
+            wte,
+            wpe,
+            blocks,
+            ln_f_w: take(),
+            ln_f_b: take(),
+        }
     }
 }
 
@@ -156,13 +168,27 @@ mod tests {
         let cfg = Config::new(11, 7, 8, 2, 2);
         // Fill each tensor with its index in the spec list, then check each view holds its index.
         let specs = param_specs(&cfg);
-        let buf: Vec<f32> = specs.iter().enumerate().flat_map(|(i, s)| std::iter::repeat_n(i as f32, s.numel())).collect();
+        let buf: Vec<f32> = specs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| std::iter::repeat_n(i as f32, s.numel()))
+            .collect();
         let w = Weights::split(buf.as_slice(), &cfg);
         let mut views: Vec<&[f32]> = vec![w.wte, w.wpe];
         for b in &w.blocks {
             views.extend([
-                b.ln_1_w, b.ln_1_b, b.c_attn_w, b.c_attn_b, b.attn_proj_w, b.attn_proj_b, b.ln_2_w, b.ln_2_b, b.c_fc_w,
-                b.c_fc_b, b.mlp_proj_w, b.mlp_proj_b,
+                b.ln_1_w,
+                b.ln_1_b,
+                b.c_attn_w,
+                b.c_attn_b,
+                b.attn_proj_w,
+                b.attn_proj_b,
+                b.ln_2_w,
+                b.ln_2_b,
+                b.c_fc_w,
+                b.c_fc_b,
+                b.mlp_proj_w,
+                b.mlp_proj_b,
             ]);
         }
         views.extend([w.ln_f_w, w.ln_f_b]);

@@ -18,7 +18,13 @@ pub struct AdamWConfig {
 impl Default for AdamWConfig {
     /// nanoGPT's defaults.
     fn default() -> Self {
-        AdamWConfig { lr: 6e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
+        AdamWConfig {
+            lr: 6e-4,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        }
     }
 }
 
@@ -51,7 +57,14 @@ impl AdamW {
                 (range, s.shape.len() >= 2)
             })
             .collect();
-        AdamW { config, m: vec![0.0; offset], v: vec![0.0; offset], t: 0, tensors, norm_partials: Vec::new() }
+        AdamW {
+            config,
+            m: vec![0.0; offset],
+            v: vec![0.0; offset],
+            t: 0,
+            tensors,
+            norm_partials: Vec::new(),
+        }
     }
 
     /// One update at learning rate `lr` (the schedule's value for this step), in the order
@@ -70,7 +83,11 @@ impl AdamW {
             params[range.clone()]
                 .par_chunks_mut(CHUNK)
                 .zip(grads[range.clone()].par_chunks(CHUNK))
-                .zip(self.m[range.clone()].par_chunks_mut(CHUNK).zip(self.v[range.clone()].par_chunks_mut(CHUNK)))
+                .zip(
+                    self.m[range.clone()]
+                        .par_chunks_mut(CHUNK)
+                        .zip(self.v[range.clone()].par_chunks_mut(CHUNK)),
+                )
                 .for_each(|((p, g), (m, v))| {
                     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
                         *p *= decay_factor;
@@ -93,7 +110,9 @@ impl AdamW {
         let norm = self.norm_partials.iter().sum::<f64>().sqrt() as f32;
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
-            grads.par_chunks_mut(CHUNK).for_each(|g| g.iter_mut().for_each(|x| *x *= coef));
+            grads
+                .par_chunks_mut(CHUNK)
+                .for_each(|g| g.iter_mut().for_each(|x| *x *= coef));
         }
         norm
     }
@@ -106,10 +125,22 @@ mod tests {
     #[test]
     fn first_step_moves_each_weight_by_lr_and_decays_only_matrices() {
         let specs = [
-            TensorSpec { name: "w".into(), shape: vec![2, 2] },
-            TensorSpec { name: "b".into(), shape: vec![2] },
+            TensorSpec {
+                name: "w".into(),
+                shape: vec![2, 2],
+            },
+            TensorSpec {
+                name: "b".into(),
+                shape: vec![2],
+            },
         ];
-        let config = AdamWConfig { lr: 0.1, beta1: 0.9, beta2: 0.99, eps: 0.0, weight_decay: 0.5 };
+        let config = AdamWConfig {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 0.0,
+            weight_decay: 0.5,
+        };
         let mut opt = AdamW::new(config, &specs);
         let mut params = vec![1.0; 6];
         let grads = [2.0, -3.0, 0.5, 1.0, 4.0, -1.0];
@@ -123,7 +154,13 @@ mod tests {
 
     #[test]
     fn clipping_scales_to_max_norm_and_leaves_small_gradients() {
-        let mut opt = AdamW::new(AdamWConfig::default(), &[TensorSpec { name: "w".into(), shape: vec![2] }]);
+        let mut opt = AdamW::new(
+            AdamWConfig::default(),
+            &[TensorSpec {
+                name: "w".into(),
+                shape: vec![2],
+            }],
+        );
         let mut g = vec![3.0, 4.0];
         assert_eq!(opt.clip_grad_norm(&mut g, 1.0), 5.0);
         assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6);

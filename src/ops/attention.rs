@@ -46,7 +46,12 @@ impl SharedOut {
 
 /// A [rows, cols] view into `data` at `offset` with the given row stride.
 fn strided(data: &[f32], offset: usize, rows: usize, cols: usize, row_stride: usize) -> MatRef<'_, f32> {
-    MatRef::from_row_major_slice_with_stride(&data[offset..offset + (rows - 1) * row_stride + cols], rows, cols, row_stride)
+    MatRef::from_row_major_slice_with_stride(
+        &data[offset..offset + (rows - 1) * row_stride + cols],
+        rows,
+        cols,
+        row_stride,
+    )
 }
 
 fn square_mut(data: &mut [f32], n: usize) -> MatMut<'_, f32> {
@@ -83,7 +88,14 @@ fn head_forward(s: AttnShape, bh: usize, qkv: &[f32], p: &mut [f32], pd: Option<
     let k = strided(qkv, row0 + k_off, t, hs, 3 * c);
     let v = strided(qkv, row0 + v_off, t, hs, 3 * c);
     // S = Q Kᵀ / sqrt(hs): the full square; the masked upper triangle is zeroed by the softmax.
-    matmul(square_mut(p, t), Accum::Replace, q, k.transpose(), 1.0 / (hs as f32).sqrt(), Par::Seq);
+    matmul(
+        square_mut(p, t),
+        Accum::Replace,
+        q,
+        k.transpose(),
+        1.0 / (hs as f32).sqrt(),
+        Par::Seq,
+    );
     for (i, row) in p.chunks_exact_mut(t).enumerate() {
         softmax_causal_row(row, i);
     }
@@ -126,13 +138,27 @@ pub fn attention_forward_cached(
         let k = strided(k_cache, bh * p * hs, ctx, hs, hs);
         let v = strided(v_cache, bh * p * hs, ctx, hs, hs);
         // S = Q Kᵀ / sqrt(hs): [T, ctx]; query i is masked beyond key pos0 + i.
-        matmul(MatMut::from_row_major_slice_mut(sc, t, ctx), Accum::Replace, q, k.transpose(), 1.0 / (hs as f32).sqrt(), Par::Seq);
+        matmul(
+            MatMut::from_row_major_slice_mut(sc, t, ctx),
+            Accum::Replace,
+            q,
+            k.transpose(),
+            1.0 / (hs as f32).sqrt(),
+            Par::Seq,
+        );
         for (i, row) in sc.chunks_exact_mut(ctx).enumerate() {
             softmax_causal_row(row, pos0 + i);
         }
         // SAFETY: head h of batch row b alone writes columns [h*hs, (h+1)*hs) of rows b*T..(b+1)*T.
         let o = unsafe { out.view(b * t * c + h * hs, t, hs, c) };
-        matmul(o, Accum::Replace, MatRef::from_row_major_slice(sc, t, ctx), v, 1.0, Par::Seq);
+        matmul(
+            o,
+            Accum::Replace,
+            MatRef::from_row_major_slice(sc, t, ctx),
+            v,
+            1.0,
+            Par::Seq,
+        );
     });
 }
 
@@ -153,11 +179,14 @@ pub fn attention_backward(
     let tt = s.t * s.t;
     assert!(dout.len() == s.b * s.t * s.c && qkv.len() == 3 * dout.len() && dqkv.len() == qkv.len());
     let dqkv = SharedOut(dqkv.as_mut_ptr());
-    scratch[..s.b * s.n_head * tt].par_chunks_mut(tt).enumerate().for_each(|(bh, dp)| {
-        let p = &att[bh * tt..(bh + 1) * tt];
-        let pd = dropped.map(|(pd, keep_scale)| (&pd[bh * tt..(bh + 1) * tt], keep_scale));
-        head_backward(s, bh, dqkv, dp, dout, qkv, p, pd);
-    });
+    scratch[..s.b * s.n_head * tt]
+        .par_chunks_mut(tt)
+        .enumerate()
+        .for_each(|(bh, dp)| {
+            let p = &att[bh * tt..(bh + 1) * tt];
+            let pd = dropped.map(|(pd, keep_scale)| (&pd[bh * tt..(bh + 1) * tt], keep_scale));
+            head_backward(s, bh, dqkv, dp, dout, qkv, p, pd);
+        });
 }
 
 /// One (batch, head) pair of the backward pass; dp: [T, T] scratch.
@@ -182,7 +211,11 @@ fn head_backward(
     let d_o = strided(dout, b * t * c + h * hs, t, hs, c);
     // SAFETY: head h of batch row b alone writes its q, k, v columns of rows b*T..(b+1)*T.
     let (dq, dk, dv) = unsafe {
-        (dqkv.view(row0 + q_off, t, hs, 3 * c), dqkv.view(row0 + k_off, t, hs, 3 * c), dqkv.view(row0 + v_off, t, hs, 3 * c))
+        (
+            dqkv.view(row0 + q_off, t, hs, 3 * c),
+            dqkv.view(row0 + k_off, t, hs, 3 * c),
+            dqkv.view(row0 + v_off, t, hs, 3 * c),
+        )
     };
     let weights = dropped.map_or(p, |(pd, _)| pd);
     // dV = P'ᵀ dO
@@ -191,7 +224,9 @@ fn head_backward(
     // where P itself is 0 the softmax gradient below is 0 whatever the mask says)
     matmul(square_mut(dp, t), Accum::Replace, d_o, v.transpose(), 1.0, Par::Seq);
     if let Some((pd, keep_scale)) = dropped {
-        dp.iter_mut().zip(pd).for_each(|(g, &m)| *g = if m != 0.0 { *g * keep_scale } else { 0.0 });
+        dp.iter_mut()
+            .zip(pd)
+            .for_each(|(g, &m)| *g = if m != 0.0 { *g * keep_scale } else { 0.0 });
     }
     // Softmax backward, row by row, in place: dS = P ⊙ (dP - rowsum(P ⊙ dP)); upper triangle 0.
     for (i, (ds, pr)) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
@@ -211,13 +246,9 @@ fn head_backward(
 /// become 0.
 fn softmax_causal_row(row: &mut [f32], i: usize) {
     let (visible, masked) = row.split_at_mut(i + 1);
-    let max = visible.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for x in visible.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
+    let max = super::max(visible);
+    visible.iter_mut().for_each(|x| *x = super::exp(*x - max));
+    let inv = 1.0 / super::sum(visible);
     visible.iter_mut().for_each(|x| *x *= inv);
     masked.fill(0.0);
 }
@@ -237,21 +268,32 @@ mod tests {
 
     #[test]
     fn matches_naive_causal_attention() {
-        let s = AttnShape { b: 2, t: 5, c: 6, n_head: 2 };
+        let s = AttnShape {
+            b: 2,
+            t: 5,
+            c: 6,
+            n_head: 2,
+        };
         let qkv = random_vec(s.b * s.t * 3 * s.c, 1);
         let (out, _, _) = run_forward(&qkv, s, None);
         let hs = s.c / s.n_head;
         for b in 0..s.b {
             for h in 0..s.n_head {
                 for i in 0..s.t {
-                    let at = |tok: usize, part: usize, d: usize| qkv[(b * s.t + tok) * 3 * s.c + part * s.c + h * hs + d];
-                    let scores: Vec<f32> = (0..=i).map(|j| (0..hs).map(|d| at(i, 0, d) * at(j, 1, d)).sum::<f32>() / (hs as f32).sqrt()).collect();
+                    let at =
+                        |tok: usize, part: usize, d: usize| qkv[(b * s.t + tok) * 3 * s.c + part * s.c + h * hs + d];
+                    let scores: Vec<f32> = (0..=i)
+                        .map(|j| (0..hs).map(|d| at(i, 0, d) * at(j, 1, d)).sum::<f32>() / (hs as f32).sqrt())
+                        .collect();
                     let max = scores.iter().cloned().fold(f32::MIN, f32::max);
                     let z: f32 = scores.iter().map(|x| (x - max).exp()).sum();
                     for d in 0..hs {
                         let expected: f32 = (0..=i).map(|j| (scores[j] - max).exp() / z * at(j, 2, d)).sum();
                         let got = out[(b * s.t + i) * s.c + h * hs + d];
-                        assert!((expected - got).abs() < 1e-5, "b{b} h{h} t{i} d{d}: {expected} vs {got}");
+                        assert!(
+                            (expected - got).abs() < 1e-5,
+                            "b{b} h{h} t{i} d{d}: {expected} vs {got}"
+                        );
                     }
                 }
             }
@@ -260,13 +302,25 @@ mod tests {
 
     #[test]
     fn cached_attention_matches_full_attention_on_the_new_rows() {
-        let s = AttnShape { b: 2, t: 7, c: 6, n_head: 3 };
+        let s = AttnShape {
+            b: 2,
+            t: 7,
+            c: 6,
+            n_head: 3,
+        };
         let (hs, p) = (s.c / s.n_head, 9); // a cache of 9 positions, 7 used
         let qkv = random_vec(s.b * s.t * 3 * s.c, 5);
         let (full, _, _) = run_forward(&qkv, s, None);
         // Keys and values of all 7 positions into the cache layout [B, NH, P, hs].
         let (mut k, mut v) = (vec![0.0; s.b * s.n_head * p * hs], vec![0.0; s.b * s.n_head * p * hs]);
-        for (b, h, i, d) in (0..s.b * s.n_head * s.t * hs).map(|x| (x / (s.n_head * s.t * hs), x / (s.t * hs) % s.n_head, x / hs % s.t, x % hs)) {
+        for (b, h, i, d) in (0..s.b * s.n_head * s.t * hs).map(|x| {
+            (
+                x / (s.n_head * s.t * hs),
+                x / (s.t * hs) % s.n_head,
+                x / hs % s.t,
+                x % hs,
+            )
+        }) {
             let row = (b * s.t + i) * 3 * s.c;
             k[((b * s.n_head + h) * p + i) * hs + d] = qkv[row + s.c + h * hs + d];
             v[((b * s.n_head + h) * p + i) * hs + d] = qkv[row + 2 * s.c + h * hs + d];
@@ -274,28 +328,52 @@ mod tests {
         for pos0 in [0, 4, 6] {
             // Only the new tokens pos0..7 as queries.
             let t = s.t - pos0;
-            let new_qkv: Vec<f32> = (0..s.b).flat_map(|b| qkv[(b * s.t + pos0) * 3 * s.c..(b + 1) * s.t * 3 * s.c].to_vec()).collect();
+            let new_qkv: Vec<f32> = (0..s.b)
+                .flat_map(|b| qkv[(b * s.t + pos0) * 3 * s.c..(b + 1) * s.t * 3 * s.c].to_vec())
+                .collect();
             let mut out = vec![0.0; s.b * t * s.c];
             let mut scores = vec![0.0; s.b * s.n_head * t * s.t];
             attention_forward_cached(&mut out, &mut scores, &new_qkv, &k, &v, AttnShape { t, ..s }, pos0);
-            let expected: Vec<f32> = (0..s.b).flat_map(|b| full[(b * s.t + pos0) * s.c..(b + 1) * s.t * s.c].to_vec()).collect();
-            let err = out.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let expected: Vec<f32> = (0..s.b)
+                .flat_map(|b| full[(b * s.t + pos0) * s.c..(b + 1) * s.t * s.c].to_vec())
+                .collect();
+            let err = out
+                .iter()
+                .zip(&expected)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
             assert!(err < 1e-6, "pos0 {pos0}: max error {err}");
         }
     }
 
     #[test]
     fn gradients_match_finite_differences_with_and_without_dropout() {
-        let s = AttnShape { b: 2, t: 4, c: 6, n_head: 2 };
+        let s = AttnShape {
+            b: 2,
+            t: 4,
+            c: 6,
+            n_head: 2,
+        };
         let qkv = random_vec(s.b * s.t * 3 * s.c, 2);
         let dout = random_vec(s.b * s.t * s.c, 3);
         let keep_scale = 1.0 / (1.0 - 0.25);
-        let mask: Vec<f32> = random_vec(s.b * s.n_head * s.t * s.t, 4).iter().map(|&r| if r > -0.67 { keep_scale } else { 0.0 }).collect();
+        let mask: Vec<f32> = random_vec(s.b * s.n_head * s.t * s.t, 4)
+            .iter()
+            .map(|&r| if r > -0.67 { keep_scale } else { 0.0 })
+            .collect();
         for mask in [None, Some(mask.as_slice())] {
             let (_, att, dropped) = run_forward(&qkv, s, mask);
             let mut dqkv = vec![0.0; qkv.len()];
             let mut scratch = vec![0.0; att.len()];
-            attention_backward(&mut dqkv, &mut scratch, &dout, &qkv, &att, dropped.as_deref().map(|d| (d, keep_scale)), s);
+            attention_backward(
+                &mut dqkv,
+                &mut scratch,
+                &dout,
+                &qkv,
+                &att,
+                dropped.as_deref().map(|d| (d, keep_scale)),
+                s,
+            );
             check_gradient("attention dqkv", &qkv, &dqkv, &dout, |x| run_forward(x, s, mask).0);
         }
     }

@@ -20,8 +20,13 @@ pub fn cross_entropy_forward(
     targets: &[i32],
     v: usize,
 ) -> Result<(f32, usize)> {
-    if let Some(&bad) = targets.iter().find(|&&y| y != IGNORE_INDEX && (y < 0 || y as usize >= v)) {
-        return Err(Error::Input(format!("target id {bad} is outside the vocabulary [0, {v})")));
+    if let Some(&bad) = targets
+        .iter()
+        .find(|&&y| y != IGNORE_INDEX && (y < 0 || y as usize >= v))
+    {
+        return Err(Error::Input(format!(
+            "target id {bad} is outside the vocabulary [0, {v})"
+        )));
     }
     lse.par_iter_mut()
         .zip(row_loss.par_iter_mut())
@@ -29,9 +34,8 @@ pub fn cross_entropy_forward(
         .zip(targets.par_iter())
         .with_min_len(ROWS_PER_TASK)
         .for_each(|(((lse, loss), row), &y)| {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f32 = row.iter().map(|&z| (z - max).exp()).sum();
-            *lse = max + sum.ln();
+            let max = super::max(row);
+            *lse = max + super::sum_exp(row, max).ln();
             *loss = if y == IGNORE_INDEX { 0.0 } else { *lse - row[y as usize] };
         });
     let total: f64 = row_loss.iter().map(|&l| l as f64).sum();
@@ -44,18 +48,21 @@ pub fn cross_entropy_forward(
 /// mean loss, scale = 1 / count. A counted row gets `dz = (softmax(z) - onehot(y)) · scale`;
 /// an ignored row gets 0.
 pub fn cross_entropy_backward_inplace(logits: &mut [f32], lse: &[f32], targets: &[i32], v: usize, scale: f32) {
-    logits.par_chunks_mut(v).zip(lse.par_iter()).zip(targets.par_iter()).with_min_len(ROWS_PER_TASK).for_each(
-        |((row, &lse), &y)| {
+    logits
+        .par_chunks_mut(v)
+        .zip(lse.par_iter())
+        .zip(targets.par_iter())
+        .with_min_len(ROWS_PER_TASK)
+        .for_each(|((row, &lse), &y)| {
             if y == IGNORE_INDEX {
                 row.fill(0.0);
                 return;
             }
             for z in row.iter_mut() {
-                *z = (*z - lse).exp() * scale;
+                *z = super::exp(*z - lse) * scale;
             }
             row[y as usize] -= scale;
-        },
-    );
+        });
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ mod tests {
         fill_mask(&mut mask, 0.2, &mut Rng::new(1));
         let kept = mask.iter().filter(|&&m| m > 0.0).count() as f32 / mask.len() as f32;
         let mean = mask.iter().sum::<f32>() / mask.len() as f32;
-        assert!((kept - 0.8).abs() < 0.01 && (mean - 1.0).abs() < 0.01, "kept {kept} mean {mean}");
+        assert!(
+            (kept - 0.8).abs() < 0.01 && (mean - 1.0).abs() < 0.01,
+            "kept {kept} mean {mean}"
+        );
     }
 }

@@ -5,13 +5,16 @@ use rayon::prelude::*;
 /// Forward. tokens: [B, T] (already checked < V); wte: [V, C]; wpe: [≥T, C]; out: [B, T, C].
 /// `pos0` is the position of the first token (non-zero when decoding with a KV cache).
 pub fn embedding_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], t: usize, c: usize, pos0: usize) {
-    out.par_chunks_mut(c).zip(tokens.par_iter()).enumerate().for_each(|(i, (row, &tok))| {
-        let pos = pos0 + i % t;
-        let (te, pe) = (&wte[tok as usize * c..][..c], &wpe[pos * c..][..c]);
-        for ((o, &a), &p) in row.iter_mut().zip(te).zip(pe) {
-            *o = a + p;
-        }
-    });
+    out.par_chunks_mut(c)
+        .zip(tokens.par_iter())
+        .enumerate()
+        .for_each(|(i, (row, &tok))| {
+            let pos = pos0 + i % t;
+            let (te, pe) = (&wte[tok as usize * c..][..c], &wpe[pos * c..][..c]);
+            for ((o, &a), &p) in row.iter_mut().zip(te).zip(pe) {
+                *o = a + p;
+            }
+        });
 }
 
 /// Backward: scatter-add each row of dout into the rows of wte and wpe it came from.
@@ -25,7 +28,10 @@ pub fn embedding_backward(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], toke
     });
     // Token rows may repeat, so this scatter runs in order (it is tiny next to the matmuls).
     for (row, &tok) in dout.chunks_exact(c).zip(tokens) {
-        dwte[tok as usize * c..][..c].iter_mut().zip(row).for_each(|(d, &g)| *d += g);
+        dwte[tok as usize * c..][..c]
+            .iter_mut()
+            .zip(row)
+            .for_each(|(d, &g)| *d += g);
     }
 }
 

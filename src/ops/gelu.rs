@@ -8,24 +8,28 @@ const CHUNK: usize = 4096;
 
 /// Forward, elementwise: out = gelu(inp).
 pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
-    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(out, inp)| {
-        for (o, &x) in out.iter_mut().zip(inp) {
-            *o = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh());
-        }
-    });
+    out.par_chunks_mut(CHUNK)
+        .zip(inp.par_chunks(CHUNK))
+        .for_each(|(out, inp)| {
+            for (o, &x) in out.iter_mut().zip(inp) {
+                *o = 0.5 * x * (1.0 + super::tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)));
+            }
+        });
 }
 
 /// Backward, in place: `dout` (the gradient w.r.t. gelu's output) becomes the gradient w.r.t.
 /// its input. With u = k (x + 0.044715 x³):
 /// `gelu'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh² u) · k (1 + 3 · 0.044715 x²)`.
 pub fn gelu_backward_inplace(dout: &mut [f32], inp: &[f32]) {
-    dout.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(d, inp)| {
-        for (d, &x) in d.iter_mut().zip(inp) {
-            let t = (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh();
-            let du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
-            *d *= 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx;
-        }
-    });
+    dout.par_chunks_mut(CHUNK)
+        .zip(inp.par_chunks(CHUNK))
+        .for_each(|(d, inp)| {
+            for (d, &x) in d.iter_mut().zip(inp) {
+                let t = super::tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x));
+                let du_dx = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+                *d *= 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx;
+            }
+        });
 }
 
 #[cfg(test)]

@@ -5,7 +5,16 @@ use rayon::prelude::*;
 
 /// Forward. inp, out: [N, C]; w, b: [C]; mean, rstd: [N] are kept for the backward pass.
 #[allow(clippy::too_many_arguments)]
-pub fn layernorm_forward(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], c: usize, eps: f32) {
+pub fn layernorm_forward(
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    b: &[f32],
+    c: usize,
+    eps: f32,
+) {
     out.par_chunks_mut(c)
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
         .zip(inp.par_chunks(c))
@@ -56,16 +65,19 @@ pub fn layernorm_backward(
         });
     // Parameter gradients: parallel over column blocks, each task summing over all rows.
     const COLS_PER_TASK: usize = 64;
-    dw.par_chunks_mut(COLS_PER_TASK).zip(db.par_chunks_mut(COLS_PER_TASK)).enumerate().for_each(|(block, (dw, db))| {
-        let c0 = block * COLS_PER_TASK;
-        for ((dy, x), (&m, &s)) in dout.chunks_exact(c).zip(inp.chunks_exact(c)).zip(mean.iter().zip(rstd)) {
-            for (j, (dwj, dbj)) in dw.iter_mut().zip(db.iter_mut()).enumerate() {
-                let col = c0 + j;
-                *dwj += dy[col] * (x[col] - m) * s;
-                *dbj += dy[col];
+    dw.par_chunks_mut(COLS_PER_TASK)
+        .zip(db.par_chunks_mut(COLS_PER_TASK))
+        .enumerate()
+        .for_each(|(block, (dw, db))| {
+            let c0 = block * COLS_PER_TASK;
+            for ((dy, x), (&m, &s)) in dout.chunks_exact(c).zip(inp.chunks_exact(c)).zip(mean.iter().zip(rstd)) {
+                for (j, (dwj, dbj)) in dw.iter_mut().zip(db.iter_mut()).enumerate() {
+                    let col = c0 + j;
+                    *dwj += dy[col] * (x[col] - m) * s;
+                    *dbj += dy[col];
+                }
             }
-        }
-    });
+        });
 }
 
 #[cfg(test)]

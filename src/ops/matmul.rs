@@ -23,7 +23,18 @@ fn view(data: &[f32], rows: usize, cols: usize, transposed: bool) -> MatRef<'_, 
 /// `out [m, n] (=|+=) op(a) · op(b)` where op(a) is [m, k] and op(b) is [k, n]; `a` is stored
 /// as [m, k] (or [k, m] when `a_t`), `b` as [k, n] (or [n, k] when `b_t`).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm(out: &mut [f32], accumulate: bool, a: &[f32], a_t: bool, b: &[f32], b_t: bool, m: usize, k: usize, n: usize, par: Par) {
+pub fn gemm(
+    out: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    a_t: bool,
+    b: &[f32],
+    b_t: bool,
+    m: usize,
+    k: usize,
+    n: usize,
+    par: Par,
+) {
     debug_assert_eq!(out.len(), m * n);
     if m <= SMALL_M && !a_t {
         return match b_t {
@@ -87,9 +98,11 @@ mod tests {
         let (m, k, n) = (5, 7, 3);
         let a = random_vec(m * k, 1);
         let b = random_vec(k * n, 2);
-        let naive: Vec<f32> =
-            (0..m * n).map(|i| (0..k).map(|p| a[i / n * k + p] * b[p * n + i % n]).sum()).collect();
-        let transpose = |x: &[f32], r: usize, c: usize| -> Vec<f32> { (0..r * c).map(|i| x[(i % r) * c + i / r]).collect() };
+        let naive: Vec<f32> = (0..m * n)
+            .map(|i| (0..k).map(|p| a[i / n * k + p] * b[p * n + i % n]).sum())
+            .collect();
+        let transpose =
+            |x: &[f32], r: usize, c: usize| -> Vec<f32> { (0..r * c).map(|i| x[(i % r) * c + i / r]).collect() };
         let (at, bt) = (transpose(&a, m, k), transpose(&b, k, n));
         for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
             let mut out = vec![0.0; m * n];

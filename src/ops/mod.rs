@@ -14,9 +14,95 @@ pub mod layernorm;
 pub mod matmul;
 pub mod matvec;
 
+/// e^x in f32, branch-free so that loops over slices vectorise (libm's expf does not).
+/// Range reduction x = n·ln2 + r with |r| ≤ ln2/2, then Cephes' degree-6 polynomial for e^r
+/// (relative error about 2e-7, like expf). Inputs are clamped to [-87, 88]: e^-87 ≈ 1.6e-38
+/// stands in for smaller values (as good as 0 next to the 1 that every softmax row holds).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let e_r = p * r * r + r + 1.0;
+    // 2^n built in the exponent bits. Adding 2^23 puts the integer n + 127 in the low mantissa
+    // bits (no float-to-int conversion, which would keep the loop from vectorising).
+    let biased = (n + 127.0 + 8_388_608.0).to_bits() & 0x7f_ffff;
+    e_r * f32::from_bits(biased << 23)
+}
+
+/// tanh(x) = 1 - 2 / (e^{2x} + 1), through [`exp`]; vectorises like it.
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * x) + 1.0)
+}
+
+/// Folds a slice in 16 independent lanes, then folds the lanes: a fixed order (so results are
+/// reproducible bit for bit) that the compiler can turn into vector instructions, which a
+/// single running float accumulator cannot be.
+#[inline(always)]
+fn fold_lanes(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [init; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane = f(*lane, x);
+        }
+    }
+    lanes.iter().chain(tail).fold(init, |acc, &x| f(acc, x))
+}
+
+/// Largest element (-inf for an empty slice).
+pub fn max(xs: &[f32]) -> f32 {
+    fold_lanes(xs, f32::NEG_INFINITY, f32::max)
+}
+
+/// Σ e^(x - shift): the softmax denominator, with shift = max(xs) for stability.
+pub fn sum_exp(xs: &[f32], shift: f32) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|&x| exp(x - shift)).sum();
+    for chunk in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane += exp(x - shift);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Σ x.
+pub fn sum(xs: &[f32]) -> f32 {
+    fold_lanes(xs, 0.0, |acc, x| acc + x)
+}
+
 /// Rows handled per rayon task in row-parallel loops: large enough to amortise scheduling,
 /// small enough to balance two to a few dozen cores.
 pub(crate) const ROWS_PER_TASK: usize = 8;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exp_and_tanh_match_the_standard_library() {
+        let mut x = -80.0f32;
+        while x < 80.0 {
+            let (ours, std) = (super::exp(x), x.exp());
+            assert!((ours - std).abs() <= 4e-7 * std, "exp({x}): {ours} vs {std}");
+            let (ours, std) = (super::tanh(x / 8.0), (x / 8.0).tanh());
+            assert!((ours - std).abs() <= 3e-7, "tanh({}): {ours} vs {std}", x / 8.0);
+            x += 0.0137;
+        }
+        let tiny = super::exp(-1000.0);
+        assert!((0.0..1e-37).contains(&tiny) && super::exp(1000.0).is_finite());
+    }
+}
 
 #[cfg(test)]
 pub(crate) mod test_util {

@@ -87,7 +87,11 @@ impl BenchArgs {
             c.n_inner = 4 * n_embd;
         }
         if self.block_size > c.n_positions {
-            bail!("--block-size {} exceeds the model's {} positions", self.block_size, c.n_positions);
+            bail!(
+                "--block-size {} exceeds the model's {} positions",
+                self.block_size,
+                c.n_positions
+            );
         }
         c.validate()?;
         Ok(c)
@@ -101,7 +105,14 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         BenchCommand::Generate(a) => return run_generate(a),
     };
     let config = args.config()?;
-    let ours = bench_steps(config.clone(), kind, args.batch_size, args.block_size, args.steps, args.warmup)?;
+    let ours = bench_steps(
+        config.clone(),
+        kind,
+        args.batch_size,
+        args.block_size,
+        args.steps,
+        args.warmup,
+    )?;
     let peer = match &args.pytorch {
         Some(python) => {
             let shape = [("--batch-size", args.batch_size), ("--block-size", args.block_size)];
@@ -114,7 +125,8 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         let mut out = serde_json::to_value(&ours)?;
         if let Some(peer) = &peer {
             out["pytorch"] = peer.clone();
-            out["speedup_vs_pytorch"] = serde_json::json!(ours.tokens_per_s / peer["tokens_per_s"].as_f64().unwrap_or(f64::NAN));
+            out["speedup_vs_pytorch"] =
+                serde_json::json!(ours.tokens_per_s / peer["tokens_per_s"].as_f64().unwrap_or(f64::NAN));
         }
         println!("{out}");
         return Ok(());
@@ -142,12 +154,26 @@ fn print_result(who: &str, mode: &str, r: &BenchResult) {
 
 fn run_generate(args: &GenerateBenchArgs) -> Result<()> {
     let config = Config::preset(&args.preset)?;
-    let ours = bench_generate(config.clone(), args.prompt_tokens, args.new_tokens, args.runs, args.warmup)?;
+    let ours = bench_generate(
+        config.clone(),
+        args.prompt_tokens,
+        args.new_tokens,
+        args.runs,
+        args.warmup,
+    )?;
     let peer = match &args.pytorch {
         Some(python) => {
-            let shape = [("--prompt-tokens", args.prompt_tokens), ("--new-tokens", args.new_tokens)];
+            let shape = [
+                ("--prompt-tokens", args.prompt_tokens),
+                ("--new-tokens", args.new_tokens),
+            ];
             let runs = [("--steps", args.runs), ("--warmup", args.warmup)];
-            Some(run_pytorch(python, "generate", &config, &[&shape[..], &runs[..]].concat())?)
+            Some(run_pytorch(
+                python,
+                "generate",
+                &config,
+                &[&shape[..], &runs[..]].concat(),
+            )?)
         }
         None => None,
     };
@@ -190,8 +216,17 @@ fn run_pytorch(python: &PathBuf, mode: &str, c: &Config, flags: &[(&str, usize)]
         .arg(script)
         .args(["--mode", mode, "--json"])
         .args(["--n-layer", &c.n_layer.to_string(), "--n-head", &c.n_head.to_string()])
-        .args(["--n-embd", &c.n_embd.to_string(), "--vocab-size", &c.vocab_size.to_string()])
-        .args(flags.iter().flat_map(|(flag, value)| [flag.to_string(), value.to_string()]))
+        .args([
+            "--n-embd",
+            &c.n_embd.to_string(),
+            "--vocab-size",
+            &c.vocab_size.to_string(),
+        ])
+        .args(
+            flags
+                .iter()
+                .flat_map(|(flag, value)| [flag.to_string(), value.to_string()]),
+        )
         .args(["--threads", &rayon::current_num_threads().to_string()])
         .output()
         .with_context(|| format!("running {}", python.display()))?;

@@ -21,11 +21,16 @@ pub struct ScoreArgs {
 
 pub fn run(args: &ScoreArgs) -> Result<()> {
     let mut model = load_model(&args.model)?;
-    let Some(path) = &args.tokens else { bail!("give the text to score with --tokens <file>") };
+    let Some(path) = &args.tokens else {
+        bail!("give the text to score with --tokens <file>")
+    };
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let ids = text
         .split_whitespace()
-        .map(|w| w.parse::<u32>().with_context(|| format!("{}: '{w}' is not a token id", path.display())))
+        .map(|w| {
+            w.parse::<u32>()
+                .with_context(|| format!("{}: '{w}' is not a token id", path.display()))
+        })
         .collect::<Result<Vec<u32>>>()?;
     let score = score_tokens(&mut model, &ids)?;
     if args.json {

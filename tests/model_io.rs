@@ -1,0 +1,167 @@
+//! Loading and saving Hugging Face directories: round trips, and every kind of bad file gives a
+//! clear error that names the problem (never a panic).
+
+use gpt2::io::hf::{load_hf_dir, save_hf_dir};
+use gpt2::io::load_model;
+use gpt2::{Config, Gpt};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
+
+/// A fresh scratch directory under the system temp dir.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gpt2-model-io-{}-{name}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A copy of the tiny fixture model that a test may damage.
+fn tiny_copy(name: &str) -> PathBuf {
+    let dir = scratch(name);
+    for file in ["config.json", "model.safetensors"] {
+        fs::copy(Path::new(TINY).join(file), dir.join(file)).unwrap();
+    }
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    load_hf_dir(dir).err().expect("loading should fail").to_string()
+}
+
+#[test]
+fn save_then_load_round_trips_exactly_without_the_prefix() {
+    let model = load_hf_dir(Path::new(TINY)).unwrap();
+    let dir = scratch("roundtrip").join("saved");
+    save_hf_dir(&model, &dir).unwrap();
+    let again = load_model(&dir).unwrap();
+    assert_eq!(again.config, model.config);
+    assert_eq!(again.params, model.params);
+    // The hub's naming: no "transformer." prefix.
+    let header = fs::read(dir.join("model.safetensors")).unwrap();
+    let text = String::from_utf8_lossy(&header[..4096.min(header.len())]);
+    assert!(text.contains("\"wte.weight\"") && !text.contains("transformer."));
+}
+
+#[test]
+fn a_run_directory_resolves_to_its_latest_checkpoint() {
+    let run = scratch("run");
+    let model = Gpt::new(Config::new(11, 8, 8, 1, 2), 3).unwrap();
+    save_hf_dir(&model, &run.join("latest")).unwrap();
+    assert_eq!(load_model(&run).unwrap().params, model.params);
+    assert!(load_model(&scratch("empty"))
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("not a model"));
+    assert!(load_model(&run.join("nope"))
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("no such file"));
+}
+
+#[test]
+fn missing_and_truncated_files_are_errors() {
+    let dir = tiny_copy("missing");
+    fs::remove_file(dir.join("model.safetensors")).unwrap();
+    assert!(load_err(&dir).contains("no model.safetensors"));
+    fs::write(dir.join("pytorch_model.bin"), b"pickle").unwrap();
+    assert!(load_err(&dir).contains("pickle"));
+
+    let dir = tiny_copy("truncated");
+    let bytes = fs::read(dir.join("model.safetensors")).unwrap();
+    fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() - 100]).unwrap();
+    assert!(load_err(&dir).contains("not a valid safetensors file"));
+    fs::write(dir.join("model.safetensors"), b"hello").unwrap();
+    assert!(load_err(&dir).contains("not a valid safetensors file"));
+    // A hostile header length.
+    let mut hostile = u64::MAX.to_le_bytes().to_vec();
+    hostile.extend_from_slice(b"{}");
+    fs::write(dir.join("model.safetensors"), hostile).unwrap();
+    assert!(load_err(&dir).contains("not a valid safetensors file"));
+
+    let dir = tiny_copy("noconfig");
+    fs::remove_file(dir.join("config.json")).unwrap();
+    assert!(load_err(&dir).contains("config.json"));
+}
+
+/// Rewrites the fixture's config.json through `edit`.
+fn with_config(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let dir = tiny_copy(name);
+    let mut config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    edit(&mut config);
+    fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn configs_that_disagree_with_the_tensors_or_the_maths_are_errors() {
+    let dir = with_config("shape", |c| c["vocab_size"] = 97.into());
+    let err = load_err(&dir);
+    assert!(
+        err.contains("wte.weight") && err.contains("[96, 32]") && err.contains("[97, 32]"),
+        "{err}"
+    );
+
+    let dir = with_config("layers", |c| c["n_layer"] = 3.into());
+    assert!(load_err(&dir).contains("missing tensor 'h.2.ln_1.weight'"));
+
+    let dir = with_config("fewer", |c| c["n_layer"] = 1.into());
+    assert!(load_err(&dir).contains("unexpected tensor 'transformer.h.1"));
+
+    let dir = with_config("activation", |c| c["activation_function"] = "relu".into());
+    assert!(load_err(&dir).contains("activation_function 'relu' is not supported"));
+
+    let dir = with_config("inverse", |c| c["scale_attn_by_inverse_layer_idx"] = true.into());
+    assert!(load_err(&dir).contains("scale_attn_by_inverse_layer_idx"));
+
+    let dir = with_config("heads", |c| c["n_head"] = 5.into());
+    assert!(load_err(&dir).contains("divisible"));
+
+    let dir = with_config("nofield", |c| {
+        c.as_object_mut().unwrap().remove("n_embd");
+    });
+    assert!(load_err(&dir).contains("missing field 'n_embd'"));
+
+    let dir = with_config("inner", |c| c["n_inner"] = 64.into());
+    let err = load_err(&dir);
+    assert!(
+        err.contains("mlp.c_") && err.contains("has shape"),
+        "n_inner 64 disagrees with the MLP tensors: {err}"
+    );
+}
+
+#[test]
+fn a_wrong_dtype_is_named() {
+    // One tensor stored as I32: the error names the tensor and the dtype.
+    let dir = scratch("dtype");
+    let model = Gpt::new(Config::new(5, 4, 4, 1, 1), 0).unwrap();
+    save_hf_dir(&model, &dir.join("m")).unwrap();
+    let path = dir.join("m/model.safetensors");
+    let mut bytes = fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
+    let patched = header.replacen(
+        "\"dtype\":\"F32\",\"shape\":[5,4]",
+        "\"dtype\":\"I32\",\"shape\":[5,4]",
+        1,
+    );
+    assert_ne!(header, patched);
+    bytes.splice(8..8 + n, patched.into_bytes());
+    fs::write(&path, bytes).unwrap();
+    let err = load_err(&dir.join("m"));
+    assert!(err.contains("wte.weight") && err.contains("I32"), "{err}");
+}
+
+#[test]
+fn config_json_round_trips_and_presets_are_gpt2() {
+    for name in gpt2::config::PRESETS {
+        let c = Config::preset(name).unwrap();
+        assert_eq!(Config::from_hf_json(&c.to_hf_json()).unwrap(), c);
+    }
+    assert_eq!(Config::preset("gpt2-xl").unwrap().num_params(), 1_557_611_200);
+    assert!(Config::preset("gpt3").is_err());
+}
