@@ -4,6 +4,7 @@
 //! logits / temperature, top-k, top-p (nucleus) and a draw from the softmax of what is left.
 
 use crate::error::{Error, Result};
+use crate::ops;
 use crate::rng::Rng;
 
 /// How the next token is chosen.
@@ -74,36 +75,53 @@ impl Sampling {
         if self.temperature == 0.0 {
             return argmax(logits);
         }
+        // Unnormalised softmax of logits / T, in place: w = exp(z/T - max).
         let inv_t = 1.0 / self.temperature;
         logits.iter_mut().for_each(|z| *z *= inv_t);
-        let mut candidates: Vec<u32> = (0..logits.len() as u32).collect();
-        if let Some(k) = self.top_k.filter(|&k| k < logits.len()) {
-            // The k-th largest logit; everything below it goes (ties with it stay, as in HF).
-            let mut values = logits.to_vec();
-            let (_, &mut kth, _) = values.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-            candidates.retain(|&i| logits[i as usize] >= kth);
+        let max = ops::max(logits);
+        if !max.is_finite() {
+            return argmax(logits); // a temperature so small that z / T overflows: greedy
         }
-        // Weights exp(z - max) over the candidates: an unnormalised softmax.
-        let max = candidates
-            .iter()
-            .map(|&i| logits[i as usize])
-            .fold(f32::NEG_INFINITY, f32::max);
-        let mut weighted: Vec<(u32, f32)> = candidates
-            .iter()
-            .map(|&i| (i, (logits[i as usize] - max).exp()))
-            .collect();
+        logits.iter_mut().for_each(|z| *z = ops::exp(*z - max));
+        // Top-k: the k-th largest weight is the floor (ties with it stay, as in HF).
+        let floor = match self.top_k.filter(|&k| k < logits.len()) {
+            Some(k) => *logits.to_vec().select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a)).1,
+            None => 0.0,
+        };
+        let mut weighted: Vec<(u32, f32)> = (0..).zip(logits.iter().copied()).filter(|&(_, w)| w >= floor).collect();
         if self.top_p < 1.0 {
-            // Most likely first; keep tokens until their cumulative probability reaches top_p.
-            weighted.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            let target = self.top_p * weighted.iter().map(|w| w.1).sum::<f32>();
-            let mut cumulative = 0.0;
-            let reached = weighted.iter().position(|w| {
-                cumulative += w.1;
-                cumulative >= target
-            });
-            weighted.truncate(reached.map_or(weighted.len(), |i| i + 1));
+            keep_nucleus(&mut weighted, self.top_p);
         }
         draw(&weighted, rng)
+    }
+}
+
+/// Top-p: keeps the most likely tokens, most likely first, up to the first whose cumulative
+/// weight reaches `top_p` of the total. Sorts only as much as it needs: the top 64, then the
+/// top 512, and so on.
+fn keep_nucleus(weighted: &mut Vec<(u32, f32)>, top_p: f32) {
+    let target = top_p * weighted.iter().map(|w| w.1).sum::<f32>();
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut block = 64;
+    loop {
+        let k = block.min(weighted.len());
+        block *= 8;
+        if k < weighted.len() {
+            weighted.select_nth_unstable_by(k - 1, order); // the top k first, in any order
+        }
+        weighted[..k].sort_unstable_by(order);
+        let mut cumulative = 0.0;
+        let reached = weighted[..k].iter().position(|w| {
+            cumulative += w.1;
+            cumulative >= target
+        });
+        if let Some(i) = reached {
+            weighted.truncate(i + 1);
+            return;
+        }
+        if k == weighted.len() {
+            return; // rounding kept the total just below the target: keep everything
+        }
     }
 }
 
@@ -231,6 +249,17 @@ mod tests {
             ..Sampling::default()
         };
         assert_eq!(frequencies(&s, &LOGITS, 1000)[1], 1.0);
+    }
+
+    #[test]
+    fn a_nucleus_wider_than_the_first_sorted_block_is_found() {
+        // 1000 equally likely tokens: top_p 0.5 keeps 500 of them (ties: lower ids first).
+        let s = Sampling {
+            top_p: 0.5,
+            ..Sampling::default()
+        };
+        let freq = frequencies(&s, &[0.0; 1000], 20_000);
+        assert!(freq[..500].iter().all(|&f| f > 0.0) && freq[500..].iter().all(|&f| f == 0.0));
     }
 
     #[test]
