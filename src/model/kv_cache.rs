@@ -170,7 +170,7 @@ impl Gpt {
     /// those of [`Gpt::forward`] over the whole sequence at that position.
     pub fn forward_cached<'c>(&self, cache: &'c mut KvCache, tokens: &[u32]) -> Result<&'c [f32]> {
         let b = cache.rows;
-        if b == 0 || tokens.is_empty() || tokens.len() % b != 0 {
+        if b == 0 || tokens.is_empty() || !tokens.len().is_multiple_of(b) {
             return Err(Error::Input(format!(
                 "{} tokens do not split into {b} non-empty rows",
                 tokens.len()
