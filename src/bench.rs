@@ -110,7 +110,7 @@ pub fn bench_generate(
     runs: usize,
     warmup: usize,
 ) -> Result<GenerateBenchResult> {
-    if prompt_tokens == 0 || new_tokens < 2 || prompt_tokens + new_tokens > config.n_positions {
+    if prompt_tokens == 0 || new_tokens < 2 || prompt_tokens.saturating_add(new_tokens) > config.n_positions {
         return Err(Error::Input(format!(
             "need prompt tokens >= 1, new tokens >= 2 and both together <= {} positions",
             config.n_positions

@@ -90,7 +90,7 @@ impl<'m> Generator<'m> {
         let mut cache = KvCache::new(
             &model.config,
             1,
-            (prompt.len() + options.max_new_tokens).min(n_positions),
+            prompt.len().saturating_add(options.max_new_tokens).min(n_positions),
         )?;
         let logits = model.forward_cached(&mut cache, window)?.repeat(options.num_samples);
         cache.broadcast(options.num_samples)?;
