@@ -1,15 +1,15 @@
 //! Matrix products with few rows (M <= [`SMALL_M`]): decoding one token per sequence.
 //!
 //! With M = 1 a product reads every weight once and does one multiply-add with it, so its
-//! time is the time to stream the weights from memory. These kernels give each task a
-//! contiguous run of the weight buffer, which the hardware prefetchers stream at full memory
-//! bandwidth, and split the work the same way whatever the thread count (so results do not
-//! depend on it):
-//! - `w` stored [K, N] (a Conv1D weight, `y = x·W`): a task takes [`ROWS_PER_TASK`] rows of W
-//!   and computes the partial product `x[:, rows] · W[rows, :]` [M, N]; the partials are then
-//!   summed in order.
-//! - `w` stored [N, K] (the tied LM head, `y = x·wteᵀ`): a task takes rows of wte, each row
-//!   giving one output column as M dot products.
+//! time is the time to stream the weights from memory. Each task owns a contiguous block of
+//! [`ROWS_PER_TASK`] weight rows and reads it as [`STREAMS`] sequential streams at once, one per
+//! quarter of the block: one core keeps more reads in flight that way than with a single
+//! stream (1.3-1.8x the bandwidth of one stream per core on this machine). Tasks split the
+//! work the same way whatever the thread count, so results do not depend on it.
+//! - `w` stored [K, N] (a Conv1D weight, `y = x·W`): a task computes the partial product
+//!   `x[:, rows] · W[rows, :]` [M, N]; the partials are then summed in order.
+//! - `w` stored [N, K] (the tied LM head, `y = x·wteᵀ`): each row of wte gives one output
+//!   column, as M dot products.
 
 use faer::Par;
 use rayon::prelude::*;
@@ -20,6 +20,9 @@ pub const SMALL_M: usize = 8;
 /// Weight rows per task: 64 rows of a GPT-2 weight are 192-768 KiB of contiguous memory.
 const ROWS_PER_TASK: usize = 64;
 
+/// Weight rows a task reads side by side.
+const STREAMS: usize = 4;
+
 /// Runs `task` on each chunk of `w`, on the rayon pool unless `par` is sequential; results in order.
 fn map_chunks<T: Send>(w: &[f32], chunk: usize, par: Par, task: impl Fn(usize, &[f32]) -> T + Sync) -> Vec<T> {
     match par {
@@ -28,21 +31,42 @@ fn map_chunks<T: Send>(w: &[f32], chunk: usize, par: Par, task: impl Fn(usize, &
     }
 }
 
+/// The rows 0..rows of a block in the order the kernels read them: groups of [`STREAMS`] rows,
+/// one from each quarter (i, q + i, 2q + i, 3q + i), then the rows left over one by one.
+fn stream_order(rows: usize) -> (impl Iterator<Item = [usize; STREAMS]>, std::ops::Range<usize>) {
+    let q = rows / STREAMS;
+    (
+        (0..q).map(move |i| std::array::from_fn(|s| s * q + i)),
+        STREAMS * q..rows,
+    )
+}
+
 /// `out [M, N] (=|+=) x [M, K] · w [K, N]`, w row-major.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_small_m(out: &mut [f32], accumulate: bool, x: &[f32], w: &[f32], m: usize, k: usize, n: usize, par: Par) {
     assert!(out.len() == m * n && x.len() == m * k && w.len() == k * n && m <= SMALL_M);
     let partials = map_chunks(w, ROWS_PER_TASK * n, par, |task, w_rows| {
         // acc[j, :] = Σ_i x[j, k0 + i] · w[k0 + i, :] over this task's rows
-        let k0 = task * ROWS_PER_TASK;
+        let rows = w_rows.len() / n;
+        let row = |i: usize| &w_rows[i * n..(i + 1) * n];
         let mut acc = vec![0.0f32; m * n];
-        for (i, w_row) in w_rows.chunks_exact(n).enumerate() {
-            for (acc_row, x_row) in acc.chunks_exact_mut(n).zip(x.chunks_exact(k)) {
-                let xi = x_row[k0 + i];
+        for (acc_row, x_row) in acc.chunks_exact_mut(n).zip(x.chunks_exact(k)) {
+            let x_row = &x_row[task * ROWS_PER_TASK..][..rows];
+            let (groups, rest) = stream_order(rows);
+            for [a, b, c, d] in groups {
+                let (xa, xb, xc, xd) = (x_row[a], x_row[b], x_row[c], x_row[d]);
+                for ((((acc, &wa), &wb), &wc), &wd) in
+                    acc_row.iter_mut().zip(row(a)).zip(row(b)).zip(row(c)).zip(row(d))
+                {
+                    *acc = wd.mul_add(xd, wc.mul_add(xc, wb.mul_add(xb, wa.mul_add(xa, *acc))));
+                }
+            }
+            for i in rest {
+                let xi = x_row[i];
                 acc_row
                     .iter_mut()
-                    .zip(w_row)
-                    .for_each(|(a, &wv)| *a = wv.mul_add(xi, *a));
+                    .zip(row(i))
+                    .for_each(|(acc, &wi)| *acc = wi.mul_add(xi, *acc));
             }
         }
         acc
@@ -70,10 +94,24 @@ pub fn matmul_small_m_t(
     assert!(out.len() == m * n && x.len() == m * k && w.len() == n * k && m <= SMALL_M);
     // Each task fills its columns of out, transposed: [rows, M].
     let blocks = map_chunks(w, ROWS_PER_TASK * k, par, |_, w_rows| {
-        w_rows
-            .chunks_exact(k)
-            .flat_map(|w_row| x.chunks_exact(k).map(|x_row| dot(w_row, x_row)))
-            .collect::<Vec<f32>>()
+        let rows = w_rows.len() / k;
+        let row = |i: usize| &w_rows[i * k..(i + 1) * k];
+        let mut dots_t = vec![0.0f32; rows * m];
+        let (groups, rest) = stream_order(rows);
+        // Each group of rows is read from memory once and reused from cache for every x row.
+        for group in groups {
+            for (j, x_row) in x.chunks_exact(k).enumerate() {
+                for (i, d) in group.into_iter().zip(dots(group.map(row), x_row)) {
+                    dots_t[i * m + j] = d;
+                }
+            }
+        }
+        for i in rest {
+            for (j, x_row) in x.chunks_exact(k).enumerate() {
+                dots_t[i * m + j] = dots([row(i)], x_row)[0];
+            }
+        }
+        dots_t
     });
     for (col, dots) in blocks.iter().flat_map(|b| b.chunks_exact(m)).enumerate() {
         for (row, &d) in dots.iter().enumerate() {
@@ -83,18 +121,26 @@ pub fn matmul_small_m_t(
     }
 }
 
-/// Σ a_i b_i with 32 independent partial sums, which the compiler keeps in vector registers.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 32;
-    let mut acc = [0.0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (xa, xb) in ca.zip(cb) {
-        for ((s, &x), &y) in acc.iter_mut().zip(xa).zip(xb) {
-            *s = x.mul_add(y, *s);
+/// The S dot products w_s · x, side by side, each over 16 lanes of partial sums (which the
+/// compiler keeps in vector registers).
+fn dots<const S: usize>(w: [&[f32]; S], x: &[f32]) -> [f32; S] {
+    const LANES: usize = 16;
+    let mut acc = [[0.0f32; LANES]; S];
+    let mut rows = w.map(|w| w.chunks_exact(LANES));
+    let xs = x.chunks_exact(LANES);
+    let x_tail = xs.remainder();
+    for xc in xs {
+        for (acc, row) in acc.iter_mut().zip(rows.iter_mut()) {
+            let wc = row.next().expect("rows as long as x");
+            for ((a, &wv), &xv) in acc.iter_mut().zip(wc).zip(xc) {
+                *a = wv.mul_add(xv, *a);
+            }
         }
     }
-    acc.iter().sum::<f32>() + tail
+    std::array::from_fn(|s| {
+        let tail: f32 = rows[s].remainder().iter().zip(x_tail).map(|(a, b)| a * b).sum();
+        acc[s].iter().sum::<f32>() + tail
+    })
 }
 
 #[cfg(test)]
