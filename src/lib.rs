@@ -12,6 +12,7 @@ pub mod io;
 pub mod model;
 pub mod ops;
 pub mod rng;
+pub mod tokenizer;
 
 pub use config::Config;
 pub use error::{Error, Result};

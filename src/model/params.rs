@@ -92,8 +92,13 @@ impl<S: Splittable> Weights<S> {
     /// Cuts a flat buffer laid out by [`param_specs`] into named views. The struct fields
     /// are taken in the same order as `param_specs` lists them (checked by a test).
     pub fn split(buf: S, cfg: &Config) -> Self {
-        let sizes: Vec<usize> = param_specs(cfg).iter().map(TensorSpec::numel).collect();
-        let mut sizes = sizes.into_iter();
+        let (c, v, t, f) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
+        // The sizes of param_specs(cfg), computed without building the names.
+        let block = [c, c, c * 3 * c, 3 * c, c * c, c, c, c, c * f, f, f * c, c];
+        let mut sizes = [v * c, t * c]
+            .into_iter()
+            .chain((0..cfg.n_layer).flat_map(|_| block))
+            .chain([c, c]);
         let mut rest = Some(buf);
         let mut take = || {
             let (head, tail) = rest

@@ -3,6 +3,7 @@
 
 mod bench_cmd;
 mod score_cmd;
+mod tokenize_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,11 @@ struct Cli {
 enum Command {
     /// Loss and perplexity of a text under a model.
     Score(score_cmd::ScoreArgs),
+    /// Text to token ids and back (GPT-2 BPE, char-level, or a trained BPE).
+    Tokenize(tokenize_cmd::TokenizeArgs),
+    /// Byte-level BPE vocabularies: `gpt2 bpe train`.
+    #[command(subcommand)]
+    Bpe(tokenize_cmd::BpeCommand),
     /// Throughput benchmarks (training step, forward pass), optionally against PyTorch.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
@@ -36,6 +42,8 @@ fn main() {
     let result = match &cli.command {
         Command::Score(args) => score_cmd::run(args),
         Command::Bench(cmd) => bench_cmd::run(cmd),
+        Command::Tokenize(args) => tokenize_cmd::run(args),
+        Command::Bpe(cmd) => tokenize_cmd::run_bpe(cmd),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -62,9 +62,7 @@ pub struct BpeTrainArgs {
 
 fn read_input(file: Option<&Path>) -> Result<String> {
     match file {
-        Some(path) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
-        }
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display())),
         None => {
             let mut text = String::new();
             std::io::stdin()
@@ -80,22 +78,14 @@ fn read_input(file: Option<&Path>) -> Result<String> {
 fn parse_ids(input: &str) -> Result<Vec<u32>> {
     let trimmed = input.trim_start();
     if trimmed.starts_with('[') || trimmed.starts_with('{') {
-        let value: serde_json::Value =
-            serde_json::from_str(trimmed).context("reading token ids as JSON")?;
-        let ids = if value.is_object() {
-            value["ids"].clone()
-        } else {
-            value
-        };
+        let value: serde_json::Value = serde_json::from_str(trimmed).context("reading token ids as JSON")?;
+        let ids = if value.is_object() { value["ids"].clone() } else { value };
         return serde_json::from_value(ids).context("expected a list of token ids");
     }
     input
         .split(|c: char| c.is_whitespace() || c == ',')
         .filter(|w| !w.is_empty())
-        .map(|w| {
-            w.parse::<u32>()
-                .with_context(|| format!("{w:?} is not a token id"))
-        })
+        .map(|w| w.parse::<u32>().with_context(|| format!("{w:?} is not a token id")))
         .collect()
 }
 
@@ -115,10 +105,7 @@ pub fn run(args: &TokenizeArgs) -> Result<()> {
             Special::Allow => SpecialTokens::Allow,
             Special::Text => SpecialTokens::AsText,
         };
-        (
-            tokenizer.encode_parallel_with_special(&input, special)?,
-            None,
-        )
+        (tokenizer.encode_parallel_with_special(&input, special)?, None)
     };
     if args.json {
         let tokens: Vec<String> = ids.iter().map(|&id| tokenizer.token_text(id)).collect();
