@@ -2,6 +2,7 @@
 //! prints; all the work lives in the `gpt2` crate.
 
 mod bench_cmd;
+mod generate_cmd;
 mod score_cmd;
 mod tokenize_cmd;
 
@@ -26,7 +27,10 @@ enum Command {
     /// Byte-level BPE vocabularies: `gpt2 bpe train`.
     #[command(subcommand)]
     Bpe(tokenize_cmd::BpeCommand),
-    /// Throughput benchmarks (training step, forward pass), optionally against PyTorch.
+    /// Continue a prompt: sampling (greedy, temperature, top-k, top-p, repetition penalty),
+    /// several samples at once, streaming to the terminal, or an interactive session.
+    Generate(generate_cmd::GenerateArgs),
+    /// Throughput benchmarks (training step, forward pass, generation), optionally against PyTorch.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
 }
@@ -41,6 +45,7 @@ fn main() {
     }
     let result = match &cli.command {
         Command::Score(args) => score_cmd::run(args),
+        Command::Generate(args) => generate_cmd::run(args),
         Command::Bench(cmd) => bench_cmd::run(cmd),
         Command::Tokenize(args) => tokenize_cmd::run(args),
         Command::Bpe(cmd) => tokenize_cmd::run_bpe(cmd),

@@ -29,7 +29,15 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     let mut model = load_model(&args.model)?;
     let read = |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
     let ids = match (&args.text, &args.tokens) {
-        (Some(path), _) => model_tokenizer(&args.model, &model)?.encode_parallel(&read(path)?)?,
+        (Some(path), _) => model_tokenizer(&args.model, &model)?
+            .with_context(|| {
+                format!(
+                    "{} has no tokenizer file and its vocabulary ({}) is not GPT-2's",
+                    args.model.display(),
+                    model.config.vocab_size
+                )
+            })?
+            .encode_parallel(&read(path)?)?,
         (None, Some(path)) => read(path)?
             .split_whitespace()
             .map(|w| {
@@ -52,17 +60,10 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
 }
 
 /// The tokenizer a model was trained with: the one saved beside it, else GPT-2's BPE for a
-/// model with GPT-2's vocabulary.
-fn model_tokenizer(path: &Path, model: &Gpt) -> Result<Tokenizer> {
+/// model with GPT-2's vocabulary; `None` when there is neither.
+pub fn model_tokenizer(path: &Path, model: &Gpt) -> Result<Option<Tokenizer>> {
     if let Some(tokenizer) = Tokenizer::load_dir(&resolve_model_dir(path)?)? {
-        return Ok(tokenizer);
+        return Ok(Some(tokenizer));
     }
-    if model.config.vocab_size == 50257 {
-        return Ok(Tokenizer::gpt2());
-    }
-    bail!(
-        "{} has no tokenizer file and its vocabulary ({}) is not GPT-2's",
-        path.display(),
-        model.config.vocab_size
-    )
+    Ok((model.config.vocab_size == 50257).then(Tokenizer::gpt2))
 }
