@@ -1,6 +1,10 @@
 //! `gpt2 generate` from the outside: output formats, stop strings, the interactive session,
 //! and clear errors (never a panic) for bad input.
 
+use gpt2::io::hf::save_hf_dir;
+use gpt2::model::Weights;
+use gpt2::tokenizer::{Tokenizer, EOT_ID};
+use gpt2::{Config, Gpt};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -11,23 +15,40 @@ fn tiny() -> PathBuf {
     Path::new(FIXTURES).join("tiny")
 }
 
-/// A copy of the tiny fixture model with a character tokenizer over its 96 ids ('\n' and
-/// ASCII 32..127), removed when dropped.
-struct CharModel(PathBuf);
+/// A model directory in the temp dir, removed when dropped.
+struct TempModel(PathBuf);
 
-impl CharModel {
-    fn new(name: &str) -> Self {
+impl TempModel {
+    fn dir(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("gpt2-cli-generate-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        TempModel(dir)
+    }
+
+    /// The tiny fixture model with a character tokenizer over its 96 ids ('\n', ASCII 32..127).
+    fn with_chars(name: &str) -> Self {
+        let model = TempModel::dir(name);
         for file in ["config.json", "model.safetensors"] {
-            std::fs::copy(tiny().join(file), dir.join(file)).unwrap();
+            std::fs::copy(tiny().join(file), model.0.join(file)).unwrap();
         }
         let chars: Vec<char> = std::iter::once('\n').chain((32u8..127).map(char::from)).collect();
-        gpt2::tokenizer::Tokenizer::char_level(chars)
-            .unwrap()
-            .save(&dir)
-            .unwrap();
-        CharModel(dir)
+        Tokenizer::char_level(chars).unwrap().save(&model.0).unwrap();
+        model
+    }
+
+    /// A small model with GPT-2's vocabulary (so GPT-2's tokenizer) whose most likely next
+    /// token is always <|endoftext|>: a zero final LayerNorm gain with bias 1 makes every
+    /// logit the sum of its wte row, and only the row of <|endoftext|> is large.
+    fn always_eot(name: &str) -> Self {
+        let model = TempModel::dir(name);
+        let cfg = Config::new(50257, 16, 8, 1, 2);
+        let mut gpt = Gpt::new(cfg.clone(), 1).unwrap();
+        let w = Weights::split(gpt.params.as_mut_slice(), &cfg);
+        w.ln_f_w.fill(0.0);
+        w.ln_f_b.fill(1.0);
+        w.wte[EOT_ID as usize * cfg.n_embd..][..cfg.n_embd].fill(10.0);
+        save_hf_dir(&gpt, &model.0).unwrap();
+        model
     }
 
     fn path(&self) -> &str {
@@ -35,7 +56,7 @@ impl CharModel {
     }
 }
 
-impl Drop for CharModel {
+impl Drop for TempModel {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
@@ -85,7 +106,7 @@ fn greedy_ids_from_the_command_line_match_hugging_face() {
 
 #[test]
 fn text_streams_as_in_json_and_stops_before_a_stop_string() {
-    let dir = CharModel::new("text");
+    let dir = TempModel::with_chars("text");
     let model = dir.path();
     let base = [
         "generate",
@@ -116,8 +137,33 @@ fn text_streams_as_in_json_and_stops_before_a_stop_string() {
 }
 
 #[test]
+fn endoftext_ends_a_sample_and_is_not_printed() {
+    let model = TempModel::always_eot("eot");
+    let args = [
+        "generate",
+        "--model",
+        model.path(),
+        "--prompt",
+        "Hello",
+        "--greedy",
+        "--max-new-tokens",
+        "9",
+    ];
+    let out = json(&gpt2(&[&args[..], &["--json"]].concat(), ""));
+    assert_eq!(
+        ids(&out["samples"][0]["ids"]),
+        [EOT_ID as u64],
+        "the stop token is reported in ids, like HF"
+    );
+    assert_eq!(out["samples"][0]["text"], "");
+    assert_eq!(out["samples"][0]["finish"], "stop_token");
+    let streamed = gpt2(&args, "");
+    assert_eq!(String::from_utf8(streamed.stdout).unwrap(), "Hello\n");
+}
+
+#[test]
 fn interactive_answers_each_line_with_the_model_loaded_once() {
-    let model = CharModel::new("interactive");
+    let model = TempModel::with_chars("interactive");
     let args = [
         "generate",
         "--model",
@@ -144,7 +190,7 @@ fn interactive_answers_each_line_with_the_model_loaded_once() {
 
 #[test]
 fn bad_input_is_a_clear_error_not_a_panic() {
-    let dir = CharModel::new("errors");
+    let dir = TempModel::with_chars("errors");
     let model = dir.path();
     let cases: [(&[&str], &str); 8] = [
         (&["--prompt", ""], "empty"),

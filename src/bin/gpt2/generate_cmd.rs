@@ -197,25 +197,27 @@ impl Run<'_> {
         while let Some(token) = generator.next() {
             let token = token?;
             let s = token.sample;
-            let piece = match (self.tokenizer, token.finish) {
-                (Some(_), Some(Finish::StopToken)) => texts[s].finish().to_string(),
-                (Some(tokenizer), _) => {
+            let piece = match self.tokenizer {
+                // The stop token (<|endoftext|>) ends the text; it is not part of it.
+                Some(_) if token.finish == Some(Finish::StopToken) => String::new(),
+                Some(tokenizer) => {
                     // A model may have more ids than its tokenizer (a padded vocabulary).
                     let bytes = tokenizer
                         .decode_bytes(&[token.id])
                         .unwrap_or_else(|_| "\u{FFFD}".into());
                     texts[s].push(&bytes).to_string()
                 }
-                (None, _) => format!("{} ", token.id),
+                None => format!("{} ", token.id),
             };
             out.write(s, &piece)?;
-            let ended = if texts[s].is_stopped() && token.finish != Some(Finish::StopToken) {
-                generator.stop_sample(s)?;
+            let ended = if texts[s].is_stopped() {
+                generator.stop_sample(s)?; // (nothing to do if the token ended the sample anyway)
                 Some("stop_string")
             } else {
-                token
-                    .finish
-                    .map(|f| if f == Finish::StopToken { "stop_token" } else { "length" })
+                token.finish.map(|f| match f {
+                    Finish::StopToken => "stop_token",
+                    Finish::Length => "length",
+                })
             };
             if let Some(reason) = ended {
                 let rest = texts[s].finish().to_string();
