@@ -2,8 +2,8 @@
 //!
 //! With M = 1 a product reads every weight once and does one multiply-add with it, so its
 //! time is the time to stream the weights from memory. Each task owns a contiguous block of
-//! [`ROWS_PER_TASK`] weight rows and reads it as [`STREAMS`] sequential streams at once, one per
-//! quarter of the block: one core keeps more reads in flight that way than with a single
+//! [`ROWS_PER_TASK`] weight rows and reads it as several sequential streams at once, one per
+//! part of the block: one core keeps more reads in flight that way than with a single
 //! stream (1.3-1.8x the bandwidth of one stream per core on this machine). Tasks split the
 //! work the same way whatever the thread count, so results do not depend on it.
 //! - `w` stored [K, N] (a Conv1D weight, `y = x·W`): a task computes the partial product
@@ -20,8 +20,13 @@ pub const SMALL_M: usize = 8;
 /// Weight rows per task: 64 rows of a GPT-2 weight are 192-768 KiB of contiguous memory.
 const ROWS_PER_TASK: usize = 64;
 
-/// Weight rows a task reads side by side.
-const STREAMS: usize = 4;
+/// Weight rows a task reads side by side: rows of a [K, N] weight (axpy) and of wte (dot
+/// products; more would spill the partial sums out of registers).
+const AXPY_STREAMS: usize = 8;
+const DOT_STREAMS: usize = 4;
+
+/// Vector lanes of the inner loops (the compiler maps them to SIMD registers).
+const LANES: usize = 16;
 
 /// Runs `task` on each chunk of `w`, on the rayon pool unless `par` is sequential; results in order.
 fn map_chunks<T: Send>(w: &[f32], chunk: usize, par: Par, task: impl Fn(usize, &[f32]) -> T + Sync) -> Vec<T> {
@@ -31,14 +36,11 @@ fn map_chunks<T: Send>(w: &[f32], chunk: usize, par: Par, task: impl Fn(usize, &
     }
 }
 
-/// The rows 0..rows of a block in the order the kernels read them: groups of [`STREAMS`] rows,
-/// one from each quarter (i, q + i, 2q + i, 3q + i), then the rows left over one by one.
-fn stream_order(rows: usize) -> (impl Iterator<Item = [usize; STREAMS]>, std::ops::Range<usize>) {
-    let q = rows / STREAMS;
-    (
-        (0..q).map(move |i| std::array::from_fn(|s| s * q + i)),
-        STREAMS * q..rows,
-    )
+/// The rows 0..rows of a block in the order the kernels read them: groups of S rows, one
+/// from each 1/S of the block (i, q + i, 2q + i, ...), then the rows left over.
+fn stream_order<const S: usize>(rows: usize) -> (impl Iterator<Item = [usize; S]>, std::ops::Range<usize>) {
+    let q = rows / S;
+    ((0..q).map(move |i| std::array::from_fn(|s| s * q + i)), S * q..rows)
 }
 
 /// `out [M, N] (=|+=) x [M, K] · w [K, N]`, w row-major.
@@ -52,21 +54,12 @@ pub fn matmul_small_m(out: &mut [f32], accumulate: bool, x: &[f32], w: &[f32], m
         let mut acc = vec![0.0f32; m * n];
         for (acc_row, x_row) in acc.chunks_exact_mut(n).zip(x.chunks_exact(k)) {
             let x_row = &x_row[task * ROWS_PER_TASK..][..rows];
-            let (groups, rest) = stream_order(rows);
-            for [a, b, c, d] in groups {
-                let (xa, xb, xc, xd) = (x_row[a], x_row[b], x_row[c], x_row[d]);
-                for ((((acc, &wa), &wb), &wc), &wd) in
-                    acc_row.iter_mut().zip(row(a)).zip(row(b)).zip(row(c)).zip(row(d))
-                {
-                    *acc = wd.mul_add(xd, wc.mul_add(xc, wb.mul_add(xb, wa.mul_add(xa, *acc))));
-                }
+            let (groups, rest) = stream_order::<AXPY_STREAMS>(rows);
+            for group in groups {
+                axpy(acc_row, group.map(|i| x_row[i]), group.map(row));
             }
             for i in rest {
-                let xi = x_row[i];
-                acc_row
-                    .iter_mut()
-                    .zip(row(i))
-                    .for_each(|(acc, &wi)| *acc = wi.mul_add(xi, *acc));
+                axpy(acc_row, [x_row[i]], [row(i)]);
             }
         }
         acc
@@ -97,7 +90,7 @@ pub fn matmul_small_m_t(
         let rows = w_rows.len() / k;
         let row = |i: usize| &w_rows[i * k..(i + 1) * k];
         let mut dots_t = vec![0.0f32; rows * m];
-        let (groups, rest) = stream_order(rows);
+        let (groups, rest) = stream_order::<DOT_STREAMS>(rows);
         // Each group of rows is read from memory once and reused from cache for every x row.
         for group in groups {
             for (j, x_row) in x.chunks_exact(k).enumerate() {
@@ -121,10 +114,17 @@ pub fn matmul_small_m_t(
     }
 }
 
-/// The S dot products w_s · x, side by side, each over 16 lanes of partial sums (which the
-/// compiler keeps in vector registers).
+/// `acc += Σ_s x_s · w_s` over S rows read side by side.
+fn axpy<const S: usize>(acc: &mut [f32], x: [f32; S], w: [&[f32]; S]) {
+    let n = acc.len();
+    let w = w.map(|w| &w[..n]); // equal lengths: no bounds checks in the loop, which vectorises
+    for (j, a) in acc.iter_mut().enumerate() {
+        *a = (0..S).fold(*a, |a, s| w[s][j].mul_add(x[s], a));
+    }
+}
+
+/// The S dot products w_s · x, side by side, each over LANES partial sums.
 fn dots<const S: usize>(w: [&[f32]; S], x: &[f32]) -> [f32; S] {
-    const LANES: usize = 16;
     let mut acc = [[0.0f32; LANES]; S];
     let mut rows = w.map(|w| w.chunks_exact(LANES));
     let xs = x.chunks_exact(LANES);
