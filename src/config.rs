@@ -83,6 +83,14 @@ impl Config {
             if value == 0 {
                 return Err(Error::Config(format!("{name} must be positive")));
             }
+            // Far beyond any GPT-2, and small enough that no parameter count overflows (a
+            // hostile header must get an error, not an overflow or a giant allocation).
+            let limit = if name == "n_layer" { 1 << 16 } else { 1 << 20 };
+            if value > limit {
+                return Err(Error::Config(format!(
+                    "{name} = {value} is implausibly large (limit {limit})"
+                )));
+            }
         }
         if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(Error::Config(format!(

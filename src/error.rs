@@ -17,6 +17,10 @@ pub enum Error {
     /// A tokenizer failure (unknown character, bad vocabulary file, ...).
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A download that failed: an HTTP error, a broken connection, a file that does not match
+    /// what the server announced.
+    #[error("{url}: {msg}")]
+    Download { url: String, msg: String },
     /// An I/O failure, with the file it concerns.
     #[error("{path}: {source}")]
     Io {
@@ -34,6 +38,14 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// A download error naming the URL.
+    pub fn download(url: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Download {
+            url: url.into(),
+            msg: msg.into(),
         }
     }
 

@@ -2,11 +2,13 @@
 //! `model.safetensors.index.json` + shards), with the tensor names `GPT2LMHeadModel` uses.
 
 use super::atomic::{write_dir, write_synced};
-use super::safetensors::{to_f32, write_safetensors, MappedFile, TensorOut};
+use super::mapped::MappedFile;
+use super::param_buffer::{check_shape, ParamBuffer};
+use super::safetensors::{write_safetensors, TensorOut};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::{param_specs, Gpt};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Names in a Hugging Face file that are not parameters of ours: the causal-mask buffers that
@@ -65,49 +67,31 @@ pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
         return Err(Error::weights(dir, "not a directory"));
     }
     let config = Config::from_hf_file(&dir.join("config.json"))?;
-    let specs = param_specs(&config);
-    let index: HashMap<&str, usize> = specs.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
-    let mut offsets = Vec::with_capacity(specs.len());
-    let mut total = 0;
-    for s in &specs {
-        offsets.push(total);
-        total += s.numel();
-    }
-    let mut params = vec![0.0f32; total];
-    let mut seen = vec![false; specs.len()];
-    for path in safetensors_files(dir)? {
-        let file = MappedFile::open(&path)?;
-        for (name, view) in file.tensors()?.iter() {
+    let files = safetensors_files(dir)?
+        .iter()
+        .map(|path| MappedFile::open(path))
+        .collect::<Result<Vec<_>>>()?;
+    let headers = files.iter().map(MappedFile::tensors).collect::<Result<Vec<_>>>()?;
+    let mut buf = ParamBuffer::new(&config, dir, files.iter().map(|f| f.bytes().len() as u64).sum())?;
+    for (file, tensors) in files.iter().zip(&headers) {
+        let path = file.path();
+        for (name, view) in tensors.iter() {
             let key = name.strip_prefix("transformer.").unwrap_or(name);
             if is_ignored(key) {
                 continue;
             }
-            let &i = index.get(key).ok_or_else(|| {
+            let i = buf.find(key).ok_or_else(|| {
                 Error::weights(
-                    &path,
+                    path,
                     format!("unexpected tensor '{name}': not part of a GPT-2 with this config.json"),
                 )
             })?;
-            let spec = &specs[i];
-            if view.shape() != spec.shape.as_slice() {
-                return Err(Error::weights(
-                    &path,
-                    format!(
-                        "tensor '{name}' has shape {:?}, expected {:?} from config.json",
-                        view.shape(),
-                        spec.shape
-                    ),
-                ));
-            }
-            let out = &mut params[offsets[i]..offsets[i] + spec.numel()];
-            to_f32(view.dtype(), view.data(), out)
-                .map_err(|msg| Error::weights(&path, format!("tensor '{name}': {msg}")))?;
-            seen[i] = true;
+            check_shape(path, name, view.shape(), &buf.specs()[i].shape, "config.json")?;
+            file.read_f32(view.dtype(), view.data(), buf.slot(i, path, name)?)
+                .map_err(|msg| Error::weights(path, format!("tensor '{name}': {msg}")))?;
         }
     }
-    if let Some(i) = seen.iter().position(|&s| !s) {
-        return Err(Error::weights(dir, format!("missing tensor '{}'", specs[i].name)));
-    }
+    let params = buf.finish(dir, str::to_string)?;
     Ok(Gpt::from_params(config, params))
 }
 

@@ -1,33 +1,199 @@
 //! Weight formats on disk, and writing files so that a crash never leaves a broken one.
+//!
+//! Every place that takes a model takes any format; [`detect`] tells them apart by their
+//! contents (magic numbers, headers, the files in a directory), never by a file extension:
+//!
+//! | format | on disk | module |
+//! |---|---|---|
+//! | Hugging Face | directory: `config.json` + `model.safetensors` (or sharded) | [`hf`] |
+//! | OpenAI | directory: `hparams.json` + TensorFlow checkpoint (`*.index` + `*.data-*`) | [`tf_checkpoint`] |
+//! | llm.c | one file starting with the int32 magic 20240326 | [`llmc`] |
+//!
+//! A training run directory stands for its `latest/` checkpoint, and a model name from
+//! [`cache::MODELS`] (`gpt2`, ...) for its downloaded copy when no such path exists.
 
 pub mod atomic;
+pub mod cache;
+pub mod crc32c;
+pub mod download;
 pub mod hf;
+pub mod llmc;
+pub mod mapped;
+mod param_buffer;
+pub mod protobuf;
 pub mod safetensors;
+pub mod sstable;
+pub mod tf_checkpoint;
 
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::Gpt;
+use crate::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
-/// Resolves what a user passes as `--model`: a model or checkpoint directory (it has a
-/// config.json), or a training run directory (its `latest/` checkpoint is used).
-pub fn resolve_model_dir(path: &Path) -> Result<PathBuf> {
-    if path.join("config.json").is_file() {
-        return Ok(path.to_path_buf());
-    }
-    let latest = path.join("latest");
-    if latest.join("config.json").is_file() {
-        return Ok(latest);
-    }
-    if !path.exists() {
-        return Err(Error::weights(path, "no such file or directory"));
-    }
-    Err(Error::weights(
-        path,
-        "not a model: expected a directory with config.json + model.safetensors, or a run directory with latest/",
-    ))
+/// A model on disk: its format and the path to read it from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    /// A Hugging Face directory.
+    HuggingFace(PathBuf),
+    /// An OpenAI GPT-2 checkpoint directory.
+    OpenAi(PathBuf),
+    /// An llm.c checkpoint file.
+    Llmc(PathBuf),
 }
 
-/// Loads a model from a model, checkpoint or run directory.
+impl Format {
+    /// A short name for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Format::HuggingFace(_) => "Hugging Face safetensors",
+            Format::OpenAi(_) => "OpenAI TensorFlow checkpoint",
+            Format::Llmc(_) => "llm.c checkpoint",
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            Format::HuggingFace(p) | Format::OpenAi(p) | Format::Llmc(p) => p,
+        }
+    }
+
+    /// Reads the model.
+    pub fn load(&self) -> Result<Gpt> {
+        match self {
+            Format::HuggingFace(dir) => hf::load_hf_dir(dir),
+            Format::OpenAi(dir) => tf_checkpoint::load_openai_dir(dir),
+            Format::Llmc(file) => llmc::load_llmc(file),
+        }
+    }
+
+    /// The tokenizer that comes with a model of shape `config`: a directory's vocabulary files
+    /// (tokenizer.json, encoder.json + vocab.bpe, vocab.json + merges.txt); without them (an
+    /// llm.c file never has any), GPT-2's when the vocabulary is GPT-2's (50257 tokens, or 50304
+    /// padded).
+    pub fn tokenizer(&self, config: &Config) -> Result<Option<Tokenizer>> {
+        let saved = match self {
+            Format::HuggingFace(dir) | Format::OpenAi(dir) => Tokenizer::load_dir(dir)?,
+            Format::Llmc(_) => None,
+        };
+        let tokenizer = saved.or_else(|| matches!(config.vocab_size, 50257 | 50304).then(Tokenizer::gpt2));
+        if let Some(t) = &tokenizer {
+            if t.vocab_size() > config.vocab_size {
+                return Err(Error::weights(
+                    self.path(),
+                    format!(
+                        "the tokenizer has {} tokens, the model only {}",
+                        t.vocab_size(),
+                        config.vocab_size
+                    ),
+                ));
+            }
+        }
+        Ok(tokenizer)
+    }
+}
+
+/// A model and, where its files have one, its tokenizer.
+pub struct Loaded {
+    pub model: Gpt,
+    pub tokenizer: Option<Tokenizer>,
+    pub format: Format,
+}
+
+/// Finds what `path` holds: a model directory or file, a run directory (its `latest/`), a file
+/// inside a model directory (the directory), or a downloaded model's name.
+pub fn detect(path: &Path) -> Result<Format> {
+    if path.is_dir() {
+        if path.join("config.json").is_file() {
+            return Ok(Format::HuggingFace(path.to_path_buf()));
+        }
+        if path.join("hparams.json").is_file() {
+            return Ok(Format::OpenAi(path.to_path_buf()));
+        }
+        let latest = path.join("latest");
+        if latest.is_dir() {
+            return detect(&latest);
+        }
+        return Err(Error::weights(
+            path,
+            "not a model: expected a Hugging Face directory (config.json + model.safetensors), an OpenAI \
+             checkpoint directory (hparams.json + model.ckpt.*), or a run directory with latest/",
+        ));
+    }
+    if path.is_file() {
+        let file = mapped::MappedFile::open(path)?;
+        let bytes = file.bytes();
+        if bytes.len() >= 4 && i32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) == llmc::MAGIC {
+            return Ok(Format::Llmc(path.to_path_buf()));
+        }
+        if self::safetensors::has_header(bytes) || sstable::has_magic(bytes) {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            return detect(dir);
+        }
+        return Err(Error::weights(
+            path,
+            "not a model file: no llm.c magic (20240326), safetensors header or TensorFlow index magic",
+        ));
+    }
+    let name = path.to_string_lossy();
+    if cache::MODELS.contains(&name.as_ref()) {
+        return match cache::default_cache_dir()
+            .ok()
+            .and_then(|c| cache::cached_model(&c, &name))
+        {
+            Some(dir) => detect(&dir),
+            None => Err(Error::weights(
+                path,
+                format!("no such file or directory, and no downloaded '{name}': run `gpt2 download {name}` first"),
+            )),
+        };
+    }
+    Err(Error::weights(path, "no such file or directory"))
+}
+
+/// Loads a model from any supported format (see [`detect`]).
 pub fn load_model(path: &Path) -> Result<Gpt> {
-    hf::load_hf_dir(&resolve_model_dir(path)?)
+    detect(path)?.load()
+}
+
+/// Loads a model and its tokenizer (see [`Format::tokenizer`]).
+pub fn load_model_with_tokenizer(path: &Path) -> Result<Loaded> {
+    let format = detect(path)?;
+    let model = format.load()?;
+    let tokenizer = format.tokenizer(&model.config)?;
+    Ok(Loaded {
+        model,
+        tokenizer,
+        format,
+    })
+}
+
+/// The formats a model can be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// A Hugging Face directory (`transformers` loads it).
+    HuggingFace,
+    /// An llm.c checkpoint file.
+    Llmc(llmc::LlmcDtype),
+}
+
+/// Writes `model` to `out` (a directory for Hugging Face, a file for llm.c), atomically. A
+/// Hugging Face directory also gets the tokenizer (as `tokenizer.json`); an llm.c file has no
+/// room for one.
+pub fn save_model(model: &Gpt, tokenizer: Option<&Tokenizer>, format: ExportFormat, out: &Path) -> Result<()> {
+    match format {
+        ExportFormat::HuggingFace => atomic::write_dir(out, |tmp| {
+            hf::write_hf_files(model, tmp)?;
+            tokenizer.map_or(Ok(()), |t| t.save(tmp))
+        }),
+        ExportFormat::Llmc(dtype) => {
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            llmc::save_llmc(model, out, dtype)
+        }
+    }
 }

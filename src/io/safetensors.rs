@@ -1,48 +1,41 @@
 //! The safetensors format: an 8-byte little-endian header length, a JSON header naming each
 //! tensor's dtype, shape and byte range, then the raw little-endian data.
 //! Reading memory-maps the file; writing streams the tensors without copying them.
+//! The format is recognised by its first bytes: a header length, then `{`.
 
+pub use super::mapped::MappedFile;
 use crate::error::{Error, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::io::Write;
-use std::path::Path;
-
-/// A memory-mapped safetensors file.
-pub struct MappedFile {
-    path: std::path::PathBuf,
-    map: memmap2::Mmap,
-}
 
 impl MappedFile {
-    pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: the map is read-only; like every mmap reader we assume nobody truncates the
-        // file while it is open.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Ok(MappedFile {
-            path: path.to_path_buf(),
-            map,
-        })
-    }
-
     /// Parses the header (validated by the `safetensors` crate: sizes, offsets, bounds).
     pub fn tensors(&self) -> Result<SafeTensors<'_>> {
-        SafeTensors::deserialize(&self.map)
-            .map_err(|e| Error::weights(&self.path, format!("not a valid safetensors file: {e}")))
+        SafeTensors::deserialize(self.bytes())
+            .map_err(|e| Error::weights(self.path(), format!("not a valid safetensors file: {e}")))
     }
+}
 
-    pub fn path(&self) -> &Path {
-        &self.path
+/// Whether a file starts like a safetensors file: an 8-byte header length that fits in the
+/// file, then the JSON header's `{`.
+pub fn has_header(file: &[u8]) -> bool {
+    file.len() > 8
+        && file[8] == b'{'
+        && u64::from_le_bytes(file[..8].try_into().expect("8 bytes")) < file.len() as u64 - 8
+}
+
+/// Bytes per value of the dtypes we read (F32, BF16, F16).
+pub fn dtype_width(dtype: Dtype) -> std::result::Result<usize, String> {
+    match dtype {
+        Dtype::F32 => Ok(4),
+        Dtype::BF16 | Dtype::F16 => Ok(2),
+        other => Err(format!("dtype {other:?} is not supported (expected F32, BF16 or F16)")),
     }
 }
 
 /// Converts a tensor's bytes to f32 into `out` (F32, BF16 and F16 are accepted).
 pub fn to_f32(dtype: Dtype, bytes: &[u8], out: &mut [f32]) -> std::result::Result<(), String> {
-    let width = match dtype {
-        Dtype::F32 => 4,
-        Dtype::BF16 | Dtype::F16 => 2,
-        other => return Err(format!("dtype {other:?} is not supported (expected F32, BF16 or F16)")),
-    };
+    let width = dtype_width(dtype)?;
     if bytes.len() != out.len() * width {
         return Err(format!("holds {} bytes, expected {}", bytes.len(), out.len() * width));
     }

@@ -2,10 +2,12 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use gpt2::bench::{bench_generate, bench_steps, BenchKind, BenchResult, GenerateBenchResult};
+use gpt2::bench::{bench_generate, bench_steps, peak_rss_mb, BenchKind, BenchResult, GenerateBenchResult};
+use gpt2::io::detect;
 use gpt2::Config;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Instant;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -15,6 +17,8 @@ pub enum BenchCommand {
     Forward(BenchArgs),
     /// Greedy generation at batch 1 with the KV cache: prefill time and decode tokens/s.
     Generate(GenerateBenchArgs),
+    /// Loading a model: wall time, and peak memory against the size of its weights.
+    Load(LoadArgs),
 }
 
 #[derive(Args)]
@@ -38,6 +42,16 @@ pub struct GenerateBenchArgs {
     /// Python and print the ratio.
     #[arg(long, value_name = "PYTHON")]
     pytorch: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct LoadArgs {
+    /// The model (any format, detected from its contents).
+    #[arg(long)]
+    model: PathBuf,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -103,6 +117,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         BenchCommand::Train(a) => (a, BenchKind::Train, "train"),
         BenchCommand::Forward(a) => (a, BenchKind::Forward, "forward"),
         BenchCommand::Generate(a) => return run_generate(a),
+        BenchCommand::Load(a) => return run_load(a),
     };
     let config = args.config()?;
     let ours = bench_steps(
@@ -141,6 +156,34 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             peer["peak_rss_mb"].as_f64().unwrap_or(f64::NAN)
         );
         println!("speed-up vs PyTorch: {:.2}x", ours.tokens_per_s / tps);
+    }
+    Ok(())
+}
+
+fn run_load(args: &LoadArgs) -> Result<()> {
+    let format = detect(&args.model)?;
+    let start = Instant::now();
+    let model = format.load()?;
+    let load_s = start.elapsed().as_secs_f64();
+    let weights_mb = (model.params.len() * 4) as f64 / (1 << 20) as f64;
+    let peak_rss_mb = peak_rss_mb();
+    let result = serde_json::json!({
+        "format": format.name(),
+        "params": model.params.len(),
+        "load_s": load_s,
+        "weights_mb": weights_mb,
+        "peak_rss_mb": peak_rss_mb,
+        "peak_over_weights": peak_rss_mb / weights_mb,
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        println!(
+            "{}: {} params loaded in {load_s:.3} s; weights {weights_mb:.0} MiB, peak RSS {peak_rss_mb:.0} MiB ({:.2}x)",
+            format.name(),
+            model.params.len(),
+            peak_rss_mb / weights_mb
+        );
     }
     Ok(())
 }

@@ -7,13 +7,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args};
 use gpt2::generate::{Finish, GenerateOptions, Generator, Sampling, TextStream};
-use gpt2::io::load_model;
+use gpt2::io::{load_model_with_tokenizer, Loaded};
 use gpt2::rng::Rng;
 use gpt2::tokenizer::Tokenizer;
 use gpt2::Gpt;
 use serde_json::json;
-
-use crate::score_cmd::model_tokenizer;
 
 #[derive(Args)]
 #[command(group(ArgGroup::new("input").required(true).args(["prompt", "prompt_file", "prompt_ids", "interactive"])))]
@@ -94,8 +92,7 @@ impl GenerateArgs {
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let mut options = args.options()?;
     let stops: Vec<String> = args.stop.iter().map(|s| unescape(s)).collect();
-    let model = load_model(&args.model)?;
-    let tokenizer = model_tokenizer(&args.model, &model)?;
+    let Loaded { model, tokenizer, .. } = load_model_with_tokenizer(&args.model)?;
     options.stop_tokens = tokenizer.as_ref().and_then(Tokenizer::eot_token).into_iter().collect();
     if tokenizer.is_none() && !stops.is_empty() {
         bail!(

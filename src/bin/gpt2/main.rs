@@ -2,6 +2,8 @@
 //! prints; all the work lives in the `gpt2` crate.
 
 mod bench_cmd;
+mod convert_cmd;
+mod download_cmd;
 mod generate_cmd;
 mod score_cmd;
 mod tokenize_cmd;
@@ -30,7 +32,12 @@ enum Command {
     /// Continue a prompt: sampling (greedy, temperature, top-k, top-p, repetition penalty),
     /// several samples at once, streaming to the terminal, or an interactive session.
     Generate(generate_cmd::GenerateArgs),
-    /// Throughput benchmarks (training step, forward pass, generation), optionally against PyTorch.
+    /// Read a model in any format (Hugging Face, OpenAI TensorFlow, llm.c) and write it as a
+    /// Hugging Face directory or an llm.c file.
+    Convert(convert_cmd::ConvertArgs),
+    /// Download OpenAI's GPT-2 (from Hugging Face or OpenAI) into the model cache.
+    Download(download_cmd::DownloadArgs),
+    /// Throughput benchmarks (training step, forward pass, generation, model loading), optionally against PyTorch.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
 }
@@ -46,6 +53,8 @@ fn main() {
     let result = match &cli.command {
         Command::Score(args) => score_cmd::run(args),
         Command::Generate(args) => generate_cmd::run(args),
+        Command::Convert(args) => convert_cmd::run(args),
+        Command::Download(args) => download_cmd::run(args),
         Command::Bench(cmd) => bench_cmd::run(cmd),
         Command::Tokenize(args) => tokenize_cmd::run(args),
         Command::Bpe(cmd) => tokenize_cmd::run_bpe(cmd),

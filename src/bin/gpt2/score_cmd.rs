@@ -3,15 +3,13 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gpt2::eval::score_tokens;
-use gpt2::io::{load_model, resolve_model_dir};
-use gpt2::tokenizer::Tokenizer;
-use gpt2::Gpt;
-use std::path::Path;
+use gpt2::io::load_model_with_tokenizer;
 use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ScoreArgs {
-    /// Model: a Hugging Face directory (config.json + model.safetensors), a checkpoint or a run directory.
+    /// Model, in any format (detected from its contents): a Hugging Face or OpenAI checkpoint
+    /// directory, an llm.c file, a run directory, or a downloaded model's name (gpt2, ...).
     #[arg(long)]
     model: PathBuf,
     /// Text file to score, tokenized with the model's own tokenizer.
@@ -26,18 +24,18 @@ pub struct ScoreArgs {
 }
 
 pub fn run(args: &ScoreArgs) -> Result<()> {
-    let mut model = load_model(&args.model)?;
+    let loaded = load_model_with_tokenizer(&args.model)?;
+    let mut model = loaded.model;
     let read = |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
     let ids = match (&args.text, &args.tokens) {
-        (Some(path), _) => model_tokenizer(&args.model, &model)?
-            .with_context(|| {
-                format!(
-                    "{} has no tokenizer file and its vocabulary ({}) is not GPT-2's",
-                    args.model.display(),
-                    model.config.vocab_size
-                )
-            })?
-            .encode_parallel(&read(path)?)?,
+        (Some(path), _) => match &loaded.tokenizer {
+            Some(tokenizer) => tokenizer.encode_parallel(&read(path)?)?,
+            None => bail!(
+                "{} has no tokenizer file and its vocabulary ({}) is not GPT-2's: score token ids with --tokens",
+                args.model.display(),
+                model.config.vocab_size
+            ),
+        },
         (None, Some(path)) => read(path)?
             .split_whitespace()
             .map(|w| {
@@ -57,13 +55,4 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The tokenizer a model was trained with: the one saved beside it, else GPT-2's BPE for a
-/// model with GPT-2's vocabulary; `None` when there is neither.
-pub fn model_tokenizer(path: &Path, model: &Gpt) -> Result<Option<Tokenizer>> {
-    if let Some(tokenizer) = Tokenizer::load_dir(&resolve_model_dir(path)?)? {
-        return Ok(Some(tokenizer));
-    }
-    Ok((model.config.vocab_size == 50257).then(Tokenizer::gpt2))
 }
