@@ -1,8 +1,10 @@
-//! Throughput measurements: the training step and the forward pass on random tokens.
+//! Throughput measurements: the training step and the forward pass on random tokens, and
+//! generation (prefill time, decode tokens/s).
 //! (Benchmarks print numbers; tests never assert on time.)
 
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::generate::{GenerateOptions, Generator, Sampling};
 use crate::model::{param_specs, Gpt};
 use crate::ops::adamw::{AdamW, AdamWConfig};
 use crate::rng::Rng;
@@ -76,6 +78,74 @@ pub fn bench_steps(
         steps: times.len(),
         batch_size: b,
         block_size: t,
+        params: model.params.len(),
+        threads: rayon::current_num_threads(),
+    })
+}
+
+/// What the generation benchmark measured (medians over the timed runs).
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerateBenchResult {
+    /// Decode speed: new tokens per second after the prefill, batch 1.
+    pub tokens_per_s: f64,
+    /// Time to prefill the prompt (its last position's logits included), in milliseconds.
+    pub prefill_ms: f64,
+    /// Peak resident memory of the process so far, in MiB.
+    pub peak_rss_mb: f64,
+    pub runs: usize,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    pub params: usize,
+    pub threads: usize,
+}
+
+/// Greedy generation of `new_tokens` after a random prompt of `prompt_tokens`, batch 1:
+/// `warmup` untimed runs, then `runs` timed ones. A run's decode speed is (new_tokens - 1) /
+/// the time after the prefill (the prefill's logits give the first new token), as
+/// scripts/bench_pytorch.py measures Hugging Face `generate()`.
+pub fn bench_generate(
+    config: Config,
+    prompt_tokens: usize,
+    new_tokens: usize,
+    runs: usize,
+    warmup: usize,
+) -> Result<GenerateBenchResult> {
+    if prompt_tokens == 0 || new_tokens < 2 || prompt_tokens.saturating_add(new_tokens) > config.n_positions {
+        return Err(Error::Input(format!(
+            "need prompt tokens >= 1, new tokens >= 2 and both together <= {} positions",
+            config.n_positions
+        )));
+    }
+    let model = Gpt::new(config, 1337)?;
+    let mut rng = Rng::new(42);
+    let prompt: Vec<u32> = (0..prompt_tokens)
+        .map(|_| rng.below(model.config.vocab_size) as u32)
+        .collect();
+    let options = GenerateOptions {
+        max_new_tokens: new_tokens,
+        sampling: Sampling::greedy(),
+        ..Default::default()
+    };
+    let (mut prefill_ms, mut token_ms) = (Vec::new(), Vec::new());
+    for i in 0..warmup + runs.max(1) {
+        let start = Instant::now();
+        let mut generator = Generator::new(&model, &prompt, options.clone(), &mut rng)?;
+        let prefilled = Instant::now();
+        for token in generator.by_ref() {
+            token?;
+        }
+        if i >= warmup {
+            prefill_ms.push((prefilled - start).as_secs_f64() * 1e3);
+            token_ms.push(prefilled.elapsed().as_secs_f64() * 1e3 / (new_tokens - 1) as f64);
+        }
+    }
+    Ok(GenerateBenchResult {
+        tokens_per_s: 1e3 / median(&mut token_ms),
+        prefill_ms: median(&mut prefill_ms),
+        peak_rss_mb: peak_rss_mb(),
+        runs: token_ms.len(),
+        prompt_tokens,
+        new_tokens,
         params: model.params.len(),
         threads: rayon::current_num_threads(),
     })

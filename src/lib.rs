@@ -8,6 +8,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod generate;
 pub mod io;
 pub mod model;
 pub mod ops;
@@ -17,4 +18,5 @@ pub mod train;
 
 pub use config::Config;
 pub use error::{Error, Result};
+pub use generate::{generate_ids, Generator, Sampling};
 pub use model::Gpt;

@@ -66,7 +66,7 @@ impl Gpt {
     }
 
     /// Checks a (B, T) batch of token ids against the model.
-    fn check_tokens(&self, tokens: &[u32], b: usize, t: usize) -> Result<()> {
+    pub(super) fn check_tokens(&self, tokens: &[u32], b: usize, t: usize) -> Result<()> {
         if b == 0 || t == 0 {
             return Err(Error::Input("empty batch: B and T must be positive".into()));
         }
@@ -378,7 +378,7 @@ impl Gpt {
 }
 
 /// x += y, elementwise (a residual connection).
-fn add_inplace(x: &mut [f32], y: &[f32]) {
+pub(super) fn add_inplace(x: &mut [f32], y: &[f32]) {
     use rayon::prelude::*;
     x.par_chunks_mut(4096)
         .zip(y.par_chunks(4096))

@@ -1,9 +1,12 @@
 //! The GPT-2 model: parameters with named views, the activations of a forward pass, and the
-//! forward and backward passes that read like the GPT-2 diagram.
+//! forward and backward passes that read like the GPT-2 diagram, and the KV-cached
+//! inference forward used for generation.
 
 pub mod activations;
 pub mod gpt;
+pub mod kv_cache;
 pub mod params;
 
 pub use gpt::Gpt;
+pub use kv_cache::KvCache;
 pub use params::{param_specs, TensorSpec, Weights};

@@ -112,6 +112,56 @@ fn head_forward(s: AttnShape, bh: usize, qkv: &[f32], p: &mut [f32], pd: Option<
     matmul(o, Accum::Replace, square(weights, t), v, 1.0, Par::Seq);
 }
 
+/// Forward against a key/value cache (inference): the T new tokens of each batch row attend
+/// to every cached position before them and to themselves. qkv: [B, T, 3C] of the new tokens
+/// (only the query third is read); k_cache, v_cache: [B, NH, P, hs] with positions
+/// 0..pos0+T filled (the new tokens' own keys and values included); out: [B, T, C];
+/// scores: [B, NH, T, pos0+T] scratch. New token i sits at position pos0 + i and sees keys
+/// 0..=pos0+i. With pos0 = 0 this is [`attention_forward`] without dropout.
+pub fn attention_forward_cached(
+    out: &mut [f32],
+    scores: &mut [f32],
+    qkv: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    s: AttnShape,
+    pos0: usize,
+) {
+    let (t, c, hs, ctx) = (s.t, s.c, s.hs(), pos0 + s.t);
+    let p = k_cache.len() / (s.b * c); // cache positions per row: B·NH·P·hs = B·P·C
+    assert!(out.len() == s.b * t * c && qkv.len() == 3 * out.len() && scores.len() == s.b * s.n_head * t * ctx);
+    assert!(ctx <= p && v_cache.len() == k_cache.len());
+    let out = SharedOut(out.as_mut_ptr());
+    scores.par_chunks_mut(t * ctx).enumerate().for_each(|(bh, sc)| {
+        let (b, h) = (bh / s.n_head, bh % s.n_head);
+        let q = strided(qkv, b * t * 3 * c + s.qkv_offsets(h).0, t, hs, 3 * c);
+        let k = strided(k_cache, bh * p * hs, ctx, hs, hs);
+        let v = strided(v_cache, bh * p * hs, ctx, hs, hs);
+        // S = Q Kᵀ / sqrt(hs): [T, ctx]; query i is masked beyond key pos0 + i.
+        matmul(
+            MatMut::from_row_major_slice_mut(sc, t, ctx),
+            Accum::Replace,
+            q,
+            k.transpose(),
+            1.0 / (hs as f32).sqrt(),
+            Par::Seq,
+        );
+        for (i, row) in sc.chunks_exact_mut(ctx).enumerate() {
+            softmax_causal_row(row, pos0 + i);
+        }
+        // SAFETY: head h of batch row b alone writes columns [h*hs, (h+1)*hs) of rows b*T..(b+1)*T.
+        let o = unsafe { out.view(b * t * c + h * hs, t, hs, c) };
+        matmul(
+            o,
+            Accum::Replace,
+            MatRef::from_row_major_slice(sc, t, ctx),
+            v,
+            1.0,
+            Par::Seq,
+        );
+    });
+}
+
 /// Backward. dout: [B, T, C]; dqkv: [B, T, 3C] (overwritten); att: P from the forward pass;
 /// dropped: `P ⊙ mask` from the forward pass under dropout, with its keep scale 1/(1-p);
 /// scratch: [B, NH, T, T]. Per head, with P' = P ⊙ mask (P' = P without dropout):
@@ -247,6 +297,52 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn cached_attention_matches_full_attention_on_the_new_rows() {
+        let s = AttnShape {
+            b: 2,
+            t: 7,
+            c: 6,
+            n_head: 3,
+        };
+        let (hs, p) = (s.c / s.n_head, 9); // a cache of 9 positions, 7 used
+        let qkv = random_vec(s.b * s.t * 3 * s.c, 5);
+        let (full, _, _) = run_forward(&qkv, s, None);
+        // Keys and values of all 7 positions into the cache layout [B, NH, P, hs].
+        let (mut k, mut v) = (vec![0.0; s.b * s.n_head * p * hs], vec![0.0; s.b * s.n_head * p * hs]);
+        for (b, h, i, d) in (0..s.b * s.n_head * s.t * hs).map(|x| {
+            (
+                x / (s.n_head * s.t * hs),
+                x / (s.t * hs) % s.n_head,
+                x / hs % s.t,
+                x % hs,
+            )
+        }) {
+            let row = (b * s.t + i) * 3 * s.c;
+            k[((b * s.n_head + h) * p + i) * hs + d] = qkv[row + s.c + h * hs + d];
+            v[((b * s.n_head + h) * p + i) * hs + d] = qkv[row + 2 * s.c + h * hs + d];
+        }
+        for pos0 in [0, 4, 6] {
+            // Only the new tokens pos0..7 as queries.
+            let t = s.t - pos0;
+            let new_qkv: Vec<f32> = (0..s.b)
+                .flat_map(|b| qkv[(b * s.t + pos0) * 3 * s.c..(b + 1) * s.t * 3 * s.c].to_vec())
+                .collect();
+            let mut out = vec![0.0; s.b * t * s.c];
+            let mut scores = vec![0.0; s.b * s.n_head * t * s.t];
+            attention_forward_cached(&mut out, &mut scores, &new_qkv, &k, &v, AttnShape { t, ..s }, pos0);
+            let expected: Vec<f32> = (0..s.b)
+                .flat_map(|b| full[(b * s.t + pos0) * s.c..(b + 1) * s.t * s.c].to_vec())
+                .collect();
+            let err = out
+                .iter()
+                .zip(&expected)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(err < 1e-6, "pos0 {pos0}: max error {err}");
         }
     }
 

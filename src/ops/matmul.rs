@@ -2,7 +2,10 @@
 //!
 //! A GPT-2 "Conv1D" layer stores its weight as [in, out], so a linear layer is `y = x W + b`
 //! with no transpose: the same layout Hugging Face and OpenAI use.
+//!
+//! Products with few rows (decoding) go to the weight-streaming kernels of [`super::matvec`].
 
+use super::matvec::{matmul_small_m, matmul_small_m_t, SMALL_M};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -33,6 +36,12 @@ pub fn gemm(
     par: Par,
 ) {
     debug_assert_eq!(out.len(), m * n);
+    if m <= SMALL_M && !a_t {
+        return match b_t {
+            false => matmul_small_m(out, accumulate, a, b, m, k, n, par),
+            true => matmul_small_m_t(out, accumulate, a, b, m, k, n, par),
+        };
+    }
     let lhs = if a_t { view(a, k, m, true) } else { view(a, m, k, false) };
     let rhs = if b_t { view(b, n, k, true) } else { view(b, k, n, false) };
     let accum = if accumulate { Accum::Add } else { Accum::Replace };

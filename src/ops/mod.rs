@@ -12,6 +12,7 @@ pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
+pub mod matvec;
 
 /// e^x in f32, branch-free so that loops over slices vectorise (libm's expf does not).
 /// Range reduction x = n·ln2 + r with |r| ≤ ln2/2, then Cephes' degree-6 polynomial for e^r

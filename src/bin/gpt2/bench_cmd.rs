@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use gpt2::bench::{bench_steps, peak_rss_mb, BenchKind, BenchResult};
+use gpt2::bench::{bench_generate, bench_steps, peak_rss_mb, BenchKind, BenchResult, GenerateBenchResult};
 use gpt2::io::detect;
 use gpt2::Config;
 use std::path::PathBuf;
@@ -15,8 +15,36 @@ pub enum BenchCommand {
     Train(BenchArgs),
     /// Forward pass with loss only.
     Forward(BenchArgs),
+    /// Greedy generation at batch 1 with the KV cache: prefill time and decode tokens/s.
+    Generate(GenerateBenchArgs),
     /// Loading a model: wall time, and peak memory against the size of its weights.
     Load(LoadArgs),
+}
+
+#[derive(Args)]
+pub struct GenerateBenchArgs {
+    /// Model size: gpt2, gpt2-medium, gpt2-large, gpt2-xl, shakespeare-char (random weights).
+    #[arg(long, default_value = "gpt2")]
+    preset: String,
+    /// Length of the (random) prompt.
+    #[arg(long, default_value_t = 16)]
+    prompt_tokens: usize,
+    /// Tokens generated per run.
+    #[arg(long, default_value_t = 128)]
+    new_tokens: usize,
+    /// Timed runs (medians are reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Also run scripts/bench_pytorch.py --mode generate (Hugging Face generate) with this
+    /// Python and print the ratio.
+    #[arg(long, value_name = "PYTHON")]
+    pytorch: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -88,6 +116,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
     let (args, kind, mode) = match cmd {
         BenchCommand::Train(a) => (a, BenchKind::Train, "train"),
         BenchCommand::Forward(a) => (a, BenchKind::Forward, "forward"),
+        BenchCommand::Generate(a) => return run_generate(a),
         BenchCommand::Load(a) => return run_load(a),
     };
     let config = args.config()?;
@@ -100,7 +129,11 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         args.warmup,
     )?;
     let peer = match &args.pytorch {
-        Some(python) => Some(run_pytorch(python, args, &config, mode)?),
+        Some(python) => {
+            let shape = [("--batch-size", args.batch_size), ("--block-size", args.block_size)];
+            let runs = [("--steps", args.steps), ("--warmup", args.warmup)];
+            Some(run_pytorch(python, mode, &config, &[&shape[..], &runs[..]].concat())?)
+        }
         None => None,
     };
     if args.json {
@@ -162,8 +195,65 @@ fn print_result(who: &str, mode: &str, r: &BenchResult) {
     );
 }
 
-/// Runs the PyTorch peer with the same shapes and thread count; returns its JSON summary.
-fn run_pytorch(python: &PathBuf, args: &BenchArgs, c: &Config, mode: &str) -> Result<serde_json::Value> {
+fn run_generate(args: &GenerateBenchArgs) -> Result<()> {
+    let config = Config::preset(&args.preset)?;
+    let ours = bench_generate(
+        config.clone(),
+        args.prompt_tokens,
+        args.new_tokens,
+        args.runs,
+        args.warmup,
+    )?;
+    let peer = match &args.pytorch {
+        Some(python) => {
+            let shape = [
+                ("--prompt-tokens", args.prompt_tokens),
+                ("--new-tokens", args.new_tokens),
+            ];
+            let runs = [("--steps", args.runs), ("--warmup", args.warmup)];
+            Some(run_pytorch(
+                python,
+                "generate",
+                &config,
+                &[&shape[..], &runs[..]].concat(),
+            )?)
+        }
+        None => None,
+    };
+    let peer_tps = peer.as_ref().map(|p| p["tokens_per_s"].as_f64().unwrap_or(f64::NAN));
+    if args.json {
+        let mut out = serde_json::to_value(&ours)?;
+        if let (Some(peer), Some(tps)) = (&peer, peer_tps) {
+            out["pytorch"] = peer.clone();
+            out["speedup_vs_pytorch"] = serde_json::json!(ours.tokens_per_s / tps);
+        }
+        println!("{out}");
+        return Ok(());
+    }
+    print_generate("gpt2 (rust)", &ours);
+    if let (Some(peer), Some(tps)) = (peer, peer_tps) {
+        println!(
+            "pytorch     generate: prefill {:.1} ms, decode {:.1} tokens/s, peak RSS {:.0} MiB  [Hugging Face generate()]",
+            peer["prefill_ms"].as_f64().unwrap_or(f64::NAN),
+            tps,
+            peer["peak_rss_mb"].as_f64().unwrap_or(f64::NAN)
+        );
+        println!("speed-up vs PyTorch: {:.2}x", ours.tokens_per_s / tps);
+    }
+    Ok(())
+}
+
+fn print_generate(who: &str, r: &GenerateBenchResult) {
+    println!(
+        "{who} generate: prefill {:.1} ms, decode {:.1} tokens/s (medians of {}), peak RSS {:.0} MiB  \
+         [{} params, prompt {} + {} new tokens, batch 1, {} threads]",
+        r.prefill_ms, r.tokens_per_s, r.runs, r.peak_rss_mb, r.params, r.prompt_tokens, r.new_tokens, r.threads
+    );
+}
+
+/// Runs the PyTorch peer with the model's sizes, the thread count and the given shape flags;
+/// returns its JSON summary.
+fn run_pytorch(python: &PathBuf, mode: &str, c: &Config, flags: &[(&str, usize)]) -> Result<serde_json::Value> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench_pytorch.py");
     let output = Command::new(python)
         .arg(script)
@@ -175,13 +265,11 @@ fn run_pytorch(python: &PathBuf, args: &BenchArgs, c: &Config, mode: &str) -> Re
             "--vocab-size",
             &c.vocab_size.to_string(),
         ])
-        .args([
-            "--batch-size",
-            &args.batch_size.to_string(),
-            "--block-size",
-            &args.block_size.to_string(),
-        ])
-        .args(["--steps", &args.steps.to_string(), "--warmup", &args.warmup.to_string()])
+        .args(
+            flags
+                .iter()
+                .flat_map(|(flag, value)| [flag.to_string(), value.to_string()]),
+        )
         .args(["--threads", &rayon::current_num_threads().to_string()])
         .output()
         .with_context(|| format!("running {}", python.display()))?;

@@ -4,6 +4,7 @@
 mod bench_cmd;
 mod convert_cmd;
 mod download_cmd;
+mod generate_cmd;
 mod score_cmd;
 mod tokenize_cmd;
 mod train_cmd;
@@ -32,12 +33,15 @@ enum Command {
     /// Byte-level BPE vocabularies: `gpt2 bpe train`.
     #[command(subcommand)]
     Bpe(tokenize_cmd::BpeCommand),
+    /// Continue a prompt: sampling (greedy, temperature, top-k, top-p, repetition penalty),
+    /// several samples at once, streaming to the terminal, or an interactive session.
+    Generate(generate_cmd::GenerateArgs),
     /// Read a model in any format (Hugging Face, OpenAI TensorFlow, llm.c) and write it as a
     /// Hugging Face directory or an llm.c file.
     Convert(convert_cmd::ConvertArgs),
     /// Download OpenAI's GPT-2 (from Hugging Face or OpenAI) into the model cache.
     Download(download_cmd::DownloadArgs),
-    /// Throughput benchmarks (training step, forward pass, model loading), optionally against PyTorch.
+    /// Throughput benchmarks (training step, forward pass, generation, model loading), optionally against PyTorch.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
 }
@@ -53,6 +57,7 @@ fn main() {
     let result = match &cli.command {
         Command::Train(args) => train_cmd::run(args),
         Command::Score(args) => score_cmd::run(args),
+        Command::Generate(args) => generate_cmd::run(args),
         Command::Convert(args) => convert_cmd::run(args),
         Command::Download(args) => download_cmd::run(args),
         Command::Bench(cmd) => bench_cmd::run(cmd),

@@ -1,0 +1,340 @@
+//! `gpt2 generate`: continue a prompt, streaming each token to the terminal as it is made.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{ArgGroup, Args};
+use gpt2::generate::{Finish, GenerateOptions, Generator, Sampling, TextStream};
+use gpt2::io::{load_model_with_tokenizer, Loaded};
+use gpt2::rng::Rng;
+use gpt2::tokenizer::Tokenizer;
+use gpt2::Gpt;
+use serde_json::json;
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("input").required(true).args(["prompt", "prompt_file", "prompt_ids", "interactive"])))]
+pub struct GenerateArgs {
+    /// A Hugging Face GPT-2 directory, a checkpoint directory or a training run directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// The text to continue.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Read the text to continue from this file.
+    #[arg(long)]
+    prompt_file: Option<PathBuf>,
+    /// The prompt as token ids ("464 3290 318" or "464,3290,318"), skipping the tokenizer.
+    #[arg(long)]
+    prompt_ids: Option<String>,
+    /// Read one prompt per line from standard input and answer each; the model stays loaded.
+    #[arg(long)]
+    interactive: bool,
+    /// New tokens per sample, at most. When prompt + new tokens exceed the model's context,
+    /// the model sees only the last n_positions tokens (as nanoGPT does).
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Always take the most likely token (Hugging Face do_sample=False); same as --temperature 0.
+    #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p"])]
+    greedy: bool,
+    /// Softmax temperature: below 1 is more conservative, above 1 more random; 0 is greedy.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    temperature: f32,
+    /// Sample only among the k most likely tokens (k >= 1).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Nucleus sampling: only among the most likely tokens that together reach probability p, in (0, 1].
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    top_p: f32,
+    /// Hugging Face's repetition penalty (> 0; 1 is none, 1.2 is common): tokens already in the
+    /// text have their logit divided by it (multiplied when negative).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    repetition_penalty: f32,
+    /// Random seed: the same seed and settings give the same output (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Samples generated side by side from the same prompt (batched; the prompt is read once).
+    #[arg(long, default_value_t = 1)]
+    num_samples: usize,
+    /// End a sample at this text (repeatable; \n, \t and \\ are understood). The text is cut
+    /// before it. Samples also end at the tokenizer's <|endoftext|>.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Print one JSON object per prompt instead of streaming text:
+    /// {"prompt_ids", "samples": [{"ids", "text", "finish"}], "tokens_per_s", "seed"}.
+    #[arg(long)]
+    json: bool,
+}
+
+impl GenerateArgs {
+    /// The validated settings, before the model is loaded; `stop_tokens` is filled later.
+    fn options(&self) -> Result<GenerateOptions> {
+        let sampling = Sampling {
+            temperature: if self.greedy { 0.0 } else { self.temperature },
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+        };
+        sampling.validate()?;
+        if self.num_samples == 0 {
+            bail!("--num-samples must be at least 1");
+        }
+        Ok(GenerateOptions {
+            max_new_tokens: self.max_new_tokens,
+            num_samples: self.num_samples,
+            sampling,
+            stop_tokens: Vec::new(),
+        })
+    }
+}
+
+pub fn run(args: &GenerateArgs) -> Result<()> {
+    let mut options = args.options()?;
+    let stops: Vec<String> = args.stop.iter().map(|s| unescape(s)).collect();
+    let Loaded { model, tokenizer, .. } = load_model_with_tokenizer(&args.model)?;
+    options.stop_tokens = tokenizer.as_ref().and_then(Tokenizer::eot_token).into_iter().collect();
+    if tokenizer.is_none() && !stops.is_empty() {
+        bail!(
+            "--stop needs a tokenizer to see text, and {} has none",
+            args.model.display()
+        );
+    }
+    let seed = args.seed.unwrap_or_else(clock_seed);
+    let mut rng = Rng::new(seed);
+    let run = Run {
+        model: &model,
+        tokenizer: tokenizer.as_ref(),
+        options,
+        stops,
+        json: args.json,
+        seed,
+    };
+    if !args.interactive {
+        let prompt = match (&args.prompt, &args.prompt_file, &args.prompt_ids) {
+            (Some(text), _, _) => Prompt::Text(text.clone()),
+            (_, Some(file), _) => Prompt::Text(
+                std::fs::read_to_string(file).with_context(|| format!("reading the prompt from {}", file.display()))?,
+            ),
+            (_, _, Some(ids)) => Prompt::Ids(parse_ids(ids)?),
+            _ => unreachable!("clap requires one prompt source"),
+        };
+        return run.generate(&prompt, &mut rng, true);
+    }
+    let stdin = std::io::stdin();
+    let terminal = stdin.is_terminal();
+    loop {
+        if terminal {
+            eprint!("> ");
+        }
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        if line.is_empty() {
+            continue;
+        }
+        // A bad line is reported and the session goes on.
+        if let Err(e) = run.generate(&Prompt::Text(line.to_string()), &mut rng, false) {
+            eprintln!("error: {e:#}");
+        }
+    }
+}
+
+enum Prompt {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+/// Everything one prompt's generation needs.
+struct Run<'a> {
+    model: &'a Gpt,
+    tokenizer: Option<&'a Tokenizer>,
+    options: GenerateOptions,
+    stops: Vec<String>,
+    json: bool,
+    seed: u64,
+}
+
+impl Run<'_> {
+    /// Generates the samples of one prompt, streaming them (or printing JSON at the end).
+    /// `echo` prints the prompt text before each sample.
+    fn generate(&self, prompt: &Prompt, rng: &mut Rng, echo: bool) -> Result<()> {
+        let ids = match (prompt, self.tokenizer) {
+            (Prompt::Ids(ids), _) => ids.clone(),
+            (Prompt::Text(text), Some(tokenizer)) => tokenizer.encode(text)?,
+            (Prompt::Text(_), None) => {
+                bail!("this model has no tokenizer (no tokenizer files, vocabulary is not GPT-2's); give --prompt-ids")
+            }
+        };
+        if ids.is_empty() {
+            bail!("the prompt is empty after tokenization: give at least one token to continue from");
+        }
+        let n_positions = self.model.config.n_positions;
+        if ids.len().saturating_add(self.options.max_new_tokens) > n_positions {
+            eprintln!(
+                "note: prompt ({} tokens) + {} new tokens exceed the {n_positions}-token context: the model will \
+                 see only the last {n_positions} tokens",
+                ids.len(),
+                self.options.max_new_tokens
+            );
+        }
+        let start = Instant::now();
+        let mut generator = Generator::new(self.model, &ids, self.options.clone(), rng)?;
+        let samples = self.options.num_samples;
+        let mut texts: Vec<TextStream> = (0..samples).map(|_| TextStream::new(&self.stops)).collect();
+        let mut finish = vec![""; samples];
+        let mut out = Printer::new(samples, !self.json);
+        let head = match (echo, self.tokenizer) {
+            (true, Some(tokenizer)) => tokenizer.decode(&ids)?,
+            _ => String::new(),
+        };
+        out.start(&head);
+        while let Some(token) = generator.next() {
+            let token = token?;
+            let s = token.sample;
+            let piece = match self.tokenizer {
+                // The stop token (<|endoftext|>) ends the text; it is not part of it.
+                Some(_) if token.finish == Some(Finish::StopToken) => String::new(),
+                Some(tokenizer) => {
+                    // A model may have more ids than its tokenizer (a padded vocabulary).
+                    let bytes = tokenizer
+                        .decode_bytes(&[token.id])
+                        .unwrap_or_else(|_| "\u{FFFD}".into());
+                    texts[s].push(&bytes).to_string()
+                }
+                None => format!("{} ", token.id),
+            };
+            out.write(s, &piece)?;
+            let ended = if texts[s].is_stopped() {
+                generator.stop_sample(s)?; // (nothing to do if the token ended the sample anyway)
+                Some("stop_string")
+            } else {
+                token.finish.map(|f| match f {
+                    Finish::StopToken => "stop_token",
+                    Finish::Length => "length",
+                })
+            };
+            if let Some(reason) = ended {
+                let rest = texts[s].finish().to_string();
+                out.write(s, &rest)?;
+                finish[s] = reason;
+                out.end(s)?;
+            }
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let new_tokens: usize = (0..samples).map(|s| generator.new_tokens(s).len()).sum();
+        if self.json {
+            let samples: Vec<_> = (0..samples)
+                .map(|s| {
+                    let text = self.tokenizer.map(|_| texts[s].text());
+                    json!({"ids": generator.new_tokens(s), "text": text, "finish": finish[s]})
+                })
+                .collect();
+            let tokens_per_s = new_tokens as f64 / seconds;
+            let out = json!({"prompt_ids": ids, "samples": samples, "tokens_per_s": tokens_per_s, "seed": self.seed});
+            writeln!(std::io::stdout().lock(), "{out}")?; // an error, not a panic, on a closed pipe
+        } else {
+            eprintln!(
+                "[{new_tokens} tokens in {seconds:.2} s: {:.1} tokens/s; seed {}]",
+                new_tokens as f64 / seconds,
+                self.seed
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Prints samples one after another, in order, while they are generated side by side: the
+/// current sample streams straight to stdout; the others are buffered until their turn.
+struct Printer {
+    live: bool,
+    current: usize,
+    pending: Vec<String>,
+    done: Vec<bool>,
+}
+
+impl Printer {
+    fn new(samples: usize, live: bool) -> Self {
+        Printer {
+            live,
+            current: 0,
+            pending: vec![String::new(); samples],
+            done: vec![false; samples],
+        }
+    }
+
+    fn start(&mut self, head: &str) {
+        self.pending.iter_mut().for_each(|p| p.push_str(head));
+    }
+
+    fn write(&mut self, sample: usize, text: &str) -> Result<()> {
+        self.pending[sample].push_str(text);
+        self.flush()
+    }
+
+    /// Marks `sample` as complete; later samples get their turn.
+    fn end(&mut self, sample: usize) -> Result<()> {
+        self.done[sample] = true;
+        self.flush()
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.live {
+            return Ok(());
+        }
+        let mut stdout = std::io::stdout().lock();
+        while self.current < self.pending.len() {
+            stdout.write_all(std::mem::take(&mut self.pending[self.current]).as_bytes())?;
+            if !self.done[self.current] {
+                break;
+            }
+            stdout.write_all(if self.current + 1 < self.pending.len() {
+                b"\n---------------\n"
+            } else {
+                b"\n"
+            })?;
+            self.current += 1;
+        }
+        stdout.flush()?;
+        Ok(())
+    }
+}
+
+/// Token ids separated by spaces and/or commas.
+fn parse_ids(text: &str) -> Result<Vec<u32>> {
+    text.split([' ', ',', '\n', '\t'])
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<u32>()
+                .with_context(|| format!("--prompt-ids: '{s}' is not a token id"))
+        })
+        .collect()
+}
+
+/// `\n`, `\t` and `\\` in a command-line string.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match (c, chars.clone().next()) {
+            ('\\', Some(e @ ('n' | 't' | '\\'))) => {
+                out.push(match e {
+                    'n' => '\n',
+                    't' => '\t',
+                    _ => '\\',
+                });
+                chars.next();
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn clock_seed() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
