@@ -26,6 +26,14 @@ impl AttnShape {
         let hs = self.hs();
         (h * hs, self.c + h * hs, 2 * self.c + h * hs)
     }
+
+    /// Head h of batch row b (bh = b·NH + h): its Q, K, V as [T, hs] views into qkv [B, T, 3C].
+    fn head_qkv<'a>(&self, qkv: &'a [f32], bh: usize) -> [MatRef<'a, f32>; 3] {
+        let (t, c, hs) = (self.t, self.c, self.hs());
+        let (q_off, k_off, v_off) = self.qkv_offsets(bh % self.n_head);
+        let row0 = bh / self.n_head * t * 3 * c;
+        [q_off, k_off, v_off].map(|off| strided(qkv, row0 + off, t, hs, 3 * c))
+    }
 }
 
 /// A raw pointer that rayon tasks may share: each task writes only its own head's columns.
@@ -82,11 +90,7 @@ pub fn attention_forward(out: &mut [f32], att: &mut [f32], dropped: Option<&mut 
 fn head_forward(s: AttnShape, bh: usize, qkv: &[f32], p: &mut [f32], pd: Option<&mut [f32]>, out: SharedOut) {
     let (t, c, hs) = (s.t, s.c, s.hs());
     let (b, h) = (bh / s.n_head, bh % s.n_head);
-    let (q_off, k_off, v_off) = s.qkv_offsets(h);
-    let row0 = b * t * 3 * c;
-    let q = strided(qkv, row0 + q_off, t, hs, 3 * c);
-    let k = strided(qkv, row0 + k_off, t, hs, 3 * c);
-    let v = strided(qkv, row0 + v_off, t, hs, 3 * c);
+    let [q, k, v] = s.head_qkv(qkv, bh);
     // S = Q Kᵀ / sqrt(hs): the full square; the masked upper triangle is zeroed by the softmax.
     matmul(
         square_mut(p, t),
@@ -205,9 +209,7 @@ fn head_backward(
     let (b, h) = (bh / s.n_head, bh % s.n_head);
     let (q_off, k_off, v_off) = s.qkv_offsets(h);
     let row0 = b * t * 3 * c;
-    let q = strided(qkv, row0 + q_off, t, hs, 3 * c);
-    let k = strided(qkv, row0 + k_off, t, hs, 3 * c);
-    let v = strided(qkv, row0 + v_off, t, hs, 3 * c);
+    let [q, k, v] = s.head_qkv(qkv, bh);
     let d_o = strided(dout, b * t * c + h * hs, t, hs, c);
     // SAFETY: head h of batch row b alone writes its q, k, v columns of rows b*T..(b+1)*T.
     let (dq, dk, dv) = unsafe {
