@@ -329,10 +329,6 @@ impl Trainer {
         &self.model
     }
 
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
     /// Trains until max_iters (or a stop), evaluating every eval_interval steps and after the
     /// last one, writing `latest/` at each evaluation and `best/` when validation improves.
     pub fn run(&mut self, options: &RunOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summary> {
