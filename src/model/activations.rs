@@ -45,6 +45,8 @@ pub struct Activations {
 
 /// Scratch gradients of activations for the backward pass (reused layer after layer).
 pub struct GradActs {
+    pub b: usize,
+    pub t: usize,
     pub residual: Vec<f32>, // [N, C] dloss/d(residual stream) flowing down through the blocks
     pub ln: Vec<f32>,       // [N, C] gradient at a LayerNorm output (or a dropped branch)
     pub qkv: Vec<f32>,      // [N, 3C]
@@ -106,6 +108,8 @@ impl GradActs {
     pub fn new(cfg: &Config, b: usize, t: usize) -> Self {
         let (n, c) = (b * t, cfg.n_embd);
         GradActs {
+            b,
+            t,
             residual: zeros(n * c),
             ln: zeros(n * c),
             qkv: zeros(n * 3 * c),

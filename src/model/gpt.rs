@@ -254,7 +254,7 @@ impl Gpt {
         let cfg = &self.config;
         let (b, t) = (acts.b, acts.t);
         let (c, v, f, n) = (cfg.n_embd, cfg.vocab_size, cfg.n_inner, b * t);
-        if !matches!(&self.grad_acts, Some(g) if g.residual.len() == n * c) {
+        if !matches!(&self.grad_acts, Some(g) if g.b == b && g.t == t) {
             self.grad_acts = None;
             self.grad_acts = Some(GradActs::new(cfg, b, t));
         }
@@ -464,6 +464,19 @@ mod tests {
         }
         for (a, b) in once.iter().zip(&model.grads) {
             assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0));
+        }
+    }
+
+    #[test]
+    fn backward_after_a_batch_of_another_shape_with_the_same_row_count() {
+        // (B, T) = (4, 2) then (1, 8): same B·T, but the attention scratch [B, NH, T, T] grows.
+        let mut model = tiny(0.0);
+        for (b, t) in [(4, 2), (1, 8)] {
+            let tokens = vec![1u32; b * t];
+            let targets = vec![2i32; b * t];
+            model.zero_grad();
+            model.forward(&tokens, b, t, Some(&targets), None).unwrap();
+            model.backward(1.0).unwrap();
         }
     }
 
