@@ -2,58 +2,41 @@
 //! steps (left) and against tokens seen (right).
 
 use super::metrics::{EvalRecord, History, StepRecord};
-use crate::error::{Error, Result};
-use crate::io::atomic::write_file;
+use crate::error::Result;
+use crate::plot::{write_figure, DrawResult, Figure, ImageFormat, FONT};
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
 
 const SIZE: (u32, u32) = (1200, 450);
-const FONT: &str = "sans-serif";
+
+/// The loss curves of a run.
+struct LossFigure<'a>(&'a History);
+
+impl Figure for LossFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        SIZE
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE)?;
+        let (left, right) = root.split_horizontally(SIZE.0 / 2);
+        panel(&left, self.0, "step", |s| s.step as f64, |e| e.step as f64)?;
+        panel(&right, self.0, "tokens seen", |s| s.tokens as f64, |e| e.tokens as f64)?;
+        root.present()?;
+        Ok(())
+    }
+}
 
 /// Writes `loss.png` and `loss.svg` into `dir` (each atomically); returns their paths.
 pub fn write_plots(history: &History, dir: &Path) -> Result<[PathBuf; 2]> {
-    static FONT_ONCE: std::sync::Once = std::sync::Once::new();
-    // DejaVu Sans, bundled so the plots need no system fonts (licence in assets/).
-    FONT_ONCE.call_once(|| {
-        let _ = plotters::style::register_font(FONT, FontStyle::Normal, include_bytes!("../../assets/DejaVuSans.ttf"));
-    });
     let (png_path, svg_path) = (dir.join("loss.png"), dir.join("loss.svg"));
-    let failed = |path: &Path, e: Box<dyn StdError>| {
-        Error::io(path, std::io::Error::other(format!("drawing the loss plot: {e}")))
-    };
-
-    let mut svg = String::new();
-    draw(&SVGBackend::with_string(&mut svg, SIZE).into_drawing_area(), history).map_err(|e| failed(&svg_path, e))?;
-    write_file(&svg_path, |w| w.write_all(svg.as_bytes()))?;
-
-    let mut rgb = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
-    draw(&BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area(), history).map_err(|e| failed(&png_path, e))?;
-    write_file(&png_path, |w| {
-        let mut encoder = png::Encoder::new(w, SIZE.0, SIZE.1);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header()?;
-        writer.write_image_data(&rgb)?;
-        writer.finish().map_err(std::io::Error::other)
-    })?;
+    write_figure(&LossFigure(history), &svg_path, ImageFormat::Svg)?;
+    write_figure(&LossFigure(history), &png_path, ImageFormat::Png)?;
     Ok([png_path, svg_path])
-}
-
-fn draw<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    history: &History,
-) -> std::result::Result<(), Box<dyn StdError>>
-where
-    DB::ErrorType: 'static,
-{
-    root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(SIZE.0 / 2);
-    panel(&left, history, "step", |s| s.step as f64, |e| e.step as f64)?;
-    panel(&right, history, "tokens seen", |s| s.tokens as f64, |e| e.tokens as f64)?;
-    root.present()?;
-    Ok(())
 }
 
 /// One chart: the per-step batch loss (thin), and the evaluated train and val losses (points
@@ -64,7 +47,7 @@ fn panel<DB: DrawingBackend>(
     x_name: &str,
     step_x: impl Fn(&StepRecord) -> f64,
     eval_x: impl Fn(&EvalRecord) -> f64,
-) -> std::result::Result<(), Box<dyn StdError>>
+) -> DrawResult
 where
     DB::ErrorType: 'static,
 {

@@ -303,7 +303,7 @@ impl Printer {
 }
 
 /// Token ids separated by spaces and/or commas.
-fn parse_ids(text: &str) -> Result<Vec<u32>> {
+pub(crate) fn parse_ids(text: &str) -> Result<Vec<u32>> {
     text.split([' ', ',', '\n', '\t'])
         .filter(|s| !s.is_empty())
         .map(|s| {
@@ -314,7 +314,7 @@ fn parse_ids(text: &str) -> Result<Vec<u32>> {
 }
 
 /// `\n`, `\t` and `\\` in a command-line string.
-fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {

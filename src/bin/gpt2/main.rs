@@ -5,6 +5,7 @@ mod bench_cmd;
 mod convert_cmd;
 mod download_cmd;
 mod generate_cmd;
+mod inspect_cmd;
 mod score_cmd;
 mod tokenize_cmd;
 mod train_cmd;
@@ -36,6 +37,9 @@ enum Command {
     /// Continue a prompt: sampling (greedy, temperature, top-k, top-p, repetition penalty),
     /// several samples at once, streaming to the terminal, or an interactive session.
     Generate(generate_cmd::GenerateArgs),
+    /// Look inside: a forward pass step by step (shapes and values), the logit lens,
+    /// attention heatmaps, and every parameter tensor with the FLOPs per token.
+    Inspect(Box<inspect_cmd::InspectArgs>),
     /// Read a model in any format (Hugging Face, OpenAI TensorFlow, llm.c) and write it as a
     /// Hugging Face directory or an llm.c file.
     Convert(convert_cmd::ConvertArgs),
@@ -58,6 +62,7 @@ fn main() {
         Command::Train(args) => train_cmd::run(args),
         Command::Score(args) => score_cmd::run(args),
         Command::Generate(args) => generate_cmd::run(args),
+        Command::Inspect(args) => inspect_cmd::run(args),
         Command::Convert(args) => convert_cmd::run(args),
         Command::Download(args) => download_cmd::run(args),
         Command::Bench(cmd) => bench_cmd::run(cmd),

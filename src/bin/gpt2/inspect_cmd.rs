@@ -1,0 +1,315 @@
+//! `gpt2 inspect`: a forward pass told step by step, the logit lens, attention heatmaps, and a
+//! summary of the parameters.
+
+use crate::generate_cmd::{parse_ids, unescape};
+use anyhow::{bail, Result};
+use clap::Args;
+use gpt2::config::Config;
+use gpt2::inspect::attention_map::write_attention_maps;
+use gpt2::inspect::summary::{summarize, Summary};
+use gpt2::inspect::trace::{self, logit_lens, LogitLens, TensorTrace, Trace, TraceOptions, GELU_NEAR_ZERO};
+use gpt2::inspect::token_piece;
+use gpt2::io::{load_model_with_tokenizer, Loaded};
+use gpt2::plot::ImageFormat;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Model, in any format: a Hugging Face or OpenAI checkpoint directory, an llm.c file, a
+    /// training run or checkpoint directory, or a downloaded model's name (gpt2, ...).
+    #[arg(long, required_unless_present = "preset")]
+    model: Option<PathBuf>,
+    /// With --summary: a preset's shape instead of a model (gpt2, gpt2-medium, gpt2-large,
+    /// gpt2-xl, shakespeare-char); no weights needed.
+    #[arg(long, conflicts_with = "model", requires = "summary")]
+    preset: Option<String>,
+    /// The text to follow through the model (`\n` for a line break).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// The prompt as token ids ("464 3290 318" or "464,3290,318"), skipping the tokenizer.
+    #[arg(long, conflicts_with = "prompt")]
+    prompt_ids: Option<String>,
+    /// Every parameter tensor (name, shape, count), totals per module, memory and FLOPs per token.
+    #[arg(long, conflicts_with_all = ["prompt", "prompt_ids"])]
+    summary: bool,
+    /// Trace only this block (0-based).
+    #[arg(long)]
+    layer: Option<usize>,
+    /// Trace only this attention head (0-based) of each block.
+    #[arg(long)]
+    head: Option<usize>,
+    /// Next-token candidates to list.
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    /// Also read the residual stream after every block through ln_f and the LM head: the
+    /// model's top guess per layer and position.
+    #[arg(long)]
+    logit_lens: bool,
+    /// Write one attention heatmap per layer (all heads) as PNG files into this directory.
+    #[arg(long)]
+    attention_png: Option<PathBuf>,
+    /// Write one attention heatmap per layer (all heads) as SVG files into this directory.
+    #[arg(long)]
+    attention_svg: Option<PathBuf>,
+    /// Print the same as one JSON object: {"tokens", "embeddings", "blocks", "ln_f", "next",
+    /// "logit_lens"?, "attention_maps"?}; with --summary {"total_params", "tensors", ...}.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &InspectArgs) -> Result<()> {
+    if args.summary {
+        let config = match (&args.preset, &args.model) {
+            (Some(preset), _) => Config::preset(preset)?,
+            (None, Some(model)) => load_model_with_tokenizer(model)?.model.config,
+            (None, None) => bail!("give --model or --preset"),
+        };
+        let summary = summarize(&config);
+        match args.json {
+            true => println!("{}", serde_json::to_string_pretty(&summary)?),
+            false => print_summary(&summary),
+        }
+        return Ok(());
+    }
+    let model_path = args.model.as_ref().expect("clap requires --model without --preset");
+    let Loaded {
+        mut model, tokenizer, ..
+    } = load_model_with_tokenizer(model_path)?;
+    let ids = match (&args.prompt, &args.prompt_ids, &tokenizer) {
+        (Some(text), _, Some(tokenizer)) => tokenizer.encode(&unescape(text))?,
+        (Some(_), _, None) => bail!(
+            "{} has no tokenizer (no tokenizer files, vocabulary is not GPT-2's): give --prompt-ids",
+            model_path.display()
+        ),
+        (None, Some(ids), _) => parse_ids(ids)?,
+        (None, None, _) => bail!("give a --prompt to follow through the model (or --summary)"),
+    };
+    let options = TraceOptions {
+        layer: args.layer,
+        head: args.head,
+        top_k: args.top_k,
+        ..TraceOptions::default()
+    };
+    trace::check(&model, &ids, &options)?;
+    let outputs = [(&args.attention_png, ImageFormat::Png), (&args.attention_svg, ImageFormat::Svg)];
+    for (dir, _) in &outputs {
+        if let Some(dir) = dir {
+            check_writable_dir(dir)?;
+        }
+    }
+
+    let trace = trace::trace(&mut model, &ids, tokenizer.as_ref(), &options)?;
+    let lens = match args.logit_lens {
+        true => Some(logit_lens(&model, tokenizer.as_ref())?),
+        false => None,
+    };
+    let pieces: Vec<String> = ids.iter().map(|&id| token_piece(tokenizer.as_ref(), id)).collect();
+    let mut maps = Vec::new();
+    for (dir, format) in outputs {
+        if let Some(dir) = dir {
+            maps.extend(write_attention_maps(&model, &pieces, dir, format)?);
+        }
+    }
+
+    if args.json {
+        let mut out = serde_json::to_value(&trace)?;
+        if let Some(lens) = &lens {
+            out["logit_lens"] = serde_json::to_value(lens)?;
+        }
+        if !maps.is_empty() {
+            out["attention_maps"] = json!(maps);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let cfg = &model.config;
+    println!(
+        "GPT-2 forward pass: {} layers, {} heads, n_embd {}, vocab {}; prompt of {} tokens",
+        cfg.n_layer,
+        cfg.n_head,
+        cfg.n_embd,
+        cfg.vocab_size,
+        ids.len()
+    );
+    print_trace(&trace, cfg.n_head);
+    if let Some(lens) = &lens {
+        print_lens(lens, &pieces);
+    }
+    for path in &maps {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Fails early (before the forward pass) when `dir` cannot be created or written.
+fn check_writable_dir(dir: &Path) -> Result<()> {
+    let probe = dir.join(".gpt2-write-test");
+    let result = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&probe, b"")).and_then(|_| std::fs::remove_file(&probe));
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => bail!("cannot write the attention maps into {}: {e}", dir.display()),
+    }
+}
+
+/// `"The"` with control characters escaped.
+fn quoted(text: &str) -> String {
+    format!("{text:?}")
+}
+
+fn values(xs: &[f32]) -> String {
+    let shown: Vec<String> = xs.iter().map(|x| format!("{x:+.3}")).collect();
+    format!("[{}, …]", shown.join(", "))
+}
+
+fn shape(dims: &[usize]) -> String {
+    let dims: Vec<String> = dims.iter().map(usize::to_string).collect();
+    format!("[{}]", dims.join(", "))
+}
+
+/// One line for an activation: what it is, shape, mean and std, the last row.
+fn tensor_line(name: &str, t: &TensorTrace) {
+    println!(
+        "  {name:<26} {:<12} mean {:+.4}  std {:.4}  last token: ‖x‖ {:>8.3}  {}",
+        shape(&t.shape),
+        t.mean,
+        t.std,
+        t.last_norm,
+        values(&t.last_values)
+    );
+}
+
+fn print_trace(trace: &Trace, n_head: usize) {
+    println!("\n1. Tokens (text → ids with the model's tokenizer)");
+    for token in &trace.tokens {
+        println!("  {:>4}  {:>6}  {}", token.position, token.id, quoted(&token.text));
+    }
+
+    let e = &trace.embeddings;
+    println!(
+        "\n2. Embeddings: token rows wte[id] of wte {} and position rows wpe[pos] of wpe {}",
+        shape(&e.wte_shape),
+        shape(&e.wpe_shape)
+    );
+    for row in &e.rows {
+        println!(
+            "  {:>4} {:<12} ‖wte[{}]‖ {:>7.3} {}   ‖wpe[{}]‖ {:>7.3} {}",
+            row.position,
+            quoted(&row.text),
+            row.id,
+            row.token_norm,
+            values(&row.token_values),
+            row.position,
+            row.position_norm,
+            values(&row.position_values)
+        );
+    }
+    tensor_line("x = wte[ids] + wpe[pos]", &e.sum);
+
+    for (i, b) in trace.blocks.iter().enumerate() {
+        println!(
+            "\n{}. Block {}: x → x + attn(ln_1(x)) → x + mlp(ln_2(x))",
+            3 + i,
+            b.layer
+        );
+        tensor_line("ln_1(x)", &b.ln_1);
+        println!(
+            "  q, k, v = split(ln_1 · c_attn): {n_head} heads × {} each; P = softmax(q·kᵀ/√hs, causal)",
+            shape(&b.head_qkv_shape)
+        );
+        for h in &b.heads {
+            let top: Vec<String> = h
+                .top
+                .iter()
+                .map(|a| format!("{}@{} {:.3}", quoted(&a.text), a.position, a.weight))
+                .collect();
+            println!(
+                "    head {:>2}  last token ‖q‖ {:>6.2} ‖k‖ {:>6.2} ‖v‖ {:>6.2}  attends to {}",
+                h.head,
+                h.q_norm,
+                h.k_norm,
+                h.v_norm,
+                top.join(", ")
+            );
+        }
+        tensor_line("attn = (P·v) · c_proj", &b.attn_out);
+        tensor_line("x + attn (residual)", &b.residual_attn);
+        tensor_line("ln_2(x)", &b.ln_2);
+        tensor_line("gelu(ln_2 · c_fc)", &b.mlp_hidden);
+        println!(
+            "  {:<26} {:.1}% of the MLP hidden values have |gelu| < {GELU_NEAR_ZERO}",
+            "",
+            100.0 * b.mlp_near_zero
+        );
+        tensor_line("mlp = hidden · c_proj", &b.mlp_out);
+        tensor_line("x + mlp (residual)", &b.residual_out);
+    }
+
+    let n = 3 + trace.blocks.len();
+    println!("\n{n}. Final LayerNorm");
+    tensor_line("ln_f(x)", &trace.ln_f);
+    println!("\n{}. Next token: softmax(ln_f(x)[last] · wteᵀ) (the LM head is wte, tied)", n + 1);
+    for p in &trace.next {
+        println!("  {:>7.2}%  {:>6}  {}", 100.0 * p.prob, p.id, quoted(&p.text));
+    }
+}
+
+/// The logit lens as a table: one row per depth, one column per prompt position.
+fn print_lens(lens: &LogitLens, pieces: &[String]) {
+    const WIDTH: usize = 16;
+    let cell = |s: String| -> String {
+        let s: String = s.chars().take(WIDTH - 1).collect();
+        format!("{s:<WIDTH$}")
+    };
+    println!("\nLogit lens: the top guess for the next token, read from the residual stream after each layer");
+    let header: String = pieces.iter().map(|p| cell(quoted(p))).collect();
+    println!("  {:<11} {header}", "position →");
+    for row in &lens.rows {
+        let guesses: String = row
+            .guesses
+            .iter()
+            .map(|g| cell(format!("{} {:.2}", quoted(&g.text), g.prob)))
+            .collect();
+        println!("  {:<11} {guesses}", row.layer);
+    }
+}
+
+fn print_summary(s: &Summary) {
+    println!(
+        "GPT-2: {} layers, {} heads, n_embd {}, n_inner {}, vocab {}, context {}",
+        s.n_layer, s.n_head, s.n_embd, s.n_inner, s.vocab_size, s.n_positions
+    );
+    println!("\n  {:<28} {:<14} {:>13}", "tensor", "shape", "parameters");
+    for t in &s.tensors {
+        println!("  {:<28} {:<14} {:>13}", t.name, shape(&t.shape), group_digits(t.count));
+    }
+    println!("\n  {:<28} {:>13}", "module", "parameters");
+    for m in &s.modules {
+        println!("  {:<28} {:>13}", m.module, group_digits(m.count));
+    }
+    println!(
+        "\ntotal parameters: {} ({} without wpe; the LM head is wte, tied)",
+        group_digits(s.total_params),
+        group_digits(s.non_embedding_params)
+    );
+    println!("memory in f32: {:.1} MiB", s.bytes_f32 as f64 / (1 << 20) as f64);
+    println!(
+        "FLOPs per token at context {}: forward {:.1} M, training step (forward + backward) {:.1} M",
+        s.context,
+        s.forward_flops_per_token as f64 / 1e6,
+        s.train_flops_per_token as f64 / 1e6
+    );
+}
+
+/// 124439808 → "124,439,808".
+fn group_digits(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}

@@ -1,0 +1,15 @@
+//! Looking inside GPT-2: a forward pass told step by step ([`trace`]), the logit lens
+//! ([`trace::logit_lens`]), every parameter tensor with the FLOPs per token ([`summary`]) and
+//! attention heatmaps ([`attention_map`]).
+
+pub mod attention_map;
+pub mod summary;
+pub mod trace;
+
+use crate::tokenizer::Tokenizer;
+
+/// Token `id` as text for a display: the tokenizer's piece (bytes that are not UTF-8 on their
+/// own as `\xNN`), or `#id` for a model that has no tokenizer.
+pub fn token_piece(tokenizer: Option<&Tokenizer>, id: u32) -> String {
+    tokenizer.map_or_else(|| format!("#{id}"), |t| t.token_text(id))
+}
