@@ -29,7 +29,10 @@ fn gpt2(args: &[&str]) -> Output {
 /// Runs `gpt2 args`, expects success, returns stdout.
 fn ok(args: &[&str]) -> String {
     let out = gpt2(args);
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     assert!(out.status.success(), "gpt2 {args:?} failed:\n{stdout}\n{stderr}");
     stdout.into_owned()
 }
@@ -71,20 +74,36 @@ fn the_trace_tells_every_step_in_order() {
     ];
     let mut from = 0;
     for step in steps {
-        let at = out[from..].find(step).unwrap_or_else(|| panic!("{step:?} missing or out of order in\n{out}"));
+        let at = out[from..]
+            .find(step)
+            .unwrap_or_else(|| panic!("{step:?} missing or out of order in\n{out}"));
         from += at + step.len();
     }
 }
 
 #[test]
 fn json_gives_the_same_as_data_and_layer_and_head_narrow_it() {
-    let all = json(&["inspect", "--model", TINY, "--prompt-ids", "1 5 9 33", "--json", "--top-k", "3"]);
+    let all = json(&[
+        "inspect",
+        "--model",
+        TINY,
+        "--prompt-ids",
+        "1 5 9 33",
+        "--json",
+        "--top-k",
+        "3",
+    ]);
     assert_eq!(all["tokens"].as_array().unwrap().len(), 4);
     assert_eq!(all["blocks"].as_array().unwrap().len(), 2);
     let heads = all["blocks"][1]["heads"].as_array().unwrap();
     assert_eq!(heads.len(), 4);
     for head in heads {
-        let weights: f64 = head["weights"].as_array().unwrap().iter().map(|w| w.as_f64().unwrap()).sum();
+        let weights: f64 = head["weights"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_f64().unwrap())
+            .sum();
         assert!((weights - 1.0).abs() < 1e-5);
     }
     let next = all["next"].as_array().unwrap();
@@ -92,7 +111,18 @@ fn json_gives_the_same_as_data_and_layer_and_head_narrow_it() {
     assert!(next[0]["prob"].as_f64().unwrap() >= next[1]["prob"].as_f64().unwrap());
     assert_eq!(all["embeddings"]["sum"]["shape"], serde_json::json!([4, 32]));
 
-    let narrowed = json(&["inspect", "--model", TINY, "--prompt-ids", "1 5 9 33", "--json", "--layer", "1", "--head", "2"]);
+    let narrowed = json(&[
+        "inspect",
+        "--model",
+        TINY,
+        "--prompt-ids",
+        "1 5 9 33",
+        "--json",
+        "--layer",
+        "1",
+        "--head",
+        "2",
+    ]);
     let blocks = narrowed["blocks"].as_array().unwrap();
     assert_eq!(blocks.len(), 1);
     assert_eq!(blocks[0]["layer"], 1);
@@ -104,14 +134,25 @@ fn json_gives_the_same_as_data_and_layer_and_head_narrow_it() {
 
 #[test]
 fn the_logit_lens_has_a_row_per_depth_and_ends_at_the_prediction() {
-    let out = json(&["inspect", "--model", TINY, "--prompt-ids", "1 5 9 33", "--logit-lens", "--json"]);
+    let out = json(&[
+        "inspect",
+        "--model",
+        TINY,
+        "--prompt-ids",
+        "1 5 9 33",
+        "--logit-lens",
+        "--json",
+    ]);
     let rows = out["logit_lens"]["rows"].as_array().unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r["layer"].as_str().unwrap()).collect();
     assert_eq!(names, ["embeddings", "h.0", "h.1"]);
     assert!(rows.iter().all(|r| r["guesses"].as_array().unwrap().len() == 4));
     assert_eq!(rows[2]["guesses"][3]["id"], out["next"][0]["id"]);
     let table = ok(&["inspect", "--model", TINY, "--prompt-ids", "1 5 9 33", "--logit-lens"]);
-    assert!(table.contains("Logit lens") && table.contains("embeddings") && table.contains("h.1"), "{table}");
+    assert!(
+        table.contains("Logit lens") && table.contains("embeddings") && table.contains("h.1"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -151,10 +192,18 @@ fn the_summary_counts_every_tensor_and_gpt2_small_has_124m() {
     assert!(gpt2_small["train_flops_per_token"].as_u64().unwrap() > 3 * 247_000_000);
 
     let tiny = json(&["inspect", "--model", TINY, "--summary", "--json"]);
-    let counted: u64 = tiny["tensors"].as_array().unwrap().iter().map(|t| t["count"].as_u64().unwrap()).sum();
+    let counted: u64 = tiny["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["count"].as_u64().unwrap())
+        .sum();
     assert_eq!(tiny["total_params"].as_u64().unwrap(), counted);
     let text = ok(&["inspect", "--preset", "gpt2", "--summary"]);
-    assert!(text.contains("total parameters: 124,439,808") && text.contains("h.11.mlp.c_proj.weight"), "{text}");
+    assert!(
+        text.contains("total parameters: 124,439,808") && text.contains("h.11.mlp.c_proj.weight"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -162,8 +211,21 @@ fn text_prompts_go_through_the_gpt2_tokenizer() {
     let dir = temp_dir("bpe");
     let model = Gpt::new(Config::new(50257, 32, 16, 2, 2), 1).unwrap();
     let path = dir.join("model");
-    save_model(&model, Some(&gpt2::tokenizer::Tokenizer::gpt2()), ExportFormat::HuggingFace, &path).unwrap();
-    let out = json(&["inspect", "--model", path.to_str().unwrap(), "--prompt", "Hello world", "--json"]);
+    save_model(
+        &model,
+        Some(&gpt2::tokenizer::Tokenizer::gpt2()),
+        ExportFormat::HuggingFace,
+        &path,
+    )
+    .unwrap();
+    let out = json(&[
+        "inspect",
+        "--model",
+        path.to_str().unwrap(),
+        "--prompt",
+        "Hello world",
+        "--json",
+    ]);
     let tokens: Vec<(u64, &str)> = out["tokens"]
         .as_array()
         .unwrap()
@@ -191,8 +253,21 @@ fn a_char_level_model_from_gpt2_train_can_be_inspected() {
         "--sample-tokens",
         "5",
     ]);
-    let out = json(&["inspect", "--model", run.to_str().unwrap(), "--prompt", "ROMEO:\\n", "--logit-lens", "--json"]);
-    let texts: Vec<&str> = out["tokens"].as_array().unwrap().iter().map(|t| t["text"].as_str().unwrap()).collect();
+    let out = json(&[
+        "inspect",
+        "--model",
+        run.to_str().unwrap(),
+        "--prompt",
+        "ROMEO:\\n",
+        "--logit-lens",
+        "--json",
+    ]);
+    let texts: Vec<&str> = out["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["text"].as_str().unwrap())
+        .collect();
     assert_eq!(texts, ["R", "O", "M", "E", "O", ":", "\n"]);
     assert_eq!(out["blocks"].as_array().unwrap().len(), 4);
     assert_eq!(out["logit_lens"]["rows"].as_array().unwrap().len(), 5);
@@ -203,9 +278,18 @@ fn a_char_level_model_from_gpt2_train_can_be_inspected() {
 fn bad_input_is_a_clear_error() {
     let long: Vec<String> = (0..129).map(|i| (i % 96).to_string()).collect();
     let cases: [(&[&str], &str); 6] = [
-        (&["--prompt-ids", "1 2", "--layer", "2"], "layer 2 is out of range: this model has layers 0..1"),
-        (&["--prompt-ids", "1 2", "--head", "4"], "head 4 is out of range: this model has heads 0..3"),
-        (&["--prompt-ids", &long.join(" ")], "the prompt has 129 tokens, more than the model's context of 128"),
+        (
+            &["--prompt-ids", "1 2", "--layer", "2"],
+            "layer 2 is out of range: this model has layers 0..1",
+        ),
+        (
+            &["--prompt-ids", "1 2", "--head", "4"],
+            "head 4 is out of range: this model has heads 0..3",
+        ),
+        (
+            &["--prompt-ids", &long.join(" ")],
+            "the prompt has 129 tokens, more than the model's context of 128",
+        ),
         (&["--prompt-ids", "1 96"], "token id 96 is outside the vocabulary"),
         (&["--prompt", "hi"], "has no tokenizer"),
         (&[], "give a --prompt"),
@@ -217,7 +301,15 @@ fn bad_input_is_a_clear_error() {
     let blocker = temp_dir("unwritable").join("a-file");
     std::fs::write(&blocker, "not a directory").unwrap();
     let inside = blocker.join("maps");
-    let stderr = fails(&["inspect", "--model", TINY, "--prompt-ids", "1 2", "--attention-png", inside.to_str().unwrap()]);
+    let stderr = fails(&[
+        "inspect",
+        "--model",
+        TINY,
+        "--prompt-ids",
+        "1 2",
+        "--attention-png",
+        inside.to_str().unwrap(),
+    ]);
     assert!(stderr.contains("cannot write the attention maps into"), "{stderr}");
     assert!(fails(&["inspect", "--model", "no/such/model", "--summary"]).contains("no/such/model"));
     std::fs::remove_dir_all(blocker.parent().unwrap()).unwrap();

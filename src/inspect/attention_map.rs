@@ -45,7 +45,10 @@ impl LayerFigure<'_> {
     /// Width and height of one head's panel.
     fn panel(&self) -> (u32, u32) {
         let side = self.t() as u32 * self.cell();
-        (self.label_area() + side + 2 * MARGIN, CAPTION_HEIGHT + side + self.label_area() + 2 * MARGIN)
+        (
+            self.label_area() + side + 2 * MARGIN,
+            CAPTION_HEIGHT + side + self.label_area() + 2 * MARGIN,
+        )
     }
 
     fn grid(&self) -> (usize, usize) {

@@ -105,7 +105,12 @@ pub fn summarize(cfg: &Config) -> Summary {
 /// (S = QKᵀ and P·V over every key; this implementation computes the full square, masked
 /// after), then the LM head 2·C·V. LayerNorm, GELU, softmax and the adds are left out.
 pub fn forward_flops_per_token(cfg: &Config, context: usize) -> u64 {
-    let (c, f, v, l) = (cfg.n_embd as u64, cfg.n_inner as u64, cfg.vocab_size as u64, cfg.n_layer as u64);
+    let (c, f, v, l) = (
+        cfg.n_embd as u64,
+        cfg.n_inner as u64,
+        cfg.vocab_size as u64,
+        cfg.n_layer as u64,
+    );
     let projections = 2 * (3 * c * c + c * c + 2 * c * f);
     let attention = 4 * context as u64 * c;
     l * (projections + attention) + 2 * c * v
@@ -153,10 +158,18 @@ mod tests {
         assert_eq!(module("h.11"), 7_087_872);
         assert_eq!(module("ln_f"), 2 * 768);
         // Each module once, each block's total after its parts.
-        let parts: usize = s.modules.iter().filter(|m| block_of(&m.module) != Some(&m.module)).map(|m| m.count).sum();
+        let parts: usize = s
+            .modules
+            .iter()
+            .filter(|m| block_of(&m.module) != Some(&m.module))
+            .map(|m| m.count)
+            .sum();
         assert_eq!(parts, s.total_params);
         let names: Vec<&str> = s.modules.iter().take(8).map(|m| m.module.as_str()).collect();
-        assert_eq!(names, ["wte", "wpe", "h.0.ln_1", "h.0.attn", "h.0.ln_2", "h.0.mlp", "h.0", "h.1.ln_1"]);
+        assert_eq!(
+            names,
+            ["wte", "wpe", "h.0.ln_1", "h.0.attn", "h.0.ln_2", "h.0.mlp", "h.0", "h.1.ln_1"]
+        );
         assert_eq!(s.modules.last().unwrap().module, "ln_f");
         // 2·(non-embedding matmul weights + LM head) + attention: 2·(84,934,656 + 38,597,376) + 12·4·1024·768
         assert_eq!(s.forward_flops_per_token, 247_064_064 + 37_748_736);

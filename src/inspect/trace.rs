@@ -358,7 +358,16 @@ pub fn logit_lens(model: &Gpt, tokenizer: Option<&Tokenizer>) -> Result<LogitLen
     let rows = depths
         .map(|(layer, residual)| {
             // logits [T, V] = ln_f(residual) [T, C] · wteᵀ [C, V]
-            layernorm_forward(&mut normed, &mut mean, &mut rstd, residual, w.ln_f_w, w.ln_f_b, c, cfg.layer_norm_epsilon);
+            layernorm_forward(
+                &mut normed,
+                &mut mean,
+                &mut rstd,
+                residual,
+                w.ln_f_w,
+                w.ln_f_b,
+                c,
+                cfg.layer_norm_epsilon,
+            );
             gemm(&mut logits, false, &normed, false, w.wte, true, t, c, v, all_threads());
             let guesses = logits
                 .chunks_exact(v)
@@ -428,7 +437,10 @@ mod tests {
         assert_eq!(lens.rows.len(), 4);
         assert_eq!(lens.rows[3].guesses[4].id, trace.next[0].id);
         assert!((lens.rows[3].guesses[4].prob - trace.next[0].prob).abs() < 1e-5);
-        let probs: f32 = top_predictions(&model.logits()[4 * 40..], 40, None).iter().map(|p| p.prob).sum();
+        let probs: f32 = top_predictions(&model.logits()[4 * 40..], 40, None)
+            .iter()
+            .map(|p| p.prob)
+            .sum();
         assert!((probs - 1.0).abs() < 1e-5);
         assert!(trace.next.windows(2).all(|p| p[0].prob >= p[1].prob));
     }
@@ -446,8 +458,22 @@ mod tests {
         assert_eq!((trace.blocks[0].layer, trace.blocks[0].heads.len()), (2, 1));
         assert_eq!(trace.blocks[0].heads[0].head, 3);
         let bad = |options: TraceOptions, tokens: &[u32]| check(&model, tokens, &options).unwrap_err().to_string();
-        assert!(bad(TraceOptions { layer: Some(3), ..options.clone() }, &[1]).contains("layer 3"));
-        assert!(bad(TraceOptions { head: Some(4), ..options.clone() }, &[1]).contains("head 4"));
+        assert!(bad(
+            TraceOptions {
+                layer: Some(3),
+                ..options.clone()
+            },
+            &[1]
+        )
+        .contains("layer 3"));
+        assert!(bad(
+            TraceOptions {
+                head: Some(4),
+                ..options.clone()
+            },
+            &[1]
+        )
+        .contains("head 4"));
         assert!(bad(options.clone(), &[1; 17]).contains("context of 16"));
         assert!(bad(options, &[]).contains("empty"));
     }

@@ -7,8 +7,8 @@ use clap::Args;
 use gpt2::config::Config;
 use gpt2::inspect::attention_map::write_attention_maps;
 use gpt2::inspect::summary::{summarize, Summary};
-use gpt2::inspect::trace::{self, logit_lens, LogitLens, TensorTrace, Trace, TraceOptions, GELU_NEAR_ZERO};
 use gpt2::inspect::token_piece;
+use gpt2::inspect::trace::{self, logit_lens, LogitLens, TensorTrace, Trace, TraceOptions, GELU_NEAR_ZERO};
 use gpt2::io::{load_model_with_tokenizer, Loaded};
 use gpt2::plot::ImageFormat;
 use serde_json::json;
@@ -92,7 +92,10 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         ..TraceOptions::default()
     };
     trace::check(&model, &ids, &options)?;
-    let outputs = [(&args.attention_png, ImageFormat::Png), (&args.attention_svg, ImageFormat::Svg)];
+    let outputs = [
+        (&args.attention_png, ImageFormat::Png),
+        (&args.attention_svg, ImageFormat::Svg),
+    ];
     for (dir, _) in &outputs {
         if let Some(dir) = dir {
             check_writable_dir(dir)?;
@@ -145,7 +148,9 @@ pub fn run(args: &InspectArgs) -> Result<()> {
 /// Fails early (before the forward pass) when `dir` cannot be created or written.
 fn check_writable_dir(dir: &Path) -> Result<()> {
     let probe = dir.join(".gpt2-write-test");
-    let result = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&probe, b"")).and_then(|_| std::fs::remove_file(&probe));
+    let result = std::fs::create_dir_all(dir)
+        .and_then(|_| std::fs::write(&probe, b""))
+        .and_then(|_| std::fs::remove_file(&probe));
     match result {
         Ok(()) => Ok(()),
         Err(e) => bail!("cannot write the attention maps into {}: {e}", dir.display()),
@@ -248,7 +253,10 @@ fn print_trace(trace: &Trace, n_head: usize) {
     let n = 3 + trace.blocks.len();
     println!("\n{n}. Final LayerNorm");
     tensor_line("ln_f(x)", &trace.ln_f);
-    println!("\n{}. Next token: softmax(ln_f(x)[last] · wteᵀ) (the LM head is wte, tied)", n + 1);
+    println!(
+        "\n{}. Next token: softmax(ln_f(x)[last] · wteᵀ) (the LM head is wte, tied)",
+        n + 1
+    );
     for p in &trace.next {
         println!("  {:>7.2}%  {:>6}  {}", 100.0 * p.prob, p.id, quoted(&p.text));
     }
@@ -263,14 +271,14 @@ fn print_lens(lens: &LogitLens, pieces: &[String]) {
     };
     println!("\nLogit lens: the top guess for the next token, read from the residual stream after each layer");
     let header: String = pieces.iter().map(|p| cell(quoted(p))).collect();
-    println!("  {:<11} {header}", "position →");
+    println!("  {:<11} {}", "position →", header.trim_end());
     for row in &lens.rows {
         let guesses: String = row
             .guesses
             .iter()
             .map(|g| cell(format!("{} {:.2}", quoted(&g.text), g.prob)))
             .collect();
-        println!("  {:<11} {guesses}", row.layer);
+        println!("  {:<11} {}", row.layer, guesses.trim_end());
     }
 }
 
@@ -294,11 +302,20 @@ fn print_summary(s: &Summary) {
     );
     println!("memory in f32: {:.1} MiB", s.bytes_f32 as f64 / (1 << 20) as f64);
     println!(
-        "FLOPs per token at context {}: forward {:.1} M, training step (forward + backward) {:.1} M",
+        "FLOPs per token at context {}: forward {}, training step (forward + backward) {}",
         s.context,
-        s.forward_flops_per_token as f64 / 1e6,
-        s.train_flops_per_token as f64 / 1e6
+        with_unit(s.forward_flops_per_token),
+        with_unit(s.train_flops_per_token)
     );
+}
+
+/// 284823552 → "284.8 M".
+fn with_unit(n: u64) -> String {
+    let units = [(1e9, "G"), (1e6, "M"), (1e3, "K")];
+    match units.iter().find(|(scale, _)| n as f64 >= *scale) {
+        Some((scale, unit)) => format!("{:.1} {unit}", n as f64 / scale),
+        None => n.to_string(),
+    }
 }
 
 /// 124439808 → "124,439,808".
@@ -306,7 +323,7 @@ fn group_digits(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
