@@ -2,58 +2,37 @@
 //! steps (left) and against tokens seen (right).
 
 use super::metrics::{EvalRecord, History, StepRecord};
-use crate::error::{Error, Result};
-use crate::io::atomic::write_file;
+use crate::error::Result;
+use crate::plot::{short_number, write_chart, Chart, DrawResult, ImageFormat, FONT};
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
-
-const SIZE: (u32, u32) = (1200, 450);
-const FONT: &str = "sans-serif";
 
 /// Writes `loss.png` and `loss.svg` into `dir` (each atomically); returns their paths.
 pub fn write_plots(history: &History, dir: &Path) -> Result<[PathBuf; 2]> {
-    static FONT_ONCE: std::sync::Once = std::sync::Once::new();
-    // DejaVu Sans, bundled so the plots need no system fonts (licence in assets/).
-    FONT_ONCE.call_once(|| {
-        let _ = plotters::style::register_font(FONT, FontStyle::Normal, include_bytes!("../../assets/DejaVuSans.ttf"));
-    });
-    let (png_path, svg_path) = (dir.join("loss.png"), dir.join("loss.svg"));
-    let failed = |path: &Path, e: Box<dyn StdError>| {
-        Error::io(path, std::io::Error::other(format!("drawing the loss plot: {e}")))
-    };
-
-    let mut svg = String::new();
-    draw(&SVGBackend::with_string(&mut svg, SIZE).into_drawing_area(), history).map_err(|e| failed(&svg_path, e))?;
-    write_file(&svg_path, |w| w.write_all(svg.as_bytes()))?;
-
-    let mut rgb = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
-    draw(&BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area(), history).map_err(|e| failed(&png_path, e))?;
-    write_file(&png_path, |w| {
-        let mut encoder = png::Encoder::new(w, SIZE.0, SIZE.1);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header()?;
-        writer.write_image_data(&rgb)?;
-        writer.finish().map_err(std::io::Error::other)
-    })?;
-    Ok([png_path, svg_path])
+    let path = |format: ImageFormat| dir.join(format!("loss.{}", format.extension()));
+    let (png, svg) = (path(ImageFormat::Png), path(ImageFormat::Svg));
+    write_chart(&LossChart(history), &png, ImageFormat::Png)?;
+    write_chart(&LossChart(history), &svg, ImageFormat::Svg)?;
+    Ok([png, svg])
 }
 
-fn draw<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    history: &History,
-) -> std::result::Result<(), Box<dyn StdError>>
-where
-    DB::ErrorType: 'static,
-{
-    root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(SIZE.0 / 2);
-    panel(&left, history, "step", |s| s.step as f64, |e| e.step as f64)?;
-    panel(&right, history, "tokens seen", |s| s.tokens as f64, |e| e.tokens as f64)?;
-    root.present()?;
-    Ok(())
+/// The two loss panels side by side.
+struct LossChart<'a>(&'a History);
+
+impl Chart for LossChart<'_> {
+    fn size(&self) -> (u32, u32) {
+        (1200, 450)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static,
+    {
+        let (left, right) = root.split_horizontally(self.size().0 / 2);
+        panel(&left, self.0, "step", |s| s.step as f64, |e| e.step as f64)?;
+        panel(&right, self.0, "tokens seen", |s| s.tokens as f64, |e| e.tokens as f64)
+    }
 }
 
 /// One chart: the per-step batch loss (thin), and the evaluated train and val losses (points
@@ -64,7 +43,7 @@ fn panel<DB: DrawingBackend>(
     x_name: &str,
     step_x: impl Fn(&StepRecord) -> f64,
     eval_x: impl Fn(&EvalRecord) -> f64,
-) -> std::result::Result<(), Box<dyn StdError>>
+) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
@@ -116,15 +95,6 @@ where
     Ok(())
 }
 
-/// 200, 1.5K, 12M: an axis label.
-fn short_number(x: f64) -> String {
-    match x.abs() {
-        a if a >= 1e6 => format!("{}M", x / 1e6),
-        a if a >= 1e3 => format!("{}K", x / 1e3),
-        _ => format!("{x}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,10 +134,6 @@ mod tests {
         assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
         let svg = std::fs::read_to_string(&svg).unwrap();
         assert!(svg.contains("val (eval)") && svg.contains("tokens seen"));
-        assert_eq!(
-            [short_number(200.0), short_number(1500.0), short_number(1.2e6)],
-            ["200", "1.5K", "1.2M"]
-        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,6 +5,7 @@ mod bench_cmd;
 mod convert_cmd;
 mod download_cmd;
 mod generate_cmd;
+mod inspect_evolution;
 mod score_cmd;
 mod tokenize_cmd;
 mod train_cmd;
@@ -39,11 +40,29 @@ enum Command {
     /// Read a model in any format (Hugging Face, OpenAI TensorFlow, llm.c) and write it as a
     /// Hugging Face directory or an llm.c file.
     Convert(convert_cmd::ConvertArgs),
+    /// Look inside a training run: how its weights evolved (--evolution).
+    Inspect(InspectArgs),
     /// Download OpenAI's GPT-2 (from Hugging Face or OpenAI) into the model cache.
     Download(download_cmd::DownloadArgs),
     /// Throughput benchmarks (training step, forward pass, generation, model loading), optionally against PyTorch.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
+}
+
+#[derive(clap::Args)]
+struct InspectArgs {
+    #[command(flatten)]
+    evolution: inspect_evolution::EvolutionArgs,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
+    if !args.evolution.evolution {
+        anyhow::bail!("choose what to inspect: --evolution");
+    }
+    inspect_evolution::run(&args.evolution, args.json)
 }
 
 fn main() {
@@ -60,6 +79,7 @@ fn main() {
         Command::Generate(args) => generate_cmd::run(args),
         Command::Convert(args) => convert_cmd::run(args),
         Command::Download(args) => download_cmd::run(args),
+        Command::Inspect(args) => inspect(args),
         Command::Bench(cmd) => bench_cmd::run(cmd),
         Command::Tokenize(args) => tokenize_cmd::run(args),
         Command::Bpe(cmd) => tokenize_cmd::run_bpe(cmd),

@@ -1,0 +1,3 @@
+//! Looking inside models and training runs.
+
+pub mod evolution;
