@@ -1,6 +1,5 @@
-//! Figures as PNG or SVG files, drawn with `plotters` in the bundled DejaVu Sans font (so no
-//! system fonts are needed; licence in assets/). A figure implements [`Figure`] once and is
-//! written in either format by [`write_figure`], atomically.
+//! Charts as image files: a [`Chart`] draws itself on any plotters backend, and
+//! [`write_chart`] renders it to a PNG or an SVG file, atomically, with the bundled font.
 
 use crate::error::{Error, Result};
 use crate::io::atomic::write_file;
@@ -9,22 +8,24 @@ use plotters::prelude::*;
 use std::error::Error as StdError;
 use std::path::Path;
 
-/// The font family every figure uses.
+/// The font family of every chart: DejaVu Sans, bundled so that charts need no system fonts
+/// (licence in assets/), registered under this name by [`write_chart`].
 pub const FONT: &str = "sans-serif";
 
-/// What a drawing call returns: plotters' errors boxed.
+/// What drawing on a plotters backend returns.
 pub type DrawResult = std::result::Result<(), Box<dyn StdError>>;
 
-/// Something that draws itself on any plotters backend.
-pub trait Figure {
+/// A chart, drawn on a white area of [`Chart::size`] pixels.
+pub trait Chart {
     /// Width and height in pixels.
     fn size(&self) -> (u32, u32);
+
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
     where
         DB::ErrorType: 'static;
 }
 
-/// The two image formats.
+/// The image formats of [`write_chart`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageFormat {
     Png,
@@ -32,6 +33,7 @@ pub enum ImageFormat {
 }
 
 impl ImageFormat {
+    /// The file extension, without the dot.
     pub fn extension(self) -> &'static str {
         match self {
             ImageFormat::Png => "png",
@@ -41,30 +43,35 @@ impl ImageFormat {
 }
 
 fn register_font() {
-    static FONT_ONCE: std::sync::Once = std::sync::Once::new();
-    FONT_ONCE.call_once(|| {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
         let _ = plotters::style::register_font(FONT, FontStyle::Normal, include_bytes!("../assets/DejaVuSans.ttf"));
     });
 }
 
-/// Draws `figure` and writes it to `path` (atomically) as a PNG or an SVG.
-pub fn write_figure(figure: &impl Figure, path: &Path, format: ImageFormat) -> Result<()> {
+/// Draws `chart` and writes it to `path` (replaced atomically) as `format`.
+pub fn write_chart(chart: &impl Chart, path: &Path, format: ImageFormat) -> Result<()> {
     register_font();
-    let size = figure.size();
-    let failed = |e: Box<dyn StdError>| Error::io(path, std::io::Error::other(format!("drawing the figure: {e}")));
+    let size = chart.size();
+    let failed = |e: Box<dyn StdError>| Error::io(path, std::io::Error::other(format!("drawing the chart: {e}")));
+    fn render<DB: DrawingBackend>(chart: &impl Chart, root: DrawingArea<DB, Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE)?;
+        chart.draw(&root)?;
+        root.present()?;
+        Ok(())
+    }
     match format {
         ImageFormat::Svg => {
             let mut svg = String::new();
-            figure
-                .draw(&SVGBackend::with_string(&mut svg, size).into_drawing_area())
-                .map_err(failed)?;
+            render(chart, SVGBackend::with_string(&mut svg, size).into_drawing_area()).map_err(failed)?;
             write_file(path, |w| w.write_all(svg.as_bytes()))
         }
         ImageFormat::Png => {
-            let mut rgb = vec![0u8; size.0 as usize * size.1 as usize * 3];
-            figure
-                .draw(&BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area())
-                .map_err(failed)?;
+            let mut rgb = vec![0u8; (size.0 * size.1 * 3) as usize];
+            render(chart, BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area()).map_err(failed)?;
             write_file(path, |w| {
                 let mut encoder = png::Encoder::new(w, size.0, size.1);
                 encoder.set_color(png::ColorType::Rgb);
@@ -74,5 +81,27 @@ pub fn write_figure(figure: &impl Figure, path: &Path, format: ImageFormat) -> R
                 writer.finish().map_err(std::io::Error::other)
             })
         }
+    }
+}
+
+/// 200, 1.5K, 12M: an axis label.
+pub fn short_number(x: f64) -> String {
+    match x.abs() {
+        a if a >= 1e6 => format!("{}M", x / 1e6),
+        a if a >= 1e3 => format!("{}K", x / 1e3),
+        _ => format!("{x}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_shortened_with_k_and_m() {
+        assert_eq!(
+            [short_number(200.0), short_number(1500.0), short_number(1.2e6)],
+            ["200", "1.5K", "1.2M"]
+        );
     }
 }

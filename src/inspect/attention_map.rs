@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::Gpt;
-use crate::plot::{write_figure, DrawResult, Figure, ImageFormat, FONT};
+use crate::plot::{write_chart, Chart, DrawResult, ImageFormat, FONT};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ const MARGIN: u32 = 8;
 const MIN_WIDTH: u32 = 640;
 
 /// The heads of one layer for one prompt.
-struct LayerFigure<'a> {
+struct LayerChart<'a> {
     layer: usize,
     /// [NH, T, T]: the attention probabilities of every head.
     att: &'a [f32],
@@ -27,7 +27,7 @@ struct LayerFigure<'a> {
     labels: &'a [String],
 }
 
-impl LayerFigure<'_> {
+impl LayerChart<'_> {
     fn t(&self) -> usize {
         self.labels.len()
     }
@@ -99,7 +99,7 @@ impl LayerFigure<'_> {
     }
 }
 
-impl Figure for LayerFigure<'_> {
+impl Chart for LayerChart<'_> {
     fn size(&self) -> (u32, u32) {
         let (panel_w, panel_h) = self.panel();
         let (cols, rows) = self.grid();
@@ -111,7 +111,6 @@ impl Figure for LayerFigure<'_> {
     where
         DB::ErrorType: 'static,
     {
-        root.fill(&WHITE)?;
         let (width, _) = self.size();
         let (title, body) = root.split_vertically(TITLE_HEIGHT);
         title.titled(
@@ -186,14 +185,14 @@ pub fn write_attention_maps(model: &Gpt, tokens: &[String], dir: &Path, format: 
         .iter()
         .enumerate()
         .map(|(layer, block)| {
-            let figure = LayerFigure {
+            let chart = LayerChart {
                 layer,
                 att: &block.att,
                 n_head: model.config.n_head,
                 labels: &labels,
             };
             let path = dir.join(format!("layer_{layer:0width$}.{}", format.extension()));
-            write_figure(&figure, &path, format)?;
+            write_chart(&chart, &path, format)?;
             Ok(path)
         })
         .collect()

@@ -1,8 +1,10 @@
 //! Looking inside GPT-2: a forward pass told step by step ([`trace`]), the logit lens
-//! ([`trace::logit_lens`]), every parameter tensor with the FLOPs per token ([`summary`]) and
-//! attention heatmaps ([`attention_map`]).
+//! ([`trace::logit_lens`]), every parameter tensor with the FLOPs per token ([`summary`]),
+//! attention heatmaps ([`attention_map`]), and how a training run changed the model
+//! ([`evolution`]).
 
 pub mod attention_map;
+pub mod evolution;
 pub mod summary;
 pub mod trace;
 

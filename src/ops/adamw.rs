@@ -30,6 +30,35 @@ impl Default for AdamWConfig {
 
 const CHUNK: usize = 8192;
 
+/// The scalars of one AdamW update of one tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepScalars {
+    /// `1 - lr·wd` for a tensor that decays, else 1.
+    pub decay: f32,
+    /// `lr / (1-β1ᵗ)`
+    pub step_size: f32,
+    /// `sqrt(1-β2ᵗ)`
+    pub bias2_sqrt: f32,
+    pub eps: f32,
+}
+
+impl StepScalars {
+    /// The Adam part of the update, from the updated moments:
+    /// `u = step_size · m / (sqrt(v) / bias2_sqrt + eps)`; the update is `p ← p·decay - u`.
+    #[inline]
+    pub fn adam(&self, m: f32, v: f32) -> f32 {
+        self.step_size * m / (v.sqrt() / self.bias2_sqrt + self.eps)
+    }
+
+    /// The change `p - p_before` that the update made to a weight that is now `p`: from
+    /// `p = p_before·decay - u`, it is `-(u + (1 - decay)·p) / decay`. Exact up to rounding, and
+    /// it needs no copy of the weights from before the update.
+    #[inline]
+    pub fn change(&self, p: f32, m: f32, v: f32) -> f32 {
+        -(self.adam(m, v) + (1.0 - self.decay) * p) / self.decay
+    }
+}
+
 /// AdamW state: the two moments in the parameter layout, and the step count.
 pub struct AdamW {
     pub config: AdamWConfig,
@@ -74,12 +103,9 @@ impl AdamW {
     /// `p ← p - (lr / (1-β1ᵗ)) · m / (sqrt(v) / sqrt(1-β2ᵗ) + eps)`.
     pub fn step(&mut self, params: &mut [f32], grads: &[f32], lr: f32) {
         self.t += 1;
-        let c = self.config;
-        let bias1 = 1.0 - (c.beta1 as f64).powi(self.t as i32);
-        let step_size = (lr as f64 / bias1) as f32;
-        let bias2_sqrt = (1.0 - (c.beta2 as f64).powi(self.t as i32)).sqrt() as f32;
+        let (beta1, beta2) = (self.config.beta1, self.config.beta2);
         for (range, decays) in &self.tensors {
-            let decay_factor = if *decays { 1.0 - lr * c.weight_decay } else { 1.0 };
+            let step = self.scalars(lr, *decays);
             params[range.clone()]
                 .par_chunks_mut(CHUNK)
                 .zip(grads[range.clone()].par_chunks(CHUNK))
@@ -90,13 +116,34 @@ impl AdamW {
                 )
                 .for_each(|((p, g), (m, v))| {
                     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                        *p *= decay_factor;
-                        *m += (g - *m) * (1.0 - c.beta1);
-                        *v = *v * c.beta2 + (1.0 - c.beta2) * g * g;
-                        *p -= step_size * *m / (v.sqrt() / bias2_sqrt + c.eps);
+                        *m += (g - *m) * (1.0 - beta1);
+                        *v = *v * beta2 + (1.0 - beta2) * g * g;
+                        *p = *p * step.decay - step.adam(*m, *v);
                     }
                 });
         }
+    }
+
+    /// The scalars of update number `self.t` at learning rate `lr`, for a tensor that `decays` or not.
+    fn scalars(&self, lr: f32, decays: bool) -> StepScalars {
+        let c = self.config;
+        StepScalars {
+            decay: if decays { 1.0 - lr * c.weight_decay } else { 1.0 },
+            step_size: (lr as f64 / (1.0 - (c.beta1 as f64).powi(self.t as i32))) as f32,
+            bias2_sqrt: (1.0 - (c.beta2 as f64).powi(self.t as i32)).sqrt() as f32,
+            eps: c.eps,
+        }
+    }
+
+    /// For each tensor, its range in the flat buffer and the scalars of the last update, which
+    /// was made at learning rate `lr`: with the moments `m`, `v` they give the change that
+    /// update made to each weight ([`StepScalars::change`]). None before the first update.
+    pub fn last_step(&self, lr: f32) -> Option<impl Iterator<Item = (Range<usize>, StepScalars)> + '_> {
+        (self.t > 0).then(|| {
+            self.tensors
+                .iter()
+                .map(move |(range, decays)| (range.clone(), self.scalars(lr, *decays)))
+        })
     }
 
     /// The global L2 norm of the gradient; if it exceeds `max_norm`, scales the gradient by
@@ -149,6 +196,38 @@ mod tests {
         for (i, (&p, &g)) in params.iter().zip(&grads).enumerate() {
             let decayed = if i < 4 { 0.95 } else { 1.0 };
             assert!((p - (decayed - 0.1 * g.signum())).abs() < 1e-6, "param {i}: {p}");
+        }
+    }
+
+    #[test]
+    fn the_last_steps_change_is_recovered_from_the_moments() {
+        let specs = [
+            TensorSpec {
+                name: "w".into(),
+                shape: vec![2, 3],
+            },
+            TensorSpec {
+                name: "b".into(),
+                shape: vec![3],
+            },
+        ];
+        let mut opt = AdamW::new(AdamWConfig::default(), &specs);
+        assert!(opt.last_step(1e-2).is_none(), "no update yet");
+        let mut params: Vec<f32> = (0..9).map(|i| 0.3 * i as f32 - 1.0).collect();
+        for (t, lr) in [(1, 1e-2), (2, 3e-3), (3, 5e-2)] {
+            let grads: Vec<f32> = (0..9).map(|i| ((i * 7 + t) % 5) as f32 - 2.0).collect();
+            let before = params.clone();
+            opt.step(&mut params, &grads, lr);
+            for (range, step) in opt.last_step(lr).unwrap() {
+                for i in range {
+                    let change = step.change(params[i], opt.m[i], opt.v[i]);
+                    let actual = params[i] - before[i];
+                    assert!(
+                        (change - actual).abs() < 1e-6,
+                        "step {t}, weight {i}: {change} vs {actual}"
+                    );
+                }
+            }
         }
     }
 

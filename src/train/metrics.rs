@@ -1,12 +1,10 @@
 //! The metrics log `metrics.jsonl`: one JSON object per line, per training step and per
 //! evaluation (the lines with `val_loss`).
 
-use crate::error::{Error, Result};
-use crate::io::atomic::write_file;
+use super::jsonl::{JsonLines, LogRecord};
+use crate::error::Result;
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One optimizer step. `step` counts from 0; the loss is that of the step's batch before the
 /// update, as nanoGPT logs it.
@@ -47,8 +45,10 @@ pub enum Record {
     Step(StepRecord),
 }
 
-impl Record {
-    pub fn step(&self) -> usize {
+impl LogRecord for Record {
+    const WHAT: &'static str = "metrics record";
+
+    fn step(&self) -> usize {
         match self {
             Record::Eval(e) => e.step,
             Record::Step(s) => s.step,
@@ -63,63 +63,34 @@ pub struct History {
     pub evals: Vec<EvalRecord>,
 }
 
-/// The open log of a run.
+impl History {
+    fn push(&mut self, record: Record) {
+        match record {
+            Record::Eval(e) => self.evals.push(e),
+            Record::Step(s) => self.steps.push(s),
+        }
+    }
+}
+
+/// The open log of a run, and what it holds.
 pub struct MetricsLog {
-    path: PathBuf,
-    file: File,
+    lines: JsonLines<Record>,
     pub history: History,
 }
 
 impl MetricsLog {
-    /// Opens `path` for appending. Lines of steps at or after `from_step` (written after the
-    /// checkpoint being resumed from) are dropped first, so the log continues the checkpoint.
+    /// Opens `path` for appending, dropping the lines of steps at or after `from_step` (see
+    /// [`JsonLines::open`]).
     pub fn open(path: &Path, from_step: usize) -> Result<MetricsLog> {
+        let (lines, kept) = JsonLines::open(path, from_step)?;
         let mut history = History::default();
-        if path.exists() {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            let mut kept = String::new();
-            // A last line without its newline is a write cut short by a crash: it is dropped.
-            let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
-            for (i, line) in complete.lines().enumerate() {
-                let record: Record = serde_json::from_str(line).map_err(|e| {
-                    Error::Input(format!("{}: line {}: not a metrics record: {e}", path.display(), i + 1))
-                })?;
-                if record.step() < from_step {
-                    kept.push_str(line);
-                    kept.push('\n');
-                    match record {
-                        Record::Eval(e) => history.evals.push(e),
-                        Record::Step(s) => history.steps.push(s),
-                    }
-                }
-            }
-            if kept.len() != text.len() {
-                write_file(path, |w| w.write_all(kept.as_bytes()))?;
-            }
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        Ok(MetricsLog {
-            path: path.to_path_buf(),
-            file,
-            history,
-        })
+        kept.into_iter().for_each(|record| history.push(record));
+        Ok(MetricsLog { lines, history })
     }
 
-    /// Appends a record (one write, so a line is never split by a crash between records).
     pub fn append(&mut self, record: Record) -> Result<()> {
-        let mut line = serde_json::to_string(&record).map_err(|e| Error::Input(e.to_string()))?;
-        line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
-            .map_err(|e| Error::io(&self.path, e))?;
-        match record {
-            Record::Eval(e) => self.history.evals.push(e),
-            Record::Step(s) => self.history.steps.push(s),
-        }
+        self.lines.append(&record)?;
+        self.history.push(record);
         Ok(())
     }
 }
@@ -127,6 +98,7 @@ impl MetricsLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn reopening_drops_the_lines_after_the_checkpoint_and_a_torn_last_line() {

@@ -5,14 +5,18 @@
 //! ```text
 //! run dir/
 //!   metrics.jsonl          one JSON object per step and per evaluation
+//!   param_stats.jsonl      per-tensor statistics of the weights and their updates, per evaluation
 //!   loss.png, loss.svg     loss curves, redrawn at every evaluation
+//!   init/                  the model before training (model and tokenizer, no optimizer state)
 //!   latest/                the last checkpoint (at each evaluation, at the end, on Ctrl-C)
 //!   best/                  the checkpoint with the lowest validation loss
 //! ```
 
 pub mod checkpoint;
 pub mod config;
+pub mod jsonl;
 pub mod metrics;
+pub mod param_stats;
 pub mod plot;
 pub mod schedule;
 
@@ -23,13 +27,15 @@ use crate::config::Config;
 use crate::data::{eval_starts, read_corpus, tokenize_cached, Batch, BatchStream, Dataset, Document, Split, Windows};
 use crate::error::{Error, Result};
 use crate::generate::{generate_ids, Sampling};
-use crate::io::{cache, load_model_with_tokenizer, Loaded};
+use crate::io::{cache, load_model_with_tokenizer, save_model, ExportFormat, Loaded};
 use crate::model::{param_specs, Gpt};
 use crate::ops::adamw::{AdamW, AdamWConfig};
 use crate::rng::Rng;
 use crate::tokenizer::{CharLevel, Tokenizer};
 use checkpoint::{Checkpoint, TrainerState};
+use jsonl::JsonLines;
 use metrics::{MetricsLog, Record};
+use param_stats::ParamStatsRecord;
 use schedule::LrSchedule;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -111,8 +117,12 @@ pub struct Trainer {
     best_val_loss: Option<f32>,
     elapsed_s: f64,
     log: MetricsLog,
+    param_log: JsonLines<ParamStatsRecord>,
     info: RunInfo,
 }
+
+/// The run directory's copy of the model before training, written when a run starts.
+pub const INIT_DIR: &str = "init";
 
 /// Seeds of the separate random streams, derived from the run's seed.
 const DROPOUT_STREAM: u64 = 0xD50F_0000_0000_0001;
@@ -120,8 +130,8 @@ const SAMPLE_STREAM: u64 = 0x5A3F_0000_0000_0001;
 
 impl Trainer {
     /// Prepares a new run: reads and tokenises the corpus (or takes it from the cache), builds
-    /// or loads the model, and creates the run directory. Every check on the user's input runs
-    /// before the run directory is made.
+    /// or loads the model, creates the run directory and saves the model there as `init/`.
+    /// Every check on the user's input runs before the run directory is made.
     pub fn new(config: TrainConfig) -> Result<Trainer> {
         config.validate()?;
         let docs = read_corpus(&config.data)?;
@@ -151,6 +161,12 @@ impl Trainer {
             out_dir: Some(run_dir.clone()),
             ..config
         };
+        save_model(
+            &model,
+            Some(&tokenizer),
+            ExportFormat::HuggingFace,
+            &run_dir.join(INIT_DIR),
+        )?;
         let optimizer = AdamW::new(adamw_config(&config), &param_specs(&model.config));
         let parts = Parts {
             stream: BatchStream::new(windows(&config), config.seed),
@@ -282,6 +298,7 @@ impl Trainer {
             decay_lr: config.decay_lr,
         };
         let log = MetricsLog::open(&run_dir.join("metrics.jsonl"), parts.step)?;
+        let (param_log, _) = JsonLines::open(&run_dir.join(param_stats::FILE), parts.step)?;
         let info = RunInfo {
             run_dir: run_dir.clone(),
             resumed: parts.resumed,
@@ -317,6 +334,7 @@ impl Trainer {
             best_val_loss: parts.best_val_loss,
             elapsed_s: parts.elapsed_s,
             log,
+            param_log,
             info,
         })
     }
@@ -344,6 +362,7 @@ impl Trainer {
             if self.step.is_multiple_of(self.config.eval_interval) || self.step == self.config.max_iters {
                 let record = self.evaluate(&mut batch)?;
                 self.log.append(Record::Eval(record.clone()))?;
+                self.param_log.append(&self.param_stats())?;
                 plots = Some(plot::write_plots(&self.log.history, &self.run_dir)?);
                 on_event(Event::Eval(&record));
                 if self.step > session_start {
@@ -458,6 +477,21 @@ impl Trainer {
             elapsed_s: self.elapsed_s,
             sample: self.sample()?,
         })
+    }
+
+    /// The statistics of the weights now and of the last update, which was made at the
+    /// previous step's learning rate.
+    fn param_stats(&self) -> ParamStatsRecord {
+        let last_update = self
+            .step
+            .checked_sub(1)
+            .map(|last| (&self.optimizer, self.schedule.at(last)));
+        param_stats::measure(
+            self.step,
+            &param_specs(&self.model.config),
+            &self.model.params,
+            last_update,
+        )
     }
 
     /// A sample of the model now: the prompt and sample_tokens tokens after it, drawn with the

@@ -3,40 +3,36 @@
 
 use super::metrics::{EvalRecord, History, StepRecord};
 use crate::error::Result;
-use crate::plot::{write_figure, DrawResult, Figure, ImageFormat, FONT};
+use crate::plot::{short_number, write_chart, Chart, DrawResult, ImageFormat, FONT};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
-const SIZE: (u32, u32) = (1200, 450);
+/// Writes `loss.png` and `loss.svg` into `dir` (each atomically); returns their paths.
+pub fn write_plots(history: &History, dir: &Path) -> Result<[PathBuf; 2]> {
+    let path = |format: ImageFormat| dir.join(format!("loss.{}", format.extension()));
+    let (png, svg) = (path(ImageFormat::Png), path(ImageFormat::Svg));
+    write_chart(&LossChart(history), &png, ImageFormat::Png)?;
+    write_chart(&LossChart(history), &svg, ImageFormat::Svg)?;
+    Ok([png, svg])
+}
 
-/// The loss curves of a run.
-struct LossFigure<'a>(&'a History);
+/// The two loss panels side by side.
+struct LossChart<'a>(&'a History);
 
-impl Figure for LossFigure<'_> {
+impl Chart for LossChart<'_> {
     fn size(&self) -> (u32, u32) {
-        SIZE
+        (1200, 450)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
     where
         DB::ErrorType: 'static,
     {
-        root.fill(&WHITE)?;
-        let (left, right) = root.split_horizontally(SIZE.0 / 2);
+        let (left, right) = root.split_horizontally(self.size().0 / 2);
         panel(&left, self.0, "step", |s| s.step as f64, |e| e.step as f64)?;
-        panel(&right, self.0, "tokens seen", |s| s.tokens as f64, |e| e.tokens as f64)?;
-        root.present()?;
-        Ok(())
+        panel(&right, self.0, "tokens seen", |s| s.tokens as f64, |e| e.tokens as f64)
     }
-}
-
-/// Writes `loss.png` and `loss.svg` into `dir` (each atomically); returns their paths.
-pub fn write_plots(history: &History, dir: &Path) -> Result<[PathBuf; 2]> {
-    let (png_path, svg_path) = (dir.join("loss.png"), dir.join("loss.svg"));
-    write_figure(&LossFigure(history), &svg_path, ImageFormat::Svg)?;
-    write_figure(&LossFigure(history), &png_path, ImageFormat::Png)?;
-    Ok([png_path, svg_path])
 }
 
 /// One chart: the per-step batch loss (thin), and the evaluated train and val losses (points
@@ -99,15 +95,6 @@ where
     Ok(())
 }
 
-/// 200, 1.5K, 12M: an axis label.
-fn short_number(x: f64) -> String {
-    match x.abs() {
-        a if a >= 1e6 => format!("{}M", x / 1e6),
-        a if a >= 1e3 => format!("{}K", x / 1e3),
-        _ => format!("{x}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,10 +134,6 @@ mod tests {
         assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
         let svg = std::fs::read_to_string(&svg).unwrap();
         assert!(svg.contains("val (eval)") && svg.contains("tokens seen"));
-        assert_eq!(
-            [short_number(200.0), short_number(1500.0), short_number(1.2e6)],
-            ["200", "1.5K", "1.2M"]
-        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

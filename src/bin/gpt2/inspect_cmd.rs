@@ -1,7 +1,8 @@
-//! `gpt2 inspect`: a forward pass told step by step, the logit lens, attention heatmaps, and a
-//! summary of the parameters.
+//! `gpt2 inspect`: a forward pass told step by step, the logit lens, attention heatmaps, a
+//! summary of the parameters, and (inspect_evolution.rs) how a training run changed them.
 
 use crate::generate_cmd::{parse_ids, unescape};
+use crate::inspect_evolution::{self, EvolutionArgs};
 use anyhow::{bail, Result};
 use clap::Args;
 use gpt2::config::Config;
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 pub struct InspectArgs {
     /// Model, in any format: a Hugging Face or OpenAI checkpoint directory, an llm.c file, a
     /// training run or checkpoint directory, or a downloaded model's name (gpt2, ...).
-    #[arg(long, required_unless_present = "preset")]
+    #[arg(long, required_unless_present_any = ["preset", "evolution"])]
     model: Option<PathBuf>,
     /// With --summary: a preset's shape instead of a model (gpt2, gpt2-medium, gpt2-large,
     /// gpt2-xl, shakespeare-char); no weights needed.
@@ -56,9 +57,17 @@ pub struct InspectArgs {
     /// "logit_lens"?, "attention_maps"?}; with --summary {"total_params", "tensors", ...}.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    evolution: EvolutionArgs,
 }
 
 pub fn run(args: &InspectArgs) -> Result<()> {
+    if args.evolution.evolution {
+        if args.summary || args.prompt.is_some() || args.prompt_ids.is_some() {
+            bail!("--evolution looks at a training run: it does not take --summary or a prompt");
+        }
+        return inspect_evolution::run(&args.evolution, args.json);
+    }
     if args.summary {
         let config = match (&args.preset, &args.model) {
             (Some(preset), _) => Config::preset(preset)?,

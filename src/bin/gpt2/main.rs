@@ -6,6 +6,7 @@ mod convert_cmd;
 mod download_cmd;
 mod generate_cmd;
 mod inspect_cmd;
+mod inspect_evolution;
 mod score_cmd;
 mod tokenize_cmd;
 mod train_cmd;
@@ -38,7 +39,8 @@ enum Command {
     /// several samples at once, streaming to the terminal, or an interactive session.
     Generate(generate_cmd::GenerateArgs),
     /// Look inside: a forward pass step by step (shapes and values), the logit lens,
-    /// attention heatmaps, and every parameter tensor with the FLOPs per token.
+    /// attention heatmaps, every parameter tensor with the FLOPs per token, and how a training
+    /// run changed the weights (--evolution).
     Inspect(Box<inspect_cmd::InspectArgs>),
     /// Read a model in any format (Hugging Face, OpenAI TensorFlow, llm.c) and write it as a
     /// Hugging Face directory or an llm.c file.

@@ -1,0 +1,92 @@
+//! The append-only logs of a run (`metrics.jsonl`, `param_stats.jsonl`): one JSON record per
+//! line, each about a step. Each line is one write, so a crash can only cut the last line
+//! short; readers skip such a line. A resumed run first drops the lines of the steps it redoes.
+
+use crate::error::{Error, Result};
+use crate::io::atomic::write_file;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+/// A record of a log.
+pub trait LogRecord: Serialize + DeserializeOwned {
+    /// What a record is, for error messages ("metrics record").
+    const WHAT: &'static str;
+
+    /// The step the record is about.
+    fn step(&self) -> usize;
+}
+
+/// An open log, appended to.
+pub struct JsonLines<R> {
+    path: PathBuf,
+    file: File,
+    record: PhantomData<R>,
+}
+
+impl<R: LogRecord> JsonLines<R> {
+    /// Opens `path` for appending (creating it). Lines of steps at or after `from_step` (written
+    /// after the checkpoint being resumed from) are dropped first, so the log continues the
+    /// checkpoint. Returns the log and the records kept.
+    pub fn open(path: &Path, from_step: usize) -> Result<(JsonLines<R>, Vec<R>)> {
+        let mut kept = Vec::new();
+        if path.exists() {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let mut kept_text = String::new();
+            for (line, record) in parse::<R>(path, &text)? {
+                if record.step() < from_step {
+                    kept_text.push_str(line);
+                    kept_text.push('\n');
+                    kept.push(record);
+                }
+            }
+            if kept_text.len() != text.len() {
+                write_file(path, |w| w.write_all(kept_text.as_bytes()))?;
+            }
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        let log = JsonLines {
+            path: path.to_path_buf(),
+            file,
+            record: PhantomData,
+        };
+        Ok((log, kept))
+    }
+
+    /// Appends a record as one line, in one write.
+    pub fn append(&mut self, record: &R) -> Result<()> {
+        let mut line = serde_json::to_string(record).map_err(|e| Error::Input(e.to_string()))?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// The records of the log at `path` (read while a run may still be appending to it).
+pub fn read<R: LogRecord>(path: &Path) -> Result<Vec<R>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(parse(path, &text)?.into_iter().map(|(_, record)| record).collect())
+}
+
+/// The complete lines of `text` with their records; a last line without its newline (a write
+/// cut short) is left out.
+fn parse<'t, R: LogRecord>(path: &Path, text: &'t str) -> Result<Vec<(&'t str, R)>> {
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    complete
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let record = serde_json::from_str(line)
+                .map_err(|e| Error::Input(format!("{}: line {}: not a {}: {e}", path.display(), i + 1, R::WHAT)))?;
+            Ok((line, record))
+        })
+        .collect()
+}
