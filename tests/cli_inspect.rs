@@ -314,3 +314,35 @@ fn bad_input_is_a_clear_error() {
     assert!(fails(&["inspect", "--model", "no/such/model", "--summary"]).contains("no/such/model"));
     std::fs::remove_dir_all(blocker.parent().unwrap()).unwrap();
 }
+
+#[test]
+fn openai_and_llmc_weights_trace_the_same_as_hugging_face() {
+    let trace = |model: &str| {
+        json(&[
+            "inspect",
+            "--model",
+            model,
+            "--prompt-ids",
+            "1 5 9 33",
+            "--logit-lens",
+            "--json",
+        ])
+    };
+    let reference = trace(TINY);
+    for model in ["tests/fixtures/tiny_openai", "tests/fixtures/tiny_llmc.bin"] {
+        let other = trace(model);
+        let ids = |v: &Value| {
+            v["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["id"].as_u64())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&other), ids(&reference), "{model}");
+        assert_eq!(other["next"][0]["id"], reference["next"][0]["id"], "{model}");
+        let prob = |v: &Value| v["next"][0]["prob"].as_f64().unwrap();
+        assert!((prob(&other) - prob(&reference)).abs() < 1e-5, "{model}");
+        assert_eq!(other["logit_lens"]["rows"].as_array().unwrap().len(), 3, "{model}");
+    }
+}
