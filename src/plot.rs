@@ -49,10 +49,22 @@ fn register_font() {
     });
 }
 
+/// The largest chart drawn, in pixels (a 10,000 × 10,000 image: 300 MB of RGB).
+pub const MAX_PIXELS: u64 = 100_000_000;
+
 /// Draws `chart` and writes it to `path` (replaced atomically) as `format`.
 pub fn write_chart(chart: &impl Chart, path: &Path, format: ImageFormat) -> Result<()> {
     register_font();
     let size = chart.size();
+    let pixels = size.0 as u64 * size.1 as u64;
+    if pixels > MAX_PIXELS {
+        return Err(Error::Input(format!(
+            "{}: a chart of {} × {} pixels is too large to draw (at most {MAX_PIXELS} pixels)",
+            path.display(),
+            size.0,
+            size.1
+        )));
+    }
     let failed = |e: Box<dyn StdError>| Error::io(path, std::io::Error::other(format!("drawing the chart: {e}")));
     fn render<DB: DrawingBackend>(chart: &impl Chart, root: DrawingArea<DB, Shift>) -> DrawResult
     where
@@ -70,7 +82,7 @@ pub fn write_chart(chart: &impl Chart, path: &Path, format: ImageFormat) -> Resu
             write_file(path, |w| w.write_all(svg.as_bytes()))
         }
         ImageFormat::Png => {
-            let mut rgb = vec![0u8; (size.0 * size.1 * 3) as usize];
+            let mut rgb = vec![0u8; pixels as usize * 3];
             render(chart, BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area()).map_err(failed)?;
             write_file(path, |w| {
                 let mut encoder = png::Encoder::new(w, size.0, size.1);

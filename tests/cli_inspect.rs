@@ -346,3 +346,55 @@ fn openai_and_llmc_weights_trace_the_same_as_hugging_face() {
         assert_eq!(other["logit_lens"]["rows"].as_array().unwrap().len(), 3, "{model}");
     }
 }
+
+#[test]
+fn attention_maps_of_the_whole_context_are_drawn_and_too_large_ones_are_an_error() {
+    let dir = temp_dir("long");
+    let full: Vec<String> = (0..128).map(|i| (i % 96).to_string()).collect();
+    let maps = dir.join("maps");
+    let out = json(&[
+        "inspect",
+        "--model",
+        TINY,
+        "--prompt-ids",
+        &full.join(" "),
+        "--layer",
+        "1",
+        "--attention-png",
+        maps.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out["attention_maps"], serde_json::json!([maps.join("layer_01.png")]));
+    assert!(std::fs::read(maps.join("layer_01.png"))
+        .unwrap()
+        .starts_with(b"\x89PNG"));
+
+    // 32 heads of 1024 × 1024: far more pixels than a figure may have.
+    let model = Gpt::new(Config::new(96, 1024, 64, 1, 32), 1).unwrap();
+    let path = dir.join("many-heads");
+    save_model(&model, None, ExportFormat::HuggingFace, &path).unwrap();
+    let long: Vec<String> = (0..1024).map(|i| (i % 96).to_string()).collect();
+    let stderr = fails(&[
+        "inspect",
+        "--model",
+        path.to_str().unwrap(),
+        "--prompt-ids",
+        &long.join(" "),
+        "--attention-png",
+        maps.to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("too large to draw"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn flags_of_another_mode_are_refused() {
+    for args in [
+        &["inspect", "--model", TINY, "--summary", "--layer", "1"][..],
+        &["inspect", "--model", TINY, "--prompt-ids", "1", "--run", "runs/x"],
+        &["inspect", "--model", TINY, "--prompt-ids", "1", "--svg"],
+    ] {
+        let out = gpt2(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}

@@ -34,7 +34,16 @@ impl LayerChart<'_> {
 
     /// Pixels per matrix cell: maps of long prompts get smaller cells.
     fn cell(&self) -> u32 {
-        (480 / self.t() as u32).clamp(10, 32)
+        (480 / self.t() as u32).clamp(2, 32)
+    }
+
+    /// Tokens labelled on each axis: all of them while a cell is tall enough for a line of
+    /// text, else evenly spaced ones.
+    fn labelled(&self) -> usize {
+        match self.cell() {
+            cell if cell >= 10 => self.t(),
+            cell => (self.t() * cell as usize / 14).max(1),
+        }
     }
 
     fn label_area(&self) -> u32 {
@@ -77,8 +86,8 @@ impl LayerChart<'_> {
         chart
             .configure_mesh()
             .disable_mesh()
-            .x_labels(self.t())
-            .y_labels(self.t())
+            .x_labels(self.labelled())
+            .y_labels(self.labelled())
             .x_label_offset(half_cell)
             .y_label_offset(half_cell)
             .x_label_formatter(&label)
@@ -170,10 +179,16 @@ pub fn axis_label(text: &str) -> String {
     }
 }
 
-/// Writes one heatmap per layer, `layer_00.png` (or `.svg`) …, into `dir` (created if
-/// needed), from the attention weights of the model's last forward pass, which must have
-/// been one sequence of the `tokens`' length; `tokens` are the prompt's pieces as text.
-pub fn write_attention_maps(model: &Gpt, tokens: &[String], dir: &Path, format: ImageFormat) -> Result<Vec<PathBuf>> {
+/// Writes one heatmap per layer (or only `layer`), `layer_00.png` (or `.svg`) …, into `dir`
+/// (created if needed), from the attention weights of the model's last forward pass, which
+/// must have been one sequence of the `tokens`' length; `tokens` are the prompt's pieces as text.
+pub fn write_attention_maps(
+    model: &Gpt,
+    tokens: &[String],
+    layer: Option<usize>,
+    dir: &Path,
+    format: ImageFormat,
+) -> Result<Vec<PathBuf>> {
     let acts = model
         .activations()
         .filter(|a| a.b == 1 && a.t == tokens.len())
@@ -184,6 +199,7 @@ pub fn write_attention_maps(model: &Gpt, tokens: &[String], dir: &Path, format: 
     acts.blocks
         .iter()
         .enumerate()
+        .filter(|(l, _)| layer.is_none_or(|chosen| chosen == *l))
         .map(|(layer, block)| {
             let chart = LayerChart {
                 layer,

@@ -9,6 +9,7 @@
 
 pub use crate::train::param_stats::{Moments, ParamStatsRecord, TensorStats};
 
+use super::token_piece;
 use crate::error::{Error, Result};
 use crate::io::{load_model_with_tokenizer, Loaded};
 use crate::model::Gpt;
@@ -181,14 +182,14 @@ pub fn evolution(options: &EvolutionOptions) -> Result<Evolution> {
                     .into_iter()
                     .map(|(id, cosine)| TokenCosine {
                         id,
-                        token: token_name(tokenizer, id),
+                        token: token_piece(tokenizer, id),
                         cosine,
                     })
                     .collect()
             };
             TokenNeighbours {
                 id,
-                token: token_name(tokenizer, id),
+                token: token_piece(tokenizer, id),
                 before: near(&before),
                 after: near(&after),
             }
@@ -280,11 +281,6 @@ fn wte(model: &Gpt, rows: usize) -> &[f32] {
     &model.weights().wte[..rows * model.config.n_embd]
 }
 
-/// A token for display: its text, or `#id` without a tokenizer.
-fn token_name(tokenizer: Option<&Tokenizer>, id: u32) -> String {
-    tokenizer.map_or_else(|| format!("#{id}"), |t| t.token_text(id))
-}
-
 /// The cosine similarity of each row of `wte` in `before` and `after` (the rows of the
 /// tokenizer's ids), and its summary. `paths` name the models in errors.
 pub fn embedding_change(
@@ -326,7 +322,7 @@ pub fn embedding_change(
             .take(MOST_CHANGED)
             .map(|&id| TokenCosine {
                 id,
-                token: token_name(tokenizer, id),
+                token: token_piece(tokenizer, id),
                 cosine: cosines[id as usize],
             })
             .collect(),
@@ -335,7 +331,8 @@ pub fn embedding_change(
 }
 
 /// `cos(u, v) = u·v / (|u| |v|)` in f64; 1 for two zero vectors (they are equal), 0 for a zero
-/// vector and another. A vector with itself gives exactly 1.
+/// vector and another, NaN when a vector holds NaN or infinity. A vector with itself gives
+/// exactly 1.
 fn cosine(u: &[f32], v: &[f32]) -> f32 {
     let (mut uv, mut uu, mut vv) = (0.0f64, 0.0f64, 0.0f64);
     for (&a, &b) in u.iter().zip(v) {
@@ -343,6 +340,9 @@ fn cosine(u: &[f32], v: &[f32]) -> f32 {
         uv += a * b;
         uu += a * a;
         vv += b * b;
+    }
+    if !(uv.is_finite() && uu.is_finite() && vv.is_finite()) {
+        return f32::NAN;
     }
     match (uu > 0.0, vv > 0.0) {
         (true, true) => (uv / (uu * vv).sqrt()).clamp(-1.0, 1.0) as f32,
@@ -644,6 +644,13 @@ mod tests {
         let other = Gpt::new(Config::new(21, 8, 16, 1, 2), 7).unwrap();
         let err = embedding_change(&model, &other, None, paths).unwrap_err().to_string();
         assert!(err.contains("(20, 16) and (21, 16)"), "{err}");
+    }
+
+    #[test]
+    fn a_diverged_row_is_not_counted_as_unchanged() {
+        assert!(cosine(&[f32::NAN, 1.0], &[f32::NAN, 1.0]).is_nan());
+        assert_eq!(cosine(&[0.0, 0.0], &[0.0, 0.0]), 1.0);
+        assert_eq!(cosine(&[0.0, 0.0], &[1.0, 0.0]), 0.0);
     }
 
     #[test]

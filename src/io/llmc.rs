@@ -116,6 +116,16 @@ pub fn padded_vocab(vocab_size: usize) -> usize {
     vocab_size.div_ceil(VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 }
 
+/// The config in the header of the llm.c file at `path` (the tensors are not read).
+pub fn read_config(path: &Path) -> Result<Config> {
+    use std::io::Read;
+    let mut header = Vec::with_capacity(HEADER_BYTES);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(HEADER_BYTES as u64).read_to_end(&mut header))
+        .map_err(|e| Error::io(path, e))?;
+    Ok(read_header(path, &header)?.0)
+}
+
 /// Parses and checks the header: the config, the padded vocabulary and the tensor type.
 fn read_header(path: &Path, bytes: &[u8]) -> Result<(Config, usize, LlmcDtype)> {
     if bytes.len() < HEADER_BYTES {

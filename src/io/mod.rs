@@ -58,6 +58,15 @@ impl Format {
         }
     }
 
+    /// Reads only the model's shape (config.json, hparams.json or the llm.c header).
+    pub fn config(&self) -> Result<Config> {
+        match self {
+            Format::HuggingFace(dir) => Config::from_hf_file(&dir.join("config.json")),
+            Format::OpenAi(dir) => tf_checkpoint::read_hparams(&dir.join("hparams.json")),
+            Format::Llmc(file) => llmc::read_config(file),
+        }
+    }
+
     /// Reads the model.
     pub fn load(&self) -> Result<Gpt> {
         match self {

@@ -23,11 +23,20 @@ const CHUNK: usize = 1 << 16;
 
 /// Norm, mean and standard deviation of a tensor's values `x_1..x_n`:
 /// `norm = sqrt(Σ x²)`, `mean = Σ x / n`, `std = sqrt(Σ x² / n - mean²)` (the population std).
+/// A diverged tensor's NaN or infinity is written as JSON `null` and read back as NaN.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Moments {
+    #[serde(deserialize_with = "null_as_nan")]
     pub norm: f32,
+    #[serde(deserialize_with = "null_as_nan")]
     pub mean: f32,
+    #[serde(deserialize_with = "null_as_nan")]
     pub std: f32,
+}
+
+/// JSON has no NaN: serde_json writes non-finite floats as `null`.
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<f32, D::Error> {
+    Ok(Option::<f32>::deserialize(deserializer)?.unwrap_or(f32::NAN))
 }
 
 impl Moments {
@@ -172,5 +181,17 @@ mod tests {
         let ln = &stats.tensors[1];
         assert_eq!(ln.name, "ln.weight");
         assert!(ln.param.std > 0.0 && ln.update_ratio.is_some());
+    }
+
+    #[test]
+    fn a_diverged_tensor_is_logged_and_read_back_as_nan() {
+        let specs = [TensorSpec {
+            name: "w".into(),
+            shape: vec![2],
+        }];
+        let record = measure(3, &specs, &[f32::NAN, 1.0], None);
+        let line = serde_json::to_string(&record).unwrap();
+        let read: ParamStatsRecord = serde_json::from_str(&line).unwrap();
+        assert!(read.tensors[0].param.norm.is_nan() && read.tensors[0].param.std.is_nan());
     }
 }

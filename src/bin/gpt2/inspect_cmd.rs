@@ -10,7 +10,7 @@ use gpt2::inspect::attention_map::write_attention_maps;
 use gpt2::inspect::summary::{summarize, Summary};
 use gpt2::inspect::token_piece;
 use gpt2::inspect::trace::{self, logit_lens, LogitLens, TensorTrace, Trace, TraceOptions, GELU_NEAR_ZERO};
-use gpt2::io::{load_model_with_tokenizer, Loaded};
+use gpt2::io::{detect, load_model_with_tokenizer, Loaded};
 use gpt2::plot::ImageFormat;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -34,14 +34,14 @@ pub struct InspectArgs {
     /// Every parameter tensor (name, shape, count), totals per module, memory and FLOPs per token.
     #[arg(long, conflicts_with_all = ["prompt", "prompt_ids"])]
     summary: bool,
-    /// Trace only this block (0-based).
-    #[arg(long)]
+    /// Trace (and draw the attention map of) only this block (0-based).
+    #[arg(long, conflicts_with = "summary")]
     layer: Option<usize>,
     /// Trace only this attention head (0-based) of each block.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "summary")]
     head: Option<usize>,
     /// Next-token candidates to list.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, conflicts_with = "summary")]
     top_k: usize,
     /// Also read the residual stream after every block through ln_f and the LM head: the
     /// model's top guess per layer and position.
@@ -71,7 +71,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     if args.summary {
         let config = match (&args.preset, &args.model) {
             (Some(preset), _) => Config::preset(preset)?,
-            (None, Some(model)) => load_model_with_tokenizer(model)?.model.config,
+            (None, Some(model)) => detect(model)?.config()?,
             (None, None) => bail!("give --model or --preset"),
         };
         let summary = summarize(&config);
@@ -120,7 +120,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     let mut maps = Vec::new();
     for (dir, format) in outputs {
         if let Some(dir) = dir {
-            maps.extend(write_attention_maps(&model, &pieces, dir, format)?);
+            maps.extend(write_attention_maps(&model, &pieces, args.layer, dir, format)?);
         }
     }
 
@@ -318,7 +318,7 @@ fn print_summary(s: &Summary) {
     );
 }
 
-/// 284823552 → "284.8 M".
+/// 284812800 → "284.8 M".
 fn with_unit(n: u64) -> String {
     let units = [(1e9, "G"), (1e6, "M"), (1e3, "K")];
     match units.iter().find(|(scale, _)| n as f64 >= *scale) {

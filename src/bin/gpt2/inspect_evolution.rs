@@ -15,23 +15,23 @@ pub struct EvolutionArgs {
     #[arg(long)]
     pub evolution: bool,
     /// The training run: its param_stats.jsonl, and the default --from and --to.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", requires = "evolution")]
     pub run: Option<PathBuf>,
     /// The model before, in any format --model takes [default: RUN/init, the model before training].
-    #[arg(long, value_name = "MODEL")]
+    #[arg(long, value_name = "MODEL", requires = "evolution")]
     pub from: Option<PathBuf>,
     /// The model after [default: RUN/latest].
-    #[arg(long, value_name = "MODEL")]
+    #[arg(long, value_name = "MODEL", requires = "evolution")]
     pub to: Option<PathBuf>,
     /// Tokens whose nearest neighbours to show, comma-separated, each one token of the
     /// vocabulary; escapes: \n \t \, \\ [default: a few frequent tokens, e.g. e,t, ,\n,A].
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, value_name = "LIST", requires = "evolution")]
     pub tokens: Option<String>,
     /// Directory for the charts [default: RUN, else the current directory].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", requires = "evolution")]
     pub out: Option<PathBuf>,
     /// Write the charts as SVG instead of PNG.
-    #[arg(long)]
+    #[arg(long, requires = "evolution")]
     pub svg: bool,
 }
 
@@ -46,7 +46,7 @@ pub fn run(args: &EvolutionArgs, json: bool) -> Result<()> {
     };
     let found = evolution(&options)?;
     if json {
-        println!("{}", serde_json::to_string(&found)?);
+        println!("{}", serde_json::to_string_pretty(&found)?);
     } else {
         print_text(&found);
     }
