@@ -54,10 +54,11 @@ impl Moments {
             .iter()
             .fold((0.0, 0.0), |(a, b), (sum, sum_sq)| (a + sum, b + sum_sq));
         let mean = sum / n;
+        let variance = sum_sq / n - mean * mean; // may round below 0; NaN stays NaN
         Moments {
             norm: sum_sq.sqrt() as f32,
             mean: mean as f32,
-            std: (sum_sq / n - mean * mean).max(0.0).sqrt() as f32,
+            std: if variance < 0.0 { 0.0 } else { variance.sqrt() as f32 },
         }
     }
 }
