@@ -5,7 +5,8 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, Generator, Sampling};
-use crate::model::{param_specs, Gpt};
+use crate::model::data_parallel::auto_shards;
+use crate::model::{param_specs, DataParallel, Gpt};
 use crate::ops::adamw::{AdamW, AdamWConfig};
 use crate::rng::Rng;
 use serde::Serialize;
@@ -25,6 +26,8 @@ pub struct BenchResult {
     pub block_size: usize,
     pub params: usize,
     pub threads: usize,
+    /// Batch shards run side by side (see [`crate::model::data_parallel`]).
+    pub shards: usize,
 }
 
 /// Which work one benchmark step does.
@@ -51,19 +54,20 @@ pub fn bench_steps(
     let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
     let targets: Vec<i32> = (0..b * t).map(|_| rng.below(v) as i32).collect();
     let mut optimizer = AdamW::new(AdamWConfig::default(), &param_specs(&model.config));
+    // As `gpt2 train` does: small models run one batch shard per thread.
+    let mut parallel = DataParallel::new(&model, auto_shards(model.params.len(), b))?;
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps.max(1) {
         let start = Instant::now();
         match kind {
             BenchKind::Train => {
                 model.zero_grad();
-                model.forward(&tokens, b, t, Some(&targets), None)?;
-                model.backward(1.0)?;
+                parallel.forward_backward(&mut model, &tokens, b, t, &targets, None, 1.0)?;
                 optimizer.clip_grad_norm(&mut model.grads, 1.0);
                 optimizer.step(&mut model.params, &model.grads, 1e-4);
             }
             BenchKind::Forward => {
-                model.forward(&tokens, b, t, Some(&targets), None)?;
+                parallel.loss(&mut model, &tokens, b, t, &targets)?;
             }
         }
         if i >= warmup {
@@ -80,6 +84,7 @@ pub fn bench_steps(
         block_size: t,
         params: model.params.len(),
         threads: rayon::current_num_threads(),
+        shards: parallel.shards(),
     })
 }
 

@@ -142,6 +142,33 @@ fn a_run_stopped_at_any_step_and_resumed_matches_an_uninterrupted_run_bit_for_bi
 }
 
 #[test]
+fn batch_shards_resume_bit_for_bit_on_another_number_of_threads() {
+    let dir = temp_dir("shards");
+    // 3 shards of a batch of 4 (uneven), with dropout and gradient accumulation.
+    let straight = TrainConfig {
+        data_parallel: Some(3),
+        ..tiny(&dir)
+    };
+    let summary = train(straight.clone(), None);
+    assert!(summary.last_eval.unwrap().val_loss.is_finite());
+    let stopped = TrainConfig {
+        out_dir: Some(dir.join("stopped")),
+        ..straight
+    };
+    train(stopped, Some(6));
+    let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    one_thread.install(|| resume(&dir.join("stopped"), &Overrides::new()));
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(
+            read(dir.join("run/latest").join(file)) == read(dir.join("stopped/latest").join(file)),
+            "{file} differs"
+        );
+    }
+    assert_eq!(losses(&dir.join("run")), losses(&dir.join("stopped")));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_run_learns_and_leaves_checkpoints_logs_and_plots() {
     let dir = temp_dir("layout");
     let config = TrainConfig {

@@ -3,10 +3,12 @@
 //! inference forward used for generation.
 
 pub mod activations;
+pub mod data_parallel;
 pub mod gpt;
 pub mod kv_cache;
 pub mod params;
 
+pub use data_parallel::DataParallel;
 pub use gpt::Gpt;
 pub use kv_cache::KvCache;
 pub use params::{param_specs, TensorSpec, Weights};

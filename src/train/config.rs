@@ -64,6 +64,10 @@ pub struct TrainConfig {
     pub beta2: f32,
     /// Clip the global gradient norm to this (0: no clipping).
     pub grad_clip: f32,
+    /// Batch shards run side by side, each on its own thread with its own replica of the model
+    /// (see [`crate::model::data_parallel`]). Default: one per thread for models up to 32M
+    /// parameters, else 1. The run records it, so it resumes bit for bit on any machine.
+    pub data_parallel: Option<usize>,
     // --- evaluation and output ---
     pub eval_interval: usize,
     pub eval_iters: usize,
@@ -114,6 +118,7 @@ impl Default for TrainConfig {
             beta1: 0.9,
             beta2: 0.99,
             grad_clip: 1.0,
+            data_parallel: None,
             eval_interval: 500,
             eval_iters: 20,
             prompt: "\n".into(),
@@ -195,6 +200,7 @@ impl TrainConfig {
             ("grad_accum", self.grad_accum),
             ("eval_interval", self.eval_interval),
             ("eval_iters", self.eval_iters),
+            ("data_parallel", self.data_parallel.unwrap_or(1)),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -28,7 +28,8 @@ use crate::data::{eval_starts, read_corpus, tokenize_cached, Batch, BatchStream,
 use crate::error::{Error, Result};
 use crate::generate::{generate_ids, Sampling};
 use crate::io::{cache, load_model_with_tokenizer, save_model, ExportFormat, Loaded};
-use crate::model::{param_specs, Gpt};
+use crate::model::data_parallel::auto_shards;
+use crate::model::{param_specs, DataParallel, Gpt};
 use crate::ops::adamw::{AdamW, AdamWConfig};
 use crate::rng::Rng;
 use crate::tokenizer::{CharLevel, Tokenizer};
@@ -72,6 +73,8 @@ pub struct RunInfo {
     pub params: usize,
     pub model: Config,
     pub tokens_per_step: usize,
+    /// Batch shards trained side by side.
+    pub shards: usize,
 }
 
 /// How to run: stop early (as a kill or Ctrl-C would) at a step, or when a flag is raised.
@@ -102,6 +105,8 @@ pub struct Trainer {
     config: TrainConfig,
     run_dir: PathBuf,
     model: Gpt,
+    /// The batch shards and the model's replicas (one shard: the model alone).
+    parallel: DataParallel,
     optimizer: AdamW,
     tokenizer: Tokenizer,
     data: Dataset,
@@ -158,6 +163,11 @@ impl Trainer {
             n_embd: Some(model_config.n_embd),
             block_size: Some(block_size),
             lr_decay_iters: Some(config.lr_decay_iters.unwrap_or(config.max_iters)),
+            data_parallel: Some(
+                config
+                    .data_parallel
+                    .unwrap_or_else(|| auto_shards(model.params.len(), config.batch_size)),
+            ),
             out_dir: Some(run_dir.clone()),
             ..config
         };
@@ -216,6 +226,8 @@ impl Trainer {
         }
         let config = TrainConfig {
             out_dir: Some(run_dir.to_path_buf()),
+            // Runs recorded before this setting existed trained unsharded.
+            data_parallel: Some(state.config.data_parallel.unwrap_or(1)),
             ..state.config.with_overrides(overrides)?
         };
         config.validate()?;
@@ -315,8 +327,10 @@ impl Trainer {
             params: model.params.len(),
             model: model.config.clone(),
             tokens_per_step: b * block_size * config.grad_accum,
+            shards: config.data_parallel.unwrap_or(1),
         };
         Ok(Trainer {
+            parallel: DataParallel::new(&model, config.data_parallel.unwrap_or(1))?,
             corpus_key: shard_key(&data.shard),
             config,
             run_dir,
@@ -416,11 +430,15 @@ impl Trainer {
         for _ in 0..accum {
             let starts = self.stream.next_starts(self.data.train.len(), t, b);
             self.data.fill(Split::Train, &starts, t, batch);
-            let micro = self
-                .model
-                .forward(&batch.inputs, b, t, Some(&batch.targets), Some(&mut self.dropout_rng))?;
-            loss += micro.expect("forward with targets returns a loss");
-            self.model.backward(1.0 / accum as f32)?;
+            loss += self.parallel.forward_backward(
+                &mut self.model,
+                &batch.inputs,
+                b,
+                t,
+                &batch.targets,
+                Some(&mut self.dropout_rng),
+                1.0 / accum as f32,
+            )?;
         }
         loss /= accum as f32;
         if !loss.is_finite() {
@@ -460,9 +478,8 @@ impl Trainer {
             for batch_starts in starts {
                 self.data.fill(split, batch_starts, t, batch);
                 sum += self
-                    .model
-                    .forward(&batch.inputs, b, t, Some(&batch.targets), None)?
-                    .expect("targets given") as f64;
+                    .parallel
+                    .loss(&mut self.model, &batch.inputs, b, t, &batch.targets)? as f64;
             }
             *loss = (sum / starts.len() as f64) as f32;
         }

@@ -190,8 +190,8 @@ fn run_load(args: &LoadArgs) -> Result<()> {
 
 fn print_result(who: &str, mode: &str, r: &BenchResult) {
     println!(
-        "{who} {mode}: {:.1} ms/step (median of {}), {:.1} tokens/s, peak RSS {:.0} MiB  [{} params, B={} T={}, {} threads]",
-        r.step_ms_median, r.steps, r.tokens_per_s, r.peak_rss_mb, r.params, r.batch_size, r.block_size, r.threads
+        "{who} {mode}: {:.1} ms/step (median of {}), {:.1} tokens/s, peak RSS {:.0} MiB  [{} params, B={} T={}, {} threads, {} batch shards]",
+        r.step_ms_median, r.steps, r.tokens_per_s, r.peak_rss_mb, r.params, r.batch_size, r.block_size, r.threads, r.shards
     );
 }
 

@@ -102,6 +102,10 @@ pub struct TrainArgs {
     /// Clip the global gradient norm to this; 0: no clipping [default: 1].
     #[arg(long, help_heading = "Optimisation")]
     grad_clip: Option<f32>,
+    /// Batch shards trained side by side, each on its own thread with its own copy of the model
+    /// (fast for small models) [default: one per thread up to 32M parameters, else 1].
+    #[arg(long, help_heading = "Optimisation")]
+    data_parallel: Option<usize>,
 
     /// Evaluate (and checkpoint) every N steps [default: 500].
     #[arg(long, help_heading = "Evaluation and output")]
@@ -193,13 +197,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 info.val_tokens
             );
             println!(
-                "model: {:.2}M parameters ({} layers, {} heads, {} wide, context {}); {} tokens per step; run dir {}",
+                "model: {:.2}M parameters ({} layers, {} heads, {} wide, context {}); {} tokens per step in {} batch shard{}; run dir {}",
                 info.params as f64 / 1e6,
                 m.n_layer,
                 m.n_head,
                 m.n_embd,
                 m.n_positions,
                 info.tokens_per_step,
+                info.shards,
+                if info.shards == 1 { "" } else { "s" },
                 info.run_dir.display()
             );
             bar.set_position(info.start_step as u64);

@@ -1,0 +1,259 @@
+//! Data parallelism for small models. The ops of a small model are too small to share between
+//! threads well: every matrix multiply and every elementwise pass is a rendezvous of all
+//! threads, and at 128 channels the waiting costs as much as the work. So the batch is cut
+//! along B into S shards; shard s runs the whole forward and backward pass on its own replica
+//! of the model, on its own thread, with sequential ops; then the replicas' gradients are
+//! summed into the model's. Two rendezvous per step instead of a few hundred.
+//!
+//! The mean loss over the batch is `Σ_s count_s · loss_s / Σ_s count_s` (count_s: the shard's
+//! counted targets), so shard s's backward is scaled by `count_s / Σ count`. The result depends
+//! on S (sums are split differently) but not on the number of threads that run the shards, so
+//! a run that records S resumes bit for bit on any machine.
+
+use super::gpt::Gpt;
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use rayon::prelude::*;
+use rayon::{ThreadPool, ThreadPoolBuilder};
+
+/// Models up to this many parameters get one shard per thread by default ([`auto_shards`]);
+/// larger ones are split op by op (their matrix multiplies are large enough) and are not
+/// replicated (a replica costs its parameters and gradients again).
+pub const SMALL_MODEL_PARAMS: usize = 32_000_000;
+
+/// The default number of shards: one per thread for a small model (at most one per batch
+/// row), else 1.
+pub fn auto_shards(num_params: usize, batch_size: usize) -> usize {
+    match num_params <= SMALL_MODEL_PARAMS {
+        true => rayon::current_num_threads().clamp(1, batch_size.max(1)),
+        false => 1,
+    }
+}
+
+/// The replicas and threads of S shards. Shard 0 runs on the model itself.
+pub struct DataParallel {
+    shards: usize,
+    /// Replicas for shards 1..S: their parameters are copied from the model at every call.
+    replicas: Vec<Gpt>,
+    /// One single-threaded pool per shard: inside it every op runs sequentially.
+    pools: Vec<ThreadPool>,
+}
+
+impl DataParallel {
+    /// S = `shards` shards for `model` (1: every call goes straight to the model, its ops
+    /// using all threads).
+    pub fn new(model: &Gpt, shards: usize) -> Result<Self> {
+        if shards == 0 {
+            return Err(Error::Input("data parallelism needs at least 1 shard".into()));
+        }
+        let pools = match shards {
+            1 => Vec::new(),
+            _ => (0..shards)
+                .map(|_| ThreadPoolBuilder::new().num_threads(1).build())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| Error::Input(format!("cannot start the shard threads: {e}")))?,
+        };
+        let replicas = (1..shards)
+            .map(|_| Gpt::from_params(model.config.clone(), model.params.clone()))
+            .collect();
+        Ok(DataParallel {
+            shards,
+            replicas,
+            pools,
+        })
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// Forward with `targets`, then backward: adds `loss_scale · dloss/dparams` to the model's
+    /// gradients, as [`Gpt::forward`] + [`Gpt::backward`] would; returns the mean loss.
+    /// Dropout masks come from per-shard streams seeded from `dropout_rng`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward(
+        &mut self,
+        model: &mut Gpt,
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        targets: &[i32],
+        dropout_rng: Option<&mut Rng>,
+        loss_scale: f32,
+    ) -> Result<f32> {
+        if self.shards == 1 {
+            let loss = model.forward(tokens, b, t, Some(targets), dropout_rng)?;
+            model.backward(loss_scale)?;
+            return Ok(loss.expect("forward with targets returns a loss"));
+        }
+        self.run(model, tokens, b, t, targets, dropout_rng, Some(loss_scale))
+    }
+
+    /// The mean loss of a batch (forward only, no dropout).
+    pub fn loss(&mut self, model: &mut Gpt, tokens: &[u32], b: usize, t: usize, targets: &[i32]) -> Result<f32> {
+        if self.shards == 1 {
+            let loss = model.forward(tokens, b, t, Some(targets), None)?;
+            return Ok(loss.expect("forward with targets returns a loss"));
+        }
+        self.run(model, tokens, b, t, targets, None, None)
+    }
+
+    /// The sharded pass; `loss_scale` None: forward only.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &mut self,
+        model: &mut Gpt,
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        targets: &[i32],
+        dropout_rng: Option<&mut Rng>,
+        loss_scale: Option<f32>,
+    ) -> Result<f32> {
+        model.check_tokens(tokens, b, t)?;
+        if targets.len() != tokens.len() {
+            return Err(Error::Input(format!(
+                "{} targets for {} tokens",
+                targets.len(),
+                tokens.len()
+            )));
+        }
+        for replica in &mut self.replicas {
+            replica
+                .params
+                .par_chunks_mut(1 << 16)
+                .zip(model.params.par_chunks(1 << 16))
+                .for_each(|(r, m)| r.copy_from_slice(m));
+        }
+        // Shard s takes batch rows rows[s]..rows[s + 1] (the first b % S shards one more).
+        let rows: Vec<usize> = (0..=self.shards)
+            .map(|s| s * (b / self.shards) + s.min(b % self.shards))
+            .collect();
+        let seeds: Vec<Option<u64>> = match dropout_rng {
+            Some(rng) => (0..self.shards).map(|_| Some(rng.next_u64())).collect(),
+            None => vec![None; self.shards],
+        };
+        let mut workers: Vec<&mut Gpt> = std::iter::once(model).chain(self.replicas.iter_mut()).collect();
+        let pools = &self.pools;
+
+        // Phase 1: every shard's forward pass → (mean loss, counted targets).
+        let forwards = on_shards(&mut workers, pools, |s, gpt| {
+            let (r0, r1) = (rows[s], rows[s + 1]);
+            if r0 == r1 {
+                return Ok((0.0, 0));
+            }
+            let mut rng = seeds[s].map(Rng::new);
+            let range = r0 * t..r1 * t;
+            let loss = gpt.forward(&tokens[range.clone()], r1 - r0, t, Some(&targets[range]), rng.as_mut())?;
+            let count = gpt.activations().map_or(0, |a| a.target_count);
+            Ok((loss.expect("targets given"), count))
+        })?;
+        let total: usize = forwards.iter().map(|&(_, count)| count).sum();
+        let loss = match total {
+            0 => 0.0,
+            _ => {
+                (forwards
+                    .iter()
+                    .map(|&(loss, count)| loss as f64 * count as f64)
+                    .sum::<f64>()
+                    / total as f64) as f32
+            }
+        };
+        let Some(loss_scale) = loss_scale else { return Ok(loss) };
+
+        // Phase 2: every shard's backward, weighted by its share of the counted targets.
+        on_shards(&mut workers, pools, |s, gpt| {
+            if rows[s] == rows[s + 1] {
+                return Ok(());
+            }
+            if s > 0 {
+                gpt.zero_grad();
+            }
+            let share = if total == 0 {
+                0.0
+            } else {
+                forwards[s].1 as f32 / total as f32
+            };
+            gpt.backward(loss_scale * share)
+        })?;
+        let (model, replicas) = workers.split_first_mut().expect("at least one shard");
+        if model.grads.len() != model.params.len() {
+            model.grads = vec![0.0; model.params.len()];
+        }
+        for (s, replica) in replicas.iter().enumerate() {
+            if rows[s + 1] < rows[s + 2] {
+                model
+                    .grads
+                    .par_chunks_mut(1 << 16)
+                    .zip(replica.grads.par_chunks(1 << 16))
+                    .for_each(|(g, r)| {
+                        g.iter_mut().zip(r).for_each(|(g, r)| *g += r);
+                    });
+            }
+        }
+        Ok(loss)
+    }
+}
+
+/// Runs `work(s, worker_s)` for every shard at once, each on its own single-threaded pool.
+fn on_shards<R: Send>(
+    workers: &mut [&mut Gpt],
+    pools: &[ThreadPool],
+    work: impl Fn(usize, &mut Gpt) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = workers
+            .iter_mut()
+            .zip(pools)
+            .enumerate()
+            .map(|(s, (gpt, pool))| scope.spawn(move || pool.install(|| work(s, gpt))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::ops::cross_entropy::IGNORE_INDEX;
+
+    #[test]
+    fn shards_give_the_loss_and_gradients_of_the_whole_batch() {
+        let mut whole = Gpt::new(Config::new(11, 8, 16, 2, 2), 3).unwrap();
+        let mut sharded = Gpt::from_params(whole.config.clone(), whole.params.clone());
+        let (b, t) = (5, 6); // 5 rows in 2 or 3 shards: uneven shards
+        let mut rng = Rng::new(9);
+        let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(11) as u32).collect();
+        let mut targets: Vec<i32> = (0..b * t).map(|_| rng.below(11) as i32).collect();
+        targets[..t + 2].fill(IGNORE_INDEX); // shards count different numbers of targets
+        whole.zero_grad();
+        let expected = whole.forward(&tokens, b, t, Some(&targets), None).unwrap().unwrap();
+        whole.backward(0.5).unwrap();
+        for shards in [2, 3, 7] {
+            let mut parallel = DataParallel::new(&sharded, shards).unwrap();
+            sharded.zero_grad();
+            let loss = parallel
+                .forward_backward(&mut sharded, &tokens, b, t, &targets, None, 0.5)
+                .unwrap();
+            assert!((loss - expected).abs() < 1e-6, "{shards} shards: {loss} vs {expected}");
+            let max = whole.grads.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+            for (i, (g, e)) in sharded.grads.iter().zip(&whole.grads).enumerate() {
+                assert!((g - e).abs() <= 1e-5 * max, "{shards} shards, gradient {i}: {g} vs {e}");
+            }
+            let eval = parallel.loss(&mut sharded, &tokens, b, t, &targets).unwrap();
+            assert!((eval - expected).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn the_default_is_one_shard_per_thread_for_small_models_only() {
+        assert_eq!(auto_shards(124_439_808, 8), 1);
+        assert_eq!(auto_shards(1_000, 1), 1);
+        assert_eq!(auto_shards(1_000, 64), rayon::current_num_threads());
+    }
+}
