@@ -81,24 +81,15 @@ impl DataParallel {
         dropout_rng: Option<&mut Rng>,
         loss_scale: f32,
     ) -> Result<f32> {
-        if self.shards == 1 {
-            let loss = model.forward(tokens, b, t, Some(targets), dropout_rng)?;
-            model.backward(loss_scale)?;
-            return Ok(loss.expect("forward with targets returns a loss"));
-        }
         self.run(model, tokens, b, t, targets, dropout_rng, Some(loss_scale))
     }
 
     /// The mean loss of a batch (forward only, no dropout).
     pub fn loss(&mut self, model: &mut Gpt, tokens: &[u32], b: usize, t: usize, targets: &[i32]) -> Result<f32> {
-        if self.shards == 1 {
-            let loss = model.forward(tokens, b, t, Some(targets), None)?;
-            return Ok(loss.expect("forward with targets returns a loss"));
-        }
         self.run(model, tokens, b, t, targets, None, None)
     }
 
-    /// The sharded pass; `loss_scale` None: forward only.
+    /// The pass, sharded unless S = 1; `loss_scale` None: forward only.
     #[allow(clippy::too_many_arguments)]
     fn run(
         &mut self,
@@ -110,6 +101,13 @@ impl DataParallel {
         dropout_rng: Option<&mut Rng>,
         loss_scale: Option<f32>,
     ) -> Result<f32> {
+        if self.shards == 1 {
+            let loss = model.forward(tokens, b, t, Some(targets), dropout_rng)?;
+            if let Some(loss_scale) = loss_scale {
+                model.backward(loss_scale)?;
+            }
+            return Ok(loss.expect("forward with targets returns a loss"));
+        }
         model.check_tokens(tokens, b, t)?;
         if targets.len() != tokens.len() {
             return Err(Error::Input(format!(
@@ -234,7 +232,7 @@ mod tests {
         whole.zero_grad();
         let expected = whole.forward(&tokens, b, t, Some(&targets), None).unwrap().unwrap();
         whole.backward(0.5).unwrap();
-        for shards in [2, 3, 7] {
+        for shards in [1, 2, 3, 7] {
             let mut parallel = DataParallel::new(&sharded, shards).unwrap();
             sharded.zero_grad();
             let loss = parallel
