@@ -45,8 +45,34 @@ pub fn gemm(
     let lhs = if a_t { view(a, k, m, true) } else { view(a, m, k, false) };
     let rhs = if b_t { view(b, n, k, true) } else { view(b, k, n, false) };
     let accum = if accumulate { Accum::Add } else { Accum::Replace };
-    matmul(MatMut::from_row_major_slice_mut(out, m, n), accum, lhs, rhs, 1.0, par);
+    let out = MatMut::from_row_major_slice_mut(out, m, n);
+    let threads = match par {
+        Par::Seq => 1,
+        Par::Rayon(threads) => threads.get(),
+    };
+    if threads == 1 || n < threads * MIN_COLS_PER_TASK {
+        return matmul(out, accum, lhs, rhs, 1.0, par);
+    }
+    // One block of output columns per thread, each a sequential product: the threads meet once,
+    // where faer's own split meets at every panel.
+    let width = n.div_ceil(threads).next_multiple_of(COL_ALIGN);
+    let mut blocks = Vec::with_capacity(threads);
+    let (mut rest, mut start) = (out, 0);
+    while start < n {
+        let w = width.min(n - start);
+        let (block, right) = rest.split_at_col_mut(w);
+        blocks.push((block, start, w));
+        (rest, start) = (right, start + w);
+    }
+    blocks
+        .into_par_iter()
+        .for_each(|(block, start, w)| matmul(block, accum, lhs, rhs.subcols(start, w), 1.0, Par::Seq));
 }
+
+/// Output columns per thread below which a product is left to faer's own parallel split.
+const MIN_COLS_PER_TASK: usize = 256;
+/// Column blocks start at multiples of this (whole SIMD registers).
+const COL_ALIGN: usize = 16;
 
 /// Use every thread of the current rayon pool.
 pub fn all_threads() -> Par {
@@ -113,6 +139,18 @@ mod tests {
                 assert!((x - y).abs() < 1e-5, "layout a_t={a_t} b_t={b_t}");
             }
         }
+    }
+
+    #[test]
+    fn column_blocks_on_threads_give_the_sequential_product() {
+        let (m, k, n) = (9, 20, 1000); // 1000 columns: blocks of 512 and 488
+        let (a, b) = (random_vec(m * k, 3), random_vec(k * n, 4));
+        let mut sequential = random_vec(m * n, 5);
+        let mut blocked = sequential.clone();
+        gemm(&mut sequential, true, &a, false, &b, false, m, k, n, Par::Seq);
+        let two = Par::Rayon(std::num::NonZeroUsize::new(2).unwrap());
+        gemm(&mut blocked, true, &a, false, &b, false, m, k, n, two);
+        assert_eq!(sequential, blocked);
     }
 
     #[test]
