@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, Generator, Sampling};
 use crate::model::data_parallel::auto_shards;
 use crate::model::{param_specs, DataParallel, Gpt};
-use crate::ops::adamw::{AdamW, AdamWConfig};
+use crate::ops::adamw::{clip_factor, AdamW, AdamWConfig};
 use crate::rng::Rng;
 use serde::Serialize;
 use std::time::Instant;
@@ -63,8 +63,8 @@ pub fn bench_steps(
             BenchKind::Train => {
                 model.zero_grad();
                 parallel.forward_backward(&mut model, &tokens, b, t, &targets, None, 1.0)?;
-                optimizer.clip_grad_norm(&mut model.grads, 1.0);
-                optimizer.step(&mut model.params, &model.grads, 1e-4);
+                let scale = clip_factor(optimizer.grad_norm(&model.grads), 1.0);
+                optimizer.step(&mut model.params, &model.grads, scale, 1e-4);
             }
             BenchKind::Forward => {
                 parallel.loss(&mut model, &tokens, b, t, &targets)?;

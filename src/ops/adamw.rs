@@ -97,11 +97,13 @@ impl AdamW {
     }
 
     /// One update at learning rate `lr` (the schedule's value for this step), in the order
-    /// `torch.optim.AdamW` does it, with t the 1-based step:
+    /// `torch.optim.AdamW` does it, with t the 1-based step and g = grads · `grad_scale` (the
+    /// clipping factor of [`clip_factor`], applied here rather than in a pass of its own; the
+    /// same f32 product, so the same result):
     /// `p ← p·(1 - lr·wd)` (decoupled decay, 2-D tensors only),
     /// `m ← m + (g - m)(1-β1)`, `v ← β2 v + (1-β2) g²`,
     /// `p ← p - (lr / (1-β1ᵗ)) · m / (sqrt(v) / sqrt(1-β2ᵗ) + eps)`.
-    pub fn step(&mut self, params: &mut [f32], grads: &[f32], lr: f32) {
+    pub fn step(&mut self, params: &mut [f32], grads: &[f32], grad_scale: f32, lr: f32) {
         self.t += 1;
         let (beta1, beta2) = (self.config.beta1, self.config.beta2);
         for (range, decays) in &self.tensors {
@@ -116,6 +118,7 @@ impl AdamW {
                 )
                 .for_each(|((p, g), (m, v))| {
                     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                        let g = g * grad_scale;
                         *m += (g - *m) * (1.0 - beta1);
                         *v = *v * beta2 + (1.0 - beta2) * g * g;
                         *p = *p * step.decay - step.adam(*m, *v);
@@ -146,22 +149,25 @@ impl AdamW {
         })
     }
 
-    /// The global L2 norm of the gradient; if it exceeds `max_norm`, scales the gradient by
-    /// `max_norm / (norm + 1e-6)` as `torch.nn.utils.clip_grad_norm_` does. Returns the norm
-    /// before clipping. Partial sums are added in a fixed order: reproducible bit for bit.
-    pub fn clip_grad_norm(&mut self, grads: &mut [f32], max_norm: f32) -> f32 {
+    /// The global L2 norm of the gradient. Partial sums are added in a fixed order:
+    /// reproducible bit for bit.
+    pub fn grad_norm(&mut self, grads: &[f32]) -> f32 {
         grads
             .par_chunks(CHUNK)
             .map(|g| g.iter().map(|&x| x as f64 * x as f64).sum::<f64>())
             .collect_into_vec(&mut self.norm_partials);
-        let norm = self.norm_partials.iter().sum::<f64>().sqrt() as f32;
-        let coef = max_norm / (norm + 1e-6);
-        if coef < 1.0 {
-            grads
-                .par_chunks_mut(CHUNK)
-                .for_each(|g| g.iter_mut().for_each(|x| *x *= coef));
-        }
-        norm
+        self.norm_partials.iter().sum::<f64>().sqrt() as f32
+    }
+}
+
+/// Global gradient-norm clipping as `torch.nn.utils.clip_grad_norm_` does it: the gradient is
+/// scaled by `max_norm / (norm + 1e-6)` when that is below 1, else left alone (factor 1).
+pub fn clip_factor(norm: f32, max_norm: f32) -> f32 {
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        coef
+    } else {
+        1.0
     }
 }
 
@@ -191,7 +197,7 @@ mod tests {
         let mut opt = AdamW::new(config, &specs);
         let mut params = vec![1.0; 6];
         let grads = [2.0, -3.0, 0.5, 1.0, 4.0, -1.0];
-        opt.step(&mut params, &grads, 0.1);
+        opt.step(&mut params, &grads, 1.0, 0.1);
         // After one step m̂ = g and v̂ = g², so each weight moves by lr·sign(g); decay 1 - 0.05.
         for (i, (&p, &g)) in params.iter().zip(&grads).enumerate() {
             let decayed = if i < 4 { 0.95 } else { 1.0 };
@@ -217,7 +223,7 @@ mod tests {
         for (t, lr) in [(1, 1e-2), (2, 3e-3), (3, 5e-2)] {
             let grads: Vec<f32> = (0..9).map(|i| ((i * 7 + t) % 5) as f32 - 2.0).collect();
             let before = params.clone();
-            opt.step(&mut params, &grads, lr);
+            opt.step(&mut params, &grads, 1.0, lr);
             for (range, step) in opt.last_step(lr).unwrap() {
                 for i in range {
                     let change = step.change(params[i], opt.m[i], opt.v[i]);
@@ -240,11 +246,9 @@ mod tests {
                 shape: vec![2],
             }],
         );
-        let mut g = vec![3.0, 4.0];
-        assert_eq!(opt.clip_grad_norm(&mut g, 1.0), 5.0);
-        assert!((g[0] - 0.6).abs() < 1e-6 && (g[1] - 0.8).abs() < 1e-6);
-        let mut small = vec![0.3, 0.4];
-        opt.clip_grad_norm(&mut small, 1.0);
-        assert_eq!(small, vec![0.3, 0.4]);
+        assert_eq!(opt.grad_norm(&[3.0, 4.0]), 5.0);
+        assert!((clip_factor(5.0, 1.0) - 0.2).abs() < 1e-7);
+        assert_eq!(clip_factor(0.5, 1.0), 1.0);
+        assert_eq!(clip_factor(5.0, f32::INFINITY), 1.0);
     }
 }

@@ -30,7 +30,7 @@ use crate::generate::{generate_ids, Sampling};
 use crate::io::{cache, load_model_with_tokenizer, save_model, ExportFormat, Loaded};
 use crate::model::data_parallel::auto_shards;
 use crate::model::{param_specs, DataParallel, Gpt};
-use crate::ops::adamw::{AdamW, AdamWConfig};
+use crate::ops::adamw::{clip_factor, AdamW, AdamWConfig};
 use crate::rng::Rng;
 use crate::tokenizer::{CharLevel, Tokenizer};
 use checkpoint::{Checkpoint, TrainerState};
@@ -452,8 +452,10 @@ impl Trainer {
         } else {
             f32::INFINITY
         };
-        let grad_norm = self.optimizer.clip_grad_norm(&mut self.model.grads, max_norm);
-        self.optimizer.step(&mut self.model.params, &self.model.grads, lr);
+        let grad_norm = self.optimizer.grad_norm(&self.model.grads);
+        let scale = clip_factor(grad_norm, max_norm);
+        self.optimizer
+            .step(&mut self.model.params, &self.model.grads, scale, lr);
         let tokens = self.info.tokens_per_step as u64;
         Ok(StepRecord {
             step: self.step,

@@ -173,7 +173,7 @@ mod tests {
             .iter()
             .all(|t| t.update.is_none() && t.update_ratio.is_none()));
         // After the first step every weight moves by lr against its gradient's sign.
-        optimizer.step(&mut params, &[1.0, -1.0, 1.0, -1.0, 1.0, -1.0], 0.1);
+        optimizer.step(&mut params, &[1.0, -1.0, 1.0, -1.0, 1.0, -1.0], 1.0, 0.1);
         let stats = measure(1, &specs, &params, Some((&optimizer, 0.1)));
         let w = &stats.tensors[0];
         let update = w.update.unwrap();
