@@ -2,7 +2,9 @@
 //!
 //! For each batch row b and head h, with Q, K, V the head's [T, hs] slices of qkv:
 //! `S = Q Kᵀ / sqrt(hs)`, `P = softmax(S)` over the keys j ≤ t of each query t (causal mask),
-//! `O = P V`, written into the head's columns of out. Work is split over (batch, head) pairs.
+//! `O = P V`, written into the head's columns of out. Work is split over (batch, head) pairs;
+//! within a head, the products go in blocks of query rows that stop at the causal diagonal, so
+//! the masked upper triangle is mostly never computed.
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -91,21 +93,22 @@ fn head_forward(s: AttnShape, bh: usize, qkv: &[f32], p: &mut [f32], pd: Option<
     let (t, c, hs) = (s.t, s.c, s.hs());
     let (b, h) = (bh / s.n_head, bh % s.n_head);
     let [q, k, v] = s.head_qkv(qkv, bh);
-    // S = Q Kᵀ / sqrt(hs): the full square; the masked upper triangle is zeroed by the softmax.
-    matmul(
-        square_mut(p, t),
-        Accum::Replace,
-        q,
-        k.transpose(),
-        1.0 / (hs as f32).sqrt(),
-        Par::Seq,
-    );
+    // S = Q Kᵀ / sqrt(hs), block by block: rows r0..r1 against keys 0..r1 only. The softmax
+    // zeroes the masked entries (and the unwritten ones beyond r1).
+    for (r0, r1) in causal_blocks(t) {
+        matmul(
+            square_mut(p, t).submatrix_mut(r0, 0, r1 - r0, r1),
+            Accum::Replace,
+            q.subrows(r0, r1 - r0),
+            k.subrows(0, r1).transpose(),
+            1.0 / (hs as f32).sqrt(),
+            Par::Seq,
+        );
+    }
     for (i, row) in p.chunks_exact_mut(t).enumerate() {
         softmax_causal_row(row, i);
     }
-    // SAFETY: head h of batch row b alone writes columns [h*hs, (h+1)*hs) of rows b*T..(b+1)*T.
-    let o = unsafe { out.view(b * t * c + h * hs, t, hs, c) };
-    // O = P V (or (P ⊙ mask) V under dropout)
+    // O = P V (or (P ⊙ mask) V under dropout), again rows r0..r1 against keys 0..r1.
     let weights = match pd {
         Some(pd) => {
             pd.iter_mut().zip(p.iter()).for_each(|(m, &pi)| *m *= pi);
@@ -113,7 +116,24 @@ fn head_forward(s: AttnShape, bh: usize, qkv: &[f32], p: &mut [f32], pd: Option<
         }
         None => p,
     };
-    matmul(o, Accum::Replace, square(weights, t), v, 1.0, Par::Seq);
+    for (r0, r1) in causal_blocks(t) {
+        // SAFETY: head h of batch row b alone writes columns [h*hs, (h+1)*hs) of rows b*T..(b+1)*T.
+        let o = unsafe { out.view((b * t + r0) * c + h * hs, r1 - r0, hs, c) };
+        let p_block = square(weights, t).submatrix(r0, 0, r1 - r0, r1);
+        matmul(o, Accum::Replace, p_block, v.subrows(0, r1), 1.0, Par::Seq);
+    }
+}
+
+/// Rows per causal block. Query rows r0..r1 see keys 0..r1 at most, so each product of a
+/// row block stops at column r1: the masked upper triangle is skipped block by block, which
+/// saves close to half the work at long contexts.
+const CAUSAL_BLOCK: usize = 64;
+
+/// The row blocks (r0, r1) of a [T, T] attention matrix.
+fn causal_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t)
+        .step_by(CAUSAL_BLOCK)
+        .map(move |r0| (r0, (r0 + CAUSAL_BLOCK).min(t)))
 }
 
 /// Forward against a key/value cache (inference): the T new tokens of each batch row attend
@@ -211,26 +231,45 @@ fn head_backward(
     let row0 = b * t * 3 * c;
     let [q, k, v] = s.head_qkv(qkv, bh);
     let d_o = strided(dout, b * t * c + h * hs, t, hs, c);
+    // Rows r0..r0+rows of the q, k or v columns (at `offset`) of dqkv.
     // SAFETY: head h of batch row b alone writes its q, k, v columns of rows b*T..(b+1)*T.
-    let (dq, dk, dv) = unsafe {
-        (
-            dqkv.view(row0 + q_off, t, hs, 3 * c),
-            dqkv.view(row0 + k_off, t, hs, 3 * c),
-            dqkv.view(row0 + v_off, t, hs, 3 * c),
-        )
-    };
+    let rows_of =
+        |offset: usize, r0: usize, rows: usize| unsafe { dqkv.view(row0 + offset + r0 * 3 * c, rows, hs, 3 * c) };
     let weights = dropped.map_or(p, |(pd, _)| pd);
-    // dV = P'ᵀ dO
-    matmul(dv, Accum::Replace, square(weights, t).transpose(), d_o, 1.0, Par::Seq);
-    // dP' = dO Vᵀ, then dP = dP' ⊙ mask (the mask is keep_scale where P' ≠ 0, else 0;
-    // where P itself is 0 the softmax gradient below is 0 whatever the mask says)
-    matmul(square_mut(dp, t), Accum::Replace, d_o, v.transpose(), 1.0, Par::Seq);
+    // Every product below skips the masked upper triangle block by block: query rows r0..r1
+    // meet keys 0..r1, and key rows c0..c1 are met by queries c0..T.
+    for (c0, c1) in causal_blocks(t) {
+        // dV = P'ᵀ dO: keys c0..c1 from queries c0..T
+        let p_block = square(weights, t).submatrix(c0, c0, t - c0, c1 - c0);
+        matmul(
+            rows_of(v_off, c0, c1 - c0),
+            Accum::Replace,
+            p_block.transpose(),
+            d_o.subrows(c0, t - c0),
+            1.0,
+            Par::Seq,
+        );
+    }
+    for (r0, r1) in causal_blocks(t) {
+        // dP' = dO Vᵀ
+        matmul(
+            square_mut(dp, t).submatrix_mut(r0, 0, r1 - r0, r1),
+            Accum::Replace,
+            d_o.subrows(r0, r1 - r0),
+            v.subrows(0, r1).transpose(),
+            1.0,
+            Par::Seq,
+        );
+    }
+    // dP = dP' ⊙ mask (the mask is keep_scale where P' ≠ 0, else 0; where P itself is 0 the
+    // softmax gradient below is 0 whatever the mask says)
     if let Some((pd, keep_scale)) = dropped {
         dp.iter_mut()
             .zip(pd)
             .for_each(|(g, &m)| *g = if m != 0.0 { *g * keep_scale } else { 0.0 });
     }
-    // Softmax backward, row by row, in place: dS = P ⊙ (dP - rowsum(P ⊙ dP)); upper triangle 0.
+    // Softmax backward, row by row, in place: dS = P ⊙ (dP - rowsum(P ⊙ dP)); upper triangle 0
+    // (which also clears what the blocks above did not write).
     for (i, (ds, pr)) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
         let dot: f32 = ds[..=i].iter().zip(&pr[..=i]).map(|(g, pi)| g * pi).sum();
         for (g, &pi) in ds[..=i].iter_mut().zip(&pr[..=i]) {
@@ -239,9 +278,28 @@ fn head_backward(
         ds[i + 1..].fill(0.0);
     }
     let scale = 1.0 / (hs as f32).sqrt();
-    // dQ = dS K · scale, dK = dSᵀ Q · scale
-    matmul(dq, Accum::Replace, square(dp, t), k, scale, Par::Seq);
-    matmul(dk, Accum::Replace, square(dp, t).transpose(), q, scale, Par::Seq);
+    for (r0, r1) in causal_blocks(t) {
+        // dQ = dS K · scale: queries r0..r1 from keys 0..r1
+        let ds_block = square(dp, t).submatrix(r0, 0, r1 - r0, r1);
+        matmul(
+            rows_of(q_off, r0, r1 - r0),
+            Accum::Replace,
+            ds_block,
+            k.subrows(0, r1),
+            scale,
+            Par::Seq,
+        );
+        // dK = dSᵀ Q · scale: keys r0..r1 from queries r0..T
+        let ds_block = square(dp, t).submatrix(r0, r0, t - r0, r1 - r0);
+        matmul(
+            rows_of(k_off, r0, r1 - r0),
+            Accum::Replace,
+            ds_block.transpose(),
+            q.subrows(r0, t - r0),
+            scale,
+            Par::Seq,
+        );
+    }
 }
 
 /// In-place causal softmax of row i of the scores: entries j ≤ i become probabilities, j > i
@@ -261,8 +319,9 @@ mod tests {
     use crate::ops::test_util::{check_gradient, random_vec};
 
     fn run_forward(qkv: &[f32], s: AttnShape, mask: Option<&[f32]>) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
-        let mut out = vec![0.0; s.b * s.t * s.c];
-        let mut att = vec![0.0; s.b * s.n_head * s.t * s.t];
+        // NaN where nothing should be read before it is written.
+        let mut out = vec![f32::NAN; s.b * s.t * s.c];
+        let mut att = vec![f32::NAN; s.b * s.n_head * s.t * s.t];
         let mut dropped = mask.map(<[f32]>::to_vec);
         attention_forward(&mut out, &mut att, dropped.as_deref_mut(), qkv, s);
         (out, att, dropped)
@@ -270,9 +329,10 @@ mod tests {
 
     #[test]
     fn matches_naive_causal_attention() {
+        // 150 positions: causal blocks of 64, 64 and 22.
         let s = AttnShape {
             b: 2,
-            t: 5,
+            t: 150,
             c: 6,
             n_head: 2,
         };
@@ -350,33 +410,43 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences_with_and_without_dropout() {
-        let s = AttnShape {
-            b: 2,
-            t: 4,
-            c: 6,
-            n_head: 2,
-        };
-        let qkv = random_vec(s.b * s.t * 3 * s.c, 2);
-        let dout = random_vec(s.b * s.t * s.c, 3);
-        let keep_scale = 1.0 / (1.0 - 0.25);
-        let mask: Vec<f32> = random_vec(s.b * s.n_head * s.t * s.t, 4)
-            .iter()
-            .map(|&r| if r > -0.67 { keep_scale } else { 0.0 })
-            .collect();
-        for mask in [None, Some(mask.as_slice())] {
-            let (_, att, dropped) = run_forward(&qkv, s, mask);
-            let mut dqkv = vec![0.0; qkv.len()];
-            let mut scratch = vec![0.0; att.len()];
-            attention_backward(
-                &mut dqkv,
-                &mut scratch,
-                &dout,
-                &qkv,
-                &att,
-                dropped.as_deref().map(|d| (d, keep_scale)),
-                s,
-            );
-            check_gradient("attention dqkv", &qkv, &dqkv, &dout, |x| run_forward(x, s, mask).0);
+        // One causal block, and two (64 + 6 positions).
+        for s in [
+            AttnShape {
+                b: 2,
+                t: 4,
+                c: 6,
+                n_head: 2,
+            },
+            AttnShape {
+                b: 1,
+                t: 70,
+                c: 4,
+                n_head: 2,
+            },
+        ] {
+            let qkv = random_vec(s.b * s.t * 3 * s.c, 2);
+            let dout = random_vec(s.b * s.t * s.c, 3);
+            let keep_scale = 1.0 / (1.0 - 0.25);
+            let mask: Vec<f32> = random_vec(s.b * s.n_head * s.t * s.t, 4)
+                .iter()
+                .map(|&r| if r > -0.67 { keep_scale } else { 0.0 })
+                .collect();
+            for mask in [None, Some(mask.as_slice())] {
+                let (_, att, dropped) = run_forward(&qkv, s, mask);
+                let mut dqkv = vec![f32::NAN; qkv.len()];
+                let mut scratch = vec![f32::NAN; att.len()];
+                attention_backward(
+                    &mut dqkv,
+                    &mut scratch,
+                    &dout,
+                    &qkv,
+                    &att,
+                    dropped.as_deref().map(|d| (d, keep_scale)),
+                    s,
+                );
+                check_gradient("attention dqkv", &qkv, &dqkv, &dout, |x| run_forward(x, s, mask).0);
+            }
         }
     }
 }
