@@ -12,9 +12,11 @@
 
 use super::gpt::Gpt;
 use crate::error::{Error, Result};
+use crate::ops::matmul::sequential;
 use crate::rng::Rng;
 use rayon::prelude::*;
 use rayon::{ThreadPool, ThreadPoolBuilder};
+use std::sync::Mutex;
 
 /// Models up to this many parameters get one shard per thread by default ([`auto_shards`]);
 /// larger ones are split op by op (their matrix multiplies are large enough) and are not
@@ -35,8 +37,9 @@ pub struct DataParallel {
     shards: usize,
     /// Replicas for shards 1..S: their parameters are copied from the model at every call.
     replicas: Vec<Gpt>,
-    /// One single-threaded pool per shard: inside it every op runs sequentially.
-    pools: Vec<ThreadPool>,
+    /// S threads, one per shard (none for one shard). A shard's products stay on its thread;
+    /// a thread done with its shard helps with the elementwise ops of the others.
+    pool: Option<ThreadPool>,
 }
 
 impl DataParallel {
@@ -46,21 +49,19 @@ impl DataParallel {
         if shards == 0 {
             return Err(Error::Input("data parallelism needs at least 1 shard".into()));
         }
-        let pools = match shards {
-            1 => Vec::new(),
-            _ => (0..shards)
-                .map(|_| ThreadPoolBuilder::new().num_threads(1).build())
-                .collect::<std::result::Result<_, _>>()
-                .map_err(|e| Error::Input(format!("cannot start the shard threads: {e}")))?,
+        let pool = match shards {
+            1 => None,
+            _ => Some(
+                ThreadPoolBuilder::new()
+                    .num_threads(shards)
+                    .build()
+                    .map_err(|e| Error::Input(format!("cannot start the shard threads: {e}")))?,
+            ),
         };
         let replicas = (1..shards)
             .map(|_| Gpt::from_params(model.config.clone(), model.params.clone()))
             .collect();
-        Ok(DataParallel {
-            shards,
-            replicas,
-            pools,
-        })
+        Ok(DataParallel { shards, replicas, pool })
     }
 
     pub fn shards(&self) -> usize {
@@ -131,11 +132,14 @@ impl DataParallel {
             Some(rng) => (0..self.shards).map(|_| Some(rng.next_u64())).collect(),
             None => vec![None; self.shards],
         };
-        let mut workers: Vec<&mut Gpt> = std::iter::once(model).chain(self.replicas.iter_mut()).collect();
-        let pools = &self.pools;
+        let workers: Vec<Mutex<&mut Gpt>> = std::iter::once(model)
+            .chain(self.replicas.iter_mut())
+            .map(Mutex::new)
+            .collect();
+        let pool = self.pool.as_ref().expect("a pool for more than one shard");
 
         // Phase 1: every shard's forward pass → (mean loss, counted targets).
-        let forwards = on_shards(&mut workers, pools, |s, gpt| {
+        let forwards = on_shards(&workers, pool, |s, gpt| {
             let (r0, r1) = (rows[s], rows[s + 1]);
             if r0 == r1 {
                 return Ok((0.0, 0));
@@ -160,7 +164,7 @@ impl DataParallel {
         let Some(loss_scale) = loss_scale else { return Ok(loss) };
 
         // Phase 2: every shard's backward, weighted by its share of the counted targets.
-        on_shards(&mut workers, pools, |s, gpt| {
+        on_shards(&workers, pool, |s, gpt| {
             if rows[s] == rows[s + 1] {
                 return Ok(());
             }
@@ -174,6 +178,10 @@ impl DataParallel {
             };
             gpt.backward(loss_scale * share)
         })?;
+        let mut workers: Vec<&mut Gpt> = workers
+            .into_iter()
+            .map(|w| w.into_inner().unwrap_or_else(|e| e.into_inner()))
+            .collect();
         let (model, replicas) = workers.split_first_mut().expect("at least one shard");
         if model.grads.len() != model.params.len() {
             model.grads = vec![0.0; model.params.len()];
@@ -193,25 +201,19 @@ impl DataParallel {
     }
 }
 
-/// Runs `work(s, worker_s)` for every shard at once, each on its own single-threaded pool.
+/// Runs `work(s, worker_s)` for every shard at once, shard s on thread s of `pool`, its
+/// products kept on that thread.
 fn on_shards<R: Send>(
-    workers: &mut [&mut Gpt],
-    pools: &[ThreadPool],
+    workers: &[Mutex<&mut Gpt>],
+    pool: &ThreadPool,
     work: impl Fn(usize, &mut Gpt) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
-    let work = &work;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = workers
-            .iter_mut()
-            .zip(pools)
-            .enumerate()
-            .map(|(s, (gpt, pool))| scope.spawn(move || pool.install(|| work(s, gpt))))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-            .collect()
+    pool.broadcast(|ctx| {
+        let mut gpt = workers[ctx.index()].lock().unwrap_or_else(|e| e.into_inner());
+        sequential(|| work(ctx.index(), &mut gpt))
     })
+    .into_iter()
+    .collect()
 }
 
 #[cfg(test)]

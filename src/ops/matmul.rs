@@ -9,6 +9,7 @@ use super::matvec::{matmul_small_m, matmul_small_m_t, SMALL_M};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
+use std::cell::Cell;
 
 /// A row-major [rows, cols] view, transposed on request.
 fn view(data: &[f32], rows: usize, cols: usize, transposed: bool) -> MatRef<'_, f32> {
@@ -74,9 +75,31 @@ const MIN_COLS_PER_TASK: usize = 256;
 /// Column blocks start at multiples of this (whole SIMD registers).
 const COL_ALIGN: usize = 16;
 
-/// Use every thread of the current rayon pool.
+thread_local! {
+    /// Set while this thread runs a batch shard (see [`sequential`]).
+    static SEQUENTIAL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Every thread of the current rayon pool; only this one inside [`sequential`].
 pub fn all_threads() -> Par {
-    Par::rayon(0)
+    match SEQUENTIAL.get() {
+        true => Par::Seq,
+        false => Par::rayon(0),
+    }
+}
+
+/// Runs `work` with its products on this thread alone: a batch shard of
+/// [`crate::model::data_parallel`] runs beside the others, each on its own thread.
+pub fn sequential<R>(work: impl FnOnce() -> R) -> R {
+    /// Clears the flag however `work` ends.
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SEQUENTIAL.set(self.0);
+        }
+    }
+    let _reset = Reset(SEQUENTIAL.replace(true));
+    work()
 }
 
 /// Linear layer forward: `out [N, OC] = inp [N, IC] · w [IC, OC] + b [OC]`.
