@@ -95,16 +95,7 @@ fn head_forward(s: AttnShape, bh: usize, qkv: &[f32], p: &mut [f32], pd: Option<
     let [q, k, v] = s.head_qkv(qkv, bh);
     // S = Q Kᵀ / sqrt(hs), block by block: rows r0..r1 against keys 0..r1 only. The softmax
     // zeroes the masked entries (and the unwritten ones beyond r1).
-    for (r0, r1) in causal_blocks(t) {
-        matmul(
-            square_mut(p, t).submatrix_mut(r0, 0, r1 - r0, r1),
-            Accum::Replace,
-            q.subrows(r0, r1 - r0),
-            k.subrows(0, r1).transpose(),
-            1.0 / (hs as f32).sqrt(),
-            Par::Seq,
-        );
-    }
+    causal_product_t(p, t, q, k, 1.0 / (hs as f32).sqrt());
     for (i, row) in p.chunks_exact_mut(t).enumerate() {
         softmax_causal_row(row, i);
     }
@@ -128,6 +119,21 @@ fn head_forward(s: AttnShape, bh: usize, qkv: &[f32], p: &mut [f32], pd: Option<
 /// row block stops at column r1: the masked upper triangle is skipped block by block, which
 /// saves close to half the work at long contexts.
 const CAUSAL_BLOCK: usize = 64;
+
+/// `out [T, T] = x yᵀ · scale` (x, y: [T, hs]) on and below the diagonal, block by block: rows
+/// r0..r1 get columns 0..r1; the rest of each row is left unwritten (masked).
+fn causal_product_t(out: &mut [f32], t: usize, x: MatRef<'_, f32>, y: MatRef<'_, f32>, scale: f32) {
+    for (r0, r1) in causal_blocks(t) {
+        matmul(
+            square_mut(out, t).submatrix_mut(r0, 0, r1 - r0, r1),
+            Accum::Replace,
+            x.subrows(r0, r1 - r0),
+            y.subrows(0, r1).transpose(),
+            scale,
+            Par::Seq,
+        );
+    }
+}
 
 /// The row blocks (r0, r1) of a [T, T] attention matrix.
 fn causal_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
@@ -250,17 +256,8 @@ fn head_backward(
             Par::Seq,
         );
     }
-    for (r0, r1) in causal_blocks(t) {
-        // dP' = dO Vᵀ
-        matmul(
-            square_mut(dp, t).submatrix_mut(r0, 0, r1 - r0, r1),
-            Accum::Replace,
-            d_o.subrows(r0, r1 - r0),
-            v.subrows(0, r1).transpose(),
-            1.0,
-            Par::Seq,
-        );
-    }
+    // dP' = dO Vᵀ
+    causal_product_t(dp, t, d_o, v, 1.0);
     // dP = dP' ⊙ mask (the mask is keep_scale where P' ≠ 0, else 0; where P itself is 0 the
     // softmax gradient below is 0 whatever the mask says)
     if let Some((pd, keep_scale)) = dropped {
