@@ -2,8 +2,10 @@
 //! threads well: every matrix multiply and every elementwise pass is a rendezvous of all
 //! threads, and at 128 channels the waiting costs as much as the work. So the batch is cut
 //! along B into S shards; shard s runs the whole forward and backward pass on its own replica
-//! of the model, on its own thread, with sequential ops; then the replicas' gradients are
-//! summed into the model's. Two rendezvous per step instead of a few hundred.
+//! of the model, on thread s of an S-thread pool, its matrix multiplies on that thread alone
+//! (a thread that finishes early helps the others with their elementwise ops); then the
+//! replicas' gradients are summed into the model's. Two rendezvous per step instead of a few
+//! hundred.
 //!
 //! The mean loss over the batch is `Σ_s count_s · loss_s / Σ_s count_s` (count_s: the shard's
 //! counted targets), so shard s's backward is scaled by `count_s / Σ count`. The result depends
