@@ -111,14 +111,7 @@ impl DataParallel {
             }
             return Ok(loss.expect("forward with targets returns a loss"));
         }
-        model.check_tokens(tokens, b, t)?;
-        if targets.len() != tokens.len() {
-            return Err(Error::Input(format!(
-                "{} targets for {} tokens",
-                targets.len(),
-                tokens.len()
-            )));
-        }
+        model.check_batch(tokens, b, t, Some(targets))?;
         for replica in &mut self.replicas {
             replica
                 .params

@@ -65,8 +65,8 @@ impl Gpt {
         self.acts.as_ref()
     }
 
-    /// Checks a (B, T) batch of token ids against the model.
-    pub(super) fn check_tokens(&self, tokens: &[u32], b: usize, t: usize) -> Result<()> {
+    /// Checks a (B, T) batch of token ids, and its targets if any, against the model.
+    pub(super) fn check_batch(&self, tokens: &[u32], b: usize, t: usize, targets: Option<&[i32]>) -> Result<()> {
         if b == 0 || t == 0 {
             return Err(Error::Input("empty batch: B and T must be positive".into()));
         }
@@ -89,6 +89,13 @@ impl Gpt {
                 self.config.vocab_size
             )));
         }
+        if let Some(targets) = targets.filter(|targets| targets.len() != tokens.len()) {
+            return Err(Error::Input(format!(
+                "{} targets for {} tokens",
+                targets.len(),
+                tokens.len()
+            )));
+        }
         Ok(())
     }
 
@@ -103,16 +110,7 @@ impl Gpt {
         targets: Option<&[i32]>,
         dropout_rng: Option<&mut Rng>,
     ) -> Result<Option<f32>> {
-        self.check_tokens(tokens, b, t)?;
-        if let Some(targets) = targets {
-            if targets.len() != tokens.len() {
-                return Err(Error::Input(format!(
-                    "{} targets for {} tokens",
-                    targets.len(),
-                    tokens.len()
-                )));
-            }
-        }
+        self.check_batch(tokens, b, t, targets)?;
         let cfg = &self.config;
         let (c, v, n, eps) = (cfg.n_embd, cfg.vocab_size, b * t, cfg.layer_norm_epsilon);
         let p_drop = cfg.dropout;

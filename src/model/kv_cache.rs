@@ -183,7 +183,7 @@ impl Gpt {
                 cache.len, cache.capacity
             )));
         }
-        self.check_tokens(tokens, b, t)?;
+        self.check_batch(tokens, b, t, None)?;
         let cfg = &self.config;
         let (c, f, v, eps, pos0, n) = (
             cfg.n_embd,
