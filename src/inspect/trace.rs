@@ -16,6 +16,8 @@ use crate::ops::layernorm::layernorm_forward;
 use crate::ops::matmul::{all_threads, gemm};
 use crate::ops::{max, sum_exp};
 use crate::tokenizer::Tokenizer;
+use crate::train::param_stats::Moments;
+use rayon::prelude::*;
 use serde::Serialize;
 
 /// Values of a row shown in a trace.
@@ -71,14 +73,12 @@ impl TensorTrace {
     /// `data` holds `rows` rows of equal width.
     fn of(data: &[f32], rows: usize) -> TensorTrace {
         let width = data.len() / rows;
-        let n = data.len() as f64;
-        let mean = data.iter().map(|&x| x as f64).sum::<f64>() / n;
-        let var = data.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        let all = Moments::of(data.par_iter().copied());
         let last = &data[data.len() - width..];
         TensorTrace {
             shape: vec![rows, width],
-            mean: mean as f32,
-            std: var.sqrt() as f32,
+            mean: all.mean,
+            std: all.std,
             last_norm: norm(last),
             last_values: preview(last),
         }
@@ -401,7 +401,7 @@ pub fn top_predictions(logits: &[f32], k: usize, tokenizer: Option<&Tokenizer>) 
 }
 
 fn norm(xs: &[f32]) -> f32 {
-    xs.iter().map(|&x| x * x).sum::<f32>().sqrt()
+    Moments::of(xs.par_iter().copied()).norm
 }
 
 fn preview(xs: &[f32]) -> Vec<f32> {
