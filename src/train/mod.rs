@@ -297,6 +297,7 @@ impl Trainer {
         parts: Parts,
     ) -> Result<Trainer> {
         let block_size = config.block_size.expect("resolved when the run started");
+        let shards = config.data_parallel.expect("resolved when the run started");
         let (b, iters, w) = (config.batch_size, config.eval_iters, windows(&config));
         let eval_batches = [
             eval_starts(w, config.seed, data.train.len(), block_size, b, iters),
@@ -327,10 +328,10 @@ impl Trainer {
             params: model.params.len(),
             model: model.config.clone(),
             tokens_per_step: b * block_size * config.grad_accum,
-            shards: config.data_parallel.unwrap_or(1),
+            shards,
         };
         Ok(Trainer {
-            parallel: DataParallel::new(&model, config.data_parallel.unwrap_or(1))?,
+            parallel: DataParallel::new(&model, shards)?,
             corpus_key: shard_key(&data.shard),
             config,
             run_dir,
