@@ -26,23 +26,12 @@ import tiktoken.load
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
 
+from byte_level import bytes_to_unicode
+
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
 OUT = "tests/fixtures/tokenizer"
 SMALL_MERGES = 1000
-
-
-def bytes_to_unicode():
-    """GPT-2's byte -> character table, in GPT-2's token order (encoder.py)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return bs, [chr(c) for c in cs]
 
 
 def gpt2_tokens():

@@ -38,6 +38,8 @@ import shutil
 import numpy as np
 from safetensors.numpy import load_file
 
+from byte_level import bytes_to_unicode
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 TINY = os.path.join(FIXTURES, "tiny")
@@ -50,19 +52,6 @@ def tiny_weights():
     tensors = load_file(os.path.join(TINY, "model.safetensors"))
     tensors = {k.removeprefix("transformer."): v for k, v in tensors.items() if k != "lm_head.weight"}
     return config, tensors
-
-
-def byte_level_alphabet():
-    """GPT-2's bytes_to_unicode (openai/gpt-2 src/encoder.py)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def make_openai():
@@ -117,7 +106,7 @@ def make_openai():
     for name, value in variables.items():
         assert np.array_equal(reader.get_tensor(name), value), name
 
-    alphabet = byte_level_alphabet()
+    alphabet = dict(zip(*bytes_to_unicode()))
     encoder = {alphabet[b]: b - 0x20 for b in range(0x20, 0x20 + config["vocab_size"])}
     with open(os.path.join(out, "encoder.json"), "w") as f:
         json.dump(encoder, f)
