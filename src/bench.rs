@@ -9,6 +9,7 @@ use crate::model::data_parallel::auto_shards;
 use crate::model::{param_specs, DataParallel, Gpt};
 use crate::ops::adamw::{clip_factor, AdamW, AdamWConfig};
 use crate::rng::Rng;
+use rayon::prelude::*;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -97,6 +98,14 @@ pub struct GenerateBenchResult {
     pub prefill_ms: f64,
     /// Peak resident memory of the process so far, in MiB.
     pub peak_rss_mb: f64,
+    /// Memory read bandwidth, GB/s: the median speed at which all threads sum the weights,
+    /// measured just before each timed run (the host's bandwidth varies with its neighbours).
+    pub read_gb_per_s: f64,
+    /// The decode speed if a token cost only reading every weight once at that bandwidth
+    /// (all but the position table: `read_gb_per_s / weight bytes`).
+    pub bandwidth_bound_tokens_per_s: f64,
+    /// `tokens_per_s / bandwidth_bound_tokens_per_s`.
+    pub share_of_bound: f64,
     pub runs: usize,
     pub prompt_tokens: usize,
     pub new_tokens: usize,
@@ -131,8 +140,11 @@ pub fn bench_generate(
         sampling: Sampling::greedy(),
         ..Default::default()
     };
-    let (mut prefill_ms, mut token_ms) = (Vec::new(), Vec::new());
+    let (mut prefill_ms, mut token_ms, mut read_gb_per_s) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..warmup + runs.max(1) {
+        if i >= warmup {
+            read_gb_per_s.push(read_bandwidth_gb_per_s(&model.params));
+        }
         let start = Instant::now();
         let mut generator = Generator::new(&model, &prompt, options.clone(), &mut rng)?;
         let prefilled = Instant::now();
@@ -144,16 +156,51 @@ pub fn bench_generate(
             token_ms.push(prefilled.elapsed().as_secs_f64() * 1e3 / (new_tokens - 1) as f64);
         }
     }
+    let tokens_per_s = 1e3 / median(&mut token_ms);
+    let read_gb_per_s = median(&mut read_gb_per_s);
+    let weight_bytes = 4 * (model.params.len() - model.config.n_positions * model.config.n_embd);
+    let bandwidth_bound_tokens_per_s = read_gb_per_s * 1e9 / weight_bytes as f64;
     Ok(GenerateBenchResult {
-        tokens_per_s: 1e3 / median(&mut token_ms),
+        tokens_per_s,
         prefill_ms: median(&mut prefill_ms),
         peak_rss_mb: peak_rss_mb(),
+        read_gb_per_s,
+        bandwidth_bound_tokens_per_s,
+        share_of_bound: tokens_per_s / bandwidth_bound_tokens_per_s,
         runs: token_ms.len(),
         prompt_tokens,
         new_tokens,
         params: model.params.len(),
         threads: rayon::current_num_threads(),
     })
+}
+
+/// GB/s at which the threads of the pool read `data` once, each its share as several
+/// sequential streams (as the decoding kernels of [`crate::ops::matvec`] do): the ceiling of a
+/// product that reads every weight once.
+fn read_bandwidth_gb_per_s(data: &[f32]) -> f64 {
+    const STREAMS: usize = 8;
+    const LANES: usize = 16;
+    let share = data.len().div_ceil(rayon::current_num_threads());
+    let start = Instant::now();
+    let total: f32 = data
+        .par_chunks(share)
+        .map(|chunk| {
+            // STREAMS equal parts read side by side (the few values left over are skipped).
+            let part = chunk.len() / STREAMS;
+            let mut streams: [_; STREAMS] = std::array::from_fn(|s| chunk[s * part..][..part].chunks_exact(LANES));
+            let mut acc = [[0.0f32; LANES]; STREAMS];
+            for _ in 0..part / LANES {
+                for (acc, stream) in acc.iter_mut().zip(streams.iter_mut()) {
+                    let values = stream.next().expect("part / LANES chunks in every stream");
+                    acc.iter_mut().zip(values).for_each(|(a, v)| *a += v);
+                }
+            }
+            acc.iter().flatten().sum::<f32>()
+        })
+        .sum();
+    std::hint::black_box(total);
+    std::mem::size_of_val(data) as f64 / start.elapsed().as_secs_f64() / 1e9
 }
 
 /// Median of a non-empty list (sorts it).
@@ -177,4 +224,23 @@ pub fn peak_rss_mb() -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_benchmark_relates_decode_speed_to_the_bandwidth_bound() {
+        let config = Config::new(97, 32, 48, 2, 4);
+        let weight_bytes = 4 * (config.num_params() - 32 * 48);
+        let r = bench_generate(config, 4, 8, 3, 1).unwrap();
+        assert_eq!((r.runs, r.prompt_tokens, r.new_tokens), (3, 4, 8));
+        assert!(r.tokens_per_s > 0.0 && r.read_gb_per_s > 0.0);
+        let bound = r.read_gb_per_s * 1e9 / weight_bytes as f64;
+        assert!((r.bandwidth_bound_tokens_per_s / bound - 1.0).abs() < 1e-9);
+        assert!((r.share_of_bound - r.tokens_per_s / bound).abs() < 1e-9 * r.share_of_bound);
+        let too_long = bench_generate(Config::new(97, 32, 48, 2, 4), 30, 8, 1, 0);
+        assert!(matches!(too_long, Err(Error::Input(_))));
+    }
 }

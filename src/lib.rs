@@ -9,6 +9,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod generate;
+pub mod huge_pages;
 pub mod inspect;
 pub mod io;
 pub mod model;
