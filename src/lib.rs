@@ -9,7 +9,6 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod generate;
-pub mod huge_pages;
 pub mod inspect;
 pub mod io;
 pub mod model;

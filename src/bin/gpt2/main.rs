@@ -13,10 +13,6 @@ mod train_cmd;
 
 use clap::{Parser, Subcommand};
 
-/// Parameters, gradients, moments and activations on 2 MiB pages (see the module).
-#[global_allocator]
-static ALLOCATOR: gpt2::huge_pages::HugePageAlloc = gpt2::huge_pages::HugePageAlloc;
-
 #[derive(Parser)]
 #[command(name = "gpt2", version, about = "GPT-2 from scratch: train, run and look inside", long_about = None)]
 struct Cli {
