@@ -107,12 +107,9 @@ fn head_forward(s: AttnShape, bh: usize, qkv: &[f32], p: &mut [f32], pd: Option<
         }
         None => p,
     };
-    for (r0, r1) in causal_blocks(t) {
-        // SAFETY: head h of batch row b alone writes columns [h*hs, (h+1)*hs) of rows b*T..(b+1)*T.
-        let o = unsafe { out.view((b * t + r0) * c + h * hs, r1 - r0, hs, c) };
-        let p_block = square(weights, t).submatrix(r0, 0, r1 - r0, r1);
-        matmul(o, Accum::Replace, p_block, v.subrows(0, r1), 1.0, Par::Seq);
-    }
+    // SAFETY: head h of batch row b alone writes columns [h*hs, (h+1)*hs) of rows b*T..(b+1)*T.
+    let out_rows = |r0: usize, rows: usize| unsafe { out.view((b * t + r0) * c + h * hs, rows, hs, c) };
+    causal_product(out_rows, weights, false, t, v, 1.0);
 }
 
 /// Rows per causal block. Query rows r0..r1 see keys 0..r1 at most, so each product of a
@@ -132,6 +129,32 @@ fn causal_product_t(out: &mut [f32], t: usize, x: MatRef<'_, f32>, y: MatRef<'_,
             scale,
             Par::Seq,
         );
+    }
+}
+
+/// `out [T, hs] = op(m) y · scale` for m [T, T] zero above the diagonal (y: [T, hs]), where
+/// op(m) is m or, when `transposed`, mᵀ. Block by block, rows r0..r1 of the result need:
+/// - op(m) = m: columns 0..r1 of m's rows r0..r1, and rows 0..r1 of y;
+/// - op(m) = mᵀ: m's columns r0..r1, nonzero only in rows r0..T, and rows r0..T of y.
+///
+/// `out_rows(r0, rows)` is the view of the result's rows r0..r0+rows.
+fn causal_product(
+    out_rows: impl Fn(usize, usize) -> MatMut<'static, f32>,
+    m: &[f32],
+    transposed: bool,
+    t: usize,
+    y: MatRef<'_, f32>,
+    scale: f32,
+) {
+    for (r0, r1) in causal_blocks(t) {
+        let (m_block, y_rows) = match transposed {
+            false => (square(m, t).submatrix(r0, 0, r1 - r0, r1), y.subrows(0, r1)),
+            true => (
+                square(m, t).submatrix(r0, r0, t - r0, r1 - r0).transpose(),
+                y.subrows(r0, t - r0),
+            ),
+        };
+        matmul(out_rows(r0, r1 - r0), Accum::Replace, m_block, y_rows, scale, Par::Seq);
     }
 }
 
@@ -242,20 +265,9 @@ fn head_backward(
     let rows_of =
         |offset: usize, r0: usize, rows: usize| unsafe { dqkv.view(row0 + offset + r0 * 3 * c, rows, hs, 3 * c) };
     let weights = dropped.map_or(p, |(pd, _)| pd);
-    // Every product below skips the masked upper triangle block by block: query rows r0..r1
-    // meet keys 0..r1, and key rows c0..c1 are met by queries c0..T.
-    for (c0, c1) in causal_blocks(t) {
-        // dV = P'ᵀ dO: keys c0..c1 from queries c0..T
-        let p_block = square(weights, t).submatrix(c0, c0, t - c0, c1 - c0);
-        matmul(
-            rows_of(v_off, c0, c1 - c0),
-            Accum::Replace,
-            p_block.transpose(),
-            d_o.subrows(c0, t - c0),
-            1.0,
-            Par::Seq,
-        );
-    }
+    // Every product below skips the masked upper triangle block by block.
+    // dV = P'ᵀ dO
+    causal_product(|r0, rows| rows_of(v_off, r0, rows), weights, true, t, d_o, 1.0);
     // dP' = dO Vᵀ
     causal_product_t(dp, t, d_o, v, 1.0);
     // dP = dP' ⊙ mask (the mask is keep_scale where P' ≠ 0, else 0; where P itself is 0 the
@@ -275,28 +287,10 @@ fn head_backward(
         ds[i + 1..].fill(0.0);
     }
     let scale = 1.0 / (hs as f32).sqrt();
-    for (r0, r1) in causal_blocks(t) {
-        // dQ = dS K · scale: queries r0..r1 from keys 0..r1
-        let ds_block = square(dp, t).submatrix(r0, 0, r1 - r0, r1);
-        matmul(
-            rows_of(q_off, r0, r1 - r0),
-            Accum::Replace,
-            ds_block,
-            k.subrows(0, r1),
-            scale,
-            Par::Seq,
-        );
-        // dK = dSᵀ Q · scale: keys r0..r1 from queries r0..T
-        let ds_block = square(dp, t).submatrix(r0, r0, t - r0, r1 - r0);
-        matmul(
-            rows_of(k_off, r0, r1 - r0),
-            Accum::Replace,
-            ds_block.transpose(),
-            q.subrows(r0, t - r0),
-            scale,
-            Par::Seq,
-        );
-    }
+    // dQ = dS K · scale
+    causal_product(|r0, rows| rows_of(q_off, r0, rows), dp, false, t, k, scale);
+    // dK = dSᵀ Q · scale
+    causal_product(|r0, rows| rows_of(k_off, r0, rows), dp, true, t, q, scale);
 }
 
 /// In-place causal softmax of row i of the scores: entries j ≤ i become probabilities, j > i
