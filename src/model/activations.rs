@@ -18,6 +18,7 @@ pub struct BlockActs {
     pub ln_2_mean: Vec<f32>,   // [N]
     pub ln_2_rstd: Vec<f32>,   // [N]
     pub fch: Vec<f32>,         // [N, F]  MLP hidden, before GELU
+    pub fch_tanh: Vec<f32>,    // [N, F]  tanh inside GELU, kept for its backward pass
     pub fch_gelu: Vec<f32>,    // [N, F]  MLP hidden, after GELU
     pub mlp_mask: Vec<f32>,    // [N, C]  dropout mask of the MLP branch (empty without dropout)
     pub residual_3: Vec<f32>,  // [N, C] residual stream leaving the block
@@ -79,6 +80,7 @@ impl Activations {
                 ln_2_mean: zeros(n),
                 ln_2_rstd: zeros(n),
                 fch: zeros(n * f),
+                fch_tanh: zeros(n * f),
                 fch_gelu: zeros(n * f),
                 mlp_mask: if_dropout(n * c),
                 residual_3: zeros(n * c),

@@ -179,7 +179,7 @@ impl Gpt {
                 eps,
             );
             linear_forward(&mut a.fch, &a.ln_2, p.c_fc_w, p.c_fc_b, n, c, cfg.n_inner);
-            gelu_forward(&mut a.fch_gelu, &a.fch);
+            gelu_forward(&mut a.fch_gelu, Some(&mut a.fch_tanh), &a.fch);
             linear_forward(
                 &mut a.residual_3,
                 &a.fch_gelu,
@@ -315,7 +315,7 @@ impl Gpt {
                 f,
                 c,
             );
-            gelu_backward_inplace(&mut d.fch, &a.fch);
+            gelu_backward_inplace(&mut d.fch, &a.fch, &a.fch_tanh);
             linear_backward(&mut d.ln, gp.c_fc_w, gp.c_fc_b, &d.fch, &a.ln_2, p.c_fc_w, n, c, f);
             layernorm_backward(
                 &mut d.residual,

@@ -241,7 +241,7 @@ impl Gpt {
             // MLP branch: x += c_proj(gelu(c_fc(ln_2(x))))
             layernorm_forward(&mut s.ln, &mut s.mean, &mut s.rstd, &s.x, p.ln_2_w, p.ln_2_b, c, eps);
             linear_forward(&mut s.fch, &s.ln, p.c_fc_w, p.c_fc_b, n, c, f);
-            gelu_forward(&mut s.fch_gelu, &s.fch);
+            gelu_forward(&mut s.fch_gelu, None, &s.fch);
             linear_forward(&mut s.branch, &s.fch_gelu, p.mlp_proj_w, p.mlp_proj_b, n, f, c);
             add_inplace(&mut s.x, &s.branch);
         }

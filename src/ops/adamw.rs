@@ -154,7 +154,7 @@ impl AdamW {
     pub fn grad_norm(&mut self, grads: &[f32]) -> f32 {
         grads
             .par_chunks(CHUNK)
-            .map(|g| g.iter().map(|&x| x as f64 * x as f64).sum::<f64>())
+            .map(super::sum_squares_f64)
             .collect_into_vec(&mut self.norm_partials);
         self.norm_partials.iter().sum::<f64>().sqrt() as f32
     }

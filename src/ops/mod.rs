@@ -65,22 +65,41 @@ pub fn max(xs: &[f32]) -> f32 {
     fold_lanes(xs, f32::NEG_INFINITY, f32::max)
 }
 
-/// Σ e^(x - shift): the softmax denominator, with shift = max(xs) for stability.
-pub fn sum_exp(xs: &[f32], shift: f32) -> f32 {
-    let mut lanes = [0.0f32; 16];
-    let chunks = xs.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().map(|&x| exp(x - shift)).sum();
+/// Σ term(x) over a slice, added in `L` independent lanes (the tail in the first lanes), then
+/// the lanes added in order: a fixed order, so results are reproducible bit for bit, that the
+/// compiler turns into vector instructions, which a single running sum (a chain of dependent
+/// additions) is not.
+#[inline(always)]
+pub(crate) fn sum_lanes<T, const L: usize>(xs: &[f32], term: impl Fn(f32) -> T) -> T
+where
+    T: Copy + Default + std::ops::AddAssign + std::iter::Sum,
+{
+    let mut lanes = [T::default(); L];
+    let chunks = xs.chunks_exact(L);
+    for (lane, &x) in lanes.iter_mut().zip(chunks.remainder()) {
+        *lane += term(x);
+    }
     for chunk in chunks {
         for (lane, &x) in lanes.iter_mut().zip(chunk) {
-            *lane += exp(x - shift);
+            *lane += term(x);
         }
     }
-    lanes.iter().sum::<f32>() + tail
+    lanes.into_iter().sum()
+}
+
+/// Σ e^(x - shift): the softmax denominator, with shift = max(xs) for stability.
+pub fn sum_exp(xs: &[f32], shift: f32) -> f32 {
+    sum_lanes::<f32, 16>(xs, |x| exp(x - shift))
 }
 
 /// Σ x.
 pub fn sum(xs: &[f32]) -> f32 {
-    fold_lanes(xs, 0.0, |acc, x| acc + x)
+    sum_lanes::<f32, 16>(xs, |x| x)
+}
+
+/// Σ x², accumulated in f64 (a sum over 10⁸ gradient entries would lose digits in f32).
+pub fn sum_squares_f64(xs: &[f32]) -> f64 {
+    sum_lanes::<f64, 8>(xs, |x| x as f64 * x as f64)
 }
 
 /// Rows handled per rayon task in row-parallel loops: large enough to amortise scheduling,
