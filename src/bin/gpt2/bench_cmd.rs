@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use gpt2::bench::{bench_generate, bench_steps, peak_rss_mb, BenchKind, BenchResult, GenerateBenchResult};
+use gpt2::bench::{bench_generate, bench_steps, median, peak_rss_mb, BenchKind, BenchResult, GenerateBenchResult};
 use gpt2::io::detect;
 use gpt2::Config;
 use std::path::PathBuf;
@@ -85,6 +85,11 @@ pub struct BenchArgs {
     /// Also run scripts/bench_pytorch.py with this Python (one with torch) and print the ratio.
     #[arg(long, value_name = "PYTHON")]
     pytorch: Option<PathBuf>,
+    /// Repeat the measurement this many times (ours, then PyTorch's, in each round) and report
+    /// medians: a shared host drifts by tens of percent from minute to minute, and the ratio
+    /// within a round, measured back to back, drifts far less than either time.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -119,43 +124,89 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         BenchCommand::Generate(a) => return run_generate(a),
         BenchCommand::Load(a) => return run_load(a),
     };
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
     let config = args.config()?;
-    let ours = bench_steps(
-        config.clone(),
-        kind,
-        args.batch_size,
-        args.block_size,
-        args.steps,
-        args.warmup,
-    )?;
-    let peer = match &args.pytorch {
-        Some(python) => {
-            let shape = [("--batch-size", args.batch_size), ("--block-size", args.block_size)];
-            let runs = [("--steps", args.steps), ("--warmup", args.warmup)];
-            Some(run_pytorch(python, mode, &config, &[&shape[..], &runs[..]].concat())?)
+    let mut rounds = Vec::with_capacity(args.rounds);
+    for _ in 0..args.rounds {
+        let ours = bench_steps(
+            config.clone(),
+            kind,
+            args.batch_size,
+            args.block_size,
+            args.steps,
+            args.warmup,
+        )?;
+        let peer = match &args.pytorch {
+            Some(python) => {
+                let shape = [("--batch-size", args.batch_size), ("--block-size", args.block_size)];
+                let runs = [("--steps", args.steps), ("--warmup", args.warmup)];
+                Some(run_pytorch(python, mode, &config, &[&shape[..], &runs[..]].concat())?)
+            }
+            None => None,
+        };
+        let peer_ms = peer.as_ref().map(|p| p["step_ms_median"].as_f64().unwrap_or(f64::NAN));
+        if !args.json {
+            print_result("gpt2 (rust)", mode, &ours);
+            if let (Some(peer), Some(peer_ms)) = (&peer, peer_ms) {
+                println!(
+                    "pytorch     {mode}: {peer_ms:.1} ms/step (median), {:.1} tokens/s, peak RSS {:.0} MiB; speed-up {:.2}x",
+                    peer["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+                    peer["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+                    peer_ms / ours.step_ms_median
+                );
+            }
         }
-        None => None,
-    };
+        rounds.push((ours, peer, peer_ms));
+    }
+    // Medians over the rounds; the speed-up is the median of the rounds' own ratios.
+    let mut ours_ms: Vec<f64> = rounds.iter().map(|(ours, ..)| ours.step_ms_median).collect();
+    let ours_ms = median(&mut ours_ms);
+    let (last, last_peer, _) = rounds.last().expect("at least one round");
+    let mut summary = last.clone();
+    summary.tokens_per_s *= summary.step_ms_median / ours_ms;
+    summary.step_ms_median = ours_ms;
+    summary.peak_rss_mb = peak_rss_mb();
+    let per_round: Vec<f64> = rounds
+        .iter()
+        .filter_map(|(ours, _, peer_ms)| peer_ms.map(|peer_ms| peer_ms / ours.step_ms_median))
+        .collect();
+    let versus = (!per_round.is_empty()).then(|| {
+        let mut peer_ms: Vec<f64> = rounds.iter().filter_map(|r| r.2).collect();
+        let mut sorted = per_round.clone();
+        (
+            median(&mut peer_ms),
+            median(&mut sorted),
+            sorted[0],
+            sorted[sorted.len() - 1],
+        )
+    });
     if args.json {
-        let mut out = serde_json::to_value(&ours)?;
-        if let Some(peer) = &peer {
+        let mut out = serde_json::to_value(&summary)?;
+        out["rounds"] = serde_json::json!(args.rounds);
+        if let (Some(peer), Some((peer_ms, ratio, ..))) = (last_peer, versus) {
             out["pytorch"] = peer.clone();
-            out["speedup_vs_pytorch"] =
-                serde_json::json!(ours.tokens_per_s / peer["tokens_per_s"].as_f64().unwrap_or(f64::NAN));
+            out["pytorch_step_ms_median"] = serde_json::json!(peer_ms);
+            out["speedup_vs_pytorch"] = serde_json::json!(ratio);
+            out["speedup_per_round"] = serde_json::json!(per_round);
         }
         println!("{out}");
         return Ok(());
     }
-    print_result("gpt2 (rust)", mode, &ours);
-    if let Some(peer) = peer {
-        let tps = peer["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+    if args.rounds > 1 {
         println!(
-            "pytorch     {mode}: {:.1} ms/step (median), {:.1} tokens/s, peak RSS {:.0} MiB",
-            peer["step_ms_median"].as_f64().unwrap_or(f64::NAN),
-            tps,
-            peer["peak_rss_mb"].as_f64().unwrap_or(f64::NAN)
+            "median of {} rounds: {ours_ms:.1} ms/step, {:.1} tokens/s",
+            args.rounds, summary.tokens_per_s
         );
-        println!("speed-up vs PyTorch: {:.2}x", ours.tokens_per_s / tps);
+    }
+    match versus {
+        Some((_, ratio, ..)) if args.rounds == 1 => println!("speed-up vs PyTorch: {ratio:.2}x"),
+        Some((peer_ms, ratio, lowest, highest)) => println!(
+            "speed-up vs PyTorch: {ratio:.2}x (median of the rounds' ratios, {lowest:.2}x to {highest:.2}x; \
+             PyTorch's median {peer_ms:.1} ms/step)"
+        ),
+        None => {}
     }
     Ok(())
 }
