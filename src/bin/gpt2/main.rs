@@ -67,7 +67,11 @@ fn main() {
             std::process::exit(2);
         }
     }
-    let result = match &cli.command {
+    // The whole command runs on a worker of the thread pool: a parallel loop started from a
+    // worker runs its one-task case inline, where one started from outside the pool hands every
+    // loop to the pool and waits for it (tens of microseconds each, which for small models and
+    // one-token decoding steps is as long as the work).
+    let result = rayon::scope(|_| match &cli.command {
         Command::Train(args) => train_cmd::run(args),
         Command::Score(args) => score_cmd::run(args),
         Command::Generate(args) => generate_cmd::run(args),
@@ -77,7 +81,7 @@ fn main() {
         Command::Bench(cmd) => bench_cmd::run(cmd),
         Command::Tokenize(args) => tokenize_cmd::run(args),
         Command::Bpe(cmd) => tokenize_cmd::run_bpe(cmd),
-    };
+    });
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
