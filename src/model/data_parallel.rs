@@ -4,8 +4,8 @@
 //! along B into S shards; shard s runs the whole forward and backward pass on its own replica
 //! of the model, on thread s of an S-thread pool, its matrix multiplies on that thread alone
 //! (a thread that finishes early helps the others with their elementwise ops); then the
-//! replicas' gradients are summed into the model's. Two rendezvous per step instead of a few
-//! hundred.
+//! replicas' gradients are summed into the model's. One rendezvous for the passes of a step
+//! instead of a few hundred.
 //!
 //! The mean loss over the batch is `Σ_s count_s · loss_s / Σ_s count_s` (count_s: the shard's
 //! counted targets), so shard s's backward is scaled by `count_s / Σ count`. The result depends
@@ -14,6 +14,7 @@
 
 use super::gpt::Gpt;
 use crate::error::{Error, Result};
+use crate::ops::cross_entropy::IGNORE_INDEX;
 use crate::ops::matmul::sequential;
 use crate::rng::Rng;
 use rayon::prelude::*;
@@ -133,46 +134,51 @@ impl DataParallel {
             .collect();
         let pool = self.pool.as_ref().expect("a pool for more than one shard");
 
-        // Phase 1: every shard's forward pass → (mean loss, counted targets).
-        let forwards = on_shards(&workers, pool, |s, gpt| {
+        // Each shard's counted targets are known before its forward pass, so its backward
+        // weight count_s / Σ count is too: forward and backward run in one go per shard, and
+        // the threads meet once.
+        let counts: Vec<usize> = (0..self.shards)
+            .map(|s| {
+                let shard_targets = &targets[rows[s] * t..rows[s + 1] * t];
+                shard_targets.iter().filter(|&&y| y != IGNORE_INDEX).count()
+            })
+            .collect();
+        let total: usize = counts.iter().sum();
+        let losses = on_shards(&workers, pool, |s, gpt| {
             let (r0, r1) = (rows[s], rows[s + 1]);
             if r0 == r1 {
-                return Ok((0.0, 0));
+                return Ok(0.0);
             }
             let mut rng = seeds[s].map(Rng::new);
             let range = r0 * t..r1 * t;
             let loss = gpt.forward(&tokens[range.clone()], r1 - r0, t, Some(&targets[range]), rng.as_mut())?;
-            let count = gpt.activations().map_or(0, |a| a.target_count);
-            Ok((loss.expect("targets given"), count))
+            if let Some(loss_scale) = loss_scale {
+                if s > 0 {
+                    gpt.zero_grad();
+                }
+                let share = if total == 0 {
+                    0.0
+                } else {
+                    counts[s] as f32 / total as f32
+                };
+                gpt.backward(loss_scale * share)?;
+            }
+            Ok(loss.expect("targets given"))
         })?;
-        let total: usize = forwards.iter().map(|&(_, count)| count).sum();
         let loss = match total {
             0 => 0.0,
             _ => {
-                (forwards
+                (losses
                     .iter()
-                    .map(|&(loss, count)| loss as f64 * count as f64)
+                    .zip(&counts)
+                    .map(|(&loss, &count)| loss as f64 * count as f64)
                     .sum::<f64>()
                     / total as f64) as f32
             }
         };
-        let Some(loss_scale) = loss_scale else { return Ok(loss) };
-
-        // Phase 2: every shard's backward, weighted by its share of the counted targets.
-        on_shards(&workers, pool, |s, gpt| {
-            if rows[s] == rows[s + 1] {
-                return Ok(());
-            }
-            if s > 0 {
-                gpt.zero_grad();
-            }
-            let share = if total == 0 {
-                0.0
-            } else {
-                forwards[s].1 as f32 / total as f32
-            };
-            gpt.backward(loss_scale * share)
-        })?;
+        if loss_scale.is_none() {
+            return Ok(loss);
+        }
         let mut workers: Vec<&mut Gpt> = workers
             .into_iter()
             .map(|w| w.into_inner().unwrap_or_else(|e| e.into_inner()))
@@ -215,7 +221,6 @@ fn on_shards<R: Send>(
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::ops::cross_entropy::IGNORE_INDEX;
 
     #[test]
     fn shards_give_the_loss_and_gradients_of_the_whole_batch() {
@@ -243,6 +248,22 @@ mod tests {
             let eval = parallel.loss(&mut sharded, &tokens, b, t, &targets).unwrap();
             assert!((eval - expected).abs() < 1e-6);
         }
+    }
+
+    #[test]
+    fn a_bad_target_in_any_shard_is_an_error_before_any_pass() {
+        let mut model = Gpt::new(Config::new(11, 8, 16, 2, 2), 3).unwrap();
+        let mut parallel = DataParallel::new(&model, 2).unwrap();
+        model.zero_grad();
+        let (b, t) = (4, 6);
+        let tokens = vec![1u32; b * t];
+        let mut targets = vec![2i32; b * t];
+        targets[b * t - 1] = 11; // in the last shard
+        let err = parallel
+            .forward_backward(&mut model, &tokens, b, t, &targets, None, 1.0)
+            .unwrap_err();
+        assert!(err.to_string().contains("target id 11"), "{err}");
+        assert!(model.grads.iter().all(|&g| g == 0.0), "no shard's backward ran");
     }
 
     #[test]
