@@ -14,7 +14,7 @@
 
 use super::gpt::Gpt;
 use crate::error::{Error, Result};
-use crate::ops::cross_entropy::IGNORE_INDEX;
+use crate::ops::cross_entropy::counted_targets;
 use crate::ops::matmul::sequential;
 use crate::rng::Rng;
 use rayon::prelude::*;
@@ -138,10 +138,7 @@ impl DataParallel {
         // weight count_s / Σ count is too: forward and backward run in one go per shard, and
         // the threads meet once.
         let counts: Vec<usize> = (0..self.shards)
-            .map(|s| {
-                let shard_targets = &targets[rows[s] * t..rows[s + 1] * t];
-                shard_targets.iter().filter(|&&y| y != IGNORE_INDEX).count()
-            })
+            .map(|s| counted_targets(&targets[rows[s] * t..rows[s + 1] * t]))
             .collect();
         let total: usize = counts.iter().sum();
         let losses = on_shards(&workers, pool, |s, gpt| {
@@ -221,6 +218,7 @@ fn on_shards<R: Send>(
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::ops::cross_entropy::IGNORE_INDEX;
 
     #[test]
     fn shards_give_the_loss_and_gradients_of_the_whole_batch() {

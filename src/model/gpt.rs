@@ -6,7 +6,7 @@ use super::params::{init_params, Weights};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ops::attention::{attention_backward, attention_forward, AttnShape};
-use crate::ops::cross_entropy::{cross_entropy_backward_inplace, cross_entropy_forward, IGNORE_INDEX};
+use crate::ops::cross_entropy::{check_targets, cross_entropy_backward_inplace, cross_entropy_forward};
 use crate::ops::dropout::{apply_mask, fill_mask};
 use crate::ops::embedding::{embedding_backward, embedding_forward};
 use crate::ops::gelu::{gelu_backward_inplace, gelu_forward};
@@ -96,14 +96,7 @@ impl Gpt {
                 tokens.len()
             )));
         }
-        let vocab = self.config.vocab_size;
-        let outside = |&&y: &&i32| y != IGNORE_INDEX && (y < 0 || y as usize >= vocab);
-        if let Some(&bad) = targets.and_then(|targets| targets.iter().find(outside)) {
-            return Err(Error::Input(format!(
-                "target id {bad} is outside the vocabulary [0, {vocab})"
-            )));
-        }
-        Ok(())
+        targets.map_or(Ok(()), |targets| check_targets(targets, self.config.vocab_size))
     }
 
     /// Forward pass over a batch `tokens` [B, T]. With `targets` [B, T] (ids, or
@@ -406,6 +399,7 @@ fn masked<'a>(grad: &'a [f32], mask: &[f32], scratch: &'a mut [f32]) -> &'a [f32
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::cross_entropy::IGNORE_INDEX;
     use crate::ops::test_util::check_gradient;
 
     /// A tiny model with weights large enough that every gradient is clearly non-zero.

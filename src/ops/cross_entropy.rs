@@ -10,6 +10,24 @@ use rayon::prelude::*;
 /// A target equal to this is skipped (PyTorch's default `ignore_index`).
 pub const IGNORE_INDEX: i32 = -100;
 
+/// An error naming the first target that is neither in [0, v) nor [`IGNORE_INDEX`].
+pub fn check_targets(targets: &[i32], v: usize) -> Result<()> {
+    match targets
+        .iter()
+        .find(|&&y| y != IGNORE_INDEX && (y < 0 || y as usize >= v))
+    {
+        Some(&bad) => Err(Error::Input(format!(
+            "target id {bad} is outside the vocabulary [0, {v})"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// How many targets count towards the mean loss (those not [`IGNORE_INDEX`]).
+pub fn counted_targets(targets: &[i32]) -> usize {
+    targets.iter().filter(|&&y| y != IGNORE_INDEX).count()
+}
+
 /// Forward. logits: [N, V]; targets: [N]; lse: [N] receives logsumexp of each row (for the
 /// backward pass), row_loss: [N] each row's loss (0 when ignored). Returns the mean loss over
 /// counted rows (summed in order, so it is reproducible bit for bit) and the count.
@@ -20,14 +38,7 @@ pub fn cross_entropy_forward(
     targets: &[i32],
     v: usize,
 ) -> Result<(f32, usize)> {
-    if let Some(&bad) = targets
-        .iter()
-        .find(|&&y| y != IGNORE_INDEX && (y < 0 || y as usize >= v))
-    {
-        return Err(Error::Input(format!(
-            "target id {bad} is outside the vocabulary [0, {v})"
-        )));
-    }
+    check_targets(targets, v)?;
     lse.par_iter_mut()
         .zip(row_loss.par_iter_mut())
         .zip(logits.par_chunks(v))
@@ -39,7 +50,7 @@ pub fn cross_entropy_forward(
             *loss = if y == IGNORE_INDEX { 0.0 } else { *lse - row[y as usize] };
         });
     let total: f64 = row_loss.iter().map(|&l| l as f64).sum();
-    let count = targets.iter().filter(|&&y| y != IGNORE_INDEX).count();
+    let count = counted_targets(targets);
     let mean = if count == 0 { 0.0 } else { (total / count as f64) as f32 };
     Ok((mean, count))
 }

@@ -3,7 +3,7 @@
 use super::ROWS_PER_TASK;
 use rayon::prelude::*;
 
-/// Independent partial sums per row reduction in the backward pass.
+/// Independent partial sums per row reduction (see [`super::sum_lanes`]).
 const LANES: usize = 16;
 
 /// Forward. inp, out: [N, C]; w, b: [C]; mean, rstd: [N] are kept for the backward pass.
@@ -23,8 +23,8 @@ pub fn layernorm_forward(
         .zip(inp.par_chunks(c))
         .with_min_len(ROWS_PER_TASK)
         .for_each(|((out, (mean, rstd)), x)| {
-            let m = super::sum(x) / c as f32;
-            let var = super::sum_lanes::<f32, 16>(x, |v| (v - m) * (v - m)) / c as f32; // biased, as PyTorch
+            let m = super::sum_lanes::<f32, LANES>(x, |v| v) / c as f32;
+            let var = super::sum_lanes::<f32, LANES>(x, |v| (v - m) * (v - m)) / c as f32; // biased, as PyTorch
             let s = 1.0 / (var + eps).sqrt();
             for (((o, &xi), &wi), &bi) in out.iter_mut().zip(x).zip(w).zip(b) {
                 *o = (xi - m) * s * wi + bi;
@@ -54,7 +54,7 @@ pub fn layernorm_backward(
         .zip(mean.par_iter().zip(rstd.par_iter()))
         .with_min_len(ROWS_PER_TASK)
         .for_each(|(((dx, dy), x), (&m, &s))| {
-            // Σ g and Σ g·x̂ in 16 lanes each, as in [`super::sum_lanes`], so that they vectorise.
+            // Σ g and Σ g·x̂ in LANES lanes each, as in [`super::sum_lanes`], so that they vectorise.
             let (mut g_lanes, mut gx_lanes) = ([0.0f32; LANES], [0.0f32; LANES]);
             let mut add = |dy: &[f32], x: &[f32], w: &[f32]| {
                 let lanes = g_lanes.iter_mut().zip(gx_lanes.iter_mut());

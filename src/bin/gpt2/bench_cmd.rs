@@ -146,10 +146,10 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
             }
             None => None,
         };
-        let peer_ms = peer.as_ref().map(|p| p["step_ms_median"].as_f64().unwrap_or(f64::NAN));
         if !args.json {
             print_result("gpt2 (rust)", mode, &ours);
-            if let (Some(peer), Some(peer_ms)) = (&peer, peer_ms) {
+            if let Some(peer) = &peer {
+                let peer_ms = step_ms(peer);
                 println!(
                     "pytorch     {mode}: {peer_ms:.1} ms/step (median), {:.1} tokens/s, peak RSS {:.0} MiB; speed-up {:.2}x",
                     peer["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
@@ -158,22 +158,25 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
                 );
             }
         }
-        rounds.push((ours, peer, peer_ms));
+        rounds.push((ours, peer));
     }
     // Medians over the rounds; the speed-up is the median of the rounds' own ratios.
-    let mut ours_ms: Vec<f64> = rounds.iter().map(|(ours, ..)| ours.step_ms_median).collect();
+    let mut ours_ms: Vec<f64> = rounds.iter().map(|(ours, _)| ours.step_ms_median).collect();
     let ours_ms = median(&mut ours_ms);
-    let (last, last_peer, _) = rounds.last().expect("at least one round");
+    let (last, last_peer) = rounds.last().expect("at least one round");
     let mut summary = last.clone();
     summary.tokens_per_s *= summary.step_ms_median / ours_ms;
     summary.step_ms_median = ours_ms;
     summary.peak_rss_mb = peak_rss_mb();
     let per_round: Vec<f64> = rounds
         .iter()
-        .filter_map(|(ours, _, peer_ms)| peer_ms.map(|peer_ms| peer_ms / ours.step_ms_median))
+        .filter_map(|(ours, peer)| peer.as_ref().map(|peer| step_ms(peer) / ours.step_ms_median))
         .collect();
     let versus = (!per_round.is_empty()).then(|| {
-        let mut peer_ms: Vec<f64> = rounds.iter().filter_map(|r| r.2).collect();
+        let mut peer_ms: Vec<f64> = rounds
+            .iter()
+            .filter_map(|(_, peer)| peer.as_ref().map(step_ms))
+            .collect();
         let mut sorted = per_round.clone();
         (
             median(&mut peer_ms),
@@ -209,6 +212,11 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         None => {}
     }
     Ok(())
+}
+
+/// The median step time of a PyTorch result.
+fn step_ms(peer: &serde_json::Value) -> f64 {
+    peer["step_ms_median"].as_f64().unwrap_or(f64::NAN)
 }
 
 fn run_load(args: &LoadArgs) -> Result<()> {
