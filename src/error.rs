@@ -21,23 +21,20 @@ pub enum Error {
     /// what the server announced.
     #[error("{url}: {msg}")]
     Download { url: String, msg: String },
-    /// An I/O failure, with the file it concerns.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// An I/O failure, with the file it concerns. The cause is part of the message and not a
+    /// `source()`, so that a printed error chain does not say it twice.
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     /// Wraps an I/O error with the path it happened on.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause,
         }
     }
 
