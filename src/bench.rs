@@ -8,6 +8,7 @@ use crate::generate::{GenerateOptions, Generator, Sampling};
 use crate::model::data_parallel::auto_shards;
 use crate::model::{param_specs, DataParallel, Gpt};
 use crate::ops::adamw::{clip_factor, AdamW, AdamWConfig};
+use crate::ops::sum_streams;
 use crate::rng::Rng;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -179,25 +180,11 @@ pub fn bench_generate(
 /// sequential streams (as the decoding kernels of [`crate::ops::matvec`] do): the ceiling of a
 /// product that reads every weight once.
 fn read_bandwidth_gb_per_s(data: &[f32]) -> f64 {
-    const STREAMS: usize = 8;
-    const LANES: usize = 16;
     let share = data.len().div_ceil(rayon::current_num_threads());
     let start = Instant::now();
     let total: f32 = data
         .par_chunks(share)
-        .map(|chunk| {
-            // STREAMS equal parts read side by side (the few values left over are skipped).
-            let part = chunk.len() / STREAMS;
-            let mut streams: [_; STREAMS] = std::array::from_fn(|s| chunk[s * part..][..part].chunks_exact(LANES));
-            let mut acc = [[0.0f32; LANES]; STREAMS];
-            for _ in 0..part / LANES {
-                for (acc, stream) in acc.iter_mut().zip(streams.iter_mut()) {
-                    let values = stream.next().expect("part / LANES chunks in every stream");
-                    acc.iter_mut().zip(values).for_each(|(a, v)| *a += v);
-                }
-            }
-            acc.iter().flatten().sum::<f32>()
-        })
+        .map(|chunk| sum_streams::<f32, 16>(chunk, |x| x))
         .sum();
     std::hint::black_box(total);
     std::mem::size_of_val(data) as f64 / start.elapsed().as_secs_f64() / 1e9

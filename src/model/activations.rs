@@ -2,6 +2,7 @@
 //! steps of the same shape. N = B·T rows; C = n_embd; NH = n_head; F = n_inner; V = vocab.
 
 use crate::config::Config;
+use crate::ops::zeroed;
 
 /// What one transformer block keeps from the forward pass for its backward pass.
 pub struct BlockActs {
@@ -56,34 +57,30 @@ pub struct GradActs {
     pub att: Vec<f32>,      // [B, NH, T, T]
 }
 
-fn zeros(n: usize) -> Vec<f32> {
-    vec![0.0; n]
-}
-
 impl Activations {
     pub fn new(cfg: &Config, b: usize, t: usize, dropout: bool) -> Self {
         let (n, c, f) = (b * t, cfg.n_embd, cfg.n_inner);
         let att = b * cfg.n_head * t * t;
-        let if_dropout = |len: usize| zeros(if dropout { len } else { 0 });
+        let if_dropout = |len: usize| zeroed(if dropout { len } else { 0 });
         let blocks = (0..cfg.n_layer)
             .map(|_| BlockActs {
-                ln_1: zeros(n * c),
-                ln_1_mean: zeros(n),
-                ln_1_rstd: zeros(n),
-                qkv: zeros(n * 3 * c),
-                att: zeros(att),
+                ln_1: zeroed(n * c),
+                ln_1_mean: zeroed(n),
+                ln_1_rstd: zeroed(n),
+                qkv: zeroed(n * 3 * c),
+                att: zeroed(att),
                 att_dropped: if_dropout(att),
-                atty: zeros(n * c),
+                atty: zeroed(n * c),
                 attn_mask: if_dropout(n * c),
-                residual_2: zeros(n * c),
-                ln_2: zeros(n * c),
-                ln_2_mean: zeros(n),
-                ln_2_rstd: zeros(n),
-                fch: zeros(n * f),
-                fch_tanh: zeros(n * f),
-                fch_gelu: zeros(n * f),
+                residual_2: zeroed(n * c),
+                ln_2: zeroed(n * c),
+                ln_2_mean: zeroed(n),
+                ln_2_rstd: zeroed(n),
+                fch: zeroed(n * f),
+                fch_tanh: zeroed(n * f),
+                fch_gelu: zeroed(n * f),
                 mlp_mask: if_dropout(n * c),
-                residual_3: zeros(n * c),
+                residual_3: zeroed(n * c),
             })
             .collect();
         Activations {
@@ -92,15 +89,15 @@ impl Activations {
             dropout,
             tokens: vec![0; n],
             targets: Vec::with_capacity(n),
-            encoded: zeros(n * c),
+            encoded: zeroed(n * c),
             emb_mask: if_dropout(n * c),
             blocks,
-            ln_f: zeros(n * c),
-            ln_f_mean: zeros(n),
-            ln_f_rstd: zeros(n),
-            logits: zeros(n * cfg.vocab_size),
-            lse: zeros(n),
-            row_loss: zeros(n),
+            ln_f: zeroed(n * c),
+            ln_f_mean: zeroed(n),
+            ln_f_rstd: zeroed(n),
+            logits: zeroed(n * cfg.vocab_size),
+            lse: zeroed(n),
+            row_loss: zeroed(n),
             target_count: 0,
         }
     }
@@ -112,12 +109,12 @@ impl GradActs {
         GradActs {
             b,
             t,
-            residual: zeros(n * c),
-            ln: zeros(n * c),
-            qkv: zeros(n * 3 * c),
-            atty: zeros(n * c),
-            fch: zeros(n * cfg.n_inner),
-            att: zeros(b * cfg.n_head * t * t),
+            residual: zeroed(n * c),
+            ln: zeroed(n * c),
+            qkv: zeroed(n * 3 * c),
+            atty: zeroed(n * c),
+            fch: zeroed(n * cfg.n_inner),
+            att: zeroed(b * cfg.n_head * t * t),
         }
     }
 }

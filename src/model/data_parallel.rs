@@ -16,6 +16,7 @@ use super::gpt::Gpt;
 use crate::error::{Error, Result};
 use crate::ops::cross_entropy::counted_targets;
 use crate::ops::matmul::sequential;
+use crate::ops::zeroed;
 use crate::rng::Rng;
 use rayon::prelude::*;
 use rayon::{ThreadPool, ThreadPoolBuilder};
@@ -182,7 +183,7 @@ impl DataParallel {
             .collect();
         let (model, replicas) = workers.split_first_mut().expect("at least one shard");
         if model.grads.len() != model.params.len() {
-            model.grads = vec![0.0; model.params.len()];
+            model.grads = zeroed(model.params.len());
         }
         for (s, replica) in replicas.iter().enumerate() {
             if rows[s + 1] < rows[s + 2] {

@@ -12,6 +12,7 @@ use crate::ops::embedding::{embedding_backward, embedding_forward};
 use crate::ops::gelu::{gelu_backward_inplace, gelu_forward};
 use crate::ops::layernorm::{layernorm_backward, layernorm_forward};
 use crate::ops::matmul::{all_threads, gemm, linear_backward, linear_forward};
+use crate::ops::{set_zero, zeroed};
 use crate::rng::Rng;
 
 /// A GPT-2 language model: its configuration, its parameters in one flat buffer, and (once
@@ -233,9 +234,9 @@ impl Gpt {
     /// Sets every gradient to zero (allocating the gradient buffer on first use).
     pub fn zero_grad(&mut self) {
         if self.grads.len() != self.params.len() {
-            self.grads = vec![0.0; self.params.len()];
+            self.grads = zeroed(self.params.len());
         } else {
-            self.grads.fill(0.0);
+            set_zero(&mut self.grads);
         }
     }
 
@@ -247,7 +248,7 @@ impl Gpt {
             return Err(Error::Input("backward needs a forward pass with targets first".into()));
         };
         if self.grads.len() != self.params.len() {
-            self.grads = vec![0.0; self.params.len()];
+            self.grads = zeroed(self.params.len());
         }
         let cfg = &self.config;
         let (b, t) = (acts.b, acts.t);

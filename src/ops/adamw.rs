@@ -88,8 +88,8 @@ impl AdamW {
             .collect();
         AdamW {
             config,
-            m: vec![0.0; offset],
-            v: vec![0.0; offset],
+            m: super::zeroed(offset),
+            v: super::zeroed(offset),
             t: 0,
             tensors,
             norm_partials: Vec::new(),

@@ -14,6 +14,8 @@ pub mod layernorm;
 pub mod matmul;
 pub mod matvec;
 
+use rayon::prelude::*;
+
 /// e^x in f32, branch-free so that loops over slices vectorise (libm's expf does not).
 /// Range reduction x = n·ln2 + r with |r| ≤ ln2/2, then Cephes' degree-6 polynomial for e^r
 /// (relative error about 2e-7, like expf). Inputs are clamped to [-87, 88]: e^-87 ≈ 1.6e-38
@@ -99,7 +101,51 @@ pub fn sum(xs: &[f32]) -> f32 {
 
 /// Σ x², accumulated in f64 (a sum over 10⁸ gradient entries would lose digits in f32).
 pub fn sum_squares_f64(xs: &[f32]) -> f64 {
-    sum_lanes::<f64, 8>(xs, |x| x as f64 * x as f64)
+    sum_streams::<f64, 16>(xs, |x| x as f64 * x as f64)
+}
+
+/// Sequential streams in which [`sum_streams`] reads a slice.
+const STREAMS: usize = 8;
+
+/// Σ term(x) like [`sum_lanes`], for slices read from memory rather than cache: the slice is
+/// read as [`STREAMS`] equal parts side by side (the rest in lanes after them). On the hosts we
+/// measured, a thread reading one sequential stream gets about half the memory bandwidth that
+/// one reading several gets (gradient norm of GPT-2 124M on 2 threads: 35 vs 22 ms).
+#[inline(always)]
+pub(crate) fn sum_streams<T, const L: usize>(xs: &[f32], term: impl Fn(f32) -> T) -> T
+where
+    T: Copy + Default + std::ops::AddAssign + std::iter::Sum,
+{
+    let part = xs.len() / STREAMS / L * L;
+    let (parts, rest) = xs.split_at(part * STREAMS);
+    let mut streams: [_; STREAMS] = std::array::from_fn(|s| parts[s * part..][..part].chunks_exact(L));
+    let mut lanes = [[T::default(); L]; STREAMS];
+    for _ in 0..part / L {
+        for (lanes, stream) in lanes.iter_mut().zip(streams.iter_mut()) {
+            let chunk = stream.next().expect("part / L chunks in every stream");
+            for (lane, &x) in lanes.iter_mut().zip(chunk) {
+                *lane += term(x);
+            }
+        }
+    }
+    let mut total = lanes.into_iter().flatten().sum::<T>();
+    total += sum_lanes::<T, L>(rest, term);
+    total
+}
+
+/// Sets a buffer to zero on all threads of the pool, 256 KiB per task.
+pub fn set_zero(xs: &mut [f32]) {
+    xs.par_chunks_mut(1 << 16).for_each(|chunk| chunk.fill(0.0));
+}
+
+/// A zeroed buffer of `n` values whose memory is first touched by writes ([`set_zero`]). A
+/// fresh allocation is mapped lazily: if its first touch were a read (as in `grad += …`), every
+/// page would first map the kernel's shared zero page and then fault again, and make every
+/// thread flush its TLB, on the first write: 8 s instead of 1.5 s for GPT-2 124M's first step.
+pub fn zeroed(n: usize) -> Vec<f32> {
+    let mut xs = vec![0.0; n];
+    set_zero(&mut xs);
+    xs
 }
 
 /// Rows handled per rayon task in row-parallel loops: large enough to amortise scheduling,
@@ -120,6 +166,24 @@ mod tests {
         }
         let tiny = super::exp(-1000.0);
         assert!((0.0..1e-37).contains(&tiny) && super::exp(1000.0).is_finite());
+    }
+
+    #[test]
+    fn sums_in_streams_and_lanes_add_every_element_once() {
+        for n in [0, 1, 15, 127, 128, 129, 1000, 100_003] {
+            let xs: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 - 50.0).collect();
+            let exact: f64 = xs.iter().map(|&x| x as f64 * x as f64).sum();
+            assert_eq!(super::sum_squares_f64(&xs), exact, "n = {n}"); // integers: exact in f64
+        }
+    }
+
+    #[test]
+    fn zeroed_buffers_are_zero() {
+        let mut xs = super::zeroed(200_000);
+        assert!(xs.iter().all(|&x| x == 0.0));
+        xs.iter_mut().for_each(|x| *x = 1.5);
+        super::set_zero(&mut xs[1..]);
+        assert!(xs[0] == 1.5 && xs[1..].iter().all(|&x| x == 0.0));
     }
 }
 
