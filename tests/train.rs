@@ -354,15 +354,28 @@ fn an_existing_run_is_never_overwritten_or_resumed_with_other_settings() {
         resume_error("max_iters", 6.into()).is_empty(),
         "more steps may be asked for"
     );
+    assert!(
+        resume_error("cache_dir", dir.join("other-cache").to_string_lossy().as_ref().into()).is_empty(),
+        "the shard cache may move"
+    );
     let err = Trainer::resume(&dir.join("nothing"), &Overrides::new())
         .err()
         .unwrap()
         .to_string();
     assert!(err.contains("not a training run"), "{err}");
+    let err = Trainer::resume(&run.join("best"), &Overrides::new())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("latest/") && err.contains("--init"), "{err}");
 
     // The corpus changed under the run.
     let corpus = tiny(&dir).data[0].clone();
     std::fs::write(&corpus, std::fs::read_to_string(&corpus).unwrap().replace("cat", "tac")).unwrap();
+    let err = Trainer::resume(&run, &Overrides::new()).err().unwrap().to_string();
+    assert!(err.contains("is not the one this run was trained on"), "{err}");
+    // ... with a character the run's vocabulary lacks: still that error, not the tokenizer's.
+    std::fs::write(&corpus, "Zebra\n".repeat(100)).unwrap();
     let err = Trainer::resume(&run, &Overrides::new()).err().unwrap().to_string();
     assert!(err.contains("is not the one this run was trained on"), "{err}");
     assert!(
@@ -396,5 +409,69 @@ fn a_checkpoint_that_cannot_be_written_leaves_the_previous_one_intact() {
     assert!(read(run.join("latest/model.safetensors")) == before);
     let state: serde_json::Value = serde_json::from_slice(&read(run.join("latest/trainer.json"))).unwrap();
     assert_eq!(state["step"], 5);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_diverging_run_stops_before_it_can_replace_a_checkpoint() {
+    let dir = temp_dir("diverge");
+    // Warm-up at a sane rate, a checkpoint at step 2, then a learning rate of 1e30.
+    let config = TrainConfig {
+        lr: 1e-3,
+        min_lr: 1e30,
+        warmup_iters: 2,
+        lr_decay_iters: Some(2),
+        grad_clip: 0.0,
+        eval_interval: 2,
+        max_iters: 8,
+        ..tiny(&dir)
+    };
+    let err = Trainer::new(config)
+        .unwrap()
+        .run(&RunOptions::default(), &mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("diverged") && err.contains("checkpoint of step 2"),
+        "{err}"
+    );
+    let run = dir.join("run");
+    let state: serde_json::Value = serde_json::from_slice(&read(run.join("latest/trainer.json"))).unwrap();
+    assert_eq!(state["step"], 2);
+    for name in ["latest", "best"] {
+        let model = load_model(&run.join(name)).unwrap();
+        assert!(
+            model.params.iter().all(|p| p.is_finite()),
+            "{name}/ holds the model of step 2"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_run_stopped_before_its_first_checkpoint_can_be_started_again_in_place() {
+    let dir = temp_dir("restart");
+    let summary = train(tiny(&dir), Some(0)); // evaluates step 0 (logs, plots), saves nothing
+    assert!(summary.latest.is_none());
+    let err = Trainer::resume(&dir.join("run"), &Overrides::new())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not a training run"), "{err}");
+    let summary = train(
+        TrainConfig {
+            max_iters: 2,
+            eval_interval: 2,
+            ..tiny(&dir)
+        },
+        None,
+    );
+    assert_eq!(summary.step, 2);
+    assert_eq!(
+        metrics(&dir.join("run")).first().unwrap()["step"],
+        0,
+        "the log starts again"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -9,4 +9,4 @@ pub mod shard;
 
 pub use batches::{eval_starts, Batch, BatchStream, DataPosition, Dataset, Split, Windows};
 pub use corpus::{read_corpus, Document};
-pub use shard::{tokenize_cached, Shard};
+pub use shard::{corpus_key, tokenize_cached, Shard};

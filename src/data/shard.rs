@@ -145,11 +145,7 @@ pub fn tokenize(docs: &[Document], tokenizer: &Tokenizer) -> Result<Vec<u32>> {
 /// The shard of `docs` under `tokenizer`, from `cache_dir/<key>.tokens` if an earlier run made
 /// it, else tokenised now and stored there. Returns the shard and whether it came from the cache.
 pub fn tokenize_cached(docs: &[Document], tokenizer: &Tokenizer, cache_dir: &Path) -> Result<(Shard, bool)> {
-    std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
-    let path = cache_dir.join(format!(
-        "{}.tokens",
-        cache_key(docs, &saved_form(tokenizer, cache_dir)?)
-    ));
+    let path = cache_dir.join(format!("{}.tokens", corpus_key(docs, tokenizer, cache_dir)?));
     if path.is_file() {
         if let Ok(shard) = Shard::open(&path) {
             return Ok((shard, true));
@@ -158,6 +154,13 @@ pub fn tokenize_cached(docs: &[Document], tokenizer: &Tokenizer, cache_dir: &Pat
     let ids = tokenize(docs, tokenizer)?;
     Shard::write(&path, &ids, tokenizer.vocab_size())?;
     Ok((Shard::open(&path)?, false))
+}
+
+/// The key [`tokenize_cached`] names the shard of `docs` by: a training run records it, and
+/// checks it on resume before anything is tokenised. Creates `cache_dir` (for a scratch file).
+pub fn corpus_key(docs: &[Document], tokenizer: &Tokenizer, cache_dir: &Path) -> Result<String> {
+    std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
+    Ok(cache_key(docs, &saved_form(tokenizer, cache_dir)?))
 }
 
 /// The bytes of `tokenizer.json` for `tokenizer` (written to a scratch file in `dir`).

@@ -51,7 +51,10 @@ pub fn write_file(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Re
 
 /// Writes the directory `dir` atomically: `fill` writes its files into a fresh temporary
 /// directory (with [`write_synced`]), which then replaces `dir`. An existing `dir` stays intact
-/// until the new one is complete.
+/// until the new one is complete, and at every instant `dir` is the old directory or the new
+/// one: on Linux the two are exchanged in one rename. Elsewhere (or on a file system without
+/// that rename) the old one is moved aside first, and a crash between the two renames leaves
+/// it as `.NAME.old-PID`, which [`recover_dir`] puts back.
 pub fn write_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = dir
         .parent()
@@ -63,25 +66,93 @@ pub fn write_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<(
         fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    if let Err(e) = fill(&tmp).and_then(|_| sync_dir(&tmp)) {
-        let _ = fs::remove_dir_all(&tmp);
-        return Err(e);
+    let written = fill(&tmp)
+        .and_then(|_| sync_dir(&tmp))
+        .and_then(|_| replace_dir(dir, &tmp))
+        .and_then(|_| sync_dir(parent));
+    // Now the old directory, or the incomplete new one.
+    let _ = fs::remove_dir_all(&tmp);
+    written
+}
+
+/// Puts the directory `tmp` at `dir`; the old `dir`, if any, ends up at `tmp` (to be removed).
+fn replace_dir(dir: &Path, tmp: &Path) -> Result<()> {
+    if !dir.exists() {
+        return fs::rename(tmp, dir).map_err(|e| Error::io(dir, e));
     }
-    // Swap: move the old directory aside, move the new one in, then delete the old one.
+    exchange(tmp, dir).or_else(|_| swap_through_aside(dir, tmp))
+}
+
+/// [`replace_dir`] in two renames: `dir` to `.NAME.old-PID`, then `tmp` to `dir`.
+fn swap_through_aside(dir: &Path, tmp: &Path) -> Result<()> {
     let old = sibling(dir, "old");
-    let had_old = dir.exists();
-    if had_old {
-        fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    if old.exists() {
+        fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
     }
-    if let Err(e) = fs::rename(&tmp, dir) {
-        if had_old {
-            let _ = fs::rename(&old, dir);
-        }
+    fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    if let Err(e) = fs::rename(tmp, dir) {
+        let _ = fs::rename(&old, dir);
         return Err(Error::io(dir, e));
     }
-    sync_dir(parent)?;
-    if had_old {
-        fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    if fs::rename(&old, tmp).is_err() {
+        let _ = fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
+/// Swaps the directories `a` and `b` in one step (Linux's `renameat2(RENAME_EXCHANGE)`).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let path = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (a, b) = (path(a)?, path(b)?);
+    // SAFETY: both paths are NUL-terminated strings that live across the call.
+    let status = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    match status {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a: &Path, _b: &Path) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+/// After a crash inside [`write_dir`]'s fallback swap, `dir` may be missing while its old
+/// version waits as `.NAME.old-PID`: this moves that back to `dir`. Does nothing when `dir`
+/// exists.
+pub fn recover_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Ok(());
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let prefix = format!(".{}.old-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) && entry.path().is_dir() {
+            fs::rename(entry.path(), dir).map_err(|e| Error::io(dir, e))?;
+            return sync_dir(parent);
+        }
     }
     Ok(())
 }
@@ -108,6 +179,39 @@ mod tests {
             1,
             "no temporary directories left behind"
         );
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn both_ways_of_replacing_a_directory_leave_the_old_one_at_the_temporary_name() {
+        let root = std::env::temp_dir().join(format!("gpt2-atomic-swap-{}", std::process::id()));
+        let (dir, tmp) = (root.join("ckpt"), root.join("new"));
+        let put = |path: &Path, text: &[u8]| {
+            fs::create_dir_all(path).unwrap();
+            fs::write(path.join("a.txt"), text).unwrap();
+        };
+        for swap in [replace_dir, swap_through_aside] {
+            put(&dir, b"old");
+            put(&tmp, b"new");
+            swap(&dir, &tmp).unwrap();
+            assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"new");
+            assert_eq!(fs::read(tmp.join("a.txt")).unwrap(), b"old");
+            fs::remove_dir_all(&root).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_directory_left_aside_by_a_crash_is_put_back() {
+        let root = std::env::temp_dir().join(format!("gpt2-atomic-recover-{}", std::process::id()));
+        let dir = root.join("latest");
+        let aside = root.join(".latest.old-4242"); // as a process killed mid-swap leaves it
+        fs::create_dir_all(&aside).unwrap();
+        fs::write(aside.join("a.txt"), b"good").unwrap();
+        recover_dir(&dir).unwrap();
+        assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"good");
+        assert!(!aside.exists());
+        recover_dir(&dir).unwrap(); // dir exists: nothing to do
+        assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"good");
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -134,7 +134,7 @@ impl Default for TrainConfig {
 pub const DEFAULT_SHAPE: (usize, usize, usize, usize) = (4, 4, 128, 64); // n_layer, n_head, n_embd, block_size
 
 /// Settings a resumed run may change: they do not alter the path of the training itself.
-pub const RESUMABLE_KEYS: [&str; 7] = [
+pub const RESUMABLE_KEYS: [&str; 8] = [
     "max_iters",
     "eval_interval",
     "eval_iters",
@@ -142,6 +142,7 @@ pub const RESUMABLE_KEYS: [&str; 7] = [
     "sample_tokens",
     "temperature",
     "top_k",
+    "cache_dir",
 ];
 
 impl TrainConfig {

@@ -5,11 +5,17 @@
 use crate::error::{Error, Result};
 use crate::io::atomic::write_file;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+
+/// JSON has no NaN or infinity: serde_json writes them as `null`, which this reads back as NaN
+/// (`#[serde(deserialize_with = "null_as_nan")]` on an f32 field that can be non-finite).
+pub fn null_as_nan<'de, D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<f32, D::Error> {
+    Ok(Option::<f32>::deserialize(deserializer)?.unwrap_or(f32::NAN))
+}
 
 /// A record of a log.
 pub trait LogRecord: Serialize + DeserializeOwned {

@@ -1,7 +1,8 @@
 //! The metrics log `metrics.jsonl`: one JSON object per line, per training step and per
-//! evaluation (the lines with `val_loss`).
+//! evaluation (the lines with `val_loss`). A loss, norm or perplexity that overflowed is written
+//! as `null` and read back as NaN.
 
-use super::jsonl::{JsonLines, LogRecord};
+use super::jsonl::{null_as_nan, JsonLines, LogRecord};
 use crate::error::Result;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -11,9 +12,12 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub step: usize,
+    #[serde(deserialize_with = "null_as_nan")]
     pub train_loss: f32,
+    #[serde(deserialize_with = "null_as_nan")]
     pub lr: f32,
     /// Global gradient norm before clipping.
+    #[serde(deserialize_with = "null_as_nan")]
     pub grad_norm: f32,
     /// Tokens trained on before this step.
     pub tokens: u64,
@@ -27,10 +31,15 @@ pub struct StepRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalRecord {
     pub step: usize,
+    #[serde(deserialize_with = "null_as_nan")]
     pub train_loss: f32,
+    #[serde(deserialize_with = "null_as_nan")]
     pub val_loss: f32,
+    #[serde(deserialize_with = "null_as_nan")]
     pub train_perplexity: f32,
+    #[serde(deserialize_with = "null_as_nan")]
     pub val_perplexity: f32,
+    #[serde(deserialize_with = "null_as_nan")]
     pub lr: f32,
     pub tokens: u64,
     pub elapsed_s: f64,
@@ -141,6 +150,44 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
         let line = serde_json::to_string(&eval).unwrap();
         assert!(line.contains("\"val_loss\":1.5") && line.contains("\"train_loss\":1.0"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn overflowed_values_are_read_back_as_nan() {
+        let dir = std::env::temp_dir().join(format!("gpt2-metrics-nan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let mut log = MetricsLog::open(&path, 0).unwrap();
+        log.append(Record::Step(StepRecord {
+            step: 0,
+            train_loss: 90.0,
+            lr: 0.1,
+            grad_norm: f32::INFINITY,
+            tokens: 0,
+            tokens_per_s: 1.0,
+            elapsed_s: 0.0,
+        }))
+        .unwrap();
+        log.append(Record::Eval(EvalRecord {
+            step: 1,
+            train_loss: 90.0,
+            val_loss: f32::NAN,
+            train_perplexity: 90.0f32.exp(), // overflows to infinity
+            val_perplexity: f32::NAN,
+            lr: 0.1,
+            tokens: 8,
+            elapsed_s: 0.5,
+            sample: String::new(),
+        }))
+        .unwrap();
+        drop(log);
+        let log = MetricsLog::open(&path, 2).unwrap();
+        assert!(log.history.steps[0].grad_norm.is_nan());
+        let eval = &log.history.evals[0];
+        assert!(eval.train_perplexity.is_nan() && eval.val_loss.is_nan() && eval.val_perplexity.is_nan());
+        assert_eq!(eval.train_loss, 90.0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -24,10 +24,12 @@ pub use config::{Overrides, TrainConfig};
 pub use metrics::{EvalRecord, StepRecord};
 
 use crate::config::Config;
-use crate::data::{eval_starts, read_corpus, tokenize_cached, Batch, BatchStream, Dataset, Document, Split, Windows};
+use crate::data::{
+    corpus_key, eval_starts, read_corpus, tokenize_cached, Batch, BatchStream, Dataset, Document, Split, Windows,
+};
 use crate::error::{Error, Result};
 use crate::generate::{generate_ids, Sampling};
-use crate::io::{cache, load_model_with_tokenizer, save_model, ExportFormat, Loaded};
+use crate::io::{atomic, cache, load_model_with_tokenizer, save_model, ExportFormat, Loaded};
 use crate::model::data_parallel::auto_shards;
 use crate::model::{param_specs, DataParallel, Gpt};
 use crate::ops::adamw::{clip_factor, AdamW, AdamWConfig};
@@ -121,6 +123,8 @@ pub struct Trainer {
     step: usize,
     best_val_loss: Option<f32>,
     elapsed_s: f64,
+    /// The step of the run's `latest/` checkpoint (None before the first).
+    checkpoint_step: Option<usize>,
     log: MetricsLog,
     param_log: JsonLines<ParamStatsRecord>,
     info: RunInfo,
@@ -184,6 +188,7 @@ impl Trainer {
             step: 0,
             best_val_loss: None,
             elapsed_s: 0.0,
+            checkpoint_step: None,
             resumed: false,
             cached,
             files: docs.len(),
@@ -194,12 +199,21 @@ impl Trainer {
     /// Continues the run in `run_dir` from its `latest/` checkpoint. `overrides` are the settings
     /// the user gave again: only [`config::RESUMABLE_KEYS`] may differ from the run's.
     pub fn resume(run_dir: &Path, overrides: &Overrides) -> Result<Trainer> {
-        // Accept the run directory or its latest/ checkpoint.
+        // Accept the run directory or its latest/ checkpoint; another checkpoint (best/) is
+        // not where the run stopped.
         let run_dir = if run_dir.join(checkpoint::TRAINER_FILE).is_file() {
+            if run_dir.file_name() != Some("latest".as_ref()) {
+                return Err(Error::Input(format!(
+                    "{0}: --resume continues a run from where it stopped, its latest/ checkpoint; \
+                     give the run directory, or fine-tune from this checkpoint with --init {0}",
+                    run_dir.display()
+                )));
+            }
             run_dir.parent().unwrap_or(Path::new("."))
         } else {
             run_dir
         };
+        atomic::recover_dir(&run_dir.join("latest"))?;
         let dir = run_dir.join("latest");
         if !dir.join(checkpoint::TRAINER_FILE).is_file() {
             return Err(Error::Input(format!(
@@ -224,14 +238,15 @@ impl Trainer {
                 dir.display()
             )));
         }
+        let block_size = state.config.block_size.unwrap_or(model.config.n_positions);
         let config = TrainConfig {
             out_dir: Some(run_dir.to_path_buf()),
+            block_size: Some(block_size),
             // Runs recorded before this setting existed trained unsharded.
             data_parallel: Some(state.config.data_parallel.unwrap_or(1)),
             ..state.config.with_overrides(overrides)?
         };
         config.validate()?;
-        let block_size = config.block_size.unwrap_or(model.config.n_positions);
         let expected = (config.n_layer, config.n_head, config.n_embd);
         let found = (
             Some(model.config.n_layer),
@@ -247,8 +262,8 @@ impl Trainer {
         model.config.dropout = config.dropout;
         let prompt = encode_prompt(&config.prompt, &tokenizer, &model.config)?;
         let docs = read_corpus(&config.data)?;
-        let (shard, cached) = tokenize_cached(&docs, &tokenizer, &shard_cache_dir(&config)?)?;
-        if shard_key(&shard) != state.corpus_key {
+        let cache_dir = shard_cache_dir(&config)?;
+        if corpus_key(&docs, &tokenizer, &cache_dir)? != state.corpus_key {
             return Err(Error::Input(format!(
                 "{}: the corpus ({}) is not the one this run was trained on: its text or tokenizer changed",
                 run_dir.display(),
@@ -260,6 +275,7 @@ impl Trainer {
                     .join(", ")
             )));
         }
+        let (shard, cached) = tokenize_cached(&docs, &tokenizer, &cache_dir)?;
         let data = Dataset::new(shard, config.val_fraction, block_size)?;
         let mut optimizer = AdamW::new(adamw_config(&config), &param_specs(&model.config));
         (optimizer.m, optimizer.v, optimizer.t) = (optimizer_m, optimizer_v, state.optimizer_step);
@@ -269,6 +285,7 @@ impl Trainer {
             step: state.step,
             best_val_loss: state.best_val_loss,
             elapsed_s: state.elapsed_s,
+            checkpoint_step: Some(state.step),
             resumed: true,
             cached,
             files: docs.len(),
@@ -348,6 +365,7 @@ impl Trainer {
             step: parts.step,
             best_val_loss: parts.best_val_loss,
             elapsed_s: parts.elapsed_s,
+            checkpoint_step: parts.checkpoint_step,
             log,
             param_log,
             info,
@@ -381,13 +399,17 @@ impl Trainer {
                 plots = Some(plot::write_plots(&self.log.history, &self.run_dir)?);
                 on_event(Event::Eval(&record));
                 if self.step > session_start {
-                    if self.best_val_loss.is_none_or(|best| record.val_loss < best) {
+                    // latest/ first: it is what a resume needs, and it records the new best.
+                    let improved = self.best_val_loss.is_none_or(|best| record.val_loss < best);
+                    if improved {
                         self.best_val_loss = Some(record.val_loss);
-                        on_event(Event::Checkpoint(&self.save("best")?));
                     }
                     latest = Some(self.save("latest")?);
                     on_event(Event::Checkpoint(latest.as_deref().expect("just saved")));
                     saved_at = Some(self.step);
+                    if improved {
+                        on_event(Event::Checkpoint(&self.save("best")?));
+                    }
                 }
                 last_eval = Some(record);
             }
@@ -443,10 +465,7 @@ impl Trainer {
         }
         loss /= accum as f32;
         if !loss.is_finite() {
-            return Err(Error::Input(format!(
-                "the training loss became {loss} at step {}: training diverged (try a lower --lr); the last checkpoint is kept",
-                self.step
-            )));
+            return Err(self.diverged(format!("the training loss became {loss}")));
         }
         let max_norm = if self.config.grad_clip > 0.0 {
             self.config.grad_clip
@@ -485,6 +504,12 @@ impl Trainer {
                     .loss(&mut self.model, &batch.inputs, b, t, &batch.targets)? as f64;
             }
             *loss = (sum / starts.len() as f64) as f32;
+        }
+        if !losses.iter().all(|l| l.is_finite()) {
+            return Err(self.diverged(format!(
+                "the evaluation loss became {} (train) and {} (val)",
+                losses[0], losses[1]
+            )));
         }
         Ok(EvalRecord {
             step: self.step,
@@ -533,8 +558,27 @@ impl Trainer {
         self.tokenizer.decode(&[self.prompt.as_slice(), &new].concat())
     }
 
+    /// The error of a loss that is no longer finite, saying which checkpoint is left (nothing
+    /// is saved after it: a diverged model never replaces a checkpoint).
+    fn diverged(&self, what: String) -> Error {
+        let kept = match self.checkpoint_step {
+            Some(step) => format!(
+                "the checkpoint of step {step} in {} is kept",
+                self.run_dir.join("latest").display()
+            ),
+            None => format!(
+                "no checkpoint was written; the model before training is in {}",
+                self.run_dir.join(INIT_DIR).display()
+            ),
+        };
+        Error::Input(format!(
+            "{what} at step {}: training diverged (try a lower --lr, or --grad-clip 1); {kept}",
+            self.step
+        ))
+    }
+
     /// Writes the checkpoint `run_dir/<name>` atomically; returns its path.
-    fn save(&self, name: &str) -> Result<PathBuf> {
+    fn save(&mut self, name: &str) -> Result<PathBuf> {
         let dir = self.run_dir.join(name);
         let state = TrainerState {
             format: checkpoint::FORMAT.into(),
@@ -552,6 +596,9 @@ impl Trainer {
             config: self.config.clone(),
         };
         checkpoint::save(&dir, &self.model, &self.optimizer, &self.tokenizer, &state)?;
+        if name == "latest" {
+            self.checkpoint_step = Some(self.step);
+        }
         Ok(dir)
     }
 }
@@ -563,6 +610,7 @@ struct Parts {
     step: usize,
     best_val_loss: Option<f32>,
     elapsed_s: f64,
+    checkpoint_step: Option<usize>,
     resumed: bool,
     cached: bool,
     files: usize,
@@ -602,7 +650,12 @@ fn resolve_tokenizer(spec: Option<&str>, docs: &[Document], init: Option<&Loaded
                 .collect();
             Ok((Tokenizer::char_level(chars.into_iter().collect())?, "char".into()))
         }
-        (Some(spec), _) => Ok((Tokenizer::from_spec(spec)?, spec.into())),
+        (Some(spec), _) if spec == "gpt2" || spec.starts_with("char:") || spec.starts_with("bpe:") => {
+            Ok((Tokenizer::from_spec(spec)?, spec.into()))
+        }
+        (Some(spec), _) => Err(Error::Input(format!(
+            "unknown --tokenizer {spec:?}: expected char, char:<file>, gpt2 or bpe:<file>"
+        ))),
         (None, Some(init)) => {
             let path = init.format.path();
             let tokenizer = init.tokenizer.clone().ok_or_else(|| {
@@ -680,9 +733,11 @@ fn model_config(config: &TrainConfig, vocab_size: usize, init: Option<&Config>) 
 /// The sample prompt's ids; each character must be in the vocabulary, and the prompt must
 /// leave room in the context.
 fn encode_prompt(prompt: &str, tokenizer: &Tokenizer, model: &Config) -> Result<Vec<u32>> {
-    let ids = tokenizer
-        .encode(prompt)
-        .map_err(|e| Error::Input(format!("the sample prompt {prompt:?}: {e}")))?;
+    let ids = tokenizer.encode(prompt).map_err(|e| {
+        Error::Input(format!(
+            "the sample prompt {prompt:?}: {e} (choose another with --prompt)"
+        ))
+    })?;
     let ids = if ids.is_empty() {
         tokenizer.eot_token().into_iter().collect()
     } else {
@@ -715,13 +770,21 @@ fn shard_cache_dir(config: &TrainConfig) -> Result<PathBuf> {
 /// `runs/<UTC timestamp>` with the symbolic link `runs/latest` pointing at it.
 fn create_run_dir(out_dir: Option<&Path>) -> Result<PathBuf> {
     if let Some(dir) = out_dir {
-        if dir.join("latest").exists() || dir.join("metrics.jsonl").exists() {
+        // A run that stopped before its first checkpoint left only logs: a new run replaces them.
+        if dir.join("latest").join(checkpoint::TRAINER_FILE).exists() {
             return Err(Error::Input(format!(
                 "{} already holds a training run: continue it with --resume {0}, or choose another --out-dir",
                 dir.display()
             )));
         }
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::Input(format!(
+                "--out-dir {}: a file, not a directory",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Input(format!("cannot create the run directory {}: {e}", dir.display())))?;
         return Ok(dir.to_path_buf());
     }
     let runs = Path::new("runs");

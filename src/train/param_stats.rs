@@ -8,7 +8,7 @@
 //!   "update":{"norm":0.011,"mean":1.1e-6,"std":8.6e-5},"update_ratio":0.00097}, ...]}
 //! ```
 
-use super::jsonl::LogRecord;
+use super::jsonl::{null_as_nan, LogRecord};
 use crate::model::params::TensorSpec;
 use crate::ops::adamw::AdamW;
 use rayon::prelude::*;
@@ -32,11 +32,6 @@ pub struct Moments {
     pub mean: f32,
     #[serde(deserialize_with = "null_as_nan")]
     pub std: f32,
-}
-
-/// JSON has no NaN: serde_json writes non-finite floats as `null`.
-fn null_as_nan<'de, D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<f32, D::Error> {
-    Ok(Option::<f32>::deserialize(deserializer)?.unwrap_or(f32::NAN))
 }
 
 impl Moments {

@@ -55,10 +55,10 @@ where
     let (y_min, y_max) = points().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
         (lo.min(p.1), hi.max(p.1))
     });
-    let (y_min, y_max) = if y_min < y_max {
-        (y_min, y_max)
-    } else {
-        (y_min.min(0.0) - 0.5, y_min.max(0.0) + 0.5)
+    let (y_min, y_max) = match (y_min < y_max, y_min.is_finite()) {
+        (true, _) => (y_min, y_max),
+        (false, true) => (y_min.min(0.0) - 0.5, y_min.max(0.0) + 0.5), // a single value
+        (false, false) => (0.0, 1.0),                                  // no finite loss yet
     };
     let pad = 0.05 * (y_max - y_min);
 
@@ -134,6 +134,26 @@ mod tests {
         assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
         let svg = std::fs::read_to_string(&svg).unwrap();
         assert!(svg.contains("val (eval)") && svg.contains("tokens seen"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_history_without_a_finite_loss_still_plots() {
+        // The y range once fell back to -0.5..inf here, and plotters looped for ever on it.
+        let dir = std::env::temp_dir().join(format!("gpt2-plot-nan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut history = History::default();
+        history.steps.push(StepRecord {
+            step: 0,
+            train_loss: f32::NAN,
+            lr: 1e-3,
+            grad_norm: f32::NAN,
+            tokens: 0,
+            tokens_per_s: 1e4,
+            elapsed_s: 0.0,
+        });
+        let [png, _] = write_plots(&history, &dir).unwrap();
+        assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

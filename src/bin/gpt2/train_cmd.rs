@@ -20,7 +20,7 @@ pub struct TrainArgs {
     #[serde(skip)]
     config: Option<PathBuf>,
     /// Continue the run in RUN_DIR from its latest checkpoint, exactly as if it had not stopped
-    /// (only --max-iters, --eval-*, and the sample settings may change).
+    /// (only --max-iters, --eval-*, --cache-dir and the sample settings may change).
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "out_dir")]
     #[serde(skip)]
     resume: Option<PathBuf>,
