@@ -104,8 +104,11 @@ impl Config {
                 self.dropout
             )));
         }
-        if self.layer_norm_epsilon.is_nan() || self.layer_norm_epsilon <= 0.0 {
-            return Err(Error::Config("layer_norm_epsilon must be positive".into()));
+        if !(self.layer_norm_epsilon.is_finite() && self.layer_norm_epsilon > 0.0) {
+            return Err(Error::Config(format!(
+                "layer_norm_epsilon must be positive and finite, got {}",
+                self.layer_norm_epsilon
+            )));
         }
         Ok(())
     }
@@ -170,7 +173,7 @@ impl Config {
 
         let n_embd = int("n_embd")?;
         let n_inner = match obj.get("n_inner") {
-            None | Some(Value::Null) => 4 * n_embd,
+            None | Some(Value::Null) => n_embd.saturating_mul(4), // an absurd n_embd fails validation
             Some(_) => int("n_inner")?,
         };
         let config = Config {

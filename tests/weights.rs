@@ -138,6 +138,38 @@ fn formats_are_detected_from_contents_not_names() {
     assert!(load_err(&dir.join("notes.bin")).contains("not a model file"));
     assert!(load_err(&dir).contains("not a model"));
     assert!(load_err(&dir.join("missing")).contains("no such file"));
+    // A safetensors file that its directory does not read is not taken for the directory's model.
+    let other = copy_dir(&fixture("tiny"), "detect-other");
+    fs::copy(
+        fixture("shakespeare_char/model.safetensors"),
+        other.join("char.safetensors"),
+    )
+    .unwrap();
+    assert!(load_err(&other.join("char.safetensors")).contains("not the model.safetensors"));
+}
+
+#[test]
+fn a_model_directory_replaces_only_a_model_directory() {
+    let model = hf_model();
+    let dir = scratch("replace");
+    let out = dir.join("hf");
+    save_model(&model, None, ExportFormat::HuggingFace, &out).unwrap();
+    save_model(&model, None, ExportFormat::HuggingFace, &out).unwrap(); // a model again: replaced
+    fs::write(out.join("notes.txt"), "mine").unwrap();
+    let err = save_model(&model, None, ExportFormat::HuggingFace, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("notes.txt") && err.contains("new or empty directory"),
+        "{err}"
+    );
+    assert_eq!(fs::read_to_string(out.join("notes.txt")).unwrap(), "mine");
+    fs::write(dir.join("file"), "mine").unwrap();
+    let err = save_model(&model, None, ExportFormat::HuggingFace, &dir.join("file"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a directory"), "{err}");
+    assert_eq!(fs::read_to_string(dir.join("file")).unwrap(), "mine");
 }
 
 #[test]

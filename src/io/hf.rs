@@ -37,7 +37,7 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
             let file = file
                 .as_str()
                 .ok_or_else(|| Error::weights(&index, "weight_map values must be file names"))?;
-            if file.contains('/') || file.contains('\\') || file == ".." {
+            if file.contains('/') || file.contains('\\') || matches!(file, "" | "." | "..") {
                 return Err(Error::weights(
                     &index,
                     format!("shard name '{file}' must be a plain file name"),

@@ -135,12 +135,36 @@ pub fn detect(path: &Path) -> Result<Format> {
         if bytes.len() >= 4 && i32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) == llmc::MAGIC {
             return Ok(Format::Llmc(path.to_path_buf()));
         }
-        if self::safetensors::has_header(bytes) || sstable::has_magic(bytes) {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            return detect(dir);
+        // A file of a model directory stands for the directory, if it is the file that the
+        // directory's format reads (not, say, a checkpoint's optimizer.safetensors).
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if self::safetensors::has_header(bytes) {
+            let read_by_dir = name == "model.safetensors"
+                || (name.starts_with("model-") && dir.join("model.safetensors.index.json").is_file());
+            return match read_by_dir {
+                true => detect(dir),
+                false => Err(Error::weights(
+                    path,
+                    "a safetensors file, but not the model.safetensors (or a listed shard) of a Hugging Face \
+                     directory: a model is the directory holding config.json and model.safetensors",
+                )),
+            };
+        }
+        if sstable::has_magic(bytes) {
+            return match name.ends_with(".index") && dir.join("hparams.json").is_file() {
+                true => Ok(Format::OpenAi(dir.to_path_buf())),
+                false => Err(Error::weights(
+                    path,
+                    "a TensorFlow index, but not the .index of an OpenAI checkpoint directory (with hparams.json)",
+                )),
+            };
         }
         return Err(Error::weights(
             path,
@@ -160,7 +184,10 @@ pub fn detect(path: &Path) -> Result<Format> {
             )),
         };
     }
-    Err(Error::weights(path, "no such file or directory"))
+    match path.exists() {
+        true => Err(Error::weights(path, "not a regular file or a directory")),
+        false => Err(Error::weights(path, "no such file or directory")),
+    }
 }
 
 /// Loads a model from any supported format (see [`detect`]).
@@ -194,10 +221,13 @@ pub enum ExportFormat {
 /// room for one.
 pub fn save_model(model: &Gpt, tokenizer: Option<&Tokenizer>, format: ExportFormat, out: &Path) -> Result<()> {
     match format {
-        ExportFormat::HuggingFace => atomic::write_dir(out, |tmp| {
-            hf::write_hf_files(model, tmp)?;
-            tokenizer.map_or(Ok(()), |t| t.save(tmp))
-        }),
+        ExportFormat::HuggingFace => {
+            check_replaceable_by_model_dir(out)?;
+            atomic::write_dir(out, |tmp| {
+                hf::write_hf_files(model, tmp)?;
+                tokenizer.map_or(Ok(()), |t| t.save(tmp))
+            })
+        }
         ExportFormat::Llmc(dtype) => {
             if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -205,4 +235,47 @@ pub fn save_model(model: &Gpt, tokenizer: Option<&Tokenizer>, format: ExportForm
             llmc::save_llmc(model, out, dtype)
         }
     }
+}
+
+/// A model directory replaces `out` whole, so `out` must not exist, or be a model directory
+/// already: only the files of a model and its tokenizer (as we or the hub write them), which
+/// the new directory stands in for. Anything else in it would be deleted with it.
+fn check_replaceable_by_model_dir(out: &Path) -> Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(out) else {
+        return Ok(());
+    };
+    if !meta.is_dir() {
+        return Err(Error::Input(format!(
+            "{}: exists and is not a directory; give a new directory for the model",
+            out.display()
+        )));
+    }
+    let is_model_file = |name: &str| {
+        matches!(
+            name,
+            "config.json"
+                | "generation_config.json"
+                | "model.safetensors"
+                | "model.safetensors.index.json"
+                | "tokenizer.json"
+                | "tokenizer_config.json"
+                | "special_tokens_map.json"
+                | "vocab.json"
+                | "merges.txt"
+                | "encoder.json"
+                | "vocab.bpe"
+        ) || (name.starts_with("model-") && name.ends_with(".safetensors"))
+    };
+    for entry in std::fs::read_dir(out).map_err(|e| Error::io(out, e))? {
+        let entry = entry.map_err(|e| Error::io(out, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(is_model_file(&name) && entry.file_type().is_ok_and(|t| t.is_file())) {
+            return Err(Error::Input(format!(
+                "{}: holds {name:?}, which is not part of a model; writing the model there would delete it. \
+                 Give a new or empty directory",
+                out.display()
+            )));
+        }
+    }
+    Ok(())
 }

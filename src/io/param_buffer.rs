@@ -26,7 +26,8 @@ impl ParamBuffer {
             return Err(Error::weights(
                 path,
                 format!(
-                    "the hyper-parameters ({} layers, n_embd {}, vocab {}) need at least {needed} bytes of tensors; the file holds {data_bytes}",
+                    "the hyper-parameters ({} layers, n_embd {}, vocab {}) need at least {needed} bytes of tensors, \
+                     but the weights hold only {data_bytes}: a truncated file, or the hyper-parameters of another model",
                     config.n_layer, config.n_embd, config.vocab_size
                 ),
             ));

@@ -65,8 +65,10 @@ fn read_block(file: &[u8], (offset, size): (u64, u64)) -> Result<&[u8], String> 
     Ok(&file[range])
 }
 
-/// The (key, value) entries of a block, keys rebuilt from their shared prefixes.
-fn block_entries(block: &[u8], out: &mut Entries) -> Result<(), String> {
+/// The (key, value) entries of a block, keys rebuilt from their shared prefixes. `budget`: the
+/// bytes of keys and values still allowed (each entry stores only the end of its key, so a
+/// crafted table could otherwise rebuild gigabytes of keys from kilobytes).
+fn block_entries(block: &[u8], out: &mut Entries, budget: &mut usize) -> Result<(), String> {
     let fixed32 = |at: usize| u32::from_le_bytes(block[at..at + 4].try_into().expect("4 bytes")) as usize;
     if block.len() < 4 {
         return Err("block shorter than its restart count".into());
@@ -103,6 +105,9 @@ fn block_entries(block: &[u8], out: &mut Entries) -> Result<(), String> {
         if value_end > entries_end {
             return Err("entry runs into the restart array".into());
         }
+        *budget = budget
+            .checked_sub(shared + unshared + value_len)
+            .ok_or("its entries rebuild to many times the size of the file: not a TensorFlow index")?;
         key.truncate(shared);
         key.extend_from_slice(&block[pos..suffix_end]);
         out.push((key.clone(), block[suffix_end..value_end].to_vec()));
@@ -127,19 +132,22 @@ pub fn read_table(file: &[u8]) -> Result<Entries, String> {
     let _meta_index = read_handle(footer, &mut pos)?;
     let index_handle = read_handle(footer, &mut pos)?;
 
+    // Keys share prefixes: a real table's entries rebuild to about 2x its size.
+    let mut budget = file.len().saturating_mul(16).saturating_add(1 << 20);
     let mut index = Vec::new();
-    block_entries(read_block(file, index_handle)?, &mut index)?;
+    block_entries(read_block(file, index_handle)?, &mut index, &mut budget)?;
     let mut entries = Vec::new();
     for (_, handle) in &index {
         let mut pos = 0;
         let handle = read_handle(handle, &mut pos)?;
-        block_entries(read_block(file, handle)?, &mut entries)?;
+        block_entries(read_block(file, handle)?, &mut entries, &mut budget)?;
     }
     if let Some(w) = entries.windows(2).find(|w| w[0].0 >= w[1].0) {
+        let shown = |key: &[u8]| String::from_utf8_lossy(&key[..key.len().min(80)]).into_owned();
         return Err(format!(
             "keys out of order: '{}' before '{}'",
-            String::from_utf8_lossy(&w[0].0),
-            String::from_utf8_lossy(&w[1].0)
+            shown(&w[0].0),
+            shown(&w[1].0)
         ));
     }
     Ok(entries)
@@ -175,5 +183,61 @@ mod tests {
         file[end + 1..end + 5].copy_from_slice(&crc.to_le_bytes());
         let err = read_table(&file).unwrap_err();
         assert!(err.contains("compressed (type 1)"), "{err}");
+    }
+
+    /// A table of one data block holding `entries` (shared prefix length, key suffix, value).
+    fn table(entries: &[(usize, &[u8], &[u8])]) -> Vec<u8> {
+        fn varint(mut n: usize, out: &mut Vec<u8>) {
+            while n >= 0x80 {
+                out.push((n as u8 & 0x7f) | 0x80);
+                n >>= 7;
+            }
+            out.push(n as u8);
+        }
+        fn block(entries: &[(usize, &[u8], &[u8])], file: &mut Vec<u8>) -> (usize, usize) {
+            let start = file.len();
+            for (shared, suffix, value) in entries {
+                for n in [*shared, suffix.len(), value.len()] {
+                    varint(n, file);
+                }
+                file.extend_from_slice(suffix);
+                file.extend_from_slice(value);
+            }
+            file.extend_from_slice(&0u32.to_le_bytes()); // restart offsets: the first entry
+            file.extend_from_slice(&1u32.to_le_bytes()); // one restart
+            let size = file.len() - start;
+            file.push(0); // uncompressed
+            let crc = mask(crc32c(&file[start..]));
+            file.extend_from_slice(&crc.to_le_bytes());
+            (start, size)
+        }
+        let mut file = Vec::new();
+        let (data_offset, data_size) = block(entries, &mut file);
+        let mut handle = Vec::new();
+        varint(data_offset, &mut handle);
+        varint(data_size, &mut handle);
+        let (index_offset, index_size) = block(&[(0, b"z", &handle)], &mut file);
+        let mut footer = vec![0, 0]; // no meta-index block
+        varint(index_offset, &mut footer);
+        varint(index_size, &mut footer);
+        footer.resize(FOOTER_LEN - 8, 0);
+        footer.extend_from_slice(&MAGIC.to_le_bytes());
+        file.extend_from_slice(&footer);
+        file
+    }
+
+    #[test]
+    fn keys_rebuilt_from_shared_prefixes_cannot_outgrow_the_file() {
+        let long_key = vec![b'a'; 100_000];
+        let ok = table(&[(0, b"ab", b"1"), (1, b"c", b"2")]);
+        let keys: Vec<Vec<u8>> = read_table(&ok).unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, [b"ab".to_vec(), b"ac".to_vec()]);
+        // 10,000 entries of 3 bytes, each repeating the whole 100 kB key: 1 GB to rebuild.
+        let mut entries: Vec<(usize, &[u8], &[u8])> = vec![(0, &long_key, b"")];
+        entries.extend(std::iter::repeat_n((long_key.len(), &b""[..], &b""[..]), 10_000));
+        let bomb = table(&entries);
+        assert!(bomb.len() < 200_000);
+        let err = read_table(&bomb).unwrap_err();
+        assert!(err.contains("many times the size of the file"), "{err}");
     }
 }

@@ -328,7 +328,7 @@ pub fn load_openai_dir(dir: &Path) -> Result<Gpt> {
     let config = read_hparams(&hparams)?;
     let bundle = Bundle::open(&find_prefix(dir)?)?;
     let data_bytes = bundle.shards.iter().map(|s| s.bytes().len() as u64).sum();
-    let mut buf = ParamBuffer::new(&config, &hparams, data_bytes)?;
+    let mut buf = ParamBuffer::new(&config, dir, data_bytes)?;
     let ours: BTreeMap<String, usize> = buf
         .specs()
         .iter()

@@ -16,7 +16,8 @@ use serde_json::json;
 #[derive(Args)]
 #[command(group(ArgGroup::new("input").required(true).args(["prompt", "prompt_file", "prompt_ids", "interactive"])))]
 pub struct GenerateArgs {
-    /// A Hugging Face GPT-2 directory, a checkpoint directory or a training run directory.
+    /// The model: a Hugging Face, OpenAI or llm.c GPT-2, a checkpoint or training run directory,
+    /// or a downloaded model's name (gpt2, gpt2-medium, ...).
     #[arg(long)]
     model: PathBuf,
     /// The text to continue.
