@@ -192,8 +192,9 @@ fn interactive_answers_each_line_with_the_model_loaded_once() {
 fn bad_input_is_a_clear_error_not_a_panic() {
     let dir = TempModel::with_chars("errors");
     let model = dir.path();
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["--prompt", ""], "empty"),
+        (&["--prompt", "a", "--num-samples", "18446744073709551615"], "KV cache"),
         (&["--prompt", "é"], "unknown character"),
         (&["--prompt", "a", "--top-p", "0"], "top_p"),
         (&["--prompt", "a", "--top-p", "1.5"], "top_p"),
@@ -219,4 +220,120 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         stderr.contains("not a model") && !stderr.contains("panicked"),
         "{stderr}"
     );
+    let no_tokenizer = tiny();
+    let out = gpt2(
+        &["generate", "--model", no_tokenizer.to_str().unwrap(), "--interactive"],
+        "1 2\n",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("--interactive reads prompts as text"), "{stderr}");
+}
+
+#[test]
+fn interactive_prompt_i_is_sampled_with_seed_plus_i() {
+    let model = TempModel::with_chars("interactive-seeds");
+    let args = [
+        "generate",
+        "--model",
+        model.path(),
+        "--max-new-tokens",
+        "12",
+        "--json",
+        "--seed",
+        "5",
+    ];
+    let out = gpt2(&[&args[..], &["--interactive"]].concat(), "abc\nabc\n");
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        (lines[0]["seed"].as_u64(), lines[1]["seed"].as_u64()),
+        (Some(5), Some(6))
+    );
+    assert_ne!(lines[0]["samples"], lines[1]["samples"]);
+    let single = json(&gpt2(
+        &[
+            "generate",
+            "--model",
+            model.path(),
+            "--max-new-tokens",
+            "12",
+            "--json",
+            "--seed",
+            "6",
+            "--prompt",
+            "abc",
+        ],
+        "",
+    ));
+    assert_eq!(
+        single["samples"], lines[1]["samples"],
+        "the reported seed reproduces the answer"
+    );
+}
+
+#[test]
+fn no_new_tokens_prints_the_prompt_and_ends_by_length() {
+    let model = TempModel::with_chars("zero");
+    let args = [
+        "generate",
+        "--model",
+        model.path(),
+        "--prompt",
+        "Hi",
+        "--max-new-tokens",
+        "0",
+    ];
+    let out = json(&gpt2(&[&args[..], &["--json"]].concat(), ""));
+    assert_eq!(out["samples"][0]["finish"], "length");
+    assert!(ids(&out["samples"][0]["ids"]).is_empty());
+    let streamed = gpt2(&args, "");
+    assert_eq!(String::from_utf8(streamed.stdout).unwrap(), "Hi\n");
+}
+
+#[test]
+fn endoftext_in_a_prompt_is_the_special_token() {
+    let model = TempModel::always_eot("eot-prompt");
+    let args = [
+        "generate",
+        "--model",
+        model.path(),
+        "--prompt",
+        "<|endoftext|>Hi",
+        "--max-new-tokens",
+        "1",
+        "--json",
+    ];
+    let out = json(&gpt2(&args, ""));
+    assert_eq!(ids(&out["prompt_ids"])[0], EOT_ID as u64);
+}
+
+#[test]
+fn ids_beyond_the_tokenizer_print_as_replacement_characters() {
+    // The tiny model has 96 ids; this tokenizer knows the first 95 (a padded vocabulary).
+    let model = TempModel::dir("padded");
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(tiny().join(file), model.0.join(file)).unwrap();
+    }
+    let chars: Vec<char> = std::iter::once('\n').chain((32u8..126).map(char::from)).collect();
+    Tokenizer::char_level(chars).unwrap().save(&model.0).unwrap();
+    let args = [
+        "generate",
+        "--model",
+        model.path(),
+        "--prompt-ids",
+        "95 34",
+        "--max-new-tokens",
+        "3",
+        "--seed",
+        "1",
+    ];
+    let out = gpt2(&args, "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8(out.stdout).unwrap().starts_with("\u{FFFD}A"));
+    assert!(json(&gpt2(&[&args[..], &["--json"]].concat(), ""))["samples"][0]["ids"].is_array());
 }

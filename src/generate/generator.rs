@@ -92,8 +92,9 @@ impl<'m> Generator<'m> {
             1,
             prompt.len().saturating_add(options.max_new_tokens).min(n_positions),
         )?;
-        let logits = model.forward_cached(&mut cache, window)?.repeat(options.num_samples);
-        cache.broadcast(options.num_samples)?;
+        let prompt_logits = model.forward_cached(&mut cache, window)?.to_vec();
+        cache.broadcast(options.num_samples)?; // the large allocation: an error if it cannot be made
+        let logits = prompt_logits.repeat(options.num_samples);
         let samples = options.num_samples;
         Ok(Generator {
             model,

@@ -75,14 +75,13 @@ impl Sampling {
         if self.temperature == 0.0 {
             return argmax(logits);
         }
-        // Unnormalised softmax of logits / T, in place: w = exp(z/T - max).
+        // Unnormalised softmax of logits / T, in place: w = exp((z - max) / T).
         let inv_t = 1.0 / self.temperature;
-        logits.iter_mut().for_each(|z| *z *= inv_t);
         let max = ops::max(logits);
-        if !max.is_finite() {
-            return argmax(logits); // a temperature so small that z / T overflows: greedy
+        if !(inv_t.is_finite() && max.is_finite()) {
+            return argmax(logits); // a temperature so small that 1 / T overflows: greedy
         }
-        logits.iter_mut().for_each(|z| *z = ops::exp(*z - max));
+        logits.iter_mut().for_each(|z| *z = ops::exp((*z - max) * inv_t));
         // Top-k: the k-th largest weight is the floor (ties with it stay, as in HF).
         let floor = match self.top_k.filter(|&k| k < logits.len()) {
             Some(k) => *logits.to_vec().select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a)).1,
@@ -189,6 +188,20 @@ mod tests {
         let s = Sampling::greedy();
         assert_eq!(s.sample(&mut LOGITS.to_vec(), &[], &mut Rng::new(0)), 1);
         assert_eq!(argmax(&[0.5, 2.0, 2.0, 1.0]), 1);
+    }
+
+    #[test]
+    fn a_vanishing_temperature_is_greedy() {
+        // 1e-38 keeps 1/T finite but sends every other z/T to -inf; 1e-45 overflows 1/T.
+        for t in [1e-38f32, 1e-45] {
+            let s = Sampling {
+                temperature: t,
+                ..Sampling::default()
+            };
+            for seed in 0..20 {
+                assert_eq!(s.sample(&mut LOGITS.to_vec(), &[], &mut Rng::new(seed)), 1, "T={t}");
+            }
+        }
     }
 
     #[test]

@@ -107,13 +107,24 @@ impl KvCache {
                 self.rows
             )));
         }
+        let row_len = self.k.len();
+        let too_many = || {
+            let bytes = 2.0 * 4.0 * row_len as f64 * rows as f64;
+            Error::Input(format!(
+                "{rows} rows of KV cache need {:.1} GB: more memory than this machine gives (use fewer samples)",
+                bytes / 1e9
+            ))
+        };
+        let size = row_len.checked_mul(rows).ok_or_else(too_many)?;
         for buf in [&mut self.k, &mut self.v] {
-            let old = std::mem::take(buf);
+            let mut new = Vec::new();
+            new.try_reserve_exact(size).map_err(|_| too_many())?;
             // old: [L, 1, ...] → new: [L, rows, ...], each layer's block repeated.
-            *buf = old
-                .chunks_exact(self.block)
-                .flat_map(|layer| std::iter::repeat_n(layer, rows).flatten().copied())
-                .collect();
+            new.extend(
+                buf.chunks_exact(self.block)
+                    .flat_map(|layer| std::iter::repeat_n(layer, rows).flatten().copied()),
+            );
+            *buf = new;
         }
         self.rows = rows;
         Ok(())

@@ -9,7 +9,7 @@ use clap::{ArgGroup, Args};
 use gpt2::generate::{Finish, GenerateOptions, Generator, Sampling, TextStream};
 use gpt2::io::{load_model_with_tokenizer, Loaded};
 use gpt2::rng::Rng;
-use gpt2::tokenizer::Tokenizer;
+use gpt2::tokenizer::{SpecialTokens, Tokenizer};
 use gpt2::Gpt;
 use serde_json::json;
 
@@ -20,7 +20,8 @@ pub struct GenerateArgs {
     /// or a downloaded model's name (gpt2, gpt2-medium, ...).
     #[arg(long)]
     model: PathBuf,
-    /// The text to continue.
+    /// The text to continue (\n, \t and \\ are understood; <|endoftext|> is the special token,
+    /// as Hugging Face's tokenizer reads it).
     #[arg(long)]
     prompt: Option<String>,
     /// Read the text to continue from this file.
@@ -30,6 +31,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     prompt_ids: Option<String>,
     /// Read one prompt per line from standard input and answer each; the model stays loaded.
+    /// The i-th prompt (from 0) is sampled with seed + i, the seed it reports.
     #[arg(long)]
     interactive: bool,
     /// New tokens per sample, at most. When prompt + new tokens exceed the model's context,
@@ -101,30 +103,35 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             args.model.display()
         );
     }
+    if args.interactive && tokenizer.is_none() {
+        bail!(
+            "--interactive reads prompts as text, and {} has no tokenizer (no tokenizer files, vocabulary is not \
+             GPT-2's): give --prompt-ids instead",
+            args.model.display()
+        );
+    }
     let seed = args.seed.unwrap_or_else(clock_seed);
-    let mut rng = Rng::new(seed);
     let run = Run {
         model: &model,
         tokenizer: tokenizer.as_ref(),
         options,
         stops,
         json: args.json,
-        seed,
     };
     if !args.interactive {
         let prompt = match (&args.prompt, &args.prompt_file, &args.prompt_ids) {
-            (Some(text), _, _) => Prompt::Text(text.clone()),
+            (Some(text), _, _) => Prompt::Text(unescape(text)),
             (_, Some(file), _) => Prompt::Text(
                 std::fs::read_to_string(file).with_context(|| format!("reading the prompt from {}", file.display()))?,
             ),
             (_, _, Some(ids)) => Prompt::Ids(parse_ids(ids)?),
             _ => unreachable!("clap requires one prompt source"),
         };
-        return run.generate(&prompt, &mut rng, true);
+        return run.generate(&prompt, seed, true);
     }
     let stdin = std::io::stdin();
     let terminal = stdin.is_terminal();
-    loop {
+    for prompt_seed in (0..).map(|i| seed.wrapping_add(i)) {
         if terminal {
             eprint!("> ");
         }
@@ -137,10 +144,11 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             continue;
         }
         // A bad line is reported and the session goes on.
-        if let Err(e) = run.generate(&Prompt::Text(line.to_string()), &mut rng, false) {
+        if let Err(e) = run.generate(&Prompt::Text(line.to_string()), prompt_seed, false) {
             eprintln!("error: {e:#}");
         }
     }
+    Ok(())
 }
 
 enum Prompt {
@@ -155,16 +163,15 @@ struct Run<'a> {
     options: GenerateOptions,
     stops: Vec<String>,
     json: bool,
-    seed: u64,
 }
 
 impl Run<'_> {
-    /// Generates the samples of one prompt, streaming them (or printing JSON at the end).
-    /// `echo` prints the prompt text before each sample.
-    fn generate(&self, prompt: &Prompt, rng: &mut Rng, echo: bool) -> Result<()> {
+    /// Generates the samples of one prompt from `seed`, streaming them (or printing JSON at the
+    /// end). `echo` prints the prompt text before each sample.
+    fn generate(&self, prompt: &Prompt, seed: u64, echo: bool) -> Result<()> {
         let ids = match (prompt, self.tokenizer) {
             (Prompt::Ids(ids), _) => ids.clone(),
-            (Prompt::Text(text), Some(tokenizer)) => tokenizer.encode(text)?,
+            (Prompt::Text(text), Some(tokenizer)) => tokenizer.encode_with_special(text, SpecialTokens::Allow)?,
             (Prompt::Text(_), None) => {
                 bail!("this model has no tokenizer (no tokenizer files, vocabulary is not GPT-2's); give --prompt-ids")
             }
@@ -182,13 +189,13 @@ impl Run<'_> {
             );
         }
         let start = Instant::now();
-        let mut generator = Generator::new(self.model, &ids, self.options.clone(), rng)?;
+        let mut generator = Generator::new(self.model, &ids, self.options.clone(), &mut Rng::new(seed))?;
         let samples = self.options.num_samples;
         let mut texts: Vec<TextStream> = (0..samples).map(|_| TextStream::new(&self.stops)).collect();
         let mut finish = vec![""; samples];
         let mut out = Printer::new(samples, !self.json);
-        let head = match (echo, self.tokenizer) {
-            (true, Some(tokenizer)) => tokenizer.decode(&ids)?,
+        let head = match (echo && !self.json, self.tokenizer) {
+            (true, Some(tokenizer)) => decode_lossy(tokenizer, &ids),
             _ => String::new(),
         };
         out.start(&head);
@@ -198,13 +205,7 @@ impl Run<'_> {
             let piece = match self.tokenizer {
                 // The stop token (<|endoftext|>) ends the text; it is not part of it.
                 Some(_) if token.finish == Some(Finish::StopToken) => String::new(),
-                Some(tokenizer) => {
-                    // A model may have more ids than its tokenizer (a padded vocabulary).
-                    let bytes = tokenizer
-                        .decode_bytes(&[token.id])
-                        .unwrap_or_else(|_| "\u{FFFD}".into());
-                    texts[s].push(&bytes).to_string()
-                }
+                Some(tokenizer) => texts[s].push(&token_bytes(tokenizer, token.id)).to_string(),
                 None => format!("{} ", token.id),
             };
             out.write(s, &piece)?;
@@ -224,6 +225,11 @@ impl Run<'_> {
                 out.end(s)?;
             }
         }
+        // Samples that made no token at all (--max-new-tokens 0) end here.
+        for (s, reason) in finish.iter_mut().enumerate().filter(|(_, r)| r.is_empty()) {
+            *reason = "length";
+            out.end(s)?;
+        }
         let seconds = start.elapsed().as_secs_f64();
         let new_tokens: usize = (0..samples).map(|s| generator.new_tokens(s).len()).sum();
         if self.json {
@@ -234,13 +240,12 @@ impl Run<'_> {
                 })
                 .collect();
             let tokens_per_s = new_tokens as f64 / seconds;
-            let out = json!({"prompt_ids": ids, "samples": samples, "tokens_per_s": tokens_per_s, "seed": self.seed});
+            let out = json!({"prompt_ids": ids, "samples": samples, "tokens_per_s": tokens_per_s, "seed": seed});
             writeln!(std::io::stdout().lock(), "{out}")?; // an error, not a panic, on a closed pipe
         } else {
             eprintln!(
-                "[{new_tokens} tokens in {seconds:.2} s: {:.1} tokens/s; seed {}]",
+                "[{new_tokens} tokens in {seconds:.2} s: {:.1} tokens/s; seed {seed}]",
                 new_tokens as f64 / seconds,
-                self.seed
             );
         }
         Ok(())
@@ -301,6 +306,17 @@ impl Printer {
         stdout.flush()?;
         Ok(())
     }
+}
+
+/// The bytes of token `id`; U+FFFD for an id beyond the tokenizer (a padded vocabulary).
+fn token_bytes(tokenizer: &Tokenizer, id: u32) -> Vec<u8> {
+    tokenizer.decode_bytes(&[id]).unwrap_or_else(|_| "\u{FFFD}".into())
+}
+
+/// The text of `ids`, with U+FFFD for ids beyond the tokenizer and for broken UTF-8.
+fn decode_lossy(tokenizer: &Tokenizer, ids: &[u32]) -> String {
+    let bytes: Vec<u8> = ids.iter().flat_map(|&id| token_bytes(tokenizer, id)).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Token ids separated by spaces and/or commas.

@@ -12,6 +12,7 @@ use gpt2::inspect::token_piece;
 use gpt2::inspect::trace::{self, logit_lens, LogitLens, TensorTrace, Trace, TraceOptions, GELU_NEAR_ZERO};
 use gpt2::io::{detect, load_model_with_tokenizer, Loaded};
 use gpt2::plot::ImageFormat;
+use gpt2::tokenizer::SpecialTokens;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -25,7 +26,7 @@ pub struct InspectArgs {
     /// gpt2-xl, shakespeare-char); no weights needed.
     #[arg(long, conflicts_with = "model", requires = "summary")]
     preset: Option<String>,
-    /// The text to follow through the model (`\n` for a line break).
+    /// The text to follow through the model (`\n` for a line break; <|endoftext|> is the special token).
     #[arg(long)]
     prompt: Option<String>,
     /// The prompt as token ids ("464 3290 318" or "464,3290,318"), skipping the tokenizer.
@@ -86,7 +87,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         mut model, tokenizer, ..
     } = load_model_with_tokenizer(model_path)?;
     let ids = match (&args.prompt, &args.prompt_ids, &tokenizer) {
-        (Some(text), _, Some(tokenizer)) => tokenizer.encode(&unescape(text))?,
+        (Some(text), _, Some(tokenizer)) => tokenizer.encode_with_special(&unescape(text), SpecialTokens::Allow)?,
         (Some(_), _, None) => bail!(
             "{} has no tokenizer (no tokenizer files, vocabulary is not GPT-2's): give --prompt-ids",
             model_path.display()
