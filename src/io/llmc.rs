@@ -20,7 +20,8 @@ use super::param_buffer::ParamBuffer;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::{param_specs, Gpt};
-use rayon::prelude::*;
+use crate::ops::matmul::transpose;
+use faer::Par;
 use safetensors::Dtype;
 use std::collections::HashMap;
 use std::path::Path;
@@ -92,23 +93,6 @@ fn file_order(n_layer: usize) -> Vec<String> {
 /// Whether a tensor is stored transposed (the Linear weights of a block).
 fn is_linear_weight(name: &str, shape: &[usize]) -> bool {
     shape.len() == 2 && name.starts_with("h.")
-}
-
-/// `dst` [cols, rows] = the transpose of `src` [rows, cols], in cache-sized tiles, blocks of
-/// `dst` rows spread over the threads.
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    const TILE: usize = 32;
-    dst.par_chunks_mut(TILE * rows).enumerate().for_each(|(block, dst)| {
-        let c0 = block * TILE;
-        for r0 in (0..rows).step_by(TILE) {
-            let r1 = (r0 + TILE).min(rows);
-            for (c, dst_row) in dst.chunks_exact_mut(rows).enumerate() {
-                for (r, out) in (r0..r1).zip(&mut dst_row[r0..r1]) {
-                    *out = src[r * cols + c0 + c];
-                }
-            }
-        }
-    });
 }
 
 /// The padded vocabulary size llm.c uses for `vocab_size`.
@@ -224,7 +208,7 @@ pub fn load_llmc(path: &Path) -> Result<Gpt> {
             file.read_f32(dtype.stored(), used, &mut scratch)
                 .map_err(|msg| Error::weights(path, msg))?;
             // scratch: [out, in] -> slot: [in, out]
-            transpose(&scratch, shape[1], shape[0], slot);
+            transpose(slot, &scratch, shape[1], shape[0], Par::rayon(0));
         } else {
             file.read_f32(dtype.stored(), used, slot)
                 .map_err(|msg| Error::weights(path, msg))?;
@@ -297,7 +281,7 @@ pub fn save_llmc(model: &Gpt, path: &Path, dtype: LlmcDtype) -> Result<()> {
             if is_linear_weight(&name, shape) {
                 scratch.resize(numel, 0.0);
                 // [in, out] -> [out, in]
-                transpose(values, shape[0], shape[1], &mut scratch);
+                transpose(&mut scratch, values, shape[0], shape[1], Par::rayon(0));
                 values = &scratch;
             }
             for chunk in values.chunks(1 << 16) {
@@ -316,19 +300,6 @@ pub fn save_llmc(model: &Gpt, path: &Path, dtype: LlmcDtype) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn transpose_tiles_cover_odd_shapes() {
-        let (rows, cols) = (37, 70);
-        let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-        let mut dst = vec![0.0; rows * cols];
-        transpose(&src, rows, cols, &mut dst);
-        for r in 0..rows {
-            for c in 0..cols {
-                assert_eq!(dst[c * rows + r], src[r * cols + c]);
-            }
-        }
-    }
 
     #[test]
     fn bf16_rounds_to_nearest_even() {

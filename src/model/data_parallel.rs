@@ -25,7 +25,7 @@ use std::sync::Mutex;
 /// Models up to this many parameters get one shard per thread by default ([`auto_shards`]);
 /// larger ones are split op by op (their matrix multiplies are large enough) and are not
 /// replicated (a replica costs its parameters and gradients again).
-pub const SMALL_MODEL_PARAMS: usize = 32_000_000;
+const SMALL_MODEL_PARAMS: usize = 32_000_000;
 
 /// The default number of shards: one per thread for a small model (at most one per batch
 /// row), else 1.

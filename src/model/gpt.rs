@@ -11,7 +11,7 @@ use crate::ops::dropout::{apply_mask, fill_mask};
 use crate::ops::embedding::{embedding_backward, embedding_forward};
 use crate::ops::gelu::{gelu_backward_inplace, gelu_forward};
 use crate::ops::layernorm::{layernorm_backward, layernorm_forward};
-use crate::ops::matmul::{all_threads, gemm, linear_backward, linear_forward};
+use crate::ops::matmul::{linear_backward, linear_forward, lm_head_backward, lm_head_forward};
 use crate::ops::{set_zero, zeroed};
 use crate::rng::Rng;
 
@@ -142,7 +142,7 @@ impl Gpt {
             let (done, rest) = acts.blocks.split_at_mut(l);
             let residual = if l == 0 { &acts.encoded } else { &done[l - 1].residual_3 };
             let (a, p) = (&mut rest[0], &w.blocks[l]);
-            // Attention branch: x + attn(ln_1(x))
+            // Attention branch: x + drop(c_proj(attn(c_attn(ln_1(x)))))
             layernorm_forward(
                 &mut a.ln_1,
                 &mut a.ln_1_mean,
@@ -168,7 +168,7 @@ impl Gpt {
                 apply_mask(&mut a.residual_2, &a.attn_mask);
             }
             add_inplace(&mut a.residual_2, residual);
-            // MLP branch: x + c_proj(gelu(c_fc(ln_2(x))))
+            // MLP branch: x + drop(c_proj(gelu(c_fc(ln_2(x)))))
             layernorm_forward(
                 &mut a.ln_2,
                 &mut a.ln_2_mean,
@@ -209,18 +209,7 @@ impl Gpt {
             c,
             eps,
         );
-        gemm(
-            &mut acts.logits,
-            false,
-            &acts.ln_f,
-            false,
-            w.wte,
-            true,
-            n,
-            c,
-            v,
-            all_threads(),
-        );
+        lm_head_forward(&mut acts.logits, &acts.ln_f, w.wte, n, c, v);
 
         acts.targets.clear();
         acts.target_count = 0;
@@ -277,8 +266,7 @@ impl Gpt {
         cross_entropy_backward_inplace(&mut acts.logits, &acts.lse, &acts.targets, v, scale);
         let dlogits = &acts.logits;
         // LM head: logits = ln_f · wteᵀ  ⇒  dln_f = dlogits · wte, dwte += dlogitsᵀ · ln_f
-        gemm(&mut d.ln, false, dlogits, false, w.wte, false, n, v, c, all_threads());
-        gemm(g.wte, true, dlogits, true, &acts.ln_f, false, v, n, c, all_threads());
+        lm_head_backward(&mut d.ln, g.wte, dlogits, &acts.ln_f, w.wte, n, c, v);
         // Final LayerNorm: the residual-stream gradient starts here.
         d.residual.fill(0.0);
         let last = &acts.blocks[cfg.n_layer - 1].residual_3;

@@ -17,7 +17,7 @@ use crate::ops::attention::{attention_forward_cached, AttnShape};
 use crate::ops::embedding::embedding_forward;
 use crate::ops::gelu::gelu_forward;
 use crate::ops::layernorm::layernorm_forward;
-use crate::ops::matmul::{all_threads, gemm, linear_forward};
+use crate::ops::matmul::{linear_forward, lm_head_forward};
 
 /// Cached keys and values of B sequences that all hold the same number of positions, plus
 /// the scratch buffers of one cached forward pass.
@@ -33,8 +33,8 @@ pub struct KvCache {
     s: Scratch,
 }
 
-/// Buffers of one forward call over N = B·T new tokens, reused layer after layer (resized,
-/// never shrunk below what the last call needed).
+/// Buffers of one forward call over N = B·T new tokens, reused layer after layer (resized to
+/// each call's shapes; their allocations are kept).
 #[derive(Default)]
 struct Scratch {
     x: Vec<f32>,        // [N, C] residual stream
@@ -274,7 +274,7 @@ impl Gpt {
             c,
             eps,
         );
-        gemm(&mut s.logits, false, ln_f, false, w.wte, true, b, c, v, all_threads());
+        lm_head_forward(&mut s.logits, ln_f, w.wte, b, c, v);
         Ok(&cache.s.logits)
     }
 }

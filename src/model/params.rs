@@ -21,12 +21,15 @@ impl TensorSpec {
 
 /// The parameter tensors of a GPT-2, in the order they sit in the flat buffer.
 pub fn param_specs(cfg: &Config) -> Vec<TensorSpec> {
-    let (c, v, t, f) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
+    let (c, v, max_t, f) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
     let spec = |name: String, shape: &[usize]| TensorSpec {
         name,
         shape: shape.to_vec(),
     };
-    let mut specs = vec![spec("wte.weight".into(), &[v, c]), spec("wpe.weight".into(), &[t, c])];
+    let mut specs = vec![
+        spec("wte.weight".into(), &[v, c]),
+        spec("wpe.weight".into(), &[max_t, c]),
+    ];
     for l in 0..cfg.n_layer {
         let h = |s: &str| format!("h.{l}.{s}");
         specs.extend([
@@ -58,16 +61,16 @@ pub struct Block<S> {
     pub attn_proj_b: S, // [C]
     pub ln_2_w: S,      // [C]
     pub ln_2_b: S,      // [C]
-    pub c_fc_w: S,      // [C, 4C]
-    pub c_fc_b: S,      // [4C]
-    pub mlp_proj_w: S,  // [4C, C]
+    pub c_fc_w: S,      // [C, F]  F = n_inner (4C in GPT-2)
+    pub c_fc_b: S,      // [F]
+    pub mlp_proj_w: S,  // [F, C]
     pub mlp_proj_b: S,  // [C]
 }
 
 /// Every parameter of the model, as slices of the flat buffer (`&[f32]` or `&mut [f32]`).
 pub struct Weights<S> {
     pub wte: S, // [V, C] token embedding, also the (tied) LM head
-    pub wpe: S, // [T, C] position embedding
+    pub wpe: S, // [n_positions, C] position embedding: one row per position the model can see
     pub blocks: Vec<Block<S>>,
     pub ln_f_w: S, // [C]
     pub ln_f_b: S, // [C]
@@ -92,10 +95,10 @@ impl<S: Splittable> Weights<S> {
     /// Cuts a flat buffer laid out by [`param_specs`] into named views. The struct fields
     /// are taken in the same order as `param_specs` lists them (checked by a test).
     pub fn split(buf: S, cfg: &Config) -> Self {
-        let (c, v, t, f) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
+        let (c, v, max_t, f) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
         // The sizes of param_specs(cfg), computed without building the names.
         let block = [c, c, c * 3 * c, 3 * c, c * c, c, c, c, c * f, f, f * c, c];
-        let mut sizes = [v * c, t * c]
+        let mut sizes = [v * c, max_t * c]
             .into_iter()
             .chain((0..cfg.n_layer).flat_map(|_| block))
             .chain([c, c]);

@@ -277,14 +277,9 @@ fn head_backward(
             .zip(pd)
             .for_each(|(g, &m)| *g = if m != 0.0 { *g * keep_scale } else { 0.0 });
     }
-    // Softmax backward, row by row, in place: dS = P ⊙ (dP - rowsum(P ⊙ dP)); upper triangle 0
-    // (which also clears what the blocks above did not write).
+    // Softmax backward, row by row, in place (dP becomes dS).
     for (i, (ds, pr)) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
-        let dot: f32 = ds[..=i].iter().zip(&pr[..=i]).map(|(g, pi)| g * pi).sum();
-        for (g, &pi) in ds[..=i].iter_mut().zip(&pr[..=i]) {
-            *g = pi * (*g - dot);
-        }
-        ds[i + 1..].fill(0.0);
+        softmax_causal_row_backward(ds, pr, i);
     }
     let scale = 1.0 / (hs as f32).sqrt();
     // dQ = dS K · scale
@@ -301,6 +296,18 @@ fn softmax_causal_row(row: &mut [f32], i: usize) {
     visible.iter_mut().for_each(|x| *x = super::exp(*x - max));
     let inv = 1.0 / super::sum(visible);
     visible.iter_mut().for_each(|x| *x *= inv);
+    masked.fill(0.0);
+}
+
+/// Backward of [`softmax_causal_row`], in place: with p = softmax(s) over j ≤ i,
+/// ∂p_j/∂s_k = p_j (δ_jk - p_k), so dS = P ⊙ (dP - Σ_j p_j dp_j). Entries j > i become 0
+/// (the scores there were masked; this also clears what the causal blocks did not write).
+fn softmax_causal_row_backward(grad: &mut [f32], p: &[f32], i: usize) {
+    let (visible, masked) = grad.split_at_mut(i + 1);
+    let dot: f32 = visible.iter().zip(p).map(|(g, pj)| g * pj).sum();
+    for (g, &pj) in visible.iter_mut().zip(p) {
+        *g = pj * (*g - dot);
+    }
     masked.fill(0.0);
 }
 

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-/// Forward. tokens: [B, T] (already checked < V); wte: [V, C]; wpe: [≥T, C]; out: [B, T, C].
+/// Forward. tokens: [B, T] (already checked < V); wte: [V, C]; wpe: [≥ pos0 + T, C]; out: [B, T, C].
 /// `pos0` is the position of the first token (non-zero when decoding with a KV cache).
 pub fn embedding_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], t: usize, c: usize, pos0: usize) {
     out.par_chunks_mut(c)

@@ -23,7 +23,7 @@ pub fn layernorm_forward(
         .zip(inp.par_chunks(c))
         .with_min_len(ROWS_PER_TASK)
         .for_each(|((out, (mean, rstd)), x)| {
-            let m = super::sum_lanes::<f32, LANES>(x, |v| v) / c as f32;
+            let m = super::sum(x) / c as f32;
             let var = super::sum_lanes::<f32, LANES>(x, |v| (v - m) * (v - m)) / c as f32; // biased, as PyTorch
             let s = 1.0 / (var + eps).sqrt();
             for (((o, &xi), &wi), &bi) in out.iter_mut().zip(x).zip(w).zip(b) {

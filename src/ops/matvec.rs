@@ -2,14 +2,14 @@
 //!
 //! With M = 1 a product reads every weight once and does one multiply-add with it, so its
 //! time is the time to stream the weights from memory. Each task owns a contiguous block of
-//! [`ROWS_PER_TASK`] weight rows and reads it as several sequential streams at once, one per
+//! [`WEIGHT_ROWS_PER_TASK`] weight rows and reads it as several sequential streams at once, one per
 //! part of the block: one core keeps more reads in flight that way than with a single
-//! stream (1.3-1.8x the bandwidth of one stream per core on this machine). Tasks split the
+//! stream (1.3-1.8x the bandwidth of one stream per core on the hosts we measured). Tasks split the
 //! work the same way whatever the thread count, so results do not depend on it.
 //! - `w` stored [K, N] (a Conv1D weight, `y = x·W`): a task computes the partial product
 //!   `x[:, rows] · W[rows, :]` [M, N]; the partials are then summed in order.
-//! - `w` stored [N, K] (the tied LM head, `y = x·wteᵀ`): each row of wte gives one output
-//!   column, as M dot products.
+//! - `w` stored [N, K] (the tied LM head, `y = x·wteᵀ`, and `dout · wᵀ` in the backward pass
+//!   of a linear layer with few rows): each row of w gives one output column, as M dot products.
 
 use faer::Par;
 use rayon::prelude::*;
@@ -18,7 +18,7 @@ use rayon::prelude::*;
 pub const SMALL_M: usize = 8;
 
 /// Weight rows per task: 64 rows of a GPT-2 weight are 192-768 KiB of contiguous memory.
-const ROWS_PER_TASK: usize = 64;
+const WEIGHT_ROWS_PER_TASK: usize = 64;
 
 /// Weight rows a task reads side by side: rows of a [K, N] weight (axpy) and of wte (dot
 /// products; more would spill the partial sums out of registers).
@@ -47,13 +47,13 @@ fn stream_order<const S: usize>(rows: usize) -> (impl Iterator<Item = [usize; S]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_small_m(out: &mut [f32], accumulate: bool, x: &[f32], w: &[f32], m: usize, k: usize, n: usize, par: Par) {
     assert!(out.len() == m * n && x.len() == m * k && w.len() == k * n && m <= SMALL_M);
-    let partials = map_chunks(w, ROWS_PER_TASK * n, par, |task, w_rows| {
+    let partials = map_chunks(w, WEIGHT_ROWS_PER_TASK * n, par, |task, w_rows| {
         // acc[j, :] = Σ_i x[j, k0 + i] · w[k0 + i, :] over this task's rows
         let rows = w_rows.len() / n;
         let row = |i: usize| &w_rows[i * n..(i + 1) * n];
         let mut acc = vec![0.0f32; m * n];
         for (acc_row, x_row) in acc.chunks_exact_mut(n).zip(x.chunks_exact(k)) {
-            let x_row = &x_row[task * ROWS_PER_TASK..][..rows];
+            let x_row = &x_row[task * WEIGHT_ROWS_PER_TASK..][..rows];
             let (groups, rest) = stream_order::<AXPY_STREAMS>(rows);
             for group in groups {
                 axpy(acc_row, group.map(|i| x_row[i]), group.map(row));
@@ -86,7 +86,7 @@ pub fn matmul_small_m_t(
 ) {
     assert!(out.len() == m * n && x.len() == m * k && w.len() == n * k && m <= SMALL_M);
     // Each task fills its columns of out, transposed: [rows, M].
-    let blocks = map_chunks(w, ROWS_PER_TASK * k, par, |_, w_rows| {
+    let blocks = map_chunks(w, WEIGHT_ROWS_PER_TASK * k, par, |_, w_rows| {
         let rows = w_rows.len() / k;
         let row = |i: usize| &w_rows[i * k..(i + 1) * k];
         let mut dots_t = vec![0.0f32; rows * m];
