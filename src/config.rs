@@ -224,11 +224,11 @@ impl Config {
         for (key, value) in fields {
             obj.insert(key.to_string(), value);
         }
-        // GPT-2's <|endoftext|> doubles as begin and end of text, when the vocabulary has it.
-        if self.vocab_size > 50256 {
-            obj.insert("bos_token_id".into(), json!(50256));
-            obj.insert("eos_token_id".into(), json!(50256));
-        }
+        // GPT-2's <|endoftext|> doubles as begin and end of text, when the vocabulary has it;
+        // otherwise null, which transformers' GPT2Config would default to 50256.
+        let eot = (self.vocab_size > 50256).then_some(50256);
+        obj.insert("bos_token_id".into(), json!(eot));
+        obj.insert("eos_token_id".into(), json!(eot));
         serde_json::to_string_pretty(&Value::Object(obj)).expect("a JSON map always serialises")
     }
 }

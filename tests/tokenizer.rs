@@ -425,6 +425,42 @@ fn round_trip_on_random_text_for_every_kind() {
     }
 }
 
+#[test]
+fn a_model_directory_gets_hugging_faces_tokenizer_json_where_it_can_express_the_tokenizer() {
+    let mut rng = Rng(7);
+    let corpus: String = (0..500).map(|_| rng.text(30)).collect::<Vec<_>>().join("");
+    let cases = [
+        (Tokenizer::gpt2(), true),
+        (Tokenizer::train_bpe(&corpus, 400).unwrap(), true),
+        (Tokenizer::load_dir(&fixture("hf_small")).unwrap().unwrap(), true),
+        (Tokenizer::char_level_from_text(&corpus), false),
+        (Tokenizer::load_file(&fixture("small.tiktoken")).unwrap(), false), // rank rule
+    ];
+    for (i, (tok, hugging_face)) in cases.into_iter().enumerate() {
+        let dir = scratch(&format!("model-dir-{i}"));
+        tok.save(&dir).unwrap();
+        let json = read_json(&dir.join("tokenizer.json"));
+        assert_eq!(json.get("model").is_some(), hugging_face, "{}", tok.kind());
+        if hugging_face {
+            assert_eq!(json["pre_tokenizer"]["type"], "ByteLevel");
+            let eot = tok.eot_token().unwrap();
+            assert_eq!(json["added_tokens"][0]["id"], eot);
+            assert_eq!(json["model"]["vocab"]["<|endoftext|>"], eot);
+        }
+        let back = Tokenizer::load_dir(&dir).unwrap().unwrap();
+        assert_eq!((back.kind(), back.vocab_size()), (tok.kind(), tok.vocab_size()));
+        for _ in 0..200 {
+            let text = rng.text(30);
+            let ids = tok.encode_with_special(&text, SpecialTokens::Allow);
+            assert_eq!(
+                back.encode_with_special(&text, SpecialTokens::Allow).ok(),
+                ids.ok(),
+                "{text:?}"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------- other vocabularies
 
 #[test]
@@ -592,12 +628,10 @@ fn save_and_load_every_kind() {
             tok.encode(sample).unwrap()
         );
     }
-    let dir = scratch("gpt2-small");
-    Tokenizer::gpt2().save(&dir).unwrap();
-    assert_eq!(
-        std::fs::read_to_string(dir.join("tokenizer.json")).unwrap().trim(),
-        r#"{"type":"gpt2"}"#
-    );
+    // Our own file (bpe train --out, the shard cache key) names GPT-2 in one line.
+    let path = scratch("gpt2-small").join("gpt2.json");
+    Tokenizer::gpt2().save_file(&path).unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), r#"{"type":"gpt2"}"#);
     // char:<text file> builds the alphabet from the text.
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tinyshakespeare.txt");
     assert_eq!(

@@ -1,6 +1,7 @@
 //! Tokenizer files: our own `tokenizer.json`, and the vocabulary files of other libraries.
 //!
-//! Our `tokenizer.json` (one file in a model directory, written atomically) is one of
+//! Our tokenizer file (`bpe train --out`; the `tokenizer.json` of a model directory when Hugging
+//! Face's format cannot express the tokenizer, see [`save_in_model_dir`]) is one of
 //!
 //! ```text
 //! {"type": "gpt2"}                                    the bundled GPT-2 vocabulary
@@ -429,6 +430,67 @@ pub fn save(tokenizer: &Tokenizer, path: &Path) -> Result<()> {
     let mut json = serde_json::to_vec(&file).map_err(|e| Error::Tokenizer(e.to_string()))?;
     json.push(b'\n');
     write_atomic(path, &json)
+}
+
+/// Writes `tokenizer` as the `tokenizer.json` of a model directory: in Hugging Face's format
+/// for a byte-level BPE with a merge list (GPT-2's, or one from `gpt2 bpe train`), so that
+/// `transformers` loads it with the model; in ours otherwise (character level, tiktoken's rank
+/// rule), which Hugging Face has no equivalent for.
+pub fn save_in_model_dir(tokenizer: &Tokenizer, path: &Path) -> Result<()> {
+    let BpeSpec { tokens, rule, specials } = match tokenizer {
+        Tokenizer::Gpt2(bpe) | Tokenizer::Bpe(bpe) => bpe.spec(),
+        Tokenizer::Char(_) => return save(tokenizer, path),
+    };
+    let (merges, ignore_merges) = match (tokenizer, rule) {
+        // GPT-2 encodes by tiktoken's ranks, which give the same tokens as vocab.bpe's merges.
+        (Tokenizer::Gpt2(_), _) => (super::gpt2::merges().to_vec(), false),
+        (_, MergeRule::Merges { merges, ignore_merges }) => (merges, ignore_merges),
+        (_, MergeRule::Ranks) => return save(tokenizer, path),
+    };
+    let text_of: Vec<Option<String>> = tokens.iter().map(|t| t.as_deref().map(bytes_to_text)).collect();
+    let mut vocab = serde_json::Map::new();
+    for (id, text) in text_of.iter().enumerate() {
+        if let Some(text) = text {
+            vocab.insert(text.clone(), id.into());
+        }
+    }
+    let mut added_tokens = Vec::new();
+    for (content, id) in &specials {
+        vocab.insert(content.clone(), (*id).into());
+        added_tokens.push(serde_json::json!({"id": id, "content": content, "single_word": false,
+            "lstrip": false, "rstrip": false, "normalized": true, "special": true}));
+    }
+    let token = |id: u32| text_of.get(id as usize).cloned().flatten();
+    let merges = merges
+        .iter()
+        .map(|&(l, r)| match (token(l), token(r)) {
+            (Some(l), Some(r)) => Ok(format!("{l} {r}")),
+            _ => Err(Error::Tokenizer(format!(
+                "merge ({l}, {r}) names a token without bytes"
+            ))),
+        })
+        .collect::<Result<Vec<String>>>()?;
+    // GPT-2's pre-tokenizer, post-processor and decoder, as in the hub's gpt2/tokenizer.json.
+    let byte_level = |add_prefix_space: bool, trim_offsets: bool| {
+        serde_json::json!({"type": "ByteLevel", "add_prefix_space": add_prefix_space,
+            "trim_offsets": trim_offsets, "use_regex": true})
+    };
+    let json = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added_tokens,
+        "normalizer": null,
+        "pre_tokenizer": byte_level(false, true),
+        "post_processor": byte_level(true, false),
+        "decoder": byte_level(true, true),
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+            "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false,
+            "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges},
+    });
+    let mut bytes = serde_json::to_vec(&json).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes)
 }
 
 /// A tokenizer file, or the tokenizer saved in a model directory.

@@ -66,6 +66,11 @@ pub fn bpe() -> Arc<Bpe> {
     bundled().bpe.clone()
 }
 
+/// GPT-2's merges as token-id pairs, in vocab.bpe's order (merge i makes token 256 + i).
+pub fn merges() -> &'static [(u32, u32)] {
+    &bundled().merges
+}
+
 /// Whether `spec` holds exactly GPT-2's tokens, special token and merges, under either rule
 /// (a Hugging Face or OpenAI file of GPT-2, distilgpt2, ...).
 pub fn is_gpt2(spec: &BpeSpec) -> bool {

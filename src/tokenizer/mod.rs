@@ -145,13 +145,15 @@ impl Tokenizer {
         files::load_file(path)
     }
 
-    /// Writes `dir/tokenizer.json` atomically (format in `files.rs`), creating `dir`.
+    /// Writes `dir/tokenizer.json` atomically, creating `dir`: Hugging Face's format for a
+    /// byte-level BPE with merges (GPT-2's included), which `transformers` loads; ours otherwise
+    /// (formats in `files.rs`).
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        files::save(self, &dir.join(FILE_NAME))
+        files::save_in_model_dir(self, &dir.join(FILE_NAME))
     }
 
-    /// Writes this tokenizer to the file `path` atomically, in the format of [`Tokenizer::save`].
+    /// Writes this tokenizer to the file `path` atomically, in our format (`files.rs`).
     pub fn save_file(&self, path: &Path) -> Result<()> {
         files::save(self, path)
     }
@@ -257,7 +259,7 @@ impl Tokenizer {
             while let Some((at, s, id)) = next(start) {
                 if special == SpecialTokens::Reject {
                     return Err(Error::Tokenizer(format!(
-                        "the text holds the special token {s} at byte {at}; allow it (encode it as id {id}) or encode it as plain text"
+                        "the text holds the special token {s} at byte {at}; allow it (encode it as id {id}; `tokenize --special allow`) or encode it as plain text (`--special text`)"
                     )));
                 }
                 if at > start {

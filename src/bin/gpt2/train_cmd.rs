@@ -32,7 +32,7 @@ pub struct TrainArgs {
     /// [default: char, or the --init model's tokenizer].
     #[arg(long, value_name = "SPEC", help_heading = "Data")]
     tokenizer: Option<String>,
-    /// Where tokenised corpora are cached [default: ~/.cache/gpt2/tokens, or under $GPT2_CACHE_DIR].
+    /// Where tokenised corpora are cached [default: tokens/ in the model cache: $GPT2_CACHE_DIR, else $XDG_CACHE_HOME/gpt2, else ~/.cache/gpt2].
     #[arg(long, value_name = "DIR", value_parser = absolute, help_heading = "Data")]
     cache_dir: Option<PathBuf>,
     /// Fraction of the corpus, at its end, held out for validation [default: 0.1].
