@@ -79,6 +79,15 @@ fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// One JSON object per line of stdout (an interactive session's answers).
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn ids(value: &serde_json::Value) -> Vec<u64> {
     value.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
 }
@@ -174,12 +183,7 @@ fn interactive_answers_each_line_with_the_model_loaded_once() {
         "5",
     ];
     let out = gpt2(&[&args[..], &["--json"]].concat(), "abc\n\nxyz\né\nabc\n");
-    assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines.len(), 3, "the empty line is skipped, the bad one is reported");
     assert_eq!(
         lines[0]["samples"], lines[2]["samples"],
@@ -244,12 +248,7 @@ fn interactive_prompt_i_is_sampled_with_seed_plus_i() {
         "5",
     ];
     let out = gpt2(&[&args[..], &["--interactive"]].concat(), "abc\nabc\n");
-    assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(
         (lines[0]["seed"].as_u64(), lines[1]["seed"].as_u64()),
         (Some(5), Some(6))
