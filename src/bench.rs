@@ -8,7 +8,7 @@ use crate::generate::{GenerateOptions, Generator, Sampling};
 use crate::model::data_parallel::auto_shards;
 use crate::model::{param_specs, DataParallel, Gpt};
 use crate::ops::adamw::{clip_factor, AdamW, AdamWConfig};
-use crate::ops::sum_streams;
+use crate::ops::{set_zero, sum_streams};
 use crate::rng::Rng;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -51,6 +51,7 @@ pub fn bench_steps(
     warmup: usize,
 ) -> Result<BenchResult> {
     let mut model = Gpt::new(config, 1337)?;
+    let mut grads = model.new_gradients();
     let mut rng = Rng::new(42);
     let v = model.config.vocab_size;
     let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
@@ -63,13 +64,13 @@ pub fn bench_steps(
         let start = Instant::now();
         match kind {
             BenchKind::Train => {
-                model.zero_grad();
-                parallel.forward_backward(&mut model, &tokens, b, t, &targets, None, 1.0)?;
-                let scale = clip_factor(optimizer.grad_norm(&model.grads), 1.0);
-                optimizer.step(&mut model.params, &model.grads, scale, 1e-4);
+                set_zero(&mut grads);
+                parallel.forward_backward(&model, &mut grads, &tokens, b, t, &targets, None, 1.0)?;
+                let scale = clip_factor(optimizer.grad_norm(&grads), 1.0);
+                optimizer.step(&mut model.params, &grads, scale, 1e-4);
             }
             BenchKind::Forward => {
-                parallel.loss(&mut model, &tokens, b, t, &targets)?;
+                parallel.loss(&model, &tokens, b, t, &targets)?;
             }
         }
         if i >= warmup {

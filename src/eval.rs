@@ -1,7 +1,7 @@
 //! Scoring text with a model: mean next-token cross-entropy and perplexity.
 
 use crate::error::{Error, Result};
-use crate::model::Gpt;
+use crate::model::{Gpt, Workspace};
 use crate::ops::cross_entropy::IGNORE_INDEX;
 use serde::Serialize;
 
@@ -20,7 +20,7 @@ pub struct Score {
 
 /// Splits `tokens` into consecutive, non-overlapping windows of at most n_positions tokens;
 /// in each window, token i+1 is predicted from tokens 0..=i.
-pub fn score_tokens(model: &mut Gpt, tokens: &[u32]) -> Result<Score> {
+pub fn score_tokens(model: &Gpt, tokens: &[u32]) -> Result<Score> {
     if tokens.len() < 2 {
         return Err(Error::Input(format!(
             "scoring needs at least 2 tokens, got {}",
@@ -28,13 +28,14 @@ pub fn score_tokens(model: &mut Gpt, tokens: &[u32]) -> Result<Score> {
         )));
     }
     let (mut total, mut predictions) = (0.0f64, 0usize);
+    let mut ws = Workspace::new();
     for window in tokens.chunks(model.config.n_positions) {
         if window.len() < 2 {
             continue; // a last window of one token predicts nothing
         }
         let targets: Vec<i32> = window[1..].iter().map(|&id| id as i32).chain([IGNORE_INDEX]).collect();
         let loss = model
-            .forward(window, 1, window.len(), Some(&targets), None)?
+            .forward(&mut ws, window, 1, window.len(), Some(&targets), None)?
             .expect("targets given");
         total += loss as f64 * (window.len() - 1) as f64;
         predictions += window.len() - 1;

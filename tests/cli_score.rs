@@ -27,12 +27,12 @@ fn char_model(name: &str) -> (PathBuf, Gpt, Tokenizer) {
 
 #[test]
 fn score_text_matches_the_library_over_windows() {
-    let (dir, mut model, tokenizer) = char_model("windows");
+    let (dir, model, tokenizer) = char_model("windows");
     let out = gpt2_cli(&["score", "--model", dir.to_str().unwrap(), "--text", VERDICT, "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ids = tokenizer.encode(&std::fs::read_to_string(VERDICT).unwrap()).unwrap();
-    let expected = score_tokens(&mut model, &ids).unwrap();
+    let expected = score_tokens(&model, &ids).unwrap();
     assert_eq!(json["tokens"], ids.len());
     // 64-token windows: every window but a trailing single token predicts len - 1 tokens.
     let windows = ids.len().div_ceil(64);

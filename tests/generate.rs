@@ -4,7 +4,7 @@
 use gpt2::generate::{generate_ids, Finish, GenerateOptions, Generator, Sampling, Token};
 use gpt2::io::hf::load_hf_dir;
 use gpt2::rng::Rng;
-use gpt2::{Config, Gpt};
+use gpt2::{Config, Gpt, Workspace};
 use std::path::Path;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -50,8 +50,8 @@ fn greedy_matches_hugging_face_generate() {
     let (prompt, expected) = (ids(&fixture["prompt_ids"]), ids(&fixture["greedy_ids"]));
     let new = fixture["max_new_tokens"].as_u64().unwrap() as usize;
     assert_eq!(expected.len(), prompt.len() + new);
-    let mut model = tiny_model();
-    let got = generate_ids(&mut model, &prompt, new, &Sampling::greedy(), &mut Rng::new(0)).unwrap();
+    let model = tiny_model();
+    let got = generate_ids(&model, &prompt, new, &Sampling::greedy(), &mut Rng::new(0)).unwrap();
     assert_eq!(
         got,
         expected[prompt.len()..],
@@ -60,13 +60,13 @@ fn greedy_matches_hugging_face_generate() {
 }
 
 /// nanoGPT's sample.py, greedy: each step runs the full model over the last n_positions tokens.
-fn naive_greedy(model: &mut Gpt, prompt: &[u32], new: usize) -> Vec<u32> {
+fn naive_greedy(model: &Gpt, prompt: &[u32], new: usize) -> Vec<u32> {
     let (n_pos, v) = (model.config.n_positions, model.config.vocab_size);
-    let mut seq = prompt.to_vec();
+    let (mut seq, mut ws) = (prompt.to_vec(), Workspace::new());
     for _ in 0..new {
         let window = &seq[seq.len().saturating_sub(n_pos)..];
-        model.forward(window, 1, window.len(), None, None).unwrap();
-        let last = &model.logits()[(window.len() - 1) * v..];
+        model.forward(&mut ws, window, 1, window.len(), None, None).unwrap();
+        let last = &ws.logits()[(window.len() - 1) * v..];
         seq.push(gpt2::generate::sampling::argmax(last));
     }
     seq[prompt.len()..].to_vec()
@@ -76,18 +76,46 @@ fn naive_greedy(model: &mut Gpt, prompt: &[u32], new: usize) -> Vec<u32> {
 fn context_overflow_crops_to_the_last_n_positions_like_nanogpt() {
     let mut cfg = Config::new(50, 16, 32, 2, 4);
     cfg.n_inner = 64;
-    let mut model = Gpt::new(cfg, 7).unwrap();
+    let model = Gpt::new(cfg, 7).unwrap();
     let mut rng = Rng::new(3);
     for prompt_len in [5, 16, 23] {
         // 5 + 30 and 16 + 30 outgrow 16 positions mid-generation; 23 is too long from the start.
         let prompt: Vec<u32> = (0..prompt_len).map(|_| rng.below(50) as u32).collect();
-        let got = generate_ids(&mut model, &prompt, 30, &Sampling::greedy(), &mut Rng::new(0)).unwrap();
-        assert_eq!(
-            got,
-            naive_greedy(&mut model, &prompt, 30),
-            "prompt of {prompt_len} tokens"
-        );
+        let got = generate_ids(&model, &prompt, 30, &Sampling::greedy(), &mut Rng::new(0)).unwrap();
+        assert_eq!(got, naive_greedy(&model, &prompt, 30), "prompt of {prompt_len} tokens");
     }
+}
+
+#[test]
+fn two_threads_generate_from_one_shared_model_each_as_if_alone() {
+    let model = tiny_model();
+    let sampling = Sampling {
+        temperature: 0.8,
+        top_k: Some(20),
+        ..Sampling::default()
+    };
+    let requests = [(vec![3u32, 14, 15], 2, 7u64), (vec![92, 65, 35, 89, 79], 3, 8)];
+    let alone: Vec<Vec<Token>> = requests
+        .iter()
+        .map(|(prompt, samples, seed)| run(&model, prompt, options(40, *samples, sampling.clone()), *seed))
+        .collect();
+    // Both threads read the one model while the other decodes: each owns only its KV cache.
+    let start = std::sync::Barrier::new(requests.len());
+    let together: Vec<Vec<Token>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = requests
+            .iter()
+            .map(|(prompt, samples, seed)| {
+                let (model, start, sampling) = (&model, &start, sampling.clone());
+                scope.spawn(move || {
+                    start.wait();
+                    run(model, prompt, options(40, *samples, sampling), *seed)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|thread| thread.join().unwrap()).collect()
+    });
+    assert_eq!(together, alone);
+    assert_ne!(alone[0], alone[1]);
 }
 
 #[test]
@@ -194,28 +222,25 @@ fn stop_sample_ends_one_sample_and_the_others_go_on() {
 
 #[test]
 fn bad_requests_are_errors_not_panics() {
-    let mut model = tiny_model();
+    let model = tiny_model();
     let mut rng = Rng::new(0);
     let greedy = Sampling::greedy();
+    assert!(generate_ids(&model, &[], 5, &greedy, &mut rng).is_err(), "empty prompt");
     assert!(
-        generate_ids(&mut model, &[], 5, &greedy, &mut rng).is_err(),
-        "empty prompt"
-    );
-    assert!(
-        generate_ids(&mut model, &[1, 96], 5, &greedy, &mut rng).is_err(),
+        generate_ids(&model, &[1, 96], 5, &greedy, &mut rng).is_err(),
         "id outside the vocabulary"
     );
     let bad_top_p = Sampling {
         top_p: 0.0,
         ..Sampling::default()
     };
-    assert!(generate_ids(&mut model, &[1], 5, &bad_top_p, &mut rng).is_err());
+    assert!(generate_ids(&model, &[1], 5, &bad_top_p, &mut rng).is_err());
     assert!(
         Generator::new(&model, &[1], options(5, 0, greedy), &mut rng).is_err(),
         "zero samples"
     );
     assert_eq!(
-        generate_ids(&mut model, &[1], 0, &Sampling::greedy(), &mut rng).unwrap(),
+        generate_ids(&model, &[1], 0, &Sampling::greedy(), &mut rng).unwrap(),
         Vec::<u32>::new()
     );
 }

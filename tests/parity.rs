@@ -6,7 +6,7 @@ use gpt2::io::hf::load_hf_dir;
 use gpt2::io::safetensors::{to_f32, MappedFile};
 use gpt2::model::param_specs;
 use gpt2::ops::adamw::{clip_factor, AdamW, AdamWConfig};
-use gpt2::Gpt;
+use gpt2::{Gpt, Workspace};
 use std::path::Path;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -72,10 +72,13 @@ fn max_errors(a: &[f32], b: &[f32]) -> (f32, f32) {
 #[test]
 fn logits_and_loss_match_hugging_face() {
     let reference = Reference::load();
-    let mut model = tiny_model();
+    let (model, mut ws) = (tiny_model(), Workspace::new());
     let (tokens, targets) = reference.batch();
-    let loss = model.forward(&tokens, 2, 16, Some(&targets), None).unwrap().unwrap();
-    let (err, scale) = max_errors(model.logits(), &reference.f32("logits"));
+    let loss = model
+        .forward(&mut ws, &tokens, 2, 16, Some(&targets), None)
+        .unwrap()
+        .unwrap();
+    let (err, scale) = max_errors(ws.logits(), &reference.f32("logits"));
     assert!(err <= 1e-4 * scale.max(1.0), "logits max abs error {err}");
     let expected = reference.num("loss");
     assert!((loss - expected).abs() <= 1e-5, "loss {loss} vs {expected}");
@@ -84,14 +87,14 @@ fn logits_and_loss_match_hugging_face() {
 #[test]
 fn every_gradient_matches_hugging_face() {
     let reference = Reference::load();
-    let mut model = tiny_model();
+    let (model, mut ws) = (tiny_model(), Workspace::new());
     let (tokens, targets) = reference.batch();
-    model.zero_grad();
-    model.forward(&tokens, 2, 16, Some(&targets), None).unwrap();
-    model.backward(1.0).unwrap();
+    let mut grads = model.new_gradients();
+    model.forward(&mut ws, &tokens, 2, 16, Some(&targets), None).unwrap();
+    model.backward(&mut ws, &mut grads, 1.0).unwrap();
     let mut offset = 0;
     for spec in param_specs(&model.config) {
-        let grad = &model.grads[offset..offset + spec.numel()];
+        let grad = &grads[offset..offset + spec.numel()];
         offset += spec.numel();
         let (err, scale) = max_errors(grad, &reference.f32(&format!("grad.{}", spec.name)));
         assert!(
@@ -105,7 +108,8 @@ fn every_gradient_matches_hugging_face() {
 #[test]
 fn parameters_after_three_adamw_steps_with_clipping_match_pytorch() {
     let reference = Reference::load();
-    let mut model = tiny_model();
+    let (mut model, mut ws) = (tiny_model(), Workspace::new());
+    let mut grads = model.new_gradients();
     let (tokens, targets) = reference.batch();
     let config = AdamWConfig {
         lr: reference.num("lr"),
@@ -118,10 +122,13 @@ fn parameters_after_three_adamw_steps_with_clipping_match_pytorch() {
     let mut opt = AdamW::new(config, &specs);
     let clip = reference.num("grad_clip");
     for step in 0..3 {
-        model.zero_grad();
-        let loss = model.forward(&tokens, 2, 16, Some(&targets), None).unwrap().unwrap();
-        model.backward(1.0).unwrap();
-        let norm = opt.grad_norm(&model.grads);
+        grads.fill(0.0);
+        let loss = model
+            .forward(&mut ws, &tokens, 2, 16, Some(&targets), None)
+            .unwrap()
+            .unwrap();
+        model.backward(&mut ws, &mut grads, 1.0).unwrap();
+        let norm = opt.grad_norm(&grads);
         let expected_loss = reference.json["losses"][step].as_f64().unwrap() as f32;
         let expected_norm = reference.json["grad_norms"][step].as_f64().unwrap() as f32;
         assert!(
@@ -132,7 +139,7 @@ fn parameters_after_three_adamw_steps_with_clipping_match_pytorch() {
             (norm - expected_norm).abs() <= 1e-4 * expected_norm,
             "step {step}: grad norm {norm} vs {expected_norm}"
         );
-        opt.step(&mut model.params, &model.grads, clip_factor(norm, clip), config.lr);
+        opt.step(&mut model.params, &grads, clip_factor(norm, clip), config.lr);
     }
     // The key third of each c_attn bias has a true gradient of exactly 0 (a constant added to
     // all of a query's scores does not change the softmax), so its computed gradient is rounding

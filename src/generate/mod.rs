@@ -17,7 +17,7 @@ use crate::rng::Rng;
 /// Generates `max_new_tokens` ids after `prompt` (one sample, no stop token) and returns only
 /// the new ids. `rng` advances by one draw, so successive calls give different samples.
 pub fn generate_ids(
-    model: &mut Gpt,
+    model: &Gpt,
     prompt: &[u32],
     max_new_tokens: usize,
     sampling: &Sampling,

@@ -3,6 +3,7 @@
 //! token i gives token j (each row sums to 1; the masked future j > i is left blank).
 
 use crate::error::{Error, Result};
+use crate::model::workspace::Activations;
 use crate::model::Gpt;
 use crate::plot::{write_chart, Chart, DrawResult, ImageFormat, FONT};
 use plotters::coord::Shift;
@@ -180,19 +181,22 @@ pub fn axis_label(text: &str) -> String {
 }
 
 /// Writes one heatmap per layer (or only `layer`), `layer_00.png` (or `.svg`) …, into `dir`
-/// (created if needed), from the attention weights of the model's last forward pass, which
-/// must have been one sequence of the `tokens`' length; `tokens` are the prompt's pieces as text.
+/// (created if needed), from the attention weights of a forward pass of `model`, its activations
+/// `acts`, which must have been one sequence of the `tokens`' length; `tokens` are the prompt's
+/// pieces as text.
 pub fn write_attention_maps(
     model: &Gpt,
+    acts: &Activations,
     tokens: &[String],
     layer: Option<usize>,
     dir: &Path,
     format: ImageFormat,
 ) -> Result<Vec<PathBuf>> {
-    let acts = model
-        .activations()
-        .filter(|a| a.b == 1 && a.t == tokens.len())
-        .ok_or_else(|| Error::Input("attention maps need a forward pass of the prompt first".into()))?;
+    if acts.b != 1 || acts.t != tokens.len() {
+        return Err(Error::Input(
+            "attention maps need a forward pass of the prompt first".into(),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let labels: Vec<String> = tokens.iter().map(|t| axis_label(t)).collect();
     let width = model.config.n_layer.saturating_sub(1).to_string().len().max(2);

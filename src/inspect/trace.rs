@@ -1,6 +1,6 @@
 //! One forward pass told step by step. [`trace`] runs the model on a prompt (batch of one) and
 //! reads back every activation it kept for the backward pass (see
-//! [`crate::model::activations::Activations`]): the embeddings, then for every block LayerNorm 1,
+//! [`crate::model::workspace::Activations`]): the embeddings, then for every block LayerNorm 1,
 //! the queries, keys and values of each head, the attention weights, the attention branch, the
 //! residual stream, LayerNorm 2, the MLP hidden layer and the MLP branch; then the final
 //! LayerNorm and the next-token distribution. [`logit_lens`] decodes the residual stream after
@@ -10,8 +10,8 @@
 
 use super::token_piece;
 use crate::error::{Error, Result};
-use crate::model::activations::Activations;
-use crate::model::Gpt;
+use crate::model::workspace::Activations;
+use crate::model::{Gpt, Workspace};
 use crate::ops::layernorm::layernorm_forward;
 use crate::ops::matmul::{all_threads, gemm};
 use crate::ops::{max, sum_exp};
@@ -208,13 +208,19 @@ pub fn check(model: &Gpt, tokens: &[u32], options: &TraceOptions) -> Result<()> 
     Ok(())
 }
 
-/// Runs `model` on the prompt `tokens` and traces the pass. The model keeps the activations
-/// (see [`Gpt::activations`]) for [`logit_lens`] and the attention maps.
-pub fn trace(model: &mut Gpt, tokens: &[u32], tokenizer: Option<&Tokenizer>, options: &TraceOptions) -> Result<Trace> {
+/// Runs `model` on the prompt `tokens` and traces the pass. `ws` keeps the activations for
+/// [`logit_lens`] and the attention maps.
+pub fn trace(
+    model: &Gpt,
+    ws: &mut Workspace,
+    tokens: &[u32],
+    tokenizer: Option<&Tokenizer>,
+    options: &TraceOptions,
+) -> Result<Trace> {
     check(model, tokens, options)?;
     let t = tokens.len();
-    model.forward(tokens, 1, t, None, None)?;
-    let acts = model.activations().expect("a forward pass just ran");
+    model.forward(ws, tokens, 1, t, None, None)?;
+    let acts = ws.activations();
     let cfg = &model.config;
     let (c, hs) = (cfg.n_embd, cfg.head_size());
     let w = model.weights();
@@ -341,13 +347,14 @@ pub struct LensRow {
     pub guesses: Vec<Prediction>,
 }
 
-/// Reads the residual stream of the last [`trace`] (or any forward pass of one sequence)
-/// through the final LayerNorm and the tied LM head at every depth.
-pub fn logit_lens(model: &Gpt, tokenizer: Option<&Tokenizer>) -> Result<LogitLens> {
-    let acts = model
-        .activations()
-        .filter(|a| a.b == 1)
-        .ok_or_else(|| Error::Input("the logit lens needs a forward pass of one sequence first".into()))?;
+/// Reads the residual stream of the last [`trace`] (or any forward pass of one sequence), its
+/// activations `acts`, through the final LayerNorm and the tied LM head at every depth.
+pub fn logit_lens(model: &Gpt, acts: &Activations, tokenizer: Option<&Tokenizer>) -> Result<LogitLens> {
+    if acts.b != 1 {
+        return Err(Error::Input(
+            "the logit lens needs a forward pass of one sequence first".into(),
+        ));
+    }
     let cfg = &model.config;
     let (t, c, v) = (acts.t, cfg.n_embd, cfg.vocab_size);
     let w = model.weights();
@@ -419,9 +426,9 @@ mod tests {
 
     #[test]
     fn a_trace_adds_up_to_the_forward_pass() {
-        let mut model = tiny();
+        let (model, mut ws) = (tiny(), Workspace::new());
         let tokens = [3, 14, 15, 9, 2];
-        let trace = trace(&mut model, &tokens, None, &TraceOptions::default()).unwrap();
+        let trace = trace(&model, &mut ws, &tokens, None, &TraceOptions::default()).unwrap();
         assert_eq!(trace.blocks.len(), 3);
         assert_eq!(trace.embeddings.sum.shape, [5, 32]);
         let block = &trace.blocks[1];
@@ -433,11 +440,11 @@ mod tests {
             assert_eq!(head.top[0].weight, head.weights.iter().copied().fold(0.0, f32::max));
         }
         // The last row of the logit lens is the model's own prediction.
-        let lens = logit_lens(&model, None).unwrap();
+        let lens = logit_lens(&model, ws.activations(), None).unwrap();
         assert_eq!(lens.rows.len(), 4);
         assert_eq!(lens.rows[3].guesses[4].id, trace.next[0].id);
         assert!((lens.rows[3].guesses[4].prob - trace.next[0].prob).abs() < 1e-5);
-        let probs: f32 = top_predictions(&model.logits()[4 * 40..], 40, None)
+        let probs: f32 = top_predictions(&ws.logits()[4 * 40..], 40, None)
             .iter()
             .map(|p| p.prob)
             .sum();
@@ -447,13 +454,13 @@ mod tests {
 
     #[test]
     fn layer_and_head_narrow_the_trace_and_are_checked() {
-        let mut model = tiny();
+        let model = tiny();
         let options = TraceOptions {
             layer: Some(2),
             head: Some(3),
             ..TraceOptions::default()
         };
-        let trace = trace(&mut model, &[1, 2], None, &options).unwrap();
+        let trace = trace(&model, &mut Workspace::new(), &[1, 2], None, &options).unwrap();
         assert_eq!(trace.blocks.len(), 1);
         assert_eq!((trace.blocks[0].layer, trace.blocks[0].heads.len()), (2, 1));
         assert_eq!(trace.blocks[0].heads[0].head, 3);

@@ -1,30 +1,30 @@
-//! The whole GPT-2: forward (embeddings → blocks → final LayerNorm → tied LM head → loss) and
-//! its backward pass, op by op in reverse.
+//! The whole GPT-2, read-only: embeddings → blocks → final LayerNorm → tied LM head → loss,
+//! the backward pass of that, op by op in reverse, and the same forward over a KV cache for
+//! generation. Everything a pass writes lives in the caller's [`Workspace`] or [`KvCache`], so
+//! any number of threads can run passes over one `&Gpt` at once.
+//!
+//! Shapes: B batch rows, T positions, N = B·T, C = n_embd, V = vocab, L = n_layer.
 
-use super::activations::{Activations, GradActs};
+use super::block::{block_backward, block_forward, Keys};
+use super::kv_cache::KvCache;
 use super::params::{init_params, Weights};
+use super::workspace::{BlockShape, Workspace};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::ops::attention::{attention_backward, attention_forward, AttnShape};
+use crate::ops::attention::AttnShape;
 use crate::ops::cross_entropy::{check_targets, cross_entropy_backward_inplace, cross_entropy_forward};
-use crate::ops::dropout::{apply_mask, fill_mask};
+use crate::ops::dropout::{dropout_backward, Dropout};
 use crate::ops::embedding::{embedding_backward, embedding_forward};
-use crate::ops::gelu::{gelu_backward_inplace, gelu_forward};
 use crate::ops::layernorm::{layernorm_backward, layernorm_forward};
-use crate::ops::matmul::{linear_backward, linear_forward, lm_head_backward, lm_head_forward};
-use crate::ops::{set_zero, zeroed};
+use crate::ops::lm_head::{lm_head_backward, lm_head_forward};
+use crate::ops::zeroed;
 use crate::rng::Rng;
 
-/// A GPT-2 language model: its configuration, its parameters in one flat buffer, and (once
-/// used) the gradient buffer and the activation buffers of the last batch shape.
+/// A GPT-2 language model: its configuration and its parameters in one flat buffer.
 pub struct Gpt {
     pub config: Config,
     /// All parameters, laid out by [`super::params::param_specs`].
     pub params: Vec<f32>,
-    /// dloss/dparams in the same layout (empty until the first backward pass).
-    pub grads: Vec<f32>,
-    acts: Option<Activations>,
-    grad_acts: Option<GradActs>,
 }
 
 impl Gpt {
@@ -42,13 +42,7 @@ impl Gpt {
             config.num_params(),
             "parameter buffer does not match the config"
         );
-        Gpt {
-            config,
-            params,
-            grads: Vec::new(),
-            acts: None,
-            grad_acts: None,
-        }
+        Gpt { config, params }
     }
 
     /// Named views of the parameters.
@@ -56,14 +50,19 @@ impl Gpt {
         Weights::split(self.params.as_slice(), &self.config)
     }
 
-    /// Logits of the last forward pass: [B, T, V]. (A backward pass turns them into gradients.)
-    pub fn logits(&self) -> &[f32] {
-        self.acts.as_ref().map_or(&[], |a| a.logits.as_slice())
+    /// A zero gradient buffer in the parameter layout, for [`Gpt::backward`] to add into.
+    /// Every gradient buffer (the trainer's, each batch shard's) is made here.
+    pub fn new_gradients(&self) -> Vec<f32> {
+        zeroed(self.params.len())
     }
 
-    /// The activations of the last forward pass (for inspection).
-    pub fn activations(&self) -> Option<&Activations> {
-        self.acts.as_ref()
+    fn attn_shape(&self, b: usize, t: usize) -> AttnShape {
+        AttnShape {
+            b,
+            t,
+            c: self.config.n_embd,
+            n_head: self.config.n_head,
+        }
     }
 
     /// Checks a (B, T) batch of token ids, and its targets if any, against the model.
@@ -100,11 +99,13 @@ impl Gpt {
         targets.map_or(Ok(()), |targets| check_targets(targets, self.config.vocab_size))
     }
 
-    /// Forward pass over a batch `tokens` [B, T]. With `targets` [B, T] (ids, or
-    /// [`crate::ops::cross_entropy::IGNORE_INDEX`]) returns the mean cross-entropy loss.
-    /// Dropout is applied when `dropout_rng` is given and the config's dropout is positive.
+    /// Forward pass over a batch `tokens` [B, T], its activations left in `ws`. With `targets`
+    /// [B, T] (ids, or [`crate::ops::cross_entropy::IGNORE_INDEX`]) returns the mean
+    /// cross-entropy loss. Dropout applies when `dropout_rng` is given and the config's dropout
+    /// is positive.
     pub fn forward(
-        &mut self,
+        &self,
+        ws: &mut Workspace,
         tokens: &[u32],
         b: usize,
         t: usize,
@@ -113,106 +114,30 @@ impl Gpt {
     ) -> Result<Option<f32>> {
         self.check_batch(tokens, b, t, targets)?;
         let cfg = &self.config;
-        let (c, v, n, eps) = (cfg.n_embd, cfg.vocab_size, b * t, cfg.layer_norm_epsilon);
+        let (c, v, n) = (cfg.n_embd, cfg.vocab_size, b * t);
         let p_drop = cfg.dropout;
-        let mut rng = dropout_rng.filter(|_| p_drop > 0.0);
-        let dropout = rng.is_some();
-        if !matches!(&self.acts, Some(a) if a.b == b && a.t == t && a.dropout == dropout) {
-            self.acts = None; // free the old buffers before allocating new ones
-            self.acts = Some(Activations::new(cfg, b, t, dropout));
-        }
-        let acts = self.acts.as_mut().expect("just allocated");
-        let w = Weights::split(self.params.as_slice(), cfg);
-        let shape = AttnShape {
-            b,
-            t,
-            c,
-            n_head: cfg.n_head,
-        };
+        let mut dropout = dropout_rng
+            .filter(|_| p_drop > 0.0)
+            .map(|rng| Dropout { p: p_drop, rng });
+        let acts = ws.acts_for(cfg, b, t, dropout.is_some());
+        let (w, shape) = (self.weights(), self.attn_shape(b, t));
         acts.tokens.copy_from_slice(tokens);
 
         // Token + position embeddings: encoded [N, C]
         embedding_forward(&mut acts.encoded, tokens, w.wte, w.wpe, t, c, 0);
-        if let Some(rng) = rng.as_deref_mut() {
-            fill_mask(&mut acts.emb_mask, p_drop, rng);
-            apply_mask(&mut acts.encoded, &acts.emb_mask);
+        if let Some(d) = dropout.as_mut() {
+            d.forward(&mut acts.encoded, &mut acts.emb_mask);
         }
-
-        for l in 0..cfg.n_layer {
+        // The blocks: block l reads the stream block l - 1 left.
+        for (l, p) in w.blocks.iter().enumerate() {
             let (done, rest) = acts.blocks.split_at_mut(l);
-            let residual = if l == 0 { &acts.encoded } else { &done[l - 1].residual_3 };
-            let (a, p) = (&mut rest[0], &w.blocks[l]);
-            // Attention branch: x + drop(c_proj(attn(c_attn(ln_1(x)))))
-            layernorm_forward(
-                &mut a.ln_1,
-                &mut a.ln_1_mean,
-                &mut a.ln_1_rstd,
-                residual,
-                p.ln_1_w,
-                p.ln_1_b,
-                c,
-                eps,
-            );
-            linear_forward(&mut a.qkv, &a.ln_1, p.c_attn_w, p.c_attn_b, n, c, 3 * c);
-            let att_dropped = match rng.as_deref_mut() {
-                Some(rng) => {
-                    fill_mask(&mut a.att_dropped, p_drop, rng);
-                    Some(a.att_dropped.as_mut_slice())
-                }
-                None => None,
-            };
-            attention_forward(&mut a.atty, &mut a.att, att_dropped, &a.qkv, shape);
-            linear_forward(&mut a.residual_2, &a.atty, p.attn_proj_w, p.attn_proj_b, n, c, c);
-            if let Some(rng) = rng.as_deref_mut() {
-                fill_mask(&mut a.attn_mask, p_drop, rng);
-                apply_mask(&mut a.residual_2, &a.attn_mask);
-            }
-            add_inplace(&mut a.residual_2, residual);
-            // MLP branch: x + drop(c_proj(gelu(c_fc(ln_2(x)))))
-            layernorm_forward(
-                &mut a.ln_2,
-                &mut a.ln_2_mean,
-                &mut a.ln_2_rstd,
-                &a.residual_2,
-                p.ln_2_w,
-                p.ln_2_b,
-                c,
-                eps,
-            );
-            linear_forward(&mut a.fch, &a.ln_2, p.c_fc_w, p.c_fc_b, n, c, cfg.n_inner);
-            gelu_forward(&mut a.fch_gelu, Some(&mut a.fch_tanh), &a.fch);
-            linear_forward(
-                &mut a.residual_3,
-                &a.fch_gelu,
-                p.mlp_proj_w,
-                p.mlp_proj_b,
-                n,
-                cfg.n_inner,
-                c,
-            );
-            if let Some(rng) = rng.as_deref_mut() {
-                fill_mask(&mut a.mlp_mask, p_drop, rng);
-                apply_mask(&mut a.residual_3, &a.mlp_mask);
-            }
-            add_inplace(&mut a.residual_3, &a.residual_2);
+            let x = done.last().map_or(&acts.encoded, |prev| &prev.residual_3);
+            block_forward(cfg, shape, p, x, &mut rest[0], Keys::Causal, dropout.as_mut());
         }
-
-        // Final LayerNorm, then the tied LM head: logits [N, V] = ln_f [N, C] · wteᵀ [C, V]
         let last = &acts.blocks[cfg.n_layer - 1].residual_3;
-        layernorm_forward(
-            &mut acts.ln_f,
-            &mut acts.ln_f_mean,
-            &mut acts.ln_f_rstd,
-            last,
-            w.ln_f_w,
-            w.ln_f_b,
-            c,
-            eps,
-        );
-        lm_head_forward(&mut acts.logits, &acts.ln_f, w.wte, n, c, v);
+        let ln_f = (&mut acts.ln_f[..], &mut acts.ln_f_mean[..], &mut acts.ln_f_rstd[..]);
+        self.head_forward(&mut acts.logits, ln_f, last, n);
 
-        acts.targets.clear();
-        acts.target_count = 0;
         let Some(targets) = targets else { return Ok(None) };
         let (loss, count) = cross_entropy_forward(&mut acts.lse, &mut acts.row_loss, &acts.logits, targets, v)?;
         acts.targets.extend_from_slice(targets);
@@ -220,169 +145,125 @@ impl Gpt {
         Ok(Some(loss))
     }
 
-    /// Sets every gradient to zero (allocating the gradient buffer on first use).
-    pub fn zero_grad(&mut self) {
-        if self.grads.len() != self.params.len() {
-            self.grads = zeroed(self.params.len());
-        } else {
-            set_zero(&mut self.grads);
-        }
+    /// Final LayerNorm, then the tied LM head over R rows of the stream `x` [R, C]:
+    /// `logits [R, V] = ln_f(x) · wteᵀ`; `ln_f` = (output [R, C], mean [R], rstd [R]).
+    fn head_forward(&self, logits: &mut [f32], ln_f: (&mut [f32], &mut [f32], &mut [f32]), x: &[f32], rows: usize) {
+        let (cfg, w) = (&self.config, self.weights());
+        let (out, mean, rstd) = ln_f;
+        layernorm_forward(
+            out,
+            mean,
+            rstd,
+            x,
+            w.ln_f_w,
+            w.ln_f_b,
+            cfg.n_embd,
+            cfg.layer_norm_epsilon,
+        );
+        lm_head_forward(logits, out, w.wte, rows, cfg.n_embd, cfg.vocab_size);
     }
 
-    /// Backward pass of the last forward pass (which must have had targets): adds
-    /// `loss_scale · dloss/dparams` to [`Gpt::grads`]. Use `loss_scale = 1 / steps` to average
-    /// over gradient-accumulation steps. The logits buffer is consumed (it holds dlogits after).
-    pub fn backward(&mut self, loss_scale: f32) -> Result<()> {
-        let Some(acts) = self.acts.as_mut().filter(|a| !a.targets.is_empty()) else {
+    /// Backward pass of the last forward pass in `ws` (which must have had targets): adds
+    /// `loss_scale · dloss/dparams` to `grads` (from [`Gpt::new_gradients`]). Use
+    /// `loss_scale = 1 / steps` to average over gradient-accumulation steps. The logits are
+    /// consumed (they hold dlogits after).
+    pub fn backward(&self, ws: &mut Workspace, grads: &mut [f32], loss_scale: f32) -> Result<()> {
+        if ws.activations().targets.is_empty() {
             return Err(Error::Input("backward needs a forward pass with targets first".into()));
-        };
-        if self.grads.len() != self.params.len() {
-            self.grads = zeroed(self.params.len());
+        }
+        if grads.len() != self.params.len() {
+            return Err(Error::Input(format!(
+                "a gradient buffer of {} values for {} parameters",
+                grads.len(),
+                self.params.len()
+            )));
         }
         let cfg = &self.config;
+        let (acts, d) = ws.for_backward(cfg);
         let (b, t) = (acts.b, acts.t);
-        let (c, v, f, n) = (cfg.n_embd, cfg.vocab_size, cfg.n_inner, b * t);
-        if !matches!(&self.grad_acts, Some(g) if g.b == b && g.t == t) {
-            self.grad_acts = None;
-            self.grad_acts = Some(GradActs::new(cfg, b, t));
-        }
-        let d = self.grad_acts.as_mut().expect("just allocated");
-        let w = Weights::split(self.params.as_slice(), cfg);
-        let mut g = Weights::split(self.grads.as_mut_slice(), cfg);
-        let shape = AttnShape {
-            b,
-            t,
-            c,
-            n_head: cfg.n_head,
-        };
-        let keep_scale = 1.0 / (1.0 - cfg.dropout);
+        let (c, v, n) = (cfg.n_embd, cfg.vocab_size, b * t);
+        let (w, shape) = (self.weights(), self.attn_shape(b, t));
+        let mut g = Weights::split(grads, cfg);
 
         // Loss → logits: dlogits = (softmax - onehot) · loss_scale / count, in place of the logits.
-        let scale = if acts.target_count == 0 {
-            0.0
-        } else {
-            loss_scale / acts.target_count as f32
+        let scale = match acts.target_count {
+            0 => 0.0,
+            count => loss_scale / count as f32,
         };
         cross_entropy_backward_inplace(&mut acts.logits, &acts.lse, &acts.targets, v, scale);
-        let dlogits = &acts.logits;
         // LM head: logits = ln_f · wteᵀ  ⇒  dln_f = dlogits · wte, dwte += dlogitsᵀ · ln_f
-        lm_head_backward(&mut d.ln, g.wte, dlogits, &acts.ln_f, w.wte, n, c, v);
+        lm_head_backward(&mut d.ln, g.wte, &acts.logits, &acts.ln_f, w.wte, n, c, v);
         // Final LayerNorm: the residual-stream gradient starts here.
         d.residual.fill(0.0);
         let last = &acts.blocks[cfg.n_layer - 1].residual_3;
+        let (mean, rstd) = (&acts.ln_f_mean, &acts.ln_f_rstd);
         layernorm_backward(
             &mut d.residual,
             g.ln_f_w,
             g.ln_f_b,
             &d.ln,
             last,
-            &acts.ln_f_mean,
-            &acts.ln_f_rstd,
+            mean,
+            rstd,
             w.ln_f_w,
             c,
         );
-
+        // The blocks in reverse, each passing dloss/d(its input) down to the one before.
+        let keep_scale = 1.0 / (1.0 - cfg.dropout);
         for l in (0..cfg.n_layer).rev() {
-            let a = &acts.blocks[l];
-            let residual = if l == 0 {
+            let x = if l == 0 {
                 &acts.encoded
             } else {
                 &acts.blocks[l - 1].residual_3
             };
-            let (p, gp) = (&w.blocks[l], &mut g.blocks[l]);
-            // MLP branch. residual_3 = residual_2 + drop(c_proj(gelu(fch))): the identity path
-            // passes d.residual through unchanged; the branch sees d.residual ⊙ mask.
-            let branch_grad = masked(&d.residual, &a.mlp_mask, &mut d.ln);
-            linear_backward(
-                &mut d.fch,
-                gp.mlp_proj_w,
-                gp.mlp_proj_b,
-                branch_grad,
-                &a.fch_gelu,
-                p.mlp_proj_w,
-                n,
-                f,
-                c,
-            );
-            gelu_backward_inplace(&mut d.fch, &a.fch, &a.fch_tanh);
-            linear_backward(&mut d.ln, gp.c_fc_w, gp.c_fc_b, &d.fch, &a.ln_2, p.c_fc_w, n, c, f);
-            layernorm_backward(
-                &mut d.residual,
-                gp.ln_2_w,
-                gp.ln_2_b,
-                &d.ln,
-                &a.residual_2,
-                &a.ln_2_mean,
-                &a.ln_2_rstd,
-                p.ln_2_w,
-                c,
-            );
-            // Attention branch. residual_2 = residual + drop(attn_proj(atty)).
-            let branch_grad = masked(&d.residual, &a.attn_mask, &mut d.ln);
-            linear_backward(
-                &mut d.atty,
-                gp.attn_proj_w,
-                gp.attn_proj_b,
-                branch_grad,
-                &a.atty,
-                p.attn_proj_w,
-                n,
-                c,
-                c,
-            );
-            let dropped = (!a.att_dropped.is_empty()).then_some((a.att_dropped.as_slice(), keep_scale));
-            attention_backward(&mut d.qkv, &mut d.att, &d.atty, &a.qkv, &a.att, dropped, shape);
-            linear_backward(
-                &mut d.ln,
-                gp.c_attn_w,
-                gp.c_attn_b,
-                &d.qkv,
-                &a.ln_1,
-                p.c_attn_w,
-                n,
-                c,
-                3 * c,
-            );
-            layernorm_backward(
-                &mut d.residual,
-                gp.ln_1_w,
-                gp.ln_1_b,
-                &d.ln,
-                residual,
-                &a.ln_1_mean,
-                &a.ln_1_rstd,
-                p.ln_1_w,
-                c,
-            );
+            let (p, a) = (&w.blocks[l], &acts.blocks[l]);
+            block_backward(cfg, shape, p, &mut g.blocks[l], x, a, d, keep_scale);
         }
-
         // Embeddings: encoded = drop(wte[tokens] + wpe[positions]).
-        let demb = masked(&d.residual, &acts.emb_mask, &mut d.ln);
+        let demb = dropout_backward(&d.residual, &acts.emb_mask, &mut d.ln);
         embedding_backward(g.wte, g.wpe, demb, &acts.tokens, t, c);
         acts.targets.clear(); // the logits are spent: a second backward needs a new forward
         Ok(())
     }
-}
 
-/// x += y, elementwise (a residual connection).
-pub(super) fn add_inplace(x: &mut [f32], y: &[f32]) {
-    use rayon::prelude::*;
-    x.par_chunks_mut(4096)
-        .zip(y.par_chunks(4096))
-        .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(a, &b)| *a += b));
-}
+    /// Runs T new tokens per row, `tokens` [B, T] with B = `cache.rows()`, through the model at
+    /// positions `cache.len()..cache.len() + T`, appends their keys and values to the cache and
+    /// returns the logits of each row's last new token: [B, V]. With an empty cache and the
+    /// whole sequence as `tokens` this is a prefill; then T = 1 per step. The logits equal
+    /// those of [`Gpt::forward`] over the whole sequence at that position. A failed call leaves
+    /// the cache as it was.
+    pub fn forward_cached<'c>(&self, cache: &'c mut KvCache, tokens: &[u32]) -> Result<&'c [f32]> {
+        let (b, t) = (cache.rows(), cache.check_new_tokens(tokens.len())?);
+        self.check_batch(tokens, b, t, None)?;
+        let (cfg, w, shape, pos0) = (&self.config, self.weights(), self.attn_shape(b, t), cache.len());
+        let c = cfg.n_embd;
+        let s = &mut cache.scratch;
+        s.fit(cfg, b, t);
+        let block_shape = BlockShape {
+            rows: b * t,
+            att: b * cfg.n_head * t * (pos0 + t),
+            dropout: false,
+            for_backward: false,
+        };
+        s.block.fit(cfg, block_shape);
 
-/// The gradient that reaches a dropped-out branch: `grad ⊙ mask` written into `scratch`, or
-/// `grad` itself when there is no dropout (empty mask).
-fn masked<'a>(grad: &'a [f32], mask: &[f32], scratch: &'a mut [f32]) -> &'a [f32] {
-    if mask.is_empty() {
-        return grad;
+        embedding_forward(&mut s.x, tokens, w.wte, w.wpe, t, c, pos0);
+        for (l, p) in w.blocks.iter().enumerate() {
+            let (keys, s) = cache.layer(l);
+            block_forward(cfg, shape, p, &s.x, &mut s.block, Keys::Cached(keys), None);
+            std::mem::swap(&mut s.x, &mut s.block.residual_3); // the block's output is the next one's input
+        }
+        cache.advance(t);
+
+        // Only each row's last position goes through the final LayerNorm and the LM head.
+        let s = &mut cache.scratch;
+        for (last, row) in s.last.chunks_exact_mut(c).zip(s.x.chunks_exact(t * c)) {
+            last.copy_from_slice(&row[(t - 1) * c..]);
+        }
+        let ln_f = (&mut s.ln_f[..], &mut s.ln_f_mean[..], &mut s.ln_f_rstd[..]);
+        self.head_forward(&mut s.logits, ln_f, &s.last, b);
+        Ok(&cache.scratch.logits)
     }
-    scratch
-        .iter_mut()
-        .zip(grad.iter().zip(mask))
-        .for_each(|(s, (&g, &m))| *s = g * m);
-    scratch
 }
 
 #[cfg(test)]
@@ -401,28 +282,43 @@ mod tests {
         model
     }
 
+    /// The loss of one forward pass and the gradients of its backward pass, in a fresh workspace.
+    fn loss_and_gradients(
+        model: &Gpt,
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        targets: &[i32],
+        seed: u64,
+    ) -> (f32, Vec<f32>) {
+        let (mut ws, mut grads) = (Workspace::new(), model.new_gradients());
+        let loss = model.forward(&mut ws, tokens, b, t, Some(targets), Some(&mut Rng::new(seed)));
+        model.backward(&mut ws, &mut grads, 1.0).unwrap();
+        (loss.unwrap().unwrap(), grads)
+    }
+
     /// Whole-model finite-difference check of every parameter's gradient.
     fn check_model_gradients(dropout: f32) {
-        let mut model = tiny(dropout);
+        let model = tiny(dropout);
         let (b, t) = (2, 6);
         let tokens: Vec<u32> = (0..b * t).map(|i| (i * 5 % 13) as u32).collect();
         let mut targets: Vec<i32> = (0..b * t).map(|i| (i * 7 % 13) as i32).collect();
         targets[3] = IGNORE_INDEX;
         // The same seed gives the same dropout masks in every forward pass.
-        let config = model.config.clone();
         let loss_at = |params: &[f32]| {
-            let mut m = Gpt::from_params(config.clone(), params.to_vec());
-            vec![m
-                .forward(&tokens, b, t, Some(&targets), Some(&mut Rng::new(9)))
-                .unwrap()
-                .unwrap()]
+            let m = Gpt::from_params(model.config.clone(), params.to_vec());
+            let loss = m.forward(
+                &mut Workspace::new(),
+                &tokens,
+                b,
+                t,
+                Some(&targets),
+                Some(&mut Rng::new(9)),
+            );
+            vec![loss.unwrap().unwrap()]
         };
-        model.zero_grad();
-        model
-            .forward(&tokens, b, t, Some(&targets), Some(&mut Rng::new(9)))
-            .unwrap();
-        model.backward(1.0).unwrap();
-        check_gradient("whole model", &model.params, &model.grads, &[1.0], loss_at);
+        let (_, grads) = loss_and_gradients(&model, &tokens, b, t, &targets, 9);
+        check_gradient("whole model", &model.params, &grads, &[1.0], loss_at);
     }
 
     #[test]
@@ -437,54 +333,64 @@ mod tests {
 
     #[test]
     fn gradient_accumulation_scales_and_adds() {
-        let mut model = tiny(0.0);
-        let tokens = [1u32, 2, 3, 4];
-        let targets = [2, 3, 4, 5];
-        model.zero_grad();
-        model.forward(&tokens, 1, 4, Some(&targets), None).unwrap();
-        model.backward(1.0).unwrap();
-        let once = model.grads.clone();
-        model.zero_grad();
+        let model = tiny(0.0);
+        let (tokens, targets) = ([1u32, 2, 3, 4], [2, 3, 4, 5]);
+        let (_, once) = loss_and_gradients(&model, &tokens, 1, 4, &targets, 0);
+        let (mut ws, mut twice) = (Workspace::new(), model.new_gradients());
         for _ in 0..2 {
-            model.forward(&tokens, 1, 4, Some(&targets), None).unwrap();
-            model.backward(0.5).unwrap();
+            model.forward(&mut ws, &tokens, 1, 4, Some(&targets), None).unwrap();
+            model.backward(&mut ws, &mut twice, 0.5).unwrap();
         }
-        for (a, b) in once.iter().zip(&model.grads) {
+        for (a, b) in once.iter().zip(&twice) {
             assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0));
         }
     }
 
     #[test]
-    fn backward_after_a_batch_of_another_shape_with_the_same_row_count() {
-        // (B, T) = (4, 2) then (1, 8): same B·T, but the attention scratch [B, NH, T, T] grows.
-        let mut model = tiny(0.0);
-        for (b, t) in [(4, 2), (1, 8)] {
-            let tokens = vec![1u32; b * t];
-            let targets = vec![2i32; b * t];
-            model.zero_grad();
-            model.forward(&tokens, b, t, Some(&targets), None).unwrap();
-            model.backward(1.0).unwrap();
+    fn a_workspace_reused_across_batch_shapes_gives_a_fresh_workspaces_results() {
+        // (B, T) = (4, 2), (1, 8), (2, 3): the same B·T, then a smaller one; the attention
+        // buffers [B, NH, T, T] grow and shrink. Each pass must equal one in a new workspace.
+        let model = tiny(0.1);
+        let mut ws = Workspace::new();
+        for (i, (b, t)) in [(4, 2), (1, 8), (2, 3)].into_iter().enumerate() {
+            let tokens: Vec<u32> = (0..b * t).map(|j| ((i + 3 * j) % 13) as u32).collect();
+            let targets: Vec<i32> = (0..b * t).map(|j| ((2 * i + j) % 13) as i32).collect();
+            let mut grads = model.new_gradients();
+            let loss = model.forward(&mut ws, &tokens, b, t, Some(&targets), Some(&mut Rng::new(5)));
+            model.backward(&mut ws, &mut grads, 1.0).unwrap();
+            let (fresh_loss, fresh_grads) = loss_and_gradients(&model, &tokens, b, t, &targets, 5);
+            assert_eq!(loss.unwrap().unwrap(), fresh_loss, "B={b} T={t}");
+            assert_eq!(grads, fresh_grads, "B={b} T={t}");
         }
     }
 
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
-        let mut model = tiny(0.0);
-        assert!(model
-            .forward(&[1, 2, 13], 1, 3, None, None)
+        let model = tiny(0.0);
+        let mut ws = Workspace::new();
+        let mut forward = |tokens: &[u32], t: usize, targets: Option<&[i32]>| {
+            model
+                .forward(&mut ws, tokens, 1, t, targets, None)
+                .map_err(|e| e.to_string())
+        };
+        assert!(forward(&[1, 2, 13], 3, None).unwrap_err().contains("token id 13"));
+        assert!(forward(&[0; 9], 9, None)
             .unwrap_err()
-            .to_string()
-            .contains("token id 13"));
-        assert!(model
-            .forward(&[0; 9], 1, 9, None, None)
-            .unwrap_err()
-            .to_string()
             .contains("longer than the context"));
-        assert!(model.forward(&[0; 3], 1, 4, None, None).is_err());
-        assert!(model.forward(&[0; 4], 1, 4, Some(&[0; 3]), None).is_err());
-        assert!(model.forward(&[0; 4], 1, 4, Some(&[0, 1, 2, 99]), None).is_err());
-        model.forward(&[0; 4], 1, 4, None, None).unwrap();
-        assert!(model.backward(1.0).is_err(), "backward without targets");
+        assert!(forward(&[0; 3], 4, None).is_err());
+        assert!(forward(&[0; 4], 4, Some(&[0; 3])).is_err());
+        assert!(forward(&[0; 4], 4, Some(&[0, 1, 2, 99])).is_err());
+        forward(&[0; 4], 4, None).unwrap();
+        let mut grads = model.new_gradients();
+        assert!(
+            model.backward(&mut ws, &mut grads, 1.0).is_err(),
+            "backward without targets"
+        );
+        model.forward(&mut ws, &[0; 4], 1, 4, Some(&[1; 4]), None).unwrap();
+        assert!(
+            model.backward(&mut ws, &mut grads[1..], 1.0).is_err(),
+            "a short gradient buffer"
+        );
         let err = Gpt::new(Config::new(10, 8, 10, 1, 3), 0).err().unwrap().to_string();
         assert!(err.contains("divisible"), "{err}");
     }

@@ -1,26 +1,21 @@
-//! Inference with a key/value cache.
+//! The key/value cache of inference.
 //!
 //! A token's key and value in layer l depend only on the tokens at or before it, so once
-//! computed they never change. [`KvCache`] keeps them; [`Gpt::forward_cached`] then runs only
-//! the new tokens through the model: a whole prompt in one batched pass (prefill), after that
-//! one token per row and step (decode), each attending to the cached keys and values. Only the
-//! last position of each row goes through the final LayerNorm and the LM head.
+//! computed they never change. [`KvCache`] keeps them; [`super::Gpt::forward_cached`] then runs
+//! only the new tokens through the model: a whole prompt in one batched pass (prefill), after
+//! that one token per row and step (decode), each attending to the cached keys and values.
+//! The cache also holds the buffers of those passes, so each sequence (or request) owns its
+//! own and any number of them share one model.
 //!
 //! Shapes: B = rows (sequences decoded side by side), P = cache capacity in positions
 //! (at most n_positions), L = layers, NH = heads, hs = head size, C = NH·hs.
 
-use super::gpt::{add_inplace, Gpt};
-use super::params::Weights;
+use super::workspace::{fit, BlockActs};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::ops::attention::{attention_forward_cached, AttnShape};
-use crate::ops::embedding::embedding_forward;
-use crate::ops::gelu::gelu_forward;
-use crate::ops::layernorm::layernorm_forward;
-use crate::ops::matmul::{linear_forward, lm_head_forward};
 
 /// Cached keys and values of B sequences that all hold the same number of positions, plus
-/// the scratch buffers of one cached forward pass.
+/// the buffers of one cached forward pass.
 pub struct KvCache {
     rows: usize,
     capacity: usize,
@@ -30,25 +25,65 @@ pub struct KvCache {
     n_layer: usize,
     k: Vec<f32>, // [L, B, NH, P, hs]
     v: Vec<f32>, // [L, B, NH, P, hs]
-    s: Scratch,
+    pub(super) scratch: CachedActs,
 }
 
-/// Buffers of one forward call over N = B·T new tokens, reused layer after layer (resized to
-/// each call's shapes; their allocations are kept).
+/// Buffers of one forward call over N = B·T new tokens, resized to each call's shapes (their
+/// allocations are kept).
 #[derive(Default)]
-struct Scratch {
-    x: Vec<f32>,        // [N, C] residual stream
-    ln: Vec<f32>,       // [N, C] LayerNorm output
-    mean: Vec<f32>,     // [N]
-    rstd: Vec<f32>,     // [N]
-    qkv: Vec<f32>,      // [N, 3C]
-    atty: Vec<f32>,     // [N, C] attention output, heads side by side
-    branch: Vec<f32>,   // [N, C] output of a residual branch
-    fch: Vec<f32>,      // [N, F]
-    fch_gelu: Vec<f32>, // [N, F]
-    scores: Vec<f32>,   // [B, NH, T, pos0 + T]
-    last: Vec<f32>,     // [B, C] residual stream at the last new position of each row
-    logits: Vec<f32>,   // [B, V]
+pub(super) struct CachedActs {
+    /// [N, C] residual stream entering the next block.
+    pub x: Vec<f32>,
+    /// One block's buffers, reused by every layer.
+    pub block: BlockActs,
+    pub last: Vec<f32>,      // [B, C] residual stream at the last new position of each row
+    pub ln_f: Vec<f32>,      // [B, C]
+    pub ln_f_mean: Vec<f32>, // [B]
+    pub ln_f_rstd: Vec<f32>, // [B]
+    pub logits: Vec<f32>,    // [B, V]
+}
+
+impl CachedActs {
+    /// Sizes the stream and the final-LayerNorm / LM-head buffers for B rows of T new tokens.
+    pub fn fit(&mut self, cfg: &Config, b: usize, t: usize) {
+        let c = cfg.n_embd;
+        fit(&mut self.x, b * t * c);
+        fit(&mut self.last, b * c);
+        fit(&mut self.ln_f, b * c);
+        fit(&mut self.ln_f_mean, b);
+        fit(&mut self.ln_f_rstd, b);
+        fit(&mut self.logits, b * cfg.vocab_size);
+    }
+}
+
+/// Layer l's part of a cache, as the attention step of a block sees it.
+pub struct KvLayer<'a> {
+    k: &'a mut [f32], // [B, NH, P, hs]
+    v: &'a mut [f32], // [B, NH, P, hs]
+    capacity: usize,
+    /// Positions already cached: the new tokens sit at pos0, pos0 + 1, ...
+    pub pos0: usize,
+}
+
+impl KvLayer<'_> {
+    /// Writes the keys and values of N = B·T new tokens (from qkv [B, T, 3C]) at positions
+    /// pos0..pos0+T: element (b, h, p, d) sits at ((b·NH + h)·P + p)·hs + d.
+    pub fn store(&mut self, qkv: &[f32], t: usize, c: usize, hs: usize) {
+        let row_block = self.capacity * c;
+        for (i, row) in qkv.chunks_exact(3 * c).enumerate() {
+            let (b, pos) = (i / t, self.pos0 + i % t);
+            for h in 0..c / hs {
+                let at = b * row_block + (h * self.capacity + pos) * hs;
+                self.k[at..at + hs].copy_from_slice(&row[c + h * hs..][..hs]);
+                self.v[at..at + hs].copy_from_slice(&row[2 * c + h * hs..][..hs]);
+            }
+        }
+    }
+
+    /// The cached keys and values, [B, NH, P, hs] each.
+    pub fn keys_values(&self) -> (&[f32], &[f32]) {
+        (self.k, self.v)
+    }
 }
 
 impl KvCache {
@@ -70,7 +105,7 @@ impl KvCache {
             n_layer: cfg.n_layer,
             k: vec![0.0; size],
             v: vec![0.0; size],
-            s: Scratch::default(),
+            scratch: CachedActs::default(),
         })
     }
 
@@ -157,131 +192,46 @@ impl KvCache {
         Ok(())
     }
 
-    /// Writes the keys and values of N = B·T new tokens (from qkv [B, T, 3C]) into layer l at
-    /// positions len..len+T: element (b, h, p, d) of a layer sits at ((b·NH + h)·P + p)·hs + d.
-    fn store(&mut self, l: usize, t: usize, c: usize, hs: usize) {
-        let layer = l * self.rows * self.block..(l + 1) * self.rows * self.block;
-        let (k, v) = (&mut self.k[layer.clone()], &mut self.v[layer]);
-        for (i, row) in self.s.qkv.chunks_exact(3 * c).enumerate() {
-            let (b, pos) = (i / t, self.len + i % t);
-            for h in 0..c / hs {
-                let at = b * self.block + (h * self.capacity + pos) * hs;
-                k[at..at + hs].copy_from_slice(&row[c + h * hs..][..hs]);
-                v[at..at + hs].copy_from_slice(&row[2 * c + h * hs..][..hs]);
-            }
-        }
-    }
-}
-
-impl Gpt {
-    /// Runs T new tokens per row, `tokens` [B, T] with B = `cache.rows()`, through the model at
-    /// positions `cache.len()..cache.len() + T`, appends their keys and values to the cache and
-    /// returns the logits of each row's last new token: [B, V]. With an empty cache and the
-    /// whole sequence as `tokens` this is a prefill; then T = 1 per step. The logits equal
-    /// those of [`Gpt::forward`] over the whole sequence at that position.
-    pub fn forward_cached<'c>(&self, cache: &'c mut KvCache, tokens: &[u32]) -> Result<&'c [f32]> {
-        let b = cache.rows;
-        if b == 0 || tokens.is_empty() || !tokens.len().is_multiple_of(b) {
+    /// Checks that T = `tokens / rows` new tokens fit into every row; returns T.
+    pub(super) fn check_new_tokens(&self, tokens: usize) -> Result<usize> {
+        let b = self.rows;
+        if tokens == 0 || !tokens.is_multiple_of(b) {
             return Err(Error::Input(format!(
-                "{} tokens do not split into {b} non-empty rows",
-                tokens.len()
+                "{tokens} tokens do not split into {b} non-empty rows"
             )));
         }
-        let t = tokens.len() / b;
-        if cache.len + t > cache.capacity {
+        let t = tokens / b;
+        if self.len + t > self.capacity {
             return Err(Error::Input(format!(
                 "KV cache overflow: {} cached + {t} new positions exceed its capacity of {}",
-                cache.len, cache.capacity
+                self.len, self.capacity
             )));
         }
-        self.check_batch(tokens, b, t, None)?;
-        let cfg = &self.config;
-        let (c, f, v, eps, pos0, n) = (
-            cfg.n_embd,
-            cfg.n_inner,
-            cfg.vocab_size,
-            cfg.layer_norm_epsilon,
-            cache.len,
-            b * t,
-        );
-        let shape = AttnShape {
-            b,
-            t,
-            c,
-            n_head: cfg.n_head,
+        Ok(t)
+    }
+
+    /// Layer l of the cache and the buffers of a pass, borrowed together.
+    pub(super) fn layer(&mut self, l: usize) -> (KvLayer<'_>, &mut CachedActs) {
+        let layer = l * self.rows * self.block..(l + 1) * self.rows * self.block;
+        let kv = KvLayer {
+            k: &mut self.k[layer.clone()],
+            v: &mut self.v[layer],
+            capacity: self.capacity,
+            pos0: self.len,
         };
-        let w = Weights::split(self.params.as_slice(), cfg);
-        let s = &mut cache.s;
-        for (buf, len) in [
-            (&mut s.x, n * c),
-            (&mut s.ln, n * c),
-            (&mut s.mean, n),
-            (&mut s.rstd, n),
-            (&mut s.qkv, n * 3 * c),
-            (&mut s.atty, n * c),
-            (&mut s.branch, n * c),
-            (&mut s.fch, n * f),
-            (&mut s.fch_gelu, n * f),
-            (&mut s.scores, b * cfg.n_head * t * (pos0 + t)),
-            (&mut s.last, b * c),
-            (&mut s.logits, b * v),
-        ] {
-            buf.resize(len, 0.0);
-        }
+        (kv, &mut self.scratch)
+    }
 
-        embedding_forward(&mut s.x, tokens, w.wte, w.wpe, t, c, pos0);
-        for (l, p) in w.blocks.iter().enumerate() {
-            // Attention branch: x += c_proj(attn(ln_1(x))), with this layer's cache extended first.
-            let s = &mut cache.s;
-            layernorm_forward(&mut s.ln, &mut s.mean, &mut s.rstd, &s.x, p.ln_1_w, p.ln_1_b, c, eps);
-            linear_forward(&mut s.qkv, &s.ln, p.c_attn_w, p.c_attn_b, n, c, 3 * c);
-            cache.store(l, t, c, cfg.head_size());
-            let layer = l * b * cache.block..(l + 1) * b * cache.block;
-            let s = &mut cache.s;
-            attention_forward_cached(
-                &mut s.atty,
-                &mut s.scores,
-                &s.qkv,
-                &cache.k[layer.clone()],
-                &cache.v[layer],
-                shape,
-                pos0,
-            );
-            linear_forward(&mut s.branch, &s.atty, p.attn_proj_w, p.attn_proj_b, n, c, c);
-            add_inplace(&mut s.x, &s.branch);
-            // MLP branch: x += c_proj(gelu(c_fc(ln_2(x))))
-            layernorm_forward(&mut s.ln, &mut s.mean, &mut s.rstd, &s.x, p.ln_2_w, p.ln_2_b, c, eps);
-            linear_forward(&mut s.fch, &s.ln, p.c_fc_w, p.c_fc_b, n, c, f);
-            gelu_forward(&mut s.fch_gelu, None, &s.fch);
-            linear_forward(&mut s.branch, &s.fch_gelu, p.mlp_proj_w, p.mlp_proj_b, n, f, c);
-            add_inplace(&mut s.x, &s.branch);
-        }
-        cache.len += t;
-
-        // Only each row's last position: final LayerNorm, then logits [B, V] = ln_f [B, C] · wteᵀ.
-        let s = &mut cache.s;
-        for (last, row) in s.last.chunks_exact_mut(c).zip(s.x.chunks_exact(t * c)) {
-            last.copy_from_slice(&row[(t - 1) * c..]);
-        }
-        let ln_f = &mut s.ln[..b * c];
-        layernorm_forward(
-            ln_f,
-            &mut s.mean[..b],
-            &mut s.rstd[..b],
-            &s.last,
-            w.ln_f_w,
-            w.ln_f_b,
-            c,
-            eps,
-        );
-        lm_head_forward(&mut s.logits, ln_f, w.wte, b, c, v);
-        Ok(&cache.s.logits)
+    /// Counts T new positions as cached (once every layer has stored them).
+    pub(super) fn advance(&mut self, t: usize) {
+        self.len += t;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Gpt, Workspace};
     use crate::rng::Rng;
 
     fn model() -> Gpt {
@@ -297,11 +247,11 @@ mod tests {
     }
 
     /// Last-position logits of each row from a full forward over `seqs` [B, T]: [B, V].
-    fn full_last_logits(model: &mut Gpt, seqs: &[Vec<u32>]) -> Vec<f32> {
+    fn full_last_logits(model: &Gpt, seqs: &[Vec<u32>]) -> Vec<f32> {
         let (b, t, v) = (seqs.len(), seqs[0].len(), model.config.vocab_size);
-        model.forward(&seqs.concat(), b, t, None, None).unwrap();
-        model
-            .logits()
+        let mut ws = Workspace::new();
+        model.forward(&mut ws, &seqs.concat(), b, t, None, None).unwrap();
+        ws.logits()
             .chunks_exact(t * v)
             .flat_map(|row| row[(t - 1) * v..].to_vec())
             .collect()
@@ -314,19 +264,19 @@ mod tests {
 
     #[test]
     fn cached_logits_equal_full_forward_at_every_step() {
-        let mut model = model();
+        let model = model();
         let (v, prompt_len, steps) = (model.config.vocab_size, 5, 19); // fills all 24 positions
         for b in [1, 3] {
             let mut seqs: Vec<Vec<u32>> = (0..b).map(|r| random_tokens(prompt_len, v, 10 + r as u64)).collect();
             let mut cache = KvCache::new(&model.config, b, 24).unwrap();
             let logits = model.forward_cached(&mut cache, &seqs.concat()).unwrap().to_vec();
-            let err = max_abs_diff(&logits, &full_last_logits(&mut model, &seqs));
+            let err = max_abs_diff(&logits, &full_last_logits(&model, &seqs));
             assert!(err <= 1e-4, "B={b} prefill: max error {err}");
             for step in 0..steps {
                 let next = random_tokens(b, v, 100 + step);
                 seqs.iter_mut().zip(&next).for_each(|(s, &id)| s.push(id));
                 let logits = model.forward_cached(&mut cache, &next).unwrap().to_vec();
-                let err = max_abs_diff(&logits, &full_last_logits(&mut model, &seqs));
+                let err = max_abs_diff(&logits, &full_last_logits(&model, &seqs));
                 assert!(err <= 1e-4, "B={b} step {step}: max error {err}");
             }
             assert_eq!(cache.len(), 24);
@@ -339,7 +289,7 @@ mod tests {
 
     #[test]
     fn broadcast_and_retain_keep_each_row_its_own_history() {
-        let mut model = model();
+        let model = model();
         let v = model.config.vocab_size;
         let prompt = random_tokens(6, v, 3);
         let mut cache = KvCache::new(&model.config, 1, 12).unwrap();
@@ -355,7 +305,7 @@ mod tests {
         seqs[0].push(1);
         seqs[1].push(2);
         let logits = model.forward_cached(&mut cache, &[1, 2]).unwrap().to_vec();
-        let err = max_abs_diff(&logits, &full_last_logits(&mut model, &seqs));
+        let err = max_abs_diff(&logits, &full_last_logits(&model, &seqs));
         assert!(err <= 1e-4, "max error {err}");
     }
 

@@ -1,14 +1,16 @@
-//! The GPT-2 model: parameters with named views, the activations of a forward pass, and the
-//! forward and backward passes that read like the GPT-2 diagram, and the KV-cached
-//! inference forward used for generation.
+//! The GPT-2 model: parameters with named views, the transformer block (one code path for
+//! training and cached inference), the whole model's forward and backward passes, and the
+//! buffers those passes write (a workspace, a KV cache), which their callers own.
 
-pub mod activations;
+pub mod block;
 pub mod data_parallel;
 pub mod gpt;
 pub mod kv_cache;
 pub mod params;
+pub mod workspace;
 
 pub use data_parallel::DataParallel;
 pub use gpt::Gpt;
 pub use kv_cache::KvCache;
 pub use params::{param_specs, TensorSpec, Weights};
+pub use workspace::Workspace;

@@ -51,27 +51,38 @@ pub fn param_specs(cfg: &Config) -> Vec<TensorSpec> {
     specs
 }
 
-/// The tensors of one transformer block, as slices of the flat buffer.
-pub struct Block<S> {
-    pub ln_1_w: S,      // [C]
-    pub ln_1_b: S,      // [C]
-    pub c_attn_w: S,    // [C, 3C]  fused q, k, v projection
-    pub c_attn_b: S,    // [3C]
-    pub attn_proj_w: S, // [C, C]
-    pub attn_proj_b: S, // [C]
-    pub ln_2_w: S,      // [C]
-    pub ln_2_b: S,      // [C]
-    pub c_fc_w: S,      // [C, F]  F = n_inner (4C in GPT-2)
-    pub c_fc_b: S,      // [F]
-    pub mlp_proj_w: S,  // [F, C]
-    pub mlp_proj_b: S,  // [C]
+/// The tensors of one transformer block, as slices of the flat buffer, named as Hugging Face
+/// names them (`h.{l}.ln_1.weight`, `h.{l}.attn.c_attn.weight`, `h.{l}.mlp.c_proj.bias`, ...).
+pub struct BlockWeights<S> {
+    pub ln_1_w: S, // [C]
+    pub ln_1_b: S, // [C]
+    pub attn: AttnWeights<S>,
+    pub ln_2_w: S, // [C]
+    pub ln_2_b: S, // [C]
+    pub mlp: MlpWeights<S>,
+}
+
+/// The causal self-attention layer's projections (`attn.*`).
+pub struct AttnWeights<S> {
+    pub c_attn_w: S, // [C, 3C]  fused q, k, v projection
+    pub c_attn_b: S, // [3C]
+    pub c_proj_w: S, // [C, C]   output projection, heads side by side in
+    pub c_proj_b: S, // [C]
+}
+
+/// The MLP's two linear layers (`mlp.*`).
+pub struct MlpWeights<S> {
+    pub c_fc_w: S,   // [C, F]  F = n_inner (4C in GPT-2)
+    pub c_fc_b: S,   // [F]
+    pub c_proj_w: S, // [F, C]
+    pub c_proj_b: S, // [C]
 }
 
 /// Every parameter of the model, as slices of the flat buffer (`&[f32]` or `&mut [f32]`).
 pub struct Weights<S> {
     pub wte: S, // [V, C] token embedding, also the (tied) LM head
     pub wpe: S, // [n_positions, C] position embedding: one row per position the model can see
-    pub blocks: Vec<Block<S>>,
+    pub blocks: Vec<BlockWeights<S>>,
     pub ln_f_w: S, // [C]
     pub ln_f_b: S, // [C]
 }
@@ -114,19 +125,23 @@ impl<S: Splittable> Weights<S> {
         let wte = take();
         let wpe = take();
         let blocks = (0..cfg.n_layer)
-            .map(|_| Block {
+            .map(|_| BlockWeights {
                 ln_1_w: take(),
                 ln_1_b: take(),
-                c_attn_w: take(),
-                c_attn_b: take(),
-                attn_proj_w: take(),
-                attn_proj_b: take(),
+                attn: AttnWeights {
+                    c_attn_w: take(),
+                    c_attn_b: take(),
+                    c_proj_w: take(),
+                    c_proj_b: take(),
+                },
                 ln_2_w: take(),
                 ln_2_b: take(),
-                c_fc_w: take(),
-                c_fc_b: take(),
-                mlp_proj_w: take(),
-                mlp_proj_b: take(),
+                mlp: MlpWeights {
+                    c_fc_w: take(),
+                    c_fc_b: take(),
+                    c_proj_w: take(),
+                    c_proj_b: take(),
+                },
             })
             .collect();
         Weights {
@@ -187,16 +202,16 @@ mod tests {
             views.extend([
                 b.ln_1_w,
                 b.ln_1_b,
-                b.c_attn_w,
-                b.c_attn_b,
-                b.attn_proj_w,
-                b.attn_proj_b,
+                b.attn.c_attn_w,
+                b.attn.c_attn_b,
+                b.attn.c_proj_w,
+                b.attn.c_proj_b,
                 b.ln_2_w,
                 b.ln_2_b,
-                b.c_fc_w,
-                b.c_fc_b,
-                b.mlp_proj_w,
-                b.mlp_proj_b,
+                b.mlp.c_fc_w,
+                b.mlp.c_fc_b,
+                b.mlp.c_proj_w,
+                b.mlp.c_proj_b,
             ]);
         }
         views.extend([w.ln_f_w, w.ln_f_b]);

@@ -189,30 +189,6 @@ pub fn linear_backward(
     });
 }
 
-/// The tied LM head, forward: `logits [N, V] = x [N, C] · wteᵀ`. GPT-2 has no output matrix
-/// of its own: the token embedding wte [V, C] is read transposed, and there is no bias.
-pub fn lm_head_forward(logits: &mut [f32], x: &[f32], wte: &[f32], n: usize, c: usize, v: usize) {
-    gemm(logits, false, x, false, wte, true, n, c, v, all_threads());
-}
-
-/// LM head backward. With `logits = x · wteᵀ`: `dx [N, C] = dlogits · wte` (overwritten),
-/// `dwte [V, C] += dlogitsᵀ · x`, added to what the embedding's own backward adds.
-#[allow(clippy::too_many_arguments)]
-pub fn lm_head_backward(
-    dx: &mut [f32],
-    dwte: &mut [f32],
-    dlogits: &[f32],
-    x: &[f32],
-    wte: &[f32],
-    n: usize,
-    c: usize,
-    v: usize,
-) {
-    let par = all_threads();
-    gemm(dx, false, dlogits, false, wte, false, n, v, c, par);
-    gemm(dwte, true, dlogits, true, x, false, v, n, c, par);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

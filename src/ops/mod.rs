@@ -11,8 +11,10 @@ pub mod dropout;
 pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
+pub mod lm_head;
 pub mod matmul;
 pub mod matvec;
+pub mod residual;
 
 use rayon::prelude::*;
 

@@ -33,6 +33,7 @@ use crate::io::{atomic, cache, load_model_with_tokenizer, save_model, ExportForm
 use crate::model::data_parallel::auto_shards;
 use crate::model::{param_specs, DataParallel, Gpt};
 use crate::ops::adamw::{clip_factor, AdamW, AdamWConfig};
+use crate::ops::set_zero;
 use crate::rng::Rng;
 use crate::tokenizer::{CharLevel, Tokenizer};
 use checkpoint::{Checkpoint, TrainerState};
@@ -107,7 +108,9 @@ pub struct Trainer {
     config: TrainConfig,
     run_dir: PathBuf,
     model: Gpt,
-    /// The batch shards and the model's replicas (one shard: the model alone).
+    /// dloss/dparams of the current step, in the parameter layout.
+    grads: Vec<f32>,
+    /// The batch shards, their workspaces and threads (one shard: the whole batch at once).
     parallel: DataParallel,
     optimizer: AdamW,
     tokenizer: Tokenizer,
@@ -349,6 +352,7 @@ impl Trainer {
         };
         Ok(Trainer {
             parallel: DataParallel::new(&model, shards)?,
+            grads: model.new_gradients(),
             corpus_key: shard_key(&data.shard),
             config,
             run_dir,
@@ -448,13 +452,14 @@ impl Trainer {
         let start = Instant::now();
         let (b, t, accum) = (self.config.batch_size, self.block_size, self.config.grad_accum);
         let lr = self.schedule.at(self.step);
-        self.model.zero_grad();
+        set_zero(&mut self.grads);
         let mut loss = 0.0f32;
         for _ in 0..accum {
             let starts = self.stream.next_starts(self.data.train.len(), t, b);
             self.data.fill(Split::Train, &starts, t, batch);
             loss += self.parallel.forward_backward(
-                &mut self.model,
+                &self.model,
+                &mut self.grads,
                 &batch.inputs,
                 b,
                 t,
@@ -472,10 +477,9 @@ impl Trainer {
         } else {
             f32::INFINITY
         };
-        let grad_norm = self.optimizer.grad_norm(&self.model.grads);
+        let grad_norm = self.optimizer.grad_norm(&self.grads);
         let scale = clip_factor(grad_norm, max_norm);
-        self.optimizer
-            .step(&mut self.model.params, &self.model.grads, scale, lr);
+        self.optimizer.step(&mut self.model.params, &self.grads, scale, lr);
         let tokens = self.info.tokens_per_step as u64;
         Ok(StepRecord {
             step: self.step,
@@ -499,9 +503,7 @@ impl Trainer {
             let mut sum = 0.0f64;
             for batch_starts in starts {
                 self.data.fill(split, batch_starts, t, batch);
-                sum += self
-                    .parallel
-                    .loss(&mut self.model, &batch.inputs, b, t, &batch.targets)? as f64;
+                sum += self.parallel.loss(&self.model, &batch.inputs, b, t, &batch.targets)? as f64;
             }
             *loss = (sum / starts.len() as f64) as f32;
         }
@@ -549,7 +551,7 @@ impl Trainer {
         };
         let mut rng = Rng::new(self.config.seed ^ SAMPLE_STREAM ^ self.step as u64);
         let new = generate_ids(
-            &mut self.model,
+            &self.model,
             &self.prompt,
             self.config.sample_tokens,
             &sampling,

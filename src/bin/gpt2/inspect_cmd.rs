@@ -11,6 +11,7 @@ use gpt2::inspect::summary::{summarize, Summary};
 use gpt2::inspect::token_piece;
 use gpt2::inspect::trace::{self, logit_lens, LogitLens, TensorTrace, Trace, TraceOptions, GELU_NEAR_ZERO};
 use gpt2::io::{detect, load_model_with_tokenizer, Loaded};
+use gpt2::model::Workspace;
 use gpt2::plot::ImageFormat;
 use gpt2::tokenizer::SpecialTokens;
 use serde_json::json;
@@ -83,9 +84,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         return Ok(());
     }
     let model_path = args.model.as_ref().expect("clap requires --model without --preset");
-    let Loaded {
-        mut model, tokenizer, ..
-    } = load_model_with_tokenizer(model_path)?;
+    let Loaded { model, tokenizer, .. } = load_model_with_tokenizer(model_path)?;
     let ids = match (&args.prompt, &args.prompt_ids, &tokenizer) {
         (Some(text), _, Some(tokenizer)) => tokenizer.encode_with_special(&unescape(text), SpecialTokens::Allow)?,
         (Some(_), _, None) => bail!(
@@ -112,16 +111,24 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         }
     }
 
-    let trace = trace::trace(&mut model, &ids, tokenizer.as_ref(), &options)?;
+    let mut ws = Workspace::new();
+    let trace = trace::trace(&model, &mut ws, &ids, tokenizer.as_ref(), &options)?;
     let lens = match args.logit_lens {
-        true => Some(logit_lens(&model, tokenizer.as_ref())?),
+        true => Some(logit_lens(&model, ws.activations(), tokenizer.as_ref())?),
         false => None,
     };
     let pieces: Vec<String> = ids.iter().map(|&id| token_piece(tokenizer.as_ref(), id)).collect();
     let mut maps = Vec::new();
     for (dir, format) in outputs {
         if let Some(dir) = dir {
-            maps.extend(write_attention_maps(&model, &pieces, args.layer, dir, format)?);
+            maps.extend(write_attention_maps(
+                &model,
+                ws.activations(),
+                &pieces,
+                args.layer,
+                dir,
+                format,
+            )?);
         }
     }
 

@@ -25,7 +25,7 @@ pub struct ScoreArgs {
 
 pub fn run(args: &ScoreArgs) -> Result<()> {
     let loaded = load_model_with_tokenizer(&args.model)?;
-    let mut model = loaded.model;
+    let model = loaded.model;
     let read = |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
     let ids = match (&args.text, &args.tokens) {
         (Some(path), _) => match &loaded.tokenizer {
@@ -45,7 +45,7 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
             .collect::<Result<Vec<u32>>>()?,
         (None, None) => bail!("give the text to score with --text <file> (or token ids with --tokens <file>)"),
     };
-    let score = score_tokens(&mut model, &ids)?;
+    let score = score_tokens(&model, &ids)?;
     if args.json {
         println!("{}", serde_json::to_string(&score)?);
     } else {
