@@ -17,6 +17,9 @@ pub enum Error {
     /// A tokenizer failure (unknown character, bad vocabulary file, ...).
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A training run that cannot go on (its loss diverged).
+    #[error("training: {0}")]
+    Training(String),
     /// A download that failed: an HTTP error, a broken connection, a file that does not match
     /// what the server announced.
     #[error("{url}: {msg}")]

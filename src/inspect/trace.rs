@@ -10,7 +10,7 @@
 
 use super::token_piece;
 use crate::error::{Error, Result};
-use crate::model::workspace::Activations;
+use crate::model::workspace::{Activations, BlockActs};
 use crate::model::{Gpt, Workspace};
 use crate::ops::layernorm::layernorm_forward;
 use crate::ops::matmul::{all_threads, gemm};
@@ -222,10 +222,7 @@ pub fn trace(
     model.forward(ws, tokens, 1, t, None, None)?;
     let acts = ws.activations();
     let cfg = &model.config;
-    let (c, hs) = (cfg.n_embd, cfg.head_size());
-    let w = model.weights();
     let piece = |id: u32| token_piece(tokenizer, id);
-
     let token_infos: Vec<TokenInfo> = tokens
         .iter()
         .enumerate()
@@ -235,6 +232,24 @@ pub fn trace(
             text: piece(id),
         })
         .collect();
+    let layers = options.layer.map_or(0..cfg.n_layer, |l| l..l + 1);
+    let blocks = layers
+        .map(|l| block_trace(model, acts, l, tokens, tokenizer, options))
+        .collect();
+    let last_logits = &acts.logits[(t - 1) * cfg.vocab_size..][..cfg.vocab_size];
+    Ok(Trace {
+        tokens: token_infos,
+        embeddings: embedding_trace(model, acts, tokens, tokenizer),
+        blocks,
+        ln_f: TensorTrace::of(&acts.ln_f, t),
+        next: top_predictions(last_logits, options.top_k, tokenizer),
+    })
+}
+
+/// The embedding rows of each prompt token and their sum, the stream entering block 0.
+fn embedding_trace(model: &Gpt, acts: &Activations, tokens: &[u32], tokenizer: Option<&Tokenizer>) -> EmbeddingTrace {
+    let (cfg, w) = (&model.config, model.weights());
+    let c = cfg.n_embd;
     let rows = tokens
         .iter()
         .enumerate()
@@ -244,7 +259,7 @@ pub fn trace(
             EmbeddingRow {
                 position,
                 id,
-                text: piece(id),
+                text: token_piece(tokenizer, id),
                 token_norm: norm(token_row),
                 token_values: preview(token_row),
                 position_norm: norm(position_row),
@@ -252,76 +267,82 @@ pub fn trace(
             }
         })
         .collect();
-    let embeddings = EmbeddingTrace {
+    EmbeddingTrace {
         wte_shape: [cfg.vocab_size, c],
         wpe_shape: [cfg.n_positions, c],
         rows,
-        sum: TensorTrace::of(&acts.encoded, t),
-    };
+        sum: TensorTrace::of(&acts.encoded, tokens.len()),
+    }
+}
 
-    let layers = options.layer.map_or(0..cfg.n_layer, |l| l..l + 1);
+/// Block `l` of the pass: each step's output, and the traced heads seen from the last token.
+fn block_trace(
+    model: &Gpt,
+    acts: &Activations,
+    l: usize,
+    tokens: &[u32],
+    tokenizer: Option<&Tokenizer>,
+    options: &TraceOptions,
+) -> BlockTrace {
+    let (cfg, t, a) = (&model.config, tokens.len(), &acts.blocks[l]);
+    // A branch's output: what the residual add put on top of the stream.
+    let branch = |after: &[f32], before: &[f32]| {
+        let diff: Vec<f32> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+        TensorTrace::of(&diff, t)
+    };
     let heads = options.head.map_or(0..cfg.n_head, |h| h..h + 1);
-    let blocks = layers
-        .map(|l| {
-            let a = &acts.blocks[l];
-            let input = residual_in(acts, l);
-            let branch = |after: &[f32], before: &[f32]| {
-                let diff: Vec<f32> = after.iter().zip(before).map(|(a, b)| a - b).collect();
-                TensorTrace::of(&diff, t)
-            };
-            let last_qkv = &a.qkv[(t - 1) * 3 * c..][..3 * c];
-            let heads = heads
-                .clone()
-                .map(|h| {
-                    // Row t-1 of head h's attention matrix P [T, T].
-                    let weights = a.att[(h * t + t - 1) * t..][..t].to_vec();
-                    let mut order: Vec<usize> = (0..t).collect();
-                    order.sort_by(|&i, &j| weights[j].total_cmp(&weights[i]));
-                    let top = order
-                        .iter()
-                        .take(options.top_attended)
-                        .map(|&position| Attended {
-                            position,
-                            text: piece(tokens[position]),
-                            weight: weights[position],
-                        })
-                        .collect();
-                    let part = |third: usize| norm(&last_qkv[third * c + h * hs..][..hs]);
-                    HeadTrace {
-                        head: h,
-                        q_norm: part(0),
-                        k_norm: part(1),
-                        v_norm: part(2),
-                        top,
-                        weights,
-                    }
-                })
-                .collect();
-            let near_zero = a.fch_gelu.iter().filter(|x| x.abs() < GELU_NEAR_ZERO).count();
-            BlockTrace {
-                layer: l,
-                ln_1: TensorTrace::of(&a.ln_1, t),
-                head_qkv_shape: [t, hs],
-                heads,
-                attn_out: branch(&a.residual_2, input),
-                residual_attn: TensorTrace::of(&a.residual_2, t),
-                ln_2: TensorTrace::of(&a.ln_2, t),
-                mlp_hidden: TensorTrace::of(&a.fch_gelu, t),
-                mlp_near_zero: near_zero as f32 / a.fch_gelu.len() as f32,
-                mlp_out: branch(&a.residual_3, &a.residual_2),
-                residual_out: TensorTrace::of(&a.residual_3, t),
-            }
+    let near_zero = a.fch_gelu.iter().filter(|x| x.abs() < GELU_NEAR_ZERO).count();
+    BlockTrace {
+        layer: l,
+        ln_1: TensorTrace::of(&a.ln_1, t),
+        head_qkv_shape: [t, cfg.head_size()],
+        heads: heads
+            .map(|h| head_trace(model, a, h, tokens, tokenizer, options))
+            .collect(),
+        attn_out: branch(&a.residual_2, residual_in(acts, l)),
+        residual_attn: TensorTrace::of(&a.residual_2, t),
+        ln_2: TensorTrace::of(&a.ln_2, t),
+        mlp_hidden: TensorTrace::of(&a.fch_gelu, t),
+        mlp_near_zero: near_zero as f32 / a.fch_gelu.len() as f32,
+        mlp_out: branch(&a.residual_3, &a.residual_2),
+        residual_out: TensorTrace::of(&a.residual_3, t),
+    }
+}
+
+/// Head h of a block, from the last token: its query, key and value norms and the positions
+/// it attends to most.
+fn head_trace(
+    model: &Gpt,
+    a: &BlockActs,
+    h: usize,
+    tokens: &[u32],
+    tokenizer: Option<&Tokenizer>,
+    options: &TraceOptions,
+) -> HeadTrace {
+    let (t, c, hs) = (tokens.len(), model.config.n_embd, model.config.head_size());
+    let last_qkv = &a.qkv[(t - 1) * 3 * c..][..3 * c];
+    // Row t-1 of head h's attention matrix P [T, T].
+    let weights = a.att[(h * t + t - 1) * t..][..t].to_vec();
+    let mut order: Vec<usize> = (0..t).collect();
+    order.sort_by(|&i, &j| weights[j].total_cmp(&weights[i]));
+    let top = order
+        .iter()
+        .take(options.top_attended)
+        .map(|&position| Attended {
+            position,
+            text: token_piece(tokenizer, tokens[position]),
+            weight: weights[position],
         })
         .collect();
-
-    let last_logits = &acts.logits[(t - 1) * cfg.vocab_size..][..cfg.vocab_size];
-    Ok(Trace {
-        tokens: token_infos,
-        embeddings,
-        blocks,
-        ln_f: TensorTrace::of(&acts.ln_f, t),
-        next: top_predictions(last_logits, options.top_k, tokenizer),
-    })
+    let part = |third: usize| norm(&last_qkv[third * c + h * hs..][..hs]);
+    HeadTrace {
+        head: h,
+        q_norm: part(0),
+        k_norm: part(1),
+        v_norm: part(2),
+        top,
+        weights,
+    }
 }
 
 /// The residual stream entering block `l`, [T, C].

@@ -1,0 +1,433 @@
+//! Setting a run up: a new run (corpus, tokenizer, model, run directory, `init/`) or a resumed
+//! one (its `latest/` checkpoint, its recorded settings, the same corpus), both assembled into
+//! a [`Trainer`].
+
+use super::checkpoint::{self, Checkpoint};
+use super::config::{self, Overrides, TrainConfig};
+use super::jsonl::JsonLines;
+use super::metrics::MetricsLog;
+use super::param_stats;
+use super::run_dir::{create_run_dir, INIT_DIR};
+use super::schedule::LrSchedule;
+use super::{RunInfo, Trainer, DROPOUT_STREAM};
+use crate::config::Config;
+use crate::data::{corpus_key, eval_starts, read_corpus, tokenize_cached, BatchStream, Dataset, Document, Windows};
+use crate::error::{Error, Result};
+use crate::io::{atomic, cache, load_model_with_tokenizer, save_model, ExportFormat, Loaded};
+use crate::model::data_parallel::auto_shards;
+use crate::model::{param_specs, DataParallel, Gpt};
+use crate::ops::adamw::{AdamW, AdamWConfig};
+use crate::rng::Rng;
+use crate::tokenizer::{CharLevel, Tokenizer};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+impl Trainer {
+    /// Prepares a new run: reads and tokenises the corpus (or takes it from the cache), builds
+    /// or loads the model, creates the run directory and saves the model there as `init/`.
+    /// Every check on the user's input runs before the run directory is made.
+    pub fn new(config: TrainConfig) -> Result<Trainer> {
+        config.validate()?;
+        let docs = read_corpus(&config.data)?;
+        let init = config.init.as_deref().map(load_model_with_tokenizer).transpose()?;
+        let (tokenizer, tokenizer_spec) = resolve_tokenizer(config.tokenizer.as_deref(), &docs, init.as_ref())?;
+        let (model_config, block_size) =
+            model_config(&config, tokenizer.vocab_size(), init.as_ref().map(|i| &i.model.config))?;
+        let cache_dir = shard_cache_dir(&config)?;
+        let (shard, cached) = tokenize_cached(&docs, &tokenizer, &cache_dir)?;
+        let data = Dataset::new(shard, config.val_fraction, block_size)?;
+        let prompt = encode_prompt(&config.prompt, &tokenizer, &model_config)?;
+        let model = match init {
+            Some(Loaded { mut model, .. }) => {
+                model.config.dropout = config.dropout;
+                model
+            }
+            None => Gpt::new(model_config.clone(), config.seed)?,
+        };
+        let run_dir = create_run_dir(config.out_dir.as_deref())?;
+        let config = TrainConfig {
+            tokenizer: Some(tokenizer_spec),
+            n_layer: Some(model_config.n_layer),
+            n_head: Some(model_config.n_head),
+            n_embd: Some(model_config.n_embd),
+            block_size: Some(block_size),
+            lr_decay_iters: Some(config.lr_decay_iters.unwrap_or(config.max_iters)),
+            data_parallel: Some(
+                config
+                    .data_parallel
+                    .unwrap_or_else(|| auto_shards(model.params.len(), config.batch_size)),
+            ),
+            out_dir: Some(run_dir.clone()),
+            ..config
+        };
+        save_model(
+            &model,
+            Some(&tokenizer),
+            ExportFormat::HuggingFace,
+            &run_dir.join(INIT_DIR),
+        )?;
+        let optimizer = AdamW::new(adamw_config(&config), &param_specs(&model.config));
+        let parts = Parts {
+            stream: BatchStream::new(windows(&config), config.seed),
+            dropout_rng: Rng::new(config.seed ^ DROPOUT_STREAM),
+            step: 0,
+            best_val_loss: None,
+            elapsed_s: 0.0,
+            checkpoint_step: None,
+            resumed: false,
+            cached,
+            files: docs.len(),
+        };
+        Trainer::assemble(config, run_dir, model, optimizer, tokenizer, data, prompt, parts)
+    }
+
+    /// Continues the run in `run_dir` from its `latest/` checkpoint. `overrides` are the settings
+    /// the user gave again: only [`config::RESUMABLE_KEYS`] may differ from the run's.
+    pub fn resume(run_dir: &Path, overrides: &Overrides) -> Result<Trainer> {
+        let run_dir = run_of(run_dir)?;
+        let dir = latest_checkpoint(run_dir)?;
+        let Checkpoint {
+            mut model,
+            optimizer_m,
+            optimizer_v,
+            tokenizer,
+            state,
+        } = checkpoint::load(&dir)?;
+        let config = resumed_config(run_dir, &dir, &state.config, overrides, model.config.n_positions)?;
+        let block_size = config.block_size.expect("resolved by resumed_config");
+        let expected = (config.n_layer, config.n_head, config.n_embd);
+        let cfg = &model.config;
+        if expected != (Some(cfg.n_layer), Some(cfg.n_head), Some(cfg.n_embd)) || block_size > cfg.n_positions {
+            return Err(Error::weights(
+                &dir,
+                "config.json does not match the settings in trainer.json",
+            ));
+        }
+        model.config.dropout = config.dropout;
+        let prompt = encode_prompt(&config.prompt, &tokenizer, &model.config)?;
+        let docs = read_corpus(&config.data)?;
+        let cache_dir = shard_cache_dir(&config)?;
+        if corpus_key(&docs, &tokenizer, &cache_dir)? != state.corpus_key {
+            return Err(Error::Input(format!(
+                "{}: the corpus ({}) is not the one this run was trained on: its text or tokenizer changed",
+                run_dir.display(),
+                config
+                    .data
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let (shard, cached) = tokenize_cached(&docs, &tokenizer, &cache_dir)?;
+        let data = Dataset::new(shard, config.val_fraction, block_size)?;
+        let mut optimizer = AdamW::new(adamw_config(&config), &param_specs(&model.config));
+        (optimizer.m, optimizer.v, optimizer.t) = (optimizer_m, optimizer_v, state.optimizer_step);
+        let parts = Parts {
+            stream: BatchStream::resume(windows(&config), config.seed, state.data_position)?,
+            dropout_rng: state.dropout_rng,
+            step: state.step,
+            best_val_loss: state.best_val_loss,
+            elapsed_s: state.elapsed_s,
+            checkpoint_step: Some(state.step),
+            resumed: true,
+            cached,
+            files: docs.len(),
+        };
+        let run_dir = run_dir.to_path_buf();
+        Trainer::assemble(config, run_dir, model, optimizer, tokenizer, data, prompt, parts)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        config: TrainConfig,
+        run_dir: PathBuf,
+        model: Gpt,
+        optimizer: AdamW,
+        tokenizer: Tokenizer,
+        data: Dataset,
+        prompt: Vec<u32>,
+        parts: Parts,
+    ) -> Result<Trainer> {
+        let block_size = config.block_size.expect("resolved when the run started");
+        let shards = config.data_parallel.expect("resolved when the run started");
+        let (b, iters, w) = (config.batch_size, config.eval_iters, windows(&config));
+        let eval_batches = [
+            eval_starts(w, config.seed, data.train.len(), block_size, b, iters),
+            eval_starts(w, config.seed, data.val.len(), block_size, b, iters),
+        ];
+        let schedule = LrSchedule {
+            lr: config.lr,
+            min_lr: config.min_lr,
+            warmup_iters: config.warmup_iters,
+            lr_decay_iters: config.lr_decay_iters.unwrap_or(config.max_iters),
+            decay_lr: config.decay_lr,
+        };
+        let log = MetricsLog::open(&run_dir.join("metrics.jsonl"), parts.step)?;
+        let (param_log, _) = JsonLines::open(&run_dir.join(param_stats::FILE), parts.step)?;
+        let info = RunInfo {
+            run_dir: run_dir.clone(),
+            resumed: parts.resumed,
+            start_step: parts.step,
+            max_iters: config.max_iters,
+            files: parts.files,
+            tokens: data.shard.len(),
+            train_tokens: data.train.len(),
+            val_tokens: data.val.len(),
+            cached: parts.cached,
+            shard: data.shard.path().to_path_buf(),
+            tokenizer: config.tokenizer.clone().unwrap_or_default(),
+            vocab_size: tokenizer.vocab_size(),
+            params: model.params.len(),
+            model: model.config.clone(),
+            tokens_per_step: b * block_size * config.grad_accum,
+            shards,
+        };
+        Ok(Trainer {
+            parallel: DataParallel::new(&model, shards)?,
+            grads: model.new_gradients(),
+            corpus_key: shard_key(&data.shard),
+            config,
+            run_dir,
+            model,
+            optimizer,
+            tokenizer,
+            data,
+            stream: parts.stream,
+            dropout_rng: parts.dropout_rng,
+            schedule,
+            eval_batches,
+            prompt,
+            block_size,
+            step: parts.step,
+            best_val_loss: parts.best_val_loss,
+            elapsed_s: parts.elapsed_s,
+            checkpoint_step: parts.checkpoint_step,
+            log,
+            param_log,
+            info,
+        })
+    }
+}
+
+/// The state that differs between a new run and a resumed one.
+struct Parts {
+    stream: BatchStream,
+    dropout_rng: Rng,
+    step: usize,
+    best_val_loss: Option<f32>,
+    elapsed_s: f64,
+    checkpoint_step: Option<usize>,
+    resumed: bool,
+    cached: bool,
+    files: usize,
+}
+
+fn adamw_config(config: &TrainConfig) -> AdamWConfig {
+    AdamWConfig {
+        lr: config.lr,
+        beta1: config.beta1,
+        beta2: config.beta2,
+        eps: 1e-8,
+        weight_decay: config.weight_decay,
+    }
+}
+
+fn windows(config: &TrainConfig) -> Windows {
+    config.stride.map_or(Windows::Random, Windows::Stride)
+}
+
+/// The cache key a shard is named by.
+fn shard_key(shard: &crate::data::Shard) -> String {
+    shard
+        .path()
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The tokenizer of a new run, and its spec as recorded: `char` (the corpus's characters) by
+/// default, a spec given by the user, or the `--init` model's own.
+fn resolve_tokenizer(spec: Option<&str>, docs: &[Document], init: Option<&Loaded>) -> Result<(Tokenizer, String)> {
+    match (spec, init) {
+        (Some("char"), _) | (None, None) => {
+            let chars: BTreeSet<char> = docs
+                .iter()
+                .flat_map(|d| CharLevel::from_text(&d.text).chars().to_vec())
+                .collect();
+            Ok((Tokenizer::char_level(chars.into_iter().collect())?, "char".into()))
+        }
+        (Some(spec), _) if spec == "gpt2" || spec.starts_with("char:") || spec.starts_with("bpe:") => {
+            Ok((Tokenizer::from_spec(spec)?, spec.into()))
+        }
+        (Some(spec), _) => Err(Error::Input(format!(
+            "unknown --tokenizer {spec:?}: expected char, char:<file>, gpt2 or bpe:<file>"
+        ))),
+        (None, Some(init)) => {
+            let path = init.format.path();
+            let tokenizer = init.tokenizer.clone().ok_or_else(|| {
+                Error::Input(format!(
+                    "{}: the --init model has no tokenizer files; name one with --tokenizer",
+                    path.display()
+                ))
+            })?;
+            let spec = match tokenizer.kind() {
+                "gpt2" => "gpt2".into(),
+                kind => format!("{kind}:{}", path.display()),
+            };
+            Ok((tokenizer, spec))
+        }
+    }
+}
+
+/// The model's shape and the training block size: from the `--init` model (whose shape the
+/// flags may not change), else from the preset or the default, with the flags on top.
+fn model_config(config: &TrainConfig, vocab_size: usize, init: Option<&Config>) -> Result<(Config, usize)> {
+    if let Some(init) = init {
+        for (name, given, has) in [
+            ("n_layer", config.n_layer, init.n_layer),
+            ("n_head", config.n_head, init.n_head),
+            ("n_embd", config.n_embd, init.n_embd),
+        ] {
+            if given.is_some_and(|g| g != has) {
+                return Err(Error::Config(format!(
+                    "{name} = {} does not match the --init model's {has}",
+                    given.unwrap_or(has)
+                )));
+            }
+        }
+        if vocab_size > init.vocab_size {
+            return Err(Error::Config(format!(
+                "the tokenizer has {vocab_size} ids but the --init model only knows {}",
+                init.vocab_size
+            )));
+        }
+        let block_size = config.block_size.unwrap_or(init.n_positions);
+        if block_size > init.n_positions {
+            return Err(Error::Config(format!(
+                "block_size {block_size} exceeds the --init model's {} positions",
+                init.n_positions
+            )));
+        }
+        return Ok((
+            Config {
+                dropout: config.dropout,
+                ..init.clone()
+            },
+            block_size,
+        ));
+    }
+    let (n_layer, n_head, n_embd, block_size) = match &config.preset {
+        Some(name) => {
+            let c = Config::preset(name)?;
+            (c.n_layer, c.n_head, c.n_embd, c.n_positions)
+        }
+        None => config::DEFAULT_SHAPE,
+    };
+    let block_size = config.block_size.unwrap_or(block_size);
+    let mut model = Config::new(
+        vocab_size,
+        block_size,
+        config.n_embd.unwrap_or(n_embd),
+        config.n_layer.unwrap_or(n_layer),
+        config.n_head.unwrap_or(n_head),
+    );
+    model.dropout = config.dropout;
+    model.validate()?;
+    Ok((model, block_size))
+}
+
+/// The sample prompt's ids; each character must be in the vocabulary, and the prompt must
+/// leave room in the context.
+fn encode_prompt(prompt: &str, tokenizer: &Tokenizer, model: &Config) -> Result<Vec<u32>> {
+    let ids = tokenizer.encode(prompt).map_err(|e| {
+        Error::Input(format!(
+            "the sample prompt {prompt:?}: {e} (choose another with --prompt)"
+        ))
+    })?;
+    let ids = if ids.is_empty() {
+        tokenizer.eot_token().into_iter().collect()
+    } else {
+        ids
+    };
+    if ids.is_empty() {
+        return Err(Error::Input(
+            "the sample prompt is empty (and this vocabulary has no <|endoftext|> to start from)".into(),
+        ));
+    }
+    if ids.len() >= model.n_positions {
+        return Err(Error::Input(format!(
+            "the sample prompt is {} tokens long: it must be shorter than the model's context of {}",
+            ids.len(),
+            model.n_positions
+        )));
+    }
+    Ok(ids)
+}
+
+/// Where token shards are cached: `--cache-dir`, else `tokens/` in the model cache.
+fn shard_cache_dir(config: &TrainConfig) -> Result<PathBuf> {
+    match &config.cache_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => Ok(cache::default_cache_dir()?.join("tokens")),
+    }
+}
+
+/// The run directory that `--resume PATH` names: PATH itself, or the run of PATH when it is
+/// the run's latest/ checkpoint (another checkpoint, best/, is not where the run stopped).
+fn run_of(path: &Path) -> Result<&Path> {
+    if !path.join(checkpoint::TRAINER_FILE).is_file() {
+        return Ok(path);
+    }
+    if path.file_name() != Some("latest".as_ref()) {
+        return Err(Error::Input(format!(
+            "{0}: --resume continues a run from where it stopped, its latest/ checkpoint; \
+             give the run directory, or fine-tune from this checkpoint with --init {0}",
+            path.display()
+        )));
+    }
+    Ok(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// The run's latest/ checkpoint, recovered first if a swap of checkpoint directories was cut short.
+fn latest_checkpoint(run_dir: &Path) -> Result<PathBuf> {
+    let dir = run_dir.join("latest");
+    atomic::recover_dir(&dir)?;
+    if !dir.join(checkpoint::TRAINER_FILE).is_file() {
+        return Err(Error::Input(format!(
+            "{}: not a training run (no latest/{})",
+            run_dir.display(),
+            checkpoint::TRAINER_FILE
+        )));
+    }
+    Ok(dir)
+}
+
+/// The settings of a resumed run: the recorded ones with the user's `overrides`, which may only
+/// change [`config::RESUMABLE_KEYS`]; `n_positions`: the checkpoint's context.
+fn resumed_config(
+    run_dir: &Path,
+    dir: &Path,
+    recorded: &TrainConfig,
+    overrides: &Overrides,
+    n_positions: usize,
+) -> Result<TrainConfig> {
+    let conflicts = recorded.conflicts(overrides, &config::RESUMABLE_KEYS)?;
+    if !conflicts.is_empty() {
+        return Err(Error::Config(format!(
+            "{}: a resumed run keeps its settings, but these differ: {}. Start a new run instead, or fine-tune from this one with --init {}",
+            run_dir.display(),
+            conflicts.join(", "),
+            dir.display()
+        )));
+    }
+    let config = TrainConfig {
+        out_dir: Some(run_dir.to_path_buf()),
+        // Runs recorded before these settings existed trained on whole contexts, unsharded.
+        block_size: Some(recorded.block_size.unwrap_or(n_positions)),
+        data_parallel: Some(recorded.data_parallel.unwrap_or(1)),
+        ..recorded.with_overrides(overrides)?
+    };
+    config.validate()?;
+    Ok(config)
+}
