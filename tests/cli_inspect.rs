@@ -6,24 +6,15 @@
 use gpt2::io::{save_model, ExportFormat};
 use gpt2::{Config, Gpt};
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::{gpt2 as gpt2_bin, temp_dir};
 
 const TINY: &str = "tests/fixtures/tiny";
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gpt2-cli-inspect-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn gpt2(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gpt2"))
-        .args(["--threads", "1"])
-        .args(args)
-        .output()
-        .unwrap()
+    gpt2_bin().args(["--threads", "1"]).args(args).output().unwrap()
 }
 
 /// Runs `gpt2 args`, expects success, returns stdout.

@@ -6,13 +6,11 @@ use gpt2::io::hf::save_hf_dir;
 use gpt2::tokenizer::Tokenizer;
 use gpt2::{Config, Gpt};
 use std::path::PathBuf;
-use std::process::Command;
+
+mod common;
+use common::run_gpt2;
 
 const VERDICT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/the-verdict.txt");
-
-fn gpt2_cli(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_gpt2")).args(args).output().unwrap()
-}
 
 /// A small random char-level model of the-verdict's alphabet, saved with its tokenizer.
 fn char_model(name: &str) -> (PathBuf, Gpt, Tokenizer) {
@@ -28,7 +26,7 @@ fn char_model(name: &str) -> (PathBuf, Gpt, Tokenizer) {
 #[test]
 fn score_text_matches_the_library_over_windows() {
     let (dir, model, tokenizer) = char_model("windows");
-    let out = gpt2_cli(&["score", "--model", dir.to_str().unwrap(), "--text", VERDICT, "--json"]);
+    let out = run_gpt2(&["score", "--model", dir.to_str().unwrap(), "--text", VERDICT, "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ids = tokenizer.encode(&std::fs::read_to_string(VERDICT).unwrap()).unwrap();
@@ -48,10 +46,10 @@ fn score_text_matches_the_library_over_windows() {
 fn score_errors_are_clear() {
     let (dir, _, _) = char_model("errors");
     let model = dir.to_str().unwrap();
-    let out = gpt2_cli(&["score", "--model", model]);
+    let out = run_gpt2(&["score", "--model", model]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--text"));
-    let out = gpt2_cli(&["score", "--model", model, "--text", "/nonexistent/file.txt"]);
+    let out = run_gpt2(&["score", "--model", model, "--text", "/nonexistent/file.txt"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("/nonexistent/file.txt"));
-    let out = gpt2_cli(&["score", "--model", "/nonexistent-model", "--text", VERDICT]);
+    let out = run_gpt2(&["score", "--model", "/nonexistent-model", "--text", VERDICT]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no such file"));
 }

@@ -12,13 +12,13 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+mod common;
+use common::{gpt2, temp_dir, FIXTURES};
 
 /// Ways for the server to misbehave on one URL path.
 #[derive(Clone, Copy, Debug)]
@@ -280,9 +280,7 @@ fn openai_files() -> HashMap<String, Served> {
 
 /// A scratch root holding only the cache directory, so a test can see what was written where.
 fn scratch(name: &str) -> (PathBuf, PathBuf) {
-    let root = std::env::temp_dir().join(format!("gpt2-download-{}-{name}", std::process::id()));
-    let _ = fs::remove_dir_all(&root);
-    fs::create_dir_all(&root).unwrap();
+    let root = temp_dir(&format!("download-{name}"));
     (root.clone(), root.join("cache"))
 }
 
@@ -484,8 +482,7 @@ fn http_errors_are_reported_and_nothing_is_placed() {
 fn the_cli_downloads_and_then_finds_the_model_by_name() {
     let server = Server::start(hub_files("gpt2"));
     let (root, cache) = scratch("cli");
-    let bin = env!("CARGO_BIN_EXE_gpt2");
-    let out = Command::new(bin)
+    let out = gpt2()
         .args(["download", "gpt2", "--cache-dir"])
         .arg(&cache)
         .args(["--base-url", &server.url])
@@ -499,7 +496,7 @@ fn the_cli_downloads_and_then_finds_the_model_by_name() {
 
     // `--model gpt2` (here `--from gpt2`) is the cached copy, from any working directory.
     let converted = root.join("gpt2.bin");
-    let out = Command::new(bin)
+    let out = gpt2()
         .current_dir(&root)
         .env("GPT2_CACHE_DIR", &cache)
         .args(["convert", "--from", "gpt2", "--to", "llmc", "--out"])
@@ -510,7 +507,7 @@ fn the_cli_downloads_and_then_finds_the_model_by_name() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("tokenizer: bpe"));
     assert!(load_model(&converted).unwrap().params == tiny_params());
 
-    let out = Command::new(bin)
+    let out = gpt2()
         .current_dir(&root)
         .env("GPT2_CACHE_DIR", root.join("empty-cache"))
         .args(["convert", "--from", "gpt2-xl", "--to", "hf", "--out", "x"])

@@ -2,16 +2,12 @@
 //! nanoGPT, stop tokens, batched samples and seeds.
 
 use gpt2::generate::{generate_ids, Finish, GenerateOptions, Generator, Sampling, Token};
-use gpt2::io::hf::load_hf_dir;
 use gpt2::rng::Rng;
 use gpt2::{Config, Gpt, Workspace};
 use std::path::Path;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn tiny_model() -> Gpt {
-    load_hf_dir(&Path::new(FIXTURES).join("tiny")).unwrap()
-}
+mod common;
+use common::{tiny_model, FIXTURES};
 
 fn ids(value: &serde_json::Value) -> Vec<u32> {
     value

@@ -5,16 +5,11 @@
 use gpt2::io::load_model;
 use gpt2::model::param_specs;
 use gpt2::train::{Overrides, RunOptions, TrainConfig, Trainer};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
-/// A fresh directory for one test.
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gpt2-evolution-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+mod common;
+use common::{gpt2, temp_dir};
 
 /// A tiny char-level run on a small corpus: 2 layers, width 16, context 16, 12 steps,
 /// evaluations at steps 0, 5, 10 and 12.
@@ -59,7 +54,7 @@ fn param_stats(run: &Path) -> Vec<serde_json::Value> {
 }
 
 fn inspect(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gpt2"))
+    gpt2()
         .args(["--threads", "1", "inspect", "--evolution"])
         .args(args)
         .output()

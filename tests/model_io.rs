@@ -7,19 +7,14 @@ use gpt2::{Config, Gpt};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
+mod common;
+use common::temp_dir;
 
-/// A fresh scratch directory under the system temp dir.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gpt2-model-io-{}-{name}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
+const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
 
 /// A copy of the tiny fixture model that a test may damage.
 fn tiny_copy(name: &str) -> PathBuf {
-    let dir = scratch(name);
+    let dir = temp_dir(name);
     for file in ["config.json", "model.safetensors"] {
         fs::copy(Path::new(TINY).join(file), dir.join(file)).unwrap();
     }
@@ -33,7 +28,7 @@ fn load_err(dir: &Path) -> String {
 #[test]
 fn save_then_load_round_trips_exactly_without_the_prefix() {
     let model = load_hf_dir(Path::new(TINY)).unwrap();
-    let dir = scratch("roundtrip").join("saved");
+    let dir = temp_dir("roundtrip").join("saved");
     save_hf_dir(&model, &dir).unwrap();
     let again = load_model(&dir).unwrap();
     assert_eq!(again.config, model.config);
@@ -46,11 +41,11 @@ fn save_then_load_round_trips_exactly_without_the_prefix() {
 
 #[test]
 fn a_run_directory_resolves_to_its_latest_checkpoint() {
-    let run = scratch("run");
+    let run = temp_dir("run");
     let model = Gpt::new(Config::new(11, 8, 8, 1, 2), 3).unwrap();
     save_hf_dir(&model, &run.join("latest")).unwrap();
     assert_eq!(load_model(&run).unwrap().params, model.params);
-    assert!(load_model(&scratch("empty"))
+    assert!(load_model(&temp_dir("empty"))
         .err()
         .unwrap()
         .to_string()
@@ -137,7 +132,7 @@ fn configs_that_disagree_with_the_tensors_or_the_maths_are_errors() {
 #[test]
 fn a_wrong_dtype_is_named() {
     // One tensor stored as I32: the error names the tensor and the dtype.
-    let dir = scratch("dtype");
+    let dir = temp_dir("dtype");
     let model = Gpt::new(Config::new(5, 4, 4, 1, 1), 0).unwrap();
     save_hf_dir(&model, &dir.join("m")).unwrap();
     let path = dir.join("m/model.safetensors");

@@ -2,14 +2,14 @@
 //! scripts/make_fixtures.py made: logits, loss, every gradient, and the parameters after three
 //! AdamW steps with gradient clipping.
 
-use gpt2::io::hf::load_hf_dir;
 use gpt2::io::safetensors::{to_f32, MappedFile};
 use gpt2::model::param_specs;
 use gpt2::ops::adamw::{clip_factor, AdamW, AdamWConfig};
-use gpt2::{Gpt, Workspace};
+use gpt2::Workspace;
 use std::path::Path;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+mod common;
+use common::{tiny_model, FIXTURES};
 
 struct Reference {
     file: MappedFile,
@@ -56,10 +56,6 @@ impl Reference {
             self.i32("targets"),
         )
     }
-}
-
-fn tiny_model() -> Gpt {
-    load_hf_dir(&Path::new(FIXTURES).join("tiny")).unwrap()
 }
 
 /// max |a - b|, and max |b| (for tolerances relative to the tensor's magnitude).

@@ -8,6 +8,9 @@ use gpt2::tokenizer::pretokenize::{chunks, class_of, pieces, CharClass};
 use gpt2::tokenizer::{SpecialTokens, Tokenizer, UnknownChar, EOT_ID};
 use serde_json::Value;
 
+mod common;
+use common::temp_dir;
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/tokenizer")
@@ -32,14 +35,6 @@ fn shakespeare() -> String {
 
 fn tiktoken() -> tiktoken_rs::CoreBPE {
     tiktoken_rs::r50k_base().unwrap()
-}
-
-/// A scratch directory under the target dir, emptied first.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gpt2-tokenizer-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// xorshift64*: a small deterministic generator for random test strings.
@@ -437,7 +432,7 @@ fn a_model_directory_gets_hugging_faces_tokenizer_json_where_it_can_express_the_
         (Tokenizer::load_file(&fixture("small.tiktoken")).unwrap(), false), // rank rule
     ];
     for (i, (tok, hugging_face)) in cases.into_iter().enumerate() {
-        let dir = scratch(&format!("model-dir-{i}"));
+        let dir = temp_dir(&format!("model-dir-{i}"));
         tok.save(&dir).unwrap();
         let json = read_json(&dir.join("tokenizer.json"));
         assert_eq!(json.get("model").is_some(), hugging_face, "{}", tok.kind());
@@ -495,7 +490,7 @@ fn small_vocabulary_files_match_their_libraries() {
 #[test]
 fn gpt2_files_load_as_the_bundled_gpt2() {
     // encoder.json + vocab.bpe written from the bundled data in OpenAI's format.
-    let dir = scratch("openai-gpt2");
+    let dir = temp_dir("openai-gpt2");
     let gpt2 = Tokenizer::gpt2();
     let alphabet = |bytes: &[u8]| -> String {
         // GPT-2's byte alphabet, as in scripts/make_tokenizer_fixtures.py
@@ -533,7 +528,7 @@ fn gpt2_files_load_as_the_bundled_gpt2() {
 
 #[test]
 fn bad_files_are_errors_naming_the_file() {
-    let dir = scratch("bad");
+    let dir = temp_dir("bad");
     assert!(Tokenizer::load_dir(&dir).unwrap().is_none());
     assert!(Tokenizer::load_dir(&dir.join("missing")).is_err());
     let cases: [(&str, &str); 6] = [
@@ -607,7 +602,7 @@ fn save_and_load_every_kind() {
     ];
     let sample = &text[200_000..220_000];
     for (i, tok) in kinds.iter().enumerate() {
-        let dir = scratch(&format!("save-{i}"));
+        let dir = temp_dir(&format!("save-{i}"));
         tok.save(&dir).unwrap();
         let entries: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
@@ -629,7 +624,7 @@ fn save_and_load_every_kind() {
         );
     }
     // Our own file (bpe train --out, the shard cache key) names GPT-2 in one line.
-    let path = scratch("gpt2-small").join("gpt2.json");
+    let path = temp_dir("gpt2-small").join("gpt2.json");
     Tokenizer::gpt2().save_file(&path).unwrap();
     assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), r#"{"type":"gpt2"}"#);
     // char:<text file> builds the alphabet from the text.

@@ -6,13 +6,8 @@ use gpt2::io::load_model;
 use gpt2::train::{Overrides, RunOptions, Summary, TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
 
-/// A fresh directory for one test.
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gpt2-train-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+mod common;
+use common::temp_dir;
 
 /// A small corpus with some structure to learn (about 3,000 characters).
 fn write_corpus(dir: &Path) -> PathBuf {

@@ -1,20 +1,16 @@
 //! `gpt2 train` as a user runs it: the defaults, a TOML config with flags over it, Ctrl-C, and
 //! errors on bad input.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gpt2-train-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+mod common;
+use common::{gpt2, temp_dir};
 
 /// `gpt2 train` with a temporary cache and run directory, and `args`.
 fn train(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpt2"));
+    let mut cmd = gpt2();
     cmd.args(["--threads", "1", "train", "--cache-dir"])
         .arg(dir.join("cache"))
         .arg("--out-dir")
@@ -154,7 +150,7 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
     let step = state["step"].as_u64().unwrap();
     assert!(step >= 4, "saved at step {step}");
 
-    let resumed = Command::new(env!("CARGO_BIN_EXE_gpt2"))
+    let resumed = gpt2()
         .args(["--threads", "1", "train", "--resume"])
         .arg(dir.join("run"))
         .args(["--max-iters", &(step + 2).to_string()])

@@ -3,7 +3,9 @@
 //! another), and every function it links to exists in the linked file.
 
 use std::path::Path;
-use std::process::Command;
+
+mod common;
+use common::gpt2;
 
 const DOC: &str = "docs/walkthrough.md";
 
@@ -97,10 +99,7 @@ fn every_command_runs_and_prints_what_the_walkthrough_shows() {
     for example in examples {
         let words = words(&example.command);
         assert_eq!(words[0], "gpt2", "{}: commands run the gpt2 binary", example.command);
-        let output = Command::new(env!("CARGO_BIN_EXE_gpt2"))
-            .args(&words[1..])
-            .output()
-            .unwrap();
+        let output = gpt2().args(&words[1..]).output().unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),

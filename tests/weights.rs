@@ -9,25 +9,13 @@ use gpt2::io::{detect, load_model, load_model_with_tokenizer, save_model, Export
 use gpt2::{Gpt, Workspace};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(FIXTURES).join(name)
-}
-
-/// A fresh scratch directory under the system temp dir.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gpt2-weights-{}-{name}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
+mod common;
+use common::{fixture, gpt2, temp_dir};
 
 /// A copy of a fixture directory that a test may damage.
 fn copy_dir(from: &Path, name: &str) -> PathBuf {
-    let dir = scratch(name);
+    let dir = temp_dir(name);
     for entry in fs::read_dir(from).unwrap() {
         let path = entry.unwrap().path();
         fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
@@ -100,7 +88,7 @@ fn a_bf16_llmc_file_holds_the_rounded_weights() {
 #[test]
 fn our_llmc_writer_matches_llm_c_byte_for_byte() {
     let model = hf_model();
-    let dir = scratch("llmc-bytes");
+    let dir = temp_dir("llmc-bytes");
     for (dtype, fixture_name) in [
         (LlmcDtype::F32, "tiny_llmc.bin"),
         (LlmcDtype::Bf16, "tiny_llmc_bf16.bin"),
@@ -131,7 +119,7 @@ fn formats_are_detected_from_contents_not_names() {
         assert_eq!(detect(&path).unwrap(), format, "{}", path.display());
     }
     // A misleading extension changes nothing.
-    let dir = scratch("detect");
+    let dir = temp_dir("detect");
     let disguised = dir.join("model.safetensors");
     fs::copy(fixture("tiny_llmc.bin"), &disguised).unwrap();
     assert_eq!(detect(&disguised).unwrap(), Format::Llmc(disguised.clone()));
@@ -152,7 +140,7 @@ fn formats_are_detected_from_contents_not_names() {
 #[test]
 fn a_model_directory_replaces_only_a_model_directory() {
     let model = hf_model();
-    let dir = scratch("replace");
+    let dir = temp_dir("replace");
     let out = dir.join("hf");
     save_model(&model, None, ExportFormat::HuggingFace, &out).unwrap();
     save_model(&model, None, ExportFormat::HuggingFace, &out).unwrap(); // a model again: replaced
@@ -176,7 +164,7 @@ fn a_model_directory_replaces_only_a_model_directory() {
 #[test]
 fn conversions_round_trip_exactly() {
     let reference = hf_model();
-    let dir = scratch("convert");
+    let dir = temp_dir("convert");
     let openai = load_model(&fixture("tiny_openai")).unwrap();
     save_model(
         &openai,
@@ -194,10 +182,9 @@ fn conversions_round_trip_exactly() {
 
 #[test]
 fn the_convert_command_reads_any_format() {
-    let dir = scratch("cli");
-    let bin = env!("CARGO_BIN_EXE_gpt2");
+    let dir = temp_dir("cli");
     let out = dir.join("from-openai.bin");
-    let status = Command::new(bin)
+    let status = gpt2()
         .args(["convert", "--from"])
         .arg(fixture("tiny_openai"))
         .args(["--to", "llmc", "--dtype", "bf16", "--out"])
@@ -206,7 +193,7 @@ fn the_convert_command_reads_any_format() {
         .unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     assert!(fs::read(&out).unwrap() == fs::read(fixture("tiny_llmc_bf16.bin")).unwrap());
-    let status = Command::new(bin)
+    let status = gpt2()
         .args(["convert", "--from"])
         .arg(fixture("tiny_llmc.bin"))
         .args(["--to", "hf", "--out"])
@@ -216,7 +203,7 @@ fn the_convert_command_reads_any_format() {
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     assert!(load_model(&dir.join("hf")).unwrap().params == hf_model().params);
 
-    let failed = Command::new(bin)
+    let failed = gpt2()
         .args(["convert", "--from"])
         .arg(dir.join("nothing-here"))
         .args(["--to", "hf", "--out"])
@@ -283,7 +270,7 @@ fn damaged_openai_checkpoints_are_named_errors() {
 // --- llm.c files: damaged headers and sizes -----------------------------------------------------
 
 fn damaged_llmc(name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
-    let path = scratch(name).join("model.bin");
+    let path = temp_dir(name).join("model.bin");
     let mut bytes = fs::read(fixture("tiny_llmc.bin")).unwrap();
     edit(&mut bytes);
     fs::write(&path, bytes).unwrap();
@@ -375,7 +362,7 @@ fn tokenizers_come_with_their_models() {
         [b'H' as u32 - 32, b'i' as u32 - 32, 1]
     );
     // It travels into a Hugging Face directory...
-    let dir = scratch("tokenizers");
+    let dir = temp_dir("tokenizers");
     save_model(
         &loaded.model,
         Some(&tokenizer),

@@ -165,11 +165,10 @@ pub fn linear_backward(
 ) {
     let par = all_threads();
     gemm(dinp, false, dout, false, w, true, n, oc, ic, par);
-    // faer multiplies by a transposed operand (inpᵀ, read down its columns) at 55-90% of the
-    // speed it reaches on the same matrix stored transposed, row by row (GPT-2's and the char
-    // model's layers, 1 and 2 threads). A transposed copy costs a pass over inp: it pays for
-    // itself from about 2¹⁹ weights (GPT-2 124M: 12% less time in its weight gradients at
-    // B=4 T=64, 30% at B=8 T=256; a 128-wide model: 12% more, so small layers go without).
+    // faer multiplies by a transposed operand (inpᵀ, read down its columns) more slowly than by
+    // the same matrix stored transposed, row by row. A transposed copy costs a pass over inp,
+    // which large layers (2¹⁹ weights and up) win back and small ones do not (README,
+    // Performance).
     if ic * oc >= 1 << 19 {
         with_transposed(inp, n, ic, par, |inp_t| {
             gemm(dw, true, inp_t, false, dout, false, ic, n, oc, par)

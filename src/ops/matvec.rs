@@ -4,8 +4,8 @@
 //! time is the time to stream the weights from memory. Each task owns a contiguous block of
 //! [`WEIGHT_ROWS_PER_TASK`] weight rows and reads it as several sequential streams at once, one per
 //! part of the block: one core keeps more reads in flight that way than with a single
-//! stream (1.3-1.8x the bandwidth of one stream per core on the hosts we measured). Tasks split the
-//! work the same way whatever the thread count, so results do not depend on it.
+//! stream. Tasks split the work the same way whatever the thread count, so results do not
+//! depend on it.
 //! - `w` stored [K, N] (a Conv1D weight, `y = x·W`): a task computes the partial product
 //!   `x[:, rows] · W[rows, :]` [M, N]; the partials are then summed in order.
 //! - `w` stored [N, K] (the tied LM head, `y = x·wteᵀ`, and `dout · wᵀ` in the backward pass
@@ -116,7 +116,7 @@ pub fn matmul_small_m_t(
 
 /// `w · x + a`: one fused instruction on a CPU the build targets with FMA (`.cargo/config.toml`
 /// asks for the building machine's); a multiply and an add otherwise, since `f32::mul_add`
-/// without FMA is a library call that made these kernels 10x slower.
+/// without FMA is a slow library call.
 #[inline(always)]
 fn multiply_add(w: f32, x: f32, a: f32) -> f32 {
     if cfg!(target_feature = "fma") {

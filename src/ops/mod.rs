@@ -110,9 +110,9 @@ pub fn sum_squares_f64(xs: &[f32]) -> f64 {
 const STREAMS: usize = 8;
 
 /// Σ term(x) like [`sum_lanes`], for slices read from memory rather than cache: the slice is
-/// read as [`STREAMS`] equal parts side by side (the rest in lanes after them). On the hosts we
-/// measured, a thread reading one sequential stream gets about 60% of the memory bandwidth that
-/// one reading several gets (gradient norm of GPT-2 124M on 2 threads: 35 vs 22 ms).
+/// read as [`STREAMS`] equal parts side by side (the rest in lanes after them): a thread keeps
+/// more reads in flight, and gets more memory bandwidth, from several sequential streams than
+/// from one.
 #[inline(always)]
 pub(crate) fn sum_streams<T, const L: usize>(xs: &[f32], term: impl Fn(f32) -> T) -> T
 where
@@ -143,8 +143,7 @@ pub fn set_zero(xs: &mut [f32]) {
 /// A zeroed buffer of `n` values whose memory is first touched by writes ([`set_zero`]). A
 /// fresh allocation is mapped lazily: if its first touch were a read (as in `grad += …`), every
 /// page would first map the kernel's shared zero page and then fault again, and make every
-/// thread flush its TLB, on the first write (GPT-2 124M's first training step took 8-10 s that
-/// way, 2.3 s with the buffers written first).
+/// thread flush its TLB, on the first write: seconds of page faults in GPT-2's first step.
 pub fn zeroed(n: usize) -> Vec<f32> {
     let mut xs = vec![0.0; n];
     set_zero(&mut xs);
