@@ -13,6 +13,8 @@ use gpt2::tokenizer::{SpecialTokens, Tokenizer};
 use gpt2::Gpt;
 use serde_json::json;
 
+use crate::tokenize_cmd::parse_ids;
+
 #[derive(Args)]
 #[command(group(ArgGroup::new("input").required(true).args(["prompt", "prompt_file", "prompt_ids", "interactive"])))]
 pub struct GenerateArgs {
@@ -124,7 +126,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             (_, Some(file), _) => Prompt::Text(
                 std::fs::read_to_string(file).with_context(|| format!("reading the prompt from {}", file.display()))?,
             ),
-            (_, _, Some(ids)) => Prompt::Ids(parse_ids(ids)?),
+            (_, _, Some(ids)) => Prompt::Ids(parse_ids(ids).context("--prompt-ids")?),
             _ => unreachable!("clap requires one prompt source"),
         };
         return run.generate(&prompt, seed, true);
@@ -317,17 +319,6 @@ fn token_bytes(tokenizer: &Tokenizer, id: u32) -> Vec<u8> {
 fn decode_lossy(tokenizer: &Tokenizer, ids: &[u32]) -> String {
     let bytes: Vec<u8> = ids.iter().flat_map(|&id| token_bytes(tokenizer, id)).collect();
     String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// Token ids separated by spaces and/or commas.
-pub(crate) fn parse_ids(text: &str) -> Result<Vec<u32>> {
-    text.split([' ', ',', '\n', '\t'])
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<u32>()
-                .with_context(|| format!("--prompt-ids: '{s}' is not a token id"))
-        })
-        .collect()
 }
 
 /// `\n`, `\t` and `\\` in a command-line string.

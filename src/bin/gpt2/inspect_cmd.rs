@@ -1,9 +1,10 @@
 //! `gpt2 inspect`: a forward pass told step by step, the logit lens, attention heatmaps, a
 //! summary of the parameters, and (inspect_evolution.rs) how a training run changed them.
 
-use crate::generate_cmd::{parse_ids, unescape};
+use crate::generate_cmd::unescape;
 use crate::inspect_evolution::{self, EvolutionArgs};
-use anyhow::{bail, Result};
+use crate::tokenize_cmd::parse_ids;
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use gpt2::config::Config;
 use gpt2::inspect::attention_map::write_attention_maps;
@@ -92,7 +93,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
             "{} has no tokenizer (no tokenizer files, vocabulary is not GPT-2's): give --prompt-ids",
             model_path.display()
         ),
-        (None, Some(ids), _) => parse_ids(ids)?,
+        (None, Some(ids), _) => parse_ids(ids).context("--prompt-ids")?,
         (None, None, _) => bail!("give a --prompt to follow through the model (or --summary)"),
     };
     let options = TraceOptions {
