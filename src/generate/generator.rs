@@ -5,6 +5,7 @@ use super::sampling::Sampling;
 use crate::error::{Error, Result};
 use crate::model::{Gpt, KvCache};
 use crate::rng::Rng;
+use serde::Serialize;
 use std::collections::VecDeque;
 
 /// What to generate.
@@ -40,13 +41,17 @@ pub struct Token {
     pub finish: Option<Finish>,
 }
 
-/// Why a sample ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a sample ended; serialized as `stop_token`, `length` or `stop_string`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Finish {
     /// The token is one of the stop tokens (it is still reported, like Hugging Face does).
     StopToken,
     /// The sample reached max_new_tokens.
     Length,
+    /// The sample's text reached a stop string ([`super::TextGenerator`]); the text ends
+    /// before it.
+    StopString,
 }
 
 /// Streams generated tokens, one [`Token`] at a time, as an iterator.
@@ -113,6 +118,11 @@ impl<'m> Generator<'m> {
             queue: VecDeque::new(),
             options,
         })
+    }
+
+    /// Samples decoded side by side.
+    pub fn num_samples(&self) -> usize {
+        self.options.num_samples
     }
 
     /// The ids generated so far for `sample` (the prompt not included).

@@ -1,14 +1,17 @@
 //! Text generation: sampling strategies ([`Sampling`]), the decoding loop with a KV cache
-//! ([`Generator`], an iterator of tokens for streaming), and [`TextStream`], which turns the
-//! bytes of streamed tokens into printable text and watches for stop strings.
+//! ([`Generator`], an iterator of tokens for streaming), and [`TextGenerator`], which decodes
+//! the streamed tokens into text, ends samples at stop strings and says why each ended, with
+//! [`TextStream`] turning one sample's token bytes into printable text.
 
 pub mod generator;
 pub mod sampling;
 pub mod stream;
+pub mod text;
 
 pub use generator::{Finish, GenerateOptions, Generator, Token};
 pub use sampling::Sampling;
 pub use stream::TextStream;
+pub use text::{TextGenerator, TextToken};
 
 use crate::error::Result;
 use crate::model::Gpt;

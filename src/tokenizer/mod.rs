@@ -292,6 +292,14 @@ impl Tokenizer {
         Ok(out)
     }
 
+    /// The bytes of `ids`, where an id outside the vocabulary stands for U+FFFD (a model's
+    /// vocabulary can be padded beyond its tokenizer's).
+    pub fn decode_bytes_lossy(&self, ids: &[u32]) -> Vec<u8> {
+        ids.iter()
+            .flat_map(|&id| self.decode_bytes(&[id]).unwrap_or_else(|_| "\u{FFFD}".into()))
+            .collect()
+    }
+
     /// The text of `ids`; bytes that are not valid UTF-8 (a character cut between tokens)
     /// become U+FFFD.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

@@ -2,7 +2,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use gpt2::bench::{bench_generate, bench_steps, median, peak_rss_mb, BenchKind, BenchResult, GenerateBenchResult};
+use gpt2::bench::{
+    bench_generate, bench_steps, peak_rss_mb, summarize_rounds, BenchKind, BenchResult, GenerateBenchResult,
+    GenerateSummary, PytorchResult, Round, RoundsSummary,
+};
 use gpt2::io::detect;
 use gpt2::Config;
 use std::path::PathBuf;
@@ -118,105 +121,91 @@ impl BenchArgs {
 }
 
 pub fn run(cmd: &BenchCommand) -> Result<()> {
-    let (args, kind, mode) = match cmd {
-        BenchCommand::Train(a) => (a, BenchKind::Train, "train"),
-        BenchCommand::Forward(a) => (a, BenchKind::Forward, "forward"),
-        BenchCommand::Generate(a) => return run_generate(a),
-        BenchCommand::Load(a) => return run_load(a),
-    };
+    match cmd {
+        BenchCommand::Train(args) => run_steps(args, BenchKind::Train, "train"),
+        BenchCommand::Forward(args) => run_steps(args, BenchKind::Forward, "forward"),
+        BenchCommand::Generate(args) => run_generate(args),
+        BenchCommand::Load(args) => run_load(args),
+    }
+}
+
+/// `gpt2 bench train|forward`: each round ours then PyTorch's (with --pytorch), printed as it
+/// ends; then the medians over the rounds.
+fn run_steps(args: &BenchArgs, kind: BenchKind, mode: &str) -> Result<()> {
     if args.rounds == 0 {
         bail!("--rounds must be at least 1");
     }
     let config = args.config()?;
     let mut rounds = Vec::with_capacity(args.rounds);
     for _ in 0..args.rounds {
-        let ours = bench_steps(
-            config.clone(),
-            kind,
-            args.batch_size,
-            args.block_size,
-            args.steps,
-            args.warmup,
-        )?;
-        let peer = match &args.pytorch {
-            Some(python) => {
-                let shape = [("--batch-size", args.batch_size), ("--block-size", args.block_size)];
-                let runs = [("--steps", args.steps), ("--warmup", args.warmup)];
-                Some(run_pytorch(python, mode, &config, &[&shape[..], &runs[..]].concat())?)
-            }
-            None => None,
-        };
+        let round = run_round(args, &config, kind, mode)?;
         if !args.json {
-            print_result("gpt2 (rust)", mode, &ours);
-            if let Some(peer) = &peer {
-                let peer_ms = step_ms(peer);
-                println!(
-                    "pytorch     {mode}: {peer_ms:.1} ms/step (median), {:.1} tokens/s, peak RSS {:.0} MiB; speed-up {:.2}x",
-                    peer["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
-                    peer["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
-                    peer_ms / ours.step_ms_median
-                );
-            }
+            print_round(mode, &round);
         }
-        rounds.push((ours, peer));
+        rounds.push(round);
     }
-    // Medians over the rounds; the speed-up is the median of the rounds' own ratios.
-    let mut ours_ms: Vec<f64> = rounds.iter().map(|(ours, _)| ours.step_ms_median).collect();
-    let ours_ms = median(&mut ours_ms);
-    let (last, last_peer) = rounds.last().expect("at least one round");
-    let mut summary = last.clone();
-    summary.tokens_per_s *= summary.step_ms_median / ours_ms;
-    summary.step_ms_median = ours_ms;
-    summary.peak_rss_mb = peak_rss_mb();
-    let per_round: Vec<f64> = rounds
-        .iter()
-        .filter_map(|(ours, peer)| peer.as_ref().map(|peer| step_ms(peer) / ours.step_ms_median))
-        .collect();
-    let versus = (!per_round.is_empty()).then(|| {
-        let mut peer_ms: Vec<f64> = rounds
-            .iter()
-            .filter_map(|(_, peer)| peer.as_ref().map(step_ms))
-            .collect();
-        let mut sorted = per_round.clone();
-        (
-            median(&mut peer_ms),
-            median(&mut sorted),
-            sorted[0],
-            sorted[sorted.len() - 1],
-        )
-    });
+    let summary = summarize_rounds(&rounds)?;
     if args.json {
-        let mut out = serde_json::to_value(&summary)?;
-        out["rounds"] = serde_json::json!(args.rounds);
-        if let (Some(peer), Some((peer_ms, ratio, ..))) = (last_peer, versus) {
-            out["pytorch"] = peer.clone();
-            out["pytorch_step_ms_median"] = serde_json::json!(peer_ms);
-            out["speedup_vs_pytorch"] = serde_json::json!(ratio);
-            out["speedup_per_round"] = serde_json::json!(per_round);
-        }
-        println!("{out}");
-        return Ok(());
-    }
-    if args.rounds > 1 {
-        println!(
-            "median of {} rounds: {ours_ms:.1} ms/step, {:.1} tokens/s",
-            args.rounds, summary.tokens_per_s
-        );
-    }
-    match versus {
-        Some((_, ratio, ..)) if args.rounds == 1 => println!("speed-up vs PyTorch: {ratio:.2}x"),
-        Some((peer_ms, ratio, lowest, highest)) => println!(
-            "speed-up vs PyTorch: {ratio:.2}x (median of the rounds' ratios, {lowest:.2}x to {highest:.2}x; \
-             PyTorch's median {peer_ms:.1} ms/step)"
-        ),
-        None => {}
+        println!("{}", serde_json::to_value(&summary)?); // (a Value prints its keys sorted)
+    } else {
+        print_summary(&summary);
     }
     Ok(())
 }
 
-/// The median step time of a PyTorch result.
-fn step_ms(peer: &serde_json::Value) -> f64 {
-    peer["step_ms_median"].as_f64().unwrap_or(f64::NAN)
+/// One round: our steps, then PyTorch's with the same shapes when --pytorch is given.
+fn run_round(args: &BenchArgs, config: &Config, kind: BenchKind, mode: &str) -> Result<Round> {
+    let ours = bench_steps(
+        config.clone(),
+        kind,
+        args.batch_size,
+        args.block_size,
+        args.steps,
+        args.warmup,
+    )?;
+    let pytorch = match &args.pytorch {
+        Some(python) => {
+            let shape = [("--batch-size", args.batch_size), ("--block-size", args.block_size)];
+            let runs = [("--steps", args.steps), ("--warmup", args.warmup)];
+            Some(run_pytorch(python, mode, config, &[&shape[..], &runs[..]].concat())?)
+        }
+        None => None,
+    };
+    Ok(Round { ours, pytorch })
+}
+
+fn print_round(mode: &str, round: &Round) {
+    print_result("gpt2 (rust)", mode, &round.ours);
+    if let Some(peer) = &round.pytorch {
+        println!(
+            "pytorch     {mode}: {:.1} ms/step (median), {:.1} tokens/s, peak RSS {:.0} MiB; speed-up {:.2}x",
+            peer.step_ms_median,
+            peer.tokens_per_s,
+            peer.peak_rss_mb,
+            peer.step_speedup(&round.ours)
+        );
+    }
+}
+
+fn print_summary(summary: &RoundsSummary) {
+    if summary.rounds > 1 {
+        println!(
+            "median of {} rounds: {:.1} ms/step, {:.1} tokens/s",
+            summary.rounds, summary.ours.step_ms_median, summary.ours.tokens_per_s
+        );
+    }
+    match &summary.versus_pytorch {
+        Some(versus) if summary.rounds == 1 => println!("speed-up vs PyTorch: {:.2}x", versus.speedup),
+        Some(versus) => println!(
+            "speed-up vs PyTorch: {:.2}x (median of the rounds' ratios, {:.2}x to {:.2}x; \
+             PyTorch's median {:.1} ms/step)",
+            versus.speedup,
+            versus.lowest(),
+            versus.highest(),
+            versus.pytorch_step_ms_median
+        ),
+        None => {}
+    }
 }
 
 fn run_load(args: &LoadArgs) -> Result<()> {
@@ -263,7 +252,7 @@ fn run_generate(args: &GenerateBenchArgs) -> Result<()> {
         args.runs,
         args.warmup,
     )?;
-    let peer = match &args.pytorch {
+    let pytorch = match &args.pytorch {
         Some(python) => {
             let shape = [
                 ("--prompt-tokens", args.prompt_tokens),
@@ -279,25 +268,20 @@ fn run_generate(args: &GenerateBenchArgs) -> Result<()> {
         }
         None => None,
     };
-    let peer_tps = peer.as_ref().map(|p| p["tokens_per_s"].as_f64().unwrap_or(f64::NAN));
+    let summary = GenerateSummary::new(ours, pytorch);
     if args.json {
-        let mut out = serde_json::to_value(&ours)?;
-        if let (Some(peer), Some(tps)) = (&peer, peer_tps) {
-            out["pytorch"] = peer.clone();
-            out["speedup_vs_pytorch"] = serde_json::json!(ours.tokens_per_s / tps);
-        }
-        println!("{out}");
+        println!("{}", serde_json::to_value(&summary)?); // (a Value prints its keys sorted)
         return Ok(());
     }
-    print_generate("gpt2 (rust)", &ours);
-    if let (Some(peer), Some(tps)) = (peer, peer_tps) {
+    print_generate("gpt2 (rust)", &summary.ours);
+    if let (Some(peer), Some(speedup)) = (&summary.pytorch, summary.speedup_vs_pytorch) {
         println!(
             "pytorch     generate: prefill {:.1} ms, decode {:.1} tokens/s, peak RSS {:.0} MiB  [Hugging Face generate()]",
-            peer["prefill_ms"].as_f64().unwrap_or(f64::NAN),
-            tps,
-            peer["peak_rss_mb"].as_f64().unwrap_or(f64::NAN)
+            peer.prefill_ms.unwrap_or(f64::NAN),
+            peer.tokens_per_s,
+            peer.peak_rss_mb
         );
-        println!("speed-up vs PyTorch: {:.2}x", ours.tokens_per_s / tps);
+        println!("speed-up vs PyTorch: {speedup:.2}x");
     }
     Ok(())
 }
@@ -318,8 +302,8 @@ fn print_generate(who: &str, r: &GenerateBenchResult) {
 }
 
 /// Runs the PyTorch peer with the model's sizes, the thread count and the given shape flags;
-/// returns its JSON summary.
-fn run_pytorch(python: &PathBuf, mode: &str, c: &Config, flags: &[(&str, usize)]) -> Result<serde_json::Value> {
+/// returns the result it prints as JSON on its last line.
+fn run_pytorch(python: &PathBuf, mode: &str, c: &Config, flags: &[(&str, usize)]) -> Result<PytorchResult> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench_pytorch.py");
     let output = Command::new(python)
         .arg(script)

@@ -6,12 +6,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args};
-use gpt2::generate::{Finish, GenerateOptions, Generator, Sampling, TextStream};
+use gpt2::generate::{GenerateOptions, Generator, Sampling, TextGenerator};
 use gpt2::io::{load_model_with_tokenizer, Loaded};
 use gpt2::rng::Rng;
 use gpt2::tokenizer::{SpecialTokens, Tokenizer};
 use gpt2::Gpt;
 use serde_json::json;
+
+use crate::tokenize_cmd::parse_ids;
 
 #[derive(Args)]
 #[command(group(ArgGroup::new("input").required(true).args(["prompt", "prompt_file", "prompt_ids", "interactive"])))]
@@ -124,7 +126,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
             (_, Some(file), _) => Prompt::Text(
                 std::fs::read_to_string(file).with_context(|| format!("reading the prompt from {}", file.display()))?,
             ),
-            (_, _, Some(ids)) => Prompt::Ids(parse_ids(ids)?),
+            (_, _, Some(ids)) => Prompt::Ids(parse_ids(ids).context("--prompt-ids")?),
             _ => unreachable!("clap requires one prompt source"),
         };
         return run.generate(&prompt, seed, true);
@@ -169,6 +171,20 @@ impl Run<'_> {
     /// Generates the samples of one prompt from `seed`, streaming them (or printing JSON at the
     /// end). `echo` prints the prompt text before each sample.
     fn generate(&self, prompt: &Prompt, seed: u64, echo: bool) -> Result<()> {
+        let ids = self.prompt_ids(prompt)?;
+        let start = Instant::now();
+        let tokens = Generator::new(self.model, &ids, self.options.clone(), &mut Rng::new(seed))?;
+        let mut generator = TextGenerator::new(tokens, self.tokenizer, &self.stops)?;
+        let head = match (echo && !self.json, self.tokenizer) {
+            (true, Some(tokenizer)) => String::from_utf8_lossy(&tokenizer.decode_bytes_lossy(&ids)).into_owned(),
+            _ => String::new(),
+        };
+        self.stream(&mut generator, &head)?;
+        self.report(&generator, &ids, seed, start.elapsed().as_secs_f64())
+    }
+
+    /// The prompt's token ids, with a note when the context cannot hold all that is to come.
+    fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
         let ids = match (prompt, self.tokenizer) {
             (Prompt::Ids(ids), _) => ids.clone(),
             (Prompt::Text(text), Some(tokenizer)) => tokenizer.encode_with_special(text, SpecialTokens::Allow)?,
@@ -188,66 +204,44 @@ impl Run<'_> {
                 self.options.max_new_tokens
             );
         }
-        let start = Instant::now();
-        let mut generator = Generator::new(self.model, &ids, self.options.clone(), &mut Rng::new(seed))?;
-        let samples = self.options.num_samples;
-        let mut texts: Vec<TextStream> = (0..samples).map(|_| TextStream::new(&self.stops)).collect();
-        let mut finish = vec![""; samples];
-        let mut out = Printer::new(samples, !self.json);
-        let head = match (echo && !self.json, self.tokenizer) {
-            (true, Some(tokenizer)) => decode_lossy(tokenizer, &ids),
-            _ => String::new(),
-        };
-        out.start(&head);
-        while let Some(token) = generator.next() {
+        Ok(ids)
+    }
+
+    /// Runs the generator to the end, printing each sample (after `head`) as its text comes:
+    /// the text, or the ids when the model has no tokenizer. Prints nothing with --json.
+    fn stream(&self, generator: &mut TextGenerator, head: &str) -> Result<()> {
+        let mut out = Printer::new(self.options.num_samples, !self.json);
+        out.start(head);
+        for token in generator {
             let token = token?;
-            let s = token.sample;
             let piece = match self.tokenizer {
-                // The stop token (<|endoftext|>) ends the text; it is not part of it.
-                Some(_) if token.finish == Some(Finish::StopToken) => String::new(),
-                Some(tokenizer) => texts[s].push(&token_bytes(tokenizer, token.id)).to_string(),
+                Some(_) => token.text,
                 None => format!("{} ", token.id),
             };
-            out.write(s, &piece)?;
-            let ended = if texts[s].is_stopped() {
-                generator.stop_sample(s)?; // (nothing to do if the token ended the sample anyway)
-                Some("stop_string")
-            } else {
-                token.finish.map(|f| match f {
-                    Finish::StopToken => "stop_token",
-                    Finish::Length => "length",
-                })
-            };
-            if let Some(reason) = ended {
-                let rest = texts[s].finish().to_string();
-                out.write(s, &rest)?;
-                finish[s] = reason;
-                out.end(s)?;
+            out.write(token.sample, &piece)?;
+            if token.finish.is_some() {
+                out.end(token.sample)?;
             }
         }
-        // Samples that made no token at all (--max-new-tokens 0) end here.
-        for (s, reason) in finish.iter_mut().enumerate().filter(|(_, r)| r.is_empty()) {
-            *reason = "length";
-            out.end(s)?;
-        }
-        let seconds = start.elapsed().as_secs_f64();
+        // Samples that made no token at all (--max-new-tokens 0) end here; ending the others
+        // again changes nothing.
+        (0..self.options.num_samples).try_for_each(|s| out.end(s))
+    }
+
+    /// Prints the JSON object of the finished generation, or the speed line on stderr.
+    fn report(&self, generator: &TextGenerator, ids: &[u32], seed: u64, seconds: f64) -> Result<()> {
+        let samples = self.options.num_samples;
         let new_tokens: usize = (0..samples).map(|s| generator.new_tokens(s).len()).sum();
-        if self.json {
-            let samples: Vec<_> = (0..samples)
-                .map(|s| {
-                    let text = self.tokenizer.map(|_| texts[s].text());
-                    json!({"ids": generator.new_tokens(s), "text": text, "finish": finish[s]})
-                })
-                .collect();
-            let tokens_per_s = new_tokens as f64 / seconds;
-            let out = json!({"prompt_ids": ids, "samples": samples, "tokens_per_s": tokens_per_s, "seed": seed});
-            writeln!(std::io::stdout().lock(), "{out}")?; // an error, not a panic, on a closed pipe
-        } else {
-            eprintln!(
-                "[{new_tokens} tokens in {seconds:.2} s: {:.1} tokens/s; seed {seed}]",
-                new_tokens as f64 / seconds,
-            );
+        let tokens_per_s = new_tokens as f64 / seconds;
+        if !self.json {
+            eprintln!("[{new_tokens} tokens in {seconds:.2} s: {tokens_per_s:.1} tokens/s; seed {seed}]");
+            return Ok(());
         }
+        let samples: Vec<_> = (0..samples)
+            .map(|s| json!({"ids": generator.new_tokens(s), "text": generator.text(s), "finish": generator.finish(s)}))
+            .collect();
+        let out = json!({"prompt_ids": ids, "samples": samples, "tokens_per_s": tokens_per_s, "seed": seed});
+        writeln!(std::io::stdout().lock(), "{out}")?; // an error, not a panic, on a closed pipe
         Ok(())
     }
 }
@@ -306,28 +300,6 @@ impl Printer {
         stdout.flush()?;
         Ok(())
     }
-}
-
-/// The bytes of token `id`; U+FFFD for an id beyond the tokenizer (a padded vocabulary).
-fn token_bytes(tokenizer: &Tokenizer, id: u32) -> Vec<u8> {
-    tokenizer.decode_bytes(&[id]).unwrap_or_else(|_| "\u{FFFD}".into())
-}
-
-/// The text of `ids`, with U+FFFD for ids beyond the tokenizer and for broken UTF-8.
-fn decode_lossy(tokenizer: &Tokenizer, ids: &[u32]) -> String {
-    let bytes: Vec<u8> = ids.iter().flat_map(|&id| token_bytes(tokenizer, id)).collect();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// Token ids separated by spaces and/or commas.
-pub(crate) fn parse_ids(text: &str) -> Result<Vec<u32>> {
-    text.split([' ', ',', '\n', '\t'])
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<u32>()
-                .with_context(|| format!("--prompt-ids: '{s}' is not a token id"))
-        })
-        .collect()
 }
 
 /// `\n`, `\t` and `\\` in a command-line string.

@@ -1,9 +1,10 @@
 //! `gpt2 inspect`: a forward pass told step by step, the logit lens, attention heatmaps, a
 //! summary of the parameters, and (inspect_evolution.rs) how a training run changed them.
 
-use crate::generate_cmd::{parse_ids, unescape};
+use crate::generate_cmd::unescape;
 use crate::inspect_evolution::{self, EvolutionArgs};
-use anyhow::{bail, Result};
+use crate::tokenize_cmd::parse_ids;
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use gpt2::config::Config;
 use gpt2::inspect::attention_map::write_attention_maps;
@@ -13,7 +14,7 @@ use gpt2::inspect::trace::{self, logit_lens, LogitLens, TensorTrace, Trace, Trac
 use gpt2::io::{detect, load_model_with_tokenizer, Loaded};
 use gpt2::model::Workspace;
 use gpt2::plot::ImageFormat;
-use gpt2::tokenizer::SpecialTokens;
+use gpt2::tokenizer::{SpecialTokens, Tokenizer};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -71,29 +72,31 @@ pub fn run(args: &InspectArgs) -> Result<()> {
         return inspect_evolution::run(&args.evolution, args.json);
     }
     if args.summary {
-        let config = match (&args.preset, &args.model) {
-            (Some(preset), _) => Config::preset(preset)?,
-            (None, Some(model)) => detect(model)?.config()?,
-            (None, None) => bail!("give --model or --preset"),
-        };
-        let summary = summarize(&config);
-        match args.json {
-            true => println!("{}", serde_json::to_string_pretty(&summary)?),
-            false => print_summary(&summary),
-        }
-        return Ok(());
+        return run_summary(args);
     }
+    run_trace(args)
+}
+
+/// --summary: the parameter tensors of a model's or a preset's shape.
+fn run_summary(args: &InspectArgs) -> Result<()> {
+    let config = match (&args.preset, &args.model) {
+        (Some(preset), _) => Config::preset(preset)?,
+        (None, Some(model)) => detect(model)?.config()?,
+        (None, None) => bail!("give --model or --preset"),
+    };
+    let summary = summarize(&config);
+    match args.json {
+        true => println!("{}", serde_json::to_string_pretty(&summary)?),
+        false => print_summary(&summary),
+    }
+    Ok(())
+}
+
+/// A prompt followed through the model, with the logit lens and attention heatmaps when asked.
+fn run_trace(args: &InspectArgs) -> Result<()> {
     let model_path = args.model.as_ref().expect("clap requires --model without --preset");
     let Loaded { model, tokenizer, .. } = load_model_with_tokenizer(model_path)?;
-    let ids = match (&args.prompt, &args.prompt_ids, &tokenizer) {
-        (Some(text), _, Some(tokenizer)) => tokenizer.encode_with_special(&unescape(text), SpecialTokens::Allow)?,
-        (Some(_), _, None) => bail!(
-            "{} has no tokenizer (no tokenizer files, vocabulary is not GPT-2's): give --prompt-ids",
-            model_path.display()
-        ),
-        (None, Some(ids), _) => parse_ids(ids)?,
-        (None, None, _) => bail!("give a --prompt to follow through the model (or --summary)"),
-    };
+    let ids = prompt_ids(args, model_path, tokenizer.as_ref())?;
     let options = TraceOptions {
         layer: args.layer,
         head: args.head,
@@ -133,15 +136,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     }
 
     if args.json {
-        let mut out = serde_json::to_value(&trace)?;
-        if let Some(lens) = &lens {
-            out["logit_lens"] = serde_json::to_value(lens)?;
-        }
-        if !maps.is_empty() {
-            out["attention_maps"] = json!(maps);
-        }
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
+        return print_json(&trace, lens.as_ref(), &maps);
     }
     let cfg = &model.config;
     println!(
@@ -159,6 +154,32 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     for path in &maps {
         println!("wrote {}", path.display());
     }
+    Ok(())
+}
+
+/// The ids of --prompt (with the model's tokenizer) or of --prompt-ids.
+fn prompt_ids(args: &InspectArgs, model_path: &Path, tokenizer: Option<&Tokenizer>) -> Result<Vec<u32>> {
+    Ok(match (&args.prompt, &args.prompt_ids, tokenizer) {
+        (Some(text), _, Some(tokenizer)) => tokenizer.encode_with_special(&unescape(text), SpecialTokens::Allow)?,
+        (Some(_), _, None) => bail!(
+            "{} has no tokenizer (no tokenizer files, vocabulary is not GPT-2's): give --prompt-ids",
+            model_path.display()
+        ),
+        (None, Some(ids), _) => parse_ids(ids).context("--prompt-ids")?,
+        (None, None, _) => bail!("give a --prompt to follow through the model (or --summary)"),
+    })
+}
+
+/// The trace as one JSON object, with the logit lens and the heatmaps' files when there are.
+fn print_json(trace: &Trace, lens: Option<&LogitLens>, maps: &[PathBuf]) -> Result<()> {
+    let mut out = serde_json::to_value(trace)?;
+    if let Some(lens) = lens {
+        out["logit_lens"] = serde_json::to_value(lens)?;
+    }
+    if !maps.is_empty() {
+        out["attention_maps"] = json!(maps);
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
 

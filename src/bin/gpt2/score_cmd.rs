@@ -6,6 +6,8 @@ use gpt2::eval::score_tokens;
 use gpt2::io::load_model_with_tokenizer;
 use std::path::PathBuf;
 
+use crate::tokenize_cmd::parse_ids;
+
 #[derive(Args)]
 pub struct ScoreArgs {
     /// Model, in any format (detected from its contents): a Hugging Face or OpenAI checkpoint
@@ -36,13 +38,7 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
                 model.config.vocab_size
             ),
         },
-        (None, Some(path)) => read(path)?
-            .split_whitespace()
-            .map(|w| {
-                w.parse::<u32>()
-                    .with_context(|| format!("{}: '{w}' is not a token id", path.display()))
-            })
-            .collect::<Result<Vec<u32>>>()?,
+        (None, Some(path)) => parse_ids(&read(path)?).with_context(|| path.display().to_string())?,
         (None, None) => bail!("give the text to score with --text <file> (or token ids with --tokens <file>)"),
     };
     let score = score_tokens(&model, &ids)?;

@@ -73,9 +73,9 @@ fn read_input(file: Option<&Path>) -> Result<String> {
     }
 }
 
-/// Token ids written as a JSON list, a JSON object with "ids", or numbers separated by
-/// whitespace or commas.
-fn parse_ids(input: &str) -> Result<Vec<u32>> {
+/// Token ids written as a JSON list, a JSON object with "ids" (what `--json` prints), or
+/// numbers separated by whitespace and/or commas. Every command that reads ids uses it.
+pub(crate) fn parse_ids(input: &str) -> Result<Vec<u32>> {
     let trimmed = input.trim_start();
     if trimmed.starts_with('[') || trimmed.starts_with('{') {
         let value: serde_json::Value = serde_json::from_str(trimmed).context("reading token ids as JSON")?;
@@ -85,7 +85,7 @@ fn parse_ids(input: &str) -> Result<Vec<u32>> {
     input
         .split(|c: char| c.is_whitespace() || c == ',')
         .filter(|w| !w.is_empty())
-        .map(|w| w.parse::<u32>().with_context(|| format!("{w:?} is not a token id")))
+        .map(|w| w.parse::<u32>().with_context(|| format!("'{w}' is not a token id")))
         .collect()
 }
 
@@ -148,4 +148,25 @@ pub fn run_bpe(command: &BpeCommand) -> Result<()> {
         path.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ids;
+
+    #[test]
+    fn ids_are_read_as_json_or_separated_by_whitespace_and_commas() {
+        for input in [
+            "464 3290,318",
+            " 464,\n3290\t318\n",
+            "[464, 3290, 318]",
+            r#"{"ids": [464, 3290, 318]}"#,
+        ] {
+            assert_eq!(parse_ids(input).unwrap(), [464, 3290, 318], "{input:?}");
+        }
+        assert!(parse_ids(" \n").unwrap().is_empty());
+        let error = format!("{:#}", parse_ids("1 x2").unwrap_err());
+        assert!(error.starts_with("'x2' is not a token id"), "{error}");
+        assert!(parse_ids("[1, -2]").is_err() && parse_ids("{bad").is_err());
+    }
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gpt2::train::{Event, Overrides, RunOptions, Summary, TrainConfig, Trainer};
+use gpt2::train::{Event, Overrides, RunInfo, RunOptions, Summary, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::io::IsTerminal;
@@ -136,78 +136,15 @@ fn absolute(path: &str) -> std::io::Result<PathBuf> {
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
-    let mut overrides = match &args.config {
-        Some(path) => TrainConfig::overrides_from_toml(path)?,
-        None => Overrides::new(),
-    };
-    let serde_json::Value::Object(flags) = serde_json::to_value(args)? else {
-        bail!("flags are an object")
-    };
-    overrides.extend(flags.into_iter().filter(|(_, v)| !v.is_null()));
-
-    let mut trainer = match &args.resume {
-        Some(dir) => Trainer::resume(dir, &overrides)?,
-        None => Trainer::new(TrainConfig::default().with_overrides(&overrides)?)?,
-    };
-    let interrupt = Arc::new(AtomicBool::new(false));
-    let flag = interrupt.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\nCtrl-C: saving a checkpoint after this step (press Ctrl-C again to quit without saving)");
-    })
-    .context("installing the Ctrl-C handler")?;
-
-    let info = trainer.info().clone();
-    let bar = if std::io::stdout().is_terminal() {
-        ProgressBar::new(info.max_iters as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30.cyan/blue} step {pos}/{len} {msg} ETA {eta}")
-            .expect("a valid template")
-            .progress_chars("=> "),
-    );
+    let mut trainer = trainer(args)?;
     let options = RunOptions {
         stop_at: None,
-        interrupt: Some(interrupt),
+        interrupt: Some(interrupt_on_ctrl_c()?),
     };
+    let bar = progress_bar(trainer.info().max_iters);
     let summary = trainer.run(&options, &mut |event| match event {
         Event::Started(info) => {
-            let m = &info.model;
-            let source = if info.cached {
-                "from the cache"
-            } else {
-                "tokenised into"
-            };
-            if info.resumed {
-                println!("resuming {} at step {}", info.run_dir.display(), info.start_step);
-            }
-            println!(
-                "data: {} file{}, {} tokens ({source} {}); tokenizer {} ({} ids); train {} / val {} tokens",
-                info.files,
-                if info.files == 1 { "" } else { "s" },
-                info.tokens,
-                info.shard.display(),
-                info.tokenizer,
-                info.vocab_size,
-                info.train_tokens,
-                info.val_tokens
-            );
-            println!(
-                "model: {:.2}M parameters ({} layers, {} heads, {} wide, context {}); {} tokens per step in {} batch shard{}; run dir {}",
-                info.params as f64 / 1e6,
-                m.n_layer,
-                m.n_head,
-                m.n_embd,
-                m.n_positions,
-                info.tokens_per_step,
-                info.shards,
-                if info.shards == 1 { "" } else { "s" },
-                info.run_dir.display()
-            );
+            print_start(info);
             bar.set_position(info.start_step as u64);
             bar.reset_eta();
         }
@@ -233,6 +170,89 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         std::process::exit(130);
     }
     Ok(())
+}
+
+/// The trainer of a new run, or of the run to resume, with the settings of --config and the
+/// flags (flags win).
+fn trainer(args: &TrainArgs) -> Result<Trainer> {
+    let mut overrides = match &args.config {
+        Some(path) => TrainConfig::overrides_from_toml(path)?,
+        None => Overrides::new(),
+    };
+    let serde_json::Value::Object(flags) = serde_json::to_value(args)? else {
+        bail!("flags are an object")
+    };
+    overrides.extend(flags.into_iter().filter(|(_, v)| !v.is_null()));
+    Ok(match &args.resume {
+        Some(dir) => Trainer::resume(dir, &overrides)?,
+        None => Trainer::new(TrainConfig::default().with_overrides(&overrides)?)?,
+    })
+}
+
+/// A flag that the first Ctrl-C sets (the run then saves a checkpoint after the current step
+/// and stops); a second Ctrl-C quits at once.
+fn interrupt_on_ctrl_c() -> Result<Arc<AtomicBool>> {
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: saving a checkpoint after this step (press Ctrl-C again to quit without saving)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(interrupt)
+}
+
+/// The step counter, drawn only on a terminal (piped output gets the printed lines alone).
+fn progress_bar(max_iters: usize) -> ProgressBar {
+    let bar = if std::io::stdout().is_terminal() {
+        ProgressBar::new(max_iters as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30.cyan/blue} step {pos}/{len} {msg} ETA {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// What the run trains on and what it trains.
+fn print_start(info: &RunInfo) {
+    let m = &info.model;
+    let source = if info.cached {
+        "from the cache"
+    } else {
+        "tokenised into"
+    };
+    if info.resumed {
+        println!("resuming {} at step {}", info.run_dir.display(), info.start_step);
+    }
+    println!(
+        "data: {} file{}, {} tokens ({source} {}); tokenizer {} ({} ids); train {} / val {} tokens",
+        info.files,
+        if info.files == 1 { "" } else { "s" },
+        info.tokens,
+        info.shard.display(),
+        info.tokenizer,
+        info.vocab_size,
+        info.train_tokens,
+        info.val_tokens
+    );
+    println!(
+        "model: {:.2}M parameters ({} layers, {} heads, {} wide, context {}); {} tokens per step in {} batch shard{}; run dir {}",
+        info.params as f64 / 1e6,
+        m.n_layer,
+        m.n_head,
+        m.n_embd,
+        m.n_positions,
+        info.tokens_per_step,
+        info.shards,
+        if info.shards == 1 { "" } else { "s" },
+        info.run_dir.display()
+    );
 }
 
 fn print_summary(s: &Summary) {

@@ -1,6 +1,13 @@
 //! Throughput measurements: the training step and the forward pass on random tokens, and
-//! generation (prefill time, decode tokens/s).
+//! generation (prefill time, decode tokens/s); medians over rounds ([`rounds`]) and the
+//! comparison with the PyTorch peer ([`pytorch`]).
 //! (Benchmarks print numbers; tests never assert on time.)
+
+pub mod pytorch;
+pub mod rounds;
+
+pub use pytorch::{GenerateSummary, PytorchResult};
+pub use rounds::{summarize_rounds, Comparison, Round, RoundsSummary};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
