@@ -3,7 +3,9 @@
 //! checked without torch (no timing is asserted: only how the figures relate).
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
+
+mod common;
+use common::{gpt2, temp_dir};
 
 fn bench(extra: &[&str]) -> std::process::Output {
     let tiny = [
@@ -28,11 +30,7 @@ fn bench(extra: &[&str]) -> std::process::Output {
         "--warmup",
         "0",
     ];
-    Command::new(env!("CARGO_BIN_EXE_gpt2"))
-        .args(tiny)
-        .args(extra)
-        .output()
-        .unwrap()
+    gpt2().args(tiny).args(extra).output().unwrap()
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -42,8 +40,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 #[test]
 fn rounds_report_the_median_of_the_rounds_ratios() {
-    let dir = std::env::temp_dir().join(format!("gpt2-cli-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("cli-bench");
     let python = dir.join("python");
     let peer = r#"{"step_ms_median": 250.0, "tokens_per_s": 64.0, "peak_rss_mb": 1.0}"#;
     std::fs::write(&python, format!("#!/bin/sh\necho '{peer}'\n")).unwrap();

@@ -6,30 +6,25 @@ use gpt2::model::Weights;
 use gpt2::tokenizer::{Tokenizer, EOT_ID};
 use gpt2::{Config, Gpt};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn tiny() -> PathBuf {
-    Path::new(FIXTURES).join("tiny")
-}
+mod common;
+use common::{fixture, gpt2 as gpt2_bin, temp_dir};
 
 /// A model directory in the temp dir, removed when dropped.
 struct TempModel(PathBuf);
 
 impl TempModel {
     fn dir(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("gpt2-cli-generate-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempModel(dir)
+        TempModel(temp_dir(&format!("cli-generate-{name}")))
     }
 
     /// The tiny fixture model with a character tokenizer over its 96 ids ('\n', ASCII 32..127).
     fn with_chars(name: &str) -> Self {
         let model = TempModel::dir(name);
         for file in ["config.json", "model.safetensors"] {
-            std::fs::copy(tiny().join(file), model.0.join(file)).unwrap();
+            std::fs::copy(fixture("tiny").join(file), model.0.join(file)).unwrap();
         }
         let chars: Vec<char> = std::iter::once('\n').chain((32u8..127).map(char::from)).collect();
         Tokenizer::char_level(chars).unwrap().save(&model.0).unwrap();
@@ -63,7 +58,7 @@ impl Drop for TempModel {
 }
 
 fn gpt2(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gpt2"))
+    let mut child = gpt2_bin()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -94,10 +89,10 @@ fn ids(value: &serde_json::Value) -> Vec<u64> {
 
 #[test]
 fn greedy_ids_from_the_command_line_match_hugging_face() {
-    let text = std::fs::read_to_string(Path::new(FIXTURES).join("tiny_generate.json")).unwrap();
-    let fixture: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let prompt: Vec<String> = ids(&fixture["prompt_ids"]).iter().map(u64::to_string).collect();
-    let model = tiny();
+    let text = std::fs::read_to_string(fixture("tiny_generate.json")).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let prompt: Vec<String> = ids(&expected["prompt_ids"]).iter().map(u64::to_string).collect();
+    let model = fixture("tiny");
     let args = [
         "generate",
         "--model",
@@ -108,8 +103,8 @@ fn greedy_ids_from_the_command_line_match_hugging_face() {
         "--json",
     ];
     let out = json(&gpt2(&[&args[..], &["--prompt-ids", &prompt.join(" ")]].concat(), ""));
-    let expected = ids(&fixture["greedy_ids"]);
-    assert_eq!(ids(&out["samples"][0]["ids"]), expected[prompt.len()..]);
+    let greedy = ids(&expected["greedy_ids"]);
+    assert_eq!(ids(&out["samples"][0]["ids"]), greedy[prompt.len()..]);
     assert_eq!(out["samples"][0]["finish"], "length");
 }
 
@@ -224,7 +219,7 @@ fn bad_input_is_a_clear_error_not_a_panic() {
         stderr.contains("not a model") && !stderr.contains("panicked"),
         "{stderr}"
     );
-    let no_tokenizer = tiny();
+    let no_tokenizer = fixture("tiny");
     let out = gpt2(
         &["generate", "--model", no_tokenizer.to_str().unwrap(), "--interactive"],
         "1 2\n",
@@ -316,7 +311,7 @@ fn ids_beyond_the_tokenizer_print_as_replacement_characters() {
     // The tiny model has 96 ids; this tokenizer knows the first 95 (a padded vocabulary).
     let model = TempModel::dir("padded");
     for file in ["config.json", "model.safetensors"] {
-        std::fs::copy(tiny().join(file), model.0.join(file)).unwrap();
+        std::fs::copy(fixture("tiny").join(file), model.0.join(file)).unwrap();
     }
     let chars: Vec<char> = std::iter::once('\n').chain((32u8..126).map(char::from)).collect();
     Tokenizer::char_level(chars).unwrap().save(&model.0).unwrap();
