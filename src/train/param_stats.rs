@@ -10,7 +10,7 @@
 
 use super::jsonl::{null_as_nan, LogRecord};
 use crate::model::params::TensorSpec;
-use crate::ops::adamw::AdamW;
+use crate::optim::AdamW;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -93,7 +93,7 @@ impl LogRecord for ParamStatsRecord {
 
 /// The statistics of `params` (laid out by `specs`) after `step` updates. `last_update` is the
 /// optimizer and the learning rate of its last update (None before the first): the update is
-/// recomputed from the optimizer's moments ([`crate::ops::adamw::StepScalars::change`]), one
+/// recomputed from the optimizer's moments ([`crate::optim::StepScalars::change`]), one
 /// pass at evaluation time and no copy of the weights at every step.
 pub fn measure(
     step: usize,
@@ -138,7 +138,7 @@ pub fn measure(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::adamw::AdamWConfig;
+    use crate::optim::AdamWConfig;
 
     #[test]
     fn moments_and_the_update_ratio_of_known_tensors() {
