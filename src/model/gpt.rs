@@ -2,7 +2,7 @@
 //! its backward pass, op by op in reverse.
 
 use super::activations::{Activations, GradActs};
-use super::params::{init_params, Weights};
+use super::params::{init_params, num_params, Weights};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ops::attention::{attention_backward, attention_forward, AttnShape};
@@ -39,7 +39,7 @@ impl Gpt {
     pub fn from_params(config: Config, params: Vec<f32>) -> Self {
         assert_eq!(
             params.len(),
-            config.num_params(),
+            num_params(&config),
             "parameter buffer does not match the config"
         );
         Gpt {

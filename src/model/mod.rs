@@ -11,4 +11,4 @@ pub mod params;
 pub use data_parallel::DataParallel;
 pub use gpt::Gpt;
 pub use kv_cache::KvCache;
-pub use params::{param_specs, TensorSpec, Weights};
+pub use params::{num_params, param_specs, TensorSpec, Weights};
