@@ -16,6 +16,7 @@ pub mod ops;
 pub mod optim;
 pub mod plot;
 pub mod rng;
+pub mod runlog;
 pub mod tokenizer;
 pub mod train;
 

@@ -1,5 +1,5 @@
 //! Training evolution: how a run's weights moved. The per-tensor statistics the trainer logs at
-//! each evaluation (`param_stats.jsonl`, see [`crate::train::param_stats`]) drawn over the
+//! each evaluation (`param_stats.jsonl`, see [`crate::runlog::param_stats`]) drawn over the
 //! steps, and how the token embedding `wte` changed between two models: the cosine similarity
 //! of each row before and after, and the nearest neighbours of chosen tokens in each.
 //!
@@ -7,15 +7,15 @@
 //! model before training) and `latest/`, but as well OpenAI's GPT-2 and a model fine-tuned from
 //! it.
 
-pub use crate::train::param_stats::{Moments, ParamStatsRecord, TensorStats};
+pub use crate::runlog::param_stats::{Moments, ParamStatsRecord, TensorStats};
 
 use super::token_piece;
 use crate::error::{Error, Result};
 use crate::io::{load_model_with_tokenizer, Loaded};
 use crate::model::Gpt;
 use crate::plot::{short_number, write_chart, Chart, DrawResult, ImageFormat, FONT};
+use crate::runlog::{jsonl, param_stats, INIT_DIR};
 use crate::tokenizer::{SpecialTokens, Tokenizer};
-use crate::train::{jsonl, param_stats, INIT_DIR};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use rayon::prelude::*;

@@ -14,10 +14,9 @@
 
 pub mod checkpoint;
 pub mod config;
-pub mod jsonl;
 pub mod metrics;
-pub mod param_stats;
 pub mod plot;
+pub mod stats;
 
 pub use config::{Overrides, TrainConfig};
 pub use metrics::{EvalRecord, StepRecord};
@@ -33,11 +32,12 @@ use crate::model::data_parallel::auto_shards;
 use crate::model::{param_specs, DataParallel, Gpt};
 use crate::optim::{clip_factor, AdamW, AdamWConfig, LrSchedule};
 use crate::rng::Rng;
+use crate::runlog::jsonl::JsonLines;
+use crate::runlog::param_stats::{self, ParamStatsRecord};
+use crate::runlog::INIT_DIR;
 use crate::tokenizer::{CharLevel, Tokenizer};
 use checkpoint::{Checkpoint, TrainerState};
-use jsonl::JsonLines;
 use metrics::{MetricsLog, Record};
-use param_stats::ParamStatsRecord;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -127,9 +127,6 @@ pub struct Trainer {
     param_log: JsonLines<ParamStatsRecord>,
     info: RunInfo,
 }
-
-/// The run directory's copy of the model before training, written when a run starts.
-pub const INIT_DIR: &str = "init";
 
 /// Seeds of the separate random streams, derived from the run's seed.
 const DROPOUT_STREAM: u64 = 0xD50F_0000_0000_0001;
@@ -529,7 +526,7 @@ impl Trainer {
             .step
             .checked_sub(1)
             .map(|last| (&self.optimizer, self.schedule.at(last)));
-        param_stats::measure(
+        stats::measure(
             self.step,
             &param_specs(&self.model.config),
             &self.model.params,
