@@ -113,11 +113,6 @@ impl Config {
         Ok(())
     }
 
-    /// Number of parameters with the LM head tied to the token embedding.
-    pub fn num_params(&self) -> usize {
-        crate::model::params::param_specs(self).iter().map(|s| s.numel()).sum()
-    }
-
     /// Parses a Hugging Face `config.json`. Options that this implementation does not
     /// support (another activation, attention scaling variants, untied head) are errors.
     pub fn from_hf_json(text: &str) -> Result<Self> {

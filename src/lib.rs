@@ -1,7 +1,7 @@
 //! GPT-2 from scratch: a model you can read, train, run and look inside.
 //!
 //! Data flows one way: text → [`tokenizer`] → token ids → [`model::Gpt`] → logits, then either
-//! loss → backward → [`ops::adamw`] (training) or logits → sampler (generation).
+//! loss → backward → [`optim`] (training) or logits → sampler (generation).
 
 pub mod bench;
 pub mod config;
@@ -13,8 +13,10 @@ pub mod inspect;
 pub mod io;
 pub mod model;
 pub mod ops;
+pub mod optim;
 pub mod plot;
 pub mod rng;
+pub mod runlog;
 pub mod tokenizer;
 pub mod train;
 

@@ -4,7 +4,7 @@
 
 use gpt2::io::safetensors::{to_f32, MappedFile};
 use gpt2::model::param_specs;
-use gpt2::ops::adamw::{clip_factor, AdamW, AdamWConfig};
+use gpt2::optim::{clip_factor, AdamW, AdamWConfig};
 use gpt2::Workspace;
 use std::path::Path;
 

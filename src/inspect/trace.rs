@@ -15,8 +15,8 @@ use crate::model::{Gpt, Workspace};
 use crate::ops::layernorm::layernorm_forward;
 use crate::ops::matmul::{all_threads, gemm};
 use crate::ops::{max, sum_exp};
+use crate::runlog::param_stats::Moments;
 use crate::tokenizer::Tokenizer;
-use crate::train::param_stats::Moments;
 use rayon::prelude::*;
 use serde::Serialize;
 

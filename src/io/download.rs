@@ -205,10 +205,7 @@ fn fetch(
     expected: &Expected,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<()> {
-    let mut have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
-    if expected.size.is_some_and(|size| have > size) {
-        have = 0; // longer than the file: not a prefix of it
-    }
+    let have = kept_bytes(part, expected);
     if have > 0 && expected.size == Some(have) {
         return Ok(()); // complete from an earlier attempt: verified next
     }
@@ -217,31 +214,7 @@ fn fetch(
         request = request.header("Range", format!("bytes={have}-"));
     }
     let resp = request.call().map_err(|e| Error::download(url, e.to_string()))?;
-    let status = resp.status().as_u16();
-    let (start, total) = match status {
-        206 => {
-            let range = header(&resp, "content-range").unwrap_or_default();
-            match parse_content_range(&range) {
-                Some((first, total)) if first == have => (have, total),
-                _ => {
-                    return Err(Error::download(
-                        url,
-                        format!("asked for bytes {have}-, the server sent Content-Range '{range}'"),
-                    ))
-                }
-            }
-        }
-        200 => (0, header(&resp, "content-length").and_then(|s| s.parse().ok())),
-        // The kept bytes are no prefix of the file any more: start again next time.
-        416 => {
-            fs::remove_file(part).map_err(|e| Error::io(part, e))?;
-            return Err(Error::download(
-                url,
-                "the server refused to resume (HTTP 416); the partial file was deleted, run again",
-            ));
-        }
-        _ => return Err(http_error(url, status)),
-    };
+    let (start, total) = body_range(url, part, have, &resp)?;
     if let (Some(total), Some(size)) = (total, expected.size) {
         if total != size {
             let _ = fs::remove_file(part);
@@ -257,6 +230,64 @@ fn fetch(
         size,
         resumed_from: start,
     });
+    write_body(resp, url, part, (start, size), on_event)
+}
+
+/// The bytes of `part` that an earlier attempt left; none when there are more than the file
+/// has (they are not a prefix of it).
+fn kept_bytes(part: &Path, expected: &Expected) -> u64 {
+    let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    if expected.size.is_some_and(|size| have > size) {
+        0
+    } else {
+        have
+    }
+}
+
+/// Where the response's body starts in the file, and the file's size if the server gives it:
+/// at `have` when the server resumes (206, its range checked), at 0 when it sends the whole
+/// file (200). A refusal to resume (416) deletes `part`.
+fn body_range(
+    url: &str,
+    part: &Path,
+    have: u64,
+    resp: &ureq::http::Response<ureq::Body>,
+) -> Result<(u64, Option<u64>)> {
+    let status = resp.status().as_u16();
+    match status {
+        206 => {
+            let range = header(resp, "content-range").unwrap_or_default();
+            match parse_content_range(&range) {
+                Some((first, total)) if first == have => Ok((have, total)),
+                _ => Err(Error::download(
+                    url,
+                    format!("asked for bytes {have}-, the server sent Content-Range '{range}'"),
+                )),
+            }
+        }
+        200 => Ok((0, header(resp, "content-length").and_then(|s| s.parse().ok()))),
+        // The kept bytes are no prefix of the file any more: start again next time.
+        416 => {
+            fs::remove_file(part).map_err(|e| Error::io(part, e))?;
+            Err(Error::download(
+                url,
+                "the server refused to resume (HTTP 416); the partial file was deleted, run again",
+            ))
+        }
+        _ => Err(http_error(url, status)),
+    }
+}
+
+/// Writes the body, which starts at byte `start` of the file, into `part`: after the kept
+/// bytes, or over them when `start` is 0. An interrupted transfer keeps what arrived (synced);
+/// more bytes than the file's `size` delete it.
+fn write_body(
+    resp: ureq::http::Response<ureq::Body>,
+    url: &str,
+    part: &Path,
+    (start, size): (u64, Option<u64>),
+    on_event: &mut dyn FnMut(Event),
+) -> Result<()> {
     let mut out = OpenOptions::new()
         .create(true)
         .write(true)

@@ -19,7 +19,7 @@ use super::mapped::MappedFile;
 use super::param_buffer::ParamBuffer;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::model::{param_specs, Gpt};
+use crate::model::{num_params, param_specs, Gpt};
 use crate::ops::matmul::transpose;
 use faer::Par;
 use safetensors::Dtype;
@@ -166,7 +166,7 @@ pub fn load_llmc(path: &Path) -> Result<Gpt> {
     let bytes = file.bytes();
     let (config, vp, dtype) = read_header(path, bytes)?;
     let width = dtype.width();
-    let params = (config.num_params() + (vp - config.vocab_size) * config.n_embd) as u64;
+    let params = (num_params(&config) + (vp - config.vocab_size) * config.n_embd) as u64;
     let expected = HEADER_BYTES as u64 + params * width as u64;
     if bytes.len() as u64 != expected {
         return Err(Error::weights(

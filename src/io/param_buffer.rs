@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::model::{param_specs, TensorSpec};
+use crate::model::{num_params, param_specs, TensorSpec};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -21,7 +21,7 @@ impl ParamBuffer {
     /// config that needs more is refused before anything is allocated. (The pages are only
     /// touched as tensors are written: a load peaks at the buffer plus what the reader holds.)
     pub fn new(config: &Config, path: &Path, data_bytes: u64) -> Result<Self> {
-        let needed = 2 * config.num_params() as u64;
+        let needed = 2 * num_params(config) as u64;
         if needed > data_bytes {
             return Err(Error::weights(
                 path,

@@ -7,7 +7,7 @@
 
 use super::block::{block_backward, block_forward, Keys};
 use super::kv_cache::KvCache;
-use super::params::{init_params, Weights};
+use super::params::{init_params, num_params, Weights};
 use super::workspace::{BlockShape, Workspace};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -39,7 +39,7 @@ impl Gpt {
     pub fn from_params(config: Config, params: Vec<f32>) -> Self {
         assert_eq!(
             params.len(),
-            config.num_params(),
+            num_params(&config),
             "parameter buffer does not match the config"
         );
         Gpt { config, params }

@@ -4,7 +4,6 @@
 //! Backward functions *accumulate* (`+=`) into parameter gradients, so gradient accumulation
 //! over micro-batches is free; gradients of activations are written as the op documents.
 
-pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod dropout;

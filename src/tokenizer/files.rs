@@ -40,7 +40,7 @@ use serde_json::Value;
 use super::bpe::{BpeSpec, MergeRule};
 use super::bytes::{bytes_to_text, text_to_bytes};
 use super::char_level::CharLevel;
-use super::gpt2::EOT;
+use super::gpt2::{self, parse_vocab_bpe, EOT};
 use super::Tokenizer;
 use crate::error::{Error, Result};
 
@@ -75,30 +75,6 @@ fn read_text(path: &Path) -> Result<String> {
 
 fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&read_text(path)?).map_err(|e| bad(path, e))
-}
-
-/// Merges of a `vocab.bpe` / `merges.txt`: an optional `#version` line, then `left right` per
-/// line, both in GPT-2's byte alphabet.
-pub fn parse_vocab_bpe(text: &str, path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut merges = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.is_empty() || (n == 0 && line.starts_with("#version")) {
-            continue;
-        }
-        let pair = line
-            .split_once(' ')
-            .and_then(|(l, r)| Some((text_to_bytes(l)?, text_to_bytes(r)?)));
-        match pair {
-            Some((l, r)) if !l.is_empty() && !r.is_empty() => merges.push((l, r)),
-            _ => {
-                return Err(bad(
-                    path,
-                    format_args!("line {}: expected two byte-level tokens, found {line:?}", n + 1),
-                ))
-            }
-        }
-    }
-    Ok(merges)
 }
 
 /// The bytes of a token written in GPT-2's byte alphabet.
@@ -443,7 +419,7 @@ pub fn save_in_model_dir(tokenizer: &Tokenizer, path: &Path) -> Result<()> {
     };
     let (merges, ignore_merges) = match (tokenizer, rule) {
         // GPT-2 encodes by tiktoken's ranks, which give the same tokens as vocab.bpe's merges.
-        (Tokenizer::Gpt2(_), _) => (super::gpt2::merges().to_vec(), false),
+        (Tokenizer::Gpt2(_), _) => (gpt2::merges().to_vec(), false),
         (_, MergeRule::Merges { merges, ignore_merges }) => (merges, ignore_merges),
         (_, MergeRule::Ranks) => return save(tokenizer, path),
     };

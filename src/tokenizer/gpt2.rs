@@ -4,16 +4,16 @@
 //! order. The 50,257 ids follow: ids 0..256 are the single bytes in GPT-2's byte order
 //! (bytes.rs), id 256 + i is the token made by merge i, and 50256 is `<|endoftext|>`.
 //! This is how tiktoken derives `r50k_base` from the same file, and it reproduces OpenAI's
-//! `encoder.json`. Encoding uses tiktoken's rank rule ([`MergeRule::Ranks`]).
+//! `encoder.json`. Encoding uses tiktoken's rank rule ([`MergeRule::Ranks`]). The `vocab.bpe`
+//! parser is here too; the other tokenizer files read their merges with it.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use super::bpe::{Bpe, BpeSpec, MergeRule};
-use super::bytes::BYTE_ORDER;
-use super::files::parse_vocab_bpe;
+use super::bytes::{text_to_bytes, BYTE_ORDER};
 use super::hash::FxMap;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// GPT-2's end-of-text token.
 pub const EOT: &str = "<|endoftext|>";
@@ -34,9 +34,7 @@ fn build() -> Result<Bundled> {
     let mut merges = Vec::new();
     for (left, right) in parse_vocab_bpe(VOCAB_BPE, Path::new("data/tokenizer/vocab.bpe"))? {
         let (Some(&l), Some(&r)) = (ids.get(&left), ids.get(&right)) else {
-            return Err(crate::error::Error::Tokenizer(
-                "bundled vocab.bpe merges an unknown token".into(),
-            ));
+            return Err(Error::Tokenizer("bundled vocab.bpe merges an unknown token".into()));
         };
         let merged = [left, right].concat();
         ids.insert(merged.clone(), tokens.len() as u32);
@@ -53,6 +51,32 @@ fn build() -> Result<Bundled> {
         bpe: Arc::new(bpe),
         merges,
     })
+}
+
+/// Merges of a `vocab.bpe` (GPT-2's merges file, Hugging Face's `merges.txt`): an optional
+/// `#version` line, then `left right` per line, both in GPT-2's byte alphabet. `path` names the
+/// file in errors.
+pub fn parse_vocab_bpe(text: &str, path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut merges = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.is_empty() || (n == 0 && line.starts_with("#version")) {
+            continue;
+        }
+        let pair = line
+            .split_once(' ')
+            .and_then(|(l, r)| Some((text_to_bytes(l)?, text_to_bytes(r)?)));
+        match pair {
+            Some((l, r)) if !l.is_empty() && !r.is_empty() => merges.push((l, r)),
+            _ => {
+                return Err(Error::Tokenizer(format!(
+                    "{}: line {}: expected two byte-level tokens, found {line:?}",
+                    path.display(),
+                    n + 1
+                )))
+            }
+        }
+    }
+    Ok(merges)
 }
 
 fn bundled() -> &'static Bundled {

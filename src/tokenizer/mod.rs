@@ -9,7 +9,7 @@
 //!   read from Hugging Face / OpenAI / tiktoken files.
 //!
 //! One file per idea: `bytes` (GPT-2's byte <-> character table), `pretokenize` (the GPT-2
-//! split pattern), `bpe` (encode/decode by merges), `gpt2` (the bundled vocabulary),
+//! split pattern), `bpe` (encode/decode by merges), `gpt2` (the bundled vocabulary, the vocab.bpe format),
 //! `char_level`, `train` (BPE training), `files` (reading and writing vocabularies).
 
 mod bpe;

@@ -7,14 +7,13 @@
 //! - `tokenizer.json`: the tokenizer.
 
 use super::config::TrainConfig;
-use super::schedule::LrSchedule;
 use crate::data::DataPosition;
 use crate::error::{Error, Result};
 use crate::io::atomic::{write_dir, write_synced};
 use crate::io::hf::{load_hf_dir, write_hf_files};
 use crate::io::safetensors::{to_f32, write_safetensors, MappedFile, TensorOut};
 use crate::model::Gpt;
-use crate::ops::adamw::AdamW;
+use crate::optim::{AdamW, LrSchedule};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};

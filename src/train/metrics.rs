@@ -2,8 +2,8 @@
 //! evaluation (the lines with `val_loss`). A loss, norm or perplexity that overflowed is written
 //! as `null` and read back as NaN.
 
-use super::jsonl::{null_as_nan, JsonLines, LogRecord};
 use crate::error::Result;
+use crate::runlog::jsonl::{null_as_nan, JsonLines, LogRecord};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

@@ -15,32 +15,29 @@
 
 pub mod checkpoint;
 pub mod config;
-pub mod jsonl;
 pub mod metrics;
-pub mod param_stats;
 pub mod plot;
 pub mod run_dir;
-pub mod schedule;
 mod setup;
+pub mod stats;
 
 pub use config::{Overrides, TrainConfig};
 pub use metrics::{EvalRecord, StepRecord};
-pub use run_dir::INIT_DIR;
 
 use crate::config::Config;
 use crate::data::{Batch, BatchStream, Dataset, Split};
 use crate::error::{Error, Result};
 use crate::generate::{generate_ids, Sampling};
 use crate::model::{param_specs, DataParallel, Gpt};
-use crate::ops::adamw::{clip_factor, AdamW};
 use crate::ops::set_zero;
+use crate::optim::{clip_factor, AdamW, LrSchedule};
 use crate::rng::Rng;
+use crate::runlog::jsonl::JsonLines;
+use crate::runlog::param_stats::ParamStatsRecord;
+use crate::runlog::INIT_DIR;
 use crate::tokenizer::Tokenizer;
 use checkpoint::TrainerState;
-use jsonl::JsonLines;
 use metrics::{MetricsLog, Record};
-use param_stats::ParamStatsRecord;
-use schedule::LrSchedule;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -294,7 +291,7 @@ impl Trainer {
             .step
             .checked_sub(1)
             .map(|last| (&self.optimizer, self.schedule.at(last)));
-        param_stats::measure(
+        stats::measure(
             self.step,
             &param_specs(&self.model.config),
             &self.model.params,

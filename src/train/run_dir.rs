@@ -5,9 +5,6 @@ use super::checkpoint;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
-/// The run directory's copy of the model before training, written when a run starts.
-pub const INIT_DIR: &str = "init";
-
 /// Makes the run directory: `out_dir` (which must not hold a run already), or
 /// `runs/<UTC timestamp>` with the symbolic link `runs/latest` pointing at it.
 pub(super) fn create_run_dir(out_dir: Option<&Path>) -> Result<PathBuf> {

@@ -4,11 +4,8 @@
 
 use super::checkpoint::{self, Checkpoint};
 use super::config::{self, Overrides, TrainConfig};
-use super::jsonl::JsonLines;
 use super::metrics::MetricsLog;
-use super::param_stats;
-use super::run_dir::{create_run_dir, INIT_DIR};
-use super::schedule::LrSchedule;
+use super::run_dir::create_run_dir;
 use super::{RunInfo, Trainer, DROPOUT_STREAM};
 use crate::config::Config;
 use crate::data::{corpus_key, eval_starts, read_corpus, tokenize_cached, BatchStream, Dataset, Document, Windows};
@@ -16,8 +13,11 @@ use crate::error::{Error, Result};
 use crate::io::{atomic, cache, load_model_with_tokenizer, save_model, ExportFormat, Loaded};
 use crate::model::data_parallel::auto_shards;
 use crate::model::{param_specs, DataParallel, Gpt};
-use crate::ops::adamw::{AdamW, AdamWConfig};
+use crate::optim::{AdamW, AdamWConfig, LrSchedule};
 use crate::rng::Rng;
+use crate::runlog::jsonl::JsonLines;
+use crate::runlog::param_stats;
+use crate::runlog::INIT_DIR;
 use crate::tokenizer::{CharLevel, Tokenizer};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

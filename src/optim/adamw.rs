@@ -1,6 +1,8 @@
-//! AdamW with PyTorch's semantics, and global gradient-norm clipping.
+//! AdamW with PyTorch's semantics: decoupled weight decay on the 2-D tensors only (the decay
+//! groups), and global gradient-norm clipping.
 
 use crate::model::params::TensorSpec;
+use crate::ops::{sum_squares_f64, zeroed};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -88,8 +90,8 @@ impl AdamW {
             .collect();
         AdamW {
             config,
-            m: super::zeroed(offset),
-            v: super::zeroed(offset),
+            m: zeroed(offset),
+            v: zeroed(offset),
             t: 0,
             tensors,
             norm_partials: Vec::new(),
@@ -154,7 +156,7 @@ impl AdamW {
     pub fn grad_norm(&mut self, grads: &[f32]) -> f32 {
         grads
             .par_chunks(CHUNK)
-            .map(super::sum_squares_f64)
+            .map(sum_squares_f64)
             .collect_into_vec(&mut self.norm_partials);
         self.norm_partials.iter().sum::<f64>().sqrt() as f32
     }
