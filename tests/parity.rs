@@ -2,7 +2,8 @@
 //! scripts/make_fixtures.py made: logits, loss, every gradient, and the parameters after three
 //! AdamW steps with gradient clipping.
 
-use gpt2::io::safetensors::{to_f32, MappedFile};
+use gpt2::io::dtype::to_f32;
+use gpt2::io::mapped::MappedFile;
 use gpt2::model::param_specs;
 use gpt2::optim::{clip_factor, AdamW, AdamWConfig};
 use gpt2::Workspace;

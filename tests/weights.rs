@@ -3,8 +3,9 @@
 //! (scripts/make_weight_fixtures.py), must give the Hugging Face logits; damaged files must give
 //! errors that say what is wrong, never a panic.
 
+use gpt2::io::dtype::to_f32;
 use gpt2::io::llmc::{save_llmc, LlmcDtype};
-use gpt2::io::safetensors::{to_f32, MappedFile};
+use gpt2::io::mapped::MappedFile;
 use gpt2::io::{detect, load_model, load_model_with_tokenizer, save_model, ExportFormat, Format};
 use gpt2::{Gpt, Workspace};
 use std::fs;

@@ -1,7 +1,7 @@
 //! A read-only memory map of a weight file, whose pages can be handed back once a tensor has
 //! been copied out, so that loading a model peaks at about its size in memory, not twice that.
 
-use super::safetensors::{dtype_width, to_f32};
+use super::dtype::{dtype_width, to_f32};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use safetensors::Dtype;

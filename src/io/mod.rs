@@ -16,6 +16,7 @@ pub mod atomic;
 pub mod cache;
 pub mod crc32c;
 pub mod download;
+pub mod dtype;
 pub mod hf;
 pub mod llmc;
 pub mod mapped;

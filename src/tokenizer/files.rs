@@ -40,8 +40,8 @@ use serde_json::Value;
 use super::bpe::{BpeSpec, MergeRule};
 use super::bytes::{bytes_to_text, text_to_bytes};
 use super::char_level::CharLevel;
+use super::codec::Tokenizer;
 use super::gpt2::{self, parse_vocab_bpe, EOT};
-use super::Tokenizer;
 use crate::error::{Error, Result};
 
 /// The file name of a saved tokenizer in a model directory.
