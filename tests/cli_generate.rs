@@ -267,6 +267,23 @@ fn interactive_from_a_pipe_echoes_each_prompt_and_fails_if_a_line_failed() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let out = gpt2(&args, "abc\n");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A line that is not UTF-8 is reported by number, and the session goes on.
+    let mut child = gpt2_bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"\xff\xfe\nxyz\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("reading line 1 of standard input") && stderr.contains("1 line of standard input failed"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("xyz"));
+    assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]

@@ -199,7 +199,10 @@ impl Run<'_> {
             }
         }
         if failed > 0 {
-            bail!("{failed} of the lines read failed (see the errors above)");
+            bail!(
+                "{failed} line{} of standard input failed (see the errors above)",
+                if failed == 1 { "" } else { "s" }
+            );
         }
         Ok(())
     }
