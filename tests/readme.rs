@@ -192,3 +192,32 @@ fn evolution_takes_the_run_as_its_value() {
     assert!(err.contains("/nonexistent-run"), "{err}");
     assert!(!err.contains("unexpected argument"), "{err}");
 }
+
+/// The quick start, run outright where it stands in a fresh directory: its `gpt2 train` with a
+/// tiny model (the default takes half a minute), then every other line exactly as written.
+#[cfg(unix)]
+#[test]
+fn the_quick_start_runs() {
+    let start = README.find("Quick start").expect("a quick start");
+    let block = README[start..].split("```").nth(1).expect("its code block");
+    let lines: Vec<String> = command_lines(&format!("```{block}```"));
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    let dir = common::temp_dir("readme-quick-start");
+    std::os::unix::fs::symlink(concat!(env!("CARGO_MANIFEST_DIR"), "/data"), dir.join("data")).unwrap();
+    let tiny = "--n-layer 1 --n-embd 16 --n-head 2 --block-size 16 --batch-size 2 --max-iters 2 --eval-iters 1";
+    for (i, line) in lines.iter().enumerate() {
+        let mut words = shell_words(line);
+        if i == 0 {
+            assert_eq!(words, ["train"]);
+            words.extend(tiny.split(' ').map(str::to_string));
+            words.extend(["--cache-dir".into(), dir.join("cache").to_str().unwrap().into()]);
+        }
+        let out = common::gpt2().current_dir(&dir).args(&words).output().unwrap();
+        assert!(
+            out.status.success(),
+            "`gpt2 {line}`: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
