@@ -162,7 +162,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         Event::Step(s) => {
             if log_interval > 0 && s.step % log_interval == 0 {
                 println!(
-                    "step {}: loss {:.4}, lr {:.2e}, {:.1} ms/step, {:.0} tokens/s",
+                    "step {}: loss {:.4}, lr {:.2e}, {:.2} ms/step, {:.0} tokens/s",
                     s.step,
                     s.train_loss,
                     s.lr,
