@@ -189,7 +189,12 @@ impl Config {
     pub fn from_hf_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Config::from_hf_json(&text).map_err(|e| match e {
-            Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
+            // The file's path stands in for the generic "config.json: " of the text parser.
+            Error::Config(msg) => Error::Config(format!(
+                "{}: {}",
+                path.display(),
+                msg.strip_prefix("config.json: ").unwrap_or(&msg)
+            )),
             other => other,
         })
     }

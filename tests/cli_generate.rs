@@ -178,7 +178,11 @@ fn interactive_answers_each_line_with_the_model_loaded_once() {
         "5",
     ];
     let out = gpt2(&[&args[..], &["--json"]].concat(), "abc\n\nxyz\né\nabc\n");
-    let lines = json_lines(&out);
+    assert_eq!(out.status.code(), Some(1), "a line failed");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3, "the empty line is skipped, the bad one is reported");
     assert_eq!(
         lines[0]["samples"], lines[2]["samples"],
@@ -191,14 +195,18 @@ fn interactive_answers_each_line_with_the_model_loaded_once() {
 fn bad_input_is_a_clear_error_not_a_panic() {
     let dir = TempModel::with_chars("errors");
     let model = dir.path();
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 13] = [
         (&["--prompt", ""], "empty"),
         (&["--prompt", "a", "--num-samples", "18446744073709551615"], "KV cache"),
         (&["--prompt", "é"], "unknown character"),
-        (&["--prompt", "a", "--top-p", "0"], "top_p"),
-        (&["--prompt", "a", "--top-p", "1.5"], "top_p"),
-        (&["--prompt", "a", "--temperature", "-1"], "temperature"),
-        (&["--prompt", "a", "--top-k", "0"], "top_k"),
+        (&["--prompt", "a", "--top-p", "0"], "--top-p must be in (0, 1]"),
+        (&["--prompt", "a", "--top-p", "1.5"], "--top-p"),
+        (&["--prompt", "a", "--top-p", "-0.5"], "--top-p"),
+        (&["--prompt", "a", "--temperature", "-1"], "--temperature"),
+        (&["--prompt", "a", "--temperature", "inf"], "finite"),
+        (&["--prompt", "a", "--repetition-penalty", "-1"], "--repetition-penalty"),
+        (&["--prompt", "a", "--top-k", "0"], "--top-k"),
+        (&["--prompt", "a", "--stop", ""], "--stop \"\""),
         (&["--prompt-ids", "1 x"], "not a token id"),
         (&["--prompt-ids", "1 96"], "outside the vocabulary"),
     ];
@@ -227,6 +235,73 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("--interactive reads prompts as text"), "{stderr}");
+}
+
+#[test]
+fn interactive_from_a_pipe_echoes_each_prompt_and_fails_if_a_line_failed() {
+    let model = TempModel::with_chars("interactive-pipe");
+    let args = [
+        "generate",
+        "--model",
+        model.path(),
+        "--interactive",
+        "--greedy",
+        "--max-new-tokens",
+        "3",
+    ];
+    let out = gpt2(&args, "abc\né\nxyz\n");
+    let (stdout, stderr) = (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    );
+    let answers: Vec<&str> = stdout.lines().collect();
+    assert_eq!(answers.len(), 2, "{stdout}");
+    assert!(
+        answers[0].starts_with("abc") && answers[1].starts_with("xyz"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("line 2") && stderr.contains("unknown character"),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let out = gpt2(&args, "abc\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A line that is not UTF-8 is reported by number, and the session goes on.
+    let mut child = gpt2_bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"\xff\xfe\nxyz\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("reading line 1 of standard input") && stderr.contains("1 line of standard input failed"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("xyz"));
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn skip_unknown_leaves_out_characters_a_char_model_lacks() {
+    let model = TempModel::with_chars("skip-unknown");
+    let args = [
+        "generate",
+        "--model",
+        model.path(),
+        "--greedy",
+        "--max-new-tokens",
+        "2",
+        "--json",
+    ];
+    let skipped = json(&gpt2(&[&args[..], &["--prompt", "aéb", "--skip-unknown"]].concat(), ""));
+    let plain = json(&gpt2(&[&args[..], &["--prompt", "ab"]].concat(), ""));
+    assert_eq!(skipped["prompt_ids"], plain["prompt_ids"]);
+    assert_eq!(skipped["samples"], plain["samples"]);
 }
 
 #[test]

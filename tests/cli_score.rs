@@ -53,3 +53,30 @@ fn score_errors_are_clear() {
     let out = run_gpt2(&["score", "--model", "/nonexistent-model", "--text", VERDICT]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no such file"));
 }
+
+#[test]
+fn a_character_outside_a_char_model_names_the_file_and_offset_or_is_skipped() {
+    let (dir, _, _) = char_model("unknown");
+    let model = dir.to_str().unwrap();
+    let text = dir.join("text.txt");
+    std::fs::write(&text, "I had always thought ☃ Jack").unwrap();
+    let out = run_gpt2(&["score", "--model", model, "--text", text.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for expected in [text.to_str().unwrap(), "at byte 21", "--skip-unknown"] {
+        assert!(stderr.contains(expected), "missing {expected:?} in {stderr}");
+    }
+    let out = run_gpt2(&[
+        "score",
+        "--model",
+        model,
+        "--text",
+        text.to_str().unwrap(),
+        "--skip-unknown",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["tokens"], "I had always thought  Jack".len());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -164,3 +164,119 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A one-block model that trains in milliseconds.
+const TINY: [&str; 12] = [
+    "--n-layer",
+    "1",
+    "--n-embd",
+    "16",
+    "--n-head",
+    "2",
+    "--block-size",
+    "16",
+    "--batch-size",
+    "2",
+    "--eval-iters",
+    "1",
+];
+
+#[test]
+fn piped_output_logs_every_log_interval_steps() {
+    let dir = temp_dir("log-interval");
+    // The test's stdout is a pipe: no progress bar, so the log lines are printed.
+    let output = train(&dir, &TINY)
+        .args(["--max-iters", "7", "--log-interval", "3", "--sample-tokens", "5"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let logged: Vec<&str> = stdout.lines().filter(|l| l.contains("ms/step")).collect();
+    assert_eq!(logged.len(), 3, "steps 0, 3 and 6:\n{stdout}");
+    for (line, step) in logged.iter().zip([0, 3, 6]) {
+        assert!(line.starts_with(&format!("step {step}: loss ")), "{line}");
+        assert!(line.contains(" lr ") && line.ends_with("tokens/s"), "{line}");
+    }
+    let quiet = train(&dir, &TINY)
+        .args(["--max-iters", "2", "--log-interval", "0", "--sample-tokens", "5"])
+        .output()
+        .unwrap();
+    assert!(!text(&quiet).0.contains("ms/step"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_run_with_nothing_to_train_says_so() {
+    let dir = temp_dir("nothing-to-train");
+    let output = train(&dir, &TINY)
+        .args(["--max-iters", "2", "--sample-tokens", "5"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{:?}", text(&output));
+    for max_iters in ["2", "1"] {
+        let resumed = gpt2()
+            .args(["--threads", "1", "train", "--resume"])
+            .arg(dir.join("run"))
+            .args(["--max-iters", max_iters])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&resumed);
+        assert!(resumed.status.success(), "{stdout}\n{stderr}");
+        assert!(
+            stdout.contains(&format!("the run is already at step 2 and --max-iters is {max_iters}"))
+                && stdout.contains("--max-iters N (N > 2)"),
+            "{stdout}"
+        );
+    }
+    let fresh = temp_dir("nothing-to-train-new");
+    let output = train(&fresh, &TINY).args(["--max-iters", "0"]).output().unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("--max-iters is 0, so nothing was trained"), "{stdout}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&fresh).unwrap();
+}
+
+#[test]
+fn negative_numbers_reach_the_range_checks() {
+    let dir = temp_dir("negative");
+    for (flag, value) in [("--lr", "-1"), ("--dropout", "-0.5"), ("--val-fraction", "-0.1")] {
+        let output = train(&dir, &[flag, value]).output().unwrap();
+        let (_, stderr) = text(&output);
+        assert_eq!(output.status.code(), Some(1), "{flag} {value}: {stderr}");
+        assert!(!stderr.contains("unexpected argument"), "{flag} {value}: {stderr}");
+    }
+    // An unsigned flag: clap's own message, naming the flag and the value.
+    let output = train(&dir, &["--max-iters", "-1"]).output().unwrap();
+    let (_, stderr) = text(&output);
+    assert!(stderr.contains("--max-iters") && stderr.contains("-1"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_main_job_ends_with_the_command_to_try_next() {
+    let dir = temp_dir("next-command");
+    let output = gpt2()
+        .current_dir(&dir)
+        .args([
+            "--threads",
+            "1",
+            "train",
+            "--max-iters",
+            "1",
+            "--sample-tokens",
+            "5",
+            "--cache-dir",
+        ])
+        .arg(dir.join("cache"))
+        .args(TINY)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    // The test's binary lies under target/, so the command is cargo's.
+    let next = "next, try:  cargo run --release -- generate --model runs/latest --prompt \"ROMEO:\"";
+    assert!(stdout.trim_end().ends_with(next), "{stdout}");
+    assert!(dir.join("runs/latest/latest/model.safetensors").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -54,8 +54,9 @@ impl Dataset {
         }
         if val.len() < window {
             return Err(Error::Input(format!(
-                "the validation split (the last {:.0}% of the corpus: {} tokens) is too small to evaluate: it needs at least block_size + 1 = {window} tokens (give more text, a larger --val-fraction or a smaller --block-size)",
-                val_fraction * 100.0,
+                "the validation split (the last {}% of the corpus: {} tokens) is too small to evaluate: it needs at least block_size + 1 = {window} tokens (give more text, a larger --val-fraction or a smaller --block-size)",
+                // As many digits as the fraction has: 0.001 is 0.1%, not 0%.
+                (val_fraction * 100.0) as f32,
                 val.len()
             )));
         }

@@ -42,25 +42,26 @@ impl Sampling {
         }
     }
 
-    /// Checks the settings: temperature >= 0, top_k >= 1, top_p in (0, 1], penalty > 0.
+    /// Checks the settings: temperature >= 0, top_k >= 1, top_p in (0, 1], penalty > 0, each
+    /// finite. The errors name the command-line flags, which users meet first.
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return Err(Error::Input(format!(
-                "temperature must be >= 0 (0 = greedy), got {}",
+                "--temperature must be a finite number >= 0 (0 = greedy), got {}",
                 self.temperature
             )));
         }
         if self.top_k == Some(0) {
             return Err(Error::Input(
-                "top_k must be >= 1 (leave it out to keep every token)".into(),
+                "--top-k must be >= 1 (leave it out to keep every token)".into(),
             ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::Input(format!("top_p must be in (0, 1], got {}", self.top_p)));
+            return Err(Error::Input(format!("--top-p must be in (0, 1], got {}", self.top_p)));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
             return Err(Error::Input(format!(
-                "repetition_penalty must be > 0, got {}",
+                "--repetition-penalty must be a finite number > 0 (1: off), got {}",
                 self.repetition_penalty
             )));
         }

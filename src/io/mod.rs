@@ -126,51 +126,15 @@ pub fn detect(path: &Path) -> Result<Format> {
         }
         return Err(Error::weights(
             path,
-            "not a model: expected a Hugging Face directory (config.json + model.safetensors), an OpenAI \
-             checkpoint directory (hparams.json + model.ckpt.*), or a run directory with latest/",
+            format!(
+                "not a model: expected a Hugging Face directory (config.json + model.safetensors), an OpenAI \
+                 checkpoint directory (hparams.json + model.ckpt.*), or a run directory with latest/{}",
+                name_clash(path)
+            ),
         ));
     }
     if path.is_file() {
-        let file = mapped::MappedFile::open(path)?;
-        let bytes = file.bytes();
-        if bytes.len() >= 4 && i32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) == llmc::MAGIC {
-            return Ok(Format::Llmc(path.to_path_buf()));
-        }
-        // A file of a model directory stands for the directory, if it is the file that the
-        // directory's format reads (not, say, a checkpoint's optimizer.safetensors).
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if self::safetensors::has_header(bytes) {
-            let read_by_dir = name == "model.safetensors"
-                || (name.starts_with("model-") && dir.join("model.safetensors.index.json").is_file());
-            return match read_by_dir {
-                true => detect(dir),
-                false => Err(Error::weights(
-                    path,
-                    "a safetensors file, but not the model.safetensors (or a listed shard) of a Hugging Face \
-                     directory: a model is the directory holding config.json and model.safetensors",
-                )),
-            };
-        }
-        if sstable::has_magic(bytes) {
-            return match name.ends_with(".index") && dir.join("hparams.json").is_file() {
-                true => Ok(Format::OpenAi(dir.to_path_buf())),
-                false => Err(Error::weights(
-                    path,
-                    "a TensorFlow index, but not the .index of an OpenAI checkpoint directory (with hparams.json)",
-                )),
-            };
-        }
-        return Err(Error::weights(
-            path,
-            "not a model file: no llm.c magic (20240326), safetensors header or TensorFlow index magic",
-        ));
+        return detect_file(path);
     }
     let name = path.to_string_lossy();
     if cache::MODELS.contains(&name.as_ref()) {
@@ -188,6 +152,84 @@ pub fn detect(path: &Path) -> Result<Format> {
     match path.exists() {
         true => Err(Error::weights(path, "not a regular file or a directory")),
         false => Err(Error::weights(path, "no such file or directory")),
+    }
+}
+
+/// [`detect`] for a file: an llm.c file, or the weights file of a model directory (standing
+/// for the directory).
+fn detect_file(path: &Path) -> Result<Format> {
+    let file = mapped::MappedFile::open(path)?;
+    let bytes = file.bytes();
+    if bytes.len() >= 4 && i32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) == llmc::MAGIC {
+        return Ok(Format::Llmc(path.to_path_buf()));
+    }
+    // A file of a model directory stands for the directory, if it is the file that the
+    // directory's format reads (not, say, a checkpoint's optimizer.safetensors).
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if self::safetensors::has_header(bytes) {
+        let read_by_dir = name == "model.safetensors"
+            || (name.starts_with("model-") && dir.join("model.safetensors.index.json").is_file());
+        return match read_by_dir {
+            true => detect(dir),
+            false => Err(Error::weights(
+                path,
+                "a safetensors file, but not the model.safetensors (or a listed shard) of a Hugging Face \
+                 directory: a model is the directory holding config.json and model.safetensors",
+            )),
+        };
+    }
+    if sstable::has_magic(bytes) {
+        return match name.ends_with(".index") && dir.join("hparams.json").is_file() {
+            true => Ok(Format::OpenAi(dir.to_path_buf())),
+            false => Err(Error::weights(
+                path,
+                "a TensorFlow index, but not the .index of an OpenAI checkpoint directory (with hparams.json)",
+            )),
+        };
+    }
+    if bytes.len() > 8 && bytes[8] == b'{' {
+        // A safetensors start whose header runs past the end: a truncated file.
+        let declared = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        return Err(Error::weights(
+            path,
+            format!(
+                "a safetensors file cut short: its header alone is {declared} bytes, but only {} bytes follow \
+                 its length",
+                bytes.len() - 8
+            ),
+        ));
+    }
+    Err(Error::weights(
+        path,
+        "not a model file: no llm.c magic (20240326), safetensors header or TensorFlow index magic",
+    ))
+}
+
+/// For a directory named like a downloadable model (`gpt2`): that the name was read as the
+/// directory, and how to name the downloaded model instead.
+fn name_clash(path: &Path) -> String {
+    let name = path.to_string_lossy();
+    if !cache::MODELS.contains(&name.as_ref()) {
+        return String::new();
+    }
+    let cache = cache::default_cache_dir().ok();
+    match cache.as_deref().and_then(|c| cache::cached_model(c, &name)) {
+        Some(dir) => format!(
+            ". '{name}' also names the downloaded model, but a path {name} exists here and is read first: for the \
+             downloaded one give its path, {}",
+            dir.display()
+        ),
+        None => format!(
+            ". '{name}' also names a downloadable model, but a path {name} exists here and is read first: run \
+             `gpt2 download {name}`, then give the path it prints"
+        ),
     }
 }
 
@@ -245,6 +287,15 @@ fn check_replaceable_by_model_dir(out: &Path) -> Result<()> {
     let Ok(meta) = std::fs::symlink_metadata(out) else {
         return Ok(());
     };
+    if meta.is_symlink() {
+        let target = std::fs::read_link(out).map_err(|e| Error::io(out, e))?;
+        return Err(Error::Input(format!(
+            "{}: is a symbolic link (to {}), which would be replaced, not written through; give a new \
+             directory for the model",
+            out.display(),
+            target.display()
+        )));
+    }
     if !meta.is_dir() {
         return Err(Error::Input(format!(
             "{}: exists and is not a directory; give a new directory for the model",

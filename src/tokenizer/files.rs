@@ -487,6 +487,11 @@ pub fn load_char_spec(path: &Path) -> Result<Tokenizer> {
     let text = read_text(path)?;
     match serde_json::from_str::<OurFile>(&text) {
         Ok(file) => read_our_file(file, path),
+        Err(_) if text.is_empty() => Err(Error::Tokenizer(format!(
+            "{}: the file is empty, so a character vocabulary read from it has no characters \
+             (give a text, or a char-level tokenizer.json)",
+            path.display()
+        ))),
         Err(_) => Ok(Tokenizer::char_level_from_text(&text)),
     }
 }

@@ -190,7 +190,13 @@ impl TrainConfig {
         Ok(overrides
             .keys()
             .filter(|k| !allowed.contains(&k.as_str()) && ours[k.as_str()] != theirs[k.as_str()])
-            .map(|k| format!("{k} = {} (the run has {})", theirs[k.as_str()], ours[k.as_str()]))
+            .map(|k| {
+                format!(
+                    "{k} = {} (the run has {})",
+                    shown(&theirs[k.as_str()]),
+                    shown(&ours[k.as_str()])
+                )
+            })
             .collect())
     }
 
@@ -272,6 +278,15 @@ fn resolve_paths(value: Value, base: &Path) -> Value {
     }
 }
 
+/// A setting's value as the user wrote it: an f32 setting is widened to f64 in JSON
+/// (0.001 becomes 0.0010000000474974513), so a float that is exactly an f32 prints as the f32.
+fn shown(value: &Value) -> String {
+    match value.as_f64() {
+        Some(x) if value.is_f64() && f64::from(x as f32) == x => (x as f32).to_string(),
+        _ => value.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +314,10 @@ mod tests {
             config.conflicts(&flags, &RESUMABLE_KEYS).unwrap(),
             ["n_layer = 4 (the run has 3)"]
         );
+        // f32 settings print as written, not widened to f64.
+        let mut lr = Overrides::new();
+        lr.insert("lr".into(), 0.5.into());
+        assert_eq!(config.conflicts(&lr, &[]).unwrap(), ["lr = 0.5 (the run has 0.01)"]);
 
         std::fs::write(&path, "lr = 0.01\n\nn_layers = 2\n").unwrap();
         let err = TrainConfig::overrides_from_toml(&path).unwrap_err().to_string();

@@ -29,7 +29,7 @@ pub struct GenerateBenchArgs {
     /// Model size: gpt2, gpt2-medium, gpt2-large, gpt2-xl, shakespeare-char (random weights).
     #[arg(long, default_value = "gpt2")]
     preset: String,
-    /// Length of the (random) prompt.
+    /// Length of the (random) prompt, in tokens.
     #[arg(long, default_value_t = 16)]
     prompt_tokens: usize,
     /// Tokens generated per run.
@@ -38,7 +38,7 @@ pub struct GenerateBenchArgs {
     /// Timed runs (medians are reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Untimed runs first.
+    /// Untimed runs first (warming caches and page tables).
     #[arg(long, default_value_t = 1)]
     warmup: usize,
     /// Also run scripts/bench_pytorch.py --mode generate (Hugging Face generate) with this
@@ -65,24 +65,28 @@ pub struct BenchArgs {
     /// Model size: gpt2, gpt2-medium, gpt2-large, gpt2-xl, shakespeare-char.
     #[arg(long, default_value = "gpt2")]
     preset: String,
+    /// Transformer blocks [default: the preset's].
     #[arg(long)]
     n_layer: Option<usize>,
+    /// Attention heads per block; must divide --n-embd [default: the preset's].
     #[arg(long)]
     n_head: Option<usize>,
+    /// Width of the embeddings and the residual stream; the MLP is 4x as wide [default: the preset's].
     #[arg(long)]
     n_embd: Option<usize>,
+    /// Vocabulary size in tokens [default: the preset's].
     #[arg(long)]
     vocab_size: Option<usize>,
-    /// Batch size B.
+    /// Batch size B: sequences per step.
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
-    /// Sequence length T of each batch row.
+    /// Sequence length T of each batch row, in tokens (at most the preset's positions).
     #[arg(long, default_value_t = 64)]
     block_size: usize,
-    /// Timed steps (the median is reported).
+    /// Timed steps per round (the median is reported).
     #[arg(long, default_value_t = 10)]
     steps: usize,
-    /// Untimed steps first.
+    /// Untimed steps first, per round.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
     /// Also run scripts/bench_pytorch.py with this Python (one with torch) and print the ratio.

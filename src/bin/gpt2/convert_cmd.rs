@@ -8,11 +8,11 @@ use gpt2::io::{load_model_with_tokenizer, save_model, ExportFormat};
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// The formats written. (Described in the flag's help, not here: a described value makes clap
+/// switch --help to its long layout, unlike the other commands.)
 #[derive(Clone, Copy, ValueEnum)]
 enum To {
-    /// A Hugging Face directory: config.json + model.safetensors (transformers loads it).
     Hf,
-    /// An llm.c checkpoint file (gpt2_124M.bin layout).
     Llmc,
 }
 
@@ -29,7 +29,8 @@ pub struct ConvertArgs {
     /// from the contents.
     #[arg(long)]
     from: PathBuf,
-    /// The format to write.
+    /// The format to write: hf (a Hugging Face directory: config.json + model.safetensors, which
+    /// transformers loads) or llmc (an llm.c checkpoint file, gpt2_124M.bin's layout).
     #[arg(long, value_enum)]
     to: To,
     /// Where to write: a directory for `hf`, a file for `llmc`. Replaced atomically if it exists.

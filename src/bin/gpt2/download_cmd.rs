@@ -7,11 +7,11 @@ use gpt2::io::download::{download, Event, Request};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
+/// Where a model comes from. (Described in --source's help: a described value makes clap switch
+/// --help to its long layout, unlike the other commands.)
 #[derive(Clone, Copy, ValueEnum)]
 enum From {
-    /// The Hugging Face hub (safetensors; sizes and sha256 verified).
     Hf,
-    /// OpenAI's original TensorFlow checkpoint (sizes and every tensor's crc32c verified).
     Openai,
 }
 
@@ -20,11 +20,13 @@ pub struct DownloadArgs {
     /// gpt2 (124M), gpt2-medium (355M), gpt2-large (774M) or gpt2-xl (1.5B).
     #[arg(value_parser = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"])]
     model: String,
+    /// hf: the Hugging Face hub (safetensors; sizes and sha256 verified); openai: OpenAI's
+    /// original TensorFlow checkpoint (sizes and every tensor's crc32c verified).
     #[arg(long, value_enum, default_value = "hf")]
     source: From,
-    /// The model cache (default: $GPT2_CACHE_DIR, else $XDG_CACHE_HOME/gpt2, else ~/.cache/gpt2).
+    /// The model cache [default: $GPT2_CACHE_DIR, else $XDG_CACHE_HOME/gpt2, else ~/.cache/gpt2];
     /// `--model gpt2` finds the default cache's copy.
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
     /// Fetch from this server instead of huggingface.co or openaipublic.blob.core.windows.net
     /// (a mirror with the same paths).

@@ -9,7 +9,7 @@ use clap::{ArgGroup, Args};
 use gpt2::generate::{GenerateOptions, Generator, Sampling, TextGenerator};
 use gpt2::io::{load_model_with_tokenizer, Loaded};
 use gpt2::rng::Rng;
-use gpt2::tokenizer::{SpecialTokens, Tokenizer};
+use gpt2::tokenizer::{SpecialTokens, Tokenizer, UnknownChar};
 use gpt2::Gpt;
 use serde_json::json;
 
@@ -33,7 +33,9 @@ pub struct GenerateArgs {
     #[arg(long)]
     prompt_ids: Option<String>,
     /// Read one prompt per line from standard input and answer each; the model stays loaded.
-    /// The i-th prompt (from 0) is sampled with seed + i, the seed it reports.
+    /// The i-th prompt (from 0) is sampled with seed + i, the seed it reports. When standard
+    /// input is not a terminal, each answer starts with its prompt, and the exit status is 1 if
+    /// any prompt failed.
     #[arg(long)]
     interactive: bool,
     /// New tokens per sample, at most. When prompt + new tokens exceed the model's context,
@@ -44,17 +46,17 @@ pub struct GenerateArgs {
     #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p"])]
     greedy: bool,
     /// Softmax temperature: below 1 is more conservative, above 1 more random; 0 is greedy.
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1.0)]
     temperature: f32,
     /// Sample only among the k most likely tokens (k >= 1).
     #[arg(long)]
     top_k: Option<usize>,
     /// Nucleus sampling: only among the most likely tokens that together reach probability p, in (0, 1].
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1.0)]
     top_p: f32,
     /// Hugging Face's repetition penalty (> 0; 1 is none, 1.2 is common): tokens already in the
     /// text have their logit divided by it (multiplied when negative).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1.0)]
     repetition_penalty: f32,
     /// Random seed: the same seed and settings give the same output (default: from the clock).
     #[arg(long)]
@@ -70,6 +72,10 @@ pub struct GenerateArgs {
     /// {"prompt_ids", "samples": [{"ids", "text", "finish"}], "tokens_per_s", "seed"}.
     #[arg(long)]
     json: bool,
+    /// With a char-level model, leave out characters of the prompt outside its vocabulary
+    /// instead of failing.
+    #[arg(long)]
+    skip_unknown: bool,
 }
 
 impl GenerateArgs {
@@ -96,8 +102,16 @@ impl GenerateArgs {
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let mut options = args.options()?;
+    if args.stop.iter().any(String::is_empty) {
+        bail!("--stop \"\" would end every sample before its first token: give the text to stop at");
+    }
     let stops: Vec<String> = args.stop.iter().map(|s| unescape(s)).collect();
-    let Loaded { model, tokenizer, .. } = load_model_with_tokenizer(&args.model)?;
+    let Loaded {
+        model, mut tokenizer, ..
+    } = load_model_with_tokenizer(&args.model)?;
+    if args.skip_unknown {
+        tokenizer = tokenizer.map(|t| t.with_unknown_chars(UnknownChar::Skip));
+    }
     options.stop_tokens = tokenizer.as_ref().and_then(Tokenizer::eot_token).into_iter().collect();
     if tokenizer.is_none() && !stops.is_empty() {
         bail!(
@@ -131,26 +145,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         };
         return run.generate(&prompt, seed, true);
     }
-    let stdin = std::io::stdin();
-    let terminal = stdin.is_terminal();
-    for prompt_seed in (0..).map(|i| seed.wrapping_add(i)) {
-        if terminal {
-            eprint!("> ");
-        }
-        let mut line = String::new();
-        if stdin.lock().read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let line = line.trim_end_matches(['\n', '\r']);
-        if line.is_empty() {
-            continue;
-        }
-        // A bad line is reported and the session goes on.
-        if let Err(e) = run.generate(&Prompt::Text(line.to_string()), prompt_seed, false) {
-            eprintln!("error: {e:#}");
-        }
-    }
-    Ok(())
+    run.interactive(seed)
 }
 
 enum Prompt {
@@ -168,6 +163,50 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// --interactive: answers each line of standard input, the i-th (from 0) with seed + i. On a
+    /// terminal the answer follows the typed prompt; read from a pipe or file, it starts with its
+    /// prompt, so that a log shows what each answer continues. A failed prompt is reported and
+    /// the session goes on; the session then ends with an error.
+    fn interactive(&self, seed: u64) -> Result<()> {
+        let stdin = std::io::stdin();
+        let terminal = stdin.is_terminal();
+        let (mut prompts, mut failed) = (0u64, 0u64);
+        for number in 1.. {
+            if terminal {
+                eprint!("> ");
+            }
+            let mut line = String::new();
+            let read = stdin.lock().read_line(&mut line);
+            match read.with_context(|| format!("reading line {number} of standard input")) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    // Not UTF-8: the line was consumed; report it and go on.
+                    eprintln!("error: {e:#}");
+                    failed += 1;
+                    continue;
+                }
+            }
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                continue;
+            }
+            let prompt_seed = seed.wrapping_add(prompts);
+            prompts += 1;
+            if let Err(e) = self.generate(&Prompt::Text(line.to_string()), prompt_seed, !terminal) {
+                eprintln!("error: line {number}: {e:#}");
+                failed += 1;
+            }
+        }
+        if failed > 0 {
+            bail!(
+                "{failed} line{} of standard input failed (see the errors above)",
+                if failed == 1 { "" } else { "s" }
+            );
+        }
+        Ok(())
+    }
+
     /// Generates the samples of one prompt from `seed`, streaming them (or printing JSON at the
     /// end). `echo` prints the prompt text before each sample.
     fn generate(&self, prompt: &Prompt, seed: u64, echo: bool) -> Result<()> {

@@ -65,7 +65,7 @@ pub struct InspectArgs {
 }
 
 pub fn run(args: &InspectArgs) -> Result<()> {
-    if args.evolution.evolution {
+    if args.evolution.evolution.is_some() {
         if args.summary || args.prompt.is_some() || args.prompt_ids.is_some() {
             bail!("--evolution looks at a training run: it does not take --summary or a prompt");
         }
@@ -185,6 +185,12 @@ fn print_json(trace: &Trace, lens: Option<&LogitLens>, maps: &[PathBuf]) -> Resu
 
 /// Fails early (before the forward pass) when `dir` cannot be created or written.
 fn check_writable_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "cannot write the attention maps into {}: it is a file, not a directory (give a directory, new or existing)",
+            dir.display()
+        );
+    }
     let probe = dir.join(".gpt2-write-test");
     let result = std::fs::create_dir_all(dir)
         .and_then(|_| std::fs::write(&probe, b""))

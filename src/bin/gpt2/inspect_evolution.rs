@@ -12,8 +12,9 @@ use std::path::PathBuf;
 pub struct EvolutionArgs {
     /// Show how a run's weights evolved: per-tensor statistics over the steps (evolution.png)
     /// and the change of the token embedding between two models (embedding_change.png).
-    #[arg(long)]
-    pub evolution: bool,
+    /// `--evolution RUN` is `--evolution --run RUN`.
+    #[arg(long, value_name = "RUN", num_args = 0..=1)]
+    pub evolution: Option<Option<PathBuf>>,
     /// The training run: its param_stats.jsonl, and the default --from and --to.
     #[arg(long, value_name = "DIR", requires = "evolution")]
     pub run: Option<PathBuf>,
@@ -36,8 +37,13 @@ pub struct EvolutionArgs {
 }
 
 pub fn run(args: &EvolutionArgs, json: bool) -> Result<()> {
+    let run = match (&args.evolution, &args.run) {
+        (Some(Some(a)), Some(b)) if a != b => bail!("two runs: --evolution {} and --run {}", a.display(), b.display()),
+        (Some(Some(run)), _) | (_, Some(run)) => Some(run.clone()),
+        _ => None,
+    };
     let options = EvolutionOptions {
-        run: args.run.clone(),
+        run,
         from: args.from.clone(),
         to: args.to.clone(),
         tokens: args.tokens.as_deref().map(split_tokens).transpose()?,

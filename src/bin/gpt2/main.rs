@@ -11,7 +11,7 @@ mod score_cmd;
 mod tokenize_cmd;
 mod train_cmd;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "gpt2", version, about = "GPT-2 from scratch: train, run and look inside", long_about = None)]
@@ -52,6 +52,21 @@ enum Command {
     Bench(bench_cmd::BenchCommand),
 }
 
+/// The command line: the derived one, where a flag's value may be a negative number
+/// (`--lr -1` is the value -1, which the flag's range check then rejects, rather than an
+/// unknown flag `-1`).
+fn command() -> clap::Command {
+    negative_numbers(Cli::command())
+}
+
+fn negative_numbers(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|arg| match arg.get_action() {
+        ArgAction::Set | ArgAction::Append => arg.allow_negative_numbers(true),
+        _ => arg,
+    })
+    .mut_subcommands(negative_numbers)
+}
+
 fn main() {
     // Rust ignores SIGPIPE, so printing into a closed pipe (`gpt2 inspect ... | head`) would
     // panic; restore the default, which ends the process quietly.
@@ -60,7 +75,7 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     if let Some(threads) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
             eprintln!("error: cannot start {threads} threads: {e}");
@@ -85,5 +100,46 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every flag of every command, subcommands included, and every subcommand has a description
+    /// in --help, in the one layout: a flag and its one-paragraph description per line (a long
+    /// help or a described value would switch that command's --help to clap's long layout).
+    #[test]
+    fn every_flag_is_described() {
+        fn check(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_id()));
+                }
+                if arg.get_long_help().is_some() || arg.get_possible_values().iter().any(|v| v.get_help().is_some()) {
+                    missing.push(format!("{path} --{} (long layout)", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(sub_path.clone());
+                }
+                check(sub, &sub_path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        check(&command(), "gpt2", &mut missing);
+        assert!(missing.is_empty(), "without a description in --help: {missing:?}");
+    }
+
+    #[test]
+    fn negative_numbers_are_values() {
+        let cli = Cli::from_arg_matches(&command().get_matches_from(["gpt2", "train", "--lr", "-1"])).unwrap();
+        let Command::Train(args) = cli.command else {
+            panic!("train")
+        };
+        assert_eq!(serde_json::to_value(&*args).unwrap()["lr"], -1.0);
     }
 }

@@ -4,7 +4,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use gpt2::eval::score_tokens;
 use gpt2::io::load_model_with_tokenizer;
-use std::path::PathBuf;
+use gpt2::tokenizer::UnknownChar;
+use std::path::{Path, PathBuf};
 
 use crate::tokenize_cmd::parse_ids;
 
@@ -23,15 +24,25 @@ pub struct ScoreArgs {
     /// Print one JSON object: {"tokens", "predictions", "loss", "perplexity"}.
     #[arg(long)]
     json: bool,
+    /// With a char-level model, leave out characters of --text outside its vocabulary instead
+    /// of failing.
+    #[arg(long)]
+    skip_unknown: bool,
 }
 
 pub fn run(args: &ScoreArgs) -> Result<()> {
     let loaded = load_model_with_tokenizer(&args.model)?;
     let model = loaded.model;
+    let tokenizer = match args.skip_unknown {
+        true => loaded.tokenizer.map(|t| t.with_unknown_chars(UnknownChar::Skip)),
+        false => loaded.tokenizer,
+    };
     let read = |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
     let ids = match (&args.text, &args.tokens) {
-        (Some(path), _) => match &loaded.tokenizer {
-            Some(tokenizer) => tokenizer.encode_parallel(&read(path)?)?,
+        (Some(path), _) => match &tokenizer {
+            Some(tokenizer) => tokenizer
+                .encode_parallel(&read(path)?)
+                .with_context(|| tokenizing_context(path, tokenizer.kind(), args.skip_unknown))?,
             None => bail!(
                 "{} has no tokenizer file and its vocabulary ({}) is not GPT-2's: score token ids with --tokens",
                 args.model.display(),
@@ -51,4 +62,16 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What an encoding error happened in; for a char-level model, the flag that skips characters
+/// outside its vocabulary.
+fn tokenizing_context(path: &Path, kind: &str, skip_unknown: bool) -> String {
+    match kind == "char" && !skip_unknown {
+        true => format!(
+            "tokenizing {} (--skip-unknown leaves out characters outside the model's vocabulary)",
+            path.display()
+        ),
+        false => format!("tokenizing {}", path.display()),
+    }
 }

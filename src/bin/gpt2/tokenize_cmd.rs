@@ -129,13 +129,22 @@ pub fn run_bpe(command: &BpeCommand) -> Result<()> {
     if text.is_empty() {
         bail!("{} is empty: nothing to learn from", args.file.display());
     }
-    let start = std::time::Instant::now();
-    let tokenizer = Tokenizer::train_bpe(&text, args.vocab_size)?;
     let path = if args.out.is_dir() {
         args.out.join(gpt2::tokenizer::FILE_NAME)
     } else {
         args.out.clone()
     };
+    // Checked first, so that the error names --out (not the temporary file written beside it)
+    // and comes before the training.
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.is_dir()) {
+        bail!(
+            "cannot write {}: {} is not a directory",
+            path.display(),
+            parent.display()
+        );
+    }
+    let start = std::time::Instant::now();
+    let tokenizer = Tokenizer::train_bpe(&text, args.vocab_size)?;
     tokenizer.save_file(&path)?;
     let ids = tokenizer.encode_parallel_with_special(&text, SpecialTokens::AsText)?;
     eprintln!(

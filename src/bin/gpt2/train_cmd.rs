@@ -53,29 +53,32 @@ pub struct TrainArgs {
     /// llm.c GPT-2, or a downloaded model's name such as gpt2) and its tokenizer.
     #[arg(long, value_name = "MODEL", help_heading = "Model")]
     init: Option<PathBuf>,
+    /// Transformer blocks of a new model [default: 4, or the preset's].
     #[arg(long, help_heading = "Model")]
     n_layer: Option<usize>,
+    /// Attention heads per block; must divide --n-embd [default: 4, or the preset's].
     #[arg(long, help_heading = "Model")]
     n_head: Option<usize>,
+    /// Width of the embeddings and the residual stream [default: 128, or the preset's].
     #[arg(long, help_heading = "Model")]
     n_embd: Option<usize>,
-    /// Context length of the training windows (and of a new model).
+    /// Context length in tokens of the training windows (and of a new model) [default: 64, or the preset's].
     #[arg(long, help_heading = "Model")]
     block_size: Option<usize>,
     /// Dropout probability while training [default: 0].
     #[arg(long, help_heading = "Model")]
     dropout: Option<f32>,
 
-    /// Windows per micro-batch [default: 12].
+    /// Training windows (sequences of --block-size tokens) per micro-batch [default: 12].
     #[arg(long, help_heading = "Optimisation")]
     batch_size: Option<usize>,
-    /// Micro-batches per optimizer step [default: 1].
+    /// Micro-batches whose gradients are summed into one optimizer step [default: 1].
     #[arg(long, visible_alias = "gradient-accumulation-steps", help_heading = "Optimisation")]
     grad_accum: Option<usize>,
-    /// Optimizer steps [default: 2000].
+    /// Optimizer steps to train to, counted from the start of the run [default: 2000].
     #[arg(long, help_heading = "Optimisation")]
     max_iters: Option<usize>,
-    /// Peak learning rate [default: 1e-3].
+    /// Peak learning rate, reached after --warmup-iters [default: 1e-3].
     #[arg(long, visible_alias = "learning-rate", help_heading = "Optimisation")]
     lr: Option<f32>,
     /// Learning rate at the end of the cosine decay [default: 1e-4].
@@ -93,10 +96,10 @@ pub struct TrainArgs {
     /// AdamW weight decay of the matrices and embeddings [default: 0.1].
     #[arg(long, help_heading = "Optimisation")]
     weight_decay: Option<f32>,
-    /// [default: 0.9]
+    /// AdamW's decay rate of the first moment (the gradient's running mean) [default: 0.9].
     #[arg(long, help_heading = "Optimisation")]
     beta1: Option<f32>,
-    /// [default: 0.99]
+    /// AdamW's decay rate of the second moment (the squared gradient's running mean) [default: 0.99].
     #[arg(long, help_heading = "Optimisation")]
     beta2: Option<f32>,
     /// Clip the global gradient norm to this; 0: no clipping [default: 1].
@@ -107,7 +110,7 @@ pub struct TrainArgs {
     #[arg(long, help_heading = "Optimisation")]
     data_parallel: Option<usize>,
 
-    /// Evaluate (and checkpoint) every N steps [default: 500].
+    /// Evaluate (and checkpoint) every N optimizer steps [default: 500].
     #[arg(long, help_heading = "Evaluation and output")]
     eval_interval: Option<usize>,
     /// Batches of each split per evaluation [default: 20].
@@ -116,7 +119,7 @@ pub struct TrainArgs {
     /// Prompt of the sample at each evaluation [default: a newline].
     #[arg(long, help_heading = "Evaluation and output")]
     prompt: Option<String>,
-    /// Tokens of that sample [default: 200].
+    /// New tokens of that sample [default: 200].
     #[arg(long, help_heading = "Evaluation and output")]
     sample_tokens: Option<usize>,
     /// Softmax temperature of the sample; 0: greedy [default: 0.8].
@@ -128,6 +131,11 @@ pub struct TrainArgs {
     /// Run directory [default: runs/<UTC time>, linked from runs/latest].
     #[arg(long, value_name = "DIR", help_heading = "Evaluation and output")]
     out_dir: Option<PathBuf>,
+    /// When standard output is not a terminal (no progress bar), print a line (step, loss, lr,
+    /// ms/step, tokens/s) every N steps; 0: none. Not a setting of the run.
+    #[arg(long, value_name = "N", default_value_t = 10, help_heading = "Evaluation and output")]
+    #[serde(skip)]
+    log_interval: usize,
 }
 
 /// A path made absolute (against the current directory), as the run records it.
@@ -141,7 +149,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         stop_at: None,
         interrupt: Some(interrupt_on_ctrl_c()?),
     };
-    let bar = progress_bar(trainer.info().max_iters);
+    let info = trainer.info();
+    let (max_iters, tokens_per_step) = (info.max_iters, info.tokens_per_step);
+    let bar = progress_bar(max_iters);
+    let log_interval = if bar.is_hidden() { args.log_interval } else { 0 };
     let summary = trainer.run(&options, &mut |event| match event {
         Event::Started(info) => {
             print_start(info);
@@ -149,6 +160,16 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             bar.reset_eta();
         }
         Event::Step(s) => {
+            if log_interval > 0 && s.step % log_interval == 0 {
+                println!(
+                    "step {}: loss {:.4}, lr {:.2e}, {:.2} ms/step, {:.0} tokens/s",
+                    s.step,
+                    s.train_loss,
+                    s.lr,
+                    tokens_per_step as f64 / s.tokens_per_s * 1e3,
+                    s.tokens_per_s
+                );
+            }
             bar.set_position(s.step as u64 + 1);
             bar.set_message(format!(
                 "loss {:.4} lr {:.2e} {:.0} tok/s",
@@ -165,7 +186,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         Event::Checkpoint(dir) => bar.suspend(|| println!("  saved {}", dir.display())),
     })?;
     bar.finish_and_clear();
-    print_summary(&summary);
+    print_summary(&summary, max_iters);
+    if args.resume.is_none() && args.out_dir.is_none() && summary.latest.is_some() && !summary.stopped {
+        // "ROMEO:" suits the bundled Tiny Shakespeare; another corpus may lack its characters.
+        let bundled = args.data.is_none() && args.config.is_none();
+        println!("next, try:  {}", next_command(if bundled { "ROMEO:" } else { "\\n" }));
+    }
     if summary.stopped {
         std::process::exit(130);
     }
@@ -255,13 +281,35 @@ fn print_start(info: &RunInfo) {
     );
 }
 
-fn print_summary(s: &Summary) {
+/// The command that samples from the run just trained, as the user can type it: through cargo
+/// when this binary was started by `cargo run` (cargo sets CARGO) or lies in a target/
+/// directory, else the binary itself.
+fn next_command(prompt: &str) -> String {
+    let args = format!("generate --model runs/latest --prompt \"{prompt}\"");
+    let exe = std::env::current_exe().unwrap_or_default();
+    let in_target = exe
+        .ancestors()
+        .any(|dir| dir.file_name().is_some_and(|n| n == "target"));
+    match std::env::var_os("CARGO").is_some() || in_target {
+        true => format!("cargo run --release -- {args}"),
+        false => format!("gpt2 {args}"),
+    }
+}
+
+/// Where the run ended and what it left: the last sample, the checkpoints, the plot and log.
+fn print_summary(s: &Summary, max_iters: usize) {
     let dir = s.run_dir.display();
     if let Some(eval) = &s.last_eval {
         println!("\nsample at step {}:\n{}\n", eval.step, eval.sample);
     }
     match &s.latest {
         Some(latest) => println!("checkpoint: {} (step {})", latest.display(), s.step),
+        None if s.step == 0 && max_iters == 0 => println!("no checkpoint: --max-iters is 0, so nothing was trained"),
+        None if s.step >= max_iters => println!(
+            "no new checkpoint: the run is already at step {} and --max-iters is {max_iters}; to train further, \
+             raise it: gpt2 train --resume {dir} --max-iters N (N > {})",
+            s.step, s.step
+        ),
         None => println!("no new checkpoint (nothing trained since the last one)"),
     }
     if let Some(best) = s.best_val_loss {
