@@ -96,6 +96,32 @@ pub fn write_chart(chart: &impl Chart, path: &Path, format: ImageFormat) -> Resu
     }
 }
 
+/// Whether the file `path` is a chart of `size` pixels as [`write_chart`] writes it in
+/// `format`: a PNG of that size, or an SVG whose root element has that view box.
+pub fn is_chart_file(path: &Path, format: ImageFormat, size: (u32, u32)) -> bool {
+    let mut head = [0u8; 256];
+    let Ok(n) = std::fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut head)) else {
+        return false;
+    };
+    let head = &head[..n];
+    match format {
+        // The signature, then the IHDR chunk: length, "IHDR", width and height (big-endian).
+        ImageFormat::Png => {
+            let dims = (size.0.to_be_bytes(), size.1.to_be_bytes());
+            n >= 24
+                && head.starts_with(b"\x89PNG\r\n\x1a\n")
+                && &head[12..16] == b"IHDR"
+                && head[16..20] == dims.0
+                && head[20..24] == dims.1
+        }
+        ImageFormat::Svg => {
+            let view_box = format!("viewBox=\"0 0 {} {}\"", size.0, size.1);
+            let text = String::from_utf8_lossy(head);
+            text.starts_with("<svg ") && text.contains(&view_box)
+        }
+    }
+}
+
 /// 200, 1.5K, 12M: an axis label.
 pub fn short_number(x: f64) -> String {
     match x.abs() {

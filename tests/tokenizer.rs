@@ -671,3 +671,49 @@ fn training_tiny_shakespeare_to_4096() {
     assert!(ratio > 3.1, "{ratio}");
     assert_eq!(tok.encode_parallel(&text).unwrap(), ids);
 }
+
+#[cfg(unix)]
+#[test]
+fn bpe_train_replaces_only_a_tokenizer_file() {
+    let dir = temp_dir("bpe-out");
+    let corpus = dir.join("corpus.txt");
+    std::fs::write(&corpus, "the cat sat on the mat, the dog sat on the log.\n".repeat(20)).unwrap();
+    let bpe_train = |out: &Path| {
+        common::gpt2()
+            .args(["bpe", "train", "--vocab-size", "270", "--file"])
+            .arg(&corpus)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    // A directory is where `--out DIR` writes DIR/tokenizer.json: not among these.
+    let mut foreign: Vec<_> = common::foreign_entries(&dir)
+        .into_iter()
+        .filter(|(path, _)| !path.is_dir())
+        .collect();
+    foreign.push((corpus.clone(), "a file of another kind")); // --out naming the training text
+    for (path, what) in foreign {
+        let failed = bpe_train(&path);
+        assert_eq!(failed.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&failed.stderr);
+        assert!(
+            stderr.contains(&format!("exists and is {what}")) && stderr.contains("not a tokenizer JSON file"),
+            "{stderr}"
+        );
+    }
+    common::assert_foreign_entries_intact(&dir);
+    // A new file is written; our own file and a Hugging Face tokenizer.json are replaced.
+    let hf = dir.join("hf.json");
+    std::fs::copy(fixture("hf_small/tokenizer.json"), &hf).unwrap();
+    for out in [dir.join("new.json"), dir.join("new.json"), hf, dir.join("folder")] {
+        let output = bpe_train(&out);
+        let out = match out.is_dir() {
+            true => out.join("tokenizer.json"),
+            false => out,
+        };
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(Tokenizer::load_file(&out).unwrap().vocab_size(), 270);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -470,3 +470,188 @@ fn a_run_stopped_before_its_first_checkpoint_can_be_started_again_in_place() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// What a failed `Trainer::resume` of `run` says.
+fn resume_error(run: &Path) -> String {
+    match Trainer::resume(run, &Overrides::new()) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_run_replaces_nothing_in_its_directory_that_is_not_its_own() {
+    let dir = temp_dir("owned");
+    let run = dir.join("run");
+    // What a user may have where a new run writes (a folder with a file in it, or a file with
+    // this text), and the words of the error.
+    let cases = [
+        ("latest", "notes.txt", "latest exists and is a directory"),
+        ("best", "data.csv", "best exists and is a directory"),
+        ("metrics.jsonl", "my notes\n", "a file of another kind, not a log"),
+        ("param_stats.jsonl", "no newline", "not a log"),
+        ("loss.png", "a picture", "not a loss plot"),
+        ("loss.svg", "<svg></svg>", "not a loss plot"),
+    ];
+    for (name, content, words) in cases {
+        std::fs::create_dir_all(&run).unwrap();
+        match name.contains('.') {
+            true => std::fs::write(run.join(name), content).unwrap(),
+            false => write_in(&run.join(name), content),
+        }
+        let before = snapshot(&run);
+        let err = new_error(tiny(&dir));
+        assert!(
+            err.contains(words) && err.contains("refusing to replace it"),
+            "{name}: {err}"
+        );
+        assert_eq!(snapshot(&run), before, "{name}: the directory is untouched");
+        std::fs::remove_dir_all(&run).unwrap();
+    }
+    #[cfg(unix)]
+    {
+        std::fs::create_dir_all(&run).unwrap();
+        std::os::unix::fs::symlink(dir.join("elsewhere"), run.join("latest")).unwrap();
+        let err = new_error(tiny(&dir));
+        assert!(err.contains("latest exists and is a symbolic link"), "{err}");
+        std::fs::remove_dir_all(&run).unwrap();
+    }
+    // A resumed run: its checkpoints are its own, but not a folder that took best/'s place.
+    train(
+        TrainConfig {
+            max_iters: 5,
+            ..tiny(&dir)
+        },
+        None,
+    );
+    std::fs::remove_dir_all(run.join("best")).unwrap();
+    write_in(&run.join("best"), "data.csv");
+    let err = resume_error(&run);
+    assert!(
+        err.contains("best exists and is a directory, not a checkpoint of this run"),
+        "{err}"
+    );
+    assert_eq!(read(run.join("best/data.csv")), b"mine");
+    std::fs::remove_dir_all(run.join("best")).unwrap();
+    std::fs::write(run.join("loss.png"), "a picture").unwrap();
+    let err = resume_error(&run);
+    assert!(err.contains("loss.png exists and is a file of another kind"), "{err}");
+    std::fs::remove_file(run.join("loss.png")).unwrap();
+    resume(&run, &Overrides::new());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Makes the directory `dir` with the user's file `name` in it.
+fn write_in(dir: &Path, name: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(name), "mine").unwrap();
+}
+
+/// The names and contents of the files under `dir`.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        match path.is_dir() {
+            true => files.extend(snapshot(&path)),
+            false => files.push((path.clone(), read(&path))),
+        }
+    }
+    files.sort();
+    files
+}
+
+#[cfg(unix)]
+#[test]
+fn a_second_trainer_on_the_same_directory_is_refused_while_the_first_lives() {
+    let dir = temp_dir("lock");
+    let run = dir.join("run");
+    let mut first = Trainer::new(tiny(&dir)).unwrap();
+    let holder = format!("in use by another training run (process PID {})", std::process::id());
+    let err = new_error(tiny(&dir));
+    assert!(err.contains(&holder), "{err}");
+    let options = RunOptions {
+        stop_at: Some(5),
+        interrupt: None,
+    };
+    first.run(&options, &mut |_| {}).unwrap();
+    let err = resume_error(&run);
+    assert!(err.contains(&holder), "{err}");
+    drop(first);
+    let summary = resume(&run, &Overrides::new());
+    assert_eq!(summary.step, 12, "the lock goes with the trainer");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The PID of a process that has exited.
+#[cfg(unix)]
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[cfg(unix)]
+#[test]
+fn temporaries_left_by_dead_processes_are_removed_when_a_run_starts_or_resumes() {
+    let dir = temp_dir("stale");
+    let (run, cache) = (dir.join("run"), dir.join("cache"));
+    let (dead, alive) = (dead_pid(), std::process::id());
+    // What killed runs leave: a whole old checkpoint, files cut short, a token shard.
+    let leave = |pid: u32, names: &[&str]| {
+        for name in names {
+            match name.ends_with(".png") {
+                true => std::fs::write(run.join(format!(".{name}.tmp-{pid}")), "half a png").unwrap(),
+                false => write_in(&run.join(format!(".{name}.tmp-{pid}")), "model.safetensors"),
+            }
+        }
+    };
+    let shard = |pid: u32| cache.join(format!(".0123abcd.tokens.tmp-{pid}"));
+    let left = |dir: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect();
+        names.sort();
+        names
+    };
+    // This process's are not touched (nor would a live run's be).
+    let ours = [".latest.tmp-", ".loss.png.tmp-"].map(|n| format!("{n}{alive}"));
+    for session in ["new", "resumed"] {
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::create_dir_all(&run).unwrap();
+        leave(dead, &["latest", "best", "init", "loss.png"]);
+        leave(alive, &["latest", "loss.png"]);
+        std::fs::write(shard(dead), "ids").unwrap();
+        std::fs::write(shard(alive), "ids").unwrap();
+        let trainer = match session {
+            "new" => Trainer::new(tiny(&dir)).unwrap(),
+            _ => Trainer::resume(&run, &Overrides::new()).unwrap(),
+        };
+        assert_eq!(left(&run), ours, "{session}: the dead process's are gone, ours stay");
+        assert_eq!(
+            left(&cache),
+            [format!(".0123abcd.tokens.tmp-{alive}")],
+            "{session}: the cache too"
+        );
+        drop(trainer);
+        for name in left(&run) {
+            let path = run.join(name);
+            let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir_all(&path));
+        }
+        std::fs::remove_file(shard(alive)).unwrap();
+        if session == "new" {
+            // Leave a checkpoint to resume from.
+            train(
+                TrainConfig {
+                    max_iters: 5,
+                    ..tiny(&dir)
+                },
+                None,
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

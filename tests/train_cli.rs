@@ -1,5 +1,5 @@
-//! `gpt2 train` as a user runs it: the defaults, a TOML config with flags over it, Ctrl-C, and
-//! errors on bad input.
+//! `gpt2 train` as a user runs it: the defaults, a TOML config with flags over it, Ctrl-C,
+//! SIGKILL at any moment, and errors on bad input.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -278,5 +278,133 @@ fn the_main_job_ends_with_the_command_to_try_next() {
     let next = "next, try:  cargo run --release -- generate --model runs/latest --prompt \"ROMEO:\"";
     assert!(stdout.trim_end().ends_with(next), "{stdout}");
     assert!(dir.join("runs/latest/latest/model.safetensors").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A tiny run with a checkpoint every 2 steps, in `out`: started, or resumed once it has one.
+#[cfg(unix)]
+fn checkpointing_run(dir: &Path, out: &Path) -> Command {
+    let mut cmd = gpt2();
+    cmd.args(["--threads", "1", "train"]);
+    if out.join("latest/trainer.json").is_file() {
+        cmd.arg("--resume").arg(out);
+        return cmd;
+    }
+    cmd.arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .arg("--out-dir")
+        .arg(out)
+        .args([
+            "--n-layer",
+            "1",
+            "--n-embd",
+            "16",
+            "--n-head",
+            "2",
+            "--block-size",
+            "16",
+            "--batch-size",
+            "4",
+            "--max-iters",
+            "100",
+            "--eval-interval",
+            "2",
+            "--eval-iters",
+            "1",
+            "--sample-tokens",
+            "4",
+        ]);
+    cmd
+}
+
+/// The temporary entries (`.NAME.tmp-PID`) of the process `pid` in `dir`.
+#[cfg(unix)]
+fn temporaries_of(dir: &Path, pid: u32) -> Vec<String> {
+    let suffix = format!(".tmp-{pid}");
+    std::fs::read_dir(dir).map_or(Vec::new(), |entries| {
+        entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(&suffix))
+            .collect()
+    })
+}
+
+#[cfg(unix)]
+#[test]
+fn a_run_killed_at_twenty_moments_ends_with_the_parameters_of_an_uninterrupted_one() {
+    use std::io::BufRead;
+    let dir = temp_dir("kill");
+    let (straight, killed) = (dir.join("straight"), dir.join("killed"));
+    let output = checkpointing_run(&dir, &straight).output().unwrap();
+    assert!(output.status.success(), "{}", text(&output).1);
+
+    // Deterministic moments (splitmix64), each a few milliseconds after an event of the run, so
+    // that every run is killed long before it could finish: even kills 0-15 ms after its 1st to 3rd
+    // evaluation (then it writes checkpoints and trains), odd ones once it has begun writing a
+    // checkpoint.
+    let mut state = 0x6b69_6c6c_u64;
+    let mut uniform = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) as f64 / u64::MAX as f64
+    };
+    let clock = Instant::now();
+    let mut during_writes = 0;
+    for i in 0..20 {
+        let mut child = checkpointing_run(&dir, &killed)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        if i % 2 == 0 {
+            let evals = 1 + (uniform() * 3.0) as usize;
+            let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+            let mut eval_lines = stdout.lines().map_while(Result::ok).filter(|l| l.contains("val loss"));
+            for _ in 0..evals {
+                eval_lines.next();
+            }
+            std::thread::sleep(Duration::from_secs_f64(0.015 * uniform()));
+        } else {
+            let writing = |name: &String| name.starts_with(".latest.") || name.starts_with(".best.");
+            while !temporaries_of(&killed, pid).iter().any(writing) && child.try_wait().unwrap().is_none() {
+                assert!(clock.elapsed() < Duration::from_secs(120), "no checkpoint write seen");
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            std::thread::sleep(Duration::from_secs_f64(0.002 * uniform()));
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let output = child.wait_with_output().unwrap();
+            panic!("run {i} ended before its kill ({status}): {}", text(&output).1);
+        }
+        during_writes += usize::from(!temporaries_of(&killed, pid).is_empty());
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let latest = killed.join("latest");
+        if latest.exists() {
+            if let Err(e) = gpt2::train::checkpoint::load(&latest) {
+                panic!("after kill {i}: the latest checkpoint does not load: {e}");
+            }
+        }
+    }
+    let output = checkpointing_run(&dir, &killed).output().unwrap();
+    assert!(output.status.success(), "{}", text(&output).1);
+    eprintln!("20 kills, {during_writes} of them while a temporary file was being written");
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(
+            std::fs::read(straight.join("latest").join(file)).unwrap()
+                == std::fs::read(killed.join("latest").join(file)).unwrap(),
+            "{file} differs from the uninterrupted run's"
+        );
+    }
+    let left: Vec<String> = std::fs::read_dir(&killed)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "temporaries of killed runs are removed: {left:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -162,6 +162,38 @@ fn a_model_directory_replaces_only_a_model_directory() {
     assert_eq!(fs::read_to_string(dir.join("file")).unwrap(), "mine");
 }
 
+#[cfg(unix)]
+#[test]
+fn an_llmc_file_replaces_only_an_llmc_file() {
+    let model = hf_model();
+    let dir = temp_dir("llmc-out");
+    for (path, what) in common::foreign_entries(&dir) {
+        let err = save_llmc(&model, &path, LlmcDtype::F32).unwrap_err().to_string();
+        let expected = format!("exists and is {what}");
+        assert!(
+            err.contains(&expected) && err.contains("not an llm.c checkpoint: refusing to replace it"),
+            "{err}"
+        );
+        let failed = gpt2()
+            .args(["convert", "--from"])
+            .arg(fixture("tiny"))
+            .args(["--to", "llmc", "--out"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(failed.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&failed.stderr);
+        assert!(stderr.contains(&expected), "{stderr}");
+    }
+    common::assert_foreign_entries_intact(&dir);
+    // A new path is written, and an llm.c file replaced.
+    let out = dir.join("model.bin");
+    save_llmc(&model, &out, LlmcDtype::F32).unwrap();
+    save_llmc(&model, &out, LlmcDtype::Bf16).unwrap();
+    assert!(fs::read(&out).unwrap() == fs::read(fixture("tiny_llmc_bf16.bin")).unwrap());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn conversions_round_trip_exactly() {
     let reference = hf_model();

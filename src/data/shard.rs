@@ -8,7 +8,7 @@
 
 use super::corpus::Document;
 use crate::error::{Error, Result};
-use crate::io::atomic::write_file;
+use crate::io::atomic::{remove_stale_temps, write_file};
 use crate::tokenizer::{SpecialTokens, Tokenizer};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -144,7 +144,9 @@ pub fn tokenize(docs: &[Document], tokenizer: &Tokenizer) -> Result<Vec<u32>> {
 
 /// The shard of `docs` under `tokenizer`, from `cache_dir/<key>.tokens` if an earlier run made
 /// it, else tokenised now and stored there. Returns the shard and whether it came from the cache.
+/// Shards that killed processes left half-written (`.KEY.tokens.tmp-PID`) are removed first.
 pub fn tokenize_cached(docs: &[Document], tokenizer: &Tokenizer, cache_dir: &Path) -> Result<(Shard, bool)> {
+    remove_stale_temps(cache_dir);
     let path = cache_dir.join(format!("{}.tokens", corpus_key(docs, tokenizer, cache_dir)?));
     if path.is_file() {
         if let Ok(shard) = Shard::open(&path) {

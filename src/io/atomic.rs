@@ -1,12 +1,17 @@
 //! Atomic writes: a file or directory is written under a temporary name, flushed to disk, then
 //! renamed into place, so a reader (or a crash) sees either the old version or the new one.
+//! Also what guards a destination before it is replaced ([`check_replaceable`]), and the removal
+//! of the temporary entries that killed writers leave behind ([`remove_stale_temps`]).
 
 use crate::error::{Error, Result};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// A sibling path of `path` with a suffix that no other writer uses.
+/// The tag of the temporary name a file or directory is written under: `.NAME.tmp-PID`.
+const TMP: &str = "tmp";
+
+/// A sibling path of `path` with a suffix that no other writer uses: `.NAME.TAG-PID`.
 fn sibling(path: &Path, tag: &str) -> PathBuf {
     let name = path
         .file_name()
@@ -40,7 +45,7 @@ pub fn write_synced(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::
 
 /// Writes the file `path` atomically.
 pub fn write_file(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
-    let tmp = sibling(path, "tmp");
+    let tmp = sibling(path, TMP);
     let result = write_synced(&tmp, write).and_then(|_| fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -61,7 +66,7 @@ pub fn write_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let tmp = sibling(dir, "tmp");
+    let tmp = sibling(dir, TMP);
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
@@ -136,25 +141,131 @@ pub fn recover_dir(dir: &Path) -> Result<()> {
     if dir.exists() {
         return Ok(());
     }
-    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+    let Some(old) = aside(dir) else {
         return Ok(());
     };
+    fs::rename(&old, dir).map_err(|e| Error::io(dir, e))?;
+    sync_dir(old.parent().unwrap_or(Path::new(".")))
+}
+
+/// Whether `dir` exists, or [`recover_dir`] would put it back.
+pub fn exists_or_recoverable(dir: &Path) -> bool {
+    dir.exists() || aside(dir).is_some()
+}
+
+/// The old version of `dir` that [`write_dir`]'s fallback swap moved aside, if one is there.
+fn aside(dir: &Path) -> Option<PathBuf> {
+    let (parent, name) = (dir.parent()?, dir.file_name()?);
     let parent = if parent.as_os_str().is_empty() {
         Path::new(".")
     } else {
         parent
     };
     let prefix = format!(".{}.old-", name.to_string_lossy());
-    let Ok(entries) = fs::read_dir(parent) else {
-        return Ok(());
-    };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) && entry.path().is_dir() {
-            fs::rename(entry.path(), dir).map_err(|e| Error::io(dir, e))?;
-            return sync_dir(parent);
+    fs::read_dir(parent)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix) && e.path().is_dir())
+        .map(|e| e.path())
+}
+
+/// What the directory entry `meta` describes (from [`fs::symlink_metadata`]), for messages.
+pub fn entry_kind(meta: &fs::Metadata) -> &'static str {
+    let kind = meta.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        match () {
+            _ if kind.is_fifo() => return "a FIFO (named pipe)",
+            _ if kind.is_char_device() => return "a character device",
+            _ if kind.is_block_device() => return "a block device",
+            _ if kind.is_socket() => return "a socket",
+            _ => {}
         }
     }
-    Ok(())
+    match () {
+        _ if kind.is_symlink() => "a symbolic link",
+        _ if kind.is_dir() => "a directory",
+        _ if kind.is_file() => "a regular file",
+        _ => "a special file",
+    }
+}
+
+/// Checks that `path` may be replaced by a new file or directory of `kind` ("an llm.c
+/// checkpoint"): it is missing, or a regular file or directory that `is_kind` recognises as
+/// one. Anything else there (a symbolic link, a FIFO, a device, an unrelated file or
+/// directory) is the user's, which a rename would destroy, or replace instead of writing
+/// through: an error names what it is.
+pub fn check_replaceable(path: &Path, kind: &str, is_kind: impl FnOnce(&Path) -> bool) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let what = entry_kind(&meta);
+    if matches!(what, "a regular file" | "a directory") && is_kind(path) {
+        return Ok(());
+    }
+    let what = match what {
+        "a regular file" => "a file of another kind",
+        other => other,
+    };
+    Err(Error::Input(format!(
+        "{} exists and is {what}, not {kind}: refusing to replace it (move it away first, or write elsewhere)",
+        path.display()
+    )))
+}
+
+/// Removes the temporary entries (`.NAME.tmp-PID`, files or directories) that writers killed
+/// mid-write left in `dir`: those of processes no longer alive, never this process's or a
+/// running one's. A killed checkpoint write can leave a whole old checkpoint there. Best
+/// effort: an entry that cannot be removed stays (it is only wasted space).
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = temp_owner(&name.to_string_lossy()) else {
+            continue;
+        };
+        if pid == std::process::id() || process_is_alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        let _ = match entry.file_type() {
+            Ok(t) if t.is_dir() => fs::remove_dir_all(&path),
+            _ => fs::remove_file(&path),
+        };
+    }
+}
+
+/// The PID in a temporary name made by [`sibling`] with [`TMP`], `.NAME.tmp-PID`.
+fn temp_owner(name: &str) -> Option<u32> {
+    let (stem, pid) = name.rsplit_once(&format!(".{TMP}-"))?;
+    let named = stem.len() > 1 && stem.starts_with('.');
+    let digits = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+    (named && digits).then(|| pid.parse().ok()).flatten()
+}
+
+/// Whether a process with this PID exists (one of another user's counts). Unknown: alive.
+#[cfg(unix)]
+fn process_is_alive(pid: u32) -> bool {
+    // PID 0 and negative PIDs would name process groups.
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    if pid <= 0 {
+        return true;
+    }
+    // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
+    let status = unsafe { libc::kill(pid, 0) };
+    status == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+#[cfg(not(unix))]
+fn process_is_alive(_pid: u32) -> bool {
+    true
 }
 
 #[cfg(test)]
@@ -212,6 +323,86 @@ mod tests {
         assert!(!aside.exists());
         recover_dir(&dir).unwrap(); // dir exists: nothing to do
         assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"good");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn only_temporaries_of_dead_processes_are_removed() {
+        assert_eq!(temp_owner(".latest.tmp-123"), Some(123));
+        assert_eq!(temp_owner(".abc.tokens.tmp-7"), Some(7));
+        for name in [
+            "latest.tmp-1",
+            ".tmp-1",
+            ".x.tmp-",
+            ".x.tmp-12a",
+            ".x.old-1",
+            "notes.tmp-1",
+        ] {
+            assert_eq!(temp_owner(name), None, "{name}");
+        }
+        let root = std::env::temp_dir().join(format!("gpt2-atomic-stale-{}", std::process::id()));
+        fs::create_dir_all(&root).unwrap();
+        #[cfg(unix)]
+        let dead = {
+            let mut child = std::process::Command::new("true").spawn().unwrap();
+            child.wait().unwrap();
+            child.id()
+        };
+        #[cfg(not(unix))]
+        let dead = u32::MAX;
+        let ours = std::process::id();
+        let (dead_dir, dead_file) = (
+            root.join(format!(".best.tmp-{dead}")),
+            root.join(format!(".loss.png.tmp-{dead}")),
+        );
+        fs::create_dir_all(&dead_dir).unwrap();
+        fs::write(dead_dir.join("model.safetensors"), b"old").unwrap();
+        fs::write(&dead_file, b"half").unwrap();
+        let kept = [
+            format!(".latest.tmp-{ours}"),
+            "notes.tmp-1".to_string(),
+            ".x.old-1".to_string(),
+        ];
+        for name in &kept {
+            fs::write(root.join(name), b"keep").unwrap();
+        }
+        remove_stale_temps(&root);
+        #[cfg(unix)]
+        assert!(
+            !dead_dir.exists() && !dead_file.exists(),
+            "a dead process's are removed"
+        );
+        for name in &kept {
+            assert!(root.join(name).exists(), "{name} is kept");
+        }
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn only_a_missing_path_or_one_of_the_kind_is_replaceable() {
+        let root = std::env::temp_dir().join(format!("gpt2-atomic-replace-{}", std::process::id()));
+        fs::create_dir_all(root.join("dir")).unwrap();
+        fs::write(root.join("ours"), b"ours").unwrap();
+        fs::write(root.join("theirs"), b"theirs").unwrap();
+        let ours = |p: &Path| fs::read(p).is_ok_and(|b| b == b"ours");
+        check_replaceable(&root.join("missing"), "a test file", ours).unwrap();
+        check_replaceable(&root.join("ours"), "a test file", ours).unwrap();
+        let err = |name: &str| {
+            check_replaceable(&root.join(name), "a test file", ours)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("theirs")
+            .contains("theirs exists and is a file of another kind, not a test file: refusing to replace it"));
+        assert!(err("dir").contains("dir exists and is a directory, not a test file"));
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(root.join("ours"), root.join("link")).unwrap();
+            assert!(
+                err("link").contains("link exists and is a symbolic link"),
+                "not followed"
+            );
+        }
         fs::remove_dir_all(&root).unwrap();
     }
 }

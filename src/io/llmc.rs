@@ -14,7 +14,7 @@
 //! The matrices are nn.Linear's [out, in]: the transpose of our Conv1D [in, out]. Within a
 //! layer the tensors come in our order, so the file order is ours regrouped by tensor kind.
 
-use super::atomic::write_file;
+use super::atomic::{check_replaceable, write_file};
 use super::mapped::MappedFile;
 use super::param_buffer::ParamBuffer;
 use crate::config::Config;
@@ -238,9 +238,19 @@ fn encode(values: &[f32], dtype: LlmcDtype, out: &mut Vec<u8>) {
     }
 }
 
+/// Whether the file `path` starts with the llm.c magic number.
+fn has_magic(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok_and(|_| i32::from_le_bytes(magic) == MAGIC)
+}
+
 /// Writes the model as an llm.c checkpoint, atomically. The vocabulary is padded to a multiple
-/// of 128 with zero rows, as llm.c's exporter does.
+/// of 128 with zero rows, as llm.c's exporter does. Only an llm.c checkpoint is replaced: any
+/// other thing at `path` is an error ([`check_replaceable`]).
 pub fn save_llmc(model: &Gpt, path: &Path, dtype: LlmcDtype) -> Result<()> {
+    check_replaceable(path, "an llm.c checkpoint", has_magic)?;
     let cfg = &model.config;
     if cfg.n_inner != 4 * cfg.n_embd {
         return Err(Error::Config(format!(

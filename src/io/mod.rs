@@ -19,6 +19,7 @@ pub mod download;
 pub mod dtype;
 pub mod hf;
 pub mod llmc;
+pub mod lock;
 pub mod mapped;
 mod param_buffer;
 pub mod protobuf;

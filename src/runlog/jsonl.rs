@@ -76,6 +76,20 @@ impl<R: LogRecord> JsonLines<R> {
     }
 }
 
+/// Whether the file `path` is a log as [`JsonLines`] writes it (so a run may rewrite it): UTF-8
+/// lines that each hold a JSON object with a `step`, the last one perhaps cut short (then it
+/// starts as an object does).
+pub fn is_log(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let (complete, torn) = text.split_at(text.rfind('\n').map_or(0, |end| end + 1));
+    let is_record = |line: &str| {
+        serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v.get("step").is_some_and(|s| s.is_u64()))
+    };
+    complete.lines().all(is_record) && (torn.is_empty() || torn.starts_with('{'))
+}
+
 /// The records of the log at `path` (read while a run may still be appending to it).
 pub fn read<R: LogRecord>(path: &Path) -> Result<Vec<R>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

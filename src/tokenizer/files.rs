@@ -381,6 +381,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io(dir, e))
 }
 
+/// The largest tokenizer JSON [`is_tokenizer_json`] reads: a vocabulary of a million tokens is
+/// some tens of megabytes.
+const MAX_TOKENIZER_JSON: u64 = 256 << 20;
+
+/// Whether the file `path` is a tokenizer JSON that we or Hugging Face wrote: ours
+/// (`{"type": "gpt2" | "char" | "bpe", ...}`) or a Hugging Face `tokenizer.json` (with a
+/// `model` object). Anything else (a corpus, notes, a larger file) is not.
+pub fn is_tokenizer_json(path: &Path) -> bool {
+    let small = fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() <= MAX_TOKENIZER_JSON);
+    let Some(json) = small.then(|| read_json(path).ok()).flatten() else {
+        return false;
+    };
+    let ours = matches!(json.get("type").and_then(Value::as_str), Some("gpt2" | "char" | "bpe"));
+    ours || json.get("model").is_some_and(Value::is_object)
+}
+
 /// Writes `tokenizer` to `path` in our format.
 pub fn save(tokenizer: &Tokenizer, path: &Path) -> Result<()> {
     let file = match tokenizer {

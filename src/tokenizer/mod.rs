@@ -86,4 +86,10 @@ impl Tokenizer {
     pub fn save_file(&self, path: &Path) -> Result<()> {
         files::save(self, path)
     }
+
+    /// Whether the file `path` holds a tokenizer JSON that we or Hugging Face wrote (what
+    /// [`Tokenizer::save_file`] may replace without destroying anything else).
+    pub fn is_tokenizer_json(path: &Path) -> bool {
+        files::is_tokenizer_json(path)
+    }
 }

@@ -7,6 +7,9 @@ use crate::runlog::jsonl::{null_as_nan, JsonLines, LogRecord};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// The file name of the metrics log in a run directory.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
 /// One optimizer step. `step` counts from 0; the loss is that of the step's batch before the
 /// update, as nanoGPT logs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@
 //!   init/                  the model before training (model and tokenizer, no optimizer state)
 //!   latest/                the last checkpoint (at each evaluation, at the end, on Ctrl-C)
 //!   best/                  the checkpoint with the lowest validation loss
+//!   .gpt2.lock             locked while a run trains here; holds its PID
 //! ```
 
 pub mod checkpoint;
@@ -28,6 +29,7 @@ use crate::config::Config;
 use crate::data::{Batch, BatchStream, Dataset, Split};
 use crate::error::{Error, Result};
 use crate::generate::{generate_ids, Sampling};
+use crate::io::lock::DirLock;
 use crate::model::{param_specs, DataParallel, Gpt};
 use crate::ops::set_zero;
 use crate::optim::{clip_factor, AdamW, LrSchedule};
@@ -127,6 +129,8 @@ pub struct Trainer {
     log: MetricsLog,
     param_log: JsonLines<ParamStatsRecord>,
     info: RunInfo,
+    /// The run directory's lock, held for the trainer's life: one run at a time writes there.
+    _lock: DirLock,
 }
 
 /// Seeds of the separate random streams, derived from the run's seed.

@@ -3,7 +3,7 @@
 
 use super::metrics::{EvalRecord, History, StepRecord};
 use crate::error::Result;
-use crate::plot::{short_number, write_chart, Chart, DrawResult, ImageFormat, FONT};
+use crate::plot::{is_chart_file, short_number, write_chart, Chart, DrawResult, ImageFormat, FONT};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,12 @@ pub fn write_plots(history: &History, dir: &Path) -> Result<[PathBuf; 2]> {
     write_chart(&LossChart(history), &png, ImageFormat::Png)?;
     write_chart(&LossChart(history), &svg, ImageFormat::Svg)?;
     Ok([png, svg])
+}
+
+/// Whether `path` is a loss chart that [`write_plots`] wrote in `format` (which a run may
+/// replace).
+pub fn is_loss_plot(path: &Path, format: ImageFormat) -> bool {
+    is_chart_file(path, format, LossChart(&History::default()).size())
 }
 
 /// The two loss panels side by side.

@@ -1,31 +1,88 @@
 //! The run directory: made at the start of a new run (`runs/<UTC time>`, linked from
-//! `runs/latest`, or the user's `--out-dir`), with the model before training in `init/`.
+//! `runs/latest`, or the user's `--out-dir`), with the model before training in `init/`. A run
+//! holds it locked for its life, and replaces nothing in it that is not its own.
 
 use super::checkpoint;
+use super::metrics::METRICS_FILE;
+use super::plot::is_loss_plot;
 use crate::error::{Error, Result};
+use crate::io::atomic::{self, check_replaceable};
+use crate::io::lock::DirLock;
+use crate::plot::ImageFormat;
+use crate::runlog::{jsonl, param_stats};
 use std::path::{Path, PathBuf};
 
-/// Makes the run directory: `out_dir` (which must not hold a run already), or
-/// `runs/<UTC timestamp>` with the symbolic link `runs/latest` pointing at it.
-pub(super) fn create_run_dir(out_dir: Option<&Path>) -> Result<PathBuf> {
-    if let Some(dir) = out_dir {
-        // A run that stopped before its first checkpoint left only logs: a new run replaces them.
-        if dir.join("latest").join(checkpoint::TRAINER_FILE).exists() {
-            return Err(Error::Input(format!(
-                "{} already holds a training run: continue it with --resume {0}, or choose another --out-dir",
-                dir.display()
-            )));
+/// The lock file of a run directory: a run holds it locked (`flock`) with its PID inside.
+pub const LOCK_FILE: &str = ".gpt2.lock";
+
+/// Makes the run directory: `out_dir` (which must not hold a run already, nor anything of the
+/// user's where the run writes), or `runs/<UTC timestamp>` with the symbolic link `runs/latest`
+/// pointing at it. Returns it locked ([`lock`]), with the temporaries of killed runs removed.
+pub(super) fn create_run_dir(out_dir: Option<&Path>) -> Result<(PathBuf, DirLock)> {
+    let dir = match out_dir {
+        Some(dir) => {
+            if dir.exists() && !dir.is_dir() {
+                return Err(Error::Input(format!(
+                    "--out-dir {}: a file, not a directory",
+                    dir.display()
+                )));
+            }
+            // Refused before anything is made; checked again below, under the lock.
+            check_entries(dir, false)?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Input(format!("cannot create the run directory {}: {e}", dir.display())))?;
+            dir.to_path_buf()
         }
-        if dir.exists() && !dir.is_dir() {
-            return Err(Error::Input(format!(
-                "--out-dir {}: a file, not a directory",
-                dir.display()
-            )));
-        }
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Input(format!("cannot create the run directory {}: {e}", dir.display())))?;
-        return Ok(dir.to_path_buf());
+        None => create_stamped_dir()?,
+    };
+    let lock = lock(&dir)?;
+    check_entries(&dir, false)?;
+    atomic::remove_stale_temps(&dir);
+    Ok((dir, lock))
+}
+
+/// Locks the run directory `dir` for this process (a second run on it is refused), then puts
+/// its latest/ back if a swap of checkpoint directories was cut short.
+pub(super) fn lock(dir: &Path) -> Result<DirLock> {
+    let lock = DirLock::take(dir, LOCK_FILE, "training run")?;
+    atomic::recover_dir(&dir.join("latest"))?;
+    Ok(lock)
+}
+
+/// Checks that everything a run writes in `dir` is missing or the run's own, so that nothing
+/// of the user's is replaced: the checkpoints `latest/` and `best/` (a new run has none yet),
+/// the logs and the loss plots (a run stopped before its first checkpoint left only those and
+/// `init/`, which a new run replaces). (`init/` is checked where it is written.)
+pub(super) fn check_entries(dir: &Path, resumed: bool) -> Result<()> {
+    if !resumed && is_checkpoint(&dir.join("latest")) {
+        return Err(Error::Input(format!(
+            "{} already holds a training run: continue it with --resume {0}, or choose another --out-dir",
+            dir.display()
+        )));
     }
+    for name in ["latest", "best"] {
+        check_replaceable(&dir.join(name), "a checkpoint of this run", |p| {
+            resumed && is_checkpoint(p)
+        })?;
+    }
+    for name in [METRICS_FILE, param_stats::FILE] {
+        check_replaceable(&dir.join(name), "a log of a training run", jsonl::is_log)?;
+    }
+    for format in [ImageFormat::Png, ImageFormat::Svg] {
+        let path = dir.join(format!("loss.{}", format.extension()));
+        check_replaceable(&path, "a loss plot of a training run", |p| is_loss_plot(p, format))?;
+    }
+    Ok(())
+}
+
+/// Whether `dir` is a checkpoint directory (not a link to one).
+fn is_checkpoint(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) && dir.join(checkpoint::TRAINER_FILE).is_file()
+}
+
+/// Makes `runs/<UTC timestamp>` (`-2`, `-3`, ... appended if taken) and points `runs/latest`
+/// at it.
+fn create_stamped_dir() -> Result<PathBuf> {
     let runs = Path::new("runs");
     std::fs::create_dir_all(runs).map_err(|e| Error::io(runs, e))?;
     let stamp = utc_timestamp(std::time::SystemTime::now());

@@ -4,12 +4,13 @@
 
 use super::checkpoint::{self, Checkpoint};
 use super::config::{self, Overrides, TrainConfig};
-use super::metrics::MetricsLog;
-use super::run_dir::create_run_dir;
+use super::metrics::{MetricsLog, METRICS_FILE};
+use super::run_dir::{self, create_run_dir};
 use super::{RunInfo, Trainer, DROPOUT_STREAM};
 use crate::config::Config;
 use crate::data::{corpus_key, eval_starts, read_corpus, tokenize_cached, BatchStream, Dataset, Document, Windows};
 use crate::error::{Error, Result};
+use crate::io::lock::DirLock;
 use crate::io::{atomic, cache, load_model_with_tokenizer, save_model, ExportFormat, Loaded};
 use crate::model::data_parallel::auto_shards;
 use crate::model::{param_specs, DataParallel, Gpt};
@@ -44,7 +45,7 @@ impl Trainer {
             }
             None => Gpt::new(model_config.clone(), config.seed)?,
         };
-        let run_dir = create_run_dir(config.out_dir.as_deref())?;
+        let (run_dir, lock) = create_run_dir(config.out_dir.as_deref())?;
         let config = TrainConfig {
             tokenizer: Some(tokenizer_spec),
             n_layer: Some(model_config.n_layer),
@@ -77,6 +78,7 @@ impl Trainer {
             resumed: false,
             cached,
             files: docs.len(),
+            lock,
         };
         Trainer::assemble(config, run_dir, model, optimizer, tokenizer, data, prompt, parts)
     }
@@ -85,7 +87,7 @@ impl Trainer {
     /// the user gave again: only [`config::RESUMABLE_KEYS`] may differ from the run's.
     pub fn resume(run_dir: &Path, overrides: &Overrides) -> Result<Trainer> {
         let run_dir = run_of(run_dir)?;
-        let dir = latest_checkpoint(run_dir)?;
+        let (dir, lock) = latest_checkpoint(run_dir)?;
         let Checkpoint {
             mut model,
             optimizer_m,
@@ -133,6 +135,7 @@ impl Trainer {
             resumed: true,
             cached,
             files: docs.len(),
+            lock,
         };
         let run_dir = run_dir.to_path_buf();
         Trainer::assemble(config, run_dir, model, optimizer, tokenizer, data, prompt, parts)
@@ -163,7 +166,7 @@ impl Trainer {
             lr_decay_iters: config.lr_decay_iters.unwrap_or(config.max_iters),
             decay_lr: config.decay_lr,
         };
-        let log = MetricsLog::open(&run_dir.join("metrics.jsonl"), parts.step)?;
+        let log = MetricsLog::open(&run_dir.join(METRICS_FILE), parts.step)?;
         let (param_log, _) = JsonLines::open(&run_dir.join(param_stats::FILE), parts.step)?;
         let info = RunInfo {
             run_dir: run_dir.clone(),
@@ -206,6 +209,7 @@ impl Trainer {
             log,
             param_log,
             info,
+            _lock: parts.lock,
         })
     }
 }
@@ -221,6 +225,8 @@ struct Parts {
     resumed: bool,
     cached: bool,
     files: usize,
+    /// The lock on the run directory.
+    lock: DirLock,
 }
 
 fn adamw_config(config: &TrainConfig) -> AdamWConfig {
@@ -389,18 +395,28 @@ fn run_of(path: &Path) -> Result<&Path> {
     Ok(path.parent().unwrap_or(Path::new(".")))
 }
 
-/// The run's latest/ checkpoint, recovered first if a swap of checkpoint directories was cut short.
-fn latest_checkpoint(run_dir: &Path) -> Result<PathBuf> {
+/// The run's latest/ checkpoint, with the run directory locked ([`run_dir::lock`]) and checked
+/// ([`run_dir::check_entries`]), and the temporaries of killed runs removed from it.
+fn latest_checkpoint(run_dir: &Path) -> Result<(PathBuf, DirLock)> {
     let dir = run_dir.join("latest");
-    atomic::recover_dir(&dir)?;
-    if !dir.join(checkpoint::TRAINER_FILE).is_file() {
-        return Err(Error::Input(format!(
+    let not_a_run = || {
+        Error::Input(format!(
             "{}: not a training run (no latest/{})",
             run_dir.display(),
             checkpoint::TRAINER_FILE
-        )));
+        ))
+    };
+    // Locking makes the lock file: not in a directory that holds no run.
+    if !atomic::exists_or_recoverable(&dir) {
+        return Err(not_a_run());
     }
-    Ok(dir)
+    let lock = run_dir::lock(run_dir)?;
+    if !dir.join(checkpoint::TRAINER_FILE).is_file() {
+        return Err(not_a_run());
+    }
+    run_dir::check_entries(run_dir, true)?;
+    atomic::remove_stale_temps(run_dir);
+    Ok((dir, lock))
 }
 
 /// The settings of a resumed run: the recorded ones with the user's `overrides`, which may only

@@ -37,3 +37,42 @@ pub fn gpt2() -> Command {
 pub fn run_gpt2(args: &[&str]) -> Output {
     gpt2().args(args).output().unwrap()
 }
+
+/// Things the user may have at a path that a command writes, which it must not replace: each
+/// path made in `dir`, with the words an error uses for it. The symbolic link points at a file
+/// of ours that stands for `/dev/null` (a link to the real one must not be risked in a test).
+#[cfg(unix)]
+pub fn foreign_entries(dir: &std::path::Path) -> Vec<(PathBuf, &'static str)> {
+    let fifo = dir.join("fifo");
+    let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o644) }, 0, "mkfifo");
+    std::fs::write(dir.join("device"), "stands for /dev/null").unwrap();
+    std::os::unix::fs::symlink(dir.join("device"), dir.join("link")).unwrap();
+    std::fs::write(dir.join("notes.txt"), "the user's notes").unwrap();
+    std::fs::create_dir(dir.join("folder")).unwrap();
+    std::fs::write(dir.join("folder/data.csv"), "1,2,3").unwrap();
+    vec![
+        (fifo, "a FIFO"),
+        (dir.join("link"), "a symbolic link"),
+        (dir.join("notes.txt"), "a file of another kind"),
+        (dir.join("folder"), "a directory"),
+    ]
+}
+
+/// Asserts that the entries of [`foreign_entries`] in `dir` are as they were made.
+#[cfg(unix)]
+pub fn assert_foreign_entries_intact(dir: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = |name: &str| std::fs::symlink_metadata(dir.join(name)).unwrap().file_type();
+    assert!(kind("fifo").is_fifo(), "the FIFO is left alone");
+    assert!(kind("link").is_symlink(), "the link is not replaced");
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    assert_eq!(
+        read("device"),
+        "stands for /dev/null",
+        "nothing is written through the link"
+    );
+    assert_eq!(read("notes.txt"), "the user's notes");
+    assert_eq!(read("folder/data.csv"), "1,2,3");
+}

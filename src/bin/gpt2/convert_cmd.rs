@@ -33,7 +33,8 @@ pub struct ConvertArgs {
     /// transformers loads) or llmc (an llm.c checkpoint file, gpt2_124M.bin's layout).
     #[arg(long, value_enum)]
     to: To,
-    /// Where to write: a directory for `hf`, a file for `llmc`. Replaced atomically if it exists.
+    /// Where to write: a directory for `hf`, a file for `llmc`. An existing model directory or
+    /// llm.c file is replaced atomically; anything else there is refused.
     #[arg(long)]
     out: PathBuf,
     /// Tensor type of an llm.c file: f32 (version 3) or bf16 (version 5).

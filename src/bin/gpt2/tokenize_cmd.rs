@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
+use gpt2::io::atomic::check_replaceable;
 use gpt2::tokenizer::{SpecialTokens, Tokenizer, UnknownChar};
 
 #[derive(Args)]
@@ -55,7 +56,8 @@ pub struct BpeTrainArgs {
     #[arg(long, default_value_t = 4096)]
     vocab_size: usize,
     /// Where to write the tokenizer: a .json file, or a directory (then DIR/tokenizer.json).
-    /// Use it with `--encoding bpe:<file>`.
+    /// An existing tokenizer file is replaced; anything else there is refused. Use it with
+    /// `--encoding bpe:<file>`.
     #[arg(long)]
     out: PathBuf,
 }
@@ -143,6 +145,8 @@ pub fn run_bpe(command: &BpeCommand) -> Result<()> {
             parent.display()
         );
     }
+    // Before training, which can take long: only a tokenizer file may be replaced.
+    check_replaceable(&path, "a tokenizer JSON file", Tokenizer::is_tokenizer_json)?;
     let start = std::time::Instant::now();
     let tokenizer = Tokenizer::train_bpe(&text, args.vocab_size)?;
     tokenizer.save_file(&path)?;
