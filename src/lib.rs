@@ -11,6 +11,7 @@ pub mod eval;
 pub mod generate;
 pub mod inspect;
 pub mod io;
+pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod optim;
