@@ -187,7 +187,7 @@ impl Config {
 
     /// Reads `config.json` from a file.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::files::read_to_string(path, crate::files::SETTINGS_MAX_BYTES)?;
         Config::from_hf_json(&text).map_err(|e| match e {
             Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
             other => other,

@@ -8,6 +8,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod files;
 pub mod generate;
 pub mod inspect;
 pub mod io;

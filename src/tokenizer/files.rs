@@ -70,6 +70,7 @@ fn bad(path: &Path, msg: impl std::fmt::Display) -> Error {
 }
 
 fn read_text(path: &Path) -> Result<String> {
+    crate::files::regular(path)?;
     fs::read_to_string(path).map_err(|e| Error::io(path, e))
 }
 
