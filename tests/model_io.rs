@@ -220,3 +220,25 @@ fn only_regular_files_are_read_as_models_tokenizers_and_corpora() {
     fs::remove_dir_all(&dir).unwrap();
     fs::remove_dir_all(&openai).unwrap();
 }
+
+#[test]
+fn nan_or_infinite_weights_are_an_error_naming_the_tensor_and_a_warning_for_inspection() {
+    let mut model = load_hf_dir(Path::new(TINY)).unwrap();
+    let n = model.params.len();
+    model.params[n - 1] = f32::NAN; // ln_f.bias
+    model.params[n - 2] = f32::INFINITY;
+    model.params[0] = f32::NAN; // wte
+    let dir = temp_dir("nan-weights").join("model");
+    save_hf_dir(&model, &dir).unwrap();
+    let err = load_model(&dir).err().unwrap().to_string();
+    assert!(
+        err.contains("tensor 'wte.weight' holds 1 NaN or infinite value, and 1 more tensor holds some"),
+        "{err}"
+    );
+    let err = gpt2::io::load_model_with_tokenizer(&dir).err().unwrap().to_string();
+    assert!(err.contains("wte.weight"), "{err}");
+    let loaded = gpt2::io::load_model_with_tokenizer_as_is(&dir).unwrap();
+    let warning = gpt2::io::non_finite_weights(&loaded.model).unwrap();
+    assert!(warning.starts_with("tensor 'wte.weight'"), "{warning}");
+    fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+}
