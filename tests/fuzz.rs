@@ -1,4 +1,4 @@
-//! Fuzzing every loader: each test feeds one file format a few thousand deterministic
+//! Fuzzing every loader: each test feeds each file of a format a thousand deterministic
 //! mutations of a valid fixture (bit flips, bytes set to extremes, truncations, 4- and 8-byte
 //! length fields set to 0 / the maximum / past the end, duplicated and reordered bytes and
 //! lines, numbers in text replaced by extremes) and asserts that loading gives an error or a
@@ -20,7 +20,7 @@ mod common;
 use common::{fixture, temp_dir};
 
 /// Mutations per format unless FUZZ_ITERS says otherwise.
-const DEFAULT_ITERS: usize = 2000;
+const DEFAULT_ITERS: usize = 1000;
 
 /// The largest single allocation this binary grants: 64 MB, far beyond what the fixtures (at
 /// most a few hundred kB) can need.
