@@ -187,7 +187,7 @@ impl Config {
 
     /// Reads `config.json` from a file.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::files::read_to_string(path, crate::files::SETTINGS_MAX_BYTES)?;
         Config::from_hf_json(&text).map_err(|e| match e {
             // The file's path stands in for the generic "config.json: " of the text parser.
             Error::Config(msg) => Error::Config(format!(

@@ -197,7 +197,10 @@ fn bad_input_is_a_clear_error_not_a_panic() {
     let model = dir.path();
     let cases: [(&[&str], &str); 13] = [
         (&["--prompt", ""], "empty"),
-        (&["--prompt", "a", "--num-samples", "18446744073709551615"], "KV cache"),
+        (
+            &["--prompt", "a", "--num-samples", "18446744073709551615"],
+            "--num-samples must be between 1 and 65536",
+        ),
         (&["--prompt", "é"], "unknown character"),
         (&["--prompt", "a", "--top-p", "0"], "--top-p must be in (0, 1]"),
         (&["--prompt", "a", "--top-p", "1.5"], "--top-p"),

@@ -33,6 +33,8 @@ enum Fault {
     Status(u16),
     /// Ignore Range headers and always send the whole file.
     IgnoreRange,
+    /// Announce no size and send spaces until the client hangs up (at most 64 MB).
+    Endless,
 }
 
 /// One file the server holds, by URL path.
@@ -181,6 +183,16 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             ("Content-Length", "0".into()),
         ];
         return respond(&mut stream, 302, &headers, b"");
+    }
+    if faults.iter().any(|f| matches!(f, Fault::Endless)) {
+        drop(state);
+        respond(&mut stream, 200, &[], b"")?;
+        if method == "GET" {
+            for _ in 0..64 {
+                stream.write_all(&[b' '; 1 << 20])?;
+            }
+        }
+        return Ok(());
     }
     let mut headers = Vec::new();
     if let Some(etag) = &file.etag {
@@ -439,6 +451,22 @@ fn a_server_that_lies_about_a_size_is_refused() {
         .to_string();
     assert!(err.contains("announced") && err.contains("bytes"), "{err}");
     assert!(files_under(&root).iter().all(|f| !f.contains("model.safetensors")));
+    assert!(!cache.join("hf/gpt2").exists());
+}
+
+#[test]
+fn a_file_of_no_announced_size_is_cut_at_the_bound_for_its_kind() {
+    let server = Server::start(hub_files("gpt2"));
+    let (root, cache) = scratch("endless");
+    server.fault("/openai-community/gpt2/resolve/main/config.json", Fault::Endless);
+    let err = fetch(&server, &cache, Source::HuggingFace, &mut Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("config.json: the server sent more than 1000000 bytes"),
+        "{err}"
+    );
+    assert!(files_under(&root).iter().all(|f| !f.contains("config.json")));
     assert!(!cache.join("hf/gpt2").exists());
 }
 

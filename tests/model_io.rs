@@ -161,3 +161,84 @@ fn config_json_round_trips_and_presets_are_gpt2() {
     assert_eq!(num_params(&Config::preset("gpt2-xl").unwrap()), 1_557_611_200);
     assert!(Config::preset("gpt3").is_err());
 }
+
+/// A FIFO at `path` (reading it would block until a writer comes).
+#[cfg(unix)]
+fn mkfifo(path: &Path) {
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+}
+
+/// FIFOs and devices in place of model, tokenizer and corpus files are errors naming the file,
+/// not reads that block forever or never end.
+#[cfg(unix)]
+#[test]
+fn only_regular_files_are_read_as_models_tokenizers_and_corpora() {
+    let dir = tiny_copy("special-files");
+    let weights = dir.join("model.safetensors");
+    fs::remove_file(&weights).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &weights).unwrap();
+    // (A Hugging Face directory looks for its weights among regular files.)
+    let err = load_err(&dir);
+    assert!(err.contains("no model.safetensors"), "{err}");
+    fs::remove_file(&weights).unwrap();
+    mkfifo(&weights);
+    let err = load_err(&dir);
+    assert!(err.contains("no model.safetensors"), "{err}");
+    let err = gpt2::io::mapped::MappedFile::open(&weights).err().unwrap().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+
+    let openai = temp_dir("special-files-openai");
+    for entry in fs::read_dir(Path::new(TINY).with_file_name("tiny_openai")).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), openai.join(entry.file_name())).unwrap();
+    }
+    for (file, special) in [("model.ckpt.index", "zero"), ("model.ckpt.data-00000-of-00001", "fifo")] {
+        let path = openai.join(file);
+        let saved = fs::read(&path).unwrap();
+        fs::remove_file(&path).unwrap();
+        match special {
+            "zero" => std::os::unix::fs::symlink("/dev/zero", &path).unwrap(),
+            _ => mkfifo(&path),
+        }
+        let err = load_model(&openai).err().unwrap().to_string();
+        assert!(
+            err.contains(file) && err.contains("not a regular file"),
+            "{file}: {err}"
+        );
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, saved).unwrap();
+    }
+
+    let fifo = dir.join("tokenizer.json");
+    mkfifo(&fifo);
+    let err = gpt2::tokenizer::Tokenizer::load_file(&fifo).unwrap_err().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    let err = gpt2::data::read_corpus(&[fifo]).unwrap_err().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    fs::remove_dir_all(&dir).unwrap();
+    fs::remove_dir_all(&openai).unwrap();
+}
+
+#[test]
+fn nan_or_infinite_weights_are_an_error_naming_the_tensor_and_a_warning_for_inspection() {
+    let mut model = load_hf_dir(Path::new(TINY)).unwrap();
+    let n = model.params.len();
+    model.params[n - 1] = f32::NAN; // ln_f.bias
+    model.params[n - 2] = f32::INFINITY;
+    model.params[0] = f32::NAN; // wte
+    let dir = temp_dir("nan-weights").join("model");
+    save_hf_dir(&model, &dir).unwrap();
+    let err = load_model(&dir).err().unwrap().to_string();
+    assert!(
+        err.contains("tensor 'wte.weight' holds 1 NaN or infinite value, and 1 more tensor holds some"),
+        "{err}"
+    );
+    let err = gpt2::io::load_model_with_tokenizer(&dir).err().unwrap().to_string();
+    assert!(err.contains("wte.weight"), "{err}");
+    let loaded = gpt2::io::load_model_with_tokenizer_as_is(&dir).unwrap();
+    let warning = gpt2::io::non_finite_weights(&loaded.model).unwrap();
+    assert!(warning.starts_with("tensor 'wte.weight'"), "{warning}");
+    fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+}

@@ -717,3 +717,28 @@ fn bpe_train_replaces_only_a_tokenizer_file() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An id far beyond the vocabulary would size the id-indexed tables by it (one id of 16777215
+/// was 570 MB): it is an error, for ordinary and special tokens alike.
+#[test]
+fn ids_far_beyond_the_vocabulary_are_errors() {
+    let dir = temp_dir("huge-ids");
+    let tiktoken = dir.join("huge.tiktoken");
+    std::fs::write(&tiktoken, "YQ== 0\nYg== 16777215\n").unwrap();
+    let err = Tokenizer::load_file(&tiktoken).unwrap_err().to_string();
+    assert!(err.contains("token id 16777215 is too large"), "{err}");
+    let hf = dir.join("tokenizer.json");
+    let mut json: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/hf_small/tokenizer.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    json["added_tokens"][0]["id"] = 16777215.into();
+    json["model"]["vocab"].as_object_mut().unwrap().remove("<|endoftext|>");
+    std::fs::write(&hf, json.to_string()).unwrap();
+    let err = Tokenizer::load_file(&hf).unwrap_err().to_string();
+    assert!(err.contains("16777215") && err.contains("too large"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -408,3 +408,89 @@ fn a_run_killed_at_twenty_moments_ends_with_the_parameters_of_an_uninterrupted_o
     assert!(left.is_empty(), "temporaries of killed runs are removed: {left:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sizes_and_numbers_out_of_range_are_errors_naming_the_flag_before_anything_is_allocated() {
+    let dir = temp_dir("ranges");
+    let cases: [(&[&str], &str); 12] = [
+        (
+            &["--block-size", "100000"],
+            "lower --batch-size (now 12) or --block-size (now 100000)",
+        ),
+        (&["--batch-size", "10000000"], "lower --batch-size (now 10000000)"),
+        (
+            &["--lr", "NaN"],
+            "invalid value 'NaN' for '--lr <LR>': NaN is not a finite number",
+        ),
+        (&["--lr", "inf"], "'--lr <LR>': inf is not a finite number"),
+        (&["--min-lr=-inf"], "'--min-lr <MIN_LR>': -inf is not a finite number"),
+        (&["--dropout", "NaN"], "'--dropout <DROPOUT>'"),
+        (&["--val-fraction", "NaN"], "'--val-fraction <VAL_FRACTION>'"),
+        (&["--grad-clip", "inf"], "'--grad-clip <GRAD_CLIP>'"),
+        (&["--beta2", "NaN"], "'--beta2 <BETA2>'"),
+        (&["--temperature", "NaN"], "'--temperature <TEMPERATURE>'"),
+        (
+            &["--warmup-iters", "18446744073709551615"],
+            "'--warmup-iters <WARMUP_ITERS>': 18446744073709551615 is more than the maximum of 1099511627776",
+        ),
+        (
+            &["--data-parallel", "5000"],
+            "data_parallel must be at most 1024 batch shards, got 5000",
+        ),
+    ];
+    for (args, message) in cases {
+        let output = train(&dir, args).output().unwrap();
+        let (_, stderr) = text(&output);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(
+            stderr.contains(message) && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!dir.join("run").exists(), "{args:?}: no run directory");
+    }
+    let output = gpt2()
+        .args(["--threads", "100000", "train", "--batch-size", "0"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr.contains("'--threads <THREADS>': 100000 is more than the maximum of"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn more_shards_than_batch_rows_are_capped_with_a_note() {
+    let dir = temp_dir("shards");
+    let tiny = [
+        "--n-layer",
+        "1",
+        "--n-embd",
+        "16",
+        "--n-head",
+        "1",
+        "--block-size",
+        "8",
+        "--batch-size",
+        "2",
+        "--max-iters",
+        "1",
+        "--eval-iters",
+        "1",
+        "--sample-tokens",
+        "1",
+        "--data-parallel",
+        "8",
+    ];
+    let output = train(&dir, &tiny).output().unwrap();
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("note: --data-parallel 8 is more shards than the batch has rows; using 2")
+            && stdout.contains("in 2 batch shards"),
+        "{stdout}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -66,6 +66,7 @@ pub fn read_corpus(paths: &[PathBuf]) -> Result<Vec<Document>> {
 }
 
 fn read_document(path: &Path) -> Result<String> {
+    crate::files::regular(path)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if bytes.is_empty() {
         return Err(Error::Input(format!("{}: the file is empty", path.display())));

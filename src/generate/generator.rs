@@ -2,7 +2,9 @@
 //! and step, all samples side by side in one batched cached forward pass.
 
 use super::sampling::Sampling;
+use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::memory::{product, Need};
 use crate::model::{Gpt, KvCache};
 use crate::rng::Rng;
 use serde::Serialize;
@@ -30,6 +32,9 @@ impl Default for GenerateOptions {
         }
     }
 }
+
+/// The most samples one generator decodes side by side.
+pub const MAX_SAMPLES: usize = 1 << 16;
 
 /// One generated token of one sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,14 +87,18 @@ impl<'m> Generator<'m> {
     /// Validates the settings and prefills the prompt (in one pass, shared by all samples).
     pub fn new(model: &'m Gpt, prompt: &[u32], options: GenerateOptions, rng: &mut Rng) -> Result<Self> {
         options.sampling.validate()?;
-        if options.num_samples == 0 {
-            return Err(Error::Input("num_samples must be >= 1".into()));
+        if !(1..=MAX_SAMPLES).contains(&options.num_samples) {
+            return Err(Error::Input(format!(
+                "num_samples must be between 1 and {MAX_SAMPLES}, got {}",
+                options.num_samples
+            )));
         }
         if prompt.is_empty() {
             return Err(Error::Input(
                 "the prompt is empty: generation needs at least one token to start from".into(),
             ));
         }
+        check_memory(&model.config, prompt.len(), &options)?;
         let n_positions = model.config.n_positions;
         let window = &prompt[prompt.len().saturating_sub(n_positions)..];
         let mut cache = KvCache::new(
@@ -98,7 +107,7 @@ impl<'m> Generator<'m> {
             prompt.len().saturating_add(options.max_new_tokens).min(n_positions),
         )?;
         let prompt_logits = model.forward_cached(&mut cache, window)?.to_vec();
-        cache.broadcast(options.num_samples)?; // the large allocation: an error if it cannot be made
+        cache.broadcast(options.num_samples)?;
         let logits = prompt_logits.repeat(options.num_samples);
         let samples = options.num_samples;
         Ok(Generator {
@@ -210,6 +219,31 @@ impl<'m> Generator<'m> {
     }
 }
 
+/// What generating needs up front (the cache of every sample, the largest pass over it, each
+/// sample's logits), checked against the machine before any of it is allocated.
+fn check_memory(cfg: &Config, prompt_len: usize, options: &GenerateOptions) -> Result<()> {
+    let samples = options.num_samples;
+    let len = prompt_len.saturating_add(options.max_new_tokens);
+    let capacity = len.min(cfg.n_positions);
+    // Decoding feeds one token per sample, but once a sample outgrows the context each step
+    // recomputes its whole window; before either, the prompt is prefilled in one row.
+    let step = if len > cfg.n_positions { capacity } else { 1 };
+    let passes = KvCache::pass_floats(cfg, samples, step, capacity).max(KvCache::pass_floats(
+        cfg,
+        1,
+        prompt_len.min(capacity),
+        capacity,
+    ));
+    Need::new()
+        .floats("KV cache", KvCache::cache_floats(cfg, samples, capacity))
+        .floats("forward pass buffers", passes)
+        .floats("next-token logits", product(&[samples, cfg.vocab_size]))
+        .check(
+            &format!("generating {samples} sample(s) with a context of {capacity} tokens"),
+            "use fewer samples (--num-samples) or fewer new tokens (--max-new-tokens)",
+        )
+}
+
 impl Iterator for Generator<'_> {
     type Item = Result<Token>;
 
@@ -221,5 +255,29 @@ impl Iterator for Generator<'_> {
             }
         }
         self.queue.pop_front().map(Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_beyond_the_machine_are_refused_before_anything_is_allocated() {
+        let cfg = Config::preset("gpt2").unwrap();
+        let options = |num_samples| GenerateOptions {
+            num_samples,
+            max_new_tokens: 1000,
+            ..Default::default()
+        };
+        // 65536 caches of 1010 positions: 4.9 TB.
+        let err = check_memory(&cfg, 10, &options(MAX_SAMPLES)).unwrap_err().to_string();
+        assert!(
+            err.contains("generating 65536 sample(s) with a context of 1010 tokens needs about")
+                && err.contains("KV cache 4.9 TB")
+                && err.contains("--num-samples"),
+            "{err}"
+        );
+        check_memory(&cfg, 10, &options(1)).unwrap();
     }
 }

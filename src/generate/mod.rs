@@ -8,7 +8,7 @@ pub mod sampling;
 pub mod stream;
 pub mod text;
 
-pub use generator::{Finish, GenerateOptions, Generator, Token};
+pub use generator::{Finish, GenerateOptions, Generator, Token, MAX_SAMPLES};
 pub use sampling::Sampling;
 pub use stream::TextStream;
 pub use text::{TextGenerator, TextToken};

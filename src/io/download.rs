@@ -17,7 +17,9 @@
 use super::atomic::write_dir;
 use super::cache::{model_dir, partial_dir, Source, MODELS};
 use super::tf_checkpoint::{read_hparams, Bundle};
+use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::model::num_params;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
@@ -86,6 +88,21 @@ fn url(req: &Request, file: &str) -> String {
                 "{}/gpt-2/models/{size}/{file}",
                 req.base_url.unwrap_or("https://openaipublic.blob.core.windows.net")
             )
+        }
+    }
+}
+
+/// The most bytes `file` of `model` may have, whatever a server says: a server that announces
+/// no size (or a larger one) cannot fill the disk. Generous: the settings and vocabularies are
+/// a few kB to 1.5 MB, the weights 4 bytes per parameter (plus a header or an index).
+fn size_bound(model: &str, file: &str) -> u64 {
+    const MB: u64 = 1_000_000;
+    match file {
+        "config.json" | "hparams.json" => MB,
+        "vocab.json" | "merges.txt" | "encoder.json" | "vocab.bpe" | "model.ckpt.index" => 64 * MB,
+        _ => {
+            let params = Config::preset(model).map_or(0, |cfg| num_params(&cfg) as u64);
+            params * 4 * 5 / 4 + 64 * MB
         }
     }
 }
@@ -196,10 +213,12 @@ fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
     Some((first, total.parse().ok()))
 }
 
-/// Downloads `url` into `part`, continuing after the bytes already there (step 2).
+/// Downloads `url` (`file` of `model`) into `part`, continuing after the bytes already there
+/// (step 2).
 fn fetch(
     agent: &ureq::Agent,
     url: &str,
+    model: &str,
     file: &str,
     part: &Path,
     expected: &Expected,
@@ -225,12 +244,19 @@ fn fetch(
         }
     }
     let size = expected.size.or(total);
+    let bound = size_bound(model, file);
+    if size.is_some_and(|size| size > bound) {
+        return Err(Error::download(
+            url,
+            format!("the server announced {size:?} bytes, more than a {file} of {model} can be ({bound} at most)"),
+        ));
+    }
     on_event(Event::Start {
         file,
         size,
         resumed_from: start,
     });
-    write_body(resp, url, part, (start, size), on_event)
+    write_body(resp, url, part, (start, size.unwrap_or(bound)), on_event)
 }
 
 /// The bytes of `part` that an earlier attempt left; none when there are more than the file
@@ -280,12 +306,12 @@ fn body_range(
 
 /// Writes the body, which starts at byte `start` of the file, into `part`: after the kept
 /// bytes, or over them when `start` is 0. An interrupted transfer keeps what arrived (synced);
-/// more bytes than the file's `size` delete it.
+/// more bytes than the file's `size` (the announced size, else the bound) delete it.
 fn write_body(
     resp: ureq::http::Response<ureq::Body>,
     url: &str,
     part: &Path,
-    (start, size): (u64, Option<u64>),
+    (start, size): (u64, u64),
     on_event: &mut dyn FnMut(Event),
 ) -> Result<()> {
     let mut out = OpenOptions::new()
@@ -311,10 +337,13 @@ fn write_body(
             }
         };
         len += n as u64;
-        if size.is_some_and(|size| len > size) {
+        if len > size {
             drop(out);
             let _ = fs::remove_file(part);
-            return Err(Error::download(url, "the server sent more bytes than it announced"));
+            return Err(Error::download(
+                url,
+                format!("the server sent more than {size} bytes, more than it announced or such a file can be"),
+            ));
         }
         out.write_all(&buf[..n]).map_err(|e| Error::io(part, e))?;
         on_event(Event::Progress { bytes: n as u64 });
@@ -389,7 +418,7 @@ pub fn download(req: &Request, on_event: &mut dyn FnMut(Event)) -> Result<PathBu
         let url = url(req, file);
         let part = partial.join(file);
         let expected = metadata(&agent, req.source, &url)?;
-        fetch(&agent, &url, file, &part, &expected, on_event)?;
+        fetch(&agent, &url, req.model, file, &part, &expected, on_event)?;
         let check = verify(&url, &part, &expected)?;
         on_event(Event::Verified { file, check });
     }

@@ -7,6 +7,7 @@ use super::param_buffer::{check_shape, ParamBuffer};
 use super::safetensors::{write_safetensors, TensorOut};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::files;
 use crate::model::{param_specs, Gpt};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let text = files::read_to_string(&index, files::SETTINGS_MAX_BYTES)?;
         let json: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| Error::weights(&index, format!("invalid JSON: {e}")))?;
         let map = json

@@ -19,6 +19,7 @@ use super::mapped::MappedFile;
 use super::param_buffer::ParamBuffer;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::files;
 use crate::model::{num_params, param_specs, Gpt};
 use crate::ops::matmul::transpose;
 use faer::Par;
@@ -104,8 +105,9 @@ pub fn padded_vocab(vocab_size: usize) -> usize {
 pub fn read_config(path: &Path) -> Result<Config> {
     use std::io::Read;
     let mut header = Vec::with_capacity(HEADER_BYTES);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(HEADER_BYTES as u64).read_to_end(&mut header))
+    files::open(path)?
+        .take(HEADER_BYTES as u64)
+        .read_to_end(&mut header)
         .map_err(|e| Error::io(path, e))?;
     Ok(read_header(path, &header)?.0)
 }

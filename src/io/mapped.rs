@@ -3,6 +3,7 @@
 
 use super::dtype::{dtype_width, to_f32};
 use crate::error::{Error, Result};
+use crate::files;
 use rayon::prelude::*;
 use safetensors::Dtype;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ pub struct MappedFile {
 
 impl MappedFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = files::open(path)?;
         // SAFETY: the map is read-only; like every mmap reader we assume nobody truncates the
         // file while it is open.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;

@@ -234,13 +234,26 @@ fn name_clash(path: &Path) -> String {
     }
 }
 
-/// Loads a model from any supported format (see [`detect`]).
+/// Loads a model from any supported format (see [`detect`]). Weights that are NaN or
+/// infinite are an error naming the tensor.
 pub fn load_model(path: &Path) -> Result<Gpt> {
-    detect(path)?.load()
+    let format = detect(path)?;
+    let model = format.load()?;
+    finite(&model, format.path())?;
+    Ok(model)
 }
 
-/// Loads a model and its tokenizer (see [`Format::tokenizer`]).
+/// Loads a model and its tokenizer (see [`Format::tokenizer`]). Weights that are NaN or
+/// infinite are an error naming the tensor.
 pub fn load_model_with_tokenizer(path: &Path) -> Result<Loaded> {
+    let loaded = load_model_with_tokenizer_as_is(path)?;
+    finite(&loaded.model, loaded.format.path())?;
+    Ok(loaded)
+}
+
+/// [`load_model_with_tokenizer`] for a model that may hold NaN or infinite weights (to look
+/// inside a run that diverged); check them with [`non_finite_weights`].
+pub fn load_model_with_tokenizer_as_is(path: &Path) -> Result<Loaded> {
     let format = detect(path)?;
     let model = format.load()?;
     let tokenizer = format.tokenizer(&model.config)?;
@@ -249,6 +262,33 @@ pub fn load_model_with_tokenizer(path: &Path) -> Result<Loaded> {
         tokenizer,
         format,
     })
+}
+
+/// What is wrong when some of `model`'s weights are NaN or infinite: the first such tensor,
+/// how many of its values, and how many other tensors have some.
+pub fn non_finite_weights(model: &Gpt) -> Option<String> {
+    let bad = crate::model::non_finite_tensors(&model.config, &model.params);
+    let (name, count) = bad.first()?;
+    let others = match bad.len() {
+        1 => String::new(),
+        n => format!(
+            ", and {} more tensor{} some",
+            n - 1,
+            if n == 2 { " holds" } else { "s hold" }
+        ),
+    };
+    Some(format!(
+        "tensor '{name}' holds {count} NaN or infinite value{}{others} (the run diverged, or the file is damaged)",
+        if *count == 1 { "" } else { "s" }
+    ))
+}
+
+/// An error naming the weights of `model` (read from `path`) that are NaN or infinite.
+fn finite(model: &Gpt, path: &Path) -> Result<()> {
+    match non_finite_weights(model) {
+        Some(msg) => Err(Error::weights(path, msg)),
+        None => Ok(()),
+    }
 }
 
 /// The formats a model can be written in.

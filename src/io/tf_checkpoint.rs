@@ -28,6 +28,7 @@ use super::protobuf::{for_each_field, Value};
 use super::sstable::read_table;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::files;
 use crate::model::Gpt;
 use rayon::prelude::*;
 use safetensors::Dtype;
@@ -163,13 +164,16 @@ fn parse_entry(value: &[u8]) -> std::result::Result<BundleEntry, String> {
     Ok(entry)
 }
 
+/// The most bytes an index may have: GPT-2 XL's holds about 20 kB.
+const INDEX_MAX_BYTES: u64 = 64 << 20;
+
 impl Bundle {
     /// Opens the bundle `{prefix}.index` + `{prefix}.data-*`, parsing and checking the index.
     pub fn open(prefix: &Path) -> Result<Bundle> {
         let mut index_path = prefix.as_os_str().to_owned();
         index_path.push(".index");
         let index_path = PathBuf::from(index_path);
-        let index = std::fs::read(&index_path).map_err(|e| Error::io(&index_path, e))?;
+        let index = files::read(&index_path, INDEX_MAX_BYTES)?;
         let bad = |msg: String| Error::weights(&index_path, msg);
         let table = read_table(&index).map_err(bad)?;
         let Some((b"", header)) = table.first().map(|(k, v)| (k.as_slice(), v)) else {
@@ -279,7 +283,7 @@ pub fn openai_name(name: &str) -> String {
 
 /// Reads `hparams.json`: `{"n_vocab", "n_ctx", "n_embd", "n_head", "n_layer"}`.
 pub fn read_hparams(path: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = files::read_to_string(path, files::SETTINGS_MAX_BYTES)?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::weights(path, format!("invalid JSON: {e}")))?;
     let int = |key: &str| {

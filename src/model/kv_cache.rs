@@ -10,9 +10,10 @@
 //! Shapes: B = rows (sequences decoded side by side), P = cache capacity in positions
 //! (at most n_positions), L = layers, NH = heads, hs = head size, C = NH·hs.
 
-use super::workspace::{fit, BlockActs};
+use super::workspace::{fit, BlockActs, BlockShape};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::memory::{human, product, sum, Need};
 
 /// Cached keys and values of B sequences that all hold the same number of positions, plus
 /// the buffers of one cached forward pass.
@@ -109,6 +110,30 @@ impl KvCache {
         })
     }
 
+    /// The keys and values (f32) of a cache of `rows` rows × `capacity` positions, saturating.
+    pub fn cache_floats(cfg: &Config, rows: usize, capacity: usize) -> u64 {
+        product(&[2, cfg.n_layer, rows, capacity, cfg.n_embd])
+    }
+
+    /// The values (f32) of the buffers of one cached pass over `t` new tokens in each of `rows`
+    /// rows, attending to `keys` positions, saturating (see [`super::Gpt::forward_cached`]).
+    pub fn pass_floats(cfg: &Config, rows: usize, t: usize, keys: usize) -> u64 {
+        let n = rows.saturating_mul(t);
+        let shape = BlockShape {
+            rows: n,
+            att: n.saturating_mul(cfg.n_head).saturating_mul(keys),
+            dropout: false,
+            for_backward: false,
+        };
+        sum(&[
+            product(&[n, cfg.n_embd]),       // x
+            product(&[rows, cfg.n_embd, 2]), // last, ln_f
+            product(&[rows, 2]),             // ln_f's mean and rstd
+            product(&[rows, cfg.vocab_size]),
+            BlockActs::floats(cfg, shape),
+        ])
+    }
+
     /// Number of sequences (batch rows).
     pub fn rows(&self) -> usize {
         self.rows
@@ -143,14 +168,15 @@ impl KvCache {
             )));
         }
         let row_len = self.k.len();
+        let need = Need::new().floats("keys and values", product(&[2, row_len, rows]));
+        need.check(&format!("a KV cache of {rows} rows"), "use fewer samples")?;
+        let size = row_len.saturating_mul(rows);
         let too_many = || {
-            let bytes = 2.0 * 4.0 * row_len as f64 * rows as f64;
             Error::Input(format!(
-                "{rows} rows of KV cache need {:.1} GB: more memory than this machine gives (use fewer samples)",
-                bytes / 1e9
+                "a KV cache of {rows} rows needs {}: more than can be allocated (use fewer samples)",
+                human(need.total())
             ))
         };
-        let size = row_len.checked_mul(rows).ok_or_else(too_many)?;
         for buf in [&mut self.k, &mut self.v] {
             let mut new = Vec::new();
             new.try_reserve_exact(size).map_err(|_| too_many())?;
@@ -307,6 +333,48 @@ mod tests {
         let logits = model.forward_cached(&mut cache, &[1, 2]).unwrap().to_vec();
         let err = max_abs_diff(&logits, &full_last_logits(&model, &seqs));
         assert!(err <= 1e-4, "max error {err}");
+    }
+
+    /// The memory check of generation counts what a cache and its passes allocate.
+    #[test]
+    fn cache_and_pass_floats_count_what_a_cached_pass_allocates() {
+        let model = model();
+        let cfg = &model.config;
+        let held = |cache: &KvCache| {
+            let s = &cache.scratch;
+            let bufs = [&s.x, &s.last, &s.ln_f, &s.ln_f_mean, &s.ln_f_rstd, &s.logits];
+            let block = &s.block;
+            let block_bufs = [
+                &block.ln_1,
+                &block.ln_1_mean,
+                &block.ln_1_rstd,
+                &block.qkv,
+                &block.att,
+                &block.atty,
+                &block.residual_2,
+                &block.ln_2,
+                &block.ln_2_mean,
+                &block.ln_2_rstd,
+                &block.fch,
+                &block.fch_gelu,
+                &block.residual_3,
+            ];
+            bufs.iter().chain(&block_bufs).map(|b| b.len() as u64).sum::<u64>()
+        };
+        let mut cache = KvCache::new(cfg, 1, 12).unwrap();
+        assert_eq!(
+            (cache.k.len() + cache.v.len()) as u64,
+            KvCache::cache_floats(cfg, 1, 12)
+        );
+        model.forward_cached(&mut cache, &random_tokens(5, 97, 1)).unwrap();
+        assert_eq!(held(&cache), KvCache::pass_floats(cfg, 1, 5, 5), "prefill");
+        cache.broadcast(3).unwrap();
+        assert_eq!(
+            (cache.k.len() + cache.v.len()) as u64,
+            KvCache::cache_floats(cfg, 3, 12)
+        );
+        model.forward_cached(&mut cache, &[1, 2, 3]).unwrap();
+        assert_eq!(held(&cache), KvCache::pass_floats(cfg, 3, 1, 6), "decoding step");
     }
 
     #[test]

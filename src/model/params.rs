@@ -57,6 +57,21 @@ pub fn num_params(cfg: &Config) -> usize {
     param_specs(cfg).iter().map(TensorSpec::numel).sum()
 }
 
+/// The tensors of `params` (laid out for `cfg`) that hold NaN or infinite values, each with
+/// how many, in buffer order.
+pub fn non_finite_tensors(cfg: &Config, params: &[f32]) -> Vec<(String, usize)> {
+    let mut offset = 0;
+    param_specs(cfg)
+        .into_iter()
+        .filter_map(|spec| {
+            let tensor = &params[offset..offset + spec.numel()];
+            offset += spec.numel();
+            let bad = tensor.iter().filter(|x| !x.is_finite()).count();
+            (bad > 0).then_some((spec.name, bad))
+        })
+        .collect()
+}
+
 /// The tensors of one transformer block, as slices of the flat buffer, named as Hugging Face
 /// names them (`h.{l}.ln_1.weight`, `h.{l}.attn.c_attn.weight`, `h.{l}.mlp.c_proj.bias`, ...).
 pub struct BlockWeights<S> {

@@ -6,6 +6,7 @@
 //! N = B·T rows; C = n_embd; NH = n_head; F = n_inner; V = vocab.
 
 use crate::config::Config;
+use crate::memory::{product, sum};
 use crate::ops::zeroed;
 
 /// The buffers of one transformer block's forward pass. Training and full forward passes keep
@@ -65,6 +66,19 @@ impl BlockActs {
         fit(&mut self.fch_gelu, n * f);
         fit(&mut self.mlp_mask, if_dropout(n * c));
         fit(&mut self.residual_3, n * c);
+    }
+
+    /// The values (f32, 4 bytes each) [`BlockActs::fit`] allocates for `shape`, saturating.
+    pub fn floats(cfg: &Config, shape: BlockShape) -> u64 {
+        let (n, c, f) = (shape.rows, cfg.n_embd, cfg.n_inner);
+        let (dropout, backward) = (shape.dropout as usize, shape.for_backward as usize);
+        sum(&[
+            // ln_1, qkv (3), atty, residual_2, ln_2, residual_3; the two masks with dropout
+            product(&[n, c, 8 + 2 * dropout]),
+            product(&[n, 4]), // the LayerNorms' means and rstds
+            product(&[n, f, 2 + backward]),
+            product(&[shape.att, 1 + dropout]),
+        ])
     }
 }
 
@@ -130,6 +144,24 @@ impl Activations {
         fit(&mut self.row_loss, n);
         self.target_count = 0;
     }
+
+    /// The values (f32 or ids, 4 bytes each) [`Activations::fit`] allocates, saturating.
+    fn floats(cfg: &Config, b: usize, t: usize, dropout: bool) -> u64 {
+        let n = b.saturating_mul(t);
+        let shape = BlockShape {
+            rows: n,
+            att: n.saturating_mul(cfg.n_head).saturating_mul(t),
+            dropout,
+            for_backward: true,
+        };
+        sum(&[
+            // encoded, ln_f; the embedding mask with dropout
+            product(&[n, cfg.n_embd, 2 + dropout as usize]),
+            product(&[n, 6]), // tokens, targets, ln_f mean and rstd, lse, row_loss
+            product(&[n, cfg.vocab_size]),
+            BlockActs::floats(cfg, shape).saturating_mul(cfg.n_layer as u64),
+        ])
+    }
 }
 
 /// Gradients of activations in the backward pass, reused layer after layer.
@@ -153,6 +185,16 @@ impl GradActs {
         fit(&mut self.fch, n * cfg.n_inner);
         fit(&mut self.att, b * cfg.n_head * t * t);
     }
+
+    /// The values [`GradActs::fit`] allocates, saturating.
+    fn floats(cfg: &Config, b: usize, t: usize) -> u64 {
+        let n = b.saturating_mul(t);
+        sum(&[
+            product(&[n, cfg.n_embd, 6]),
+            product(&[n, cfg.n_inner]),
+            product(&[b, cfg.n_head, t, t]),
+        ])
+    }
 }
 
 /// The buffers of [`super::Gpt::forward`] and [`super::Gpt::backward`]: one per thread or task
@@ -166,6 +208,12 @@ pub struct Workspace {
 impl Workspace {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The values (4 bytes each) a workspace holds after a forward and a backward pass over a
+    /// (B, T) batch, saturating: what to check against the machine before such a pass.
+    pub fn floats(cfg: &Config, b: usize, t: usize, dropout: bool) -> u64 {
+        Activations::floats(cfg, b, t, dropout).saturating_add(GradActs::floats(cfg, b, t))
     }
 
     /// The activations of the last forward pass (empty before the first).
@@ -188,5 +236,71 @@ impl Workspace {
     pub(super) fn for_backward(&mut self, cfg: &Config) -> (&mut Activations, &mut GradActs) {
         self.grad_acts.fit(cfg, self.acts.b, self.acts.t);
         (&mut self.acts, &mut self.grad_acts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Gpt;
+    use crate::rng::Rng;
+
+    fn lens(bufs: &[&Vec<f32>]) -> usize {
+        bufs.iter().map(|b| b.len()).sum()
+    }
+
+    fn block_len(a: &BlockActs) -> usize {
+        lens(&[
+            &a.ln_1,
+            &a.ln_1_mean,
+            &a.ln_1_rstd,
+            &a.qkv,
+            &a.att,
+            &a.att_dropped,
+            &a.atty,
+            &a.attn_mask,
+            &a.residual_2,
+            &a.ln_2,
+            &a.ln_2_mean,
+            &a.ln_2_rstd,
+            &a.fch,
+            &a.fch_tanh,
+            &a.fch_gelu,
+            &a.mlp_mask,
+            &a.residual_3,
+        ])
+    }
+
+    /// The memory check is only as good as this count: it must match what a pass allocates.
+    #[test]
+    fn floats_counts_every_buffer_of_a_training_pass() {
+        let mut cfg = Config::new(37, 16, 24, 2, 4);
+        cfg.n_inner = 40;
+        cfg.dropout = 0.1;
+        let model = Gpt::new(cfg.clone(), 1).unwrap();
+        let (b, t) = (3, 7);
+        let tokens: Vec<u32> = (0..b * t).map(|i| (i % 37) as u32).collect();
+        let targets: Vec<i32> = tokens.iter().map(|&x| x as i32).collect();
+        for dropout in [false, true] {
+            let mut ws = Workspace::new();
+            let mut rng = Rng::new(1);
+            model
+                .forward(&mut ws, &tokens, b, t, Some(&targets), dropout.then_some(&mut rng))
+                .unwrap();
+            let a = &ws.acts;
+            let acts = a.tokens.len()
+                + a.targets.len()
+                + lens(&[&a.encoded, &a.emb_mask, &a.ln_f, &a.ln_f_mean, &a.ln_f_rstd])
+                + lens(&[&a.logits, &a.lse, &a.row_loss])
+                + a.blocks.iter().map(block_len).sum::<usize>();
+            model.backward(&mut ws, &mut model.new_gradients(), 1.0).unwrap();
+            let g = &ws.grad_acts;
+            let grad_acts = lens(&[&g.residual, &g.ln, &g.qkv, &g.atty, &g.fch, &g.att]);
+            assert_eq!(
+                (acts + grad_acts) as u64,
+                Workspace::floats(&cfg, b, t, dropout),
+                "dropout {dropout}"
+            );
+        }
     }
 }

@@ -21,7 +21,8 @@ impl LrSchedule {
             return self.lr;
         }
         if it < self.warmup_iters {
-            return self.lr * (it + 1) as f32 / (self.warmup_iters + 1) as f32;
+            // it < warmup_iters, so only warmup_iters + 1 can overflow (saturating: the same f32).
+            return self.lr * (it + 1) as f32 / self.warmup_iters.saturating_add(1) as f32;
         }
         if it > self.lr_decay_iters {
             return self.min_lr;
@@ -53,5 +54,13 @@ mod tests {
         assert!((s.at(109) - 0.1).abs() < 1e-7);
         assert_eq!(s.at(1000), 0.1);
         assert_eq!(LrSchedule { decay_lr: false, ..s }.at(3), 1.0);
+        let endless = LrSchedule {
+            warmup_iters: usize::MAX,
+            ..s
+        };
+        assert!(
+            endless.at(0) > 0.0 && endless.at(0).is_finite(),
+            "no overflow into 0 or NaN"
+        );
     }
 }

@@ -98,6 +98,14 @@ fn check_specials(tokens: &[Option<Vec<u8>>], specials: &[(String, u32)]) -> Res
         if matches!(tokens.get(*id as usize), Some(Some(_))) || specials[..i].iter().any(|s| s.1 == *id) {
             return Err(Error::Tokenizer(format!("special token {text:?} reuses id {id}")));
         }
+        // Tables are sized by the vocabulary: an id far past the tokens would inflate them.
+        let limit = 2 * (tokens.len() + specials.len()) + 1024;
+        if *id as usize >= limit {
+            return Err(Error::Tokenizer(format!(
+                "special token {text:?} has id {id}, too large for a vocabulary of {} tokens",
+                tokens.len()
+            )));
+        }
         vocab_size = vocab_size.max(*id as usize + 1);
     }
     Ok(vocab_size)

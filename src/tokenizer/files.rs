@@ -70,6 +70,7 @@ fn bad(path: &Path, msg: impl std::fmt::Display) -> Error {
 }
 
 fn read_text(path: &Path) -> Result<String> {
+    crate::files::regular(path)?;
     fs::read_to_string(path).map_err(|e| Error::io(path, e))
 }
 
@@ -82,13 +83,21 @@ fn token_bytes(text: &str, path: &Path) -> Result<Vec<u8>> {
     text_to_bytes(text).ok_or_else(|| bad(path, format_args!("token {text:?} is not in the byte-level alphabet")))
 }
 
-/// Ids above this are refused: no vocabulary comes near, and a list that long would not fit.
-const MAX_ID: u32 = 1 << 24;
+/// The largest id a file of `entries` tokens may give: ids fill 0..entries, and some slack
+/// leaves room for gaps (ids kept for special tokens listed elsewhere). A larger id would make
+/// the id-indexed list far larger than the file: one id of 16777215 is 400 MB of list.
+fn id_limit(entries: usize) -> u32 {
+    u32::try_from(2 * entries + 1024).unwrap_or(u32::MAX)
+}
 
-/// Stores token `id`'s bytes in the id-indexed list, refusing an id given twice.
-fn place(tokens: &mut Vec<Option<Vec<u8>>>, id: u32, bytes: Vec<u8>, path: &Path) -> Result<()> {
-    if id >= MAX_ID {
-        return Err(bad(path, format_args!("token id {id} is too large")));
+/// Stores token `id`'s bytes in the id-indexed list, refusing an id given twice or one beyond
+/// `limit` ([`id_limit`]).
+fn place(tokens: &mut Vec<Option<Vec<u8>>>, id: u32, limit: u32, bytes: Vec<u8>, path: &Path) -> Result<()> {
+    if id >= limit {
+        return Err(bad(
+            path,
+            format_args!("token id {id} is too large for a vocabulary of this size (at most {limit})"),
+        ));
     }
     let id = id as usize;
     if tokens.len() <= id {
@@ -107,8 +116,9 @@ fn byte_level_tokens(
     path: &Path,
 ) -> Result<Vec<Option<Vec<u8>>>> {
     let mut tokens = Vec::new();
+    let limit = id_limit(entries.len());
     for &(text, id) in entries.iter().filter(|e| !is_special(e.0)) {
-        place(&mut tokens, id, token_bytes(text, path)?, path)?;
+        place(&mut tokens, id, limit, token_bytes(text, path)?, path)?;
     }
     Ok(tokens)
 }
@@ -262,7 +272,9 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 /// A tiktoken `.tiktoken` rank file.
 fn read_tiktoken(path: &Path) -> Result<BpeSpec> {
     let mut tokens: Vec<Option<Vec<u8>>> = Vec::new();
-    for (n, line) in read_text(path)?.lines().enumerate() {
+    let text = read_text(path)?;
+    let limit = id_limit(text.lines().count());
+    for (n, line) in text.lines().enumerate() {
         if line.is_empty() {
             continue;
         }
@@ -275,7 +287,7 @@ fn read_tiktoken(path: &Path) -> Result<BpeSpec> {
                 format_args!("line {}: expected \"<base64 token> <rank>\", found {line:?}", n + 1),
             ));
         };
-        place(&mut tokens, rank, bytes, path)?;
+        place(&mut tokens, rank, limit, bytes, path)?;
     }
     let eot = tokens.iter().position(Option::is_none).unwrap_or(tokens.len()) as u32;
     Ok(BpeSpec {

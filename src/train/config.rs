@@ -133,6 +133,15 @@ impl Default for TrainConfig {
 /// The model of `gpt2 train` without a preset: nanoGPT's baby GPT (0.8M parameters).
 pub const DEFAULT_SHAPE: (usize, usize, usize, usize) = (4, 4, 128, 64); // n_layer, n_head, n_embd, block_size
 
+/// The most optimizer steps (and the largest step count of any kind: warm-up, decay,
+/// evaluation interval and batches) a run may ask for: 2^40, decades of steps at a millisecond
+/// each, and far enough below usize::MAX that no step arithmetic overflows.
+pub const MAX_ITERS: usize = 1 << 40;
+
+/// The most batch shards (`data_parallel`) a run may have: each is a thread with its own
+/// gradient buffer. (Shards beyond the batch size would get no rows; a run caps them at it.)
+pub const MAX_SHARDS: usize = 1024;
+
 /// Settings a resumed run may change: they do not alter the path of the training itself.
 pub const RESUMABLE_KEYS: [&str; 8] = [
     "max_iters",
@@ -159,6 +168,15 @@ impl TrainConfig {
                 "gradient_accumulation_steps" => "grad_accum".to_string(),
                 _ => key,
             };
+            // JSON has no NaN or infinity: serde_json would turn them into null, "not set".
+            if let toml::Value::Float(x) = &value {
+                if !x.is_finite() {
+                    return Err(Error::Config(format!(
+                        "{}: {key} = {x} is not a finite number",
+                        path.display()
+                    )));
+                }
+            }
             let mut value =
                 serde_json::to_value(value).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
             // Relative paths in the file are relative to the file; all are made absolute, so that
@@ -202,6 +220,18 @@ impl TrainConfig {
 
     /// Checks the numbers that do not depend on the model or the corpus.
     pub fn validate(&self) -> Result<()> {
+        self.validate_counts()?;
+        self.validate_rates()?;
+        if self.init.is_some() && self.preset.is_some() {
+            return Err(Error::Config(
+                "give either --init (start from a model) or --preset (a new model), not both".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sizes and step counts: positive where zero means nothing, and bounded.
+    fn validate_counts(&self) -> Result<()> {
         let positive = [
             ("batch_size", self.batch_size),
             ("grad_accum", self.grad_accum),
@@ -215,6 +245,25 @@ impl TrainConfig {
             }
         }
         for (name, value) in [
+            ("max_iters", self.max_iters),
+            ("warmup_iters", self.warmup_iters),
+            ("lr_decay_iters", self.lr_decay_iters.unwrap_or(0)),
+            ("eval_interval", self.eval_interval),
+            ("eval_iters", self.eval_iters),
+            ("sample_tokens", self.sample_tokens),
+        ] {
+            if value > MAX_ITERS {
+                return Err(Error::Config(format!(
+                    "{name} must be at most {MAX_ITERS}, got {value}"
+                )));
+            }
+        }
+        if let Some(shards) = self.data_parallel.filter(|&s| s > MAX_SHARDS) {
+            return Err(Error::Config(format!(
+                "data_parallel must be at most {MAX_SHARDS} batch shards, got {shards}"
+            )));
+        }
+        for (name, value) in [
             ("n_layer", self.n_layer),
             ("n_head", self.n_head),
             ("n_embd", self.n_embd),
@@ -225,6 +274,11 @@ impl TrainConfig {
                 return Err(Error::Config(format!("{name} must be positive")));
             }
         }
+        Ok(())
+    }
+
+    /// Fractions, rates and coefficients: finite and in their ranges.
+    fn validate_rates(&self) -> Result<()> {
         if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
             return Err(Error::Config(format!(
                 "val_fraction must be between 0 and 1, got {}",
@@ -259,11 +313,6 @@ impl TrainConfig {
                 "temperature must be 0 (greedy) or positive, got {}",
                 self.temperature
             )));
-        }
-        if self.init.is_some() && self.preset.is_some() {
-            return Err(Error::Config(
-                "give either --init (start from a model) or --preset (a new model), not both".into(),
-            ));
         }
         Ok(())
     }
@@ -325,6 +374,9 @@ mod tests {
         std::fs::write(&path, "batch_size = \"big\"\n").unwrap();
         let err = TrainConfig::overrides_from_toml(&path).unwrap_err().to_string();
         assert!(err.contains("line 1") && err.contains("batch_size"), "{err}");
+        std::fs::write(&path, "learning_rate = nan\n").unwrap();
+        let err = TrainConfig::overrides_from_toml(&path).unwrap_err().to_string();
+        assert!(err.ends_with("lr = NaN is not a finite number"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -359,6 +411,30 @@ mod tests {
             },
             TrainConfig {
                 stride: Some(0),
+                ..Default::default()
+            },
+            TrainConfig {
+                warmup_iters: usize::MAX,
+                ..Default::default()
+            },
+            TrainConfig {
+                data_parallel: Some(MAX_SHARDS + 1),
+                ..Default::default()
+            },
+            TrainConfig {
+                lr: f32::NAN,
+                ..Default::default()
+            },
+            TrainConfig {
+                dropout: f32::NAN,
+                ..Default::default()
+            },
+            TrainConfig {
+                val_fraction: f64::NAN,
+                ..Default::default()
+            },
+            TrainConfig {
+                beta2: f32::INFINITY,
                 ..Default::default()
             },
             TrainConfig {

@@ -12,8 +12,9 @@ use crate::data::{corpus_key, eval_starts, read_corpus, tokenize_cached, BatchSt
 use crate::error::{Error, Result};
 use crate::io::lock::DirLock;
 use crate::io::{atomic, cache, load_model_with_tokenizer, save_model, ExportFormat, Loaded};
+use crate::memory::{product, sum, Need};
 use crate::model::data_parallel::auto_shards;
-use crate::model::{param_specs, DataParallel, Gpt};
+use crate::model::{num_params, param_specs, DataParallel, Gpt, KvCache, Workspace};
 use crate::optim::{AdamW, AdamWConfig, LrSchedule};
 use crate::rng::Rng;
 use crate::runlog::jsonl::JsonLines;
@@ -34,6 +35,18 @@ impl Trainer {
         let (tokenizer, tokenizer_spec) = resolve_tokenizer(config.tokenizer.as_deref(), &docs, init.as_ref())?;
         let (model_config, block_size) =
             model_config(&config, tokenizer.vocab_size(), init.as_ref().map(|i| &i.model.config))?;
+        // More shards than batch rows would get no rows: the same run, with idle threads and
+        // gradient buffers.
+        let shards = config
+            .data_parallel
+            .unwrap_or_else(|| auto_shards(num_params(&model_config), config.batch_size))
+            .min(config.batch_size);
+        let held = if init.is_some() {
+            Held::Parameters
+        } else {
+            Held::Nothing
+        };
+        check_memory(&config, &model_config, block_size, shards, held)?;
         let cache_dir = shard_cache_dir(&config)?;
         let (shard, cached) = tokenize_cached(&docs, &tokenizer, &cache_dir)?;
         let data = Dataset::new(shard, config.val_fraction, block_size)?;
@@ -53,11 +66,7 @@ impl Trainer {
             n_embd: Some(model_config.n_embd),
             block_size: Some(block_size),
             lr_decay_iters: Some(config.lr_decay_iters.unwrap_or(config.max_iters)),
-            data_parallel: Some(
-                config
-                    .data_parallel
-                    .unwrap_or_else(|| auto_shards(model.params.len(), config.batch_size)),
-            ),
+            data_parallel: Some(shards),
             out_dir: Some(run_dir.clone()),
             ..config
         };
@@ -106,6 +115,11 @@ impl Trainer {
             ));
         }
         model.config.dropout = config.dropout;
+        let shards = config
+            .data_parallel
+            .expect("resolved by resumed_config")
+            .min(config.batch_size);
+        check_memory(&config, &model.config, block_size, shards, Held::ParametersAndMoments)?;
         let prompt = encode_prompt(&config.prompt, &tokenizer, &model.config)?;
         let docs = read_corpus(&config.data)?;
         let cache_dir = shard_cache_dir(&config)?;
@@ -153,7 +167,12 @@ impl Trainer {
         parts: Parts,
     ) -> Result<Trainer> {
         let block_size = config.block_size.expect("resolved when the run started");
-        let shards = config.data_parallel.expect("resolved when the run started");
+        // Runs recorded before shards were capped at the batch size: the same run (the shards
+        // beyond the batch had no rows).
+        let shards = config
+            .data_parallel
+            .expect("resolved when the run started")
+            .min(config.batch_size);
         let (b, iters, w) = (config.batch_size, config.eval_iters, windows(&config));
         let eval_batches = [
             eval_starts(w, config.seed, data.train.len(), block_size, b, iters),
@@ -227,6 +246,54 @@ struct Parts {
     files: usize,
     /// The lock on the run directory.
     lock: DirLock,
+}
+
+/// What a run has in memory before its memory is checked.
+#[derive(Clone, Copy, PartialEq, PartialOrd)]
+enum Held {
+    Nothing,
+    /// The --init model's parameters.
+    Parameters,
+    /// A checkpoint's parameters and AdamW moments (a resumed run).
+    ParametersAndMoments,
+}
+
+/// What training will allocate, checked against the machine before it does: the parameters
+/// and AdamW's two moments (unless `held`), one gradient buffer per batch shard, the
+/// activations of a batch split over the shards, the positions of the evaluation batches and
+/// the evaluation sample's pass (a KV cache of the whole context, recomputed when it fills).
+fn check_memory(config: &TrainConfig, model: &Config, t: usize, shards: usize, held: Held) -> Result<()> {
+    let (p, b, shards) = (num_params(model), config.batch_size, shards.max(1));
+    let dropout = config.dropout > 0.0;
+    // Shard s takes b / S rows, the first b % S shards one more.
+    let (rows, wider) = (b / shards, b % shards);
+    let activations = sum(&[
+        product(&[wider]).saturating_mul(Workspace::floats(model, rows + 1, t, dropout)),
+        product(&[shards - wider]).saturating_mul(Workspace::floats(model, rows, t, dropout)),
+    ]);
+    let n = model.n_positions;
+    let sample = KvCache::cache_floats(model, 1, n).saturating_add(KvCache::pass_floats(model, 1, n, n));
+    Need::new()
+        .floats("parameters", if held < Held::Parameters { p as u64 } else { 0 })
+        .floats(
+            "AdamW moments",
+            if held < Held::ParametersAndMoments {
+                product(&[2, p])
+            } else {
+                0
+            },
+        )
+        .floats("gradients", product(&[shards, p]))
+        .floats(format!("activations of {b} × {t} tokens"), activations)
+        .floats("evaluation batches", product(&[4, b, config.eval_iters])) // 2 splits of usize
+        .floats("evaluation sample", sample)
+        .check(
+            "training",
+            &format!(
+                "lower --batch-size (now {b}) or --block-size (now {t}), use fewer --data-parallel shards \
+                 (now {shards}), or choose a smaller model"
+            ),
+        )
 }
 
 fn adamw_config(config: &TrainConfig) -> AdamWConfig {

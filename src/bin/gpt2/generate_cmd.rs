@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args};
-use gpt2::generate::{GenerateOptions, Generator, Sampling, TextGenerator};
+use gpt2::generate::{GenerateOptions, Generator, Sampling, TextGenerator, MAX_SAMPLES};
 use gpt2::io::{load_model_with_tokenizer, Loaded};
 use gpt2::rng::Rng;
 use gpt2::tokenizer::{SpecialTokens, Tokenizer, UnknownChar};
@@ -88,8 +88,11 @@ impl GenerateArgs {
             repetition_penalty: self.repetition_penalty,
         };
         sampling.validate()?;
-        if self.num_samples == 0 {
-            bail!("--num-samples must be at least 1");
+        if !(1..=MAX_SAMPLES).contains(&self.num_samples) {
+            bail!(
+                "--num-samples must be between 1 and {MAX_SAMPLES}, got {}",
+                self.num_samples
+            );
         }
         Ok(GenerateOptions {
             max_new_tokens: self.max_new_tokens,

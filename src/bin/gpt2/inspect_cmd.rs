@@ -11,7 +11,7 @@ use gpt2::inspect::attention_map::write_attention_maps;
 use gpt2::inspect::summary::{summarize, Summary};
 use gpt2::inspect::token_piece;
 use gpt2::inspect::trace::{self, logit_lens, LogitLens, TensorTrace, Trace, TraceOptions, GELU_NEAR_ZERO};
-use gpt2::io::{detect, load_model_with_tokenizer, Loaded};
+use gpt2::io::{detect, load_model_with_tokenizer_as_is, non_finite_weights, Loaded};
 use gpt2::model::Workspace;
 use gpt2::plot::ImageFormat;
 use gpt2::tokenizer::{SpecialTokens, Tokenizer};
@@ -95,7 +95,11 @@ fn run_summary(args: &InspectArgs) -> Result<()> {
 /// A prompt followed through the model, with the logit lens and attention heatmaps when asked.
 fn run_trace(args: &InspectArgs) -> Result<()> {
     let model_path = args.model.as_ref().expect("clap requires --model without --preset");
-    let Loaded { model, tokenizer, .. } = load_model_with_tokenizer(model_path)?;
+    // A diverged model is what one may want to look inside: its bad weights are a warning.
+    let Loaded { model, tokenizer, .. } = load_model_with_tokenizer_as_is(model_path)?;
+    if let Some(problem) = non_finite_weights(&model) {
+        eprintln!("warning: {}: {problem}", model_path.display());
+    }
     let ids = prompt_ids(args, model_path, tokenizer.as_ref())?;
     let options = TraceOptions {
         layer: args.layer,

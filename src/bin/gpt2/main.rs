@@ -16,8 +16,9 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "gpt2", version, about = "GPT-2 from scratch: train, run and look inside", long_about = None)]
 struct Cli {
-    /// Worker threads for matrix multiplies and the parallel ops (default: all cores).
-    #[arg(long, global = true)]
+    /// Worker threads for matrix multiplies and the parallel ops, at most 4 per core
+    /// (default: all cores).
+    #[arg(long, global = true, value_parser = thread_count)]
     threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
@@ -65,6 +66,21 @@ fn negative_numbers(cmd: clap::Command) -> clap::Command {
         _ => arg,
     })
     .mut_subcommands(negative_numbers)
+}
+
+/// A --threads value: at least 1, at most 4 per core of this machine (more only add waiting,
+/// and thousands of threads can make the machine unusable).
+fn thread_count(text: &str) -> Result<usize, String> {
+    let n: usize = text.parse().map_err(|e| format!("{e}"))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match n {
+        0 => Err("must be at least 1".into()),
+        n if n > 4 * cores => Err(format!(
+            "{n} is more than the maximum of {} (4 per core; this machine has {cores})",
+            4 * cores
+        )),
+        n => Ok(n),
+    }
 }
 
 fn main() {

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use gpt2::train::config::MAX_ITERS;
 use gpt2::train::{Event, Overrides, RunInfo, RunOptions, Summary, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -36,7 +37,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", value_parser = absolute, help_heading = "Data")]
     cache_dir: Option<PathBuf>,
     /// Fraction of the corpus, at its end, held out for validation [default: 0.1].
-    #[arg(long, help_heading = "Data")]
+    #[arg(long, value_parser = finite::<f64>, help_heading = "Data")]
     val_fraction: Option<f64>,
     /// Train on sliding windows with this stride, in a shuffled order per epoch [default: random windows].
     #[arg(long, help_heading = "Data")]
@@ -66,7 +67,7 @@ pub struct TrainArgs {
     #[arg(long, help_heading = "Model")]
     block_size: Option<usize>,
     /// Dropout probability while training [default: 0].
-    #[arg(long, help_heading = "Model")]
+    #[arg(long, value_parser = finite::<f32>, help_heading = "Model")]
     dropout: Option<f32>,
 
     /// Training windows (sequences of --block-size tokens) per micro-batch [default: 12].
@@ -76,34 +77,34 @@ pub struct TrainArgs {
     #[arg(long, visible_alias = "gradient-accumulation-steps", help_heading = "Optimisation")]
     grad_accum: Option<usize>,
     /// Optimizer steps to train to, counted from the start of the run [default: 2000].
-    #[arg(long, help_heading = "Optimisation")]
+    #[arg(long, value_parser = step_count, help_heading = "Optimisation")]
     max_iters: Option<usize>,
     /// Peak learning rate, reached after --warmup-iters [default: 1e-3].
-    #[arg(long, visible_alias = "learning-rate", help_heading = "Optimisation")]
+    #[arg(long, value_parser = finite::<f32>, visible_alias = "learning-rate", help_heading = "Optimisation")]
     lr: Option<f32>,
     /// Learning rate at the end of the cosine decay [default: 1e-4].
-    #[arg(long, help_heading = "Optimisation")]
+    #[arg(long, value_parser = finite::<f32>, help_heading = "Optimisation")]
     min_lr: Option<f32>,
     /// Steps of linear warm-up [default: 100].
-    #[arg(long, help_heading = "Optimisation")]
+    #[arg(long, value_parser = step_count, help_heading = "Optimisation")]
     warmup_iters: Option<usize>,
     /// Step where the cosine decay reaches --min-lr [default: --max-iters].
-    #[arg(long, help_heading = "Optimisation")]
+    #[arg(long, value_parser = step_count, help_heading = "Optimisation")]
     lr_decay_iters: Option<usize>,
     /// false: constant learning rate [default: true].
     #[arg(long, help_heading = "Optimisation")]
     decay_lr: Option<bool>,
     /// AdamW weight decay of the matrices and embeddings [default: 0.1].
-    #[arg(long, help_heading = "Optimisation")]
+    #[arg(long, value_parser = finite::<f32>, help_heading = "Optimisation")]
     weight_decay: Option<f32>,
     /// AdamW's decay rate of the first moment (the gradient's running mean) [default: 0.9].
-    #[arg(long, help_heading = "Optimisation")]
+    #[arg(long, value_parser = finite::<f32>, help_heading = "Optimisation")]
     beta1: Option<f32>,
     /// AdamW's decay rate of the second moment (the squared gradient's running mean) [default: 0.99].
-    #[arg(long, help_heading = "Optimisation")]
+    #[arg(long, value_parser = finite::<f32>, help_heading = "Optimisation")]
     beta2: Option<f32>,
     /// Clip the global gradient norm to this; 0: no clipping [default: 1].
-    #[arg(long, help_heading = "Optimisation")]
+    #[arg(long, value_parser = finite::<f32>, help_heading = "Optimisation")]
     grad_clip: Option<f32>,
     /// Batch shards trained side by side, each on its own thread with its own copy of the model
     /// (fast for small models) [default: one per thread up to 32M parameters, else 1].
@@ -111,19 +112,19 @@ pub struct TrainArgs {
     data_parallel: Option<usize>,
 
     /// Evaluate (and checkpoint) every N optimizer steps [default: 500].
-    #[arg(long, help_heading = "Evaluation and output")]
+    #[arg(long, value_parser = step_count, help_heading = "Evaluation and output")]
     eval_interval: Option<usize>,
     /// Batches of each split per evaluation [default: 20].
-    #[arg(long, help_heading = "Evaluation and output")]
+    #[arg(long, value_parser = step_count, help_heading = "Evaluation and output")]
     eval_iters: Option<usize>,
     /// Prompt of the sample at each evaluation [default: a newline].
     #[arg(long, help_heading = "Evaluation and output")]
     prompt: Option<String>,
     /// New tokens of that sample [default: 200].
-    #[arg(long, help_heading = "Evaluation and output")]
+    #[arg(long, value_parser = step_count, help_heading = "Evaluation and output")]
     sample_tokens: Option<usize>,
     /// Softmax temperature of the sample; 0: greedy [default: 0.8].
-    #[arg(long, help_heading = "Evaluation and output")]
+    #[arg(long, value_parser = finite::<f32>, help_heading = "Evaluation and output")]
     temperature: Option<f32>,
     /// Sample among the k most likely tokens; 0: all [default: 200].
     #[arg(long, help_heading = "Evaluation and output")]
@@ -136,6 +137,29 @@ pub struct TrainArgs {
     #[arg(long, value_name = "N", default_value_t = 10, help_heading = "Evaluation and output")]
     #[serde(skip)]
     log_interval: usize,
+}
+
+/// A number that must be finite. NaN and infinities cannot be left to the range checks of the
+/// settings: on their way there (as JSON) they would become null, "not set".
+fn finite<T>(text: &str) -> std::result::Result<T, String>
+where
+    T: std::str::FromStr + Copy + Into<f64>,
+    T::Err: std::fmt::Display,
+{
+    let x: T = text.parse().map_err(|e| format!("{e}"))?;
+    match x.into().is_finite() {
+        true => Ok(x),
+        false => Err(format!("{text} is not a finite number")),
+    }
+}
+
+/// A count of steps (or of tokens, or batches) up to [`MAX_ITERS`].
+fn step_count(text: &str) -> std::result::Result<usize, String> {
+    let n: usize = text.parse().map_err(|e| format!("{e}"))?;
+    match n <= MAX_ITERS {
+        true => Ok(n),
+        false => Err(format!("{n} is more than the maximum of {MAX_ITERS}")),
+    }
 }
 
 /// A path made absolute (against the current directory), as the run records it.
@@ -156,6 +180,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let summary = trainer.run(&options, &mut |event| match event {
         Event::Started(info) => {
             print_start(info);
+            if let Some(asked) = args.data_parallel.filter(|&s| s > info.shards) {
+                println!(
+                    "note: --data-parallel {asked} is more shards than the batch has rows; using {}",
+                    info.shards
+                );
+            }
             bar.set_position(info.start_step as u64);
             bar.reset_eta();
         }
