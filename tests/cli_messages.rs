@@ -115,6 +115,30 @@ fn an_empty_char_vocabulary_file_says_it_is_empty() {
 }
 
 #[test]
+fn a_broken_tokenizer_json_as_a_char_vocabulary_is_an_error_not_an_alphabet() {
+    let dir = temp_dir("msg-broken-char-json");
+    let broken = dir.join("tokenizer.json");
+    std::fs::write(&broken, r#"{"type": "char", "chars": ["#).unwrap();
+    let spec = format!("char:{}", broken.display());
+    let out = gpt2()
+        .args(["tokenize", "--encoding", &spec])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    fails_with(out, &["tokenizer.json", "looks like a tokenizer JSON file but cannot be read"]);
+    // A text that merely starts with a brace is still an alphabet.
+    let text = dir.join("braces.txt");
+    std::fs::write(&text, "{ab}").unwrap();
+    let out = gpt2()
+        .args(["tokenize", "--encoding", &format!("char:{}", text.display())])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_tiny_validation_split_is_reported_as_given() {
     let dir = temp_dir("msg-val-fraction");
     let out = gpt2()

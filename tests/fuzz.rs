@@ -20,7 +20,7 @@ mod common;
 use common::{fixture, temp_dir};
 
 /// Mutations per format unless FUZZ_ITERS says otherwise.
-const DEFAULT_ITERS: usize = 1000;
+const DEFAULT_ITERS: usize = 3000;
 
 /// The largest single allocation this binary grants: 64 MB, far beyond what the fixtures (at
 /// most a few hundred kB) can need.

@@ -520,6 +520,18 @@ pub fn load_char_spec(path: &Path) -> Result<Tokenizer> {
              (give a text, or a char-level tokenizer.json)",
             path.display()
         ))),
+        Err(e) if looks_like_tokenizer_json(path, &text) => Err(Error::Tokenizer(format!(
+            "{}: looks like a tokenizer JSON file but cannot be read as one ({e}); a char-level \
+             vocabulary is read from a tokenizer.json of ours or from a plain text",
+            path.display()
+        ))),
         Err(_) => Ok(Tokenizer::char_level_from_text(&text)),
     }
+}
+
+/// Whether a file that `char:FILE` names was meant as a tokenizer file rather than a text whose
+/// characters make the vocabulary: a JSON object in a `.json` file, or one with a `"type"` key.
+fn looks_like_tokenizer_json(path: &Path, text: &str) -> bool {
+    text.trim_start().starts_with('{')
+        && (path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) || text.contains("\"type\""))
 }
