@@ -55,6 +55,8 @@ impl Shard {
     pub fn open(path: &Path) -> Result<Shard> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: read-only map of a file that is only ever replaced by rename, never rewritten.
+        // The size is checked against the header below, before any id is read; a file cut short
+        // while a run has it mapped ends that run (SIGBUS): the README says a run owns its cache.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let bad = |msg: String| Error::Input(format!("{}: not a token shard: {msg}", path.display()));
         if map.len() < HEADER_LEN || &map[..8] != MAGIC {
@@ -71,7 +73,8 @@ impl Shard {
         let len = u64::from_le_bytes(map[16..24].try_into().expect("8 bytes")) as usize;
         if (map.len() - HEADER_LEN) != len.saturating_mul(width) {
             return Err(bad(format!(
-                "header says {len} ids of {width} bytes, file holds {} bytes",
+                "header says {len} ids of {width} bytes, file holds {} bytes: it was changed or cut \
+                 short since it was written; delete it, and the next run tokenises the corpus again",
                 map.len() - HEADER_LEN
             )));
         }
