@@ -125,7 +125,10 @@ fn a_broken_tokenizer_json_as_a_char_vocabulary_is_an_error_not_an_alphabet() {
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
-    fails_with(out, &["tokenizer.json", "looks like a tokenizer JSON file but cannot be read"]);
+    fails_with(
+        out,
+        &["tokenizer.json", "looks like a tokenizer JSON file but cannot be read"],
+    );
     // A text that merely starts with a brace is still an alphabet.
     let text = dir.join("braces.txt");
     std::fs::write(&text, "{ab}").unwrap();

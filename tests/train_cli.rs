@@ -109,21 +109,7 @@ fn a_non_utf8_corpus_is_an_error_naming_the_file_and_offset() {
 #[test]
 fn ctrl_c_saves_a_checkpoint_that_resumes() {
     let dir = temp_dir("ctrlc");
-    let tiny = [
-        "--n-layer",
-        "1",
-        "--n-embd",
-        "16",
-        "--n-head",
-        "2",
-        "--block-size",
-        "16",
-        "--batch-size",
-        "2",
-        "--eval-iters",
-        "1",
-    ];
-    let child = train(&dir, &tiny)
+    let child = train(&dir, &TINY)
         .args(["--max-iters", "1000000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -464,27 +450,8 @@ fn sizes_and_numbers_out_of_range_are_errors_naming_the_flag_before_anything_is_
 #[test]
 fn more_shards_than_batch_rows_are_capped_with_a_note() {
     let dir = temp_dir("shards");
-    let tiny = [
-        "--n-layer",
-        "1",
-        "--n-embd",
-        "16",
-        "--n-head",
-        "1",
-        "--block-size",
-        "8",
-        "--batch-size",
-        "2",
-        "--max-iters",
-        "1",
-        "--eval-iters",
-        "1",
-        "--sample-tokens",
-        "1",
-        "--data-parallel",
-        "8",
-    ];
-    let output = train(&dir, &tiny).output().unwrap();
+    let shards = ["--max-iters", "1", "--sample-tokens", "1", "--data-parallel", "8"];
+    let output = train(&dir, &[&TINY[..], &shards].concat()).output().unwrap();
     let (stdout, stderr) = text(&output);
     assert!(output.status.success(), "{stderr}");
     assert!(
