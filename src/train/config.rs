@@ -64,9 +64,9 @@ pub struct TrainConfig {
     pub beta2: f32,
     /// Clip the global gradient norm to this (0: no clipping).
     pub grad_clip: f32,
-    /// Batch shards run side by side, each on its own thread with its own replica of the model
-    /// (see [`crate::model::data_parallel`]). Default: one per thread for models up to 32M
-    /// parameters, else 1. The run records it, so it resumes bit for bit on any machine.
+    /// Batch shards run side by side, each on its own thread with its own workspace, all reading
+    /// the one model (see [`crate::model::data_parallel`]). Default: one per thread for models up
+    /// to 32M parameters, else 1. The run records it, so it resumes bit for bit on any machine.
     pub data_parallel: Option<usize>,
     // --- evaluation and output ---
     pub eval_interval: usize,

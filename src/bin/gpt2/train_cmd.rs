@@ -106,7 +106,7 @@ pub struct TrainArgs {
     /// Clip the global gradient norm to this; 0: no clipping [default: 1].
     #[arg(long, value_parser = finite::<f32>, help_heading = "Optimisation")]
     grad_clip: Option<f32>,
-    /// Batch shards trained side by side, each on its own thread with its own copy of the model
+    /// Batch shards trained side by side, each on its own thread with its own workspace
     /// (fast for small models) [default: one per thread up to 32M parameters, else 1].
     #[arg(long, help_heading = "Optimisation")]
     data_parallel: Option<usize>,
