@@ -742,3 +742,46 @@ fn ids_far_beyond_the_vocabulary_are_errors() {
     assert!(err.contains("16777215") && err.contains("too large"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Peak memory of `gpt2 args`, in bytes: the child's own maximum resident set (wait4), which
+/// other tests' children do not mix into.
+#[cfg(target_os = "linux")]
+#[allow(clippy::zombie_processes)] // the child is reaped by wait4, which also gives its rusage
+fn peak_rss_of(args: &[&str]) -> u64 {
+    let child = common::gpt2()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: waits for our own child, writing into the two locals.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    usage.ru_maxrss as u64 * 1024
+}
+
+/// A run of whitespace is one pre-tokenizer piece; tokenizing 20 MB of spaces must stay within a
+/// small multiple of the input (it took 64 bytes per input byte when every id's text was
+/// gathered before printing).
+#[cfg(target_os = "linux")]
+#[test]
+fn tokenizing_a_long_run_of_spaces_takes_memory_linear_in_the_input_with_a_small_factor() {
+    let dir = temp_dir("spaces");
+    let spaces = dir.join("spaces.txt");
+    let len = 20_000_000u64;
+    std::fs::write(&spaces, " ".repeat(len as usize)).unwrap();
+    let peak = peak_rss_of(&[
+        "--threads",
+        "1",
+        "tokenize",
+        "--encoding",
+        "gpt2",
+        "--file",
+        spaces.to_str().unwrap(),
+    ]);
+    assert!(
+        peak < 24 * len + (64 << 20),
+        "peak RSS {peak} bytes for {len} bytes of spaces"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,6 +1,6 @@
 //! `gpt2 tokenize` (text <-> token ids) and `gpt2 bpe train` (learn a BPE vocabulary).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -109,20 +109,49 @@ pub fn run(args: &TokenizeArgs) -> Result<()> {
         };
         (tokenizer.encode_parallel_with_special(&input, special)?, None)
     };
+    // Written as they are made, not gathered first: a large input has tens of millions of ids.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
-        let tokens: Vec<String> = ids.iter().map(|&id| tokenizer.token_text(id)).collect();
-        let mut out = serde_json::json!({ "ids": ids, "tokens": tokens });
-        if let Some(text) = text {
-            out["text"] = text.into();
-        }
-        println!("{out}");
+        let tokens = TokenTexts(&tokenizer, &ids);
+        serde_json::to_writer(
+            &mut out,
+            &TokenizeJson {
+                ids: &ids,
+                text,
+                tokens,
+            },
+        )?;
+        writeln!(out)?;
     } else if let Some(text) = text {
-        print!("{text}");
+        write!(out, "{text}")?;
     } else {
-        let line: Vec<String> = ids.iter().map(u32::to_string).collect();
-        println!("{}", line.join(" "));
+        for (i, id) in ids.iter().enumerate() {
+            let separator = if i == 0 { "" } else { " " };
+            write!(out, "{separator}{id}")?;
+        }
+        writeln!(out)?;
     }
+    out.flush()?;
     Ok(())
+}
+
+/// `gpt2 tokenize --json`: the ids, the decoded text (with --decode) and each token's text
+/// (keys in alphabetical order, as before).
+#[derive(serde::Serialize)]
+struct TokenizeJson<'a> {
+    ids: &'a [u32],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+    tokens: TokenTexts<'a>,
+}
+
+/// The text of each id, serialized one at a time.
+struct TokenTexts<'a>(&'a Tokenizer, &'a [u32]);
+
+impl serde::Serialize for TokenTexts<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.1.iter().map(|&id| self.0.token_text(id)))
+    }
 }
 
 pub fn run_bpe(command: &BpeCommand) -> Result<()> {
