@@ -37,6 +37,11 @@ pub fn auto_shards(num_params: usize, batch_size: usize) -> usize {
     }
 }
 
+/// The batch rows of each of S shards: b / S each, the first b % S shards one more.
+pub fn shard_rows(b: usize, shards: usize) -> impl Iterator<Item = usize> {
+    (0..shards).map(move |s| b / shards + usize::from(s < b % shards))
+}
+
 /// The workspaces, gradient buffers and threads of S shards.
 pub struct DataParallel {
     /// One workspace per shard.
@@ -78,7 +83,12 @@ struct Plan {
 impl Plan {
     fn new(shards: usize, batch: Batch, dropout_rng: Option<&mut Rng>) -> Self {
         let (b, t) = (batch.b, batch.t);
-        let rows: Vec<usize> = (0..=shards).map(|s| s * (b / shards) + s.min(b % shards)).collect();
+        let rows: Vec<usize> = std::iter::once(0)
+            .chain(shard_rows(b, shards).scan(0, |end, rows| {
+                *end += rows;
+                Some(*end)
+            }))
+            .collect();
         let seeds = match dropout_rng {
             Some(rng) => (0..shards).map(|_| Some(rng.next_u64())).collect(),
             None => vec![None; shards],

@@ -8,7 +8,7 @@
 use super::block::{block_backward, block_forward, Keys};
 use super::kv_cache::KvCache;
 use super::params::{init_params, num_params, Weights};
-use super::workspace::{BlockShape, Workspace};
+use super::workspace::Workspace;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ops::attention::AttnShape;
@@ -238,14 +238,7 @@ impl Gpt {
         let (cfg, w, shape, pos0) = (&self.config, self.weights(), self.attn_shape(b, t), cache.len());
         let c = cfg.n_embd;
         let s = &mut cache.scratch;
-        s.fit(cfg, b, t);
-        let block_shape = BlockShape {
-            rows: b * t,
-            att: b * cfg.n_head * t * (pos0 + t),
-            dropout: false,
-            for_backward: false,
-        };
-        s.block.fit(cfg, block_shape);
+        s.fit(cfg, b, t, pos0 + t);
 
         embedding_forward(&mut s.x, tokens, w.wte, w.wpe, t, c, pos0);
         for (l, p) in w.blocks.iter().enumerate() {

@@ -10,7 +10,7 @@
 //! Shapes: B = rows (sequences decoded side by side), P = cache capacity in positions
 //! (at most n_positions), L = layers, NH = heads, hs = head size, C = NH·hs.
 
-use super::workspace::{fit, BlockActs, BlockShape};
+use super::workspace::{fit_all, BlockActs, BlockShape};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::memory::{human, product, sum, Need};
@@ -45,15 +45,32 @@ pub(super) struct CachedActs {
 }
 
 impl CachedActs {
-    /// Sizes the stream and the final-LayerNorm / LM-head buffers for B rows of T new tokens.
-    pub fn fit(&mut self, cfg: &Config, b: usize, t: usize) {
-        let c = cfg.n_embd;
-        fit(&mut self.x, b * t * c);
-        fit(&mut self.last, b * c);
-        fit(&mut self.ln_f, b * c);
-        fit(&mut self.ln_f_mean, b);
-        fit(&mut self.ln_f_rstd, b);
-        fit(&mut self.logits, b * cfg.vocab_size);
+    /// The length of each buffer outside the block for B rows of T new tokens, in field order
+    /// (x, last, ln_f, ln_f_mean, ln_f_rstd, logits), saturating.
+    fn sizes(cfg: &Config, b: usize, t: usize) -> [u64; 6] {
+        let bc = product(&[b, cfg.n_embd]);
+        [
+            product(&[b, t, cfg.n_embd]),
+            bc,
+            bc,
+            b as u64,
+            b as u64,
+            product(&[b, cfg.vocab_size]),
+        ]
+    }
+
+    /// Sizes every buffer for B rows of T new tokens attending to `keys` positions.
+    pub fn fit(&mut self, cfg: &Config, b: usize, t: usize, keys: usize) {
+        let buffers = [
+            &mut self.x,
+            &mut self.last,
+            &mut self.ln_f,
+            &mut self.ln_f_mean,
+            &mut self.ln_f_rstd,
+            &mut self.logits,
+        ];
+        fit_all(buffers, Self::sizes(cfg, b, t));
+        self.block.fit(cfg, BlockShape::cached(cfg, b, t, keys));
     }
 }
 
@@ -116,22 +133,10 @@ impl KvCache {
     }
 
     /// The values (f32) of the buffers of one cached pass over `t` new tokens in each of `rows`
-    /// rows, attending to `keys` positions, saturating (see [`super::Gpt::forward_cached`]).
+    /// rows, attending to `keys` positions, saturating (what [`CachedActs::fit`] allocates).
     pub fn pass_floats(cfg: &Config, rows: usize, t: usize, keys: usize) -> u64 {
-        let n = rows.saturating_mul(t);
-        let shape = BlockShape {
-            rows: n,
-            att: n.saturating_mul(cfg.n_head).saturating_mul(keys),
-            dropout: false,
-            for_backward: false,
-        };
-        sum(&[
-            product(&[n, cfg.n_embd]),       // x
-            product(&[rows, cfg.n_embd, 2]), // last, ln_f
-            product(&[rows, 2]),             // ln_f's mean and rstd
-            product(&[rows, cfg.vocab_size]),
-            BlockActs::floats(cfg, shape),
-        ])
+        let block = BlockActs::floats(cfg, BlockShape::cached(cfg, rows, t, keys));
+        sum(&CachedActs::sizes(cfg, rows, t)).saturating_add(block)
     }
 
     /// Number of sequences (batch rows).

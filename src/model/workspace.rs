@@ -44,41 +44,92 @@ pub struct BlockShape {
     pub for_backward: bool,
 }
 
+impl BlockShape {
+    /// A forward pass over a (B, T) batch: each position attends to the batch's own T.
+    pub fn full(cfg: &Config, b: usize, t: usize, dropout: bool) -> Self {
+        let rows = b.saturating_mul(t);
+        BlockShape {
+            rows,
+            att: rows.saturating_mul(cfg.n_head).saturating_mul(t),
+            dropout,
+            for_backward: true,
+        }
+    }
+
+    /// A cached pass: B rows of T new tokens, each attending to `keys` positions.
+    pub fn cached(cfg: &Config, b: usize, t: usize, keys: usize) -> Self {
+        let rows = b.saturating_mul(t);
+        BlockShape {
+            rows,
+            att: rows.saturating_mul(cfg.n_head).saturating_mul(keys),
+            dropout: false,
+            for_backward: false,
+        }
+    }
+}
+
 impl BlockActs {
+    /// The length of each buffer for `shape`, in field order, saturating: what
+    /// [`BlockActs::fit`] allocates and [`BlockActs::floats`] counts.
+    fn sizes(cfg: &Config, shape: BlockShape) -> [u64; 17] {
+        let (n, c, f) = (shape.rows, cfg.n_embd, cfg.n_inner);
+        let if_dropout = |len: u64| if shape.dropout { len } else { 0 };
+        let (nc, nf, att) = (product(&[n, c]), product(&[n, f]), shape.att as u64);
+        [
+            nc,                                      // ln_1
+            n as u64,                                // ln_1_mean
+            n as u64,                                // ln_1_rstd
+            product(&[n, 3, c]),                     // qkv
+            att,                                     // att
+            if_dropout(att),                         // att_dropped
+            nc,                                      // atty
+            if_dropout(nc),                          // attn_mask
+            nc,                                      // residual_2
+            nc,                                      // ln_2
+            n as u64,                                // ln_2_mean
+            n as u64,                                // ln_2_rstd
+            nf,                                      // fch
+            if shape.for_backward { nf } else { 0 }, // fch_tanh
+            nf,                                      // fch_gelu
+            if_dropout(nc),                          // mlp_mask
+            nc,                                      // residual_3
+        ]
+    }
+
     /// Sizes every buffer for `shape` (a no-op when it already is).
     pub fn fit(&mut self, cfg: &Config, shape: BlockShape) {
-        let (n, c, f) = (shape.rows, cfg.n_embd, cfg.n_inner);
-        let if_dropout = |len: usize| if shape.dropout { len } else { 0 };
-        fit(&mut self.ln_1, n * c);
-        fit(&mut self.ln_1_mean, n);
-        fit(&mut self.ln_1_rstd, n);
-        fit(&mut self.qkv, n * 3 * c);
-        fit(&mut self.att, shape.att);
-        fit(&mut self.att_dropped, if_dropout(shape.att));
-        fit(&mut self.atty, n * c);
-        fit(&mut self.attn_mask, if_dropout(n * c));
-        fit(&mut self.residual_2, n * c);
-        fit(&mut self.ln_2, n * c);
-        fit(&mut self.ln_2_mean, n);
-        fit(&mut self.ln_2_rstd, n);
-        fit(&mut self.fch, n * f);
-        fit(&mut self.fch_tanh, if shape.for_backward { n * f } else { 0 });
-        fit(&mut self.fch_gelu, n * f);
-        fit(&mut self.mlp_mask, if_dropout(n * c));
-        fit(&mut self.residual_3, n * c);
+        let buffers = [
+            &mut self.ln_1,
+            &mut self.ln_1_mean,
+            &mut self.ln_1_rstd,
+            &mut self.qkv,
+            &mut self.att,
+            &mut self.att_dropped,
+            &mut self.atty,
+            &mut self.attn_mask,
+            &mut self.residual_2,
+            &mut self.ln_2,
+            &mut self.ln_2_mean,
+            &mut self.ln_2_rstd,
+            &mut self.fch,
+            &mut self.fch_tanh,
+            &mut self.fch_gelu,
+            &mut self.mlp_mask,
+            &mut self.residual_3,
+        ];
+        fit_all(buffers, Self::sizes(cfg, shape));
     }
 
     /// The values (f32, 4 bytes each) [`BlockActs::fit`] allocates for `shape`, saturating.
     pub fn floats(cfg: &Config, shape: BlockShape) -> u64 {
-        let (n, c, f) = (shape.rows, cfg.n_embd, cfg.n_inner);
-        let (dropout, backward) = (shape.dropout as usize, shape.for_backward as usize);
-        sum(&[
-            // ln_1, qkv (3), atty, residual_2, ln_2, residual_3; the two masks with dropout
-            product(&[n, c, 8 + 2 * dropout]),
-            product(&[n, 4]), // the LayerNorms' means and rstds
-            product(&[n, f, 2 + backward]),
-            product(&[shape.att, 1 + dropout]),
-        ])
+        sum(&Self::sizes(cfg, shape))
+    }
+}
+
+/// [`fit`] for each buffer and its length.
+pub(super) fn fit_all<const K: usize>(buffers: [&mut Vec<f32>; K], lens: [u64; K]) {
+    for (buf, len) in buffers.into_iter().zip(lens) {
+        fit(buf, len as usize);
     }
 }
 
@@ -86,7 +137,7 @@ impl BlockActs {
 /// such as the masked half of an attention matrix, and those read as 0): within its allocation
 /// when it fits (decoding grows and shrinks its buffers every step), else in a fresh buffer that
 /// is written first ([`zeroed`]).
-pub fn fit(buf: &mut Vec<f32>, len: usize) {
+fn fit(buf: &mut Vec<f32>, len: usize) {
     if buf.len() == len {
         return;
     }
@@ -120,46 +171,46 @@ pub struct Activations {
 }
 
 impl Activations {
+    /// The length of each f32 buffer outside the blocks for a (B, T) batch, in field order
+    /// (encoded, emb_mask, ln_f, ln_f_mean, ln_f_rstd, logits, lse, row_loss), saturating.
+    fn sizes(cfg: &Config, b: usize, t: usize, dropout: bool) -> [u64; 8] {
+        let n = b.saturating_mul(t);
+        let nc = product(&[n, cfg.n_embd]);
+        let n = n as u64;
+        let v = product(&[b, t, cfg.vocab_size]);
+        [nc, if dropout { nc } else { 0 }, nc, n, n, v, n, n]
+    }
+
     /// Sizes every buffer for a (B, T) batch, with dropout masks or without.
     fn fit(&mut self, cfg: &Config, b: usize, t: usize, dropout: bool) {
-        let (n, c) = (b * t, cfg.n_embd);
         (self.b, self.t) = (b, t);
-        self.tokens.resize(n, 0);
+        self.tokens.resize(b * t, 0);
         self.targets.clear();
-        fit(&mut self.encoded, n * c);
-        fit(&mut self.emb_mask, if dropout { n * c } else { 0 });
-        let shape = BlockShape {
-            rows: n,
-            att: b * cfg.n_head * t * t,
-            dropout,
-            for_backward: true,
-        };
+        let buffers = [
+            &mut self.encoded,
+            &mut self.emb_mask,
+            &mut self.ln_f,
+            &mut self.ln_f_mean,
+            &mut self.ln_f_rstd,
+            &mut self.logits,
+            &mut self.lse,
+            &mut self.row_loss,
+        ];
+        fit_all(buffers, Self::sizes(cfg, b, t, dropout));
+        let shape = BlockShape::full(cfg, b, t, dropout);
         self.blocks.resize_with(cfg.n_layer, BlockActs::default);
         self.blocks.iter_mut().for_each(|block| block.fit(cfg, shape));
-        fit(&mut self.ln_f, n * c);
-        fit(&mut self.ln_f_mean, n);
-        fit(&mut self.ln_f_rstd, n);
-        fit(&mut self.logits, n * cfg.vocab_size);
-        fit(&mut self.lse, n);
-        fit(&mut self.row_loss, n);
         self.target_count = 0;
     }
 
-    /// The values (f32 or ids, 4 bytes each) [`Activations::fit`] allocates, saturating.
+    /// The values (f32 or ids, 4 bytes each) [`Activations::fit`] allocates, saturating: its
+    /// buffers, the ids and targets [N], and the blocks'.
     fn floats(cfg: &Config, b: usize, t: usize, dropout: bool) -> u64 {
-        let n = b.saturating_mul(t);
-        let shape = BlockShape {
-            rows: n,
-            att: n.saturating_mul(cfg.n_head).saturating_mul(t),
-            dropout,
-            for_backward: true,
-        };
+        let blocks = BlockActs::floats(cfg, BlockShape::full(cfg, b, t, dropout));
         sum(&[
-            // encoded, ln_f; the embedding mask with dropout
-            product(&[n, cfg.n_embd, 2 + dropout as usize]),
-            product(&[n, 6]), // tokens, targets, ln_f mean and rstd, lse, row_loss
-            product(&[n, cfg.vocab_size]),
-            BlockActs::floats(cfg, shape).saturating_mul(cfg.n_layer as u64),
+            sum(&Self::sizes(cfg, b, t, dropout)),
+            product(&[b, t, 2]),
+            blocks.saturating_mul(cfg.n_layer as u64),
         ])
     }
 }
@@ -176,24 +227,34 @@ pub struct GradActs {
 }
 
 impl GradActs {
+    /// The length of each buffer for a (B, T) batch, in field order, saturating.
+    fn sizes(cfg: &Config, b: usize, t: usize) -> [u64; 6] {
+        let nc = product(&[b, t, cfg.n_embd]);
+        [
+            nc,
+            nc,
+            nc.saturating_mul(3),
+            nc,
+            product(&[b, t, cfg.n_inner]),
+            product(&[b, cfg.n_head, t, t]),
+        ]
+    }
+
     fn fit(&mut self, cfg: &Config, b: usize, t: usize) {
-        let (n, c) = (b * t, cfg.n_embd);
-        fit(&mut self.residual, n * c);
-        fit(&mut self.ln, n * c);
-        fit(&mut self.qkv, n * 3 * c);
-        fit(&mut self.atty, n * c);
-        fit(&mut self.fch, n * cfg.n_inner);
-        fit(&mut self.att, b * cfg.n_head * t * t);
+        let buffers = [
+            &mut self.residual,
+            &mut self.ln,
+            &mut self.qkv,
+            &mut self.atty,
+            &mut self.fch,
+            &mut self.att,
+        ];
+        fit_all(buffers, Self::sizes(cfg, b, t));
     }
 
     /// The values [`GradActs::fit`] allocates, saturating.
     fn floats(cfg: &Config, b: usize, t: usize) -> u64 {
-        let n = b.saturating_mul(t);
-        sum(&[
-            product(&[n, cfg.n_embd, 6]),
-            product(&[n, cfg.n_inner]),
-            product(&[b, cfg.n_head, t, t]),
-        ])
+        sum(&Self::sizes(cfg, b, t))
     }
 }
 

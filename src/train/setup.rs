@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::io::lock::DirLock;
 use crate::io::{atomic, cache, load_model_with_tokenizer, save_model, ExportFormat, Loaded};
 use crate::memory::{product, sum, Need};
-use crate::model::data_parallel::auto_shards;
+use crate::model::data_parallel::{auto_shards, shard_rows};
 use crate::model::{num_params, param_specs, DataParallel, Gpt, KvCache, Workspace};
 use crate::optim::{AdamW, AdamWConfig, LrSchedule};
 use crate::rng::Rng;
@@ -265,12 +265,10 @@ enum Held {
 fn check_memory(config: &TrainConfig, model: &Config, t: usize, shards: usize, held: Held) -> Result<()> {
     let (p, b, shards) = (num_params(model), config.batch_size, shards.max(1));
     let dropout = config.dropout > 0.0;
-    // Shard s takes b / S rows, the first b % S shards one more.
-    let (rows, wider) = (b / shards, b % shards);
-    let activations = sum(&[
-        product(&[wider]).saturating_mul(Workspace::floats(model, rows + 1, t, dropout)),
-        product(&[shards - wider]).saturating_mul(Workspace::floats(model, rows, t, dropout)),
-    ]);
+    let per_shard: Vec<u64> = shard_rows(b, shards)
+        .map(|rows| Workspace::floats(model, rows, t, dropout))
+        .collect();
+    let activations = sum(&per_shard);
     let n = model.n_positions;
     let sample = KvCache::cache_floats(model, 1, n).saturating_add(KvCache::pass_floats(model, 1, n, n));
     Need::new()
