@@ -202,13 +202,13 @@ pub fn check_replaceable(path: &Path, kind: &str, is_kind: impl FnOnce(&Path) ->
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io(path, e)),
     };
-    let what = entry_kind(&meta);
-    if matches!(what, "a regular file" | "a directory") && is_kind(path) {
+    // symlink_metadata: a link is neither a file nor a directory here.
+    if (meta.is_file() || meta.is_dir()) && is_kind(path) {
         return Ok(());
     }
-    let what = match what {
-        "a regular file" => "a file of another kind",
-        other => other,
+    let what = match meta.is_file() {
+        true => "a file of another kind",
+        false => entry_kind(&meta),
     };
     Err(Error::Input(format!(
         "{} exists and is {what}, not {kind}: refusing to replace it (move it away first, or write elsewhere)",
