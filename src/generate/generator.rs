@@ -228,12 +228,7 @@ fn check_memory(cfg: &Config, prompt_len: usize, options: &GenerateOptions) -> R
     // Decoding feeds one token per sample, but once a sample outgrows the context each step
     // recomputes its whole window; before either, the prompt is prefilled in one row.
     let step = if len > cfg.n_positions { capacity } else { 1 };
-    let passes = KvCache::pass_floats(cfg, samples, step, capacity).max(KvCache::pass_floats(
-        cfg,
-        1,
-        prompt_len.min(capacity),
-        capacity,
-    ));
+    let passes = KvCache::pass_floats(cfg, samples, step).max(KvCache::pass_floats(cfg, 1, prompt_len.min(capacity)));
     Need::new()
         .floats("KV cache", KvCache::cache_floats(cfg, samples, capacity))
         .floats("forward pass buffers", passes)

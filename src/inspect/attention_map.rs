@@ -23,7 +23,7 @@ const MIN_WIDTH: u32 = 640;
 struct LayerChart<'a> {
     layer: usize,
     /// [NH, T, T]: the attention probabilities of every head.
-    att: &'a [f32],
+    att: Vec<f32>,
     n_head: usize,
     labels: &'a [String],
 }
@@ -207,7 +207,7 @@ pub fn write_attention_maps(
         .map(|(layer, block)| {
             let chart = LayerChart {
                 layer,
-                att: &block.att,
+                att: super::layer_attention(model, block, acts.t),
                 n_head: model.config.n_head,
                 labels: &labels,
             };

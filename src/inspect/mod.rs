@@ -8,10 +8,26 @@ pub mod evolution;
 pub mod summary;
 pub mod trace;
 
+use crate::model::workspace::BlockActs;
+use crate::model::Gpt;
+use crate::ops::attention::{attention_probs, AttnShape};
 use crate::tokenizer::Tokenizer;
 
 /// Token `id` as text for a display: the tokenizer's piece (bytes that are not UTF-8 on their
 /// own as `\xNN`), or `#id` for a model that has no tokenizer.
 pub fn token_piece(tokenizer: Option<&Tokenizer>, id: u32) -> String {
     tokenizer.map_or_else(|| format!("#{id}"), |t| t.token_text(id))
+}
+
+/// The attention probabilities P [NH, T, T] of every head of a block, from the activations a
+/// forward pass over one sequence of T tokens left (its queries, keys and log-sum-exps: the
+/// pass itself keeps no [T, T] matrix).
+pub fn layer_attention(model: &Gpt, block: &BlockActs, t: usize) -> Vec<f32> {
+    let shape = AttnShape {
+        b: 1,
+        t,
+        c: model.config.n_embd,
+        n_head: model.config.n_head,
+    };
+    attention_probs(&block.qkv, &block.att_lse, shape)
 }

@@ -292,12 +292,13 @@ fn block_trace(
     };
     let heads = options.head.map_or(0..cfg.n_head, |h| h..h + 1);
     let near_zero = a.fch_gelu.iter().filter(|x| x.abs() < GELU_NEAR_ZERO).count();
+    let att = super::layer_attention(model, a, t); // [NH, T, T]
     BlockTrace {
         layer: l,
         ln_1: TensorTrace::of(&a.ln_1, t),
         head_qkv_shape: [t, cfg.head_size()],
         heads: heads
-            .map(|h| head_trace(model, a, h, tokens, tokenizer, options))
+            .map(|h| head_trace(model, a, &att, h, tokens, tokenizer, options))
             .collect(),
         attn_out: branch(&a.residual_2, residual_in(acts, l)),
         residual_attn: TensorTrace::of(&a.residual_2, t),
@@ -310,10 +311,12 @@ fn block_trace(
 }
 
 /// Head h of a block, from the last token: its query, key and value norms and the positions
-/// it attends to most.
+/// it attends to most (from the block's attention probabilities `att` [NH, T, T]).
+#[allow(clippy::too_many_arguments)]
 fn head_trace(
     model: &Gpt,
     a: &BlockActs,
+    att: &[f32],
     h: usize,
     tokens: &[u32],
     tokenizer: Option<&Tokenizer>,
@@ -322,7 +325,7 @@ fn head_trace(
     let (t, c, hs) = (tokens.len(), model.config.n_embd, model.config.head_size());
     let last_qkv = &a.qkv[(t - 1) * 3 * c..][..3 * c];
     // Row t-1 of head h's attention matrix P [T, T].
-    let weights = a.att[(h * t + t - 1) * t..][..t].to_vec();
+    let weights = att[(h * t + t - 1) * t..][..t].to_vec();
     let mut order: Vec<usize> = (0..t).collect();
     order.sort_by(|&i, &j| weights[j].total_cmp(&weights[i]));
     let top = order

@@ -14,7 +14,7 @@ use super::kv_cache::KvLayer;
 use super::params::BlockWeights;
 use super::workspace::{BlockActs, GradActs};
 use crate::config::Config;
-use crate::ops::attention::{attention_backward, attention_forward, attention_forward_cached, AttnShape};
+use crate::ops::attention::{attention_backward, attention_forward, attention_forward_cached, AttnDropout, AttnShape};
 use crate::ops::dropout::{dropout_backward, Dropout};
 use crate::ops::gelu::{gelu_backward_inplace, gelu_forward};
 use crate::ops::layernorm::{layernorm_backward, layernorm_forward};
@@ -47,8 +47,7 @@ pub fn block_forward(
 
 /// Backward through one block whose forward pass read `x` and left `a`: `d.residual` arrives
 /// as dloss/d(residual_3) and leaves as dloss/dx; the block's parameter gradients are added to
-/// `g`. `keep_scale` = 1/(1-p) of the attention dropout.
-#[allow(clippy::too_many_arguments)]
+/// `g`.
 pub fn block_backward(
     cfg: &Config,
     shape: AttnShape,
@@ -57,10 +56,9 @@ pub fn block_backward(
     x: &[f32],
     a: &BlockActs,
     d: &mut GradActs,
-    keep_scale: f32,
 ) {
     mlp_backward(cfg, shape, p, g, a, d);
-    attention_layer_backward(cfg, shape, p, g, x, a, d, keep_scale);
+    attention_layer_backward(cfg, shape, p, g, x, a, d);
 }
 
 /// Attention layer: `residual_2 = x + drop(c_proj(attention(c_attn(ln_1(x)))))`.
@@ -87,16 +85,18 @@ fn attention_layer_forward(
     linear_forward(&mut a.qkv, &a.ln_1, p.attn.c_attn_w, p.attn.c_attn_b, n, c, 3 * c);
     match keys {
         Keys::Causal => {
-            let dropped = dropout.as_deref_mut().map(|d| {
-                d.fill_mask(&mut a.att_dropped);
-                a.att_dropped.as_mut_slice()
+            // The attention weights' dropout mask is a hash of a seed drawn here, kept for the
+            // backward pass to recompute the same mask.
+            a.att_dropout = dropout.as_deref_mut().map(|d| AttnDropout {
+                p: d.p,
+                seed: d.rng.next_u64(),
             });
-            attention_forward(&mut a.atty, &mut a.att, dropped, &a.qkv, shape);
+            attention_forward(&mut a.atty, &mut a.att_lse, &a.qkv, shape, a.att_dropout);
         }
         Keys::Cached(mut cache) => {
             cache.store(&a.qkv, shape.t, c, cfg.head_size());
             let (k, v) = cache.keys_values();
-            attention_forward_cached(&mut a.atty, &mut a.att, &a.qkv, k, v, shape, cache.pos0);
+            attention_forward_cached(&mut a.atty, &mut a.att_lse, &a.qkv, k, v, shape, cache.pos0);
         }
     }
     linear_forward(&mut a.residual_2, &a.atty, p.attn.c_proj_w, p.attn.c_proj_b, n, c, c);
@@ -109,7 +109,6 @@ fn attention_layer_forward(
 /// Backward of the attention layer. The identity path of the residual passes `d.residual`
 /// through unchanged; the branch sees `d.residual ⊙ mask`, and what it gives back for x (through
 /// ln_1) is added to the stream's gradient.
-#[allow(clippy::too_many_arguments)]
 fn attention_layer_backward(
     cfg: &Config,
     shape: AttnShape,
@@ -118,7 +117,6 @@ fn attention_layer_backward(
     x: &[f32],
     a: &BlockActs,
     d: &mut GradActs,
-    keep_scale: f32,
 ) {
     let (n, c) = (shape.b * shape.t, cfg.n_embd);
     let branch_grad = dropout_backward(&d.residual, &a.attn_mask, &mut d.ln);
@@ -133,8 +131,7 @@ fn attention_layer_backward(
         c,
         c,
     );
-    let dropped = (!a.att_dropped.is_empty()).then_some((a.att_dropped.as_slice(), keep_scale));
-    attention_backward(&mut d.qkv, &mut d.att, &d.atty, &a.qkv, &a.att, dropped, shape);
+    attention_backward(&mut d.qkv, &d.atty, &a.qkv, &a.atty, &a.att_lse, shape, a.att_dropout);
     linear_backward(
         &mut d.ln,
         g.attn.c_attn_w,

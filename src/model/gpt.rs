@@ -209,7 +209,6 @@ impl Gpt {
             c,
         );
         // The blocks in reverse, each passing dloss/d(its input) down to the one before.
-        let keep_scale = 1.0 / (1.0 - cfg.dropout);
         for l in (0..cfg.n_layer).rev() {
             let x = if l == 0 {
                 &acts.encoded
@@ -217,7 +216,7 @@ impl Gpt {
                 &acts.blocks[l - 1].residual_3
             };
             let (p, a) = (&w.blocks[l], &acts.blocks[l]);
-            block_backward(cfg, shape, p, &mut g.blocks[l], x, a, d, keep_scale);
+            block_backward(cfg, shape, p, &mut g.blocks[l], x, a, d);
         }
         // Embeddings: encoded = drop(wte[tokens] + wpe[positions]).
         let demb = dropout_backward(&d.residual, &acts.emb_mask, &mut d.ln);
@@ -238,7 +237,7 @@ impl Gpt {
         let (cfg, w, shape, pos0) = (&self.config, self.weights(), self.attn_shape(b, t), cache.len());
         let c = cfg.n_embd;
         let s = &mut cache.scratch;
-        s.fit(cfg, b, t, pos0 + t);
+        s.fit(cfg, b, t);
 
         embedding_forward(&mut s.x, tokens, w.wte, w.wpe, t, c, pos0);
         for (l, p) in w.blocks.iter().enumerate() {
@@ -341,8 +340,8 @@ mod tests {
 
     #[test]
     fn a_workspace_reused_across_batch_shapes_gives_a_fresh_workspaces_results() {
-        // (B, T) = (4, 2), (1, 8), (2, 3): the same B·T, then a smaller one; the attention
-        // buffers [B, NH, T, T] grow and shrink. Each pass must equal one in a new workspace.
+        // (B, T) = (4, 2), (1, 8), (2, 3): the same B·T, then a smaller one; the buffers grow
+        // and shrink. Each pass must equal one in a new workspace.
         let model = tiny(0.1);
         let mut ws = Workspace::new();
         for (i, (b, t)) in [(4, 2), (1, 8), (2, 3)].into_iter().enumerate() {

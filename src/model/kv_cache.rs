@@ -59,8 +59,8 @@ impl CachedActs {
         ]
     }
 
-    /// Sizes every buffer for B rows of T new tokens attending to `keys` positions.
-    pub fn fit(&mut self, cfg: &Config, b: usize, t: usize, keys: usize) {
+    /// Sizes every buffer for B rows of T new tokens.
+    pub fn fit(&mut self, cfg: &Config, b: usize, t: usize) {
         let buffers = [
             &mut self.x,
             &mut self.last,
@@ -70,7 +70,7 @@ impl CachedActs {
             &mut self.logits,
         ];
         fit_all(buffers, Self::sizes(cfg, b, t));
-        self.block.fit(cfg, BlockShape::cached(cfg, b, t, keys));
+        self.block.fit(cfg, BlockShape::cached(b, t));
     }
 }
 
@@ -133,9 +133,10 @@ impl KvCache {
     }
 
     /// The values (f32) of the buffers of one cached pass over `t` new tokens in each of `rows`
-    /// rows, attending to `keys` positions, saturating (what [`CachedActs::fit`] allocates).
-    pub fn pass_floats(cfg: &Config, rows: usize, t: usize, keys: usize) -> u64 {
-        let block = BlockActs::floats(cfg, BlockShape::cached(cfg, rows, t, keys));
+    /// rows, saturating (what [`CachedActs::fit`] allocates): the attention keeps nothing per
+    /// cached position, so it does not depend on how many there are.
+    pub fn pass_floats(cfg: &Config, rows: usize, t: usize) -> u64 {
+        let block = BlockActs::floats(cfg, BlockShape::cached(rows, t));
         sum(&CachedActs::sizes(cfg, rows, t)).saturating_add(block)
     }
 
@@ -354,7 +355,7 @@ mod tests {
                 &block.ln_1_mean,
                 &block.ln_1_rstd,
                 &block.qkv,
-                &block.att,
+                &block.att_lse,
                 &block.atty,
                 &block.residual_2,
                 &block.ln_2,
@@ -372,14 +373,14 @@ mod tests {
             KvCache::cache_floats(cfg, 1, 12)
         );
         model.forward_cached(&mut cache, &random_tokens(5, 97, 1)).unwrap();
-        assert_eq!(held(&cache), KvCache::pass_floats(cfg, 1, 5, 5), "prefill");
+        assert_eq!(held(&cache), KvCache::pass_floats(cfg, 1, 5), "prefill");
         cache.broadcast(3).unwrap();
         assert_eq!(
             (cache.k.len() + cache.v.len()) as u64,
             KvCache::cache_floats(cfg, 3, 12)
         );
         model.forward_cached(&mut cache, &[1, 2, 3]).unwrap();
-        assert_eq!(held(&cache), KvCache::pass_floats(cfg, 3, 1, 6), "decoding step");
+        assert_eq!(held(&cache), KvCache::pass_floats(cfg, 3, 1), "decoding step");
     }
 
     #[test]

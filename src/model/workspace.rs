@@ -7,29 +7,31 @@
 
 use crate::config::Config;
 use crate::memory::{product, sum};
+use crate::ops::attention::AttnDropout;
 use crate::ops::zeroed;
 
 /// The buffers of one transformer block's forward pass. Training and full forward passes keep
 /// one per layer (the backward pass reads them); cached inference reuses one for every layer.
 #[derive(Default)]
 pub struct BlockActs {
-    pub ln_1: Vec<f32>,        // [N, C]  LayerNorm 1 output
-    pub ln_1_mean: Vec<f32>,   // [N]
-    pub ln_1_rstd: Vec<f32>,   // [N]
-    pub qkv: Vec<f32>,         // [N, 3C] fused query, key, value
-    pub att: Vec<f32>,         // [B, NH, T, K] attention probabilities P over K keys (K = T without a cache)
-    pub att_dropped: Vec<f32>, // [B, NH, T, T] P ⊙ dropout mask (empty without dropout)
-    pub atty: Vec<f32>,        // [N, C]  attention output, heads side by side
-    pub attn_mask: Vec<f32>,   // [N, C]  dropout mask of the attention branch (empty without dropout)
-    pub residual_2: Vec<f32>,  // [N, C]  residual stream after the attention branch
-    pub ln_2: Vec<f32>,        // [N, C]
-    pub ln_2_mean: Vec<f32>,   // [N]
-    pub ln_2_rstd: Vec<f32>,   // [N]
-    pub fch: Vec<f32>,         // [N, F]  MLP hidden, before GELU
-    pub fch_tanh: Vec<f32>,    // [N, F]  tanh inside GELU, kept for the backward pass (empty without one)
-    pub fch_gelu: Vec<f32>,    // [N, F]  MLP hidden, after GELU
-    pub mlp_mask: Vec<f32>,    // [N, C]  dropout mask of the MLP branch (empty without dropout)
-    pub residual_3: Vec<f32>,  // [N, C]  residual stream leaving the block
+    pub ln_1: Vec<f32>,      // [N, C]  LayerNorm 1 output
+    pub ln_1_mean: Vec<f32>, // [N]
+    pub ln_1_rstd: Vec<f32>, // [N]
+    pub qkv: Vec<f32>,       // [N, 3C] fused query, key, value
+    pub att_lse: Vec<f32>,   // [B, NH, T] log-sum-exp of each query's attention scores
+    /// The attention dropout of the last forward pass (None without dropout).
+    pub att_dropout: Option<AttnDropout>,
+    pub atty: Vec<f32>,       // [N, C]  attention output, heads side by side
+    pub attn_mask: Vec<f32>,  // [N, C]  dropout mask of the attention branch (empty without dropout)
+    pub residual_2: Vec<f32>, // [N, C]  residual stream after the attention branch
+    pub ln_2: Vec<f32>,       // [N, C]
+    pub ln_2_mean: Vec<f32>,  // [N]
+    pub ln_2_rstd: Vec<f32>,  // [N]
+    pub fch: Vec<f32>,        // [N, F]  MLP hidden, before GELU
+    pub fch_tanh: Vec<f32>,   // [N, F]  tanh inside GELU, kept for the backward pass (empty without one)
+    pub fch_gelu: Vec<f32>,   // [N, F]  MLP hidden, after GELU
+    pub mlp_mask: Vec<f32>,   // [N, C]  dropout mask of the MLP branch (empty without dropout)
+    pub residual_3: Vec<f32>, // [N, C]  residual stream leaving the block
 }
 
 /// What a block's buffers are sized for.
@@ -37,8 +39,6 @@ pub struct BlockActs {
 pub struct BlockShape {
     /// N = B·T rows.
     pub rows: usize,
-    /// B·NH·T·K attention probabilities.
-    pub att: usize,
     pub dropout: bool,
     /// Keep what only the backward pass reads (GELU's tanh).
     pub for_backward: bool,
@@ -46,22 +46,18 @@ pub struct BlockShape {
 
 impl BlockShape {
     /// A forward pass over a (B, T) batch: each position attends to the batch's own T.
-    pub fn full(cfg: &Config, b: usize, t: usize, dropout: bool) -> Self {
-        let rows = b.saturating_mul(t);
+    pub fn full(b: usize, t: usize, dropout: bool) -> Self {
         BlockShape {
-            rows,
-            att: rows.saturating_mul(cfg.n_head).saturating_mul(t),
+            rows: b.saturating_mul(t),
             dropout,
             for_backward: true,
         }
     }
 
-    /// A cached pass: B rows of T new tokens, each attending to `keys` positions.
-    pub fn cached(cfg: &Config, b: usize, t: usize, keys: usize) -> Self {
-        let rows = b.saturating_mul(t);
+    /// A cached pass: B rows of T new tokens (attending to any number of cached positions).
+    pub fn cached(b: usize, t: usize) -> Self {
         BlockShape {
-            rows,
-            att: rows.saturating_mul(cfg.n_head).saturating_mul(keys),
+            rows: b.saturating_mul(t),
             dropout: false,
             for_backward: false,
         }
@@ -71,17 +67,16 @@ impl BlockShape {
 impl BlockActs {
     /// The length of each buffer for `shape`, in field order, saturating: what
     /// [`BlockActs::fit`] allocates and [`BlockActs::floats`] counts.
-    fn sizes(cfg: &Config, shape: BlockShape) -> [u64; 17] {
+    fn sizes(cfg: &Config, shape: BlockShape) -> [u64; 16] {
         let (n, c, f) = (shape.rows, cfg.n_embd, cfg.n_inner);
         let if_dropout = |len: u64| if shape.dropout { len } else { 0 };
-        let (nc, nf, att) = (product(&[n, c]), product(&[n, f]), shape.att as u64);
+        let (nc, nf) = (product(&[n, c]), product(&[n, f]));
         [
             nc,                                      // ln_1
             n as u64,                                // ln_1_mean
             n as u64,                                // ln_1_rstd
             product(&[n, 3, c]),                     // qkv
-            att,                                     // att
-            if_dropout(att),                         // att_dropped
+            product(&[n, cfg.n_head]),               // att_lse
             nc,                                      // atty
             if_dropout(nc),                          // attn_mask
             nc,                                      // residual_2
@@ -103,8 +98,7 @@ impl BlockActs {
             &mut self.ln_1_mean,
             &mut self.ln_1_rstd,
             &mut self.qkv,
-            &mut self.att,
-            &mut self.att_dropped,
+            &mut self.att_lse,
             &mut self.atty,
             &mut self.attn_mask,
             &mut self.residual_2,
@@ -133,8 +127,8 @@ pub(super) fn fit_all<const K: usize>(buffers: [&mut Vec<f32>; K], lens: [u64; K
     }
 }
 
-/// Gives `buf` length `len`, all zeros when the length changes (ops may leave entries unwritten,
-/// such as the masked half of an attention matrix, and those read as 0): within its allocation
+/// Gives `buf` length `len`, all zeros when the length changes (an op that leaves entries
+/// unwritten can count on them reading as 0): within its allocation
 /// when it fits (decoding grows and shrinks its buffers every step), else in a fresh buffer that
 /// is written first ([`zeroed`]).
 fn fit(buf: &mut Vec<f32>, len: usize) {
@@ -197,7 +191,7 @@ impl Activations {
             &mut self.row_loss,
         ];
         fit_all(buffers, Self::sizes(cfg, b, t, dropout));
-        let shape = BlockShape::full(cfg, b, t, dropout);
+        let shape = BlockShape::full(b, t, dropout);
         self.blocks.resize_with(cfg.n_layer, BlockActs::default);
         self.blocks.iter_mut().for_each(|block| block.fit(cfg, shape));
         self.target_count = 0;
@@ -206,7 +200,7 @@ impl Activations {
     /// The values (f32 or ids, 4 bytes each) [`Activations::fit`] allocates, saturating: its
     /// buffers, the ids and targets [N], and the blocks'.
     fn floats(cfg: &Config, b: usize, t: usize, dropout: bool) -> u64 {
-        let blocks = BlockActs::floats(cfg, BlockShape::full(cfg, b, t, dropout));
+        let blocks = BlockActs::floats(cfg, BlockShape::full(b, t, dropout));
         sum(&[
             sum(&Self::sizes(cfg, b, t, dropout)),
             product(&[b, t, 2]),
@@ -223,21 +217,13 @@ pub struct GradActs {
     pub qkv: Vec<f32>,      // [N, 3C]
     pub atty: Vec<f32>,     // [N, C]
     pub fch: Vec<f32>,      // [N, F]
-    pub att: Vec<f32>,      // [B, NH, T, T]
 }
 
 impl GradActs {
     /// The length of each buffer for a (B, T) batch, in field order, saturating.
-    fn sizes(cfg: &Config, b: usize, t: usize) -> [u64; 6] {
+    fn sizes(cfg: &Config, b: usize, t: usize) -> [u64; 5] {
         let nc = product(&[b, t, cfg.n_embd]);
-        [
-            nc,
-            nc,
-            nc.saturating_mul(3),
-            nc,
-            product(&[b, t, cfg.n_inner]),
-            product(&[b, cfg.n_head, t, t]),
-        ]
+        [nc, nc, nc.saturating_mul(3), nc, product(&[b, t, cfg.n_inner])]
     }
 
     fn fit(&mut self, cfg: &Config, b: usize, t: usize) {
@@ -247,7 +233,6 @@ impl GradActs {
             &mut self.qkv,
             &mut self.atty,
             &mut self.fch,
-            &mut self.att,
         ];
         fit_all(buffers, Self::sizes(cfg, b, t));
     }
@@ -316,8 +301,7 @@ mod tests {
             &a.ln_1_mean,
             &a.ln_1_rstd,
             &a.qkv,
-            &a.att,
-            &a.att_dropped,
+            &a.att_lse,
             &a.atty,
             &a.attn_mask,
             &a.residual_2,
@@ -356,7 +340,7 @@ mod tests {
                 + a.blocks.iter().map(block_len).sum::<usize>();
             model.backward(&mut ws, &mut model.new_gradients(), 1.0).unwrap();
             let g = &ws.grad_acts;
-            let grad_acts = lens(&[&g.residual, &g.ln, &g.qkv, &g.atty, &g.fch, &g.att]);
+            let grad_acts = lens(&[&g.residual, &g.ln, &g.qkv, &g.atty, &g.fch]);
             assert_eq!(
                 (acts + grad_acts) as u64,
                 Workspace::floats(&cfg, b, t, dropout),

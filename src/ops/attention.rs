@@ -1,10 +1,16 @@
-//! Causal multi-head self-attention on a fused qkv buffer.
+//! Causal multi-head self-attention on a fused qkv buffer, tiled as in FlashAttention-2.
 //!
 //! For each batch row b and head h, with Q, K, V the head's [T, hs] slices of qkv:
 //! `S = Q Kᵀ / sqrt(hs)`, `P = softmax(S)` over the keys j ≤ t of each query t (causal mask),
-//! `O = P V`, written into the head's columns of out. Work is split over (batch, head) pairs;
-//! within a head, the products go in blocks of query rows that stop at the causal diagonal, so
-//! the masked upper triangle is mostly never computed.
+//! `O = P V`, written into the head's columns of out.
+//!
+//! No [T, T] matrix is kept. The forward pass goes over tiles of [`QUERY_TILE`] query rows
+//! (in parallel over (batch, head, query tile)); each tile goes over the keys up to its last
+//! row in tiles of [`KEY_TILE`], keeping for each row the running maximum m of its scores, the
+//! running sum l of e^(s - m) and the running sum of e^(s - m) v, rescaled by e^(m_old - m_new)
+//! whenever the maximum grows (the online softmax). It keeps only O and each row's
+//! log-sum-exp `lse = m + ln l` [B, NH, T]; the backward pass recomputes each tile of P as
+//! `e^(S - lse)` from Q, K and lse. Tiles above the causal diagonal are never computed.
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -36,6 +42,71 @@ impl AttnShape {
         let row0 = bh / self.n_head * t * 3 * c;
         [q_off, k_off, v_off].map(|off| strided(qkv, row0 + off, t, hs, 3 * c))
     }
+
+    /// Head h of batch row b as a [T, hs] view into a [B, T, C] buffer (out, dout).
+    fn head_rows<'a>(&self, x: &'a [f32], bh: usize) -> MatRef<'a, f32> {
+        let (b, h) = (bh / self.n_head, bh % self.n_head);
+        strided(x, b * self.t * self.c + h * self.hs(), self.t, self.hs(), self.c)
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.hs() as f32).sqrt()
+    }
+}
+
+/// Attention dropout: each weight P[i, j] is kept with probability 1-p and scaled by 1/(1-p)
+/// (dropped: 0) before it multiplies V. The mask is a hash of (seed, head, query, key), so the
+/// backward pass recomputes it tile by tile instead of storing a [T, T] matrix per head.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnDropout {
+    pub p: f32,
+    pub seed: u64,
+}
+
+impl AttnDropout {
+    /// The mask factor of weight (i, j) of head bh (b·NH + h) in a batch of T positions:
+    /// 0 or 1/(1-p).
+    fn factor(&self, t: usize, bh: usize, i: usize, j: usize) -> f32 {
+        let element = ((bh * t + i) * t + j) as u64;
+        let bits = splitmix64(self.seed ^ element.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let uniform = (bits >> 40) as f32 / (1u64 << 24) as f32; // 24 random bits in [0, 1)
+        if uniform < self.p {
+            0.0
+        } else {
+            1.0 / (1.0 - self.p)
+        }
+    }
+
+    /// Multiplies row i of a tile of weights (keys k0..k0 + row.len()) by its mask.
+    fn apply(&self, row: &mut [f32], t: usize, bh: usize, i: usize, k0: usize) {
+        for (j, w) in row.iter_mut().enumerate() {
+            *w *= self.factor(t, bh, i, k0 + j);
+        }
+    }
+}
+
+/// SplitMix64's finaliser: a well-mixed 64-bit hash of a counter.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Query rows per tile: a task of the forward pass.
+const QUERY_TILE: usize = 64;
+/// Keys per tile: the width of each recomputed block of scores.
+const KEY_TILE: usize = 128;
+
+/// The tiles (start, end) of 0..n, `size` at a time.
+fn tiles(n: usize, size: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n).step_by(size).map(move |start| (start, (start + size).min(n)))
+}
+
+/// How many keys of the tile starting at k0 (`width` keys) the query at position `pos` sees
+/// (keys 0..=pos).
+fn visible_keys(pos: usize, k0: usize, width: usize) -> usize {
+    (pos + 1).saturating_sub(k0).min(width)
 }
 
 /// A raw pointer that rayon tasks may share: each task writes only its own head's columns.
@@ -64,116 +135,28 @@ fn strided(data: &[f32], offset: usize, rows: usize, cols: usize, row_stride: us
     )
 }
 
-fn square_mut(data: &mut [f32], n: usize) -> MatMut<'_, f32> {
-    MatMut::from_row_major_slice_mut(data, n, n)
+/// `s [R, W] = q kᵀ · scale` for R queries q [R, hs] and W keys k [W, hs].
+fn scores(s: &mut [f32], q: MatRef<'_, f32>, k: MatRef<'_, f32>, scale: f32) {
+    let s = MatMut::from_row_major_slice_mut(s, q.nrows(), k.nrows());
+    matmul(s, Accum::Replace, q, k.transpose(), scale, Par::Seq);
 }
 
-fn square(data: &[f32], n: usize) -> MatRef<'_, f32> {
-    MatRef::from_row_major_slice(data, n, n)
-}
-
-/// Forward. qkv: [B, T, 3C]; out: [B, T, C]; att: [B, NH, T, T] receives P (kept for backward).
-/// With dropout, `dropped` [B, NH, T, T] arrives holding the dropout mask (0 or 1/(1-p)) and
-/// leaves holding `P ⊙ mask`, which is what multiplies V; its zeros mark the dropped entries.
-pub fn attention_forward(out: &mut [f32], att: &mut [f32], dropped: Option<&mut [f32]>, qkv: &[f32], s: AttnShape) {
-    let tt = s.t * s.t;
-    assert!(out.len() == s.b * s.t * s.c && qkv.len() == 3 * out.len() && att.len() == s.b * s.n_head * tt);
-    let out = SharedOut(out.as_mut_ptr());
-    let heads = att.par_chunks_mut(tt).enumerate();
-    match dropped {
-        Some(dropped) => heads
-            .zip(dropped.par_chunks_mut(tt))
-            .for_each(|((bh, p), pd)| head_forward(s, bh, qkv, p, Some(pd), out)),
-        None => heads.for_each(|(bh, p)| head_forward(s, bh, qkv, p, None, out)),
-    }
-}
-
-/// One (batch, head) pair of the forward pass; p: [T, T], pd: [T, T].
-fn head_forward(s: AttnShape, bh: usize, qkv: &[f32], p: &mut [f32], pd: Option<&mut [f32]>, out: SharedOut) {
-    let (t, c, hs) = (s.t, s.c, s.hs());
-    let (b, h) = (bh / s.n_head, bh % s.n_head);
-    let [q, k, v] = s.head_qkv(qkv, bh);
-    // S = Q Kᵀ / sqrt(hs), block by block: rows r0..r1 against keys 0..r1 only. The softmax
-    // zeroes the masked entries (and the unwritten ones beyond r1).
-    causal_product_t(p, t, q, k, 1.0 / (hs as f32).sqrt());
-    for (i, row) in p.chunks_exact_mut(t).enumerate() {
-        softmax_causal_row(row, i);
-    }
-    // O = P V (or (P ⊙ mask) V under dropout), again rows r0..r1 against keys 0..r1.
-    let weights = match pd {
-        Some(pd) => {
-            pd.iter_mut().zip(p.iter()).for_each(|(m, &pi)| *m *= pi);
-            pd
-        }
-        None => p,
-    };
-    // SAFETY: head h of batch row b alone writes columns [h*hs, (h+1)*hs) of rows b*T..(b+1)*T.
-    let out_rows = |r0: usize, rows: usize| unsafe { out.view((b * t + r0) * c + h * hs, rows, hs, c) };
-    causal_product(out_rows, weights, false, t, v, 1.0);
-}
-
-/// Rows per causal block. Query rows r0..r1 see keys 0..r1 at most, so each product of a
-/// row block stops at column r1: the masked upper triangle is skipped block by block, which
-/// saves close to half the work at long contexts.
-const CAUSAL_BLOCK: usize = 64;
-
-/// `out [T, T] = x yᵀ · scale` (x, y: [T, hs]) on and below the diagonal, block by block: rows
-/// r0..r1 get columns 0..r1; the rest of each row is left unwritten (masked).
-fn causal_product_t(out: &mut [f32], t: usize, x: MatRef<'_, f32>, y: MatRef<'_, f32>, scale: f32) {
-    for (r0, r1) in causal_blocks(t) {
-        matmul(
-            square_mut(out, t).submatrix_mut(r0, 0, r1 - r0, r1),
-            Accum::Replace,
-            x.subrows(r0, r1 - r0),
-            y.subrows(0, r1).transpose(),
-            scale,
-            Par::Seq,
-        );
-    }
-}
-
-/// `out [T, hs] = op(m) y · scale` for m [T, T] zero above the diagonal (y: [T, hs]), where
-/// op(m) is m or, when `transposed`, mᵀ. Block by block, rows r0..r1 of the result need:
-/// - op(m) = m: columns 0..r1 of m's rows r0..r1, and rows 0..r1 of y;
-/// - op(m) = mᵀ: m's columns r0..r1, nonzero only in rows r0..T, and rows r0..T of y.
-///
-/// `out_rows(r0, rows)` is the view of the result's rows r0..r0+rows.
-fn causal_product(
-    out_rows: impl Fn(usize, usize) -> MatMut<'static, f32>,
-    m: &[f32],
-    transposed: bool,
-    t: usize,
-    y: MatRef<'_, f32>,
-    scale: f32,
-) {
-    for (r0, r1) in causal_blocks(t) {
-        let (m_block, y_rows) = match transposed {
-            false => (square(m, t).submatrix(r0, 0, r1 - r0, r1), y.subrows(0, r1)),
-            true => (
-                square(m, t).submatrix(r0, r0, t - r0, r1 - r0).transpose(),
-                y.subrows(r0, t - r0),
-            ),
-        };
-        matmul(out_rows(r0, r1 - r0), Accum::Replace, m_block, y_rows, scale, Par::Seq);
-    }
-}
-
-/// The row blocks (r0, r1) of a [T, T] attention matrix.
-fn causal_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..t)
-        .step_by(CAUSAL_BLOCK)
-        .map(move |r0| (r0, (r0 + CAUSAL_BLOCK).min(t)))
+/// Forward. qkv: [B, T, 3C]; out: [B, T, C] receives O; lse: [B, NH, T] receives each query
+/// row's log-sum-exp of its visible scores (what the backward pass needs to recompute P).
+pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: AttnShape, dropout: Option<AttnDropout>) {
+    assert!(out.len() == s.b * s.t * s.c && qkv.len() == 3 * out.len() && lse.len() == s.b * s.n_head * s.t);
+    forward_tiles(out, lse, s, 0, |bh| s.head_qkv(qkv, bh), dropout);
 }
 
 /// Forward against a key/value cache (inference): the T new tokens of each batch row attend
 /// to every cached position before them and to themselves. qkv: [B, T, 3C] of the new tokens
 /// (only the query third is read); k_cache, v_cache: [B, NH, P, hs] with positions
 /// 0..pos0+T filled (the new tokens' own keys and values included); out: [B, T, C];
-/// scores: [B, NH, T, pos0+T] scratch. New token i sits at position pos0 + i and sees keys
-/// 0..=pos0+i. With pos0 = 0 this is [`attention_forward`] without dropout.
+/// lse: [B, NH, T]. New token i sits at position pos0 + i and sees keys 0..=pos0+i. With
+/// pos0 = 0 this is [`attention_forward`] without dropout.
 pub fn attention_forward_cached(
     out: &mut [f32],
-    scores: &mut [f32],
+    lse: &mut [f32],
     qkv: &[f32],
     k_cache: &[f32],
     v_cache: &[f32],
@@ -182,133 +165,245 @@ pub fn attention_forward_cached(
 ) {
     let (t, c, hs, ctx) = (s.t, s.c, s.hs(), pos0 + s.t);
     let p = k_cache.len() / (s.b * c); // cache positions per row: B·NH·P·hs = B·P·C
-    assert!(out.len() == s.b * t * c && qkv.len() == 3 * out.len() && scores.len() == s.b * s.n_head * t * ctx);
+    assert!(out.len() == s.b * t * c && qkv.len() == 3 * out.len() && lse.len() == s.b * s.n_head * t);
     assert!(ctx <= p && v_cache.len() == k_cache.len());
-    let out = SharedOut(out.as_mut_ptr());
-    scores.par_chunks_mut(t * ctx).enumerate().for_each(|(bh, sc)| {
-        let (b, h) = (bh / s.n_head, bh % s.n_head);
-        let q = strided(qkv, b * t * 3 * c + s.qkv_offsets(h).0, t, hs, 3 * c);
+    let head = |bh: usize| {
+        let q = strided(
+            qkv,
+            bh / s.n_head * t * 3 * c + s.qkv_offsets(bh % s.n_head).0,
+            t,
+            hs,
+            3 * c,
+        );
         let k = strided(k_cache, bh * p * hs, ctx, hs, hs);
         let v = strided(v_cache, bh * p * hs, ctx, hs, hs);
-        // S = Q Kᵀ / sqrt(hs): [T, ctx]; query i is masked beyond key pos0 + i.
-        matmul(
-            MatMut::from_row_major_slice_mut(sc, t, ctx),
-            Accum::Replace,
-            q,
-            k.transpose(),
-            1.0 / (hs as f32).sqrt(),
-            Par::Seq,
-        );
-        for (i, row) in sc.chunks_exact_mut(ctx).enumerate() {
-            softmax_causal_row(row, pos0 + i);
-        }
-        // SAFETY: head h of batch row b alone writes columns [h*hs, (h+1)*hs) of rows b*T..(b+1)*T.
-        let o = unsafe { out.view(b * t * c + h * hs, t, hs, c) };
-        matmul(
-            o,
-            Accum::Replace,
-            MatRef::from_row_major_slice(sc, t, ctx),
-            v,
-            1.0,
-            Par::Seq,
-        );
-    });
+        [q, k, v]
+    };
+    forward_tiles(out, lse, s, pos0, head, None);
 }
 
-/// Backward. dout: [B, T, C]; dqkv: [B, T, 3C] (overwritten); att: P from the forward pass;
-/// dropped: `P ⊙ mask` from the forward pass under dropout, with its keep scale 1/(1-p);
-/// scratch: [B, NH, T, T]. Per head, with P' = P ⊙ mask (P' = P without dropout):
+/// The forward pass over every (batch, head, query tile), in parallel. `head(bh)` gives the
+/// head's queries [T, hs] (at positions pos0..pos0+T) and its keys and values [pos0+T, hs].
+fn forward_tiles<'a>(
+    out: &mut [f32],
+    lse: &mut [f32],
+    s: AttnShape,
+    pos0: usize,
+    head: impl Fn(usize) -> [MatRef<'a, f32>; 3] + Sync,
+    dropout: Option<AttnDropout>,
+) {
+    let (t, c, hs) = (s.t, s.c, s.hs());
+    let out = SharedOut(out.as_mut_ptr());
+    lse.par_chunks_mut(t)
+        .enumerate()
+        .flat_map(|(bh, lse)| {
+            let tiles = lse.par_chunks_mut(QUERY_TILE).enumerate();
+            tiles.map(move |(i, lse)| (bh, i * QUERY_TILE, lse))
+        })
+        .for_each_init(
+            || vec![0.0; QUERY_TILE * (KEY_TILE + hs)],
+            |scratch, (bh, r0, lse)| {
+                let (b, h) = (bh / s.n_head, bh % s.n_head);
+                let [q, k, v] = head(bh);
+                let rows = lse.len();
+                let (s_tile, o) = scratch.split_at_mut(QUERY_TILE * KEY_TILE);
+                let o = &mut o[..rows * hs];
+                let drop = dropout.map(|d| move |row: &mut [f32], i: usize, k0: usize| d.apply(row, t, bh, i, k0));
+                let q = q.subrows(r0, rows);
+                let o_tile = MatMut::from_row_major_slice_mut(o, rows, hs);
+                tile_forward(o_tile, lse, q, k, v, pos0 + r0, s.scale(), s_tile, drop);
+                // SAFETY: head h of batch row b alone writes columns [h*hs, (h+1)*hs) of its rows;
+                // this tile alone writes rows r0..r0+rows of them.
+                let mut out_tile = unsafe { out.view((b * t + r0) * c + h * hs, rows, hs, c) };
+                out_tile.copy_from(MatRef::from_row_major_slice(o, rows, hs));
+            },
+        );
+}
+
+/// The online softmax over one tile of R queries q [R, hs] at positions first..first+R
+/// against keys and values k, v [≥ first+R, hs]: o [R, hs] receives O, lse [R] each row's
+/// log-sum-exp; s_tile is scratch for a [R, KEY_TILE] block of scores. `drop(row, i, k0)`,
+/// if given, multiplies row i of a block of weights (keys k0..) by its dropout mask.
+#[allow(clippy::too_many_arguments)]
+fn tile_forward(
+    mut o: MatMut<'_, f32>,
+    lse: &mut [f32],
+    q: MatRef<'_, f32>,
+    k: MatRef<'_, f32>,
+    v: MatRef<'_, f32>,
+    first: usize,
+    scale: f32,
+    s_tile: &mut [f32],
+    drop: Option<impl Fn(&mut [f32], usize, usize)>,
+) {
+    let rows = q.nrows();
+    // Per row: m the largest score so far, l = Σ e^(s - m) over the keys so far.
+    let (mut m, mut l) = ([f32::NEG_INFINITY; QUERY_TILE], [0.0f32; QUERY_TILE]);
+    o.fill(0.0);
+    for (k0, k1) in tiles(first + rows, KEY_TILE) {
+        let width = k1 - k0;
+        let s_tile = &mut s_tile[..rows * width];
+        scores(s_tile, q, k.subrows(k0, width), scale);
+        for (i, row) in s_tile.chunks_exact_mut(width).enumerate() {
+            let (visible, masked) = row.split_at_mut(visible_keys(first + i, k0, width));
+            masked.fill(0.0);
+            if visible.is_empty() {
+                continue;
+            }
+            // New maximum; the sums so far were taken against the old one: rescale them.
+            let m_new = m[i].max(super::max(visible));
+            let rescale = super::exp(m[i] - m_new);
+            visible.iter_mut().for_each(|x| *x = super::exp(*x - m_new));
+            l[i] = l[i] * rescale + super::sum(visible);
+            m[i] = m_new;
+            o.as_mut().row_mut(i).iter_mut().for_each(|x| *x *= rescale);
+            if let Some(drop) = &drop {
+                drop(visible, first + i, k0);
+            }
+        }
+        // O += e^(S - m) V over this tile's keys.
+        let weights = MatRef::from_row_major_slice(s_tile, rows, width);
+        matmul(o.as_mut(), Accum::Add, weights, v.subrows(k0, width), 1.0, Par::Seq);
+    }
+    for i in 0..rows {
+        o.as_mut().row_mut(i).iter_mut().for_each(|x| *x /= l[i]);
+        lse[i] = m[i] + l[i].ln();
+    }
+}
+
+/// P = e^(S - lse) for a tile of R queries q [R, hs] at positions first..first+R, lse [R],
+/// and W keys k [W, hs] at positions k0..k0+W: p [R, W], zero where a key is masked.
+#[allow(clippy::too_many_arguments)]
+fn recompute_probs(
+    p: &mut [f32],
+    q: MatRef<'_, f32>,
+    k: MatRef<'_, f32>,
+    lse: &[f32],
+    first: usize,
+    k0: usize,
+    scale: f32,
+) {
+    let width = k.nrows();
+    scores(p, q, k, scale);
+    for (i, row) in p.chunks_exact_mut(width).enumerate() {
+        let (visible, masked) = row.split_at_mut(visible_keys(first + i, k0, width));
+        visible.iter_mut().for_each(|x| *x = super::exp(*x - lse[i]));
+        masked.fill(0.0);
+    }
+}
+
+/// The attention probabilities P [B, NH, T, T] of a forward pass (zero above the diagonal),
+/// from its qkv [B, T, 3C] and lse [B, NH, T]: for looking at, not for training.
+pub fn attention_probs(qkv: &[f32], lse: &[f32], s: AttnShape) -> Vec<f32> {
+    let tt = s.t * s.t;
+    let mut probs = vec![0.0; s.b * s.n_head * tt];
+    probs.par_chunks_mut(tt).enumerate().for_each(|(bh, p)| {
+        let [q, k, _] = s.head_qkv(qkv, bh);
+        recompute_probs(p, q, k, &lse[bh * s.t..][..s.t], 0, 0, s.scale());
+    });
+    probs
+}
+
+/// Backward. dout: [B, T, C]; dqkv: [B, T, 3C] (overwritten); out and lse: O and the
+/// log-sum-exp from the forward pass; `dropout` as in the forward pass. Per head, with
+/// P' = P ⊙ mask (P' = P without dropout) and D = rowsum(dO ⊙ O) = Σ_j P'_ij dP'_ij:
 /// `dV = P'ᵀ dO`, `dP' = dO Vᵀ`, `dP = dP' ⊙ mask`,
-/// softmax: `dS_tj = P_tj (dP_tj - Σ_k P_tk dP_tk)`, scores: `dQ = dS K / √hs`, `dK = dSᵀ Q / √hs`.
+/// softmax: `dS = P ⊙ (dP - D)`, scores: `dQ = dS K / √hs`, `dK = dSᵀ Q / √hs`,
+/// each product tile by tile with P recomputed from Q, K and lse. In parallel over heads.
 pub fn attention_backward(
     dqkv: &mut [f32],
-    scratch: &mut [f32],
     dout: &[f32],
     qkv: &[f32],
-    att: &[f32],
-    dropped: Option<(&[f32], f32)>,
+    out: &[f32],
+    lse: &[f32],
     s: AttnShape,
+    dropout: Option<AttnDropout>,
 ) {
-    let tt = s.t * s.t;
     assert!(dout.len() == s.b * s.t * s.c && qkv.len() == 3 * dout.len() && dqkv.len() == qkv.len());
+    assert!(out.len() == dout.len() && lse.len() == s.b * s.n_head * s.t);
     let dqkv = SharedOut(dqkv.as_mut_ptr());
-    scratch[..s.b * s.n_head * tt]
-        .par_chunks_mut(tt)
+    lse.par_chunks(s.t)
         .enumerate()
-        .for_each(|(bh, dp)| {
-            let p = &att[bh * tt..(bh + 1) * tt];
-            let pd = dropped.map(|(pd, keep_scale)| (&pd[bh * tt..(bh + 1) * tt], keep_scale));
-            head_backward(s, bh, dqkv, dp, dout, qkv, p, pd);
-        });
+        .for_each(|(bh, lse)| head_backward(s, bh, dqkv, dout, qkv, out, lse, dropout));
 }
 
-/// One (batch, head) pair of the backward pass; dp: [T, T] scratch.
+/// One (batch, head) pair of the backward pass, query tile by query tile, each against the
+/// key tiles up to its diagonal.
 #[allow(clippy::too_many_arguments)]
 fn head_backward(
     s: AttnShape,
     bh: usize,
     dqkv: SharedOut,
-    dp: &mut [f32],
     dout: &[f32],
     qkv: &[f32],
-    p: &[f32],
-    dropped: Option<(&[f32], f32)>,
+    out: &[f32],
+    lse: &[f32],
+    dropout: Option<AttnDropout>,
 ) {
-    let (t, c, hs) = (s.t, s.c, s.hs());
-    let (b, h) = (bh / s.n_head, bh % s.n_head);
-    let (q_off, k_off, v_off) = s.qkv_offsets(h);
-    let row0 = b * t * 3 * c;
+    let (t, c, hs, scale) = (s.t, s.c, s.hs(), s.scale());
+    let (q_off, k_off, v_off) = s.qkv_offsets(bh % s.n_head);
+    let row0 = bh / s.n_head * t * 3 * c;
     let [q, k, v] = s.head_qkv(qkv, bh);
-    let d_o = strided(dout, b * t * c + h * hs, t, hs, c);
-    // Rows r0..r0+rows of the q, k or v columns (at `offset`) of dqkv.
+    let (d_o, o) = (s.head_rows(dout, bh), s.head_rows(out, bh));
     // SAFETY: head h of batch row b alone writes its q, k, v columns of rows b*T..(b+1)*T.
-    let rows_of =
-        |offset: usize, r0: usize, rows: usize| unsafe { dqkv.view(row0 + offset + r0 * 3 * c, rows, hs, 3 * c) };
-    let weights = dropped.map_or(p, |(pd, _)| pd);
-    // Every product below skips the masked upper triangle block by block.
-    // dV = P'ᵀ dO
-    causal_product(|r0, rows| rows_of(v_off, r0, rows), weights, true, t, d_o, 1.0);
-    // dP' = dO Vᵀ
-    causal_product_t(dp, t, d_o, v, 1.0);
-    // dP = dP' ⊙ mask (the mask is keep_scale where P' ≠ 0, else 0; where P itself is 0 the
-    // softmax gradient below is 0 whatever the mask says)
-    if let Some((pd, keep_scale)) = dropped {
-        dp.iter_mut()
-            .zip(pd)
-            .for_each(|(g, &m)| *g = if m != 0.0 { *g * keep_scale } else { 0.0 });
+    let [mut dq, mut dk, mut dv] = [q_off, k_off, v_off].map(|off| unsafe { dqkv.view(row0 + off, t, hs, 3 * c) });
+    [&mut dq, &mut dk, &mut dv].into_iter().for_each(|m| m.fill(0.0));
+    // p: P (then dS) of a tile; dp: P' (then dP') of a tile.
+    let (mut p, mut dp) = (vec![0.0; QUERY_TILE * KEY_TILE], vec![0.0; QUERY_TILE * KEY_TILE]);
+    for (r0, r1) in tiles(t, QUERY_TILE) {
+        let rows = r1 - r0;
+        let (q_i, do_i) = (q.subrows(r0, rows), d_o.subrows(r0, rows));
+        // D = rowsum(dO ⊙ O) of the tile's rows.
+        let d: Vec<f32> = (r0..r1)
+            .map(|i| do_i.row(i - r0).iter().zip(o.row(i).iter()).map(|(a, b)| a * b).sum())
+            .collect();
+        for (k0, k1) in tiles(r1, KEY_TILE) {
+            let width = k1 - k0;
+            let (p, dp) = (&mut p[..rows * width], &mut dp[..rows * width]);
+            let (k_j, v_j) = (k.subrows(k0, width), v.subrows(k0, width));
+            recompute_probs(p, q_i, k_j, &lse[r0..r1], r0, k0, scale);
+            // dV += P'ᵀ dO
+            let weights = match dropout {
+                Some(drop) => {
+                    dp.copy_from_slice(p);
+                    for (i, row) in dp.chunks_exact_mut(width).enumerate() {
+                        drop.apply(row, t, bh, r0 + i, k0);
+                    }
+                    &*dp
+                }
+                None => &*p,
+            };
+            let weights = MatRef::from_row_major_slice(weights, rows, width);
+            matmul(
+                dv.as_mut().subrows_mut(k0, width),
+                Accum::Add,
+                weights.transpose(),
+                do_i,
+                1.0,
+                Par::Seq,
+            );
+            // dP' = dO Vᵀ
+            scores(dp, do_i, v_j, 1.0);
+            // dS = P ⊙ (dP' ⊙ mask - D), in place of P.
+            for (i, (ds, dp)) in p.chunks_exact_mut(width).zip(dp.chunks_exact_mut(width)).enumerate() {
+                if let Some(drop) = dropout {
+                    drop.apply(dp, t, bh, r0 + i, k0);
+                }
+                ds.iter_mut().zip(dp.iter()).for_each(|(ds, &g)| *ds *= g - d[i]);
+            }
+            let ds = MatRef::from_row_major_slice(p, rows, width);
+            // dQ += dS K · scale; dK += dSᵀ Q · scale
+            matmul(dq.as_mut().subrows_mut(r0, rows), Accum::Add, ds, k_j, scale, Par::Seq);
+            matmul(
+                dk.as_mut().subrows_mut(k0, width),
+                Accum::Add,
+                ds.transpose(),
+                q_i,
+                scale,
+                Par::Seq,
+            );
+        }
     }
-    // Softmax backward, row by row, in place (dP becomes dS).
-    for (i, (ds, pr)) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
-        softmax_causal_row_backward(ds, pr, i);
-    }
-    let scale = 1.0 / (hs as f32).sqrt();
-    // dQ = dS K · scale
-    causal_product(|r0, rows| rows_of(q_off, r0, rows), dp, false, t, k, scale);
-    // dK = dSᵀ Q · scale
-    causal_product(|r0, rows| rows_of(k_off, r0, rows), dp, true, t, q, scale);
-}
-
-/// In-place causal softmax of row i of the scores: entries j ≤ i become probabilities, j > i
-/// become 0.
-fn softmax_causal_row(row: &mut [f32], i: usize) {
-    let (visible, masked) = row.split_at_mut(i + 1);
-    let max = super::max(visible);
-    visible.iter_mut().for_each(|x| *x = super::exp(*x - max));
-    let inv = 1.0 / super::sum(visible);
-    visible.iter_mut().for_each(|x| *x *= inv);
-    masked.fill(0.0);
-}
-
-/// Backward of [`softmax_causal_row`], in place: with p = softmax(s) over j ≤ i,
-/// ∂p_j/∂s_k = p_j (δ_jk - p_k), so dS = P ⊙ (dP - Σ_j p_j dp_j). Entries j > i become 0
-/// (the scores there were masked; this also clears what the causal blocks did not write).
-fn softmax_causal_row_backward(grad: &mut [f32], p: &[f32], i: usize) {
-    let (visible, masked) = grad.split_at_mut(i + 1);
-    let dot: f32 = visible.iter().zip(p).map(|(g, pj)| g * pj).sum();
-    for (g, &pj) in visible.iter_mut().zip(p) {
-        *g = pj * (*g - dot);
-    }
-    masked.fill(0.0);
 }
 
 #[cfg(test)]
@@ -316,99 +411,149 @@ mod tests {
     use super::*;
     use crate::ops::test_util::{check_gradient, random_vec};
 
-    fn run_forward(qkv: &[f32], s: AttnShape, mask: Option<&[f32]>) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+    /// Naive attention, every (batch, head, query) row on its own: P [B, NH, T, T] (after
+    /// dropout) and O [B, T, C].
+    fn naive(qkv: &[f32], s: AttnShape, dropout: Option<AttnDropout>) -> (Vec<f32>, Vec<f32>) {
+        let (t, c, hs) = (s.t, s.c, s.hs());
+        let mut probs = vec![0.0; s.b * s.n_head * t * t];
+        let mut out = vec![0.0; s.b * t * c];
+        for (b, h, i) in (0..s.b * s.n_head * t).map(|x| (x / (s.n_head * t), x / t % s.n_head, x % t)) {
+            let at = |tok: usize, part: usize, d: usize| qkv[(b * t + tok) * 3 * c + part * c + h * hs + d] as f64;
+            let scores: Vec<f64> = (0..=i)
+                .map(|j| (0..hs).map(|d| at(i, 0, d) * at(j, 1, d)).sum::<f64>() / (hs as f64).sqrt())
+                .collect();
+            let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = scores.iter().map(|x| (x - max).exp()).sum();
+            let p_row = &mut probs[((b * s.n_head + h) * t + i) * t..][..t];
+            for j in 0..=i {
+                let factor = dropout.map_or(1.0, |d| d.factor(t, b * s.n_head + h, i, j));
+                p_row[j] = ((scores[j] - max).exp() / z) as f32 * factor;
+            }
+            for d in 0..hs {
+                out[(b * t + i) * c + h * hs + d] = (0..=i).map(|j| p_row[j] as f64 * at(j, 2, d)).sum::<f64>() as f32;
+            }
+        }
+        (probs, out)
+    }
+
+    fn run_forward(qkv: &[f32], s: AttnShape, dropout: Option<AttnDropout>) -> (Vec<f32>, Vec<f32>) {
         // NaN where nothing should be read before it is written.
         let mut out = vec![f32::NAN; s.b * s.t * s.c];
-        let mut att = vec![f32::NAN; s.b * s.n_head * s.t * s.t];
-        let mut dropped = mask.map(<[f32]>::to_vec);
-        attention_forward(&mut out, &mut att, dropped.as_deref_mut(), qkv, s);
-        (out, att, dropped)
+        let mut lse = vec![f32::NAN; s.b * s.n_head * s.t];
+        attention_forward(&mut out, &mut lse, qkv, s, dropout);
+        (out, lse)
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    /// Odd lengths: one row, less than a tile, a query tile and one more, two key tiles and
+    /// two more; head sizes 1, 3, 8 and 64.
+    fn shapes() -> Vec<AttnShape> {
+        let shape = |b, t, c, n_head| AttnShape { b, t, c, n_head };
+        vec![
+            shape(2, 1, 6, 2),
+            shape(1, 7, 3, 3),
+            shape(2, 65, 16, 2),
+            shape(1, 130, 128, 2),
+            shape(1, 257, 24, 3),
+        ]
     }
 
     #[test]
-    fn matches_naive_causal_attention() {
-        // 150 positions: causal blocks of 64, 64 and 22.
-        let s = AttnShape {
-            b: 2,
-            t: 150,
-            c: 6,
-            n_head: 2,
-        };
-        let qkv = random_vec(s.b * s.t * 3 * s.c, 1);
-        let (out, _, _) = run_forward(&qkv, s, None);
-        let hs = s.c / s.n_head;
-        for b in 0..s.b {
-            for h in 0..s.n_head {
-                for i in 0..s.t {
-                    let at =
-                        |tok: usize, part: usize, d: usize| qkv[(b * s.t + tok) * 3 * s.c + part * s.c + h * hs + d];
-                    let scores: Vec<f32> = (0..=i)
-                        .map(|j| (0..hs).map(|d| at(i, 0, d) * at(j, 1, d)).sum::<f32>() / (hs as f32).sqrt())
-                        .collect();
-                    let max = scores.iter().cloned().fold(f32::MIN, f32::max);
-                    let z: f32 = scores.iter().map(|x| (x - max).exp()).sum();
-                    for d in 0..hs {
-                        let expected: f32 = (0..=i).map(|j| (scores[j] - max).exp() / z * at(j, 2, d)).sum();
-                        let got = out[(b * s.t + i) * s.c + h * hs + d];
-                        assert!(
-                            (expected - got).abs() < 1e-5,
-                            "b{b} h{h} t{i} d{d}: {expected} vs {got}"
-                        );
-                    }
+    fn forward_and_probabilities_match_naive_attention() {
+        for s in shapes() {
+            let qkv = random_vec(s.b * s.t * 3 * s.c, 1);
+            for dropout in [None, Some(AttnDropout { p: 0.3, seed: 7 })] {
+                let (probs, expected) = naive(&qkv, s, dropout);
+                let (out, lse) = run_forward(&qkv, s, dropout);
+                let err = max_abs_diff(&out, &expected);
+                assert!(err < 1e-5, "{s:?} dropout {dropout:?}: max error {err}");
+                if dropout.is_none() {
+                    let err = max_abs_diff(&attention_probs(&qkv, &lse, s), &probs);
+                    assert!(err < 1e-6, "{s:?}: probabilities, max error {err}");
                 }
             }
         }
     }
 
     #[test]
+    fn dropout_keeps_about_one_minus_p_and_depends_on_the_seed() {
+        let d = AttnDropout { p: 0.25, seed: 3 };
+        let t = 300;
+        let kept = (0..t * t).filter(|&x| d.factor(t, 1, x / t, x % t) > 0.0).count();
+        assert!((kept as f32 / (t * t) as f32 - 0.75).abs() < 0.01, "kept {kept}");
+        let other = AttnDropout { seed: 4, ..d };
+        let same = (0..t * t)
+            .filter(|&x| d.factor(t, 1, x / t, x % t) == other.factor(t, 1, x / t, x % t))
+            .count();
+        assert!(same < t * t * 7 / 10, "masks of two seeds agree on {same} of {}", t * t);
+    }
+
+    #[test]
     fn cached_attention_matches_full_attention_on_the_new_rows() {
-        let s = AttnShape {
-            b: 2,
-            t: 7,
-            c: 6,
-            n_head: 3,
-        };
-        let (hs, p) = (s.c / s.n_head, 9); // a cache of 9 positions, 7 used
-        let qkv = random_vec(s.b * s.t * 3 * s.c, 5);
-        let (full, _, _) = run_forward(&qkv, s, None);
-        // Keys and values of all 7 positions into the cache layout [B, NH, P, hs].
-        let (mut k, mut v) = (vec![0.0; s.b * s.n_head * p * hs], vec![0.0; s.b * s.n_head * p * hs]);
-        for (b, h, i, d) in (0..s.b * s.n_head * s.t * hs).map(|x| {
-            (
-                x / (s.n_head * s.t * hs),
-                x / (s.t * hs) % s.n_head,
-                x / hs % s.t,
-                x % hs,
-            )
-        }) {
-            let row = (b * s.t + i) * 3 * s.c;
-            k[((b * s.n_head + h) * p + i) * hs + d] = qkv[row + s.c + h * hs + d];
-            v[((b * s.n_head + h) * p + i) * hs + d] = qkv[row + 2 * s.c + h * hs + d];
+        for s in [
+            AttnShape {
+                b: 2,
+                t: 7,
+                c: 6,
+                n_head: 3,
+            },
+            AttnShape {
+                b: 1,
+                t: 200,
+                c: 8,
+                n_head: 2,
+            },
+        ] {
+            let (hs, p) = (s.c / s.n_head, s.t + 2); // a cache of T + 2 positions, T used
+            let qkv = random_vec(s.b * s.t * 3 * s.c, 5);
+            let (full, _) = run_forward(&qkv, s, None);
+            // Keys and values of all T positions into the cache layout [B, NH, P, hs].
+            let (mut k, mut v) = (vec![0.0; s.b * s.n_head * p * hs], vec![0.0; s.b * s.n_head * p * hs]);
+            for (b, h, i, d) in (0..s.b * s.n_head * s.t * hs).map(|x| {
+                (
+                    x / (s.n_head * s.t * hs),
+                    x / (s.t * hs) % s.n_head,
+                    x / hs % s.t,
+                    x % hs,
+                )
+            }) {
+                let row = (b * s.t + i) * 3 * s.c;
+                k[((b * s.n_head + h) * p + i) * hs + d] = qkv[row + s.c + h * hs + d];
+                v[((b * s.n_head + h) * p + i) * hs + d] = qkv[row + 2 * s.c + h * hs + d];
+            }
+            for pos0 in [0, 4, 6, s.t - 1] {
+                // Only the new tokens pos0..T as queries.
+                let t = s.t - pos0;
+                let new_qkv: Vec<f32> = (0..s.b)
+                    .flat_map(|b| qkv[(b * s.t + pos0) * 3 * s.c..(b + 1) * s.t * 3 * s.c].to_vec())
+                    .collect();
+                let mut out = vec![0.0; s.b * t * s.c];
+                let mut lse = vec![0.0; s.b * s.n_head * t];
+                attention_forward_cached(&mut out, &mut lse, &new_qkv, &k, &v, AttnShape { t, ..s }, pos0);
+                let expected: Vec<f32> = (0..s.b)
+                    .flat_map(|b| full[(b * s.t + pos0) * s.c..(b + 1) * s.t * s.c].to_vec())
+                    .collect();
+                let err = max_abs_diff(&out, &expected);
+                assert!(err < 1e-6, "{s:?} pos0 {pos0}: max error {err}");
+            }
         }
-        for pos0 in [0, 4, 6] {
-            // Only the new tokens pos0..7 as queries.
-            let t = s.t - pos0;
-            let new_qkv: Vec<f32> = (0..s.b)
-                .flat_map(|b| qkv[(b * s.t + pos0) * 3 * s.c..(b + 1) * s.t * 3 * s.c].to_vec())
-                .collect();
-            let mut out = vec![0.0; s.b * t * s.c];
-            let mut scores = vec![0.0; s.b * s.n_head * t * s.t];
-            attention_forward_cached(&mut out, &mut scores, &new_qkv, &k, &v, AttnShape { t, ..s }, pos0);
-            let expected: Vec<f32> = (0..s.b)
-                .flat_map(|b| full[(b * s.t + pos0) * s.c..(b + 1) * s.t * s.c].to_vec())
-                .collect();
-            let err = out
-                .iter()
-                .zip(&expected)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
-            assert!(err < 1e-6, "pos0 {pos0}: max error {err}");
-        }
+    }
+
+    /// dqkv from the tiled backward pass.
+    fn run_backward(qkv: &[f32], dout: &[f32], s: AttnShape, dropout: Option<AttnDropout>) -> Vec<f32> {
+        let (out, lse) = run_forward(qkv, s, dropout);
+        let mut dqkv = vec![f32::NAN; qkv.len()];
+        attention_backward(&mut dqkv, dout, qkv, &out, &lse, s, dropout);
+        dqkv
     }
 
     #[test]
     fn gradients_match_finite_differences_with_and_without_dropout() {
-        // One causal block, and two (64 + 6 positions).
+        // One tile, and a query tile and two key tiles past the first.
         for s in [
             AttnShape {
                 b: 2,
@@ -418,33 +563,62 @@ mod tests {
             },
             AttnShape {
                 b: 1,
-                t: 70,
+                t: 130,
                 c: 4,
                 n_head: 2,
             },
         ] {
             let qkv = random_vec(s.b * s.t * 3 * s.c, 2);
             let dout = random_vec(s.b * s.t * s.c, 3);
-            let keep_scale = 1.0 / (1.0 - 0.25);
-            let mask: Vec<f32> = random_vec(s.b * s.n_head * s.t * s.t, 4)
-                .iter()
-                .map(|&r| if r > -0.67 { keep_scale } else { 0.0 })
-                .collect();
-            for mask in [None, Some(mask.as_slice())] {
-                let (_, att, dropped) = run_forward(&qkv, s, mask);
-                let mut dqkv = vec![f32::NAN; qkv.len()];
-                let mut scratch = vec![f32::NAN; att.len()];
-                attention_backward(
-                    &mut dqkv,
-                    &mut scratch,
-                    &dout,
-                    &qkv,
-                    &att,
-                    dropped.as_deref().map(|d| (d, keep_scale)),
-                    s,
-                );
-                check_gradient("attention dqkv", &qkv, &dqkv, &dout, |x| run_forward(x, s, mask).0);
+            for dropout in [None, Some(AttnDropout { p: 0.25, seed: 11 })] {
+                let dqkv = run_backward(&qkv, &dout, s, dropout);
+                check_gradient("attention dqkv", &qkv, &dqkv, &dout, |x| run_forward(x, s, dropout).0);
             }
         }
+    }
+
+    /// The backward pass against the gradient of naive attention, in f64, on larger shapes
+    /// than finite differences can afford: dqkv = ∂/∂qkv Σ dout ⊙ O.
+    #[test]
+    fn gradients_match_the_naive_gradient_on_odd_shapes() {
+        for s in shapes() {
+            let qkv = random_vec(s.b * s.t * 3 * s.c, 4);
+            let dout = random_vec(s.b * s.t * s.c, 5);
+            let dropout = Some(AttnDropout { p: 0.1, seed: 2 });
+            let dqkv = run_backward(&qkv, &dout, s, dropout);
+            let expected = naive_backward(&qkv, &dout, s, dropout);
+            let err = max_abs_diff(&dqkv, &expected);
+            assert!(err < 2e-5, "{s:?}: max error {err}");
+        }
+    }
+
+    /// The gradient of naive attention, row by row (the derivation of `attention_backward`
+    /// without tiles): dV_j += P'_ij dO_i, dP'_ij = dO_i · V_j, dS_ij = P_ij (mask_ij dP'_ij - D_i).
+    fn naive_backward(qkv: &[f32], dout: &[f32], s: AttnShape, dropout: Option<AttnDropout>) -> Vec<f32> {
+        let (t, c, hs) = (s.t, s.c, s.hs());
+        let (dropped, _) = naive(qkv, s, dropout);
+        let (probs, _) = naive(qkv, s, None);
+        let mut dqkv = vec![0.0f64; qkv.len()];
+        let scale = 1.0 / (hs as f64).sqrt();
+        for (b, h, i) in (0..s.b * s.n_head * t).map(|x| (x / (s.n_head * t), x / t % s.n_head, x % t)) {
+            let bh = b * s.n_head + h;
+            let at = |tok: usize, part: usize, d: usize| (b * t + tok) * 3 * c + part * c + h * hs + d;
+            let d_o = |d: usize| dout[(b * t + i) * c + h * hs + d] as f64;
+            let row = (bh * t + i) * t;
+            let dp: Vec<f64> = (0..=i)
+                .map(|j| (0..hs).map(|d| d_o(d) * qkv[at(j, 2, d)] as f64).sum())
+                .collect();
+            let big_d: f64 = (0..=i).map(|j| dropped[row + j] as f64 * dp[j]).sum();
+            for j in 0..=i {
+                let factor = dropout.map_or(1.0, |d| d.factor(t, bh, i, j)) as f64;
+                let ds = probs[row + j] as f64 * (factor * dp[j] - big_d);
+                for d in 0..hs {
+                    dqkv[at(j, 2, d)] += dropped[row + j] as f64 * d_o(d);
+                    dqkv[at(i, 0, d)] += ds * qkv[at(j, 1, d)] as f64 * scale;
+                    dqkv[at(j, 1, d)] += ds * qkv[at(i, 0, d)] as f64 * scale;
+                }
+            }
+        }
+        dqkv.into_iter().map(|x| x as f32).collect()
     }
 }

@@ -270,7 +270,7 @@ fn check_memory(config: &TrainConfig, model: &Config, t: usize, shards: usize, h
         .collect();
     let activations = sum(&per_shard);
     let n = model.n_positions;
-    let sample = KvCache::cache_floats(model, 1, n).saturating_add(KvCache::pass_floats(model, 1, n, n));
+    let sample = KvCache::cache_floats(model, 1, n).saturating_add(KvCache::pass_floats(model, 1, n));
     Need::new()
         .floats("parameters", if held < Held::Parameters { p as u64 } else { 0 })
         .floats(
