@@ -7,7 +7,7 @@
 
 use crate::config::Config;
 use crate::memory::{product, sum};
-use crate::ops::attention::AttnDropout;
+use crate::ops::dropout::Dropout;
 use crate::ops::zeroed;
 
 /// The buffers of one transformer block's forward pass. Training and full forward passes keep
@@ -20,7 +20,7 @@ pub struct BlockActs {
     pub qkv: Vec<f32>,       // [N, 3C] fused query, key, value
     pub att_lse: Vec<f32>,   // [B, NH, T] log-sum-exp of each query's attention scores
     /// The attention dropout of the last forward pass (None without dropout).
-    pub att_dropout: Option<AttnDropout>,
+    pub att_dropout: Option<Dropout>,
     pub atty: Vec<f32>,       // [N, C]  attention output, heads side by side
     pub attn_mask: Vec<f32>,  // [N, C]  dropout mask of the attention branch (empty without dropout)
     pub residual_2: Vec<f32>, // [N, C]  residual stream after the attention branch
@@ -289,7 +289,7 @@ impl Workspace {
 mod tests {
     use super::*;
     use crate::model::Gpt;
-    use crate::rng::Rng;
+    use crate::ops::dropout::DropoutSeed;
 
     fn lens(bufs: &[&Vec<f32>]) -> usize {
         bufs.iter().map(|b| b.len()).sum()
@@ -328,9 +328,15 @@ mod tests {
         let targets: Vec<i32> = tokens.iter().map(|&x| x as i32).collect();
         for dropout in [false, true] {
             let mut ws = Workspace::new();
-            let mut rng = Rng::new(1);
             model
-                .forward(&mut ws, &tokens, b, t, Some(&targets), dropout.then_some(&mut rng))
+                .forward(
+                    &mut ws,
+                    &tokens,
+                    b,
+                    t,
+                    Some(&targets),
+                    dropout.then_some(DropoutSeed::new(1)),
+                )
                 .unwrap();
             let a = &ws.acts;
             let acts = a.tokens.len()

@@ -12,6 +12,7 @@
 //! log-sum-exp `lse = m + ln l` [B, NH, T]; the backward pass recomputes each tile of P as
 //! `e^(S - lse)` from Q, K and lse. Tiles above the causal diagonal are never computed.
 
+use super::dropout::Dropout;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -54,43 +55,15 @@ impl AttnShape {
     }
 }
 
-/// Attention dropout: each weight P[i, j] is kept with probability 1-p and scaled by 1/(1-p)
-/// (dropped: 0) before it multiplies V. The mask is a hash of (seed, head, query, key), so the
+/// Attention dropout of the weights in row i (the query at position i) of head bh = b·NH + h,
+/// keys k0..k0 + row.len(): each is kept with probability 1-p and scaled by 1/(1-p), or dropped
+/// (0), before it multiplies V. The mask is a hash of its position (see [`Dropout`]), so the
 /// backward pass recomputes it tile by tile instead of storing a [T, T] matrix per head.
-#[derive(Debug, Clone, Copy)]
-pub struct AttnDropout {
-    pub p: f32,
-    pub seed: u64,
-}
-
-impl AttnDropout {
-    /// The mask factor of weight (i, j) of head bh (b·NH + h) in a batch of T positions:
-    /// 0 or 1/(1-p).
-    fn factor(&self, t: usize, bh: usize, i: usize, j: usize) -> f32 {
-        let element = ((bh * t + i) * t + j) as u64;
-        let bits = splitmix64(self.seed ^ element.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let uniform = (bits >> 40) as f32 / (1u64 << 24) as f32; // 24 random bits in [0, 1)
-        if uniform < self.p {
-            0.0
-        } else {
-            1.0 / (1.0 - self.p)
-        }
+fn drop_row(d: &Dropout, s: AttnShape, row: &mut [f32], bh: usize, i: usize, k0: usize) {
+    let key = d.attention_row_key(bh / s.n_head, bh % s.n_head, s.n_head, i);
+    for (j, w) in row.iter_mut().enumerate() {
+        *w *= d.mask_value(key, k0 + j);
     }
-
-    /// Multiplies row i of a tile of weights (keys k0..k0 + row.len()) by its mask.
-    fn apply(&self, row: &mut [f32], t: usize, bh: usize, i: usize, k0: usize) {
-        for (j, w) in row.iter_mut().enumerate() {
-            *w *= self.factor(t, bh, i, k0 + j);
-        }
-    }
-}
-
-/// SplitMix64's finaliser: a well-mixed 64-bit hash of a counter.
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Query rows per tile: a task of the forward pass.
@@ -143,7 +116,7 @@ fn scores(s: &mut [f32], q: MatRef<'_, f32>, k: MatRef<'_, f32>, scale: f32) {
 
 /// Forward. qkv: [B, T, 3C]; out: [B, T, C] receives O; lse: [B, NH, T] receives each query
 /// row's log-sum-exp of its visible scores (what the backward pass needs to recompute P).
-pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: AttnShape, dropout: Option<AttnDropout>) {
+pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: AttnShape, dropout: Option<Dropout>) {
     assert!(out.len() == s.b * s.t * s.c && qkv.len() == 3 * out.len() && lse.len() == s.b * s.n_head * s.t);
     forward_tiles(out, lse, s, 0, |bh| s.head_qkv(qkv, bh), dropout);
 }
@@ -190,7 +163,7 @@ fn forward_tiles<'a>(
     s: AttnShape,
     pos0: usize,
     head: impl Fn(usize) -> [MatRef<'a, f32>; 3] + Sync,
-    dropout: Option<AttnDropout>,
+    dropout: Option<Dropout>,
 ) {
     let (t, c, hs) = (s.t, s.c, s.hs());
     let out = SharedOut(out.as_mut_ptr());
@@ -208,7 +181,7 @@ fn forward_tiles<'a>(
                 let rows = lse.len();
                 let (s_tile, o) = scratch.split_at_mut(QUERY_TILE * KEY_TILE);
                 let o = &mut o[..rows * hs];
-                let drop = dropout.map(|d| move |row: &mut [f32], i: usize, k0: usize| d.apply(row, t, bh, i, k0));
+                let drop = dropout.map(|d| move |row: &mut [f32], i: usize, k0: usize| drop_row(&d, s, row, bh, i, k0));
                 let q = q.subrows(r0, rows);
                 let o_tile = MatMut::from_row_major_slice_mut(o, rows, hs);
                 tile_forward(o_tile, lse, q, k, v, pos0 + r0, s.scale(), s_tile, drop);
@@ -317,7 +290,7 @@ pub fn attention_backward(
     out: &[f32],
     lse: &[f32],
     s: AttnShape,
-    dropout: Option<AttnDropout>,
+    dropout: Option<Dropout>,
 ) {
     assert!(dout.len() == s.b * s.t * s.c && qkv.len() == 3 * dout.len() && dqkv.len() == qkv.len());
     assert!(out.len() == dout.len() && lse.len() == s.b * s.n_head * s.t);
@@ -338,7 +311,7 @@ fn head_backward(
     qkv: &[f32],
     out: &[f32],
     lse: &[f32],
-    dropout: Option<AttnDropout>,
+    dropout: Option<Dropout>,
 ) {
     let (t, c, hs, scale) = (s.t, s.c, s.hs(), s.scale());
     let (q_off, k_off, v_off) = s.qkv_offsets(bh % s.n_head);
@@ -367,7 +340,7 @@ fn head_backward(
                 Some(drop) => {
                     dp.copy_from_slice(p);
                     for (i, row) in dp.chunks_exact_mut(width).enumerate() {
-                        drop.apply(row, t, bh, r0 + i, k0);
+                        drop_row(&drop, s, row, bh, r0 + i, k0);
                     }
                     &*dp
                 }
@@ -387,7 +360,7 @@ fn head_backward(
             // dS = P ⊙ (dP' ⊙ mask - D), in place of P.
             for (i, (ds, dp)) in p.chunks_exact_mut(width).zip(dp.chunks_exact_mut(width)).enumerate() {
                 if let Some(drop) = dropout {
-                    drop.apply(dp, t, bh, r0 + i, k0);
+                    drop_row(&drop, s, dp, bh, r0 + i, k0);
                 }
                 ds.iter_mut().zip(dp.iter()).for_each(|(ds, &g)| *ds *= g - d[i]);
             }
@@ -409,11 +382,21 @@ fn head_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::dropout::DropoutSeed;
     use crate::ops::test_util::{check_gradient, random_vec};
+
+    fn dropout(p: f32, seed: u64, s: AttnShape) -> Option<Dropout> {
+        Some(Dropout::new(p, DropoutSeed::new(seed), s.t))
+    }
+
+    /// The mask value of weight (i, j) of head h in batch row b.
+    fn factor(d: &Dropout, s: AttnShape, b: usize, h: usize, i: usize, j: usize) -> f32 {
+        d.mask_value(d.attention_row_key(b, h, s.n_head, i), j)
+    }
 
     /// Naive attention, every (batch, head, query) row on its own: P [B, NH, T, T] (after
     /// dropout) and O [B, T, C].
-    fn naive(qkv: &[f32], s: AttnShape, dropout: Option<AttnDropout>) -> (Vec<f32>, Vec<f32>) {
+    fn naive(qkv: &[f32], s: AttnShape, dropout: Option<Dropout>) -> (Vec<f32>, Vec<f32>) {
         let (t, c, hs) = (s.t, s.c, s.hs());
         let mut probs = vec![0.0; s.b * s.n_head * t * t];
         let mut out = vec![0.0; s.b * t * c];
@@ -426,7 +409,7 @@ mod tests {
             let z: f64 = scores.iter().map(|x| (x - max).exp()).sum();
             let p_row = &mut probs[((b * s.n_head + h) * t + i) * t..][..t];
             for j in 0..=i {
-                let factor = dropout.map_or(1.0, |d| d.factor(t, b * s.n_head + h, i, j));
+                let factor = dropout.map_or(1.0, |d| factor(&d, s, b, h, i, j));
                 p_row[j] = ((scores[j] - max).exp() / z) as f32 * factor;
             }
             for d in 0..hs {
@@ -436,7 +419,7 @@ mod tests {
         (probs, out)
     }
 
-    fn run_forward(qkv: &[f32], s: AttnShape, dropout: Option<AttnDropout>) -> (Vec<f32>, Vec<f32>) {
+    fn run_forward(qkv: &[f32], s: AttnShape, dropout: Option<Dropout>) -> (Vec<f32>, Vec<f32>) {
         // NaN where nothing should be read before it is written.
         let mut out = vec![f32::NAN; s.b * s.t * s.c];
         let mut lse = vec![f32::NAN; s.b * s.n_head * s.t];
@@ -466,7 +449,7 @@ mod tests {
     fn forward_and_probabilities_match_naive_attention() {
         for s in shapes() {
             let qkv = random_vec(s.b * s.t * 3 * s.c, 1);
-            for dropout in [None, Some(AttnDropout { p: 0.3, seed: 7 })] {
+            for dropout in [None, dropout(0.3, 7, s)] {
                 let (probs, expected) = naive(&qkv, s, dropout);
                 let (out, lse) = run_forward(&qkv, s, dropout);
                 let err = max_abs_diff(&out, &expected);
@@ -477,19 +460,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn dropout_keeps_about_one_minus_p_and_depends_on_the_seed() {
-        let d = AttnDropout { p: 0.25, seed: 3 };
-        let t = 300;
-        let kept = (0..t * t).filter(|&x| d.factor(t, 1, x / t, x % t) > 0.0).count();
-        assert!((kept as f32 / (t * t) as f32 - 0.75).abs() < 0.01, "kept {kept}");
-        let other = AttnDropout { seed: 4, ..d };
-        let same = (0..t * t)
-            .filter(|&x| d.factor(t, 1, x / t, x % t) == other.factor(t, 1, x / t, x % t))
-            .count();
-        assert!(same < t * t * 7 / 10, "masks of two seeds agree on {same} of {}", t * t);
     }
 
     #[test]
@@ -544,7 +514,7 @@ mod tests {
     }
 
     /// dqkv from the tiled backward pass.
-    fn run_backward(qkv: &[f32], dout: &[f32], s: AttnShape, dropout: Option<AttnDropout>) -> Vec<f32> {
+    fn run_backward(qkv: &[f32], dout: &[f32], s: AttnShape, dropout: Option<Dropout>) -> Vec<f32> {
         let (out, lse) = run_forward(qkv, s, dropout);
         let mut dqkv = vec![f32::NAN; qkv.len()];
         attention_backward(&mut dqkv, dout, qkv, &out, &lse, s, dropout);
@@ -570,7 +540,7 @@ mod tests {
         ] {
             let qkv = random_vec(s.b * s.t * 3 * s.c, 2);
             let dout = random_vec(s.b * s.t * s.c, 3);
-            for dropout in [None, Some(AttnDropout { p: 0.25, seed: 11 })] {
+            for dropout in [None, dropout(0.25, 11, s)] {
                 let dqkv = run_backward(&qkv, &dout, s, dropout);
                 check_gradient("attention dqkv", &qkv, &dqkv, &dout, |x| run_forward(x, s, dropout).0);
             }
@@ -584,7 +554,7 @@ mod tests {
         for s in shapes() {
             let qkv = random_vec(s.b * s.t * 3 * s.c, 4);
             let dout = random_vec(s.b * s.t * s.c, 5);
-            let dropout = Some(AttnDropout { p: 0.1, seed: 2 });
+            let dropout = dropout(0.1, 2, s);
             let dqkv = run_backward(&qkv, &dout, s, dropout);
             let expected = naive_backward(&qkv, &dout, s, dropout);
             let err = max_abs_diff(&dqkv, &expected);
@@ -594,7 +564,7 @@ mod tests {
 
     /// The gradient of naive attention, row by row (the derivation of `attention_backward`
     /// without tiles): dV_j += P'_ij dO_i, dP'_ij = dO_i · V_j, dS_ij = P_ij (mask_ij dP'_ij - D_i).
-    fn naive_backward(qkv: &[f32], dout: &[f32], s: AttnShape, dropout: Option<AttnDropout>) -> Vec<f32> {
+    fn naive_backward(qkv: &[f32], dout: &[f32], s: AttnShape, dropout: Option<Dropout>) -> Vec<f32> {
         let (t, c, hs) = (s.t, s.c, s.hs());
         let (dropped, _) = naive(qkv, s, dropout);
         let (probs, _) = naive(qkv, s, None);
@@ -610,7 +580,7 @@ mod tests {
                 .collect();
             let big_d: f64 = (0..=i).map(|j| dropped[row + j] as f64 * dp[j]).sum();
             for j in 0..=i {
-                let factor = dropout.map_or(1.0, |d| d.factor(t, bh, i, j)) as f64;
+                let factor = dropout.map_or(1.0, |d| factor(&d, s, b, h, i, j)) as f64;
                 let ds = probs[row + j] as f64 * (factor * dp[j] - big_d);
                 for d in 0..hs {
                     dqkv[at(j, 2, d)] += dropped[row + j] as f64 * d_o(d);

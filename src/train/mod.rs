@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::generate::{generate_ids, Sampling};
 use crate::io::lock::DirLock;
 use crate::model::{param_specs, DataParallel, Gpt};
+use crate::ops::dropout::DropoutSeed;
 use crate::ops::set_zero;
 use crate::optim::{clip_factor, AdamW, LrSchedule};
 use crate::rng::Rng;
@@ -226,7 +227,7 @@ impl Trainer {
                 b,
                 t,
                 &batch.targets,
-                Some(&mut self.dropout_rng),
+                Some(DropoutSeed::new(self.dropout_rng.next_u64())),
                 1.0 / accum as f32,
             )?;
         }
