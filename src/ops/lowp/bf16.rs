@@ -63,7 +63,7 @@ mod x86 {
 
         fn tile<const R: usize, const S: usize>(&self, w: [&[u16]; S], x: [&'a [f32]; R]) -> [[f32; S]; R] {
             let n = x[0].len();
-            assert!(n % 8 == 0 && w.iter().all(|w| w.len() == n) && x.iter().all(|x| x.len() == n));
+            assert!(n.is_multiple_of(8) && w.iter().all(|w| w.len() == n) && x.iter().all(|x| x.len() == n));
             // SAFETY: the kernel is only chosen where the CPU has AVX2 and FMA (Kernels), and
             // every row holds n values, a multiple of the 8 read per step.
             unsafe { avx2_tile(w, x) }
@@ -102,7 +102,7 @@ mod x86 {
 
         fn tile<const R: usize, const S: usize>(&self, w: [&[u16]; S], x: [&'a [u16]; R]) -> [[f32; S]; R] {
             let n = x[0].len();
-            assert!(n % 32 == 0 && w.iter().all(|w| w.len() == n) && x.iter().all(|x| x.len() == n));
+            assert!(n.is_multiple_of(32) && w.iter().all(|w| w.len() == n) && x.iter().all(|x| x.len() == n));
             // SAFETY: the kernel is only chosen where the CPU has AVX512F and AVX512-BF16, and
             // every row holds n values, a multiple of the 32 read per step.
             unsafe { avx512_tile(w, x) }

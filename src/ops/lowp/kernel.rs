@@ -55,7 +55,10 @@ pub trait Kernel: Copy + 'static {
     }
     /// The best kernel this CPU has (`scalar` runs everywhere).
     fn best() -> Self {
-        *Self::ALL.iter().find(|k| k.available()).expect("the scalar kernel is always available")
+        *Self::ALL
+            .iter()
+            .find(|k| k.available())
+            .expect("the scalar kernel is always available")
     }
 }
 
@@ -92,7 +95,12 @@ impl Kernel for Bf16Kernel {
 
 impl Kernel for Q8Kernel {
     #[cfg(target_arch = "x86_64")]
-    const ALL: &'static [Self] = &[Q8Kernel::Avx512Vnni, Q8Kernel::AvxVnni, Q8Kernel::Avx2, Q8Kernel::Scalar];
+    const ALL: &'static [Self] = &[
+        Q8Kernel::Avx512Vnni,
+        Q8Kernel::AvxVnni,
+        Q8Kernel::Avx2,
+        Q8Kernel::Scalar,
+    ];
     #[cfg(not(target_arch = "x86_64"))]
     const ALL: &'static [Self] = &[Q8Kernel::Scalar];
 
@@ -246,7 +254,13 @@ mod tests {
 
     #[test]
     fn forcing_a_kernel_picks_it_or_says_what_is_missing() {
-        assert_eq!(Kernels::forced("scalar").unwrap(), Kernels { bf16: Bf16Kernel::Scalar, q8_0: Q8Kernel::Scalar });
+        assert_eq!(
+            Kernels::forced("scalar").unwrap(),
+            Kernels {
+                bf16: Bf16Kernel::Scalar,
+                q8_0: Q8Kernel::Scalar
+            }
+        );
         let err = Kernels::forced("avx9000").unwrap_err().to_string();
         assert!(err.contains("no such kernel") && err.contains("avx512vnni"), "{err}");
         for &k in Bf16Kernel::ALL {

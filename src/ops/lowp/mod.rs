@@ -121,7 +121,9 @@ impl LowpMatrix {
     ) -> Result<Self, String> {
         let bad = w.par_iter().filter(|x| !x.is_finite()).count();
         if bad > 0 {
-            return Err(format!("holds {bad} NaN or infinite values, which {dtype} cannot store"));
+            return Err(format!(
+                "holds {bad} NaN or infinite values, which {dtype} cannot store"
+            ));
         }
         let padded = k.div_ceil(BLOCK) * BLOCK;
         let data = match dtype {
@@ -172,6 +174,16 @@ impl LowpMatrix {
         }
     }
 
+    /// The stored values as bytes (bf16 bits; q8_0 blocks, which have no padding).
+    pub fn as_bytes(&self) -> &[u8] {
+        let (ptr, len) = match &self.data {
+            Storage::Bf16(w) => (w.as_ptr() as *const u8, std::mem::size_of_val(w.as_slice())),
+            Storage::Q8_0(w) => (w.as_ptr() as *const u8, std::mem::size_of_val(w.as_slice())),
+        };
+        // SAFETY: `len` bytes from `ptr` are the initialised contents of one Vec, borrowed from self.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
+
     /// Row i as f32, into `out` [K].
     pub fn dequantize_row(&self, i: usize, out: &mut [f32]) {
         let k = self.cols;
@@ -212,16 +224,34 @@ impl LowpMatrix {
                 #[cfg(target_arch = "x86_64")]
                 Bf16Kernel::Avx512Bf16 => {
                     let x = bf16::round_rows(x, k, padded);
-                    product(&bf16::Avx512, out_t, w, padded, &x.chunks_exact(padded).collect::<Vec<_>>())
+                    product(
+                        &bf16::Avx512,
+                        out_t,
+                        w,
+                        padded,
+                        &x.chunks_exact(padded).collect::<Vec<_>>(),
+                    )
                 }
                 #[cfg(target_arch = "x86_64")]
                 Bf16Kernel::Avx2 => {
                     let x = pad_rows(x, k, padded);
-                    product(&bf16::Avx2, out_t, w, padded, &x.chunks_exact(padded).collect::<Vec<_>>())
+                    product(
+                        &bf16::Avx2,
+                        out_t,
+                        w,
+                        padded,
+                        &x.chunks_exact(padded).collect::<Vec<_>>(),
+                    )
                 }
                 Bf16Kernel::Scalar => {
                     let x = pad_rows(x, k, padded);
-                    product(&bf16::Scalar, out_t, w, padded, &x.chunks_exact(padded).collect::<Vec<_>>())
+                    product(
+                        &bf16::Scalar,
+                        out_t,
+                        w,
+                        padded,
+                        &x.chunks_exact(padded).collect::<Vec<_>>(),
+                    )
                 }
             },
             Storage::Q8_0(w) => {
@@ -296,42 +326,40 @@ fn product<'a, T: Tile<'a>>(kernel: &T, out_t: &mut [f32], w: &[T::W], row_len: 
 }
 
 /// `out [rows, M]`: `out[i, r] = rows[i] · x[r]`, in tiles of R × S (smaller at the edges).
+/// A tile's S weight rows lie 1/S of the task apart (rows i, q + i, 2q + i, ...): one core
+/// keeps more reads in flight from S distant sequential streams than from one.
 fn tiles<'a, T: Tile<'a>, const R: usize, const S: usize>(kernel: &T, out: &mut [f32], rows: &[&[T::W]], x: &[T::X]) {
-    let m = x.len();
-    for (w, out) in rows.chunks(S).zip(out.chunks_mut(S * m)) {
-        match <[&[T::W]; S]>::try_from(w) {
-            Ok(w) => along_x::<T, R, S>(kernel, out, w, x),
-            Err(_) => {
-                for (&w, out) in w.iter().zip(out.chunks_mut(m)) {
-                    along_x::<T, R, 1>(kernel, out, [w], x);
-                }
-            }
-        }
+    let q = rows.len() / S;
+    for i in 0..q {
+        let at: [usize; S] = std::array::from_fn(|s| s * q + i);
+        along_x::<T, R, S>(kernel, out, at, at.map(|j| rows[j]), x);
+    }
+    for (j, &row) in rows.iter().enumerate().skip(S * q) {
+        along_x::<T, R, 1>(kernel, out, [j], [row], x);
     }
 }
 
-/// `out [S, M]`: the S weight rows `w` against every activation row, R at a time.
-fn along_x<'a, T: Tile<'a>, const R: usize, const S: usize>(kernel: &T, out: &mut [f32], w: [&[T::W]; S], x: &[T::X]) {
+/// `out[at[s], r] = w[s] · x[r]` for the S weight rows `w` (rows `at` of the task) and every
+/// activation row, R at a time.
+fn along_x<'a, T: Tile<'a>, const R: usize, const S: usize>(
+    kernel: &T,
+    out: &mut [f32],
+    at: [usize; S],
+    w: [&[T::W]; S],
+    x: &[T::X],
+) {
     let m = x.len();
-    for (g, xs) in x.chunks(R).enumerate() {
-        match <[T::X; R]>::try_from(xs) {
-            Ok(xs) => {
-                let dots = kernel.tile::<R, S>(w, xs);
-                for (r, dots) in dots.iter().enumerate() {
-                    for (s, &d) in dots.iter().enumerate() {
-                        out[s * m + g * R + r] = d;
-                    }
-                }
-            }
-            Err(_) => {
-                for (j, &xr) in xs.iter().enumerate() {
-                    let [dots] = kernel.tile::<1, S>(w, [xr]);
-                    for (s, &d) in dots.iter().enumerate() {
-                        out[s * m + g * R + j] = d;
-                    }
-                }
-            }
+    let mut put = |r: usize, dots: [f32; S]| at.iter().zip(dots).for_each(|(&i, d)| out[i * m + r] = d);
+    let groups = m / R;
+    for g in 0..groups {
+        let xs: [T::X; R] = std::array::from_fn(|j| x[g * R + j]);
+        for (j, dots) in kernel.tile::<R, S>(w, xs).into_iter().enumerate() {
+            put(g * R + j, dots);
         }
+    }
+    for (r, &xr) in x.iter().enumerate().skip(groups * R) {
+        let [dots] = kernel.tile::<1, S>(w, [xr]);
+        put(r, dots);
     }
 }
 
@@ -357,19 +385,32 @@ mod tests {
             WeightDtype::Bf16 => Bf16Kernel::ALL.iter().map(|k| k.name()).collect(),
             _ => Q8Kernel::ALL.iter().map(|k| k.name()).collect(),
         };
-        names.into_iter().filter_map(|name| Kernels::forced(name).ok().map(|k| (name, k))).collect()
+        names
+            .into_iter()
+            .filter_map(|name| Kernels::forced(name).ok().map(|k| (name, k)))
+            .collect()
     }
 
     #[test]
     fn every_kernel_matches_the_f64_product_on_odd_shapes() {
         // K not a multiple of 8, 16 or 32; N crossing tasks (64 rows) and tiles; M crossing tiles of 4.
-        for (m, k, n) in [(1, 1, 1), (1, 33, 7), (2, 70, 65), (3, 100, 131), (4, 47, 3), (9, 129, 200)] {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (1, 33, 7),
+            (2, 70, 65),
+            (3, 100, 131),
+            (4, 47, 3),
+            (9, 129, 200),
+        ] {
             let x = random_vec(m * k, 1);
             let w = random_vec(n * k, 2); // [N, K]
             for dtype in [WeightDtype::Bf16, WeightDtype::Q8_0] {
                 let mat = LowpMatrix::from_rows(&w, n, k, dtype).unwrap();
                 let mut stored = vec![0.0; n * k];
-                stored.chunks_exact_mut(k).enumerate().for_each(|(i, row)| mat.dequantize_row(i, row));
+                stored
+                    .chunks_exact_mut(k)
+                    .enumerate()
+                    .for_each(|(i, row)| mat.dequantize_row(i, row));
                 let x_max = x.iter().fold(0.0f32, |a, b| a.max(b.abs())) as f64;
                 for (name, kernels) in kernels_of(dtype) {
                     let mut out = vec![f32::NAN; m * n];
@@ -386,7 +427,10 @@ mod tests {
                             _ => w_sum * x_max / 254.0,
                         } + 1e-5;
                         let err = (out[r * n + c] as f64 - exact).abs();
-                        assert!(err <= bound, "{dtype} {name} m={m} k={k} n={n} [{r},{c}]: error {err} > {bound}");
+                        assert!(
+                            err <= bound,
+                            "{dtype} {name} m={m} k={k} n={n} [{r},{c}]: error {err} > {bound}"
+                        );
                     }
                 }
             }
@@ -464,6 +508,9 @@ mod tests {
         }
         assert!(LowpMatrix::from_rows(&[1.0], 1, 1, WeightDtype::F32).is_err());
         assert_eq!("q8_0".parse::<WeightDtype>(), Ok(WeightDtype::Q8_0));
-        assert!("int4".parse::<WeightDtype>().unwrap_err().contains("expected f32, bf16 or q8_0"));
+        assert!("int4"
+            .parse::<WeightDtype>()
+            .unwrap_err()
+            .contains("expected f32, bf16 or q8_0"));
     }
 }

@@ -56,9 +56,9 @@ pub fn dequantize_row(blocks: &[BlockQ8_0], out: &mut [f32]) {
 
 /// Activations x [M, K] quantized by blocks of 32 (rows zero-padded to `padded` = 32·nb).
 pub struct Activations {
-    qs: Vec<i8>,           // [M, padded]
-    d: Vec<f32>,           // [M, nb] the f32 scale of each block
-    corr: Vec<[i32; 8]>,   // [M, nb] (-128 · Σ qs of the block, 0, ..., 0): the vpdpbusd correction
+    qs: Vec<i8>,         // [M, padded]
+    d: Vec<f32>,         // [M, nb] the f32 scale of each block
+    corr: Vec<[i32; 8]>, // [M, nb] (-128 · Σ qs of the block, 0, ..., 0): the vpdpbusd correction
     padded: usize,
 }
 
@@ -111,7 +111,8 @@ fn check_lengths<const R: usize, const S: usize>(w: &[&[BlockQ8_0]; S], x: &[Row
     let nb = x[0].d.len();
     assert!(
         w.iter().all(|w| w.len() == nb)
-            && x.iter().all(|x| x.d.len() == nb && x.corr.len() == nb && x.qs.len() == nb * BLOCK)
+            && x.iter()
+                .all(|x| x.d.len() == nb && x.corr.len() == nb && x.qs.len() == nb * BLOCK)
     );
 }
 
@@ -216,11 +217,7 @@ mod x86 {
                 type W = BlockQ8_0;
                 type X = Row<'a>;
 
-                fn tile<const R: usize, const S: usize>(
-                    &self,
-                    w: [&[BlockQ8_0]; S],
-                    x: [Row<'a>; R],
-                ) -> [[f32; S]; R] {
+                fn tile<const R: usize, const S: usize>(&self, w: [&[BlockQ8_0]; S], x: [Row<'a>; R]) -> [[f32; S]; R] {
                     check_lengths(&w, &x);
                     // SAFETY: chosen only where the CPU has these features (Kernels); lengths checked.
                     unsafe { $tile(w, x) }
