@@ -13,7 +13,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, Generator, Sampling};
 use crate::model::data_parallel::auto_shards;
-use crate::model::{param_specs, DataParallel, Gpt};
+use crate::model::{num_params, param_specs, DataParallel, Gpt};
+use crate::ops::lowp::WeightDtype;
 use crate::ops::{set_zero, sum_streams};
 use crate::optim::{clip_factor, AdamW, AdamWConfig};
 use crate::rng::Rng;
@@ -119,6 +120,8 @@ pub struct GenerateBenchResult {
     pub prompt_tokens: usize,
     pub new_tokens: usize,
     pub params: usize,
+    /// How the weight matrices were stored (f32, bf16, q8_0).
+    pub dtype: &'static str,
     pub threads: usize,
 }
 
@@ -128,6 +131,7 @@ pub struct GenerateBenchResult {
 /// scripts/bench_pytorch.py measures Hugging Face `generate()`.
 pub fn bench_generate(
     config: Config,
+    dtype: WeightDtype,
     prompt_tokens: usize,
     new_tokens: usize,
     runs: usize,
@@ -139,7 +143,7 @@ pub fn bench_generate(
             config.n_positions
         )));
     }
-    let model = Gpt::new(config, 1337)?;
+    let model = Gpt::new(config, 1337)?.to_dtype(dtype)?;
     let mut rng = Rng::new(42);
     let prompt: Vec<u32> = (0..prompt_tokens)
         .map(|_| rng.below(model.config.vocab_size) as u32)
@@ -152,7 +156,7 @@ pub fn bench_generate(
     let (mut prefill_ms, mut token_ms, mut read_gb_per_s) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..warmup + runs.max(1) {
         if i >= warmup {
-            read_gb_per_s.push(read_bandwidth_gb_per_s(&model.params));
+            read_gb_per_s.push(read_bandwidth_gb_per_s(&weight_words(&model)));
         }
         let start = Instant::now();
         let mut generator = Generator::new(&model, &prompt, options.clone(), &mut rng)?;
@@ -167,7 +171,7 @@ pub fn bench_generate(
     }
     let tokens_per_s = 1e3 / median(&mut token_ms);
     let read_gb_per_s = median(&mut read_gb_per_s);
-    let weight_bytes = 4 * (model.params.len() - model.config.n_positions * model.config.n_embd);
+    let weight_bytes = model.weight_bytes() - 4 * model.config.n_positions * model.config.n_embd;
     let bandwidth_bound_tokens_per_s = read_gb_per_s * 1e9 / weight_bytes as f64;
     Ok(GenerateBenchResult {
         tokens_per_s,
@@ -179,23 +183,40 @@ pub fn bench_generate(
         runs: token_ms.len(),
         prompt_tokens,
         new_tokens,
-        params: model.params.len(),
+        params: num_params(&model.config),
+        dtype: dtype.name(),
         threads: rayon::current_num_threads(),
     })
 }
 
-/// GB/s at which the threads of the pool read `data` once, each its share as several
-/// sequential streams (as the decoding kernels of [`crate::ops::matvec`] do): the ceiling of a
-/// product that reads every weight once.
-fn read_bandwidth_gb_per_s(data: &[f32]) -> f64 {
-    let share = data.len().div_ceil(rayon::current_num_threads());
+/// What decoding reads, as f32 words: the f32 buffer, and the bytes of the low-precision
+/// matrices (read as f32 only to time the memory).
+fn weight_words(model: &Gpt) -> Vec<&[f32]> {
+    let mut parts = vec![model.params.as_slice()];
+    for bytes in model.lowp.iter().flat_map(|lowp| lowp.stored()) {
+        // SAFETY: every bit pattern is an f32; align_to leaves unaligned ends out.
+        let (_, words, _) = unsafe { bytes.align_to::<f32>() };
+        parts.push(words);
+    }
+    parts
+}
+
+/// GB/s at which the threads of the pool read the `parts` once, each its share of each part as
+/// several sequential streams (as the decoding kernels of [`crate::ops::matvec`] do): the
+/// ceiling of a product that reads every weight once.
+fn read_bandwidth_gb_per_s(parts: &[&[f32]]) -> f64 {
     let start = Instant::now();
-    let total: f32 = data
-        .par_chunks(share)
-        .map(|chunk| sum_streams::<f32, 16>(chunk, |x| x))
-        .sum();
-    std::hint::black_box(total);
-    std::mem::size_of_val(data) as f64 / start.elapsed().as_secs_f64() / 1e9
+    let mut bytes = 0;
+    for data in parts.iter().filter(|data| !data.is_empty()) {
+        let share = data.len().div_ceil(rayon::current_num_threads());
+        let total: f32 = data
+            .par_chunks(share)
+            .map(|chunk| sum_streams::<f32, 16>(chunk, |x| x))
+            .sum();
+        std::hint::black_box(total);
+        bytes += std::mem::size_of_val(*data);
+    }
+    bytes as f64 / start.elapsed().as_secs_f64() / 1e9
 }
 
 /// Median of a non-empty list (sorts it).
@@ -229,13 +250,13 @@ mod tests {
     fn generation_benchmark_relates_decode_speed_to_the_bandwidth_bound() {
         let config = Config::new(97, 32, 48, 2, 4);
         let weight_bytes = 4 * (crate::model::num_params(&config) - 32 * 48);
-        let r = bench_generate(config, 4, 8, 3, 1).unwrap();
+        let r = bench_generate(config, WeightDtype::F32, 4, 8, 3, 1).unwrap();
         assert_eq!((r.runs, r.prompt_tokens, r.new_tokens), (3, 4, 8));
         assert!(r.tokens_per_s > 0.0 && r.read_gb_per_s > 0.0);
         let bound = r.read_gb_per_s * 1e9 / weight_bytes as f64;
         assert!((r.bandwidth_bound_tokens_per_s / bound - 1.0).abs() < 1e-9);
         assert!((r.share_of_bound - r.tokens_per_s / bound).abs() < 1e-9 * r.share_of_bound);
-        let too_long = bench_generate(Config::new(97, 32, 48, 2, 4), 30, 8, 1, 0);
+        let too_long = bench_generate(Config::new(97, 32, 48, 2, 4), WeightDtype::F32, 30, 8, 1, 0);
         assert!(matches!(too_long, Err(Error::Input(_))));
     }
 }

@@ -15,6 +15,7 @@
 //! layer the tensors come in our order, so the file order is ours regrouped by tensor kind.
 
 use super::atomic::{check_replaceable, write_file};
+use super::dtype::f32_to_bf16;
 use super::mapped::MappedFile;
 use super::param_buffer::ParamBuffer;
 use crate::config::Config;
@@ -221,22 +222,13 @@ pub fn load_llmc(path: &Path) -> Result<Gpt> {
     Ok(Gpt::from_params(config, params))
 }
 
-/// f32 to bf16, rounding to nearest even (as torch's `.to(torch.bfloat16)`).
-fn bf16_bits(x: f32) -> u16 {
-    if x.is_nan() {
-        return 0x7fc0;
-    }
-    let bits = x.to_bits();
-    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
-}
-
 /// Appends `values` to `out` in `dtype`, little-endian.
 fn encode(values: &[f32], dtype: LlmcDtype, out: &mut Vec<u8>) {
     match dtype {
         LlmcDtype::F32 => values.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         LlmcDtype::Bf16 => values
             .iter()
-            .for_each(|&x| out.extend_from_slice(&bf16_bits(x).to_le_bytes())),
+            .for_each(|&x| out.extend_from_slice(&f32_to_bf16(x).to_le_bytes())),
     }
 }
 
@@ -312,17 +304,6 @@ pub fn save_llmc(model: &Gpt, path: &Path, dtype: LlmcDtype) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bf16_rounds_to_nearest_even() {
-        assert_eq!(bf16_bits(1.0), 0x3f80);
-        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0).
-        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
-        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
-        assert_eq!(bf16_bits(-2.0), 0xc000);
-        assert_eq!(bf16_bits(f32::NAN), 0x7fc0);
-        assert_eq!(bf16_bits(f32::INFINITY), 0x7f80);
-    }
 
     #[test]
     fn vocabulary_padding() {

@@ -30,6 +30,7 @@ pub mod tf_checkpoint;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::Gpt;
+use crate::ops::lowp::{Kernels, WeightDtype};
 use crate::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
@@ -67,6 +68,17 @@ impl Format {
             Format::OpenAi(dir) => tf_checkpoint::read_hparams(&dir.join("hparams.json")),
             Format::Llmc(file) => llmc::read_config(file),
         }
+    }
+
+    /// Reads the model with its weight matrices in `dtype`.
+    pub fn load_as(&self, dtype: WeightDtype) -> Result<Gpt> {
+        if dtype != WeightDtype::F32 {
+            Kernels::from_env()?; // a bad GPT2_KERNEL is said before any work, and not about the file
+        }
+        self.load()?.to_dtype(dtype).map_err(|e| match e {
+            Error::Input(msg) => Error::weights(self.path(), msg),
+            other => other,
+        })
     }
 
     /// Reads the model.
@@ -246,9 +258,20 @@ pub fn load_model(path: &Path) -> Result<Gpt> {
 /// Loads a model and its tokenizer (see [`Format::tokenizer`]). Weights that are NaN or
 /// infinite are an error naming the tensor.
 pub fn load_model_with_tokenizer(path: &Path) -> Result<Loaded> {
-    let loaded = load_model_with_tokenizer_as_is(path)?;
-    finite(&loaded.model, loaded.format.path())?;
-    Ok(loaded)
+    load_model_with_tokenizer_as(path, WeightDtype::F32)
+}
+
+/// [`load_model_with_tokenizer`] with the weight matrices stored in `dtype` for inference.
+pub fn load_model_with_tokenizer_as(path: &Path, dtype: WeightDtype) -> Result<Loaded> {
+    let format = detect(path)?;
+    let model = format.load_as(dtype)?;
+    finite(&model, format.path())?;
+    let tokenizer = format.tokenizer(&model.config)?;
+    Ok(Loaded {
+        model,
+        tokenizer,
+        format,
+    })
 }
 
 /// [`load_model_with_tokenizer`] for a model that may hold NaN or infinite weights (to look
@@ -267,7 +290,7 @@ pub fn load_model_with_tokenizer_as_is(path: &Path) -> Result<Loaded> {
 /// What is wrong when some of `model`'s weights are NaN or infinite: the first such tensor,
 /// how many of its values, and how many other tensors have some.
 pub fn non_finite_weights(model: &Gpt) -> Option<String> {
-    let bad = crate::model::non_finite_tensors(&model.config, &model.params);
+    let bad = crate::model::non_finite_tensors(&model.config, model.layout(), &model.params);
     let (name, count) = bad.first()?;
     let others = match bad.len() {
         1 => String::new(),

@@ -11,6 +11,7 @@
 //! Shapes: N = B·T rows, C = n_embd, F = n_inner, NH = n_head.
 
 use super::kv_cache::KvLayer;
+use super::lowp::LowpBlock;
 use super::params::BlockWeights;
 use super::workspace::{BlockActs, GradActs};
 use crate::config::Config;
@@ -18,6 +19,7 @@ use crate::ops::attention::{attention_backward, attention_forward, attention_for
 use crate::ops::dropout::{dropout_backward, Dropout, Site};
 use crate::ops::gelu::{gelu_backward_inplace, gelu_forward};
 use crate::ops::layernorm::{layernorm_backward, layernorm_forward};
+use crate::ops::lowp::{Kernels, LowpMatrix};
 use crate::ops::matmul::{linear_backward, linear_forward};
 use crate::ops::residual::residual_forward;
 
@@ -30,20 +32,54 @@ pub enum Keys<'a> {
     Cached(KvLayer<'a>),
 }
 
+/// A linear layer's weight: f32 [K, N] in the flat buffer (Conv1D layout), or the same in
+/// low precision, stored [N, K].
+#[derive(Clone, Copy)]
+enum Weight<'a> {
+    F32(&'a [f32]),
+    Lowp(&'a LowpMatrix, Kernels),
+}
+
+impl<'a> Weight<'a> {
+    /// The f32 weight `w`, or its low-precision copy in `lowp` (`matrix` picks it).
+    fn pick(w: &'a [f32], lowp: Option<&'a LowpBlock>, matrix: fn(&LowpBlock) -> &LowpMatrix) -> Self {
+        match lowp {
+            Some(l) => Weight::Lowp(matrix(l), l.kernels),
+            None => Weight::F32(w),
+        }
+    }
+}
+
+/// `out [N, M] = x [N, K] · W + b [M]`, on the weight's own kernels.
+#[allow(clippy::too_many_arguments)]
+fn linear(out: &mut [f32], x: &[f32], w: Weight, b: &[f32], n: usize, k: usize, m: usize) {
+    match w {
+        Weight::F32(w) => linear_forward(out, x, w, b, n, k, m),
+        Weight::Lowp(w, kernels) => {
+            w.matmul(out, x, n, kernels);
+            out.chunks_exact_mut(m)
+                .for_each(|row| row.iter_mut().zip(b).for_each(|(o, &b)| *o += b));
+        }
+    }
+}
+
 /// Forward through one block: reads the stream `x` [N, C], leaves every step's output in `a`
 /// (the block's output in `a.residual_3`). Dropout applies when `dropout` is given (its
-/// masks those of this block: [`Dropout::at_layer`]).
+/// masks those of this block: [`Dropout::at_layer`]). With `lowp`, the linear layers use its
+/// low-precision weights (those of `p` are empty).
+#[allow(clippy::too_many_arguments)]
 pub fn block_forward(
     cfg: &Config,
     shape: AttnShape,
     p: &BlockWeights<&[f32]>,
+    lowp: Option<&LowpBlock>,
     x: &[f32],
     a: &mut BlockActs,
     keys: Keys,
     dropout: Option<Dropout>,
 ) {
-    attention_layer_forward(cfg, shape, p, x, a, keys, dropout);
-    mlp_forward(cfg, shape, p, a, dropout);
+    attention_layer_forward(cfg, shape, p, lowp, x, a, keys, dropout);
+    mlp_forward(cfg, shape, p, lowp, a, dropout);
 }
 
 /// Backward through one block whose forward pass read `x` and left `a`: `d.residual` arrives
@@ -63,10 +99,12 @@ pub fn block_backward(
 }
 
 /// Attention layer: `residual_2 = x + drop(c_proj(attention(c_attn(ln_1(x)))))`.
+#[allow(clippy::too_many_arguments)]
 fn attention_layer_forward(
     cfg: &Config,
     shape: AttnShape,
     p: &BlockWeights<&[f32]>,
+    lowp: Option<&LowpBlock>,
     x: &[f32],
     a: &mut BlockActs,
     keys: Keys,
@@ -83,7 +121,8 @@ fn attention_layer_forward(
         c,
         eps,
     );
-    linear_forward(&mut a.qkv, &a.ln_1, p.attn.c_attn_w, p.attn.c_attn_b, n, c, 3 * c);
+    let c_attn = Weight::pick(p.attn.c_attn_w, lowp, |l| &l.c_attn);
+    linear(&mut a.qkv, &a.ln_1, c_attn, p.attn.c_attn_b, n, c, 3 * c);
     match keys {
         Keys::Causal => {
             // The backward pass recomputes the attention weights' dropout mask from the same seed.
@@ -96,7 +135,8 @@ fn attention_layer_forward(
             attention_forward_cached(&mut a.atty, &mut a.att_lse, &a.qkv, k, v, shape, cache.pos0);
         }
     }
-    linear_forward(&mut a.residual_2, &a.atty, p.attn.c_proj_w, p.attn.c_proj_b, n, c, c);
+    let c_proj = Weight::pick(p.attn.c_proj_w, lowp, |l| &l.attn_proj);
+    linear(&mut a.residual_2, &a.atty, c_proj, p.attn.c_proj_b, n, c, c);
     if let Some(d) = dropout {
         d.forward(Site::AttentionOutput, &mut a.residual_2, &mut a.attn_mask, c);
     }
@@ -154,7 +194,14 @@ fn attention_layer_backward(
 }
 
 /// MLP: `residual_3 = residual_2 + drop(c_proj(gelu(c_fc(ln_2(residual_2)))))`.
-fn mlp_forward(cfg: &Config, shape: AttnShape, p: &BlockWeights<&[f32]>, a: &mut BlockActs, dropout: Option<Dropout>) {
+fn mlp_forward(
+    cfg: &Config,
+    shape: AttnShape,
+    p: &BlockWeights<&[f32]>,
+    lowp: Option<&LowpBlock>,
+    a: &mut BlockActs,
+    dropout: Option<Dropout>,
+) {
     let (n, c, f, eps) = (shape.b * shape.t, cfg.n_embd, cfg.n_inner, cfg.layer_norm_epsilon);
     layernorm_forward(
         &mut a.ln_2,
@@ -166,10 +213,19 @@ fn mlp_forward(cfg: &Config, shape: AttnShape, p: &BlockWeights<&[f32]>, a: &mut
         c,
         eps,
     );
-    linear_forward(&mut a.fch, &a.ln_2, p.mlp.c_fc_w, p.mlp.c_fc_b, n, c, f);
+    linear(
+        &mut a.fch,
+        &a.ln_2,
+        Weight::pick(p.mlp.c_fc_w, lowp, |l| &l.c_fc),
+        p.mlp.c_fc_b,
+        n,
+        c,
+        f,
+    );
     let keep_tanh = (!a.fch_tanh.is_empty()).then_some(a.fch_tanh.as_mut_slice());
     gelu_forward(&mut a.fch_gelu, keep_tanh, &a.fch);
-    linear_forward(&mut a.residual_3, &a.fch_gelu, p.mlp.c_proj_w, p.mlp.c_proj_b, n, f, c);
+    let c_proj = Weight::pick(p.mlp.c_proj_w, lowp, |l| &l.mlp_proj);
+    linear(&mut a.residual_3, &a.fch_gelu, c_proj, p.mlp.c_proj_b, n, f, c);
     if let Some(d) = dropout {
         d.forward(Site::MlpOutput, &mut a.residual_3, &mut a.mlp_mask, c);
     }

@@ -7,7 +7,8 @@
 
 use super::block::{block_backward, block_forward, Keys};
 use super::kv_cache::KvCache;
-use super::params::{init_params, num_params, Weights};
+use super::lowp::{LowpBlock, LowpWeights};
+use super::params::{init_params, num_params, Layout, TensorSpec, Weights};
 use super::workspace::Workspace;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -17,13 +18,18 @@ use crate::ops::dropout::{dropout_backward, Dropout, DropoutSeed, Site};
 use crate::ops::embedding::{embedding_backward, embedding_forward};
 use crate::ops::layernorm::{layernorm_backward, layernorm_forward};
 use crate::ops::lm_head::{lm_head_backward, lm_head_forward};
+use crate::ops::lowp::{Kernels, WeightDtype};
 use crate::ops::zeroed;
 
-/// A GPT-2 language model: its configuration and its parameters in one flat buffer.
+/// A GPT-2 language model: its configuration and its parameters in one flat buffer, or, for
+/// inference in bf16 or q8_0, its weight matrices apart in that dtype and the rest in the buffer.
 pub struct Gpt {
     pub config: Config,
-    /// All parameters, laid out by [`super::params::param_specs`].
+    /// All parameters, laid out by [`super::params::param_specs`] ([`Layout::Full`]); with
+    /// `lowp`, all but the weight matrices ([`Layout::WithoutMatrices`]).
     pub params: Vec<f32>,
+    /// The weight matrices in low precision, or None (f32: they are in `params`).
+    pub lowp: Option<LowpWeights>,
 }
 
 impl Gpt {
@@ -41,12 +47,91 @@ impl Gpt {
             num_params(&config),
             "parameter buffer does not match the config"
         );
-        Gpt { config, params }
+        Gpt {
+            config,
+            params,
+            lowp: None,
+        }
     }
 
-    /// Named views of the parameters.
+    /// A model with low-precision weight matrices `lowp` and the other tensors in `params`
+    /// ([`Layout::WithoutMatrices`]).
+    pub fn from_lowp(config: Config, params: Vec<f32>, lowp: LowpWeights) -> Self {
+        let expected: usize = Layout::WithoutMatrices
+            .specs(&config)
+            .iter()
+            .map(TensorSpec::numel)
+            .sum();
+        assert_eq!(params.len(), expected, "parameter buffer does not match the config");
+        Gpt {
+            config,
+            params,
+            lowp: Some(lowp),
+        }
+    }
+
+    /// How the weight matrices are stored.
+    pub fn dtype(&self) -> WeightDtype {
+        self.lowp.as_ref().map_or(WeightDtype::F32, LowpWeights::dtype)
+    }
+
+    /// Bytes of the weights as stored: the f32 buffer and the low-precision matrices.
+    pub fn weight_bytes(&self) -> usize {
+        4 * self.params.len() + self.lowp.as_ref().map_or(0, LowpWeights::bytes)
+    }
+
+    /// Which tensors `params` holds.
+    pub fn layout(&self) -> Layout {
+        match self.lowp {
+            Some(_) => Layout::WithoutMatrices,
+            None => Layout::Full,
+        }
+    }
+
+    /// This f32 model with its weight matrices stored in `dtype` for inference (f32: as it
+    /// is), its products on the kernels `GPT2_KERNEL` or the CPU picks.
+    pub fn to_dtype(self, dtype: WeightDtype) -> Result<Gpt> {
+        if dtype == self.dtype() {
+            return Ok(self);
+        }
+        if self.lowp.is_some() {
+            return Err(Error::Input(format!(
+                "a model with {} weights cannot be stored in {dtype}: convert it from f32",
+                self.dtype()
+            )));
+        }
+        let kernels = Kernels::from_env()?;
+        let (lowp, rest) = LowpWeights::split_from(&self.config, &self.params, dtype, kernels).map_err(Error::Input)?;
+        drop(self.params);
+        Ok(Gpt::from_lowp(self.config, rest, lowp))
+    }
+
+    /// An f32 copy of this f32 model whose weight matrices hold what `dtype` stores of them:
+    /// the weights a `dtype` model computes with, for passes that only exist in f32 (inspect).
+    pub fn rounded_to(&self, dtype: WeightDtype) -> Result<Gpt> {
+        if self.lowp.is_some() {
+            return Err(Error::Input(format!(
+                "a model with {} weights has no f32 copy",
+                self.dtype()
+            )));
+        }
+        let mut rounded = Gpt::from_params(self.config.clone(), self.params.clone());
+        if dtype != WeightDtype::F32 {
+            let (lowp, _) =
+                LowpWeights::split_from(&self.config, &self.params, dtype, Kernels::best()).map_err(Error::Input)?;
+            lowp.dequantize_into(&mut Weights::split(rounded.params.as_mut_slice(), &self.config));
+        }
+        Ok(rounded)
+    }
+
+    /// Named views of the parameters (with low-precision matrices, the matrices' views are empty).
     pub fn weights(&self) -> Weights<&[f32]> {
-        Weights::split(self.params.as_slice(), &self.config)
+        Weights::split_as(self.params.as_slice(), &self.config, self.layout())
+    }
+
+    /// Block l's low-precision matrices, if the model has them.
+    fn lowp_block(&self, l: usize) -> Option<&LowpBlock> {
+        self.lowp.as_ref().map(|lowp| &lowp.blocks[l])
     }
 
     /// A zero gradient buffer in the parameter layout, for [`Gpt::backward`] to add into.
@@ -113,7 +198,7 @@ impl Gpt {
     ) -> Result<Option<f32>> {
         self.check_batch(tokens, b, t, targets)?;
         let cfg = &self.config;
-        let (c, v, n) = (cfg.n_embd, cfg.vocab_size, b * t);
+        let (v, n) = (cfg.vocab_size, b * t);
         let p_drop = cfg.dropout;
         let dropout = dropout
             .filter(|_| p_drop > 0.0)
@@ -123,16 +208,16 @@ impl Gpt {
         acts.tokens.copy_from_slice(tokens);
 
         // Token + position embeddings: encoded [N, C]
-        embedding_forward(&mut acts.encoded, tokens, w.wte, w.wpe, t, c, 0);
+        self.embed(&mut acts.encoded, tokens, t, 0);
         if let Some(d) = dropout {
-            d.forward(Site::Embedding, &mut acts.encoded, &mut acts.emb_mask, c);
+            d.forward(Site::Embedding, &mut acts.encoded, &mut acts.emb_mask, cfg.n_embd);
         }
         // The blocks: block l reads the stream block l - 1 left.
         for (l, p) in w.blocks.iter().enumerate() {
             let (done, rest) = acts.blocks.split_at_mut(l);
             let x = done.last().map_or(&acts.encoded, |prev| &prev.residual_3);
-            let layer_dropout = dropout.map(|d| d.at_layer(l));
-            block_forward(cfg, shape, p, x, &mut rest[0], Keys::Causal, layer_dropout);
+            let (lowp, layer_dropout) = (self.lowp_block(l), dropout.map(|d| d.at_layer(l)));
+            block_forward(cfg, shape, p, lowp, x, &mut rest[0], Keys::Causal, layer_dropout);
         }
         let last = &acts.blocks[cfg.n_layer - 1].residual_3;
         let ln_f = (&mut acts.ln_f[..], &mut acts.ln_f_mean[..], &mut acts.ln_f_rstd[..]);
@@ -160,7 +245,26 @@ impl Gpt {
             cfg.n_embd,
             cfg.layer_norm_epsilon,
         );
-        lm_head_forward(logits, out, w.wte, rows, cfg.n_embd, cfg.vocab_size);
+        match &self.lowp {
+            Some(lowp) => lowp.wte.matmul(logits, out, rows, lowp.kernels),
+            None => lm_head_forward(logits, out, w.wte, rows, cfg.n_embd, cfg.vocab_size),
+        }
+    }
+
+    /// Token + position embeddings of `tokens` [B, T] at positions pos0.., into `out` [B, T, C]
+    /// (a low-precision wte: each row read back in f32).
+    fn embed(&self, out: &mut [f32], tokens: &[u32], t: usize, pos0: usize) {
+        let (w, c) = (self.weights(), self.config.n_embd);
+        match &self.lowp {
+            None => embedding_forward(out, tokens, w.wte, w.wpe, t, c, pos0),
+            Some(lowp) => {
+                for (i, (row, &token)) in out.chunks_exact_mut(c).zip(tokens).enumerate() {
+                    lowp.wte.dequantize_row(token as usize, row);
+                    let pe = &w.wpe[(pos0 + i % t) * c..][..c];
+                    row.iter_mut().zip(pe).for_each(|(o, &p)| *o += p);
+                }
+            }
+        }
     }
 
     /// Backward pass of the last forward pass in `ws` (which must have had targets): adds
@@ -168,6 +272,12 @@ impl Gpt {
     /// `loss_scale = 1 / steps` to average over gradient-accumulation steps. The logits are
     /// consumed (they hold dlogits after).
     pub fn backward(&self, ws: &mut Workspace, grads: &mut [f32], loss_scale: f32) -> Result<()> {
+        if self.lowp.is_some() {
+            return Err(Error::Input(format!(
+                "a model with {} weights is for inference: train from f32",
+                self.dtype()
+            )));
+        }
         if ws.activations().targets.is_empty() {
             return Err(Error::Input("backward needs a forward pass with targets first".into()));
         }
@@ -239,10 +349,11 @@ impl Gpt {
         let s = &mut cache.scratch;
         s.fit(cfg, b, t);
 
-        embedding_forward(&mut s.x, tokens, w.wte, w.wpe, t, c, pos0);
+        self.embed(&mut s.x, tokens, t, pos0);
         for (l, p) in w.blocks.iter().enumerate() {
             let (keys, s) = cache.layer(l);
-            block_forward(cfg, shape, p, &s.x, &mut s.block, Keys::Cached(keys), None);
+            let lowp = self.lowp_block(l);
+            block_forward(cfg, shape, p, lowp, &s.x, &mut s.block, Keys::Cached(keys), None);
             std::mem::swap(&mut s.x, &mut s.block.residual_3); // the block's output is the next one's input
         }
         cache.advance(t);

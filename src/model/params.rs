@@ -51,17 +51,46 @@ pub fn param_specs(cfg: &Config) -> Vec<TensorSpec> {
     specs
 }
 
+/// Which tensors of [`param_specs`] a flat buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// All of them.
+    Full,
+    /// All but the weight matrices (`wte.weight` and each block's four Conv1D weights), which a
+    /// model with low-precision weights stores apart ([`super::lowp::LowpWeights`]); their
+    /// views are empty.
+    WithoutMatrices,
+}
+
+/// Whether the parameter `name` is a weight matrix: the token embedding (also the LM head) or
+/// the weight of a linear layer.
+pub fn is_matrix(name: &str) -> bool {
+    name == "wte.weight" || (name.starts_with("h.") && name.ends_with(".weight") && !name.contains(".ln_"))
+}
+
+impl Layout {
+    /// The parameters a buffer of this layout holds, in buffer order.
+    pub fn specs(self, cfg: &Config) -> Vec<TensorSpec> {
+        let mut specs = param_specs(cfg);
+        if self == Layout::WithoutMatrices {
+            specs.retain(|s| !is_matrix(&s.name));
+        }
+        specs
+    }
+}
+
 /// Number of parameters: the sizes of [`param_specs`] added (the LM head is tied to the token
 /// embedding, so it adds none).
 pub fn num_params(cfg: &Config) -> usize {
     param_specs(cfg).iter().map(TensorSpec::numel).sum()
 }
 
-/// The tensors of `params` (laid out for `cfg`) that hold NaN or infinite values, each with
-/// how many, in buffer order.
-pub fn non_finite_tensors(cfg: &Config, params: &[f32]) -> Vec<(String, usize)> {
+/// The tensors of `params` (laid out for `cfg` and `layout`) that hold NaN or infinite values,
+/// each with how many, in buffer order.
+pub fn non_finite_tensors(cfg: &Config, layout: Layout, params: &[f32]) -> Vec<(String, usize)> {
     let mut offset = 0;
-    param_specs(cfg)
+    layout
+        .specs(cfg)
         .into_iter()
         .filter_map(|spec| {
             let tensor = &params[offset..offset + spec.numel()];
@@ -127,10 +156,29 @@ impl<S: Splittable> Weights<S> {
     /// Cuts a flat buffer laid out by [`param_specs`] into named views. The struct fields
     /// are taken in the same order as `param_specs` lists them (checked by a test).
     pub fn split(buf: S, cfg: &Config) -> Self {
+        Self::split_as(buf, cfg, Layout::Full)
+    }
+
+    /// [`Weights::split`] for a buffer of `layout`.
+    pub fn split_as(buf: S, cfg: &Config, layout: Layout) -> Self {
         let (c, v, max_t, f) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
         // The sizes of param_specs(cfg), computed without building the names.
-        let block = [c, c, c * 3 * c, 3 * c, c * c, c, c, c, c * f, f, f * c, c];
-        let mut sizes = [v * c, max_t * c]
+        let matrix = |size: usize| if layout == Layout::Full { size } else { 0 };
+        let block = [
+            c,
+            c,
+            matrix(c * 3 * c),
+            3 * c,
+            matrix(c * c),
+            c,
+            c,
+            c,
+            matrix(c * f),
+            f,
+            matrix(f * c),
+            c,
+        ];
+        let mut sizes = [matrix(v * c), max_t * c]
             .into_iter()
             .chain((0..cfg.n_layer).flat_map(|_| block))
             .chain([c, c]);
@@ -241,5 +289,31 @@ mod tests {
             assert_eq!(view.len(), spec.numel(), "{}", spec.name);
             assert!(view.iter().all(|&x| x == i as f32), "{}", spec.name);
         }
+        // Without the matrices: the same views of the other tensors, empty matrices.
+        let rest: Vec<f32> = buf
+            .iter()
+            .zip(
+                specs
+                    .iter()
+                    .flat_map(|s| std::iter::repeat_n(is_matrix(&s.name), s.numel())),
+            )
+            .filter_map(|(&x, matrix)| (!matrix).then_some(x))
+            .collect();
+        assert_eq!(
+            Layout::WithoutMatrices
+                .specs(&cfg)
+                .iter()
+                .map(TensorSpec::numel)
+                .sum::<usize>(),
+            rest.len()
+        );
+        let w = Weights::split_as(rest.as_slice(), &cfg, Layout::WithoutMatrices);
+        assert!(w.wte.is_empty() && w.ln_f_b.iter().all(|&x| x == (specs.len() - 1) as f32));
+        for b in &w.blocks {
+            assert!(b.attn.c_attn_w.is_empty() && b.attn.c_proj_w.is_empty());
+            assert!(b.mlp.c_fc_w.is_empty() && b.mlp.c_proj_w.is_empty() && !b.mlp.c_proj_b.is_empty());
+        }
+        let matrices = specs.iter().filter(|s| is_matrix(&s.name)).count();
+        assert_eq!(matrices, 1 + 4 * cfg.n_layer);
     }
 }

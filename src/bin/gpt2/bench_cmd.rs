@@ -7,6 +7,8 @@ use gpt2::bench::{
     GenerateSummary, PytorchResult, Round, RoundsSummary,
 };
 use gpt2::io::detect;
+use gpt2::model::num_params;
+use gpt2::ops::lowp::WeightDtype;
 use gpt2::Config;
 use std::path::PathBuf;
 use std::process::Command;
@@ -41,6 +43,11 @@ pub struct GenerateBenchArgs {
     /// Untimed runs first (warming caches and page tables).
     #[arg(long, default_value_t = 1)]
     warmup: usize,
+    /// Weights in f32, bf16 (half the bytes, read twice as fast) or q8_0 (34 bytes per 32
+    /// weights): the random weight matrices are stored so, products accumulate in
+    /// f32; `gpt2 info` shows the kernels.
+    #[arg(long, default_value = "f32")]
+    dtype: WeightDtype,
     /// Also run scripts/bench_pytorch.py --mode generate (Hugging Face generate) with this
     /// Python and print the ratio.
     #[arg(long, value_name = "PYTHON")]
@@ -55,6 +62,11 @@ pub struct LoadArgs {
     /// The model (any format, detected from its contents).
     #[arg(long)]
     model: PathBuf,
+    /// Weights in f32, bf16 (half the bytes, read twice as fast) or q8_0 (34 bytes per 32
+    /// weights): the weight matrices are converted as the model loads, products accumulate in
+    /// f32; `gpt2 info` shows the kernels.
+    #[arg(long, default_value = "f32")]
+    dtype: WeightDtype,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -215,26 +227,33 @@ fn print_summary(summary: &RoundsSummary) {
 fn run_load(args: &LoadArgs) -> Result<()> {
     let format = detect(&args.model)?;
     let start = Instant::now();
-    let model = format.load()?;
+    let model = format.load_as(args.dtype)?;
     let load_s = start.elapsed().as_secs_f64();
-    let weights_mb = (model.params.len() * 4) as f64 / (1 << 20) as f64;
+    let params = num_params(&model.config);
+    let mib = |bytes: usize| bytes as f64 / (1 << 20) as f64;
+    let (weights_mb, f32_mb) = (mib(model.weight_bytes()), mib(4 * params));
     let peak_rss_mb = peak_rss_mb();
     let result = serde_json::json!({
         "format": format.name(),
-        "params": model.params.len(),
+        "dtype": args.dtype.name(),
+        "params": params,
         "load_s": load_s,
         "weights_mb": weights_mb,
+        "f32_weights_mb": f32_mb,
         "peak_rss_mb": peak_rss_mb,
         "peak_over_weights": peak_rss_mb / weights_mb,
+        "peak_over_f32_weights": peak_rss_mb / f32_mb,
     });
     if args.json {
         println!("{result}");
     } else {
         println!(
-            "{}: {} params loaded in {load_s:.3} s; weights {weights_mb:.0} MiB, peak RSS {peak_rss_mb:.0} MiB ({:.2}x)",
+            "{}: {params} params loaded in {load_s:.3} s as {}; weights {weights_mb:.0} MiB, peak RSS {peak_rss_mb:.0} MiB \
+             ({:.2}x the weights, {:.2}x their {f32_mb:.0} MiB in f32)",
             format.name(),
-            model.params.len(),
-            peak_rss_mb / weights_mb
+            args.dtype,
+            peak_rss_mb / weights_mb,
+            peak_rss_mb / f32_mb
         );
     }
     Ok(())
@@ -251,6 +270,7 @@ fn run_generate(args: &GenerateBenchArgs) -> Result<()> {
     let config = Config::preset(&args.preset)?;
     let ours = bench_generate(
         config.clone(),
+        args.dtype,
         args.prompt_tokens,
         args.new_tokens,
         args.runs,
@@ -293,8 +313,16 @@ fn run_generate(args: &GenerateBenchArgs) -> Result<()> {
 fn print_generate(who: &str, r: &GenerateBenchResult) {
     println!(
         "{who} generate: prefill {:.1} ms, decode {:.1} tokens/s (medians of {}), peak RSS {:.0} MiB  \
-         [{} params, prompt {} + {} new tokens, batch 1, {} threads]",
-        r.prefill_ms, r.tokens_per_s, r.runs, r.peak_rss_mb, r.params, r.prompt_tokens, r.new_tokens, r.threads
+         [{} params in {}, prompt {} + {} new tokens, batch 1, {} threads]",
+        r.prefill_ms,
+        r.tokens_per_s,
+        r.runs,
+        r.peak_rss_mb,
+        r.params,
+        r.dtype,
+        r.prompt_tokens,
+        r.new_tokens,
+        r.threads
     );
     println!(
         "memory reads at {:.1} GB/s now: reading every weight once per token caps decoding at {:.1} tokens/s; \

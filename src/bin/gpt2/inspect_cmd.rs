@@ -13,6 +13,7 @@ use gpt2::inspect::token_piece;
 use gpt2::inspect::trace::{self, logit_lens, LogitLens, TensorTrace, Trace, TraceOptions, GELU_NEAR_ZERO};
 use gpt2::io::{detect, load_model_with_tokenizer_as_is, non_finite_weights, Loaded};
 use gpt2::model::Workspace;
+use gpt2::ops::lowp::WeightDtype;
 use gpt2::plot::ImageFormat;
 use gpt2::tokenizer::{SpecialTokens, Tokenizer};
 use serde_json::json;
@@ -28,6 +29,10 @@ pub struct InspectArgs {
     /// gpt2-xl, shakespeare-char); no weights needed.
     #[arg(long, conflicts_with = "model", requires = "summary")]
     preset: Option<String>,
+    /// Follow the prompt with the weight matrices as bf16 or q8_0 store them (read back in
+    /// f32; the activations stay f32).
+    #[arg(long, default_value = "f32", conflicts_with_all = ["summary", "evolution"])]
+    dtype: WeightDtype,
     /// The text to follow through the model (`\n` for a line break; <|endoftext|> is the special token).
     #[arg(long)]
     prompt: Option<String>,
@@ -100,6 +105,7 @@ fn run_trace(args: &InspectArgs) -> Result<()> {
     if let Some(problem) = non_finite_weights(&model) {
         eprintln!("warning: {}: {problem}", model_path.display());
     }
+    let model = model.rounded_to(args.dtype)?;
     let ids = prompt_ids(args, model_path, tokenizer.as_ref())?;
     let options = TraceOptions {
         layer: args.layer,

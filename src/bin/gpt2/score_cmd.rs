@@ -3,7 +3,8 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gpt2::eval::score_tokens;
-use gpt2::io::load_model_with_tokenizer;
+use gpt2::io::load_model_with_tokenizer_as;
+use gpt2::ops::lowp::WeightDtype;
 use gpt2::tokenizer::UnknownChar;
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,11 @@ pub struct ScoreArgs {
     /// directory, an llm.c file, a run directory, or a downloaded model's name (gpt2, ...).
     #[arg(long)]
     model: PathBuf,
+    /// Weights in f32, bf16 (half the bytes, read twice as fast) or q8_0 (34 bytes per 32
+    /// weights): the weight matrices are converted as the model loads, products accumulate in
+    /// f32; `gpt2 info` shows the kernels.
+    #[arg(long, default_value = "f32")]
+    dtype: WeightDtype,
     /// Text file to score, tokenized with the model's own tokenizer.
     #[arg(long, conflicts_with = "tokens")]
     text: Option<PathBuf>,
@@ -31,7 +37,7 @@ pub struct ScoreArgs {
 }
 
 pub fn run(args: &ScoreArgs) -> Result<()> {
-    let loaded = load_model_with_tokenizer(&args.model)?;
+    let loaded = load_model_with_tokenizer_as(&args.model, args.dtype)?;
     let model = loaded.model;
     let tokenizer = match args.skip_unknown {
         true => loaded.tokenizer.map(|t| t.with_unknown_chars(UnknownChar::Skip)),

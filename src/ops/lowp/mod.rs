@@ -1,0 +1,516 @@
+//! Low-precision weights for inference: a weight matrix stored in bf16 or q8_0 ([`LowpMatrix`]),
+//! and its product with f32 activations on the kernel the CPU does best ([`kernel`]).
+//!
+//! Decoding one token reads every weight once, so its speed is the weights' bytes over the
+//! memory bandwidth: bf16 halves the bytes of f32, q8_0 (34 bytes per 32 weights) nearly
+//! quarters them. A matrix is stored [N, K]: one row of K inputs per output, each row
+//! zero-padded to a multiple of 32 (q8_0's block). The product `y [M, N] = x [M, K] · Wᵀ`
+//! splits the N rows across threads (64 per task); within a task it computes tiles of dot
+//! products, R activation rows by S weight rows, so that a prompt (M > 1) reads each weight
+//! once per R rows rather than once per row.
+
+pub mod bf16;
+pub mod kernel;
+pub mod q8_0;
+
+pub use kernel::{Bf16Kernel, Kernel, Kernels, Q8Kernel};
+
+use crate::io::dtype::{bf16_to_f32, f32_to_bf16};
+use q8_0::BlockQ8_0;
+use rayon::prelude::*;
+use std::fmt;
+use std::str::FromStr;
+
+/// Weights per q8_0 block; rows are padded to a multiple of it in every dtype.
+pub const BLOCK: usize = 32;
+
+/// Weight rows per task.
+const ROWS_PER_TASK: usize = 64;
+
+/// Tiles: decoding (M < [`PREFILL_ROWS`]) reads `DECODE_STREAMS` weight rows side by side (more
+/// reads in flight); a prompt reads `PREFILL_ROWS` activation rows against `PREFILL_COLS`
+/// weight rows at a time.
+const DECODE_STREAMS: usize = 4;
+const PREFILL_ROWS: usize = 4;
+const PREFILL_COLS: usize = 2;
+
+/// How a model's weight matrices are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightDtype {
+    #[default]
+    F32,
+    Bf16,
+    Q8_0,
+}
+
+impl WeightDtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::Bf16 => "bf16",
+            WeightDtype::Q8_0 => "q8_0",
+        }
+    }
+
+    /// Bytes per weight: 4, 2, 34/32.
+    pub fn bytes_per_weight(self) -> f64 {
+        match self {
+            WeightDtype::F32 => 4.0,
+            WeightDtype::Bf16 => 2.0,
+            WeightDtype::Q8_0 => (2 + BLOCK) as f64 / BLOCK as f64,
+        }
+    }
+}
+
+impl FromStr for WeightDtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(WeightDtype::F32),
+            "bf16" => Ok(WeightDtype::Bf16),
+            "q8_0" => Ok(WeightDtype::Q8_0),
+            _ => Err(format!("unknown dtype '{s}': expected f32, bf16 or q8_0")),
+        }
+    }
+}
+
+impl fmt::Display for WeightDtype {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+enum Storage {
+    Bf16(Vec<u16>),       // [N, padded]
+    Q8_0(Vec<BlockQ8_0>), // [N, padded / 32]
+}
+
+/// A weight matrix [N, K] in bf16 or q8_0, each row padded with zeros to `padded` (a
+/// multiple of 32) inputs.
+pub struct LowpMatrix {
+    rows: usize,
+    cols: usize,
+    padded: usize,
+    data: Storage,
+}
+
+impl LowpMatrix {
+    /// `w` [N, K] row-major: row i holds output i's weights (the LM head, wte).
+    pub fn from_rows(w: &[f32], n: usize, k: usize, dtype: WeightDtype) -> Result<Self, String> {
+        assert_eq!(w.len(), n * k);
+        Self::build(w, n, k, dtype, |i, row| row.copy_from_slice(&w[i * k..(i + 1) * k]))
+    }
+
+    /// `w` [K, N] row-major, a Conv1D weight (`y = x·W`): column i holds output i's weights.
+    pub fn from_columns(w: &[f32], k: usize, n: usize, dtype: WeightDtype) -> Result<Self, String> {
+        assert_eq!(w.len(), n * k);
+        Self::build(w, n, k, dtype, |i, row| {
+            row.iter_mut().zip(w[i..].iter().step_by(n)).for_each(|(r, &w)| *r = w)
+        })
+    }
+
+    /// Stores N rows of K weights, row i written by `row(i, out [K])`; every value of `w`
+    /// must be finite.
+    fn build(
+        w: &[f32],
+        n: usize,
+        k: usize,
+        dtype: WeightDtype,
+        row: impl Fn(usize, &mut [f32]) + Sync,
+    ) -> Result<Self, String> {
+        let bad = w.par_iter().filter(|x| !x.is_finite()).count();
+        if bad > 0 {
+            return Err(format!(
+                "holds {bad} NaN or infinite values, which {dtype} cannot store"
+            ));
+        }
+        let padded = k.div_ceil(BLOCK) * BLOCK;
+        let data = match dtype {
+            WeightDtype::F32 => return Err("f32 weights are not stored as a LowpMatrix".into()),
+            WeightDtype::Bf16 => {
+                let mut out = vec![0u16; n * padded];
+                let encode = |x: &[f32], out: &mut [u16]| x.iter().zip(out).for_each(|(&x, o)| *o = f32_to_bf16(x));
+                fill_rows(&mut out, padded, &row, k, padded, encode);
+                Storage::Bf16(out)
+            }
+            WeightDtype::Q8_0 => {
+                let zero = BlockQ8_0 { d: 0, qs: [0; BLOCK] };
+                let mut out = vec![zero; n * padded / BLOCK];
+                fill_rows(&mut out, padded / BLOCK, &row, k, padded, q8_0::quantize_row);
+                Storage::Q8_0(out)
+            }
+        };
+        Ok(LowpMatrix {
+            rows: n,
+            cols: k,
+            padded,
+            data,
+        })
+    }
+
+    /// N, the outputs.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// K, the inputs.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn dtype(&self) -> WeightDtype {
+        match self.data {
+            Storage::Bf16(_) => WeightDtype::Bf16,
+            Storage::Q8_0(_) => WeightDtype::Q8_0,
+        }
+    }
+
+    /// Bytes the weights take.
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            Storage::Bf16(w) => std::mem::size_of_val(w.as_slice()),
+            Storage::Q8_0(w) => std::mem::size_of_val(w.as_slice()),
+        }
+    }
+
+    /// The stored values as bytes (bf16 bits; q8_0 blocks, which have no padding).
+    pub fn as_bytes(&self) -> &[u8] {
+        let (ptr, len) = match &self.data {
+            Storage::Bf16(w) => (w.as_ptr() as *const u8, std::mem::size_of_val(w.as_slice())),
+            Storage::Q8_0(w) => (w.as_ptr() as *const u8, std::mem::size_of_val(w.as_slice())),
+        };
+        // SAFETY: `len` bytes from `ptr` are the initialised contents of one Vec, borrowed from self.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
+
+    /// Row i as f32, into `out` [K].
+    pub fn dequantize_row(&self, i: usize, out: &mut [f32]) {
+        let k = self.cols;
+        match &self.data {
+            Storage::Bf16(w) => {
+                let row = &w[i * self.padded..][..k];
+                out.iter_mut().zip(row).for_each(|(o, &b)| *o = bf16_to_f32(b));
+            }
+            Storage::Q8_0(w) => {
+                let nb = self.padded / BLOCK;
+                let mut row = vec![0.0; self.padded];
+                q8_0::dequantize_row(&w[i * nb..(i + 1) * nb], &mut row);
+                out.copy_from_slice(&row[..k]);
+            }
+        }
+    }
+
+    /// `out [M, N] = x [M, K] · Wᵀ`, on `kernels`.
+    pub fn matmul(&self, out: &mut [f32], x: &[f32], m: usize, kernels: Kernels) {
+        assert!(x.len() == m * self.cols && out.len() == m * self.rows);
+        if m == 1 {
+            return self.matmul_t(out, x, kernels); // [1, N] is its own transpose
+        }
+        let mut out_t = vec![0.0; m * self.rows];
+        self.matmul_t(&mut out_t, x, kernels);
+        for (i, col) in out_t.chunks_exact(m).enumerate() {
+            for (r, &v) in col.iter().enumerate() {
+                out[r * self.rows + i] = v;
+            }
+        }
+    }
+
+    /// `out_t [N, M] = W · xᵀ`.
+    fn matmul_t(&self, out_t: &mut [f32], x: &[f32], kernels: Kernels) {
+        let (k, padded) = (self.cols, self.padded);
+        match &self.data {
+            Storage::Bf16(w) => match kernels.bf16() {
+                #[cfg(target_arch = "x86_64")]
+                Bf16Kernel::Avx512Bf16 => {
+                    let x = bf16::round_rows(x, k, padded);
+                    product(
+                        &bf16::Avx512,
+                        out_t,
+                        w,
+                        padded,
+                        &x.chunks_exact(padded).collect::<Vec<_>>(),
+                    )
+                }
+                #[cfg(target_arch = "x86_64")]
+                Bf16Kernel::Avx2 => {
+                    let x = pad_rows(x, k, padded);
+                    product(
+                        &bf16::Avx2,
+                        out_t,
+                        w,
+                        padded,
+                        &x.chunks_exact(padded).collect::<Vec<_>>(),
+                    )
+                }
+                Bf16Kernel::Scalar => {
+                    let x = pad_rows(x, k, padded);
+                    product(
+                        &bf16::Scalar,
+                        out_t,
+                        w,
+                        padded,
+                        &x.chunks_exact(padded).collect::<Vec<_>>(),
+                    )
+                }
+            },
+            Storage::Q8_0(w) => {
+                let acts = q8_0::Activations::quantize(x, k, padded);
+                let (x, nb) = (acts.rows(), padded / BLOCK);
+                match kernels.q8_0() {
+                    #[cfg(target_arch = "x86_64")]
+                    Q8Kernel::Avx512Vnni => product(&q8_0::Vnni512, out_t, w, nb, &x),
+                    #[cfg(target_arch = "x86_64")]
+                    Q8Kernel::AvxVnni => product(&q8_0::AvxVnni, out_t, w, nb, &x),
+                    #[cfg(target_arch = "x86_64")]
+                    Q8Kernel::Avx2 => product(&q8_0::Avx2, out_t, w, nb, &x),
+                    Q8Kernel::Scalar => product(&q8_0::Scalar, out_t, w, nb, &x),
+                }
+            }
+        }
+    }
+}
+
+/// Fills `out` (N rows of `per_row` stored values) on all threads: row i is written by
+/// `row(i, [K])` into a zero-padded f32 buffer [padded], then `encode`d.
+fn fill_rows<T: Send>(
+    out: &mut [T],
+    per_row: usize,
+    row: &(impl Fn(usize, &mut [f32]) + Sync),
+    k: usize,
+    padded: usize,
+    encode: impl Fn(&[f32], &mut [T]) + Sync,
+) {
+    out.par_chunks_mut(per_row).enumerate().for_each_init(
+        || vec![0.0f32; padded],
+        |buf, (i, out)| {
+            row(i, &mut buf[..k]);
+            encode(buf, out);
+        },
+    );
+}
+
+/// The rows of x [M, K], each padded with zeros to `padded`.
+fn pad_rows(x: &[f32], k: usize, padded: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len() / k * padded];
+    for (o, x) in out.chunks_exact_mut(padded).zip(x.chunks_exact(k)) {
+        o[..k].copy_from_slice(x);
+    }
+    out
+}
+
+/// One kernel: the dot products of S weight rows with R activation rows, `out[r][s] = w_s · x_r`.
+/// Rows are zero-padded to the same length.
+pub trait Tile<'a>: Sync {
+    /// What a stored weight row is made of (bf16 bits, q8_0 blocks).
+    type W: Sync;
+    /// One activation row as the kernel reads it.
+    type X: Copy + Send + Sync + 'a;
+    fn tile<const R: usize, const S: usize>(&self, w: [&[Self::W]; S], x: [Self::X; R]) -> [[f32; S]; R];
+}
+
+/// `out_t [N, M] = W · xᵀ` with W stored [N, `row_len`] and x given as M rows: tasks of
+/// [`ROWS_PER_TASK`] weight rows on the rayon pool.
+fn product<'a, T: Tile<'a>>(kernel: &T, out_t: &mut [f32], w: &[T::W], row_len: usize, x: &[T::X]) {
+    let m = x.len();
+    out_t
+        .par_chunks_mut(ROWS_PER_TASK * m)
+        .zip(w.par_chunks(ROWS_PER_TASK * row_len))
+        .for_each(|(out, w)| {
+            let rows: Vec<&[T::W]> = w.chunks_exact(row_len).collect();
+            match m < PREFILL_ROWS {
+                true => tiles::<T, 1, DECODE_STREAMS>(kernel, out, &rows, x),
+                false => tiles::<T, PREFILL_ROWS, PREFILL_COLS>(kernel, out, &rows, x),
+            }
+        });
+}
+
+/// `out [rows, M]`: `out[i, r] = rows[i] · x[r]`, in tiles of R × S (smaller at the edges).
+/// A tile's S weight rows lie 1/S of the task apart (rows i, q + i, 2q + i, ...): one core
+/// keeps more reads in flight from S distant sequential streams than from one.
+fn tiles<'a, T: Tile<'a>, const R: usize, const S: usize>(kernel: &T, out: &mut [f32], rows: &[&[T::W]], x: &[T::X]) {
+    let q = rows.len() / S;
+    for i in 0..q {
+        let at: [usize; S] = std::array::from_fn(|s| s * q + i);
+        along_x::<T, R, S>(kernel, out, at, at.map(|j| rows[j]), x);
+    }
+    for (j, &row) in rows.iter().enumerate().skip(S * q) {
+        along_x::<T, R, 1>(kernel, out, [j], [row], x);
+    }
+}
+
+/// `out[at[s], r] = w[s] · x[r]` for the S weight rows `w` (rows `at` of the task) and every
+/// activation row, R at a time.
+fn along_x<'a, T: Tile<'a>, const R: usize, const S: usize>(
+    kernel: &T,
+    out: &mut [f32],
+    at: [usize; S],
+    w: [&[T::W]; S],
+    x: &[T::X],
+) {
+    let m = x.len();
+    let mut put = |r: usize, dots: [f32; S]| at.iter().zip(dots).for_each(|(&i, d)| out[i * m + r] = d);
+    let groups = m / R;
+    for g in 0..groups {
+        let xs: [T::X; R] = std::array::from_fn(|j| x[g * R + j]);
+        for (j, dots) in kernel.tile::<R, S>(w, xs).into_iter().enumerate() {
+            put(g * R + j, dots);
+        }
+    }
+    for (r, &xr) in x.iter().enumerate().skip(groups * R) {
+        let [dots] = kernel.tile::<1, S>(w, [xr]);
+        put(r, dots);
+    }
+}
+
+/// The sum of a vector's 8 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_util::random_vec;
+
+    /// Every kernel of `dtype` this CPU has, each forced by name as `GPT2_KERNEL` would.
+    fn kernels_of(dtype: WeightDtype) -> Vec<(&'static str, Kernels)> {
+        let names: Vec<&str> = match dtype {
+            WeightDtype::Bf16 => Bf16Kernel::ALL.iter().map(|k| k.name()).collect(),
+            _ => Q8Kernel::ALL.iter().map(|k| k.name()).collect(),
+        };
+        names
+            .into_iter()
+            .filter_map(|name| Kernels::forced(name).ok().map(|k| (name, k)))
+            .collect()
+    }
+
+    #[test]
+    fn every_kernel_matches_the_f64_product_on_odd_shapes() {
+        // K not a multiple of 8, 16 or 32; N crossing tasks (64 rows) and tiles; M crossing tiles of 4.
+        for (m, k, n) in [
+            (1, 1, 1),
+            (1, 33, 7),
+            (2, 70, 65),
+            (3, 100, 131),
+            (4, 47, 3),
+            (9, 129, 200),
+        ] {
+            let x = random_vec(m * k, 1);
+            let w = random_vec(n * k, 2); // [N, K]
+            for dtype in [WeightDtype::Bf16, WeightDtype::Q8_0] {
+                let mat = LowpMatrix::from_rows(&w, n, k, dtype).unwrap();
+                let mut stored = vec![0.0; n * k];
+                stored
+                    .chunks_exact_mut(k)
+                    .enumerate()
+                    .for_each(|(i, row)| mat.dequantize_row(i, row));
+                let x_max = x.iter().fold(0.0f32, |a, b| a.max(b.abs())) as f64;
+                for (name, kernels) in kernels_of(dtype) {
+                    let mut out = vec![f32::NAN; m * n];
+                    mat.matmul(&mut out, &x, m, kernels);
+                    for (r, c) in (0..m).flat_map(|r| (0..n).map(move |c| (r, c))) {
+                        let (xr, wr) = (&x[r * k..(r + 1) * k], &stored[c * k..(c + 1) * k]);
+                        let exact: f64 = xr.iter().zip(wr).map(|(&a, &b)| a as f64 * b as f64).sum();
+                        let abs_sum: f64 = xr.iter().zip(wr).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                        let w_sum: f64 = wr.iter().map(|&b| (b as f64).abs()).sum();
+                        // what rounding the activations costs: bf16 (2^-9 relative), q8 (half a step of max|x|/127)
+                        let bound = match (dtype, name) {
+                            (WeightDtype::Bf16, "avx512bf16") => abs_sum / 256.0,
+                            (WeightDtype::Bf16, _) => abs_sum * 1e-5,
+                            _ => w_sum * x_max / 254.0,
+                        } + 1e-5;
+                        let err = (out[r * n + c] as f64 - exact).abs();
+                        assert!(
+                            err <= bound,
+                            "{dtype} {name} m={m} k={k} n={n} [{r},{c}]: error {err} > {bound}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_conv1d_weight_is_stored_by_columns() {
+        let (k, n) = (37, 5);
+        let w = random_vec(k * n, 3); // [K, N]
+        let w_t: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect(); // [N, K]
+        for dtype in [WeightDtype::Bf16, WeightDtype::Q8_0] {
+            let (a, b) = (
+                LowpMatrix::from_columns(&w, k, n, dtype).unwrap(),
+                LowpMatrix::from_rows(&w_t, n, k, dtype).unwrap(),
+            );
+            let (mut ra, mut rb) = (vec![0.0; k], vec![0.0; k]);
+            for i in 0..n {
+                a.dequantize_row(i, &mut ra);
+                b.dequantize_row(i, &mut rb);
+                assert_eq!(ra, rb);
+            }
+        }
+    }
+
+    #[test]
+    fn q8_0_round_trip_is_within_half_a_step() {
+        assert_eq!(std::mem::size_of::<BlockQ8_0>(), 34);
+        // blocks of all sizes, a zero block, an outlier among small weights, a ragged last block
+        let k = 5 * BLOCK + 7;
+        let mut w: Vec<f32> = random_vec(k, 4);
+        let scales = [1.0f32, 1e-3, 0.0, 50.0, 0.02, 3.0];
+        for (i, x) in w.iter_mut().enumerate() {
+            *x *= scales[i / BLOCK];
+        }
+        w[3 * BLOCK + 5] = 40.0;
+        let mat = LowpMatrix::from_rows(&w, 1, k, WeightDtype::Q8_0).unwrap();
+        assert_eq!(mat.bytes(), 6 * 34);
+        let mut back = vec![0.0; k];
+        mat.dequantize_row(0, &mut back);
+        for (b, (w, back)) in w.chunks(BLOCK).zip(back.chunks(BLOCK)).enumerate() {
+            let amax = w.iter().fold(0.0f32, |a, b| a.max(b.abs()));
+            let step = amax / 127.0 * (1.0 + 1.0 / 1024.0); // the f16 scale, rounded
+            for (x, y) in w.iter().zip(back) {
+                assert!((x - y).abs() <= step / 2.0, "block {b}: {x} -> {y}, step {step}");
+            }
+            // the largest weight of a block is stored to within f16's precision
+            let top = w.iter().zip(back).find(|(x, _)| x.abs() == amax).unwrap();
+            assert!((top.0 - top.1).abs() <= amax / 1024.0, "block {b}: {top:?}");
+        }
+    }
+
+    #[test]
+    fn bf16_round_trip_is_within_half_an_ulp() {
+        let w = random_vec(100, 5);
+        let mat = LowpMatrix::from_rows(&w, 4, 25, WeightDtype::Bf16).unwrap();
+        assert_eq!(mat.bytes(), 4 * 32 * 2);
+        let mut back = vec![0.0; 25];
+        for (i, w) in w.chunks(25).enumerate() {
+            mat.dequantize_row(i, &mut back);
+            for (x, y) in w.iter().zip(&back) {
+                assert!((x - y).abs() <= x.abs() / 256.0, "{x} -> {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_weights_and_f32_are_refused() {
+        let mut w = random_vec(64, 6);
+        w[10] = f32::NAN;
+        w[11] = f32::INFINITY;
+        for dtype in [WeightDtype::Bf16, WeightDtype::Q8_0] {
+            let err = LowpMatrix::from_rows(&w, 2, 32, dtype).err().unwrap();
+            assert!(err.contains("2 NaN or infinite") && err.contains(dtype.name()), "{err}");
+        }
+        assert!(LowpMatrix::from_rows(&[1.0], 1, 1, WeightDtype::F32).is_err());
+        assert_eq!("q8_0".parse::<WeightDtype>(), Ok(WeightDtype::Q8_0));
+        assert!("int4"
+            .parse::<WeightDtype>()
+            .unwrap_err()
+            .contains("expected f32, bf16 or q8_0"));
+    }
+}

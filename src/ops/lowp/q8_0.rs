@@ -1,0 +1,275 @@
+//! q8_0 weights, llama.cpp's layout: blocks of 32 weights, each an f16 scale
+//! `d = max|w| / 127` and 32 int8 `q = round(w / d)`, so `w ≈ d·q`: 34 bytes per 32 weights.
+//!
+//! A product quantizes the activations the same way on the fly (one f32 scale per block of 32),
+//! then each pair of blocks is one integer dot product:
+//! `Σ_i w_i·x_i ≈ d_w·d_x · Σ_i q_w,i·q_x,i`, the sum exact in i32, the scaling and the sum over
+//! blocks in f32.
+//!
+//! Kernels (see [`super::kernel`]): `avx512vnni` and `avxvnni` use `vpdpbusd`, which multiplies
+//! unsigned by signed bytes: the weights get 128 added (`q_w + 128` in 1..=255) and the sum is
+//! corrected by `-128 · Σ q_x`, a number per activation block computed once per product. `avx2`
+//! multiplies |q_w| by q_x·sign(q_w) (`vpmaddubsw`, pairs into i16, which cannot overflow with
+//! |q| ≤ 127). `scalar` is plain Rust.
+
+use super::{Tile, BLOCK};
+use crate::io::dtype::{f16_to_f32, f32_to_f16};
+
+/// 32 weights: `w_i ≈ d · qs[i]`, d an f16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    pub d: u16,
+    pub qs: [i8; BLOCK],
+}
+
+/// The scale of a block whose largest magnitude is `amax`, and its inverse (0 for a block of zeros).
+fn scale(amax: f32) -> (f32, f32) {
+    let d = amax / 127.0;
+    (d, if d > 0.0 { 1.0 / d } else { 0.0 })
+}
+
+/// `round(x · inverse)` into `qs`, clamped to ±127 (an f16 scale may round below max|x|/127).
+fn quantize_into(qs: &mut [i8; BLOCK], x: &[f32], inverse: f32) {
+    for (q, &x) in qs.iter_mut().zip(x) {
+        *q = (x * inverse).round().clamp(-127.0, 127.0) as i8;
+    }
+}
+
+/// One row of weights, `x` [32·nb] (zero-padded), into `out` [nb].
+pub fn quantize_row(x: &[f32], out: &mut [BlockQ8_0]) {
+    for (block, x) in out.iter_mut().zip(x.chunks_exact(BLOCK)) {
+        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        // quantize with the scale as stored, so that d·q is as close to w as it can be
+        block.d = f32_to_f16(scale(amax).0);
+        quantize_into(&mut block.qs, x, scale(127.0 * f16_to_f32(block.d)).1);
+    }
+}
+
+/// One row of weights back to f32, `out` [32·nb].
+pub fn dequantize_row(blocks: &[BlockQ8_0], out: &mut [f32]) {
+    for (block, out) in blocks.iter().zip(out.chunks_exact_mut(BLOCK)) {
+        let d = f16_to_f32(block.d);
+        out.iter_mut().zip(&block.qs).for_each(|(o, &q)| *o = d * q as f32);
+    }
+}
+
+/// Activations x [M, K] quantized by blocks of 32 (rows zero-padded to `padded` = 32·nb).
+pub struct Activations {
+    qs: Vec<i8>,         // [M, padded]
+    d: Vec<f32>,         // [M, nb] the f32 scale of each block
+    corr: Vec<[i32; 8]>, // [M, nb] (-128 · Σ qs of the block, 0, ..., 0): the vpdpbusd correction
+    padded: usize,
+}
+
+/// One row of [`Activations`], as the kernels read it.
+#[derive(Clone, Copy)]
+pub struct Row<'a> {
+    qs: &'a [i8],
+    d: &'a [f32],
+    corr: &'a [[i32; 8]],
+}
+
+impl Activations {
+    pub fn quantize(x: &[f32], k: usize, padded: usize) -> Self {
+        let (m, nb) = (x.len() / k, padded / BLOCK);
+        let mut acts = Activations {
+            qs: vec![0; m * padded],
+            d: vec![0.0; m * nb],
+            corr: vec![[0; 8]; m * nb],
+            padded,
+        };
+        let mut row = vec![0.0f32; padded];
+        for (i, x) in x.chunks_exact(k).enumerate() {
+            row[..k].copy_from_slice(x);
+            let qs = acts.qs[i * padded..(i + 1) * padded].chunks_exact_mut(BLOCK);
+            for (b, (qs, x)) in qs.zip(row.chunks_exact(BLOCK)).enumerate() {
+                let (d, inverse) = scale(x.iter().fold(0.0f32, |m, v| m.max(v.abs())));
+                let qs: &mut [i8; BLOCK] = qs.try_into().expect("a block");
+                quantize_into(qs, x, inverse);
+                acts.d[i * nb + b] = d;
+                acts.corr[i * nb + b][0] = -128 * qs.iter().map(|&q| q as i32).sum::<i32>();
+            }
+        }
+        acts
+    }
+
+    pub fn rows(&self) -> Vec<Row<'_>> {
+        let nb = self.padded / BLOCK;
+        (0..self.d.len() / nb.max(1))
+            .map(|i| Row {
+                qs: &self.qs[i * self.padded..(i + 1) * self.padded],
+                d: &self.d[i * nb..(i + 1) * nb],
+                corr: &self.corr[i * nb..(i + 1) * nb],
+            })
+            .collect()
+    }
+}
+
+/// Checks that S weight rows and R activation rows have the same number of blocks.
+fn check_lengths<const R: usize, const S: usize>(w: &[&[BlockQ8_0]; S], x: &[Row; R]) {
+    let nb = x[0].d.len();
+    assert!(
+        w.iter().all(|w| w.len() == nb)
+            && x.iter()
+                .all(|x| x.d.len() == nb && x.corr.len() == nb && x.qs.len() == nb * BLOCK)
+    );
+}
+
+/// Plain Rust.
+pub struct Scalar;
+
+impl<'a> Tile<'a> for Scalar {
+    type W = BlockQ8_0;
+    type X = Row<'a>;
+
+    fn tile<const R: usize, const S: usize>(&self, w: [&[BlockQ8_0]; S], x: [Row<'a>; R]) -> [[f32; S]; R] {
+        check_lengths(&w, &x);
+        let mut acc = [[0.0f32; S]; R];
+        for b in 0..x[0].d.len() {
+            for (acc, x) in acc.iter_mut().zip(&x) {
+                let qx = &x.qs[b * BLOCK..(b + 1) * BLOCK];
+                for (acc, w) in acc.iter_mut().zip(&w) {
+                    let dot: i32 = w[b].qs.iter().zip(qx).map(|(&a, &b)| a as i32 * b as i32).sum();
+                    *acc += dot as f32 * (f16_to_f32(w[b].d) * x.d[b]);
+                }
+            }
+        }
+        acc
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub use x86::{Avx2, AvxVnni, Vnni512};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::super::{hsum256, Tile};
+    use super::{check_lengths, BlockQ8_0, Row, BLOCK};
+    use std::arch::x86_64::*;
+
+    /// The f16 scale of a block as f32 (F16C).
+    #[target_feature(enable = "f16c")]
+    #[inline]
+    unsafe fn f16_scale(d: u16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(d as i32)))
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn load_block(p: *const i8) -> __m256i {
+        _mm256_loadu_si256(p as *const __m256i)
+    }
+
+    /// AVX2: `vpmaddubsw` + `vpmaddwd`.
+    pub struct Avx2;
+
+    impl<'a> Tile<'a> for Avx2 {
+        type W = BlockQ8_0;
+        type X = Row<'a>;
+
+        fn tile<const R: usize, const S: usize>(&self, w: [&[BlockQ8_0]; S], x: [Row<'a>; R]) -> [[f32; S]; R] {
+            check_lengths(&w, &x);
+            // SAFETY: chosen only where the CPU has AVX2, FMA and F16C (Kernels); lengths checked.
+            unsafe { avx2_tile(w, x) }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn avx2_tile<const R: usize, const S: usize>(w: [&[BlockQ8_0]; S], x: [Row; R]) -> [[f32; S]; R] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); S]; R];
+        for b in 0..x[0].d.len() {
+            let mut wq = [_mm256_setzero_si256(); S];
+            let mut dw = [0.0f32; S];
+            for s in 0..S {
+                let block = w[s].get_unchecked(b);
+                wq[s] = load_block(block.qs.as_ptr());
+                dw[s] = f16_scale(block.d);
+            }
+            for r in 0..R {
+                let xq = load_block(x[r].qs.as_ptr().add(b * BLOCK));
+                let dx = *x[r].d.get_unchecked(b);
+                for s in 0..S {
+                    // |w| · (x · sign(w)) = w · x, in pairs (i16), then in quads (i32)
+                    let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq[s], wq[s]), _mm256_sign_epi8(xq, wq[s]));
+                    let quads = _mm256_madd_epi16(pairs, ones);
+                    acc[r][s] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(quads), _mm256_set1_ps(dw[s] * dx), acc[r][s]);
+                }
+            }
+        }
+        let mut out = [[0.0; S]; R];
+        for r in 0..R {
+            for s in 0..S {
+                out[r][s] = hsum256(acc[r][s]);
+            }
+        }
+        out
+    }
+
+    /// The VNNI kernels: one body, two encodings of `vpdpbusd` (`$dp`), each under its features.
+    macro_rules! vnni_kernel {
+        ($kernel:ident, $tile:ident, $features:literal, $dp:ident, $doc:literal) => {
+            #[doc = $doc]
+            pub struct $kernel;
+
+            impl<'a> Tile<'a> for $kernel {
+                type W = BlockQ8_0;
+                type X = Row<'a>;
+
+                fn tile<const R: usize, const S: usize>(&self, w: [&[BlockQ8_0]; S], x: [Row<'a>; R]) -> [[f32; S]; R] {
+                    check_lengths(&w, &x);
+                    // SAFETY: chosen only where the CPU has these features (Kernels); lengths checked.
+                    unsafe { $tile(w, x) }
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            unsafe fn $tile<const R: usize, const S: usize>(w: [&[BlockQ8_0]; S], x: [Row; R]) -> [[f32; S]; R] {
+                let flip = _mm256_set1_epi8(-128);
+                let mut acc = [[_mm256_setzero_ps(); S]; R];
+                for b in 0..x[0].d.len() {
+                    let mut wu = [_mm256_setzero_si256(); S];
+                    let mut dw = [0.0f32; S];
+                    for s in 0..S {
+                        let block = w[s].get_unchecked(b);
+                        wu[s] = _mm256_xor_si256(load_block(block.qs.as_ptr()), flip); // q_w + 128 as u8
+                        dw[s] = f16_scale(block.d);
+                    }
+                    for r in 0..R {
+                        let xq = load_block(x[r].qs.as_ptr().add(b * BLOCK));
+                        let corr = _mm256_loadu_si256(x[r].corr.as_ptr().add(b) as *const __m256i);
+                        let dx = *x[r].d.get_unchecked(b);
+                        for s in 0..S {
+                            // corr + Σ (q_w + 128)·q_x = Σ q_w·q_x over the 8 lanes
+                            let dot = $dp(corr, wu[s], xq);
+                            acc[r][s] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(dw[s] * dx), acc[r][s]);
+                        }
+                    }
+                }
+                let mut out = [[0.0; S]; R];
+                for r in 0..R {
+                    for s in 0..S {
+                        out[r][s] = hsum256(acc[r][s]);
+                    }
+                }
+                out
+            }
+        };
+    }
+
+    vnni_kernel!(
+        Vnni512,
+        vnni512_tile,
+        "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
+        _mm256_dpbusd_epi32,
+        "AVX512-VNNI `vpdpbusd` on 256-bit registers."
+    );
+    vnni_kernel!(
+        AvxVnni,
+        avxvnni_tile,
+        "avx2,fma,f16c,avxvnni",
+        _mm256_dpbusd_avx_epi32,
+        "AVX-VNNI `vpdpbusd` (VEX encoded)."
+    );
+}
