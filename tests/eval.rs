@@ -341,3 +341,77 @@ fn exact_match_and_prompts_report_what_they_generated() {
     ]);
     assert_eq!(out.stdout, again.stdout);
 }
+
+#[test]
+fn instruction_tuning_learns_the_responses_that_exact_and_generate_then_give() {
+    let dir = temp_dir("eval-instruct");
+    let words = [
+        "apple", "river", "stone", "cloud", "green", "house", "light", "table", "water", "night",
+    ];
+    let records: Vec<String> = words
+        .iter()
+        .map(|w| format!(r#"{{"instruction": "Is this a word?", "input": "{w}", "output": "yes"}}"#))
+        .collect();
+    let data = dir.join("set.jsonl");
+    std::fs::write(&data, records.join("\n")).unwrap();
+    // A byte-level BPE of 300 ids (it has <|endoftext|>), learned on the template's words.
+    let prompt = gpt2::data::instructions::prompt("Is this a word?", "apple");
+    Tokenizer::train_bpe(&prompt.repeat(20), 300)
+        .unwrap()
+        .save(&dir)
+        .unwrap();
+    let (data, run) = (data.display(), dir.join("run"));
+    let (tokenizer, run) = (format!("bpe:{}", dir.join("tokenizer.json").display()), run.display());
+    // Commands as one line each (the paths hold no spaces).
+    let gpt2 = |line: String| run_gpt2(&line.split_whitespace().collect::<Vec<_>>());
+    let succeeds = |line: String| {
+        let out = gpt2(line);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    let log = succeeds(format!(
+        "train --data {data} --tokenizer {tokenizer} --out-dir {run} --n-layer 1 --n-head 2 --n-embd 16 \
+         --block-size 128 --batch-size 4 --lr 1e-2 --warmup-iters 5 --eval-interval 20 --eval-iters 1 \
+         --val-fraction 0.2 --sample-tokens 4 --threads 2 --max-iters 40"
+    ));
+    let log = String::from_utf8_lossy(&log);
+    assert!(log.contains("train 8 / val 2"), "{log}");
+    // Resumed, the run finds the same records.
+    succeeds(format!("train --resume {run} --max-iters 60 --threads 2"));
+    let out = succeeds(format!("eval exact --model {run} --file {data} --json"));
+    let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        (json["items"].as_u64(), json["correct"].as_u64()),
+        (Some(10), Some(10)),
+        "{json}"
+    );
+    // generate --instruction: the same template, and the response ends at <|endoftext|>.
+    let out = run_gpt2(&[
+        "generate",
+        "--model",
+        &run.to_string(),
+        "--instruction",
+        "Is this a word?",
+        "--input",
+        "apple",
+        "--greedy",
+        "--json",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&json["samples"][0]["text"], &json["samples"][0]["finish"]),
+        (&"yes".into(), &"stop_token".into())
+    );
+
+    // The records must fit the block, and a char-level vocabulary cannot end a response.
+    let out = gpt2(format!("train --data {data} --tokenizer {tokenizer} --block-size 32"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("set.jsonl: record 1 is") && err.contains("--block-size"),
+        "{err}"
+    );
+    let char_run = dir.join("char");
+    let out = gpt2(format!("train --data {data} --out-dir {}", char_run.display()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("<|endoftext|>") && !char_run.exists(), "{err}");
+}
