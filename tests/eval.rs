@@ -15,6 +15,18 @@ use common::{fixture, run_gpt2, temp_dir};
 
 const SHAKESPEARE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt");
 
+/// Runs `gpt2` with the words of `line` (the tests' paths hold no spaces).
+fn run_line(line: &str) -> std::process::Output {
+    run_gpt2(&line.split_whitespace().collect::<Vec<_>>())
+}
+
+/// [`run_line`], which must succeed; its standard output.
+fn succeeds(line: &str) -> Vec<u8> {
+    let out = run_line(line);
+    assert!(out.status.success(), "{line}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
 /// The trained char-level fixture (64 positions) and its tokenizer.
 fn trained() -> (Gpt, Tokenizer) {
     let loaded = load_model_with_tokenizer(&fixture("shakespeare_char")).unwrap();
@@ -282,20 +294,12 @@ fn exact_match_and_prompts_report_what_they_generated() {
         "{\"instruction\": \"Reverse the word.\", \"input\": \"cat\", \"output\": \"tac\"}\n{\"instruction\": \"Say hi.\", \"input\": \"\", \"output\": \"hi\"}\n",
     )
     .unwrap();
-    let out = run_gpt2(&[
-        "eval",
-        "exact",
-        "--model",
-        model_dir.to_str().unwrap(),
-        "--file",
-        file.to_str().unwrap(),
-        "--max-new-tokens",
-        "5",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let records = gpt2::data::instructions::read_instructions(&file).unwrap();
+    let (model_dir, file) = (model_dir.display(), file.display());
+    let out = succeeds(&format!(
+        "eval exact --model {model_dir} --file {file} --max-new-tokens 5 --json"
+    ));
+    let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let records = gpt2::data::instructions::read_instructions(dir.join("test.jsonl").as_path()).unwrap();
     let expected = gpt2::eval::exact::exact_match(&model, &tokenizer, &records, 5).unwrap();
     assert_eq!(json, serde_json::to_value(&expected).unwrap());
     assert_eq!(json["items"], 2);
@@ -304,21 +308,12 @@ fn exact_match_and_prompts_report_what_they_generated() {
 
     let prompts = dir.join("prompts.txt");
     std::fs::write(&prompts, "Hello, I am\nThe sky is\n").unwrap();
-    let out = run_gpt2(&[
-        "eval",
-        "prompts",
-        "--model",
-        model_dir.to_str().unwrap(),
-        "--file",
-        prompts.to_str().unwrap(),
-        "--max-new-tokens",
-        "6",
-        "--seed",
-        "7",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let line = format!(
+        "eval prompts --model {model_dir} --file {} --max-new-tokens 6 --seed 7 --json",
+        prompts.display()
+    );
+    let out = succeeds(&line);
+    let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(json["continuations"].as_array().unwrap().len(), 6);
     assert_eq!(json["summary"].as_array().unwrap().len(), 3);
     for c in json["continuations"].as_array().unwrap() {
@@ -326,20 +321,7 @@ fn exact_match_and_prompts_report_what_they_generated() {
         assert!(c["mean_loss"].as_f64().unwrap() > 0.0);
     }
     // The same seed gives the same report.
-    let again = run_gpt2(&[
-        "eval",
-        "prompts",
-        "--model",
-        model_dir.to_str().unwrap(),
-        "--file",
-        prompts.to_str().unwrap(),
-        "--max-new-tokens",
-        "6",
-        "--seed",
-        "7",
-        "--json",
-    ]);
-    assert_eq!(out.stdout, again.stdout);
+    assert_eq!(out, succeeds(&line));
 }
 
 #[test]
@@ -362,14 +344,7 @@ fn instruction_tuning_learns_the_responses_that_exact_and_generate_then_give() {
         .unwrap();
     let (data, run) = (data.display(), dir.join("run"));
     let (tokenizer, run) = (format!("bpe:{}", dir.join("tokenizer.json").display()), run.display());
-    // Commands as one line each (the paths hold no spaces).
-    let gpt2 = |line: String| run_gpt2(&line.split_whitespace().collect::<Vec<_>>());
-    let succeeds = |line: String| {
-        let out = gpt2(line);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        out.stdout
-    };
-    let log = succeeds(format!(
+    let log = succeeds(&format!(
         "train --data {data} --tokenizer {tokenizer} --out-dir {run} --n-layer 1 --n-head 2 --n-embd 16 \
          --block-size 128 --batch-size 4 --lr 1e-2 --warmup-iters 5 --eval-interval 20 --eval-iters 1 \
          --val-fraction 0.2 --sample-tokens 4 --threads 2 --max-iters 40"
@@ -377,8 +352,8 @@ fn instruction_tuning_learns_the_responses_that_exact_and_generate_then_give() {
     let log = String::from_utf8_lossy(&log);
     assert!(log.contains("train 8 / val 2"), "{log}");
     // Resumed, the run finds the same records.
-    succeeds(format!("train --resume {run} --max-iters 60 --threads 2"));
-    let out = succeeds(format!("eval exact --model {run} --file {data} --json"));
+    succeeds(&format!("train --resume {run} --max-iters 60 --threads 2"));
+    let out = succeeds(&format!("eval exact --model {run} --file {data} --json"));
     let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(
         (json["items"].as_u64(), json["correct"].as_u64()),
@@ -404,14 +379,14 @@ fn instruction_tuning_learns_the_responses_that_exact_and_generate_then_give() {
     );
 
     // The records must fit the block, and a char-level vocabulary cannot end a response.
-    let out = gpt2(format!("train --data {data} --tokenizer {tokenizer} --block-size 32"));
+    let out = run_line(&format!("train --data {data} --tokenizer {tokenizer} --block-size 32"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("set.jsonl: record 1 is") && err.contains("--block-size"),
         "{err}"
     );
     let char_run = dir.join("char");
-    let out = gpt2(format!("train --data {data} --out-dir {}", char_run.display()));
+    let out = run_line(&format!("train --data {data} --out-dir {}", char_run.display()));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("<|endoftext|>") && !char_run.exists(), "{err}");
 }
