@@ -5,6 +5,7 @@
 
 pub mod batches;
 pub mod corpus;
+pub mod instructions;
 pub mod shard;
 
 pub use batches::{eval_starts, Batch, BatchStream, DataPosition, Dataset, Split, Windows};

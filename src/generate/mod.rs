@@ -26,11 +26,23 @@ pub fn generate_ids(
     sampling: &Sampling,
     rng: &mut Rng,
 ) -> Result<Vec<u32>> {
+    generate_ids_until(model, prompt, max_new_tokens, sampling, &[], rng)
+}
+
+/// [`generate_ids`] ending the sample at one of `stop_tokens` too (kept as its last id).
+pub fn generate_ids_until(
+    model: &Gpt,
+    prompt: &[u32],
+    max_new_tokens: usize,
+    sampling: &Sampling,
+    stop_tokens: &[u32],
+    rng: &mut Rng,
+) -> Result<Vec<u32>> {
     let options = GenerateOptions {
         max_new_tokens,
         num_samples: 1,
         sampling: sampling.clone(),
-        stop_tokens: Vec::new(),
+        stop_tokens: stop_tokens.to_vec(),
     };
     let mut generator = Generator::new(model, prompt, options, rng)?;
     for token in generator.by_ref() {

@@ -16,6 +16,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod metrics;
 pub mod plot;
 pub mod run_dir;
@@ -26,7 +27,7 @@ pub use config::{Overrides, TrainConfig};
 pub use metrics::{EvalRecord, StepRecord};
 
 use crate::config::Config;
-use crate::data::{Batch, BatchStream, Dataset, Split};
+use crate::data::{Batch, BatchStream, Split};
 use crate::error::{Error, Result};
 use crate::generate::{generate_ids, Sampling};
 use crate::io::lock::DirLock;
@@ -40,6 +41,7 @@ use crate::runlog::param_stats::ParamStatsRecord;
 use crate::runlog::INIT_DIR;
 use crate::tokenizer::Tokenizer;
 use checkpoint::TrainerState;
+use data::TrainData;
 use metrics::{MetricsLog, Record};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,6 +69,8 @@ pub struct RunInfo {
     pub tokens: usize,
     pub train_tokens: usize,
     pub val_tokens: usize,
+    /// Instruction records in the train and the validation split (None: a text corpus).
+    pub records: Option<[usize; 2]>,
     /// Whether the token shard came from the cache.
     pub cached: bool,
     pub shard: PathBuf,
@@ -113,7 +117,7 @@ pub struct Trainer {
     parallel: DataParallel,
     optimizer: AdamW,
     tokenizer: Tokenizer,
-    data: Dataset,
+    data: TrainData,
     corpus_key: String,
     stream: BatchStream,
     dropout_rng: Rng,
@@ -218,8 +222,8 @@ impl Trainer {
         set_zero(&mut self.grads);
         let mut loss = 0.0f32;
         for _ in 0..accum {
-            let starts = self.stream.next_starts(self.data.train.len(), t, b);
-            self.data.fill(Split::Train, &starts, t, batch);
+            let starts = self.stream.next_starts(self.data.span(Split::Train, t), t, b);
+            let t = self.data.fill(Split::Train, &starts, t, batch);
             loss += self.parallel.forward_backward(
                 &self.model,
                 &mut self.grads,
@@ -265,7 +269,7 @@ impl Trainer {
         {
             let mut sum = 0.0f64;
             for batch_starts in starts {
-                self.data.fill(split, batch_starts, t, batch);
+                let t = self.data.fill(split, batch_starts, t, batch);
                 sum += self.parallel.loss(&self.model, &batch.inputs, b, t, &batch.targets)? as f64;
             }
             *loss = (sum / starts.len() as f64) as f32;

@@ -4,11 +4,15 @@
 
 use super::checkpoint::{self, Checkpoint};
 use super::config::{self, Overrides, TrainConfig};
+use super::data::TrainData;
 use super::metrics::{MetricsLog, METRICS_FILE};
 use super::run_dir::{self, create_run_dir};
 use super::{RunInfo, Trainer, DROPOUT_STREAM};
 use crate::config::Config;
-use crate::data::{corpus_key, eval_starts, read_corpus, tokenize_cached, BatchStream, Dataset, Document, Windows};
+use crate::data::instructions::is_instruction_file;
+use crate::data::{
+    corpus_key, eval_starts, read_corpus, tokenize_cached, BatchStream, Dataset, Document, Split, Windows,
+};
 use crate::error::{Error, Result};
 use crate::io::lock::DirLock;
 use crate::io::{atomic, cache, load_model_with_tokenizer, save_model, ExportFormat, Loaded};
@@ -47,9 +51,7 @@ impl Trainer {
             Held::Nothing
         };
         check_memory(&config, &model_config, block_size, shards, held)?;
-        let cache_dir = shard_cache_dir(&config)?;
-        let (shard, cached) = tokenize_cached(&docs, &tokenizer, &cache_dir)?;
-        let data = Dataset::new(shard, config.val_fraction, block_size)?;
+        let (data, corpus_key, cached) = train_data(&config, &docs, &tokenizer, block_size)?;
         let prompt = encode_prompt(&config.prompt, &tokenizer, &model_config)?;
         let model = match init {
             Some(Loaded { mut model, .. }) => {
@@ -87,6 +89,7 @@ impl Trainer {
             resumed: false,
             cached,
             files: docs.len(),
+            corpus_key,
             lock,
         };
         Trainer::assemble(config, run_dir, model, optimizer, tokenizer, data, prompt, parts)
@@ -135,8 +138,7 @@ impl Trainer {
                     .join(", ")
             )));
         }
-        let (shard, cached) = tokenize_cached(&docs, &tokenizer, &cache_dir)?;
-        let data = Dataset::new(shard, config.val_fraction, block_size)?;
+        let (data, corpus_key, cached) = train_data(&config, &docs, &tokenizer, block_size)?;
         let mut optimizer = AdamW::new(adamw_config(&config), &param_specs(&model.config));
         (optimizer.m, optimizer.v, optimizer.t) = (optimizer_m, optimizer_v, state.optimizer_step);
         let parts = Parts {
@@ -149,6 +151,7 @@ impl Trainer {
             resumed: true,
             cached,
             files: docs.len(),
+            corpus_key,
             lock,
         };
         let run_dir = run_dir.to_path_buf();
@@ -162,7 +165,7 @@ impl Trainer {
         model: Gpt,
         optimizer: AdamW,
         tokenizer: Tokenizer,
-        data: Dataset,
+        data: TrainData,
         prompt: Vec<u32>,
         parts: Parts,
     ) -> Result<Trainer> {
@@ -175,8 +178,15 @@ impl Trainer {
             .min(config.batch_size);
         let (b, iters, w) = (config.batch_size, config.eval_iters, windows(&config));
         let eval_batches = [
-            eval_starts(w, config.seed, data.train.len(), block_size, b, iters),
-            eval_starts(w, config.seed, data.val.len(), block_size, b, iters),
+            eval_starts(
+                w,
+                config.seed,
+                data.span(Split::Train, block_size),
+                block_size,
+                b,
+                iters,
+            ),
+            eval_starts(w, config.seed, data.span(Split::Val, block_size), block_size, b, iters),
         ];
         let schedule = LrSchedule {
             lr: config.lr,
@@ -193,11 +203,15 @@ impl Trainer {
             start_step: parts.step,
             max_iters: config.max_iters,
             files: parts.files,
-            tokens: data.shard.len(),
-            train_tokens: data.train.len(),
-            val_tokens: data.val.len(),
+            tokens: data.split_tokens().iter().sum(),
+            train_tokens: data.split_tokens()[0],
+            val_tokens: data.split_tokens()[1],
+            records: data.records(),
             cached: parts.cached,
-            shard: data.shard.path().to_path_buf(),
+            shard: match &data {
+                TrainData::Tokens(tokens) => tokens.shard.path().to_path_buf(),
+                TrainData::Instructions { .. } => config.data[0].clone(),
+            },
             tokenizer: config.tokenizer.clone().unwrap_or_default(),
             vocab_size: tokenizer.vocab_size(),
             params: model.params.len(),
@@ -208,7 +222,7 @@ impl Trainer {
         Ok(Trainer {
             parallel: DataParallel::new(&model, shards)?,
             grads: model.new_gradients(),
-            corpus_key: shard_key(&data.shard),
+            corpus_key: parts.corpus_key,
             config,
             run_dir,
             model,
@@ -244,6 +258,8 @@ struct Parts {
     resumed: bool,
     cached: bool,
     files: usize,
+    /// The key of the corpus and tokenizer ([`corpus_key`]), which a resumed run must match.
+    corpus_key: String,
     /// The lock on the run directory.
     lock: DirLock,
 }
@@ -434,6 +450,31 @@ fn encode_prompt(prompt: &str, tokenizer: &Tokenizer, model: &Config) -> Result<
         )));
     }
     Ok(ids)
+}
+
+/// The run's data: one instruction file ([`is_instruction_file`]) as examples, else the corpus
+/// tokenized into a shard (from the cache when it is there); its corpus key, and whether the
+/// shard was cached.
+fn train_data(
+    config: &TrainConfig,
+    docs: &[Document],
+    tokenizer: &Tokenizer,
+    block_size: usize,
+) -> Result<(TrainData, String, bool)> {
+    let cache_dir = shard_cache_dir(config)?;
+    if let [path] = config.data.as_slice() {
+        if is_instruction_file(path)? {
+            let data = TrainData::instructions(path, tokenizer, block_size, config.val_fraction)?;
+            return Ok((data, corpus_key(docs, tokenizer, &cache_dir)?, false));
+        }
+    }
+    let (shard, cached) = tokenize_cached(docs, tokenizer, &cache_dir)?;
+    let key = shard_key(&shard);
+    Ok((
+        TrainData::Tokens(Dataset::new(shard, config.val_fraction, block_size)?),
+        key,
+        cached,
+    ))
 }
 
 /// Where token shards are cached: `--cache-dir`, else `tokens/` in the model cache.

@@ -6,6 +6,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args};
+use gpt2::data::instructions;
 use gpt2::generate::{GenerateOptions, Generator, Sampling, TextGenerator, MAX_SAMPLES};
 use gpt2::io::{load_model_with_tokenizer_as, Loaded};
 use gpt2::ops::lowp::WeightDtype;
@@ -17,7 +18,7 @@ use serde_json::json;
 use crate::tokenize_cmd::parse_ids;
 
 #[derive(Args)]
-#[command(group(ArgGroup::new("input").required(true).args(["prompt", "prompt_file", "prompt_ids", "interactive"])))]
+#[command(group(ArgGroup::new("input").required(true).args(["prompt", "prompt_file", "prompt_ids", "instruction", "interactive"])))]
 pub struct GenerateArgs {
     /// The model: a Hugging Face, OpenAI or llm.c GPT-2, a checkpoint or training run directory,
     /// or a downloaded model's name (gpt2, gpt2-medium, ...).
@@ -38,6 +39,14 @@ pub struct GenerateArgs {
     /// The prompt as token ids ("464 3290 318" or "464,3290,318"), skipping the tokenizer.
     #[arg(long)]
     prompt_ids: Option<String>,
+    /// An instruction, put into the Alpaca prompt template that instruction tuning trains on
+    /// ("Below is an instruction that describes a task. ... ### Response:"); \n, \t and \\ are
+    /// understood. The response ends at <|endoftext|>.
+    #[arg(long)]
+    instruction: Option<String>,
+    /// The input the --instruction works on (the template's "### Input:" section).
+    #[arg(long = "input")]
+    instruction_input: Option<String>,
     /// Read one prompt per line from standard input and answer each; the model stays loaded.
     /// The i-th prompt (from 0) is sampled with seed + i, the seed it reports. When standard
     /// input is not a terminal, each answer starts with its prompt, and the exit status is 1 if
@@ -111,6 +120,9 @@ impl GenerateArgs {
 
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let mut options = args.options()?;
+    if args.instruction_input.is_some() && args.instruction.is_none() {
+        bail!("--input is the input of an --instruction: give the instruction too");
+    }
     if args.stop.iter().any(String::is_empty) {
         bail!("--stop \"\" would end every sample before its first token: give the text to stop at");
     }
@@ -144,12 +156,16 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         json: args.json,
     };
     if !args.interactive {
-        let prompt = match (&args.prompt, &args.prompt_file, &args.prompt_ids) {
-            (Some(text), _, _) => Prompt::Text(unescape(text)),
-            (_, Some(file), _) => Prompt::Text(
+        let prompt = match (&args.prompt, &args.prompt_file, &args.prompt_ids, &args.instruction) {
+            (Some(text), _, _, _) => Prompt::Text(unescape(text)),
+            (_, Some(file), _, _) => Prompt::Text(
                 std::fs::read_to_string(file).with_context(|| format!("reading the prompt from {}", file.display()))?,
             ),
-            (_, _, Some(ids)) => Prompt::Ids(parse_ids(ids).context("--prompt-ids")?),
+            (_, _, Some(ids), _) => Prompt::Ids(parse_ids(ids).context("--prompt-ids")?),
+            (_, _, _, Some(instruction)) => Prompt::Text(instructions::prompt(
+                &unescape(instruction),
+                &unescape(args.instruction_input.as_deref().unwrap_or_default()),
+            )),
             _ => unreachable!("clap requires one prompt source"),
         };
         return run.generate(&prompt, seed, true);

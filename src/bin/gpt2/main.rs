@@ -4,6 +4,7 @@
 mod bench_cmd;
 mod convert_cmd;
 mod download_cmd;
+mod eval_cmd;
 mod generate_cmd;
 mod inspect_cmd;
 mod inspect_evolution;
@@ -31,6 +32,10 @@ enum Command {
     Train(Box<train_cmd::TrainArgs>),
     /// Loss and perplexity of a text under a model.
     Score(score_cmd::ScoreArgs),
+    /// Evaluate a model: sliding-window perplexity, multiple choice (HellaSwag), decoding
+    /// strategies compared over prompts, exact match on instruction records.
+    #[command(subcommand)]
+    Eval(eval_cmd::EvalCommand),
     /// Text to token ids and back (GPT-2 BPE, char-level, or a trained BPE).
     Tokenize(tokenize_cmd::TokenizeArgs),
     /// Byte-level BPE vocabularies: `gpt2 bpe train`.
@@ -105,6 +110,7 @@ fn main() {
     let result = rayon::scope(|_| match &cli.command {
         Command::Train(args) => train_cmd::run(args),
         Command::Score(args) => score_cmd::run(args),
+        Command::Eval(cmd) => eval_cmd::run(cmd),
         Command::Generate(args) => generate_cmd::run(args),
         Command::Inspect(args) => inspect_cmd::run(args),
         Command::Convert(args) => convert_cmd::run(args),

@@ -26,7 +26,9 @@ pub struct TrainArgs {
     #[serde(skip)]
     resume: Option<PathBuf>,
 
-    /// Text files or directories of text files [default: the bundled data/tinyshakespeare.txt].
+    /// Text files or directories of text files, or one instruction file (a JSON array or JSONL of
+    /// {"instruction", "input", "output"}: the loss on the responses only) [default: the bundled
+    /// data/tinyshakespeare.txt].
     #[arg(long, num_args = 1.., value_name = "PATH", value_parser = absolute, help_heading = "Data")]
     data: Option<Vec<PathBuf>>,
     /// char (one token per character of the corpus), char:<file>, gpt2 or bpe:<file>
@@ -286,17 +288,27 @@ fn print_start(info: &RunInfo) {
     if info.resumed {
         println!("resuming {} at step {}", info.run_dir.display(), info.start_step);
     }
-    println!(
-        "data: {} file{}, {} tokens ({source} {}); tokenizer {} ({} ids); train {} / val {} tokens",
-        info.files,
-        if info.files == 1 { "" } else { "s" },
-        info.tokens,
-        info.shard.display(),
-        info.tokenizer,
-        info.vocab_size,
-        info.train_tokens,
-        info.val_tokens
-    );
+    match info.records {
+        Some([train, val]) => println!(
+            "data: instruction records in {}: train {train} / val {val} ({} / {} tokens, the loss on responses only); tokenizer {} ({} ids)",
+            info.shard.display(),
+            info.train_tokens,
+            info.val_tokens,
+            info.tokenizer,
+            info.vocab_size
+        ),
+        None => println!(
+            "data: {} file{}, {} tokens ({source} {}); tokenizer {} ({} ids); train {} / val {} tokens",
+            info.files,
+            if info.files == 1 { "" } else { "s" },
+            info.tokens,
+            info.shard.display(),
+            info.tokenizer,
+            info.vocab_size,
+            info.train_tokens,
+            info.val_tokens
+        ),
+    }
     println!(
         "model: {:.2}M parameters ({} layers, {} heads, {} wide, context {}); {} tokens per step in {} batch shard{}; run dir {}",
         info.params as f64 / 1e6,
