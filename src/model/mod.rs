@@ -6,6 +6,7 @@ pub mod block;
 pub mod data_parallel;
 pub mod gpt;
 pub mod kv_cache;
+pub mod lora;
 pub mod params;
 pub mod workspace;
 

@@ -11,6 +11,7 @@ pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
 pub mod lm_head;
+pub mod lora;
 pub mod matmul;
 pub mod matvec;
 pub mod residual;
