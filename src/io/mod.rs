@@ -22,6 +22,7 @@ pub mod llmc;
 pub mod lock;
 pub mod mapped;
 mod param_buffer;
+pub mod peft;
 pub mod protobuf;
 pub mod safetensors;
 pub mod sstable;

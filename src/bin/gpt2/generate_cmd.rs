@@ -4,6 +4,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::adapter_arg::with_adapter;
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args};
 use gpt2::generate::{GenerateOptions, Generator, Sampling, TextGenerator, MAX_SAMPLES};
@@ -22,6 +23,10 @@ pub struct GenerateArgs {
     /// or a downloaded model's name (gpt2, gpt2-medium, ...).
     #[arg(long)]
     model: PathBuf,
+    /// A LoRA adapter directory (adapter_config.json + adapter_model.safetensors, ours or
+    /// Hugging Face PEFT's), merged into the model before use.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// The text to continue (\n, \t and \\ are understood; <|endoftext|> is the special token,
     /// as Hugging Face's tokenizer reads it).
     #[arg(long)]
@@ -111,7 +116,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let stops: Vec<String> = args.stop.iter().map(|s| unescape(s)).collect();
     let Loaded {
         model, mut tokenizer, ..
-    } = load_model_with_tokenizer(&args.model)?;
+    } = with_adapter(load_model_with_tokenizer(&args.model)?, args.adapter.as_deref())?;
     if args.skip_unknown {
         tokenizer = tokenizer.map(|t| t.with_unknown_chars(UnknownChar::Skip));
     }

@@ -1,5 +1,6 @@
 //! `gpt2 score`: mean next-token loss and perplexity of a text.
 
+use crate::adapter_arg::with_adapter;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gpt2::eval::score_tokens;
@@ -15,6 +16,10 @@ pub struct ScoreArgs {
     /// directory, an llm.c file, a run directory, or a downloaded model's name (gpt2, ...).
     #[arg(long)]
     model: PathBuf,
+    /// A LoRA adapter directory (adapter_config.json + adapter_model.safetensors, ours or
+    /// Hugging Face PEFT's), merged into the model before use.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// Text file to score, tokenized with the model's own tokenizer.
     #[arg(long, conflicts_with = "tokens")]
     text: Option<PathBuf>,
@@ -31,7 +36,7 @@ pub struct ScoreArgs {
 }
 
 pub fn run(args: &ScoreArgs) -> Result<()> {
-    let loaded = load_model_with_tokenizer(&args.model)?;
+    let loaded = with_adapter(load_model_with_tokenizer(&args.model)?, args.adapter.as_deref())?;
     let model = loaded.model;
     let tokenizer = match args.skip_unknown {
         true => loaded.tokenizer.map(|t| t.with_unknown_chars(UnknownChar::Skip)),
