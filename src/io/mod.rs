@@ -126,6 +126,12 @@ pub fn detect(path: &Path) -> Result<Format> {
         if latest.is_dir() {
             return detect(&latest);
         }
+        if peft::is_adapter_dir(path) {
+            return Err(Error::weights(
+                path,
+                "a LoRA adapter, not a whole model: give the model it was trained on, and this directory with --adapter",
+            ));
+        }
         return Err(Error::weights(
             path,
             format!(
