@@ -22,6 +22,7 @@ pub mod llmc;
 pub mod lock;
 pub mod mapped;
 mod param_buffer;
+pub mod peft;
 pub mod protobuf;
 pub mod safetensors;
 pub mod sstable;
@@ -136,6 +137,12 @@ pub fn detect(path: &Path) -> Result<Format> {
         let latest = path.join("latest");
         if latest.is_dir() {
             return detect(&latest);
+        }
+        if peft::is_adapter_dir(path) {
+            return Err(Error::weights(
+                path,
+                "a LoRA adapter, not a whole model: give the model it was trained on, and this directory with --adapter",
+            ));
         }
         return Err(Error::weights(
             path,

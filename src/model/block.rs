@@ -11,6 +11,7 @@
 //! Shapes: N = B·T rows, C = n_embd, F = n_inner, NH = n_head.
 
 use super::kv_cache::KvLayer;
+use super::lora::{AdapterGrads, AdapterPass, Target};
 use super::lowp::LowpBlock;
 use super::params::BlockWeights;
 use super::workspace::{BlockActs, GradActs};
@@ -66,36 +67,41 @@ fn linear(out: &mut [f32], x: &[f32], w: Weight, b: &[f32], n: usize, k: usize, 
 /// Forward through one block: reads the stream `x` [N, C], leaves every step's output in `a`
 /// (the block's output in `a.residual_3`). Dropout applies when `dropout` is given (its
 /// masks those of this block: [`Dropout::at_layer`]). With `lowp`, the linear layers use its
-/// low-precision weights (those of `p` are empty).
+/// low-precision weights (those of `p` are empty); a LoRA `adapter` adds its low-rank product
+/// to the layers it targets.
 #[allow(clippy::too_many_arguments)]
 pub fn block_forward(
     cfg: &Config,
     shape: AttnShape,
     p: &BlockWeights<&[f32]>,
     lowp: Option<&LowpBlock>,
+    mut adapter: Option<AdapterPass>,
     x: &[f32],
     a: &mut BlockActs,
     keys: Keys,
     dropout: Option<Dropout>,
 ) {
-    attention_layer_forward(cfg, shape, p, lowp, x, a, keys, dropout);
-    mlp_forward(cfg, shape, p, lowp, a, dropout);
+    attention_layer_forward(cfg, shape, p, lowp, adapter.as_mut(), x, a, keys, dropout);
+    mlp_forward(cfg, shape, p, lowp, adapter.as_mut(), a, dropout);
 }
 
 /// Backward through one block whose forward pass read `x` and left `a`: `d.residual` arrives
 /// as dloss/d(residual_3) and leaves as dloss/dx; the block's parameter gradients are added to
-/// `g`.
+/// `g`, or with a LoRA adapter (`g` None: the block is frozen) the adapter's gradients to its
+/// own.
+#[allow(clippy::too_many_arguments)]
 pub fn block_backward(
     cfg: &Config,
     shape: AttnShape,
     p: &BlockWeights<&[f32]>,
-    g: &mut BlockWeights<&mut [f32]>,
+    mut g: Option<&mut BlockWeights<&mut [f32]>>,
+    mut adapter: Option<AdapterGrads>,
     x: &[f32],
     a: &BlockActs,
     d: &mut GradActs,
 ) {
-    mlp_backward(cfg, shape, p, g, a, d);
-    attention_layer_backward(cfg, shape, p, g, x, a, d);
+    mlp_backward(cfg, shape, p, g.as_deref_mut(), adapter.as_mut(), a, d);
+    attention_layer_backward(cfg, shape, p, g, adapter.as_mut(), x, a, d);
 }
 
 /// Attention layer: `residual_2 = x + drop(c_proj(attention(c_attn(ln_1(x)))))`.
@@ -105,6 +111,7 @@ fn attention_layer_forward(
     shape: AttnShape,
     p: &BlockWeights<&[f32]>,
     lowp: Option<&LowpBlock>,
+    mut adapter: Option<&mut AdapterPass>,
     x: &[f32],
     a: &mut BlockActs,
     keys: Keys,
@@ -123,6 +130,9 @@ fn attention_layer_forward(
     );
     let c_attn = Weight::pick(p.attn.c_attn_w, lowp, |l| &l.c_attn);
     linear(&mut a.qkv, &a.ln_1, c_attn, p.attn.c_attn_b, n, c, 3 * c);
+    if let Some(ad) = adapter.as_deref_mut() {
+        ad.forward(Target::CAttn, cfg, &mut a.qkv, &a.ln_1, &mut a.lora);
+    }
     match keys {
         Keys::Causal => {
             // The backward pass recomputes the attention weights' dropout mask from the same seed.
@@ -137,6 +147,9 @@ fn attention_layer_forward(
     }
     let c_proj = Weight::pick(p.attn.c_proj_w, lowp, |l| &l.attn_proj);
     linear(&mut a.residual_2, &a.atty, c_proj, p.attn.c_proj_b, n, c, c);
+    if let Some(ad) = adapter {
+        ad.forward(Target::AttnCProj, cfg, &mut a.residual_2, &a.atty, &mut a.lora);
+    }
     if let Some(d) = dropout {
         d.forward(Site::AttentionOutput, &mut a.residual_2, &mut a.attn_mask, c);
     }
@@ -146,44 +159,33 @@ fn attention_layer_forward(
 /// Backward of the attention layer. The identity path of the residual passes `d.residual`
 /// through unchanged; the branch sees `d.residual ⊙ mask`, and what it gives back for x (through
 /// ln_1) is added to the stream's gradient.
+#[allow(clippy::too_many_arguments)]
 fn attention_layer_backward(
     cfg: &Config,
     shape: AttnShape,
     p: &BlockWeights<&[f32]>,
-    g: &mut BlockWeights<&mut [f32]>,
+    mut g: Option<&mut BlockWeights<&mut [f32]>>,
+    mut adapter: Option<&mut AdapterGrads>,
     x: &[f32],
     a: &BlockActs,
     d: &mut GradActs,
 ) {
     let (n, c) = (shape.b * shape.t, cfg.n_embd);
     let branch_grad = dropout_backward(&d.residual, &a.attn_mask, &mut d.ln);
-    linear_backward(
-        &mut d.atty,
-        g.attn.c_proj_w,
-        g.attn.c_proj_b,
-        branch_grad,
-        &a.atty,
-        p.attn.c_proj_w,
-        n,
-        c,
-        c,
-    );
+    let grads = g.as_deref_mut().map(|g| (&mut *g.attn.c_proj_w, &mut *g.attn.c_proj_b));
+    linear_backward(&mut d.atty, grads, branch_grad, &a.atty, p.attn.c_proj_w, n, c, c);
+    if let Some(ad) = adapter.as_deref_mut() {
+        ad.backward(Target::AttnCProj, cfg, &mut d.atty, branch_grad, &a.atty, &a.lora);
+    }
     attention_backward(&mut d.qkv, &d.atty, &a.qkv, &a.atty, &a.att_lse, shape, a.att_dropout);
-    linear_backward(
-        &mut d.ln,
-        g.attn.c_attn_w,
-        g.attn.c_attn_b,
-        &d.qkv,
-        &a.ln_1,
-        p.attn.c_attn_w,
-        n,
-        c,
-        3 * c,
-    );
+    let grads = g.as_deref_mut().map(|g| (&mut *g.attn.c_attn_w, &mut *g.attn.c_attn_b));
+    linear_backward(&mut d.ln, grads, &d.qkv, &a.ln_1, p.attn.c_attn_w, n, c, 3 * c);
+    if let Some(ad) = adapter {
+        ad.backward(Target::CAttn, cfg, &mut d.ln, &d.qkv, &a.ln_1, &a.lora);
+    }
     layernorm_backward(
         &mut d.residual,
-        g.ln_1_w,
-        g.ln_1_b,
+        g.map(|g| (&mut *g.ln_1_w, &mut *g.ln_1_b)),
         &d.ln,
         x,
         &a.ln_1_mean,
@@ -199,6 +201,7 @@ fn mlp_forward(
     shape: AttnShape,
     p: &BlockWeights<&[f32]>,
     lowp: Option<&LowpBlock>,
+    mut adapter: Option<&mut AdapterPass>,
     a: &mut BlockActs,
     dropout: Option<Dropout>,
 ) {
@@ -213,19 +216,18 @@ fn mlp_forward(
         c,
         eps,
     );
-    linear(
-        &mut a.fch,
-        &a.ln_2,
-        Weight::pick(p.mlp.c_fc_w, lowp, |l| &l.c_fc),
-        p.mlp.c_fc_b,
-        n,
-        c,
-        f,
-    );
+    let c_fc = Weight::pick(p.mlp.c_fc_w, lowp, |l| &l.c_fc);
+    linear(&mut a.fch, &a.ln_2, c_fc, p.mlp.c_fc_b, n, c, f);
+    if let Some(ad) = adapter.as_deref_mut() {
+        ad.forward(Target::CFc, cfg, &mut a.fch, &a.ln_2, &mut a.lora);
+    }
     let keep_tanh = (!a.fch_tanh.is_empty()).then_some(a.fch_tanh.as_mut_slice());
     gelu_forward(&mut a.fch_gelu, keep_tanh, &a.fch);
     let c_proj = Weight::pick(p.mlp.c_proj_w, lowp, |l| &l.mlp_proj);
     linear(&mut a.residual_3, &a.fch_gelu, c_proj, p.mlp.c_proj_b, n, f, c);
+    if let Some(ad) = adapter {
+        ad.forward(Target::MlpCProj, cfg, &mut a.residual_3, &a.fch_gelu, &mut a.lora);
+    }
     if let Some(d) = dropout {
         d.forward(Site::MlpOutput, &mut a.residual_3, &mut a.mlp_mask, c);
     }
@@ -238,39 +240,27 @@ fn mlp_backward(
     cfg: &Config,
     shape: AttnShape,
     p: &BlockWeights<&[f32]>,
-    g: &mut BlockWeights<&mut [f32]>,
+    mut g: Option<&mut BlockWeights<&mut [f32]>>,
+    mut adapter: Option<&mut AdapterGrads>,
     a: &BlockActs,
     d: &mut GradActs,
 ) {
     let (n, c, f) = (shape.b * shape.t, cfg.n_embd, cfg.n_inner);
     let branch_grad = dropout_backward(&d.residual, &a.mlp_mask, &mut d.ln);
-    linear_backward(
-        &mut d.fch,
-        g.mlp.c_proj_w,
-        g.mlp.c_proj_b,
-        branch_grad,
-        &a.fch_gelu,
-        p.mlp.c_proj_w,
-        n,
-        f,
-        c,
-    );
+    let grads = g.as_deref_mut().map(|g| (&mut *g.mlp.c_proj_w, &mut *g.mlp.c_proj_b));
+    linear_backward(&mut d.fch, grads, branch_grad, &a.fch_gelu, p.mlp.c_proj_w, n, f, c);
+    if let Some(ad) = adapter.as_deref_mut() {
+        ad.backward(Target::MlpCProj, cfg, &mut d.fch, branch_grad, &a.fch_gelu, &a.lora);
+    }
     gelu_backward_inplace(&mut d.fch, &a.fch, &a.fch_tanh);
-    linear_backward(
-        &mut d.ln,
-        g.mlp.c_fc_w,
-        g.mlp.c_fc_b,
-        &d.fch,
-        &a.ln_2,
-        p.mlp.c_fc_w,
-        n,
-        c,
-        f,
-    );
+    let grads = g.as_deref_mut().map(|g| (&mut *g.mlp.c_fc_w, &mut *g.mlp.c_fc_b));
+    linear_backward(&mut d.ln, grads, &d.fch, &a.ln_2, p.mlp.c_fc_w, n, c, f);
+    if let Some(ad) = adapter {
+        ad.backward(Target::CFc, cfg, &mut d.ln, &d.fch, &a.ln_2, &a.lora);
+    }
     layernorm_backward(
         &mut d.residual,
-        g.ln_2_w,
-        g.ln_2_b,
+        g.map(|g| (&mut *g.ln_2_w, &mut *g.ln_2_b)),
         &d.ln,
         &a.residual_2,
         &a.ln_2_mean,

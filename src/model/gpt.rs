@@ -7,8 +7,9 @@
 
 use super::block::{block_backward, block_forward, Keys};
 use super::kv_cache::KvCache;
+use super::lora::{split_layers, AdapterView, Lora};
 use super::lowp::{LowpBlock, LowpWeights};
-use super::params::{init_params, num_params, Layout, TensorSpec, Weights};
+use super::params::{init_params, num_params, param_specs, Layout, TensorSpec, Weights};
 use super::workspace::Workspace;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -22,7 +23,8 @@ use crate::ops::lowp::{Kernels, WeightDtype};
 use crate::ops::zeroed;
 
 /// A GPT-2 language model: its configuration and its parameters in one flat buffer, or, for
-/// inference in bf16 or q8_0, its weight matrices apart in that dtype and the rest in the buffer.
+/// inference in bf16 or q8_0, its weight matrices apart in that dtype and the rest in the
+/// buffer; optionally a LoRA adapter on top.
 pub struct Gpt {
     pub config: Config,
     /// All parameters, laid out by [`super::params::param_specs`] ([`Layout::Full`]); with
@@ -30,6 +32,10 @@ pub struct Gpt {
     pub params: Vec<f32>,
     /// The weight matrices in low precision, or None (f32: they are in `params`).
     pub lowp: Option<LowpWeights>,
+    /// A LoRA adapter that every pass adds to the layers it targets. With one, the adapter is
+    /// what trains: [`Gpt::backward`] computes its gradients only and the base `params` stay
+    /// frozen (no gradients, no optimizer state).
+    pub adapter: Option<Lora>,
 }
 
 impl Gpt {
@@ -51,6 +57,7 @@ impl Gpt {
             config,
             params,
             lowp: None,
+            adapter: None,
         }
     }
 
@@ -67,6 +74,7 @@ impl Gpt {
             config,
             params,
             lowp: Some(lowp),
+            adapter: None,
         }
     }
 
@@ -103,7 +111,9 @@ impl Gpt {
         let kernels = Kernels::from_env()?;
         let (lowp, rest) = LowpWeights::split_from(&self.config, &self.params, dtype, kernels).map_err(Error::Input)?;
         drop(self.params);
-        Ok(Gpt::from_lowp(self.config, rest, lowp))
+        let mut model = Gpt::from_lowp(self.config, rest, lowp);
+        model.adapter = self.adapter; // an adapter (f32) adds to whatever the base stores
+        Ok(model)
     }
 
     /// An f32 copy of this f32 model whose weight matrices hold what `dtype` stores of them:
@@ -134,10 +144,37 @@ impl Gpt {
         self.lowp.as_ref().map(|lowp| &lowp.blocks[l])
     }
 
-    /// A zero gradient buffer in the parameter layout, for [`Gpt::backward`] to add into.
-    /// Every gradient buffer (the trainer's, each batch shard's) is made here.
+    /// A zero gradient buffer in the layout of the trainable parameters (the adapter's, if
+    /// any), for [`Gpt::backward`] to add into. Every gradient buffer (the trainer's, each batch
+    /// shard's) is made here.
     pub fn new_gradients(&self) -> Vec<f32> {
-        zeroed(self.params.len())
+        zeroed(self.trainable().len())
+    }
+
+    /// The parameters that train: the adapter's if there is one, else all of them.
+    pub fn trainable(&self) -> &[f32] {
+        self.adapter.as_ref().map_or(&self.params, |a| &a.params)
+    }
+
+    /// [`Gpt::trainable`], to update.
+    pub fn trainable_mut(&mut self) -> &mut [f32] {
+        match &mut self.adapter {
+            Some(a) => &mut a.params,
+            None => &mut self.params,
+        }
+    }
+
+    /// The tensors of [`Gpt::trainable`], in buffer order.
+    pub fn trainable_specs(&self) -> Vec<TensorSpec> {
+        match &self.adapter {
+            Some(a) => a.specs(&self.config),
+            None => param_specs(&self.config),
+        }
+    }
+
+    /// The adapter as the passes read it.
+    fn adapter_view(&self) -> Option<AdapterView<'_>> {
+        self.adapter.as_ref().map(|a| AdapterView::new(a, &self.config))
     }
 
     fn attn_shape(&self, b: usize, t: usize) -> AttnShape {
@@ -200,9 +237,15 @@ impl Gpt {
         let cfg = &self.config;
         let (v, n) = (cfg.vocab_size, b * t);
         let p_drop = cfg.dropout;
+        // The adapter's dropout draws its own masks (sites of their own) from the same seed.
+        let lora_p = self.adapter.as_ref().map_or(0.0, |a| a.config.dropout);
+        let lora_dropout = dropout
+            .filter(|_| lora_p > 0.0)
+            .map(|seed| Dropout::new(lora_p, seed, t));
         let dropout = dropout
             .filter(|_| p_drop > 0.0)
             .map(|seed| Dropout::new(p_drop, seed, t));
+        let adapter = self.adapter_view();
         let acts = ws.acts_for(cfg, b, t, dropout.is_some());
         let (w, shape) = (self.weights(), self.attn_shape(b, t));
         acts.tokens.copy_from_slice(tokens);
@@ -217,7 +260,8 @@ impl Gpt {
             let (done, rest) = acts.blocks.split_at_mut(l);
             let x = done.last().map_or(&acts.encoded, |prev| &prev.residual_3);
             let (lowp, layer_dropout) = (self.lowp_block(l), dropout.map(|d| d.at_layer(l)));
-            block_forward(cfg, shape, p, lowp, x, &mut rest[0], Keys::Causal, layer_dropout);
+            let pass = adapter.as_ref().map(|a| a.pass(l, lora_dropout.map(|d| d.at_layer(l))));
+            block_forward(cfg, shape, p, lowp, pass, x, &mut rest[0], Keys::Causal, layer_dropout);
         }
         let last = &acts.blocks[cfg.n_layer - 1].residual_3;
         let ln_f = (&mut acts.ln_f[..], &mut acts.ln_f_mean[..], &mut acts.ln_f_rstd[..]);
@@ -268,7 +312,8 @@ impl Gpt {
     }
 
     /// Backward pass of the last forward pass in `ws` (which must have had targets): adds
-    /// `loss_scale · dloss/dparams` to `grads` (from [`Gpt::new_gradients`]). Use
+    /// `loss_scale · dloss/dparams` to `grads` (from [`Gpt::new_gradients`]: the adapter's
+    /// parameters if there is one, the base frozen; else all). Use
     /// `loss_scale = 1 / steps` to average over gradient-accumulation steps. The logits are
     /// consumed (they hold dlogits after).
     pub fn backward(&self, ws: &mut Workspace, grads: &mut [f32], loss_scale: f32) -> Result<()> {
@@ -281,11 +326,11 @@ impl Gpt {
         if ws.activations().targets.is_empty() {
             return Err(Error::Input("backward needs a forward pass with targets first".into()));
         }
-        if grads.len() != self.params.len() {
+        if grads.len() != self.trainable().len() {
             return Err(Error::Input(format!(
                 "a gradient buffer of {} values for {} parameters",
                 grads.len(),
-                self.params.len()
+                self.trainable().len()
             )));
         }
         let cfg = &self.config;
@@ -293,7 +338,11 @@ impl Gpt {
         let (b, t) = (acts.b, acts.t);
         let (c, v, n) = (cfg.n_embd, cfg.vocab_size, b * t);
         let (w, shape) = (self.weights(), self.attn_shape(b, t));
-        let mut g = Weights::split(grads, cfg);
+        let adapter = self.adapter_view();
+        let (mut g, mut adapter_grads) = match &self.adapter {
+            None => (Some(Weights::split(grads, cfg)), None),
+            Some(a) => (None, Some(split_layers(grads, cfg, &a.config))),
+        };
 
         // Loss → logits: dlogits = (softmax - onehot) · loss_scale / count, in place of the logits.
         let scale = match acts.target_count {
@@ -302,15 +351,15 @@ impl Gpt {
         };
         cross_entropy_backward_inplace(&mut acts.logits, &acts.lse, &acts.targets, v, scale);
         // LM head: logits = ln_f · wteᵀ  ⇒  dln_f = dlogits · wte, dwte += dlogitsᵀ · ln_f
-        lm_head_backward(&mut d.ln, g.wte, &acts.logits, &acts.ln_f, w.wte, n, c, v);
+        let dwte = g.as_mut().map(|g| &mut *g.wte);
+        lm_head_backward(&mut d.ln, dwte, &acts.logits, &acts.ln_f, w.wte, n, c, v);
         // Final LayerNorm: the residual-stream gradient starts here.
         d.residual.fill(0.0);
         let last = &acts.blocks[cfg.n_layer - 1].residual_3;
         let (mean, rstd) = (&acts.ln_f_mean, &acts.ln_f_rstd);
         layernorm_backward(
             &mut d.residual,
-            g.ln_f_w,
-            g.ln_f_b,
+            g.as_mut().map(|g| (&mut *g.ln_f_w, &mut *g.ln_f_b)),
             &d.ln,
             last,
             mean,
@@ -326,11 +375,18 @@ impl Gpt {
                 &acts.blocks[l - 1].residual_3
             };
             let (p, a) = (&w.blocks[l], &acts.blocks[l]);
-            block_backward(cfg, shape, p, &mut g.blocks[l], x, a, d);
+            let block_grads = g.as_mut().map(|g| &mut g.blocks[l]);
+            let adapter_grads = adapter
+                .as_ref()
+                .zip(adapter_grads.as_mut())
+                .map(|(a, g)| a.grads(l, &mut g[l]));
+            block_backward(cfg, shape, p, block_grads, adapter_grads, x, a, d);
         }
-        // Embeddings: encoded = drop(wte[tokens] + wpe[positions]).
-        let demb = dropout_backward(&d.residual, &acts.emb_mask, &mut d.ln);
-        embedding_backward(g.wte, g.wpe, demb, &acts.tokens, t, c);
+        // Embeddings: encoded = drop(wte[tokens] + wpe[positions]) (frozen with an adapter).
+        if let Some(g) = g {
+            let demb = dropout_backward(&d.residual, &acts.emb_mask, &mut d.ln);
+            embedding_backward(g.wte, g.wpe, demb, &acts.tokens, t, c);
+        }
         acts.targets.clear(); // the logits are spent: a second backward needs a new forward
         Ok(())
     }
@@ -350,10 +406,11 @@ impl Gpt {
         s.fit(cfg, b, t);
 
         self.embed(&mut s.x, tokens, t, pos0);
+        let adapter = self.adapter_view();
         for (l, p) in w.blocks.iter().enumerate() {
             let (keys, s) = cache.layer(l);
-            let lowp = self.lowp_block(l);
-            block_forward(cfg, shape, p, lowp, &s.x, &mut s.block, Keys::Cached(keys), None);
+            let (lowp, pass) = (self.lowp_block(l), adapter.as_ref().map(|a| a.pass(l, None)));
+            block_forward(cfg, shape, p, lowp, pass, &s.x, &mut s.block, Keys::Cached(keys), None);
             std::mem::swap(&mut s.x, &mut s.block.residual_3); // the block's output is the next one's input
         }
         cache.advance(t);

@@ -7,6 +7,7 @@ pub mod data_parallel;
 pub mod gpt;
 pub mod kv_cache;
 pub mod lowp;
+pub mod lora;
 pub mod params;
 pub mod workspace;
 

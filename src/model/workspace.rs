@@ -5,6 +5,7 @@
 //!
 //! N = B·T rows; C = n_embd; NH = n_head; F = n_inner; V = vocab.
 
+use super::lora::LoraActs;
 use crate::config::Config;
 use crate::memory::{product, sum};
 use crate::ops::dropout::Dropout;
@@ -32,6 +33,9 @@ pub struct BlockActs {
     pub fch_gelu: Vec<f32>,   // [N, F]  MLP hidden, after GELU
     pub mlp_mask: Vec<f32>,   // [N, C]  dropout mask of the MLP branch (empty without dropout)
     pub residual_3: Vec<f32>, // [N, C]  residual stream leaving the block
+    /// A LoRA adapter's buffers (empty without one): [N, r] per adapted layer, sized by the
+    /// adapter's forward pass.
+    pub lora: LoraActs,
 }
 
 /// What a block's buffers are sized for.

@@ -40,6 +40,8 @@ pub enum Site {
     AttentionOutput,
     /// The output of a block's MLP branch, [N, C].
     MlpOutput,
+    /// The input of a block's LoRA adapter on the layer numbered `target`, [N, in].
+    LoraInput(usize),
 }
 
 /// Dropout with probability `p` in one pass over a (B, T) batch (or a shard of one).
@@ -80,11 +82,16 @@ impl Dropout {
 
     /// The key of one mask row: `row` counts rows over the whole batch at that site.
     fn row_key(&self, site: Site, row: u64) -> u64 {
+        let in_block = match site {
+            Site::Embedding => 0,
+            Site::Attention => 1,
+            Site::AttentionOutput => 2,
+            Site::MlpOutput => 3,
+            Site::LoraInput(target) => 4 + target as u64,
+        };
         let site = match site {
             Site::Embedding => 0,
-            Site::Attention => 3 * self.layer as u64 + 1,
-            Site::AttentionOutput => 3 * self.layer as u64 + 2,
-            Site::MlpOutput => 3 * self.layer as u64 + 3,
+            _ => 16 * self.layer as u64 + in_block,
         };
         mix(self.seed.seed ^ mix((site << 48) ^ row))
     }

@@ -35,12 +35,12 @@ pub fn layernorm_forward(
 }
 
 /// Backward. With x̂ = (x - mean) · rstd and g = dout ⊙ w:
-/// `dinp += rstd · (g - mean(g) - x̂ · mean(g ⊙ x̂))`, `dw += Σ_rows dout ⊙ x̂`, `db += Σ_rows dout`.
+/// `dinp += rstd · (g - mean(g) - x̂ · mean(g ⊙ x̂))`, and unless the LayerNorm is frozen
+/// (`grads` None), `grads` = (`dw += Σ_rows dout ⊙ x̂`, `db += Σ_rows dout`).
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward(
     dinp: &mut [f32],
-    dw: &mut [f32],
-    db: &mut [f32],
+    grads: Option<(&mut [f32], &mut [f32])>,
     dout: &[f32],
     inp: &[f32],
     mean: &[f32],
@@ -74,6 +74,7 @@ pub fn layernorm_backward(
             }
         });
     // Parameter gradients: parallel over column blocks, each task summing over all rows.
+    let Some((dw, db)) = grads else { return };
     const COLS_PER_TASK: usize = 64;
     dw.par_chunks_mut(COLS_PER_TASK)
         .zip(db.par_chunks_mut(COLS_PER_TASK))
@@ -109,7 +110,7 @@ mod tests {
         let (_, mean, rstd) = forward(&inp, &w, &b);
         let dout = random_vec(n * c, 4);
         let (mut dinp, mut dw, mut db) = (vec![0.0; n * c], vec![0.0; c], vec![0.0; c]);
-        layernorm_backward(&mut dinp, &mut dw, &mut db, &dout, &inp, &mean, &rstd, &w, c);
+        layernorm_backward(&mut dinp, Some((&mut dw, &mut db)), &dout, &inp, &mean, &rstd, &w, c);
         check_gradient("layernorm dinp", &inp, &dinp, &dout, |x| forward(x, &w, &b).0);
         check_gradient("layernorm dw", &w, &dw, &dout, |x| forward(&inp, x, &b).0);
         check_gradient("layernorm db", &b, &db, &dout, |x| forward(&inp, &w, x).0);

@@ -10,11 +10,11 @@ pub fn lm_head_forward(logits: &mut [f32], x: &[f32], wte: &[f32], n: usize, c: 
 }
 
 /// Backward. With `logits = x · wteᵀ`: `dx [N, C] = dlogits · wte` (overwritten),
-/// `dwte [V, C] += dlogitsᵀ · x`, added to what the embedding's own backward adds.
+/// `dwte [V, C] += dlogitsᵀ · x` (None: wte is frozen), added to what the embedding's own backward adds.
 #[allow(clippy::too_many_arguments)]
 pub fn lm_head_backward(
     dx: &mut [f32],
-    dwte: &mut [f32],
+    dwte: Option<&mut [f32]>,
     dlogits: &[f32],
     x: &[f32],
     wte: &[f32],
@@ -24,7 +24,9 @@ pub fn lm_head_backward(
 ) {
     let par = all_threads();
     gemm(dx, false, dlogits, false, wte, false, n, v, c, par);
-    gemm(dwte, true, dlogits, true, x, false, v, n, c, par);
+    if let Some(dwte) = dwte {
+        gemm(dwte, true, dlogits, true, x, false, v, n, c, par);
+    }
 }
 
 #[cfg(test)]
@@ -42,7 +44,7 @@ mod tests {
             logits
         };
         let (mut dx, mut dwte) = (vec![0.0; n * c], vec![0.0; v * c]);
-        lm_head_backward(&mut dx, &mut dwte, &dlogits, &x, &wte, n, c, v);
+        lm_head_backward(&mut dx, Some(&mut dwte), &dlogits, &x, &wte, n, c, v);
         check_gradient("lm head dx", &x, &dx, &dlogits, |x| forward(x, &wte));
         check_gradient("lm head dwte", &wte, &dwte, &dlogits, |w| forward(&x, w));
     }

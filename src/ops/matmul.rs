@@ -150,12 +150,12 @@ pub fn linear_forward(out: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usi
 }
 
 /// Linear layer backward. With `out = inp · w + b`:
-/// `dinp [N, IC] = dout · wᵀ` (overwritten), `dw [IC, OC] += inpᵀ · dout`, `db [OC] += Σ_rows dout`.
+/// `dinp [N, IC] = dout · wᵀ` (overwritten), and unless the layer is frozen (`grads` None),
+/// `grads` = (`dw [IC, OC] += inpᵀ · dout`, `db [OC] += Σ_rows dout`).
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward(
     dinp: &mut [f32],
-    dw: &mut [f32],
-    db: &mut [f32],
+    grads: Option<(&mut [f32], &mut [f32])>,
     dout: &[f32],
     inp: &[f32],
     w: &[f32],
@@ -165,6 +165,7 @@ pub fn linear_backward(
 ) {
     let par = all_threads();
     gemm(dinp, false, dout, false, w, true, n, oc, ic, par);
+    let Some((dw, db)) = grads else { return };
     // faer multiplies by a transposed operand (inpᵀ, read down its columns) more slowly than by
     // the same matrix stored transposed, row by row. A transposed copy costs a pass over inp,
     // which large layers (2¹⁹ weights and up) win back and small ones do not (README,
@@ -246,7 +247,7 @@ mod tests {
         let (inp, w, dout) = (random_vec(n * ic, 9), random_vec(ic * oc, 10), random_vec(n * oc, 11));
         let (mut dinp, mut dw, mut db) = (vec![0.0; n * ic], random_vec(ic * oc, 12), vec![0.0; oc]);
         let mut expected = dw.clone();
-        linear_backward(&mut dinp, &mut dw, &mut db, &dout, &inp, &w, n, ic, oc);
+        linear_backward(&mut dinp, Some((&mut dw, &mut db)), &dout, &inp, &w, n, ic, oc);
         gemm(&mut expected, true, &inp, true, &dout, false, ic, n, oc, Par::Seq);
         for (x, y) in dw.iter().zip(&expected) {
             assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
@@ -266,7 +267,7 @@ mod tests {
         };
         let dout = random_vec(n * oc, 6);
         let (mut dinp, mut dw, mut db) = (vec![0.0; n * ic], vec![0.0; ic * oc], vec![0.0; oc]);
-        linear_backward(&mut dinp, &mut dw, &mut db, &dout, &inp, &w, n, ic, oc);
+        linear_backward(&mut dinp, Some((&mut dw, &mut db)), &dout, &inp, &w, n, ic, oc);
         check_gradient("linear dinp", &inp, &dinp, &dout, |x| forward(x, &w, &b));
         check_gradient("linear dw", &w, &dw, &dout, |x| forward(&inp, x, &b));
         check_gradient("linear db", &b, &db, &dout, |x| forward(&inp, &w, x));

@@ -12,6 +12,7 @@ pub mod gelu;
 pub mod layernorm;
 pub mod lm_head;
 pub mod lowp;
+pub mod lora;
 pub mod matmul;
 pub mod matvec;
 pub mod residual;

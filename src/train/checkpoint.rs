@@ -1,8 +1,11 @@
 //! Checkpoints: one directory, written atomically (temporary directory, fsync, rename), with
 //!
 //! - `config.json` + `model.safetensors`: the model, loadable by Hugging Face `transformers`;
+//!   or, for a LoRA run, `adapter_config.json` + `adapter_model.safetensors`: the adapter in
+//!   PEFT's format, with no copy of the base (the `--init` model, named in `trainer.json` with
+//!   the SHA-256 of its weights, which a resumed run checks);
 //! - `optimizer.safetensors`: AdamW's moments `exp_avg` (m) and `exp_avg_sq` (v), each one F32
-//!   tensor [num_params] in the parameter layout;
+//!   tensor [trainable parameters] in their layout (the adapter's for a LoRA run);
 //! - `trainer.json`: [`TrainerState`] (step, RNG states, data position, schedule, settings);
 //! - `tokenizer.json`: the tokenizer.
 
@@ -12,7 +15,9 @@ use crate::error::{Error, Result};
 use crate::io::atomic::{write_dir, write_synced};
 use crate::io::dtype::to_f32;
 use crate::io::hf::{load_hf_dir, write_hf_files};
+use crate::io::load_model;
 use crate::io::mapped::MappedFile;
+use crate::io::peft::{is_adapter_dir, load_adapter, write_adapter_files};
 use crate::io::safetensors::{write_safetensors, TensorOut};
 use crate::model::Gpt;
 use crate::optim::{AdamW, LrSchedule};
@@ -50,6 +55,23 @@ pub struct TrainerState {
     pub elapsed_s: f64,
     /// The run's settings, with the derived values filled in.
     pub config: TrainConfig,
+    /// A LoRA run: the SHA-256 of its frozen base's weights ([`weights_sha256`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_sha256: Option<String>,
+}
+
+/// The SHA-256 of a model's weights (f32, little-endian, in the parameter layout): the same for
+/// the same weights in any file format.
+pub fn weights_sha256(params: &[f32]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    let mut bytes = Vec::with_capacity(1 << 16);
+    for chunk in params.chunks(1 << 14) {
+        bytes.clear();
+        chunk.iter().for_each(|x| bytes.extend_from_slice(&x.to_le_bytes()));
+        hash.update(&bytes);
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A loaded checkpoint.
@@ -64,7 +86,13 @@ pub struct Checkpoint {
 /// Writes a checkpoint directory atomically: `dir` is replaced only once the new one is complete.
 pub fn save(dir: &Path, model: &Gpt, optimizer: &AdamW, tokenizer: &Tokenizer, state: &TrainerState) -> Result<()> {
     write_dir(dir, |tmp| {
-        write_hf_files(model, tmp)?;
+        match &model.adapter {
+            Some(adapter) => {
+                let base = state.config.init.as_ref().map(|p| p.to_string_lossy());
+                write_adapter_files(adapter, &model.config, base.as_deref(), tmp)?
+            }
+            None => write_hf_files(model, tmp)?,
+        }
         let n = [optimizer.m.len()];
         let tensors = [
             TensorOut {
@@ -100,7 +128,10 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             ),
         ));
     }
-    let model = load_hf_dir(dir)?;
+    let model = match is_adapter_dir(dir) {
+        true => load_base_with_adapter(dir, &state)?,
+        false => load_hf_dir(dir)?,
+    };
     let tokenizer =
         Tokenizer::load_dir(dir)?.ok_or_else(|| Error::weights(dir, "the checkpoint has no tokenizer.json"))?;
     if tokenizer.vocab_size() > model.config.vocab_size {
@@ -120,7 +151,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         let view = tensors
             .tensor(name)
             .map_err(|_| Error::weights(&path, format!("missing tensor '{name}'")))?;
-        let mut out = vec![0.0; model.params.len()];
+        let mut out = vec![0.0; model.trainable().len()];
         if view.shape() != [out.len()] {
             return Err(Error::weights(
                 &path,
@@ -139,4 +170,28 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         tokenizer,
         state,
     })
+}
+
+/// A LoRA checkpoint's model: its base (the run's `--init`, which must be the model it started
+/// from) with the checkpoint's adapter.
+fn load_base_with_adapter(dir: &Path, state: &TrainerState) -> Result<Gpt> {
+    let base = state.config.init.as_ref().ok_or_else(|| {
+        Error::weights(
+            dir.join(TRAINER_FILE),
+            "a LoRA checkpoint whose run names no --init base model",
+        )
+    })?;
+    let mut model = load_model(base)?;
+    if state.base_sha256.as_deref() != Some(weights_sha256(&model.params).as_str()) {
+        return Err(Error::weights(
+            base,
+            format!(
+                "not the base model the LoRA run in {} was trained on: its weights changed (a LoRA checkpoint holds \
+                 only the adapter, so it needs the same base)",
+                dir.display()
+            ),
+        ));
+    }
+    model.adapter = Some(load_adapter(dir, &model.config)?);
+    Ok(model)
 }

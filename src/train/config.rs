@@ -5,6 +5,7 @@
 //! is a map of the keys it sets ([`Overrides`]) laid over the one below.
 
 use crate::error::{Error, Result};
+use crate::model::lora::{parse_targets, LoraConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -44,6 +45,16 @@ pub struct TrainConfig {
     /// Context length T of the training windows (and of a new model).
     pub block_size: Option<usize>,
     pub dropout: f32,
+    // --- LoRA (with `init`) ---
+    /// Train a LoRA adapter of this rank on the frozen `init` model instead of every weight.
+    pub lora_r: Option<usize>,
+    /// The adapter's alpha: its output is scaled by alpha / r (default: PEFT's 8).
+    pub lora_alpha: Option<f32>,
+    /// Dropout on the adapter's input.
+    pub lora_dropout: f32,
+    /// The layers adapted, comma-separated: c_attn, attn.c_proj, c_fc, mlp.c_proj (default:
+    /// c_attn, as PEFT's default for GPT-2).
+    pub lora_targets: Option<String>,
     // --- optimisation ---
     pub batch_size: usize,
     /// Micro-batches per optimizer step (nanoGPT's gradient_accumulation_steps).
@@ -81,6 +92,8 @@ pub struct TrainConfig {
     pub top_k: usize,
     /// Run directory (default: runs/<timestamp>, with runs/latest pointing at it).
     pub out_dir: Option<PathBuf>,
+    /// Keep the last K checkpoints as step-NNNNNN/ besides latest/ and best/ (0: none).
+    pub keep_checkpoints: usize,
 }
 
 /// The bundled corpus.
@@ -106,6 +119,10 @@ impl Default for TrainConfig {
             n_embd: None,
             block_size: None,
             dropout: 0.0,
+            lora_r: None,
+            lora_alpha: None,
+            lora_dropout: 0.0,
+            lora_targets: None,
             batch_size: 12,
             grad_accum: 1,
             max_iters: 2000,
@@ -126,6 +143,7 @@ impl Default for TrainConfig {
             temperature: 0.8,
             top_k: 200,
             out_dir: None,
+            keep_checkpoints: 0,
         }
     }
 }
@@ -143,7 +161,8 @@ pub const MAX_ITERS: usize = 1 << 40;
 pub const MAX_SHARDS: usize = 1024;
 
 /// Settings a resumed run may change: they do not alter the path of the training itself.
-pub const RESUMABLE_KEYS: [&str; 8] = [
+pub const RESUMABLE_KEYS: [&str; 9] = [
+    "keep_checkpoints",
     "max_iters",
     "eval_interval",
     "eval_iters",
@@ -227,7 +246,35 @@ impl TrainConfig {
                 "give either --init (start from a model) or --preset (a new model), not both".into(),
             ));
         }
-        Ok(())
+        self.lora().map(|_| ())
+    }
+
+    /// The LoRA adapter to train (with `--init`), if `lora_r` is set.
+    pub fn lora(&self) -> Result<Option<LoraConfig>> {
+        let Some(r) = self.lora_r else {
+            let given = [
+                ("lora_alpha", self.lora_alpha.is_some()),
+                ("lora_dropout", self.lora_dropout != 0.0),
+                ("lora_targets", self.lora_targets.is_some()),
+            ];
+            return match given.iter().find(|(_, set)| *set) {
+                Some((name, _)) => Err(Error::Config(format!("{name} is for LoRA: give lora_r (--lora-r) too"))),
+                None => Ok(None),
+            };
+        };
+        if self.init.is_none() {
+            return Err(Error::Config(
+                "LoRA adapts an existing model: give it with --init".into(),
+            ));
+        }
+        let config = LoraConfig {
+            r,
+            alpha: self.lora_alpha.unwrap_or(8.0),
+            dropout: self.lora_dropout,
+            targets: parse_targets(self.lora_targets.as_deref().unwrap_or("c_attn"))?,
+        };
+        config.validate()?;
+        Ok(Some(config))
     }
 
     /// Sizes and step counts: positive where zero means nothing, and bounded.

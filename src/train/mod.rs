@@ -11,6 +11,7 @@
 //!   init/                  the model before training (model and tokenizer, no optimizer state)
 //!   latest/                the last checkpoint (at each evaluation, at the end, on Ctrl-C)
 //!   best/                  the checkpoint with the lowest validation loss
+//!   step-000500/ ...       with --keep-checkpoints K: the checkpoints of the last K evaluations
 //!   .gpt2.lock             locked while a run trains here; holds its PID
 //! ```
 
@@ -31,7 +32,7 @@ use crate::data::{Batch, BatchStream, Split};
 use crate::error::{Error, Result};
 use crate::generate::{generate_ids, Sampling};
 use crate::io::lock::DirLock;
-use crate::model::{param_specs, DataParallel, Gpt};
+use crate::model::{DataParallel, Gpt};
 use crate::ops::dropout::DropoutSeed;
 use crate::ops::set_zero;
 use crate::optim::{clip_factor, AdamW, LrSchedule};
@@ -77,6 +78,8 @@ pub struct RunInfo {
     pub tokenizer: String,
     pub vocab_size: usize,
     pub params: usize,
+    /// The parameters that train: all, or a LoRA adapter's.
+    pub trainable: usize,
     pub model: Config,
     pub tokens_per_step: usize,
     /// Batch shards trained side by side.
@@ -134,6 +137,8 @@ pub struct Trainer {
     log: MetricsLog,
     param_log: JsonLines<ParamStatsRecord>,
     info: RunInfo,
+    /// A LoRA run: the SHA-256 of its frozen base's weights, recorded in its checkpoints.
+    base_sha256: Option<String>,
     /// The run directory's lock, held for the trainer's life: one run at a time writes there.
     _lock: DirLock,
 }
@@ -180,6 +185,9 @@ impl Trainer {
                     saved_at = Some(self.step);
                     if improved {
                         on_event(Event::Checkpoint(&self.save("best")?));
+                    }
+                    if self.config.keep_checkpoints > 0 {
+                        on_event(Event::Checkpoint(&self.save_step()?));
                     }
                 }
                 last_eval = Some(record);
@@ -246,7 +254,7 @@ impl Trainer {
         };
         let grad_norm = self.optimizer.grad_norm(&self.grads);
         let scale = clip_factor(grad_norm, max_norm);
-        self.optimizer.step(&mut self.model.params, &self.grads, scale, lr);
+        self.optimizer.step(self.model.trainable_mut(), &self.grads, scale, lr);
         let tokens = self.info.tokens_per_step as u64;
         Ok(StepRecord {
             step: self.step,
@@ -302,8 +310,8 @@ impl Trainer {
             .map(|last| (&self.optimizer, self.schedule.at(last)));
         stats::measure(
             self.step,
-            &param_specs(&self.model.config),
-            &self.model.params,
+            &self.model.trainable_specs(),
+            self.model.trainable(),
             last_update,
         )
     }
@@ -363,11 +371,22 @@ impl Trainer {
             best_val_loss: self.best_val_loss,
             elapsed_s: self.elapsed_s,
             config: self.config.clone(),
+            base_sha256: self.base_sha256.clone(),
         };
         checkpoint::save(&dir, &self.model, &self.optimizer, &self.tokenizer, &state)?;
         if name == "latest" {
             self.checkpoint_step = Some(self.step);
         }
+        Ok(dir)
+    }
+
+    /// Writes the checkpoint `step-NNNNNN/` of this step, then removes the step checkpoints
+    /// beyond the last `keep_checkpoints`; returns its path.
+    fn save_step(&mut self) -> Result<PathBuf> {
+        let name = run_dir::step_checkpoint_name(self.step);
+        run_dir::check_step_checkpoint(&self.run_dir.join(&name))?;
+        let dir = self.save(&name)?;
+        run_dir::prune_step_checkpoints(&self.run_dir, self.config.keep_checkpoints)?;
         Ok(dir)
     }
 }

@@ -75,6 +75,39 @@ pub(super) fn check_entries(dir: &Path, resumed: bool) -> Result<()> {
     Ok(())
 }
 
+/// The name of step `step`'s kept checkpoint (`--keep-checkpoints`): `step-000500`.
+pub(super) fn step_checkpoint_name(step: usize) -> String {
+    format!("step-{step:06}")
+}
+
+/// The step of a kept checkpoint's name.
+fn checkpoint_step(name: &str) -> Option<usize> {
+    let digits = name.strip_prefix("step-")?;
+    (digits.len() >= 6 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok())?
+}
+
+/// A kept checkpoint may only replace one of this run's (a resumed run writes a step again).
+pub(super) fn check_step_checkpoint(dir: &Path) -> Result<()> {
+    check_replaceable(dir, "a checkpoint of this run", is_checkpoint)
+}
+
+/// Removes the kept checkpoints `step-NNNNNN/` of the run in `dir` but the last `keep`.
+pub(super) fn prune_step_checkpoints(dir: &Path, keep: usize) -> Result<()> {
+    let mut steps = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(step) = checkpoint_step(&name).filter(|_| is_checkpoint(&entry.path())) {
+            steps.push((step, entry.path()));
+        }
+    }
+    steps.sort();
+    for (_, path) in steps.iter().rev().skip(keep) {
+        std::fs::remove_dir_all(path).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
+}
+
 /// Whether `dir` is a checkpoint directory (not a link to one).
 fn is_checkpoint(dir: &Path) -> bool {
     std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) && dir.join(checkpoint::TRAINER_FILE).is_file()

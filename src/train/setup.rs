@@ -2,7 +2,7 @@
 //! one (its `latest/` checkpoint, its recorded settings, the same corpus), both assembled into
 //! a [`Trainer`].
 
-use super::checkpoint::{self, Checkpoint};
+use super::checkpoint::{self, weights_sha256, Checkpoint};
 use super::config::{self, Overrides, TrainConfig};
 use super::data::TrainData;
 use super::metrics::{MetricsLog, METRICS_FILE};
@@ -15,10 +15,12 @@ use crate::data::{
 };
 use crate::error::{Error, Result};
 use crate::io::lock::DirLock;
+use crate::io::peft::write_adapter_files;
 use crate::io::{atomic, cache, load_model_with_tokenizer, save_model, ExportFormat, Loaded};
 use crate::memory::{product, sum, Need};
 use crate::model::data_parallel::{auto_shards, shard_rows};
-use crate::model::{num_params, param_specs, DataParallel, Gpt, KvCache, Workspace};
+use crate::model::lora::{lora_specs, Lora};
+use crate::model::{num_params, DataParallel, Gpt, KvCache, TensorSpec, Workspace};
 use crate::optim::{AdamW, AdamWConfig, LrSchedule};
 use crate::rng::Rng;
 use crate::runlog::jsonl::JsonLines;
@@ -50,16 +52,24 @@ impl Trainer {
         } else {
             Held::Nothing
         };
-        check_memory(&config, &model_config, block_size, shards, held)?;
+        let lora = config.lora()?;
+        let trainable = lora.as_ref().map_or(num_params(&model_config), |l| {
+            lora_specs(&model_config, l).iter().map(TensorSpec::numel).sum()
+        });
+        check_memory(&config, &model_config, trainable, block_size, shards, held)?;
         let (data, corpus_key, cached) = train_data(&config, &docs, &tokenizer, block_size)?;
         let prompt = encode_prompt(&config.prompt, &tokenizer, &model_config)?;
-        let model = match init {
+        let mut model = match init {
             Some(Loaded { mut model, .. }) => {
                 model.config.dropout = config.dropout;
                 model
             }
             None => Gpt::new(model_config.clone(), config.seed)?,
         };
+        let base_sha256 = lora.as_ref().map(|_| weights_sha256(&model.params));
+        if let Some(lora) = lora {
+            model.adapter = Some(Lora::new(&model.config, lora, config.seed)?);
+        }
         let (run_dir, lock) = create_run_dir(config.out_dir.as_deref())?;
         let config = TrainConfig {
             tokenizer: Some(tokenizer_spec),
@@ -72,13 +82,8 @@ impl Trainer {
             out_dir: Some(run_dir.clone()),
             ..config
         };
-        save_model(
-            &model,
-            Some(&tokenizer),
-            ExportFormat::HuggingFace,
-            &run_dir.join(INIT_DIR),
-        )?;
-        let optimizer = AdamW::new(adamw_config(&config), &param_specs(&model.config));
+        save_init(&model, &tokenizer, &config, &run_dir.join(INIT_DIR))?;
+        let optimizer = AdamW::new(adamw_config(&config), &model.trainable_specs());
         let parts = Parts {
             stream: BatchStream::new(windows(&config), config.seed),
             dropout_rng: Rng::new(config.seed ^ DROPOUT_STREAM),
@@ -86,6 +91,7 @@ impl Trainer {
             best_val_loss: None,
             elapsed_s: 0.0,
             checkpoint_step: None,
+            base_sha256,
             resumed: false,
             cached,
             files: docs.len(),
@@ -122,7 +128,15 @@ impl Trainer {
             .data_parallel
             .expect("resolved by resumed_config")
             .min(config.batch_size);
-        check_memory(&config, &model.config, block_size, shards, Held::ParametersAndMoments)?;
+        let trainable = model.trainable().len();
+        check_memory(
+            &config,
+            &model.config,
+            trainable,
+            block_size,
+            shards,
+            Held::ParametersAndMoments,
+        )?;
         let prompt = encode_prompt(&config.prompt, &tokenizer, &model.config)?;
         let docs = read_corpus(&config.data)?;
         let cache_dir = shard_cache_dir(&config)?;
@@ -139,7 +153,7 @@ impl Trainer {
             )));
         }
         let (data, corpus_key, cached) = train_data(&config, &docs, &tokenizer, block_size)?;
-        let mut optimizer = AdamW::new(adamw_config(&config), &param_specs(&model.config));
+        let mut optimizer = AdamW::new(adamw_config(&config), &model.trainable_specs());
         (optimizer.m, optimizer.v, optimizer.t) = (optimizer_m, optimizer_v, state.optimizer_step);
         let parts = Parts {
             stream: BatchStream::resume(windows(&config), config.seed, state.data_position)?,
@@ -148,6 +162,7 @@ impl Trainer {
             best_val_loss: state.best_val_loss,
             elapsed_s: state.elapsed_s,
             checkpoint_step: Some(state.step),
+            base_sha256: state.base_sha256,
             resumed: true,
             cached,
             files: docs.len(),
@@ -215,6 +230,7 @@ impl Trainer {
             tokenizer: config.tokenizer.clone().unwrap_or_default(),
             vocab_size: tokenizer.vocab_size(),
             params: model.params.len(),
+            trainable: model.trainable().len(),
             model: model.config.clone(),
             tokens_per_step: b * block_size * config.grad_accum,
             shards,
@@ -239,6 +255,7 @@ impl Trainer {
             best_val_loss: parts.best_val_loss,
             elapsed_s: parts.elapsed_s,
             checkpoint_step: parts.checkpoint_step,
+            base_sha256: parts.base_sha256,
             log,
             param_log,
             info,
@@ -255,6 +272,8 @@ struct Parts {
     best_val_loss: Option<f32>,
     elapsed_s: f64,
     checkpoint_step: Option<usize>,
+    /// A LoRA run: the SHA-256 of its base's weights.
+    base_sha256: Option<String>,
     resumed: bool,
     cached: bool,
     files: usize,
@@ -275,10 +294,18 @@ enum Held {
 }
 
 /// What training will allocate, checked against the machine before it does: the parameters
-/// and AdamW's two moments (unless `held`), one gradient buffer per batch shard, the
+/// (unless `held`), AdamW's two moments of the `trainable` parameters (unless `held`), one
+/// gradient buffer of those per batch shard, the
 /// activations of a batch split over the shards, the positions of the evaluation batches and
 /// the evaluation sample's pass (a KV cache of the whole context, recomputed when it fills).
-fn check_memory(config: &TrainConfig, model: &Config, t: usize, shards: usize, held: Held) -> Result<()> {
+fn check_memory(
+    config: &TrainConfig,
+    model: &Config,
+    trainable: usize,
+    t: usize,
+    shards: usize,
+    held: Held,
+) -> Result<()> {
     let (p, b, shards) = (num_params(model), config.batch_size, shards.max(1));
     let dropout = config.dropout > 0.0;
     let per_shard: Vec<u64> = shard_rows(b, shards)
@@ -292,12 +319,12 @@ fn check_memory(config: &TrainConfig, model: &Config, t: usize, shards: usize, h
         .floats(
             "AdamW moments",
             if held < Held::ParametersAndMoments {
-                product(&[2, p])
+                product(&[2, trainable])
             } else {
                 0
             },
         )
-        .floats("gradients", product(&[shards, p]))
+        .floats("gradients", product(&[shards, trainable]))
         .floats(format!("activations of {b} × {t} tokens"), activations)
         .floats("evaluation batches", product(&[4, b, config.eval_iters])) // 2 splits of usize
         .floats("evaluation sample", sample)
@@ -308,6 +335,19 @@ fn check_memory(config: &TrainConfig, model: &Config, t: usize, shards: usize, h
                  (now {shards}), or choose a smaller model"
             ),
         )
+}
+
+/// Writes `init/`, the model before training: the whole model, or for a LoRA run the new
+/// adapter alone (its base is the run's `--init`); with the tokenizer.
+fn save_init(model: &Gpt, tokenizer: &Tokenizer, config: &TrainConfig, dir: &Path) -> Result<()> {
+    let Some(adapter) = &model.adapter else {
+        return save_model(model, Some(tokenizer), ExportFormat::HuggingFace, dir);
+    };
+    let base = config.init.as_ref().map(|p| p.to_string_lossy());
+    atomic::write_dir(dir, |tmp| {
+        write_adapter_files(adapter, &model.config, base.as_deref(), tmp)?;
+        tokenizer.save(tmp)
+    })
 }
 
 fn adamw_config(config: &TrainConfig) -> AdamWConfig {

@@ -1,6 +1,7 @@
 //! `gpt2 convert`: read a model in any supported format, write it as a Hugging Face directory or
 //! an llm.c checkpoint.
 
+use crate::adapter_arg::with_adapter;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use gpt2::io::llmc::LlmcDtype;
@@ -29,6 +30,10 @@ pub struct ConvertArgs {
     /// from the contents.
     #[arg(long)]
     from: PathBuf,
+    /// A LoRA adapter directory (ours or Hugging Face PEFT's) trained on --from: the output is
+    /// the merged model (as PEFT's merge_and_unload).
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// The format to write: hf (a Hugging Face directory: config.json + model.safetensors, which
     /// transformers loads) or llmc (an llm.c checkpoint file, gpt2_124M.bin's layout).
     #[arg(long, value_enum)]
@@ -50,7 +55,7 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         (To::Llmc, Dtype::Bf16) => ExportFormat::Llmc(LlmcDtype::Bf16),
     };
     let start = Instant::now();
-    let loaded = load_model_with_tokenizer(&args.from)?;
+    let loaded = with_adapter(load_model_with_tokenizer(&args.from)?, args.adapter.as_deref())?;
     let cfg = &loaded.model.config;
     eprintln!(
         "read {} {} ({} layers, n_embd {}, vocab {}; tokenizer: {}) in {:.2} s",

@@ -4,11 +4,12 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::adapter_arg::load_for_inference;
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args};
 use gpt2::data::instructions;
 use gpt2::generate::{GenerateOptions, Generator, Sampling, TextGenerator, MAX_SAMPLES};
-use gpt2::io::{load_model_with_tokenizer_as, Loaded};
+use gpt2::io::Loaded;
 use gpt2::ops::lowp::WeightDtype;
 use gpt2::rng::Rng;
 use gpt2::tokenizer::{SpecialTokens, Tokenizer, UnknownChar};
@@ -29,6 +30,10 @@ pub struct GenerateArgs {
     /// f32; `gpt2 info` shows the kernels.
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
+    /// A LoRA adapter directory (adapter_config.json + adapter_model.safetensors, ours or
+    /// Hugging Face PEFT's), merged into the model before use.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// The text to continue (\n, \t and \\ are understood; <|endoftext|> is the special token,
     /// as Hugging Face's tokenizer reads it).
     #[arg(long)]
@@ -129,7 +134,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let stops: Vec<String> = args.stop.iter().map(|s| unescape(s)).collect();
     let Loaded {
         model, mut tokenizer, ..
-    } = load_model_with_tokenizer_as(&args.model, args.dtype)?;
+    } = load_for_inference(&args.model, args.dtype, args.adapter.as_deref())?;
     if args.skip_unknown {
         tokenizer = tokenizer.map(|t| t.with_unknown_chars(UnknownChar::Skip));
     }

@@ -1,6 +1,7 @@
 //! `gpt2 inspect`: a forward pass told step by step, the logit lens, attention heatmaps, a
 //! summary of the parameters, and (inspect_evolution.rs) how a training run changed them.
 
+use crate::adapter_arg::with_adapter;
 use crate::generate_cmd::unescape;
 use crate::inspect_evolution::{self, EvolutionArgs};
 use crate::tokenize_cmd::parse_ids;
@@ -25,6 +26,10 @@ pub struct InspectArgs {
     /// training run or checkpoint directory, or a downloaded model's name (gpt2, ...).
     #[arg(long, required_unless_present_any = ["preset", "evolution"])]
     model: Option<PathBuf>,
+    /// A LoRA adapter directory (adapter_config.json + adapter_model.safetensors, ours or
+    /// Hugging Face PEFT's), merged into the model before use.
+    #[arg(long, value_name = "DIR", requires = "model", conflicts_with = "summary")]
+    adapter: Option<PathBuf>,
     /// With --summary: a preset's shape instead of a model (gpt2, gpt2-medium, gpt2-large,
     /// gpt2-xl, shakespeare-char); no weights needed.
     #[arg(long, conflicts_with = "model", requires = "summary")]
@@ -101,7 +106,8 @@ fn run_summary(args: &InspectArgs) -> Result<()> {
 fn run_trace(args: &InspectArgs) -> Result<()> {
     let model_path = args.model.as_ref().expect("clap requires --model without --preset");
     // A diverged model is what one may want to look inside: its bad weights are a warning.
-    let Loaded { model, tokenizer, .. } = load_model_with_tokenizer_as_is(model_path)?;
+    let loaded = with_adapter(load_model_with_tokenizer_as_is(model_path)?, args.adapter.as_deref())?;
+    let Loaded { model, tokenizer, .. } = loaded;
     if let Some(problem) = non_finite_weights(&model) {
         eprintln!("warning: {}: {problem}", model_path.display());
     }

@@ -1,6 +1,7 @@
 //! `gpt2`: the command-line shell over the library. It parses flags, calls the library and
 //! prints; all the work lives in the `gpt2` crate.
 
+mod adapter_arg;
 mod bench_cmd;
 mod convert_cmd;
 mod download_cmd;

@@ -1,9 +1,9 @@
 //! `gpt2 score`: mean next-token loss and perplexity of a text.
 
+use crate::adapter_arg::load_for_inference;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gpt2::eval::score_tokens;
-use gpt2::io::load_model_with_tokenizer_as;
 use gpt2::ops::lowp::WeightDtype;
 use gpt2::tokenizer::UnknownChar;
 use std::path::{Path, PathBuf};
@@ -21,6 +21,10 @@ pub struct ScoreArgs {
     /// f32; `gpt2 info` shows the kernels.
     #[arg(long, default_value = "f32")]
     dtype: WeightDtype,
+    /// A LoRA adapter directory (adapter_config.json + adapter_model.safetensors, ours or
+    /// Hugging Face PEFT's), merged into the model before use.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// Text file to score, tokenized with the model's own tokenizer.
     #[arg(long, conflicts_with = "tokens")]
     text: Option<PathBuf>,
@@ -37,7 +41,7 @@ pub struct ScoreArgs {
 }
 
 pub fn run(args: &ScoreArgs) -> Result<()> {
-    let loaded = load_model_with_tokenizer_as(&args.model, args.dtype)?;
+    let loaded = load_for_inference(&args.model, args.dtype, args.adapter.as_deref())?;
     let model = loaded.model;
     let tokenizer = match args.skip_unknown {
         true => loaded.tokenizer.map(|t| t.with_unknown_chars(UnknownChar::Skip)),

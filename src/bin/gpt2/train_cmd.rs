@@ -72,6 +72,21 @@ pub struct TrainArgs {
     #[arg(long, value_parser = finite::<f32>, help_heading = "Model")]
     dropout: Option<f32>,
 
+    /// Train a LoRA adapter of rank R on the frozen --init model (no gradients or optimizer
+    /// state for its weights); checkpoints hold the adapter in PEFT's format.
+    #[arg(long, value_name = "R", help_heading = "LoRA")]
+    lora_r: Option<usize>,
+    /// The adapter's scale is alpha / r [default: 8, as PEFT].
+    #[arg(long, value_parser = finite::<f32>, help_heading = "LoRA")]
+    lora_alpha: Option<f32>,
+    /// Dropout on the adapter's input while training [default: 0].
+    #[arg(long, value_parser = finite::<f32>, help_heading = "LoRA")]
+    lora_dropout: Option<f32>,
+    /// Layers to adapt, comma-separated: c_attn, attn.c_proj, c_fc, mlp.c_proj (c_proj: both
+    /// projections) [default: c_attn].
+    #[arg(long, value_name = "LIST", help_heading = "LoRA")]
+    lora_targets: Option<String>,
+
     /// Training windows (sequences of --block-size tokens) per micro-batch [default: 12].
     #[arg(long, help_heading = "Optimisation")]
     batch_size: Option<usize>,
@@ -134,6 +149,9 @@ pub struct TrainArgs {
     /// Run directory [default: runs/<UTC time>, linked from runs/latest].
     #[arg(long, value_name = "DIR", help_heading = "Evaluation and output")]
     out_dir: Option<PathBuf>,
+    /// Keep the last K checkpoints as step-NNNNNN/ directories besides latest/ and best/ [default: 0].
+    #[arg(long, value_name = "K", help_heading = "Evaluation and output")]
+    keep_checkpoints: Option<usize>,
     /// When standard output is not a terminal (no progress bar), print a line (step, loss, lr,
     /// ms/step, tokens/s) every N steps; 0: none. Not a setting of the run.
     #[arg(long, value_name = "N", default_value_t = 10, help_heading = "Evaluation and output")]
@@ -321,6 +339,13 @@ fn print_start(info: &RunInfo) {
         if info.shards == 1 { "" } else { "s" },
         info.run_dir.display()
     );
+    if info.trainable < info.params {
+        println!(
+            "LoRA: training {} adapter parameters ({:.3}% of the model's); the base is frozen",
+            info.trainable,
+            100.0 * info.trainable as f64 / info.params as f64
+        );
+    }
 }
 
 /// The command that samples from the run just trained, as the user can type it: through cargo
