@@ -28,6 +28,10 @@ pub enum Keys<'a> {
     /// A KV cache holding the positions before the new tokens; the new tokens' keys and values
     /// are appended to it first, then new token i (at position pos0 + i) sees 0..=pos0 + i.
     Cached(KvLayer<'a>),
+    /// One new token per row, row r with a one-row cache of its own holding its positions
+    /// before that token (rows sit at different positions: requests decoded side by side).
+    /// Row r's key and value are appended to its cache, then it sees that cache's 0..=pos0.
+    PerRow(Vec<KvLayer<'a>>),
 }
 
 /// Forward through one block: reads the stream `x` [N, C], leaves every step's output in `a`
@@ -97,6 +101,19 @@ fn attention_layer_forward(
             cache.store(&a.qkv, shape.t, c, cfg.head_size());
             let (k, v) = cache.keys_values();
             attention_forward_cached(&mut a.atty, &mut a.att, &a.qkv, k, v, shape, cache.pos0);
+        }
+        Keys::PerRow(caches) => {
+            // Row r's scores [NH, 1, pos0_r + 1] follow row r - 1's in a.att.
+            let one = AttnShape { b: 1, t: 1, ..shape };
+            let mut scores = a.att.as_mut_slice();
+            let rows = a.qkv.chunks_exact(3 * c).zip(a.atty.chunks_exact_mut(c));
+            for (mut cache, (qkv, out)) in caches.into_iter().zip(rows) {
+                cache.store(qkv, 1, c, cfg.head_size());
+                let (row_scores, rest) = std::mem::take(&mut scores).split_at_mut(shape.n_head * (cache.pos0 + 1));
+                scores = rest;
+                let (k, v) = cache.keys_values();
+                attention_forward_cached(out, row_scores, qkv, k, v, one, cache.pos0);
+            }
         }
     }
     linear_forward(&mut a.residual_2, &a.atty, p.attn.c_proj_w, p.attn.c_proj_b, n, c, c);

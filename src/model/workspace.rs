@@ -66,6 +66,18 @@ impl BlockShape {
             for_backward: false,
         }
     }
+
+    /// A decoding step over rows that each have their own cache: B rows of one new token, row
+    /// r attending to keys[r] positions.
+    pub fn per_row(cfg: &Config, keys: &[usize]) -> Self {
+        let total: usize = keys.iter().fold(0, |sum, &k| sum.saturating_add(k));
+        BlockShape {
+            rows: keys.len(),
+            att: total.saturating_mul(cfg.n_head),
+            dropout: false,
+            for_backward: false,
+        }
+    }
 }
 
 impl BlockActs {

@@ -2,12 +2,14 @@
 //! prints; all the work lives in the `gpt2` crate.
 
 mod bench_cmd;
+mod bench_serve;
 mod convert_cmd;
 mod download_cmd;
 mod generate_cmd;
 mod inspect_cmd;
 mod inspect_evolution;
 mod score_cmd;
+mod serve_cmd;
 mod tokenize_cmd;
 mod train_cmd;
 
@@ -48,6 +50,9 @@ enum Command {
     Convert(convert_cmd::ConvertArgs),
     /// Download OpenAI's GPT-2 (from Hugging Face or OpenAI) into the model cache.
     Download(download_cmd::DownloadArgs),
+    /// An OpenAI-compatible HTTP API (completions, streaming, many clients batched together)
+    /// and a web page that shows each token's probability, attention and logit lens.
+    Serve(serve_cmd::ServeArgs),
     /// Throughput benchmarks (training step, forward pass, generation, model loading), optionally against PyTorch.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
@@ -109,6 +114,7 @@ fn main() {
         Command::Inspect(args) => inspect_cmd::run(args),
         Command::Convert(args) => convert_cmd::run(args),
         Command::Download(args) => download_cmd::run(args),
+        Command::Serve(args) => serve_cmd::run(args),
         Command::Bench(cmd) => bench_cmd::run(cmd),
         Command::Tokenize(args) => tokenize_cmd::run(args),
         Command::Bpe(cmd) => tokenize_cmd::run_bpe(cmd),
