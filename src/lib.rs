@@ -19,6 +19,7 @@ pub mod optim;
 pub mod plot;
 pub mod rng;
 pub mod runlog;
+pub mod serve;
 pub mod tokenizer;
 pub mod train;
 

@@ -12,6 +12,7 @@ use crate::model::workspace::BlockActs;
 use crate::model::Gpt;
 use crate::ops::attention::{attention_probs, AttnShape};
 use crate::tokenizer::Tokenizer;
+use trace::{LogitLens, Trace};
 
 /// Token `id` as text for a display: the tokenizer's piece (bytes that are not UTF-8 on their
 /// own as `\xNN`), or `#id` for a model that has no tokenizer.
@@ -30,4 +31,14 @@ pub fn layer_attention(model: &Gpt, block: &BlockActs, t: usize) -> Vec<f32> {
         n_head: model.config.n_head,
     };
     attention_probs(&block.qkv, &block.att_lse, shape)
+}
+
+/// A trace as `gpt2 inspect --json` prints it (and `gpt2 serve`'s /v1/inspect answers): the
+/// trace's fields, with `logit_lens` when there is one.
+pub fn trace_report(trace: &Trace, lens: Option<&LogitLens>) -> serde_json::Result<serde_json::Value> {
+    let mut out = serde_json::to_value(trace)?;
+    if let Some(lens) = lens {
+        out["logit_lens"] = serde_json::to_value(lens)?;
+    }
+    Ok(out)
 }

@@ -31,6 +31,10 @@ pub enum Keys<'a> {
     /// A KV cache holding the positions before the new tokens; the new tokens' keys and values
     /// are appended to it first, then new token i (at position pos0 + i) sees 0..=pos0 + i.
     Cached(KvLayer<'a>),
+    /// One new token per row, row r with a one-row cache of its own holding its positions
+    /// before that token (rows sit at different positions: requests decoded side by side).
+    /// Row r's key and value are appended to its cache, then it sees that cache's 0..=pos0.
+    PerRow(Vec<KvLayer<'a>>),
 }
 
 /// A linear layer's weight: f32 [K, N] in the flat buffer (Conv1D layout), or the same in
@@ -143,6 +147,16 @@ fn attention_layer_forward(
             cache.store(&a.qkv, shape.t, c, cfg.head_size());
             let (k, v) = cache.keys_values();
             attention_forward_cached(&mut a.atty, &mut a.att_lse, &a.qkv, k, v, shape, cache.pos0);
+        }
+        Keys::PerRow(caches) => {
+            // Row r: one query against its own cache; its log-sum-exps [NH] follow row r - 1's.
+            let one = AttnShape { b: 1, t: 1, ..shape };
+            let rows = a.qkv.chunks_exact(3 * c).zip(a.atty.chunks_exact_mut(c));
+            for (mut cache, ((qkv, out), lse)) in caches.into_iter().zip(rows.zip(a.att_lse.chunks_exact_mut(shape.n_head))) {
+                cache.store(qkv, 1, c, cfg.head_size());
+                let (k, v) = cache.keys_values();
+                attention_forward_cached(out, lse, qkv, k, v, one, cache.pos0);
+            }
         }
     }
     let c_proj = Weight::pick(p.attn.c_proj_w, lowp, |l| &l.attn_proj);

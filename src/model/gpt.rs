@@ -6,7 +6,7 @@
 //! Shapes: B batch rows, T positions, N = B·T, C = n_embd, V = vocab, L = n_layer.
 
 use super::block::{block_backward, block_forward, Keys};
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, StepBuffers};
 use super::lora::{split_layers, AdapterView, Lora};
 use super::lowp::{LowpBlock, LowpWeights};
 use super::params::{init_params, num_params, param_specs, Layout, TensorSpec, Weights};
@@ -423,6 +423,57 @@ impl Gpt {
         let ln_f = (&mut s.ln_f[..], &mut s.ln_f_mean[..], &mut s.ln_f_rstd[..]);
         self.head_forward(&mut s.logits, ln_f, &s.last, b);
         Ok(&cache.scratch.logits)
+    }
+
+    /// One decoding step of R requests at once: `tokens[r]` is the next token of the sequence
+    /// in `caches[r]` (a one-row cache, each at its own length). Every matrix product runs once
+    /// over all R rows (each weight is read once per step, not once per request); only the
+    /// attention is per row, over that row's own cache. Appends each row's key and value to its
+    /// cache and returns the next-token logits [R, V], the same as R calls of
+    /// [`Gpt::forward_cached`]. A failed call leaves every cache as it was.
+    pub fn decode_step<'b>(
+        &self,
+        bufs: &'b mut StepBuffers,
+        caches: &mut [&mut KvCache],
+        tokens: &[u32],
+    ) -> Result<&'b [f32]> {
+        let r = tokens.len();
+        if r == 0 || caches.len() != r {
+            return Err(Error::Input(format!(
+                "a decoding step needs one token per cache and at least one: {r} tokens for {} caches",
+                caches.len()
+            )));
+        }
+        for cache in caches.iter() {
+            if cache.rows() != 1 {
+                return Err(Error::Input(format!(
+                    "a decoding step takes one-row caches, got one of {} rows",
+                    cache.rows()
+                )));
+            }
+            cache.check_new_tokens(1)?;
+        }
+        self.check_batch(tokens, r, 1, None)?;
+        let (cfg, w, shape) = (&self.config, self.weights(), self.attn_shape(r, 1));
+        let c = cfg.n_embd;
+        let s = &mut bufs.0;
+        s.fit(cfg, r, 1);
+
+        // x [R, C]: row r is token r at its own position.
+        for ((x, &id), cache) in s.x.chunks_exact_mut(c).zip(tokens).zip(caches.iter()) {
+            self.embed(x, &[id], 1, cache.len());
+        }
+        let adapter = self.adapter_view();
+        for (l, p) in w.blocks.iter().enumerate() {
+            let keys = Keys::PerRow(caches.iter_mut().map(|cache| cache.kv_layer(l)).collect());
+            let (lowp, pass) = (self.lowp_block(l), adapter.as_ref().map(|a| a.pass(l, None)));
+            block_forward(cfg, shape, p, lowp, pass, &s.x, &mut s.block, keys, None);
+            std::mem::swap(&mut s.x, &mut s.block.residual_3);
+        }
+        caches.iter_mut().for_each(|cache| cache.advance(1));
+        let ln_f = (&mut s.ln_f[..], &mut s.ln_f_mean[..], &mut s.ln_f_rstd[..]);
+        self.head_forward(&mut s.logits, ln_f, &s.x, r);
+        Ok(&bufs.0.logits)
     }
 }
 

@@ -74,6 +74,17 @@ impl CachedActs {
     }
 }
 
+/// The buffers of [`super::Gpt::decode_step`], which runs one new token of each of several
+/// caches (requests) through the model at once; owned by its caller, like a [`KvCache`]'s.
+#[derive(Default)]
+pub struct StepBuffers(pub(super) CachedActs);
+
+impl StepBuffers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
 /// Layer l's part of a cache, as the attention step of a block sees it.
 pub struct KvLayer<'a> {
     k: &'a mut [f32], // [B, NH, P, hs]
@@ -254,6 +265,11 @@ impl KvCache {
         (kv, &mut self.scratch)
     }
 
+    /// Layer l of the cache alone.
+    pub(super) fn kv_layer(&mut self, l: usize) -> KvLayer<'_> {
+        self.layer(l).0
+    }
+
     /// Counts T new positions as cached (once every layer has stored them).
     pub(super) fn advance(&mut self, t: usize) {
         self.len += t;
@@ -339,6 +355,48 @@ mod tests {
         let logits = model.forward_cached(&mut cache, &[1, 2]).unwrap().to_vec();
         let err = max_abs_diff(&logits, &full_last_logits(&model, &seqs));
         assert!(err <= 1e-4, "max error {err}");
+    }
+
+    /// R requests at different positions decoded in one step give each the logits it gets
+    /// alone, and their caches continue as if each had been decoded alone.
+    #[test]
+    fn a_decoding_step_over_several_caches_equals_each_decoded_alone() {
+        let model = model();
+        let v = model.config.vocab_size;
+        let prompts: Vec<Vec<u32>> = [3, 7, 1, 12].iter().map(|&n| random_tokens(n, v, n as u64)).collect();
+        let prefilled = || -> Vec<KvCache> {
+            prompts
+                .iter()
+                .map(|prompt| {
+                    let mut cache = KvCache::new(&model.config, 1, 24).unwrap();
+                    model.forward_cached(&mut cache, prompt).unwrap();
+                    cache
+                })
+                .collect()
+        };
+        let (mut together, mut alone) = (prefilled(), prefilled());
+        let mut bufs = StepBuffers::new();
+        for step in 0..5 {
+            let next = random_tokens(prompts.len(), v, 50 + step);
+            let mut refs: Vec<&mut KvCache> = together.iter_mut().collect();
+            let batched = model.decode_step(&mut bufs, &mut refs, &next).unwrap().to_vec();
+            for (r, cache) in alone.iter_mut().enumerate() {
+                let single = model.forward_cached(cache, &next[r..r + 1]).unwrap();
+                let err = max_abs_diff(&batched[r * v..(r + 1) * v], single);
+                assert!(err <= 1e-5, "step {step} row {r}: max error {err}");
+            }
+        }
+        for (a, b) in together.iter().zip(&alone) {
+            assert_eq!(a.len(), b.len());
+        }
+        // Bad calls: a token count that does not match, a full cache, a many-row cache.
+        let mut refs: Vec<&mut KvCache> = together.iter_mut().collect();
+        assert!(model.decode_step(&mut bufs, &mut refs, &[1, 2]).is_err());
+        let mut full = KvCache::new(&model.config, 1, 2).unwrap();
+        model.forward_cached(&mut full, &[1, 2]).unwrap();
+        assert!(model.decode_step(&mut bufs, &mut [&mut full], &[3]).is_err());
+        let mut wide = KvCache::new(&model.config, 2, 4).unwrap();
+        assert!(model.decode_step(&mut bufs, &mut [&mut wide], &[3]).is_err());
     }
 
     /// The memory check of generation counts what a cache and its passes allocate.

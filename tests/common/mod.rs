@@ -76,3 +76,4 @@ pub fn assert_foreign_entries_intact(dir: &std::path::Path) {
     assert_eq!(read("notes.txt"), "the user's notes");
     assert_eq!(read("folder/data.csv"), "1,2,3");
 }
+pub mod server;

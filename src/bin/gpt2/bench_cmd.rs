@@ -24,6 +24,8 @@ pub enum BenchCommand {
     Generate(GenerateBenchArgs),
     /// Loading a model: wall time, and peak memory against the size of its weights.
     Load(LoadArgs),
+    /// `gpt2 serve` under load on loopback: tokens/s and latency with 1, 4, 16, 64 streaming clients.
+    Serve(crate::bench_serve::ServeBenchArgs),
 }
 
 #[derive(Args)]
@@ -142,6 +144,7 @@ pub fn run(cmd: &BenchCommand) -> Result<()> {
         BenchCommand::Forward(args) => run_steps(args, BenchKind::Forward, "forward"),
         BenchCommand::Generate(args) => run_generate(args),
         BenchCommand::Load(args) => run_load(args),
+        BenchCommand::Serve(args) => crate::bench_serve::run(args),
     }
 }
 

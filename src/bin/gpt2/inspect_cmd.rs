@@ -10,8 +10,8 @@ use clap::Args;
 use gpt2::config::Config;
 use gpt2::inspect::attention_map::write_attention_maps;
 use gpt2::inspect::summary::{summarize, Summary};
-use gpt2::inspect::token_piece;
 use gpt2::inspect::trace::{self, logit_lens, LogitLens, TensorTrace, Trace, TraceOptions, GELU_NEAR_ZERO};
+use gpt2::inspect::{token_piece, trace_report};
 use gpt2::io::{detect, load_model_with_tokenizer_as_is, non_finite_weights, Loaded};
 use gpt2::model::Workspace;
 use gpt2::ops::lowp::WeightDtype;
@@ -188,10 +188,7 @@ fn prompt_ids(args: &InspectArgs, model_path: &Path, tokenizer: Option<&Tokenize
 
 /// The trace as one JSON object, with the logit lens and the heatmaps' files when there are.
 fn print_json(trace: &Trace, lens: Option<&LogitLens>, maps: &[PathBuf]) -> Result<()> {
-    let mut out = serde_json::to_value(trace)?;
-    if let Some(lens) = lens {
-        out["logit_lens"] = serde_json::to_value(lens)?;
-    }
+    let mut out = trace_report(trace, lens)?;
     if !maps.is_empty() {
         out["attention_maps"] = json!(maps);
     }

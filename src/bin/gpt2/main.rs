@@ -3,6 +3,7 @@
 
 mod adapter_arg;
 mod bench_cmd;
+mod bench_serve;
 mod convert_cmd;
 mod download_cmd;
 mod eval_cmd;
@@ -10,6 +11,7 @@ mod generate_cmd;
 mod inspect_cmd;
 mod inspect_evolution;
 mod score_cmd;
+mod serve_cmd;
 mod tokenize_cmd;
 mod train_cmd;
 
@@ -54,6 +56,9 @@ enum Command {
     Convert(convert_cmd::ConvertArgs),
     /// Download OpenAI's GPT-2 (from Hugging Face or OpenAI) into the model cache.
     Download(download_cmd::DownloadArgs),
+    /// An OpenAI-compatible HTTP API (completions, streaming, many clients batched together)
+    /// and a web page that shows each token's probability, attention and logit lens.
+    Serve(serve_cmd::ServeArgs),
     /// Throughput benchmarks (training step, forward pass, generation, model loading), optionally against PyTorch.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
@@ -116,6 +121,7 @@ fn main() {
         Command::Inspect(args) => inspect_cmd::run(args),
         Command::Convert(args) => convert_cmd::run(args),
         Command::Download(args) => download_cmd::run(args),
+        Command::Serve(args) => serve_cmd::run(args),
         Command::Bench(cmd) => bench_cmd::run(cmd),
         Command::Tokenize(args) => tokenize_cmd::run(args),
         Command::Bpe(cmd) => tokenize_cmd::run_bpe(cmd),
