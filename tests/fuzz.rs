@@ -286,6 +286,25 @@ fn safetensors_weights() {
     );
 }
 
+/// A PEFT LoRA adapter's two files, loaded for the tiny model and merged into it.
+#[test]
+fn peft_adapter_files() {
+    let dir = copy_fixture("tiny_lora", "peft");
+    let base = common::tiny_model();
+    let load = |dir: &Path| -> Result<(), String> {
+        let mut model = gpt2::Gpt::from_params(base.config.clone(), base.params.clone());
+        gpt2::io::peft::merge_adapter(&mut model, dir).map_err(|e| e.to_string())
+    };
+    fuzz("adapter_config.json", &dir, "adapter_config.json", all_text, &load);
+    fuzz(
+        "adapter_model.safetensors",
+        &dir,
+        "adapter_model.safetensors",
+        safetensors_header,
+        &load,
+    );
+}
+
 #[test]
 fn hugging_face_config_json() {
     let dir = copy_fixture("tiny", "config");

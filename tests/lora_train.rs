@@ -177,8 +177,17 @@ fn bad_lora_settings_are_clear_errors() {
         ..config.clone()
     });
     assert!(err.contains("give it with --init"), "{err}");
-    let err = error(TrainConfig { lora_r: None, ..config });
+    let err = error(TrainConfig {
+        lora_r: None,
+        ..config.clone()
+    });
     assert!(err.contains("lora_alpha is for LoRA"), "{err}");
     assert!(!dir.join("run").exists(), "nothing written");
+    // A folder of the user's where init/ goes is not replaced.
+    std::fs::create_dir_all(dir.join("run/init")).unwrap();
+    std::fs::write(dir.join("run/init/notes.txt"), "mine").unwrap();
+    let err = error(config);
+    assert!(err.contains("not the init/ adapter of a training run"), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.join("run/init/notes.txt")).unwrap(), "mine");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::files;
 use crate::model::lora::{lora_specs, Lora, LoraConfig, Target};
+use crate::model::TensorSpec;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -180,18 +181,25 @@ pub fn load_adapter(dir: &Path, cfg: &Config) -> Result<Lora> {
         targets: targets.into_iter().collect(),
     };
     config.validate().map_err(|e| bad(e.to_string()))?;
-    let mut params = vec![0.0; lora_specs(cfg, &config).iter().map(|s| s.numel()).sum()];
-    let mut offset = 0;
     let found: HashMap<&str, _> = tensors.iter().collect();
     let source = format!(
         "r = {r} and the base model (n_embd {}, n_inner {})",
         cfg.n_embd, cfg.n_inner
     );
-    for spec in lora_specs(cfg, &config) {
+    let specs = lora_specs(cfg, &config);
+    // Every tensor present with its shape before anything is allocated: the sizes are then
+    // those of the file, not of a rank read from the configuration.
+    let mut views = Vec::with_capacity(specs.len());
+    for spec in &specs {
         let view = found
             .get(spec.name.as_str())
             .ok_or_else(|| Error::weights(&path, format!("missing tensor '{}'", spec.name)))?;
         check_shape(&path, &spec.name, view.shape(), &spec.shape, &source)?;
+        views.push(view);
+    }
+    let mut params = vec![0.0; specs.iter().map(TensorSpec::numel).sum()];
+    let mut offset = 0;
+    for (spec, view) in specs.iter().zip(views) {
         let slot = &mut params[offset..offset + spec.numel()];
         file.read_f32(view.dtype(), view.data(), slot)
             .map_err(|msg| Error::weights(&path, format!("tensor '{}': {msg}", spec.name)))?;

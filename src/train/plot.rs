@@ -1,5 +1,6 @@
 //! The loss curves of a run, `loss.png` and `loss.svg`: train and validation loss against
-//! steps (left) and against tokens seen (right).
+//! steps (left) and against tokens seen (right). The right-hand axis of each reads the same
+//! curves as perplexity, e^loss.
 
 use super::metrics::{EvalRecord, History, StepRecord};
 use crate::error::Result;
@@ -68,17 +69,31 @@ where
     };
     let pad = 0.05 * (y_max - y_min);
 
+    let y_range = (y_min - pad).max(0.0)..y_max + pad;
     let mut chart = ChartBuilder::on(area)
         .caption(format!("loss vs {x_name}"), (FONT, 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
-        .build_cartesian_2d(0.0..x_max, (y_min - pad).max(0.0)..y_max + pad)?;
+        .right_y_label_area_size(55)
+        .build_cartesian_2d(0.0..x_max, y_range.clone())?
+        .set_secondary_coord(0.0..x_max, y_range);
     chart
         .configure_mesh()
         .x_desc(x_name)
         .y_desc("loss (nats per token)")
         .x_label_formatter(&|x| short_number(*x))
+        .label_style((FONT, 13))
+        .draw()?;
+    // The same y as perplexity: a loss of y nats per token is a perplexity of e^y.
+    chart
+        .configure_secondary_axes()
+        .y_desc("perplexity (e^loss)")
+        .y_label_formatter(&|y| match y.exp() {
+            p if p >= 1e3 => short_number(p.round()),
+            p if p >= 10.0 => format!("{p:.1}"),
+            p => format!("{p:.2}"),
+        })
         .label_style((FONT, 13))
         .draw()?;
     let faint = RGBColor(160, 190, 235);
@@ -139,7 +154,7 @@ mod tests {
         let [png, svg] = write_plots(&history, &dir).unwrap();
         assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
         let svg = std::fs::read_to_string(&svg).unwrap();
-        assert!(svg.contains("val (eval)") && svg.contains("tokens seen"));
+        assert!(svg.contains("val (eval)") && svg.contains("tokens seen") && svg.contains("perplexity"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

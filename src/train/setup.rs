@@ -15,7 +15,7 @@ use crate::data::{
 };
 use crate::error::{Error, Result};
 use crate::io::lock::DirLock;
-use crate::io::peft::write_adapter_files;
+use crate::io::peft::{write_adapter_files, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::io::{atomic, cache, load_model_with_tokenizer, save_model, ExportFormat, Loaded};
 use crate::memory::{product, sum, Need};
 use crate::model::data_parallel::{auto_shards, shard_rows};
@@ -344,6 +344,15 @@ fn save_init(model: &Gpt, tokenizer: &Tokenizer, config: &TrainConfig, dir: &Pat
         return save_model(model, Some(tokenizer), ExportFormat::HuggingFace, dir);
     };
     let base = config.init.as_ref().map(|p| p.to_string_lossy());
+    // Only an adapter's init/ (of a run stopped before its first checkpoint) may be replaced.
+    atomic::check_replaceable(dir, "the init/ adapter of a training run", |p| {
+        std::fs::read_dir(p).is_ok_and(|entries| {
+            entries.flatten().all(|e| {
+                let name = e.file_name();
+                [ADAPTER_CONFIG, ADAPTER_WEIGHTS, "tokenizer.json"].contains(&name.to_string_lossy().as_ref())
+            })
+        })
+    })?;
     atomic::write_dir(dir, |tmp| {
         write_adapter_files(adapter, &model.config, base.as_deref(), tmp)?;
         tokenizer.save(tmp)
