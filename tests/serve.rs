@@ -340,3 +340,23 @@ fn ctrl_c_lets_the_requests_in_flight_end() {
     assert!(rest.contains("\"finish_reason\":\"length\""));
     assert!(server.child.wait().unwrap().success());
 }
+
+#[test]
+fn a_batch_beyond_the_machine_is_refused_before_serving() {
+    let model = CharModel::tiny("huge-batch");
+    let out = run_gpt2(&[
+        "serve",
+        "--model",
+        model.path(),
+        "--port",
+        "0",
+        "--max-batch",
+        "100000000",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("KV caches") && stderr.contains("--max-batch"),
+        "{stderr}"
+    );
+}
