@@ -310,6 +310,22 @@ fn a_full_server_answers_503_and_a_client_that_leaves_frees_its_place() {
     }
     let (status, done) = server.post_json("/v1/completions", &json!({"prompt": "Hi", "max_tokens": 2}));
     assert_eq!(status, 200, "{done}");
+    // A client waiting for a whole (not streamed) completion that goes away frees it too.
+    let mut whole = TcpStream::connect(&address).unwrap();
+    let body = json!({"prompt": "Thrice", "max_tokens": 1000}).to_string();
+    write!(
+        whole,
+        "POST /v1/completions HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    while load(&server) < 1 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(whole);
+    while load(&server) > 0 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -323,4 +339,24 @@ fn ctrl_c_lets_the_requests_in_flight_end() {
     assert!(rest.contains("data: [DONE]"), "the stream was cut: {rest}");
     assert!(rest.contains("\"finish_reason\":\"length\""));
     assert!(server.child.wait().unwrap().success());
+}
+
+#[test]
+fn a_batch_beyond_the_machine_is_refused_before_serving() {
+    let model = CharModel::tiny("huge-batch");
+    let out = run_gpt2(&[
+        "serve",
+        "--model",
+        model.path(),
+        "--port",
+        "0",
+        "--max-batch",
+        "100000000",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("KV caches") && stderr.contains("--max-batch"),
+        "{stderr}"
+    );
 }

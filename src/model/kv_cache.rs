@@ -175,6 +175,13 @@ impl KvCache {
         self.len = 0;
     }
 
+    /// Frees the buffers of the last pass (a prefill's grow with the prompt), keeping the keys
+    /// and values: for a cache that later steps of [`super::Gpt::decode_step`] extend, which
+    /// bring buffers of their own.
+    pub fn free_pass_buffers(&mut self) {
+        self.scratch = CachedActs::default();
+    }
+
     /// Turns a one-row cache into `rows` copies of that row: several samples that share a
     /// prompt prefill it once.
     pub fn broadcast(&mut self, rows: usize) -> Result<()> {
@@ -375,6 +382,9 @@ mod tests {
                 .collect()
         };
         let (mut together, mut alone) = (prefilled(), prefilled());
+        // The decoding step keeps nothing in the caches' own pass buffers.
+        together.iter_mut().for_each(KvCache::free_pass_buffers);
+        assert!(together.iter().all(|cache| cache.scratch.x.is_empty()));
         let mut bufs = StepBuffers::new();
         for step in 0..5 {
             let next = random_tokens(prompts.len(), v, 50 + step);

@@ -147,10 +147,12 @@ impl Engine {
                 (now + n <= bound).then_some(now + n)
             })
             .map_err(|_| Busy)?;
-        for job in jobs {
+        for (sent, job) in jobs.into_iter().enumerate() {
             if self.jobs.send(job).is_err() {
-                self.admitted.fetch_sub(1, Ordering::SeqCst);
-                return Err(Busy); // the engine has stopped
+                // The engine has stopped: the jobs not sent were never admitted. (Those sent
+                // end with the request's receiver.)
+                self.admitted.fetch_sub(n - sent, Ordering::SeqCst);
+                return Err(Busy);
             }
         }
         Ok(())
@@ -246,6 +248,7 @@ impl Batch {
         let len = job.prompt.len() + job.max_tokens;
         let mut cache = KvCache::new(&self.model.config, 1, len)?;
         let logits = self.model.forward_cached(&mut cache, &job.prompt)?.to_vec();
+        cache.free_pass_buffers(); // the batch's steps have buffers of their own
         Ok((cache, logits))
     }
 

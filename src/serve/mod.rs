@@ -9,7 +9,8 @@ pub mod engine;
 pub mod http;
 
 use crate::error::{Error, Result};
-use crate::model::Gpt;
+use crate::memory::{product, Need};
+use crate::model::{Gpt, KvCache};
 use crate::tokenizer::Tokenizer;
 use engine::{Engine, Limits};
 use http::{ApiLimits, App};
@@ -36,6 +37,19 @@ impl Server {
         api: ApiLimits,
         threads: usize,
     ) -> Result<Server> {
+        // The most a full batch holds: a cache of the whole context per request, the buffers of
+        // one step over all of them (the largest pass), and their logits.
+        let cfg = &model.config;
+        let (batch, context) = (limits.max_batch, cfg.n_positions);
+        let step = KvCache::pass_floats(cfg, batch, 1, context).max(KvCache::pass_floats(cfg, 1, context, context));
+        Need::new()
+            .floats("KV caches", KvCache::cache_floats(cfg, batch, context))
+            .floats("step buffers", step)
+            .floats("next-token logits", product(&[batch, cfg.vocab_size]))
+            .check(
+                &format!("serving {batch} requests at once with a context of {context} tokens"),
+                "use a smaller --max-batch",
+            )?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("gpt2-serve-{i}"))
