@@ -378,6 +378,23 @@ fn instruction_tuning_learns_the_responses_that_exact_and_generate_then_give() {
         (&"yes".into(), &"stop_token".into())
     );
 
+    // --val-data: another file validates, all of --data trains; a text corpus takes none.
+    let val = dir.join("val.jsonl");
+    std::fs::write(&val, records[..3].join("\n")).unwrap();
+    let log = succeeds(&format!(
+        "train --data {data} --val-data {} --tokenizer {tokenizer} --out-dir {} --n-layer 1 --n-head 2 \
+         --n-embd 16 --block-size 128 --batch-size 4 --max-iters 1 --eval-iters 1 --sample-tokens 1",
+        val.display(),
+        dir.join("run-val").display()
+    ));
+    assert!(String::from_utf8_lossy(&log).contains("train 10 / val 3"));
+    let out = run_line(&format!("train --data {SHAKESPEARE} --val-data {}", val.display()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--val-data") && err.contains("is for instruction data"),
+        "{err}"
+    );
+
     // The records must fit the block, and a char-level vocabulary cannot end a response.
     let out = run_line(&format!("train --data {data} --tokenizer {tokenizer} --block-size 32"));
     let err = String::from_utf8_lossy(&out.stderr);
