@@ -2,7 +2,7 @@
 """Writes data/instructions/{train,val,test}.json: a small instruction set in the Alpaca format
 ({"instruction", "input", "output"}) whose answers can be checked exactly: string tasks over a
 fixed list of common words. Deterministic (a fixed seed, no network, standard library only);
-the three splits share no (instruction, input) pair.
+the three splits share no (instruction, input) pair and hold the eight tasks in equal shares.
 
     python3 scripts/make_instructions.py [--out data/instructions]
 """
@@ -19,18 +19,29 @@ train shell flame snow candle garden mirror pocket rabbit silver window yellow b
 castle dragon forest jacket kitten ladder monkey orange pencil rocket summer winter sister
 friend letter market planet button cotton carpet circle bridge island shadow spring autumn
 valley meadow thunder whisper morning evening lantern harbor pepper cookie butter cherry
+anchor arrow badge banana barrel beach bell berry blanket bloom board boat bone book boot
+brick brush cabin cable camel canal candy cape card cart cave chain chalk cheese chest
+clock coat coin comet cord corn crown cup curtain daisy desk dish door dove drum duck
+eagle earth egg engine fabric feather fence fern finger fish flag flute fog fork fox frog
+glass globe glove goat gold grass hammer hat hill hook horn ink iron jam jelly jewel key
+kite knife lake lamp leaf lion lock map marble mask melon milk mint moon moss mouse nail
+needle nest net oak olive owl paint palm pearl piano pillow pine pipe plate pond pot rain
+ring road robin roof rope rose salt sand scarf seed sheep ship shoe silk sky slope soap
+sock spoon star stick straw sugar swan thread tower tree tulip wagon wheel whale wolf wool
 """.split()
 
-SIZES = {"train": 1600, "val": 150, "test": 150}
+# Records per split; each split holds every task in equal shares. The held-out splits are drawn
+# first, so that the training split cannot use up a task's (instruction, input) pairs.
+SIZES = {"test": 160, "val": 160, "train": 1280}
+TASKS = 8
 
 
 def sentence(rng, lo, hi):
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
 
 
-def record(rng):
-    """One task drawn at random, with its input and its one right answer."""
-    task = rng.randrange(8)
+def record(rng, task):
+    """One record of `task` (0..TASKS): its instruction, input and one right answer."""
     word = rng.choice(WORDS)
     if task == 0:
         return "Reverse the word.", word, word[::-1]
@@ -61,12 +72,16 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     for split, size in SIZES.items():
         records = []
-        while len(records) < size:
-            instruction, inp, output = record(rng)
-            if (instruction, inp) in seen:
-                continue
-            seen.add((instruction, inp))
-            records.append({"instruction": instruction, "input": inp, "output": output})
+        for task in range(TASKS):
+            made = 0
+            while made < size // TASKS:
+                instruction, inp, output = record(rng, task)
+                if (instruction, inp) in seen:
+                    continue
+                seen.add((instruction, inp))
+                records.append({"instruction": instruction, "input": inp, "output": output})
+                made += 1
+        rng.shuffle(records)
         path = os.path.join(args.out, f"{split}.json")
         with open(path, "w") as f:
             json.dump(records, f, indent=1)

@@ -378,6 +378,23 @@ fn instruction_tuning_learns_the_responses_that_exact_and_generate_then_give() {
         (&"yes".into(), &"stop_token".into())
     );
 
+    // --val-data: another file validates, all of --data trains; a text corpus takes none.
+    let val = dir.join("val.jsonl");
+    std::fs::write(&val, records[..3].join("\n")).unwrap();
+    let log = succeeds(&format!(
+        "train --data {data} --val-data {} --tokenizer {tokenizer} --out-dir {} --n-layer 1 --n-head 2 \
+         --n-embd 16 --block-size 128 --batch-size 4 --max-iters 1 --eval-iters 1 --sample-tokens 1",
+        val.display(),
+        dir.join("run-val").display()
+    ));
+    assert!(String::from_utf8_lossy(&log).contains("train 10 / val 3"));
+    let out = run_line(&format!("train --data {SHAKESPEARE} --val-data {}", val.display()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--val-data") && err.contains("is for instruction data"),
+        "{err}"
+    );
+
     // The records must fit the block, and a char-level vocabulary cannot end a response.
     let out = run_line(&format!("train --data {data} --tokenizer {tokenizer} --block-size 32"));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -389,4 +406,64 @@ fn instruction_tuning_learns_the_responses_that_exact_and_generate_then_give() {
     let out = run_line(&format!("train --data {data} --out-dir {}", char_run.display()));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("<|endoftext|>") && !char_run.exists(), "{err}");
+}
+
+/// tests/fixtures/eval_reference.json (scripts/make_eval_fixtures.py): Hugging Face's
+/// perplexity-guide loop and hellaswag.py's scoring, run by PyTorch on the same model.
+#[test]
+fn perplexity_and_choice_match_the_pytorch_references() {
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("eval_reference.json")).unwrap()).unwrap();
+    let (model, tokenizer) = trained();
+    let text: String = std::fs::read_to_string(SHAKESPEARE)
+        .unwrap()
+        .chars()
+        .take(1000)
+        .collect();
+    let ids = tokenizer.encode(&text).unwrap();
+    assert_eq!(ids.len() as u64, reference["tokens"].as_u64().unwrap());
+    for (stride, expected) in reference["perplexity"].as_object().unwrap() {
+        let score = perplexity(&model, &ids, stride.parse().unwrap()).unwrap();
+        assert_eq!(
+            score.predictions as u64,
+            expected["predictions"].as_u64().unwrap(),
+            "stride {stride}"
+        );
+        let loss = expected["loss"].as_f64().unwrap();
+        assert!(
+            (score.loss - loss).abs() < 1e-5,
+            "stride {stride}: {} vs {loss}",
+            score.loss
+        );
+    }
+
+    let dir = temp_dir("eval-choice-ref");
+    let file = dir.join("items.jsonl");
+    let lines: Vec<String> = reference["choice_items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let items = read_choices(&file).unwrap();
+    let mut ws = Workspace::new();
+    for (item, expected) in items.iter().zip(reference["choice"].as_array().unwrap()) {
+        let losses = gpt2::eval::choice::ending_losses(&model, &tokenizer, item, &mut ws).unwrap();
+        for (e, (sum, mean)) in losses.iter().enumerate() {
+            let (want_sum, want_mean) = (
+                expected["sums"][e].as_f64().unwrap(),
+                expected["means"][e].as_f64().unwrap(),
+            );
+            assert!(
+                (sum - want_sum).abs() < 1e-4 && (mean - want_mean).abs() < 1e-5,
+                "{item:?} ending {e}"
+            );
+        }
+    }
+    let score = score_choices(&model, &tokenizer, &items).unwrap();
+    for (prediction, expected) in score.predictions.iter().zip(reference["choice"].as_array().unwrap()) {
+        assert_eq!(prediction.pred as u64, expected["pred"].as_u64().unwrap());
+        assert_eq!(prediction.pred_norm as u64, expected["pred_norm"].as_u64().unwrap());
+    }
 }

@@ -29,6 +29,9 @@ pub struct TrainConfig {
     pub cache_dir: Option<PathBuf>,
     /// Fraction of the corpus (its end) held out for validation.
     pub val_fraction: f64,
+    /// Instruction data: validate on the records of this file instead of the last val_fraction
+    /// of the --data file's.
+    pub val_data: Option<PathBuf>,
     /// Train on sliding windows with this stride instead of random windows.
     pub stride: Option<usize>,
     /// Seed of the initialisation, the batches, dropout and the samples.
@@ -110,6 +113,7 @@ impl Default for TrainConfig {
             tokenizer: None,
             cache_dir: None,
             val_fraction: 0.1,
+            val_data: None,
             stride: None,
             seed: 1337,
             preset: None,
@@ -201,7 +205,7 @@ impl TrainConfig {
             // Relative paths in the file are relative to the file; all are made absolute, so that
             // a run records paths that still hold when it is resumed from elsewhere. (`init` may
             // name a downloaded model, so it is taken as written.)
-            if matches!(key.as_str(), "data" | "cache_dir" | "out_dir") {
+            if matches!(key.as_str(), "data" | "val_data" | "cache_dir" | "out_dir") {
                 let dir = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
                 value = resolve_paths(value, dir.parent().unwrap_or(Path::new("/")));
             }

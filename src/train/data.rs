@@ -20,12 +20,22 @@ pub enum TrainData {
 }
 
 impl TrainData {
-    /// The records of the instruction file `path`, encoded; the last `val_fraction` of them
-    /// (at least one) validate, the rest train.
-    pub fn instructions(path: &Path, tokenizer: &Tokenizer, block_size: usize, val_fraction: f64) -> Result<TrainData> {
+    /// The records of the instruction file `path`, encoded; those of `val_path` validate, or
+    /// without it the last `val_fraction` of `path`'s (at least one), the rest train.
+    pub fn instructions(
+        path: &Path,
+        val_path: Option<&Path>,
+        tokenizer: &Tokenizer,
+        block_size: usize,
+        val_fraction: f64,
+    ) -> Result<TrainData> {
         let records = read_instructions(path)?;
         let pad = end_token(tokenizer)?;
         let mut train = encode_examples(&records, tokenizer, block_size, path)?;
+        if let Some(val_path) = val_path {
+            let val = encode_examples(&read_instructions(val_path)?, tokenizer, block_size, val_path)?;
+            return Ok(TrainData::Instructions { train, val, pad });
+        }
         let n_val = ((records.len() as f64 * val_fraction) as usize).max(1);
         if n_val >= records.len() {
             return Err(Error::Input(format!(

@@ -140,7 +140,7 @@ impl Trainer {
         let prompt = encode_prompt(&config.prompt, &tokenizer, &model.config)?;
         let docs = read_corpus(&config.data)?;
         let cache_dir = shard_cache_dir(&config)?;
-        if corpus_key(&docs, &tokenizer, &cache_dir)? != state.corpus_key {
+        if data_key(&config, &docs, &tokenizer, &cache_dir)? != state.corpus_key {
             return Err(Error::Input(format!(
                 "{}: the corpus ({}) is not the one this run was trained on: its text or tokenizer changed",
                 run_dir.display(),
@@ -513,9 +513,16 @@ fn train_data(
     let cache_dir = shard_cache_dir(config)?;
     if let [path] = config.data.as_slice() {
         if is_instruction_file(path)? {
-            let data = TrainData::instructions(path, tokenizer, block_size, config.val_fraction)?;
-            return Ok((data, corpus_key(docs, tokenizer, &cache_dir)?, false));
+            let val = config.val_data.as_deref();
+            let data = TrainData::instructions(path, val, tokenizer, block_size, config.val_fraction)?;
+            return Ok((data, data_key(config, docs, tokenizer, &cache_dir)?, false));
         }
+    }
+    if let Some(val) = &config.val_data {
+        return Err(Error::Input(format!(
+            "--val-data {} is for instruction data: give one instruction file as --data (a text corpus validates on its last --val-fraction)",
+            val.display()
+        )));
     }
     let (shard, cached) = tokenize_cached(docs, tokenizer, &cache_dir)?;
     let key = shard_key(&shard);
@@ -524,6 +531,19 @@ fn train_data(
         key,
         cached,
     ))
+}
+
+/// The key a run's data is known by, which a resumed run must match: the corpus and the
+/// tokenizer ([`corpus_key`]), with the --val-data file's text after the corpus's when given.
+fn data_key(config: &TrainConfig, docs: &[Document], tokenizer: &Tokenizer, cache_dir: &Path) -> Result<String> {
+    match &config.val_data {
+        None => corpus_key(docs, tokenizer, cache_dir),
+        Some(val) => corpus_key(
+            &[docs, &read_corpus(std::slice::from_ref(val))?].concat(),
+            tokenizer,
+            cache_dir,
+        ),
+    }
 }
 
 /// Where token shards are cached: `--cache-dir`, else `tokens/` in the model cache.

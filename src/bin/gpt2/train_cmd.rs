@@ -41,6 +41,10 @@ pub struct TrainArgs {
     /// Fraction of the corpus, at its end, held out for validation [default: 0.1].
     #[arg(long, value_parser = finite::<f64>, help_heading = "Data")]
     val_fraction: Option<f64>,
+    /// With an instruction file as --data: validate on this file's records instead of the last
+    /// --val-fraction of it.
+    #[arg(long, value_name = "PATH", value_parser = absolute, help_heading = "Data")]
+    val_data: Option<PathBuf>,
     /// Train on sliding windows with this stride, in a shuffled order per epoch [default: random windows].
     #[arg(long, help_heading = "Data")]
     stride: Option<usize>,
