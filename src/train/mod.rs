@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 pub mod plot;
+mod ranked;
 pub mod run_dir;
 mod setup;
 pub mod stats;
@@ -31,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::generate::{generate_ids, Sampling};
 use crate::io::lock::DirLock;
 use crate::model::{param_specs, DataParallel, Gpt};
+use crate::ops::cross_entropy::counted_targets;
 use crate::ops::set_zero;
 use crate::optim::{clip_factor, AdamW, LrSchedule};
 use crate::rng::Rng;
@@ -40,6 +42,7 @@ use crate::runlog::INIT_DIR;
 use crate::tokenizer::Tokenizer;
 use checkpoint::TrainerState;
 use metrics::{MetricsLog, Record};
+use ranked::Ranked;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -74,8 +77,11 @@ pub struct RunInfo {
     pub params: usize,
     pub model: Config,
     pub tokens_per_step: usize,
-    /// Batch shards trained side by side.
+    /// Batch shards trained side by side (by each rank).
     pub shards: usize,
+    /// Processes training together (started by mpirun), and this one's rank.
+    pub ranks: usize,
+    pub rank: usize,
 }
 
 /// How to run: stop early (as a kill or Ctrl-C would) at a step, or when a flag is raised.
@@ -110,7 +116,10 @@ pub struct Trainer {
     grads: Vec<f32>,
     /// The batch shards, their workspaces and threads (one shard: the whole batch at once).
     parallel: DataParallel,
+    /// AdamW over all the parameters, or over this rank's shard of them.
     optimizer: AdamW,
+    /// The other ranks, when several processes train together.
+    ranks: Option<Ranked>,
     tokenizer: Tokenizer,
     data: Dataset,
     corpus_key: String,
@@ -126,9 +135,15 @@ pub struct Trainer {
     elapsed_s: f64,
     /// The step of the run's `latest/` checkpoint (None before the first).
     checkpoint_step: Option<usize>,
+    /// What the run writes: None on the ranks other than 0.
+    outputs: Option<Outputs>,
+    info: RunInfo,
+}
+
+/// The logs a run appends to, and the lock on its directory.
+struct Outputs {
     log: MetricsLog,
     param_log: JsonLines<ParamStatsRecord>,
-    info: RunInfo,
     /// The run directory's lock, held for the trainer's life: one run at a time writes there.
     _lock: DirLock,
 }
@@ -160,22 +175,31 @@ impl Trainer {
             self.elapsed_s = elapsed_before + clock.elapsed().as_secs_f64();
             if self.step.is_multiple_of(self.config.eval_interval) || self.step == self.config.max_iters {
                 let record = self.evaluate(&mut batch)?;
-                self.log.append(Record::Eval(record.clone()))?;
-                self.param_log.append(&self.param_stats())?;
-                plots = Some(plot::write_plots(&self.log.history, &self.run_dir)?);
-                on_event(Event::Eval(&record));
+                // Rank 0 holds the whole optimizer state until the checkpoints are written.
+                let gathered = self.ranks.as_ref().map(|r| r.gather_optimizer(&self.optimizer));
+                let optimizer = gathered.as_ref().map_or(Some(&self.optimizer), Option::as_ref);
+                if let (Some(out), Some(optimizer)) = (self.outputs.as_mut(), optimizer) {
+                    out.log.append(Record::Eval(record.clone()))?;
+                    out.param_log
+                        .append(&param_stats(self.step, &self.model, optimizer, &self.schedule))?;
+                    plots = Some(plot::write_plots(&out.log.history, &self.run_dir)?);
+                    on_event(Event::Eval(&record));
+                }
                 if self.step > session_start {
                     // latest/ first: it is what a resume needs, and it records the new best.
                     let improved = self.best_val_loss.is_none_or(|best| record.val_loss < best);
                     if improved {
                         self.best_val_loss = Some(record.val_loss);
                     }
-                    latest = Some(self.save("latest")?);
-                    on_event(Event::Checkpoint(latest.as_deref().expect("just saved")));
-                    saved_at = Some(self.step);
-                    if improved {
-                        on_event(Event::Checkpoint(&self.save("best")?));
+                    if let Some(optimizer) = optimizer {
+                        latest = Some(self.save("latest", optimizer)?);
+                        on_event(Event::Checkpoint(latest.as_deref().expect("just saved")));
+                        if improved {
+                            on_event(Event::Checkpoint(&self.save("best", optimizer)?));
+                        }
                     }
+                    self.checkpoint_step = Some(self.step);
+                    saved_at = Some(self.step);
                 }
                 last_eval = Some(record);
             }
@@ -186,15 +210,25 @@ impl Trainer {
                 .interrupt
                 .as_ref()
                 .is_some_and(|flag| flag.load(Ordering::SeqCst));
+            let interrupted = match &self.ranks {
+                Some(ranks) => ranks.any(interrupted),
+                None => interrupted,
+            };
             if interrupted || options.stop_at == Some(self.step) {
                 if self.step > session_start && saved_at != Some(self.step) {
-                    latest = Some(self.save("latest")?);
-                    on_event(Event::Checkpoint(latest.as_deref().expect("just saved")));
+                    let gathered = self.ranks.as_ref().map(|r| r.gather_optimizer(&self.optimizer));
+                    if let Some(optimizer) = gathered.as_ref().map_or(Some(&self.optimizer), Option::as_ref) {
+                        latest = Some(self.save("latest", optimizer)?);
+                        on_event(Event::Checkpoint(latest.as_deref().expect("just saved")));
+                    }
+                    self.checkpoint_step = Some(self.step);
                 }
                 break;
             }
             let record = self.train_step(&mut batch, elapsed_before, clock)?;
-            self.log.append(Record::Step(record.clone()))?;
+            if let Some(out) = self.outputs.as_mut() {
+                out.log.append(Record::Step(record.clone()))?;
+            }
             on_event(Event::Step(&record));
             self.step += 1;
         }
@@ -217,20 +251,32 @@ impl Trainer {
         set_zero(&mut self.grads);
         let mut loss = 0.0f32;
         for _ in 0..accum {
+            // Every rank draws the whole batch, and trains on its rows of it.
             let starts = self.stream.next_starts(self.data.train.len(), t, b);
             self.data.fill(Split::Train, &starts, t, batch);
-            loss += self.parallel.forward_backward(
+            let rows = self.ranks.as_ref().map_or(0..b, |r| r.rows.clone());
+            let mine = rows.start * t..rows.end * t;
+            // These rows' share of the batch's mean loss: their counted targets over all.
+            let share = match &self.ranks {
+                Some(_) => share(&batch.targets[mine.clone()], &batch.targets),
+                None => 1.0,
+            };
+            let rows_loss = self.parallel.forward_backward(
                 &self.model,
                 &mut self.grads,
-                &batch.inputs,
-                b,
+                &batch.inputs[mine.clone()],
+                rows.len(),
                 t,
-                &batch.targets,
+                &batch.targets[mine],
                 Some(&mut self.dropout_rng),
-                1.0 / accum as f32,
+                share / accum as f32,
             )?;
+            loss += share * rows_loss;
         }
         loss /= accum as f32;
+        if let Some(ranks) = &self.ranks {
+            loss = ranks.sum(loss);
+        }
         if !loss.is_finite() {
             return Err(self.diverged(format!("the training loss became {loss}")));
         }
@@ -239,9 +285,18 @@ impl Trainer {
         } else {
             f32::INFINITY
         };
-        let grad_norm = self.optimizer.grad_norm(&self.grads);
+        let grad_norm = match self.ranks.as_mut() {
+            Some(ranks) => ranks.reduce_gradients(&self.grads),
+            None => self.optimizer.grad_norm(&self.grads),
+        };
         let scale = clip_factor(grad_norm, max_norm);
-        self.optimizer.step(&mut self.model.params, &self.grads, scale, lr);
+        match self.ranks.as_mut() {
+            Some(ranks) => {
+                self.optimizer.step(&mut self.model.params, &ranks.shard, scale, lr);
+                ranks.gather_parameters(&mut self.model.params);
+            }
+            None => self.optimizer.step(&mut self.model.params, &self.grads, scale, lr),
+        }
         let tokens = self.info.tokens_per_step as u64;
         Ok(StepRecord {
             step: self.step,
@@ -254,21 +309,39 @@ impl Trainer {
         })
     }
 
-    /// Mean loss over the fixed evaluation batches of each split (no dropout), and a sample.
+    /// Mean loss over the fixed evaluation batches of each split (no dropout), and a sample
+    /// (rank 0's; empty on the others). Each rank evaluates its rows of every batch.
     fn evaluate(&mut self, batch: &mut Batch) -> Result<EvalRecord> {
         let (b, t) = (self.config.batch_size, self.block_size);
-        let mut losses = [0.0f32; 2];
-        for (loss, (split, starts)) in losses
+        let rows = self.ranks.as_ref().map_or(0..b, |r| r.rows.clone());
+        let mine = rows.start * t..rows.end * t;
+        // Each batch's loss: the sum over ranks of their rows' mean loss times their share.
+        let mut batch_losses = [vec![], vec![]];
+        for (losses, (split, starts)) in batch_losses
             .iter_mut()
             .zip([Split::Train, Split::Val].into_iter().zip(&self.eval_batches))
         {
-            let mut sum = 0.0f64;
             for batch_starts in starts {
                 self.data.fill(split, batch_starts, t, batch);
-                sum += self.parallel.loss(&self.model, &batch.inputs, b, t, &batch.targets)? as f64;
+                let (tokens, targets) = (&batch.inputs[mine.clone()], &batch.targets[mine.clone()]);
+                let rows_loss = self.parallel.loss(&self.model, tokens, rows.len(), t, targets)?;
+                losses.push(match &self.ranks {
+                    Some(_) => rows_loss as f64 * share(targets, &batch.targets) as f64,
+                    None => rows_loss as f64,
+                });
             }
-            *loss = (sum / starts.len() as f64) as f32;
         }
+        let [train, val] = batch_losses;
+        let all = [train.as_slice(), &val].concat();
+        let all = match &self.ranks {
+            Some(ranks) => ranks.comm.all_sum_f64(&all),
+            None => all,
+        };
+        let (train, val) = all.split_at(train.len());
+        let losses = [train, val].map(|split| {
+            let sum: f64 = split.iter().map(|&l| l as f32 as f64).sum();
+            (sum / split.len() as f64) as f32
+        });
         if !losses.iter().all(|l| l.is_finite()) {
             return Err(self.diverged(format!(
                 "the evaluation loss became {} (train) and {} (val)",
@@ -284,23 +357,11 @@ impl Trainer {
             lr: self.schedule.at(self.step),
             tokens: (self.step * self.info.tokens_per_step) as u64,
             elapsed_s: self.elapsed_s,
-            sample: self.sample()?,
+            sample: match self.outputs {
+                Some(_) => self.sample()?,
+                None => String::new(),
+            },
         })
-    }
-
-    /// The statistics of the weights now and of the last update, which was made at the
-    /// previous step's learning rate.
-    fn param_stats(&self) -> ParamStatsRecord {
-        let last_update = self
-            .step
-            .checked_sub(1)
-            .map(|last| (&self.optimizer, self.schedule.at(last)));
-        stats::measure(
-            self.step,
-            &param_specs(&self.model.config),
-            &self.model.params,
-            last_update,
-        )
     }
 
     /// A sample of the model now: the prompt and sample_tokens tokens after it, drawn with the
@@ -341,10 +402,17 @@ impl Trainer {
         ))
     }
 
-    /// Writes the checkpoint `run_dir/<name>` atomically; returns its path.
-    fn save(&mut self, name: &str) -> Result<PathBuf> {
+    /// Writes the checkpoint `run_dir/<name>` atomically, with `optimizer` (all parameters');
+    /// returns its path.
+    fn save(&self, name: &str, optimizer: &AdamW) -> Result<PathBuf> {
         let dir = self.run_dir.join(name);
-        let state = TrainerState {
+        checkpoint::save(&dir, &self.model, optimizer, &self.tokenizer, &self.state())?;
+        Ok(dir)
+    }
+
+    /// The training state besides the tensors, as a checkpoint records it.
+    fn state(&self) -> TrainerState {
+        TrainerState {
             format: checkpoint::FORMAT.into(),
             version: checkpoint::VERSION,
             step: self.step,
@@ -358,11 +426,21 @@ impl Trainer {
             best_val_loss: self.best_val_loss,
             elapsed_s: self.elapsed_s,
             config: self.config.clone(),
-        };
-        checkpoint::save(&dir, &self.model, &self.optimizer, &self.tokenizer, &state)?;
-        if name == "latest" {
-            self.checkpoint_step = Some(self.step);
         }
-        Ok(dir)
+    }
+}
+
+/// The statistics of the weights after `step` updates and of the last update, which was made
+/// at the previous step's learning rate (`optimizer`: all parameters').
+fn param_stats(step: usize, model: &Gpt, optimizer: &AdamW, schedule: &LrSchedule) -> ParamStatsRecord {
+    let last_update = step.checked_sub(1).map(|last| (optimizer, schedule.at(last)));
+    stats::measure(step, &param_specs(&model.config), &model.params, last_update)
+}
+
+/// The share of `rows` in the mean loss over `batch`: their counted targets over all.
+fn share(rows: &[i32], batch: &[i32]) -> f32 {
+    match counted_targets(batch) {
+        0 => 0.0,
+        total => counted_targets(rows) as f32 / total as f32,
     }
 }

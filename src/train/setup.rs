@@ -2,11 +2,12 @@
 //! one (its `latest/` checkpoint, its recorded settings, the same corpus), both assembled into
 //! a [`Trainer`].
 
+use super::checkpoint::TrainerState;
 use super::checkpoint::{self, Checkpoint};
 use super::config::{self, Overrides, TrainConfig};
 use super::metrics::{MetricsLog, METRICS_FILE};
 use super::run_dir::{self, create_run_dir};
-use super::{RunInfo, Trainer, DROPOUT_STREAM};
+use super::{Outputs, RunInfo, Trainer, DROPOUT_STREAM};
 use crate::config::Config;
 use crate::data::{corpus_key, eval_starts, read_corpus, tokenize_cached, BatchStream, Dataset, Document, Windows};
 use crate::error::{Error, Result};
@@ -87,7 +88,7 @@ impl Trainer {
             resumed: false,
             cached,
             files: docs.len(),
-            lock,
+            lock: Some(lock),
         };
         Trainer::assemble(config, run_dir, model, optimizer, tokenizer, data, prompt, parts)
     }
@@ -149,9 +150,58 @@ impl Trainer {
             resumed: true,
             cached,
             files: docs.len(),
-            lock,
+            lock: Some(lock),
         };
         let run_dir = run_dir.to_path_buf();
+        Trainer::assemble(config, run_dir, model, optimizer, tokenizer, data, prompt, parts)
+    }
+
+    /// The trainer of a rank other than 0 in a run over several: rank 0 made or resumed the run
+    /// (`state`, `run_dir`, the model's `config` and `params`); this rank reads the corpus and
+    /// checks that it is the one rank 0 read. It writes nothing but the token cache.
+    pub(super) fn follow(
+        state: &TrainerState,
+        run_dir: PathBuf,
+        resumed: bool,
+        mut model_config: Config,
+        params: Vec<f32>,
+    ) -> Result<Trainer> {
+        let config = state.config.clone();
+        let docs = read_corpus(&config.data)?;
+        let (tokenizer, _) = resolve_tokenizer(config.tokenizer.as_deref(), &docs, None)?;
+        let cache_dir = shard_cache_dir(&config)?;
+        if corpus_key(&docs, &tokenizer, &cache_dir)? != state.corpus_key {
+            return Err(Error::Input(format!(
+                "the corpus ({}) or tokenizer this rank read is not the one rank 0 read: every \
+                 machine needs the same files at the same paths",
+                config
+                    .data
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let (shard, cached) = tokenize_cached(&docs, &tokenizer, &cache_dir)?;
+        let block_size = config.block_size.expect("resolved by rank 0");
+        let data = Dataset::new(shard, config.val_fraction, block_size)?;
+        model_config.dropout = config.dropout;
+        let model = Gpt::from_params(model_config, params);
+        let prompt = encode_prompt(&config.prompt, &tokenizer, &model.config)?;
+        // The moments come from rank 0 once every rank is set up.
+        let optimizer = AdamW::shard(adamw_config(&config), &param_specs(&model.config), &[]);
+        let parts = Parts {
+            stream: BatchStream::resume(windows(&config), config.seed, state.data_position.clone())?,
+            dropout_rng: state.dropout_rng.clone(),
+            step: state.step,
+            best_val_loss: state.best_val_loss,
+            elapsed_s: state.elapsed_s,
+            checkpoint_step: resumed.then_some(state.step),
+            resumed,
+            cached,
+            files: docs.len(),
+            lock: None,
+        };
         Trainer::assemble(config, run_dir, model, optimizer, tokenizer, data, prompt, parts)
     }
 
@@ -185,8 +235,14 @@ impl Trainer {
             lr_decay_iters: config.lr_decay_iters.unwrap_or(config.max_iters),
             decay_lr: config.decay_lr,
         };
-        let log = MetricsLog::open(&run_dir.join(METRICS_FILE), parts.step)?;
-        let (param_log, _) = JsonLines::open(&run_dir.join(param_stats::FILE), parts.step)?;
+        let outputs = match parts.lock {
+            Some(lock) => Some(Outputs {
+                log: MetricsLog::open(&run_dir.join(METRICS_FILE), parts.step)?,
+                param_log: JsonLines::open(&run_dir.join(param_stats::FILE), parts.step)?.0,
+                _lock: lock,
+            }),
+            None => None,
+        };
         let info = RunInfo {
             run_dir: run_dir.clone(),
             resumed: parts.resumed,
@@ -204,6 +260,8 @@ impl Trainer {
             model: model.config.clone(),
             tokens_per_step: b * block_size * config.grad_accum,
             shards,
+            ranks: 1,
+            rank: 0,
         };
         Ok(Trainer {
             parallel: DataParallel::new(&model, shards)?,
@@ -213,6 +271,7 @@ impl Trainer {
             run_dir,
             model,
             optimizer,
+            ranks: None,
             tokenizer,
             data,
             stream: parts.stream,
@@ -225,10 +284,8 @@ impl Trainer {
             best_val_loss: parts.best_val_loss,
             elapsed_s: parts.elapsed_s,
             checkpoint_step: parts.checkpoint_step,
-            log,
-            param_log,
+            outputs,
             info,
-            _lock: parts.lock,
         })
     }
 }
@@ -244,8 +301,8 @@ struct Parts {
     resumed: bool,
     cached: bool,
     files: usize,
-    /// The lock on the run directory.
-    lock: DirLock,
+    /// The lock on the run directory; None on the ranks other than 0, which write nothing there.
+    lock: Option<DirLock>,
 }
 
 /// What a run has in memory before its memory is checked.
