@@ -16,7 +16,7 @@ pub mod mpi;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::model::num_params;
+use crate::model::params::backward_buckets;
 use std::ops::Range;
 
 /// The launchers' variables that give a process its rank count: Open MPI's, then MPICH's and
@@ -103,25 +103,11 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(config: &Config, ranks: usize) -> Self {
-        let (c, l) = (config.n_embd, config.n_layer);
-        let total = num_params(config);
-        let embeddings = (config.vocab_size + config.n_positions) * c;
-        let block = (total - embeddings - 2 * c) / l;
-        // The final LayerNorm, the blocks from the last (block l starts at embeddings + l·block),
-        // the embeddings.
-        let starts = [total - 2 * c]
+        let buckets = backward_buckets(config)
             .into_iter()
-            .chain((0..l).rev().map(|l| embeddings + l * block))
-            .chain([0]);
-        let mut end = total;
-        let buckets = starts
-            .map(|start| {
-                let range = start..end;
-                end = start;
-                Bucket {
-                    piece: range.len() / ranks,
-                    range,
-                }
+            .map(|range| Bucket {
+                piece: range.len() / ranks,
+                range,
             })
             .collect();
         Layout { ranks, buckets }
@@ -156,6 +142,12 @@ impl Layout {
     }
 }
 
+/// An operation under way; dropping it waits for it to end (its buffers are borrowed till then).
+pub trait Pending {
+    /// Lets the operation progress; whether it has ended.
+    fn done(&mut self) -> bool;
+}
+
 /// The collective operations the trainer needs between ranks (sums are elementwise). Every
 /// rank calls each one in the same order; rank 0 is the root.
 pub trait Collective {
@@ -173,9 +165,11 @@ pub trait Collective {
     /// Every rank's value, in rank order.
     fn all_gather_u64(&self, value: u64) -> Vec<u64>;
     fn all_sum_f64(&self, values: &[f64]) -> Vec<f64>;
-    fn all_sum(&self, send: &[f32], recv: &mut [f32]);
-    /// Rank r receives part r of the sum: `recv.len()` = `send.len()` / N.
-    fn reduce_scatter(&self, send: &[f32], recv: &mut [f32]);
+    /// Starts summing `send` over ranks into `recv`, and returns without waiting.
+    fn start_all_sum<'a>(&'a self, send: &'a [f32], recv: &'a mut [f32]) -> Box<dyn Pending + 'a>;
+    /// Starts a reduce-scatter: rank r receives part r of the sum (`recv.len()` = `send.len()`
+    /// / N). Returns without waiting.
+    fn start_reduce_scatter<'a>(&'a self, send: &'a [f32], recv: &'a mut [f32]) -> Box<dyn Pending + 'a>;
     /// Every rank's `send`, one after another: `recv.len()` = N · `send.len()`.
     fn all_gather(&self, send: &[f32], recv: &mut [f32]);
     /// As [`Collective::all_gather`], into rank 0's `recv` only (None elsewhere).
@@ -187,6 +181,7 @@ pub trait Collective {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::num_params;
 
     #[test]
     fn buckets_cover_the_parameters_last_block_first() {

@@ -1,14 +1,16 @@
 //! The ranks of an `mpirun`, through Open MPI (the `mpi` crate, rsmpi): [`Collective`] over
 //! MPI's world communicator, and the communicator of the ranks on this machine.
 
-use super::Collective;
+use super::{Collective, Pending};
 use crate::error::{Error, Result};
 use mpi::collective::SystemOperation;
 use mpi::datatype::PartitionMut;
 use mpi::environment::Universe;
+use mpi::raw::AsRaw;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
-use mpi::{Count, Threading};
+use mpi::{ffi, Count, Threading};
+use std::marker::PhantomData;
 
 /// MPI, started for this process: the world and this machine's ranks. MPI ends when it drops.
 pub struct MpiRanks {
@@ -30,6 +32,38 @@ impl MpiRanks {
             machine,
             _universe: universe,
         })
+    }
+}
+
+/// A non-blocking operation of MPI, with the lifetime of the buffers it uses.
+struct Request<'a> {
+    raw: ffi::MPI_Request,
+    buffers: PhantomData<&'a mut [f32]>,
+}
+
+impl Request<'_> {
+    fn new() -> Self {
+        Request {
+            // SAFETY: reads a constant of the MPI library.
+            raw: unsafe { ffi::RSMPI_REQUEST_NULL },
+            buffers: PhantomData,
+        }
+    }
+}
+
+impl Pending for Request<'_> {
+    fn done(&mut self) -> bool {
+        let mut flag = 0;
+        // SAFETY: `raw` is a request that MPI started (or MPI_REQUEST_NULL once it ended).
+        unsafe { ffi::MPI_Test(&mut self.raw, &mut flag, ffi::RSMPI_STATUS_IGNORE) };
+        flag != 0
+    }
+}
+
+impl Drop for Request<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as in done; MPI_Wait returns at once for MPI_REQUEST_NULL.
+        unsafe { ffi::MPI_Wait(&mut self.raw, ffi::RSMPI_STATUS_IGNORE) };
     }
 }
 
@@ -112,12 +146,42 @@ impl Collective for MpiRanks {
         sums
     }
 
-    fn all_sum(&self, send: &[f32], recv: &mut [f32]) {
-        self.world.all_reduce_into(send, recv, SystemOperation::sum());
+    fn start_all_sum<'a>(&'a self, send: &'a [f32], recv: &'a mut [f32]) -> Box<dyn Pending + 'a> {
+        assert_eq!(send.len(), recv.len(), "a sum's buffers");
+        let mut request = Request::new();
+        // SAFETY: the buffers are valid for their lengths and stay borrowed by the returned
+        // request until it has ended (its drop waits); the datatype and operation are f32 and
+        // a sum, on the world communicator.
+        unsafe {
+            ffi::MPI_Iallreduce(
+                send.as_ptr().cast(),
+                recv.as_mut_ptr().cast(),
+                send.len() as Count,
+                f32::equivalent_datatype().as_raw(),
+                SystemOperation::sum().as_raw(),
+                self.world.as_raw(),
+                &mut request.raw,
+            );
+        }
+        Box::new(request)
     }
 
-    fn reduce_scatter(&self, send: &[f32], recv: &mut [f32]) {
-        self.world.reduce_scatter_block_into(send, recv, SystemOperation::sum());
+    fn start_reduce_scatter<'a>(&'a self, send: &'a [f32], recv: &'a mut [f32]) -> Box<dyn Pending + 'a> {
+        assert_eq!(send.len(), recv.len() * self.ranks(), "a reduce-scatter's buffers");
+        let mut request = Request::new();
+        // SAFETY: as in start_all_sum.
+        unsafe {
+            ffi::MPI_Ireduce_scatter_block(
+                send.as_ptr().cast(),
+                recv.as_mut_ptr().cast(),
+                recv.len() as Count,
+                f32::equivalent_datatype().as_raw(),
+                SystemOperation::sum().as_raw(),
+                self.world.as_raw(),
+                &mut request.raw,
+            );
+        }
+        Box::new(request)
     }
 
     fn all_gather(&self, send: &[f32], recv: &mut [f32]) {

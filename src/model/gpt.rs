@@ -7,7 +7,7 @@
 
 use super::block::{block_backward, block_forward, Keys};
 use super::kv_cache::KvCache;
-use super::params::{init_params, num_params, Weights};
+use super::params::{block_len, init_params, num_params, BlockWeights, Weights};
 use super::workspace::Workspace;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -168,6 +168,20 @@ impl Gpt {
     /// `loss_scale = 1 / steps` to average over gradient-accumulation steps. The logits are
     /// consumed (they hold dlogits after).
     pub fn backward(&self, ws: &mut Workspace, grads: &mut [f32], loss_scale: f32) -> Result<()> {
+        self.backward_with(ws, grads, loss_scale, |_| {})
+    }
+
+    /// [`Gpt::backward`], handing each part of `grads` to `bucket_done` as soon as the pass is
+    /// done with it, in the order of [`super::params::backward_buckets`]: the final LayerNorm,
+    /// each block from the last, the embeddings. (Data parallelism sends each part to the
+    /// other ranks while the pass goes on with the earlier layers.)
+    pub fn backward_with<'g>(
+        &self,
+        ws: &mut Workspace,
+        grads: &'g mut [f32],
+        loss_scale: f32,
+        mut bucket_done: impl FnMut(&'g [f32]),
+    ) -> Result<()> {
         if ws.activations().targets.is_empty() {
             return Err(Error::Input("backward needs a forward pass with targets first".into()));
         }
@@ -183,7 +197,10 @@ impl Gpt {
         let (b, t) = (acts.b, acts.t);
         let (c, v, n) = (cfg.n_embd, cfg.vocab_size, b * t);
         let (w, shape) = (self.weights(), self.attn_shape(b, t));
-        let mut g = Weights::split(grads, cfg);
+        // The gradient's parts, each handed on once done: embeddings [wte, wpe], blocks, ln_f.
+        let (embeddings, rest) = grads.split_at_mut((v + cfg.n_positions) * c);
+        let (blocks, ln_f) = rest.split_at_mut(cfg.n_layer * block_len(cfg));
+        let mut blocks: Vec<&'g mut [f32]> = blocks.chunks_mut(block_len(cfg)).collect();
 
         // Loss → logits: dlogits = (softmax - onehot) · loss_scale / count, in place of the logits.
         let scale = match acts.target_count {
@@ -192,15 +209,17 @@ impl Gpt {
         };
         cross_entropy_backward_inplace(&mut acts.logits, &acts.lse, &acts.targets, v, scale);
         // LM head: logits = ln_f · wteᵀ  ⇒  dln_f = dlogits · wte, dwte += dlogitsᵀ · ln_f
-        lm_head_backward(&mut d.ln, g.wte, &acts.logits, &acts.ln_f, w.wte, n, c, v);
+        let g_wte = &mut embeddings[..v * c];
+        lm_head_backward(&mut d.ln, g_wte, &acts.logits, &acts.ln_f, w.wte, n, c, v);
         // Final LayerNorm: the residual-stream gradient starts here.
         d.residual.fill(0.0);
         let last = &acts.blocks[cfg.n_layer - 1].residual_3;
         let (mean, rstd) = (&acts.ln_f_mean, &acts.ln_f_rstd);
+        let (g_ln_f_w, g_ln_f_b) = ln_f.split_at_mut(c);
         layernorm_backward(
             &mut d.residual,
-            g.ln_f_w,
-            g.ln_f_b,
+            g_ln_f_w,
+            g_ln_f_b,
             &d.ln,
             last,
             mean,
@@ -208,6 +227,7 @@ impl Gpt {
             w.ln_f_w,
             c,
         );
+        bucket_done(ln_f);
         // The blocks in reverse, each passing dloss/d(its input) down to the one before.
         let keep_scale = 1.0 / (1.0 - cfg.dropout);
         for l in (0..cfg.n_layer).rev() {
@@ -217,11 +237,24 @@ impl Gpt {
                 &acts.blocks[l - 1].residual_3
             };
             let (p, a) = (&w.blocks[l], &acts.blocks[l]);
-            block_backward(cfg, shape, p, &mut g.blocks[l], x, a, d, keep_scale);
+            let g_block = blocks.pop().expect("one part per block");
+            block_backward(
+                cfg,
+                shape,
+                p,
+                &mut BlockWeights::split(&mut *g_block, cfg),
+                x,
+                a,
+                d,
+                keep_scale,
+            );
+            bucket_done(g_block);
         }
         // Embeddings: encoded = drop(wte[tokens] + wpe[positions]).
         let demb = dropout_backward(&d.residual, &acts.emb_mask, &mut d.ln);
-        embedding_backward(g.wte, g.wpe, demb, &acts.tokens, t, c);
+        let (g_wte, g_wpe) = embeddings.split_at_mut(v * c);
+        embedding_backward(g_wte, g_wpe, demb, &acts.tokens, t, c);
+        bucket_done(embeddings);
         acts.targets.clear(); // the logits are spent: a second backward needs a new forward
         Ok(())
     }
@@ -336,6 +369,30 @@ mod tests {
         }
         for (a, b) in once.iter().zip(&twice) {
             assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0));
+        }
+    }
+
+    #[test]
+    fn backward_hands_on_each_bucket_when_its_gradient_is_final() {
+        let model = tiny(0.1);
+        let mut ws = Workspace::new();
+        let (tokens, targets) = ([1u32, 2, 3, 4, 5, 6], [2, 3, 4, 5, 6, 7]);
+        model
+            .forward(&mut ws, &tokens, 2, 3, Some(&targets), Some(&mut Rng::new(4)))
+            .unwrap();
+        let mut grads = model.new_gradients();
+        let start = grads.as_ptr() as usize;
+        let mut handed = Vec::new();
+        model
+            .backward_with(&mut ws, &mut grads, 1.0, |bucket| {
+                let offset = (bucket.as_ptr() as usize - start) / size_of::<f32>();
+                handed.push((offset..offset + bucket.len(), bucket.to_vec()));
+            })
+            .unwrap();
+        let ranges: Vec<_> = handed.iter().map(|(range, _)| range.clone()).collect();
+        assert_eq!(ranges, crate::model::params::backward_buckets(&model.config));
+        for (range, values) in handed {
+            assert_eq!(values, grads[range.clone()], "{range:?} changed after it was handed on");
         }
     }
 

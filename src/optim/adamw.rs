@@ -84,7 +84,7 @@ impl AdamW {
     /// An optimizer of all the parameters laid out by `specs`.
     pub fn new(config: AdamWConfig, specs: &[TensorSpec]) -> Self {
         let total = specs.iter().map(TensorSpec::numel).sum();
-        Self::shard(config, specs, &[0..total])
+        Self::shard(config, specs, std::slice::from_ref(&(0..total)))
     }
 
     /// An optimizer of the `owned` ranges of the parameters only: its moments are those ranges'

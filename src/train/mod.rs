@@ -26,6 +26,7 @@ pub mod stats;
 pub use config::{Overrides, TrainConfig};
 pub use metrics::{EvalRecord, StepRecord};
 
+use crate::bench::median;
 use crate::config::Config;
 use crate::data::{Batch, BatchStream, Dataset, Split};
 use crate::error::{Error, Result};
@@ -107,6 +108,17 @@ pub struct Summary {
     pub plots: Option<[PathBuf; 2]>,
 }
 
+/// The communication between ranks that a step waited for, in seconds: medians over the
+/// steps this process trained.
+#[derive(Debug, Clone, Copy)]
+pub struct Communication {
+    /// Waiting for the gradient's sums once the backward pass was done (what it did not hide).
+    pub waiting_s: f64,
+    /// Gathering the updated parameters from every rank.
+    pub gathering_s: f64,
+    pub steps: usize,
+}
+
 /// A training run in progress.
 pub struct Trainer {
     config: TrainConfig,
@@ -159,6 +171,17 @@ impl Trainer {
 
     pub fn model(&self) -> &Gpt {
         &self.model
+    }
+
+    /// How long the steps waited for the other ranks (None when training alone, or before a step).
+    pub fn communication(&self) -> Option<Communication> {
+        let ranks = self.ranks.as_ref().filter(|r| !r.waits.is_empty())?;
+        let median = |values: &[f32]| median(&mut values.iter().map(|&v| v as f64).collect::<Vec<_>>());
+        Some(Communication {
+            waiting_s: median(&ranks.waits),
+            gathering_s: median(&ranks.gathers),
+            steps: ranks.waits.len(),
+        })
     }
 
     /// Trains until max_iters (or a stop), evaluating every eval_interval steps and after the
@@ -246,34 +269,14 @@ impl Trainer {
     /// One optimizer step over grad_accum micro-batches.
     fn train_step(&mut self, batch: &mut Batch, elapsed_before: f64, clock: Instant) -> Result<StepRecord> {
         let start = Instant::now();
-        let (b, t, accum) = (self.config.batch_size, self.block_size, self.config.grad_accum);
         let lr = self.schedule.at(self.step);
+        let grad_norm;
         set_zero(&mut self.grads);
-        let mut loss = 0.0f32;
-        for _ in 0..accum {
-            // Every rank draws the whole batch, and trains on its rows of it.
-            let starts = self.stream.next_starts(self.data.train.len(), t, b);
-            self.data.fill(Split::Train, &starts, t, batch);
-            let rows = self.ranks.as_ref().map_or(0..b, |r| r.rows.clone());
-            let mine = rows.start * t..rows.end * t;
-            // These rows' share of the batch's mean loss: their counted targets over all.
-            let share = match &self.ranks {
-                Some(_) => share(&batch.targets[mine.clone()], &batch.targets),
-                None => 1.0,
-            };
-            let rows_loss = self.parallel.forward_backward(
-                &self.model,
-                &mut self.grads,
-                &batch.inputs[mine.clone()],
-                rows.len(),
-                t,
-                &batch.targets[mine],
-                Some(&mut self.dropout_rng),
-                share / accum as f32,
-            )?;
-            loss += share * rows_loss;
-        }
-        loss /= accum as f32;
+        // The ranks are taken out while the gradient is summed into their shard.
+        let mut ranks = self.ranks.take();
+        let loss = self.accumulate(batch, ranks.as_mut());
+        self.ranks = ranks;
+        let mut loss = loss?;
         if let Some(ranks) = &self.ranks {
             loss = ranks.sum(loss);
         }
@@ -285,17 +288,18 @@ impl Trainer {
         } else {
             f32::INFINITY
         };
-        let grad_norm = match self.ranks.as_mut() {
-            Some(ranks) => ranks.reduce_gradients(&self.grads),
-            None => self.optimizer.grad_norm(&self.grads),
-        };
-        let scale = clip_factor(grad_norm, max_norm);
         match self.ranks.as_mut() {
             Some(ranks) => {
+                grad_norm = ranks.grad_norm();
+                let scale = clip_factor(grad_norm, max_norm);
                 self.optimizer.step(&mut self.model.params, &ranks.shard, scale, lr);
                 ranks.gather_parameters(&mut self.model.params);
             }
-            None => self.optimizer.step(&mut self.model.params, &self.grads, scale, lr),
+            None => {
+                grad_norm = self.optimizer.grad_norm(&self.grads);
+                let scale = clip_factor(grad_norm, max_norm);
+                self.optimizer.step(&mut self.model.params, &self.grads, scale, lr);
+            }
         }
         let tokens = self.info.tokens_per_step as u64;
         Ok(StepRecord {
@@ -307,6 +311,54 @@ impl Trainer {
             tokens_per_s: tokens as f64 / start.elapsed().as_secs_f64(),
             elapsed_s: elapsed_before + clock.elapsed().as_secs_f64(),
         })
+    }
+
+    /// The gradient of one optimizer step over grad_accum micro-batches, into `grads`, and
+    /// its mean loss over this process's rows. With `ranks`, each rank trains on its rows, and
+    /// the last micro-batch's backward pass sums the gradient over ranks as it goes.
+    fn accumulate(&mut self, batch: &mut Batch, mut ranks: Option<&mut Ranked>) -> Result<f32> {
+        let (b, t, accum) = (self.config.batch_size, self.block_size, self.config.grad_accum);
+        let rows = ranks.as_ref().map_or(0..b, |r| r.rows.clone());
+        let mine = rows.start * t..rows.end * t;
+        let mut loss = 0.0f32;
+        for micro in 0..accum {
+            // Every rank draws the whole batch, and trains on its rows of it.
+            let starts = self.stream.next_starts(self.data.train.len(), t, b);
+            self.data.fill(Split::Train, &starts, t, batch);
+            let (tokens, targets) = (&batch.inputs[mine.clone()], &batch.targets[mine.clone()]);
+            // These rows' share of the batch's mean loss: their counted targets over all.
+            let share = match ranks {
+                Some(_) => share(targets, &batch.targets),
+                None => 1.0,
+            };
+            let (model, dropout_rng, scale) = (&self.model, Some(&mut self.dropout_rng), share / accum as f32);
+            let rows_loss = match ranks.as_mut().filter(|_| micro + 1 == accum) {
+                None => {
+                    let grads = &mut self.grads;
+                    self.parallel
+                        .forward_backward(model, grads, tokens, rows.len(), t, targets, dropout_rng, scale)?
+                }
+                Some(ranks) => {
+                    let mut reducer = ranks.reducer();
+                    let rows_loss = self.parallel.forward_backward_with(
+                        model,
+                        &mut self.grads,
+                        tokens,
+                        rows.len(),
+                        t,
+                        targets,
+                        dropout_rng,
+                        scale,
+                        |bucket| reducer.bucket_done(bucket),
+                    );
+                    let waited = reducer.finish();
+                    ranks.waits.push(waited.as_secs_f32());
+                    rows_loss?
+                }
+            };
+            loss += share * rows_loss;
+        }
+        Ok(loss / accum as f32)
     }
 
     /// Mean loss over the fixed evaluation batches of each split (no dropout), and a sample

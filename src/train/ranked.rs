@@ -11,7 +11,7 @@
 use super::checkpoint::TrainerState;
 use super::Trainer;
 use crate::config::Config;
-use crate::dist::{rank_rows, Collective, Layout};
+use crate::dist::{rank_rows, Collective, Layout, Pending};
 use crate::error::{Error, Result};
 use crate::model::param_specs;
 use crate::model::params::TensorSpec;
@@ -20,6 +20,7 @@ use crate::optim::AdamW;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// This rank's place in a run of several.
 pub(super) struct Ranked {
@@ -32,6 +33,10 @@ pub(super) struct Ranked {
     pub shard: Vec<f32>,
     /// The parameter tensors.
     specs: Vec<TensorSpec>,
+    /// Per step, the seconds spent waiting for the gradient's sums after the backward pass
+    /// (communication it did not hide), and gathering the updated parameters.
+    pub waits: Vec<f32>,
+    pub gathers: Vec<f32>,
 }
 
 impl Ranked {
@@ -45,21 +50,35 @@ impl Ranked {
         self.comm.all_sum_f64(&[value as f64])[0] as f32
     }
 
-    /// Sums the ranks' gradients `grads`, bucket by bucket: this rank's shard receives its part
-    /// of the sum. Returns the global norm of the summed gradient.
-    pub fn reduce_gradients(&mut self, grads: &[f32]) -> f32 {
-        let n = self.layout.ranks;
+    /// What sums the ranks' gradients into this rank's shard, bucket by bucket, as the
+    /// backward pass hands them on ([`crate::model::DataParallel::forward_backward_with`]).
+    pub fn reducer(&mut self) -> Reducer<'_> {
+        let Ranked {
+            comm, layout, shard, ..
+        } = self;
+        let mut rest = shard.as_mut_slice();
+        let mut into = Vec::new();
+        for (_, piece, tail) in layout.in_shard() {
+            let (bucket, after) = std::mem::take(&mut rest).split_at_mut(piece.len() + tail.len());
+            into.push(bucket.split_at_mut(piece.len()));
+            rest = after;
+        }
+        Reducer {
+            comm: &**comm,
+            ranks: layout.ranks,
+            into: into.into_iter(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// The global norm of the gradient summed over ranks (each rank has its part in its shard).
+    pub fn grad_norm(&self) -> f32 {
         let mut squares = 0.0f64;
-        for (bucket, piece, rest) in self.layout.in_shard() {
-            self.comm
-                .reduce_scatter(&grads[bucket.pieces(n)], &mut self.shard[piece.clone()]);
+        for (_, piece, rest) in self.layout.in_shard() {
             squares += sum_squares_f64(&self.shard[piece]);
-            if !rest.is_empty() {
-                self.comm.all_sum(&grads[bucket.rest(n)], &mut self.shard[rest.clone()]);
-                // Every rank owns the rests: counted once, by rank 0.
-                if self.comm.rank() == 0 {
-                    squares += sum_squares_f64(&self.shard[rest]);
-                }
+            // Every rank holds the rests: counted once, by rank 0.
+            if self.comm.rank() == 0 {
+                squares += sum_squares_f64(&self.shard[rest]);
             }
         }
         self.comm.all_sum_f64(&[squares])[0].sqrt() as f32
@@ -68,12 +87,14 @@ impl Ranked {
     /// After each rank updated its pieces of `params`: every rank's pieces into every rank's
     /// parameters (the rests were updated alike on every rank).
     pub fn gather_parameters(&mut self, params: &mut [f32]) {
+        let gathering = Instant::now();
         let (n, rank) = (self.layout.ranks, self.comm.rank());
         for (bucket, piece, _) in self.layout.in_shard() {
             let mine = bucket.range.start + rank * bucket.piece;
             self.shard[piece.clone()].copy_from_slice(&params[mine..mine + bucket.piece]);
             self.comm.all_gather(&self.shard[piece], &mut params[bucket.pieces(n)]);
         }
+        self.gathers.push(gathering.elapsed().as_secs_f32());
     }
 
     /// The optimizer of all the parameters, its moments gathered from every rank's shard: at
@@ -111,6 +132,39 @@ impl Ranked {
             self.comm.broadcast(&mut shard[rest]);
         }
         shard
+    }
+}
+
+/// Sums each bucket of the gradient over ranks as soon as the backward pass is done with it,
+/// while the pass goes on with the layers before: rank r receives its piece of the sum, and
+/// every rank the bucket's rest.
+pub(super) struct Reducer<'a> {
+    comm: &'a dyn Collective,
+    ranks: usize,
+    /// Where each bucket's sum goes in the shard (its piece, its rest), in bucket order.
+    into: std::vec::IntoIter<(&'a mut [f32], &'a mut [f32])>,
+    pending: Vec<Box<dyn Pending + 'a>>,
+}
+
+impl<'a> Reducer<'a> {
+    /// Starts summing `bucket`, the next bucket of this rank's gradient.
+    pub fn bucket_done(&mut self, bucket: &'a [f32]) {
+        let (piece, rest) = self.into.next().expect("no more buckets than the layout's");
+        let (pieces, tail) = bucket.split_at(self.ranks * piece.len());
+        self.pending.push(self.comm.start_reduce_scatter(pieces, piece));
+        if !tail.is_empty() {
+            self.pending.push(self.comm.start_all_sum(tail, rest));
+        }
+        // MPI moves the operations under way only inside its calls: let them progress.
+        self.pending.retain_mut(|p| !p.done());
+    }
+
+    /// Waits for the sums still under way; returns how long that took (the communication
+    /// that the backward pass did not hide).
+    pub fn finish(self) -> Duration {
+        let waiting = Instant::now();
+        drop(self.pending);
+        waiting.elapsed()
     }
 }
 
@@ -215,6 +269,8 @@ impl Trainer {
             layout,
             rows,
             specs,
+            waits: Vec::new(),
+            gathers: Vec::new(),
         };
         // Rank 0's optimizer holds all the moments (zero, or the checkpoint's): each rank
         // keeps its shard of them.

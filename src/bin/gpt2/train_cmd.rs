@@ -306,6 +306,15 @@ fn train(
     })?;
     bar.finish_and_clear();
     print_summary(&summary, max_iters);
+    if let Some(c) = trainer.communication() {
+        println!(
+            "ranks:      per step (median of {}), {:.1} ms waiting for the gradient's sums after the backward pass \
+             (communication it did not hide), {:.1} ms gathering the parameters",
+            c.steps,
+            c.waiting_s * 1e3,
+            c.gathering_s * 1e3
+        );
+    }
     if args.resume.is_none() && args.out_dir.is_none() && summary.latest.is_some() && !summary.stopped {
         // "ROMEO:" suits the bundled Tiny Shakespeare; another corpus may lack its characters.
         let bundled = args.data.is_none() && args.config.is_none();
