@@ -9,7 +9,7 @@ use std::process::Output;
 mod common;
 use common::{gpt2, temp_dir};
 
-/// A two-block model with a gradient clip that binds, trained in a second.
+/// A two-block model with dropout and a gradient clip that binds, trained in a second.
 const TINY: [&str; 20] = [
     "--n-layer",
     "2",
@@ -22,7 +22,7 @@ const TINY: [&str; 20] = [
     "--batch-size",
     "4",
     "--dropout",
-    "0",
+    "0.1",
     "--grad-clip",
     "0.5",
     "--eval-iters",

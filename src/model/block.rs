@@ -15,7 +15,7 @@ use super::params::BlockWeights;
 use super::workspace::{BlockActs, GradActs};
 use crate::config::Config;
 use crate::ops::attention::{attention_backward, attention_forward, attention_forward_cached, AttnShape};
-use crate::ops::dropout::{dropout_backward, Dropout};
+use crate::ops::dropout::{dropout_backward, Dropout, Site};
 use crate::ops::gelu::{gelu_backward_inplace, gelu_forward};
 use crate::ops::layernorm::{layernorm_backward, layernorm_forward};
 use crate::ops::matmul::{linear_backward, linear_forward};
@@ -31,7 +31,8 @@ pub enum Keys<'a> {
 }
 
 /// Forward through one block: reads the stream `x` [N, C], leaves every step's output in `a`
-/// (the block's output in `a.residual_3`). Dropout applies when `dropout` is given.
+/// (the block's output in `a.residual_3`). Dropout applies when `dropout` is given (its
+/// masks those of this block: [`Dropout::at_layer`]).
 pub fn block_forward(
     cfg: &Config,
     shape: AttnShape,
@@ -39,9 +40,9 @@ pub fn block_forward(
     x: &[f32],
     a: &mut BlockActs,
     keys: Keys,
-    mut dropout: Option<&mut Dropout>,
+    dropout: Option<Dropout>,
 ) {
-    attention_layer_forward(cfg, shape, p, x, a, keys, dropout.as_deref_mut());
+    attention_layer_forward(cfg, shape, p, x, a, keys, dropout);
     mlp_forward(cfg, shape, p, a, dropout);
 }
 
@@ -71,7 +72,7 @@ fn attention_layer_forward(
     x: &[f32],
     a: &mut BlockActs,
     keys: Keys,
-    mut dropout: Option<&mut Dropout>,
+    dropout: Option<Dropout>,
 ) {
     let (n, c, eps) = (shape.b * shape.t, cfg.n_embd, cfg.layer_norm_epsilon);
     layernorm_forward(
@@ -87,8 +88,8 @@ fn attention_layer_forward(
     linear_forward(&mut a.qkv, &a.ln_1, p.attn.c_attn_w, p.attn.c_attn_b, n, c, 3 * c);
     match keys {
         Keys::Causal => {
-            let dropped = dropout.as_deref_mut().map(|d| {
-                d.fill_mask(&mut a.att_dropped);
+            let dropped = dropout.map(|d| {
+                d.fill_attention(&mut a.att_dropped, cfg.n_head);
                 a.att_dropped.as_mut_slice()
             });
             attention_forward(&mut a.atty, &mut a.att, dropped, &a.qkv, shape);
@@ -101,7 +102,7 @@ fn attention_layer_forward(
     }
     linear_forward(&mut a.residual_2, &a.atty, p.attn.c_proj_w, p.attn.c_proj_b, n, c, c);
     if let Some(d) = dropout {
-        d.forward(&mut a.residual_2, &mut a.attn_mask);
+        d.forward(Site::AttentionOutput, &mut a.residual_2, &mut a.attn_mask, c);
     }
     residual_forward(&mut a.residual_2, x);
 }
@@ -160,13 +161,7 @@ fn attention_layer_backward(
 }
 
 /// MLP: `residual_3 = residual_2 + drop(c_proj(gelu(c_fc(ln_2(residual_2)))))`.
-fn mlp_forward(
-    cfg: &Config,
-    shape: AttnShape,
-    p: &BlockWeights<&[f32]>,
-    a: &mut BlockActs,
-    dropout: Option<&mut Dropout>,
-) {
+fn mlp_forward(cfg: &Config, shape: AttnShape, p: &BlockWeights<&[f32]>, a: &mut BlockActs, dropout: Option<Dropout>) {
     let (n, c, f, eps) = (shape.b * shape.t, cfg.n_embd, cfg.n_inner, cfg.layer_norm_epsilon);
     layernorm_forward(
         &mut a.ln_2,
@@ -183,7 +178,7 @@ fn mlp_forward(
     gelu_forward(&mut a.fch_gelu, keep_tanh, &a.fch);
     linear_forward(&mut a.residual_3, &a.fch_gelu, p.mlp.c_proj_w, p.mlp.c_proj_b, n, f, c);
     if let Some(d) = dropout {
-        d.forward(&mut a.residual_3, &mut a.mlp_mask);
+        d.forward(Site::MlpOutput, &mut a.residual_3, &mut a.mlp_mask, c);
     }
     residual_forward(&mut a.residual_3, &a.residual_2);
 }

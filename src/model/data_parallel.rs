@@ -17,9 +17,9 @@ use super::params::backward_buckets;
 use super::workspace::Workspace;
 use crate::error::{Error, Result};
 use crate::ops::cross_entropy::counted_targets;
+use crate::ops::dropout::DropoutSeed;
 use crate::ops::matmul::sequential;
 use crate::ops::set_zero;
-use crate::rng::Rng;
 use rayon::prelude::*;
 use rayon::{ThreadPool, ThreadPoolBuilder};
 use std::sync::Mutex;
@@ -74,15 +74,13 @@ struct Batch<'a> {
 struct Plan {
     /// Shard s takes batch rows rows[s]..rows[s + 1] (the first b % S shards one more).
     rows: Vec<usize>,
-    /// The seed of each shard's dropout stream.
-    seeds: Vec<Option<u64>>,
     /// Counted targets of each shard, known before any pass, and their sum.
     counts: Vec<usize>,
     total: usize,
 }
 
 impl Plan {
-    fn new(shards: usize, batch: Batch, dropout_rng: Option<&mut Rng>) -> Self {
+    fn new(shards: usize, batch: Batch) -> Self {
         let (b, t) = (batch.b, batch.t);
         let rows: Vec<usize> = std::iter::once(0)
             .chain(shard_rows(b, shards).scan(0, |end, rows| {
@@ -90,20 +88,11 @@ impl Plan {
                 Some(*end)
             }))
             .collect();
-        let seeds = match dropout_rng {
-            Some(rng) => (0..shards).map(|_| Some(rng.next_u64())).collect(),
-            None => vec![None; shards],
-        };
         let counts: Vec<usize> = (0..shards)
             .map(|s| counted_targets(&batch.targets[rows[s] * t..rows[s + 1] * t]))
             .collect();
         let total = counts.iter().sum();
-        Plan {
-            rows,
-            seeds,
-            counts,
-            total,
-        }
+        Plan { rows, counts, total }
     }
 
     /// Shard s's weight in the mean loss: count_s / Σ count.
@@ -156,8 +145,8 @@ impl DataParallel {
     }
 
     /// Forward with `targets`, then backward: adds `loss_scale · dloss/dparams` to `grads`, as
-    /// [`Gpt::forward`] + [`Gpt::backward`] would; returns the mean loss. Dropout masks come
-    /// from per-shard streams seeded from `dropout_rng`.
+    /// [`Gpt::forward`] + [`Gpt::backward`] would; returns the mean loss. Each shard draws the
+    /// dropout masks of its own rows of the whole batch, so the masks do not depend on S.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_backward(
         &mut self,
@@ -167,10 +156,10 @@ impl DataParallel {
         b: usize,
         t: usize,
         targets: &[i32],
-        dropout_rng: Option<&mut Rng>,
+        dropout: Option<DropoutSeed>,
         loss_scale: f32,
     ) -> Result<f32> {
-        self.forward_backward_with(model, grads, tokens, b, t, targets, dropout_rng, loss_scale, |_| {})
+        self.forward_backward_with(model, grads, tokens, b, t, targets, dropout, loss_scale, |_| {})
     }
 
     /// [`DataParallel::forward_backward`], handing each part of `grads` to `bucket_done` once
@@ -185,18 +174,18 @@ impl DataParallel {
         b: usize,
         t: usize,
         targets: &[i32],
-        dropout_rng: Option<&mut Rng>,
+        dropout: Option<DropoutSeed>,
         loss_scale: f32,
         mut bucket_done: impl FnMut(&'g [f32]),
     ) -> Result<f32> {
         let batch = Batch { tokens, b, t, targets };
         if self.pool.is_none() {
             let ws = &mut self.workspaces[0];
-            let loss = model.forward(ws, tokens, b, t, Some(targets), dropout_rng)?;
+            let loss = model.forward(ws, tokens, b, t, Some(targets), dropout)?;
             model.backward_with(ws, grads, loss_scale, bucket_done)?;
             return Ok(loss.expect("forward with targets returns a loss"));
         }
-        let loss = self.run(model, batch, dropout_rng, Some((&mut *grads, loss_scale)))?;
+        let loss = self.run(model, batch, dropout, Some((&mut *grads, loss_scale)))?;
         let grads: &'g [f32] = grads;
         backward_buckets(&model.config)
             .into_iter()
@@ -214,21 +203,27 @@ impl DataParallel {
         &mut self,
         model: &Gpt,
         batch: Batch,
-        dropout_rng: Option<&mut Rng>,
+        dropout: Option<DropoutSeed>,
         mut backward: Option<(&mut [f32], f32)>,
     ) -> Result<f32> {
         let Batch { tokens, b, t, targets } = batch;
         if self.pool.is_none() {
             let ws = &mut self.workspaces[0];
-            let loss = model.forward(ws, tokens, b, t, Some(targets), dropout_rng)?;
+            let loss = model.forward(ws, tokens, b, t, Some(targets), dropout)?;
             if let Some((grads, loss_scale)) = backward {
                 model.backward(ws, grads, loss_scale)?;
             }
             return Ok(loss.expect("forward with targets returns a loss"));
         }
         model.check_batch(tokens, b, t, Some(targets))?;
-        let plan = Plan::new(self.shards(), batch, dropout_rng);
-        let losses = self.run_shards(model, batch, &plan, backward.as_mut().map(|(g, s)| (&mut **g, *s)))?;
+        let plan = Plan::new(self.shards(), batch);
+        let losses = self.run_shards(
+            model,
+            batch,
+            &plan,
+            dropout,
+            backward.as_mut().map(|(g, s)| (&mut **g, *s)),
+        )?;
         if let Some((grads, _)) = backward {
             // The caller's buffer holds shard 0's gradients; add those of the other shards.
             let ran = |s: &usize| plan.rows[s + 1] < plan.rows[s + 2];
@@ -245,6 +240,7 @@ impl DataParallel {
         model: &Gpt,
         batch: Batch,
         plan: &Plan,
+        dropout: Option<DropoutSeed>,
         backward: Option<(&mut [f32], f32)>,
     ) -> Result<Vec<f32>> {
         let loss_scale = backward.as_ref().map(|&(_, scale)| scale);
@@ -267,8 +263,8 @@ impl DataParallel {
                 return Ok(0.0);
             }
             let (tokens, targets) = (&batch.tokens[r0 * t..r1 * t], &batch.targets[r0 * t..r1 * t]);
-            let mut rng = plan.seeds[s].map(Rng::new);
-            let loss = model.forward(shard.ws, tokens, r1 - r0, t, Some(targets), rng.as_mut())?;
+            let shard_dropout = dropout.map(|d| d.skip(r0));
+            let loss = model.forward(shard.ws, tokens, r1 - r0, t, Some(targets), shard_dropout)?;
             if let (Some(grads), Some(loss_scale)) = (shard.grads.as_deref_mut(), loss_scale) {
                 if s > 0 {
                     set_zero(grads);
@@ -307,10 +303,15 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::ops::cross_entropy::IGNORE_INDEX;
+    use crate::rng::Rng;
 
+    /// With dropout too: each shard draws its own rows' masks of the whole batch.
     #[test]
     fn shards_give_the_loss_and_gradients_of_the_whole_batch() {
-        let model = Gpt::new(Config::new(11, 8, 16, 2, 2), 3).unwrap();
+        let mut cfg = Config::new(11, 8, 16, 2, 2);
+        cfg.dropout = 0.2;
+        let model = Gpt::new(cfg, 3).unwrap();
+        let dropout = Some(DropoutSeed::new(4));
         let (b, t) = (5, 6); // 5 rows in 2 or 3 shards: uneven shards
         let mut rng = Rng::new(9);
         let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(11) as u32).collect();
@@ -318,10 +319,14 @@ mod tests {
         targets[..t + 2].fill(IGNORE_INDEX); // shards count different numbers of targets
         let (mut ws, mut whole) = (Workspace::new(), model.new_gradients());
         let expected = model
-            .forward(&mut ws, &tokens, b, t, Some(&targets), None)
+            .forward(&mut ws, &tokens, b, t, Some(&targets), dropout)
             .unwrap()
             .unwrap();
         model.backward(&mut ws, &mut whole, 0.5).unwrap();
+        let expected_eval = model
+            .forward(&mut Workspace::new(), &tokens, b, t, Some(&targets), None)
+            .unwrap()
+            .unwrap();
         let max = whole.iter().fold(0.0f32, |m, g| m.max(g.abs()));
         for shards in [1, 2, 3, 7] {
             let mut parallel = DataParallel::new(&model, shards).unwrap();
@@ -329,7 +334,7 @@ mod tests {
                 // A second step: the shards' own buffers start again from zero.
                 let mut grads = model.new_gradients();
                 let loss = parallel
-                    .forward_backward(&model, &mut grads, &tokens, b, t, &targets, None, 0.5)
+                    .forward_backward(&model, &mut grads, &tokens, b, t, &targets, dropout, 0.5)
                     .unwrap();
                 assert!((loss - expected).abs() < 1e-6, "{shards} shards: {loss} vs {expected}");
                 for (i, (g, e)) in grads.iter().zip(&whole).enumerate() {
@@ -340,7 +345,10 @@ mod tests {
                 }
             }
             let eval = parallel.loss(&model, &tokens, b, t, &targets).unwrap();
-            assert!((eval - expected).abs() < 1e-6);
+            assert!(
+                (eval - expected_eval).abs() < 1e-6,
+                "{shards} shards: {eval} vs {expected_eval}"
+            );
         }
     }
 

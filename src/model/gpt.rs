@@ -13,12 +13,11 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ops::attention::AttnShape;
 use crate::ops::cross_entropy::{check_targets, cross_entropy_backward_inplace, cross_entropy_forward};
-use crate::ops::dropout::{dropout_backward, Dropout};
+use crate::ops::dropout::{dropout_backward, Dropout, DropoutSeed, Site};
 use crate::ops::embedding::{embedding_backward, embedding_forward};
 use crate::ops::layernorm::{layernorm_backward, layernorm_forward};
 use crate::ops::lm_head::{lm_head_backward, lm_head_forward};
 use crate::ops::zeroed;
-use crate::rng::Rng;
 
 /// A GPT-2 language model: its configuration and its parameters in one flat buffer.
 pub struct Gpt {
@@ -101,8 +100,8 @@ impl Gpt {
 
     /// Forward pass over a batch `tokens` [B, T], its activations left in `ws`. With `targets`
     /// [B, T] (ids, or [`crate::ops::cross_entropy::IGNORE_INDEX`]) returns the mean
-    /// cross-entropy loss. Dropout applies when `dropout_rng` is given and the config's dropout
-    /// is positive.
+    /// cross-entropy loss. Dropout applies when `dropout` is given and the config's dropout is
+    /// positive: its masks are those of the batch rows the seed names (see [`DropoutSeed`]).
     pub fn forward(
         &self,
         ws: &mut Workspace,
@@ -110,29 +109,30 @@ impl Gpt {
         b: usize,
         t: usize,
         targets: Option<&[i32]>,
-        dropout_rng: Option<&mut Rng>,
+        dropout: Option<DropoutSeed>,
     ) -> Result<Option<f32>> {
         self.check_batch(tokens, b, t, targets)?;
         let cfg = &self.config;
         let (c, v, n) = (cfg.n_embd, cfg.vocab_size, b * t);
         let p_drop = cfg.dropout;
-        let mut dropout = dropout_rng
+        let dropout = dropout
             .filter(|_| p_drop > 0.0)
-            .map(|rng| Dropout { p: p_drop, rng });
+            .map(|seed| Dropout::new(p_drop, seed, t));
         let acts = ws.acts_for(cfg, b, t, dropout.is_some());
         let (w, shape) = (self.weights(), self.attn_shape(b, t));
         acts.tokens.copy_from_slice(tokens);
 
         // Token + position embeddings: encoded [N, C]
         embedding_forward(&mut acts.encoded, tokens, w.wte, w.wpe, t, c, 0);
-        if let Some(d) = dropout.as_mut() {
-            d.forward(&mut acts.encoded, &mut acts.emb_mask);
+        if let Some(d) = dropout {
+            d.forward(Site::Embedding, &mut acts.encoded, &mut acts.emb_mask, c);
         }
         // The blocks: block l reads the stream block l - 1 left.
         for (l, p) in w.blocks.iter().enumerate() {
             let (done, rest) = acts.blocks.split_at_mut(l);
             let x = done.last().map_or(&acts.encoded, |prev| &prev.residual_3);
-            block_forward(cfg, shape, p, x, &mut rest[0], Keys::Causal, dropout.as_mut());
+            let layer_dropout = dropout.map(|d| d.at_layer(l));
+            block_forward(cfg, shape, p, x, &mut rest[0], Keys::Causal, layer_dropout);
         }
         let last = &acts.blocks[cfg.n_layer - 1].residual_3;
         let ln_f = (&mut acts.ln_f[..], &mut acts.ln_f_mean[..], &mut acts.ln_f_rstd[..]);
@@ -297,6 +297,7 @@ mod tests {
     use super::*;
     use crate::ops::cross_entropy::IGNORE_INDEX;
     use crate::ops::test_util::check_gradient;
+    use crate::rng::Rng;
 
     /// A tiny model with weights large enough that every gradient is clearly non-zero.
     fn tiny(dropout: f32) -> Gpt {
@@ -318,7 +319,7 @@ mod tests {
         seed: u64,
     ) -> (f32, Vec<f32>) {
         let (mut ws, mut grads) = (Workspace::new(), model.new_gradients());
-        let loss = model.forward(&mut ws, tokens, b, t, Some(targets), Some(&mut Rng::new(seed)));
+        let loss = model.forward(&mut ws, tokens, b, t, Some(targets), Some(DropoutSeed::new(seed)));
         model.backward(&mut ws, &mut grads, 1.0).unwrap();
         (loss.unwrap().unwrap(), grads)
     }
@@ -339,7 +340,7 @@ mod tests {
                 b,
                 t,
                 Some(&targets),
-                Some(&mut Rng::new(9)),
+                Some(DropoutSeed::new(9)),
             );
             vec![loss.unwrap().unwrap()]
         };
@@ -378,7 +379,7 @@ mod tests {
         let mut ws = Workspace::new();
         let (tokens, targets) = ([1u32, 2, 3, 4, 5, 6], [2, 3, 4, 5, 6, 7]);
         model
-            .forward(&mut ws, &tokens, 2, 3, Some(&targets), Some(&mut Rng::new(4)))
+            .forward(&mut ws, &tokens, 2, 3, Some(&targets), Some(DropoutSeed::new(4)))
             .unwrap();
         let mut grads = model.new_gradients();
         let start = grads.as_ptr() as usize;
@@ -406,7 +407,7 @@ mod tests {
             let tokens: Vec<u32> = (0..b * t).map(|j| ((i + 3 * j) % 13) as u32).collect();
             let targets: Vec<i32> = (0..b * t).map(|j| ((2 * i + j) % 13) as i32).collect();
             let mut grads = model.new_gradients();
-            let loss = model.forward(&mut ws, &tokens, b, t, Some(&targets), Some(&mut Rng::new(5)));
+            let loss = model.forward(&mut ws, &tokens, b, t, Some(&targets), Some(DropoutSeed::new(5)));
             model.backward(&mut ws, &mut grads, 1.0).unwrap();
             let (fresh_loss, fresh_grads) = loss_and_gradients(&model, &tokens, b, t, &targets, 5);
             assert_eq!(loss.unwrap().unwrap(), fresh_loss, "B={b} T={t}");

@@ -304,7 +304,7 @@ impl Workspace {
 mod tests {
     use super::*;
     use crate::model::Gpt;
-    use crate::rng::Rng;
+    use crate::ops::dropout::DropoutSeed;
 
     fn lens(bufs: &[&Vec<f32>]) -> usize {
         bufs.iter().map(|b| b.len()).sum()
@@ -344,9 +344,15 @@ mod tests {
         let targets: Vec<i32> = tokens.iter().map(|&x| x as i32).collect();
         for dropout in [false, true] {
             let mut ws = Workspace::new();
-            let mut rng = Rng::new(1);
             model
-                .forward(&mut ws, &tokens, b, t, Some(&targets), dropout.then_some(&mut rng))
+                .forward(
+                    &mut ws,
+                    &tokens,
+                    b,
+                    t,
+                    Some(&targets),
+                    dropout.then_some(DropoutSeed::new(1)),
+                )
                 .unwrap();
             let a = &ws.acts;
             let acts = a.tokens.len()

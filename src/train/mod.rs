@@ -34,6 +34,7 @@ use crate::generate::{generate_ids, Sampling};
 use crate::io::lock::DirLock;
 use crate::model::{param_specs, DataParallel, Gpt};
 use crate::ops::cross_entropy::counted_targets;
+use crate::ops::dropout::DropoutSeed;
 use crate::ops::set_zero;
 use crate::optim::{clip_factor, AdamW, LrSchedule};
 use crate::rng::Rng;
@@ -331,12 +332,14 @@ impl Trainer {
                 Some(_) => share(targets, &batch.targets),
                 None => 1.0,
             };
-            let (model, dropout_rng, scale) = (&self.model, Some(&mut self.dropout_rng), share / accum as f32);
+            // The masks of these rows in the whole batch's.
+            let dropout = Some(DropoutSeed::new(self.dropout_rng.next_u64()).skip(rows.start));
+            let (model, scale) = (&self.model, share / accum as f32);
             let rows_loss = match ranks.as_mut().filter(|_| micro + 1 == accum) {
                 None => {
                     let grads = &mut self.grads;
                     self.parallel
-                        .forward_backward(model, grads, tokens, rows.len(), t, targets, dropout_rng, scale)?
+                        .forward_backward(model, grads, tokens, rows.len(), t, targets, dropout, scale)?
                 }
                 Some(ranks) => {
                     let mut reducer = ranks.reducer();
@@ -347,7 +350,7 @@ impl Trainer {
                         rows.len(),
                         t,
                         targets,
-                        dropout_rng,
+                        dropout,
                         scale,
                         |bucket| reducer.bucket_done(bucket),
                     );
