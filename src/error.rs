@@ -28,6 +28,9 @@ pub enum Error {
     /// `source()`, so that a printed error chain does not say it twice.
     #[error("{path}: {cause}")]
     Io { path: PathBuf, cause: std::io::Error },
+    /// This process of a run over several stops because another one failed, which says why.
+    #[error("{0}")]
+    Stopped(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -13,6 +13,7 @@
 //! a run that records S resumes bit for bit on any machine.
 
 use super::gpt::Gpt;
+use super::params::backward_buckets;
 use super::workspace::Workspace;
 use crate::error::{Error, Result};
 use crate::ops::cross_entropy::counted_targets;
@@ -158,8 +159,38 @@ impl DataParallel {
         dropout: Option<DropoutSeed>,
         loss_scale: f32,
     ) -> Result<f32> {
+        self.forward_backward_with(model, grads, tokens, b, t, targets, dropout, loss_scale, |_| {})
+    }
+
+    /// [`DataParallel::forward_backward`], handing each part of `grads` to `bucket_done` once
+    /// it holds its final gradient, as [`Gpt::backward_with`] does: during the backward pass
+    /// with one shard, after the shards' gradients are added with several.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward_with<'g>(
+        &mut self,
+        model: &Gpt,
+        grads: &'g mut [f32],
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        targets: &[i32],
+        dropout: Option<DropoutSeed>,
+        loss_scale: f32,
+        mut bucket_done: impl FnMut(&'g [f32]),
+    ) -> Result<f32> {
         let batch = Batch { tokens, b, t, targets };
-        self.run(model, batch, dropout, Some((grads, loss_scale)))
+        if self.pool.is_none() {
+            let ws = &mut self.workspaces[0];
+            let loss = model.forward(ws, tokens, b, t, Some(targets), dropout)?;
+            model.backward_with(ws, grads, loss_scale, bucket_done)?;
+            return Ok(loss.expect("forward with targets returns a loss"));
+        }
+        let loss = self.run(model, batch, dropout, Some((&mut *grads, loss_scale)))?;
+        let grads: &'g [f32] = grads;
+        backward_buckets(&model.config)
+            .into_iter()
+            .for_each(|range| bucket_done(&grads[range]));
+        Ok(loss)
     }
 
     /// The mean loss of a batch (forward only, no dropout).

@@ -9,7 +9,7 @@ use super::block::{block_backward, block_forward, Keys};
 use super::kv_cache::{KvCache, StepBuffers};
 use super::lora::{split_layers, AdapterView, Lora};
 use super::lowp::{LowpBlock, LowpWeights};
-use super::params::{init_params, num_params, param_specs, Layout, TensorSpec, Weights};
+use super::params::{block_len, init_params, num_params, param_specs, BlockWeights, Layout, TensorSpec, Weights};
 use super::workspace::Workspace;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -317,6 +317,21 @@ impl Gpt {
     /// `loss_scale = 1 / steps` to average over gradient-accumulation steps. The logits are
     /// consumed (they hold dlogits after).
     pub fn backward(&self, ws: &mut Workspace, grads: &mut [f32], loss_scale: f32) -> Result<()> {
+        self.backward_with(ws, grads, loss_scale, |_| {})
+    }
+
+    /// [`Gpt::backward`], handing each part of `grads` to `bucket_done` as soon as the pass is
+    /// done with it, in the order of [`super::params::backward_buckets`]: the final LayerNorm,
+    /// each block from the last, the embeddings. (Data parallelism sends each part to the
+    /// other ranks while the pass goes on with the earlier layers.) With an adapter nothing is
+    /// handed on: adapters train in one process.
+    pub fn backward_with<'g>(
+        &self,
+        ws: &mut Workspace,
+        grads: &'g mut [f32],
+        loss_scale: f32,
+        mut bucket_done: impl FnMut(&'g [f32]),
+    ) -> Result<()> {
         if self.lowp.is_some() {
             return Err(Error::Input(format!(
                 "a model with {} weights is for inference: train from f32",
@@ -339,9 +354,17 @@ impl Gpt {
         let (c, v, n) = (cfg.n_embd, cfg.vocab_size, b * t);
         let (w, shape) = (self.weights(), self.attn_shape(b, t));
         let adapter = self.adapter_view();
-        let (mut g, mut adapter_grads) = match &self.adapter {
-            None => (Some(Weights::split(grads, cfg)), None),
-            Some(a) => (None, Some(split_layers(grads, cfg, &a.config))),
+        // The gradient's parts, each handed on once done: without an adapter the model's
+        // embeddings [wte, wpe], blocks and ln_f; with one the adapter's per block (the base is
+        // frozen: no gradients).
+        let (mut embeddings, mut blocks, mut ln_f, mut adapter_grads) = match &self.adapter {
+            None => {
+                let (embeddings, rest) = grads.split_at_mut((v + cfg.n_positions) * c);
+                let (blocks, ln_f) = rest.split_at_mut(cfg.n_layer * block_len(cfg));
+                let blocks: Vec<&'g mut [f32]> = blocks.chunks_mut(block_len(cfg)).collect();
+                (Some(embeddings), blocks, Some(ln_f), None)
+            }
+            Some(a) => (None, Vec::new(), None, Some(split_layers(grads, cfg, &a.config))),
         };
 
         // Loss → logits: dlogits = (softmax - onehot) · loss_scale / count, in place of the logits.
@@ -351,15 +374,15 @@ impl Gpt {
         };
         cross_entropy_backward_inplace(&mut acts.logits, &acts.lse, &acts.targets, v, scale);
         // LM head: logits = ln_f · wteᵀ  ⇒  dln_f = dlogits · wte, dwte += dlogitsᵀ · ln_f
-        let dwte = g.as_mut().map(|g| &mut *g.wte);
-        lm_head_backward(&mut d.ln, dwte, &acts.logits, &acts.ln_f, w.wte, n, c, v);
+        let g_wte = embeddings.as_mut().map(|e| &mut e[..v * c]);
+        lm_head_backward(&mut d.ln, g_wte, &acts.logits, &acts.ln_f, w.wte, n, c, v);
         // Final LayerNorm: the residual-stream gradient starts here.
         d.residual.fill(0.0);
         let last = &acts.blocks[cfg.n_layer - 1].residual_3;
         let (mean, rstd) = (&acts.ln_f_mean, &acts.ln_f_rstd);
         layernorm_backward(
             &mut d.residual,
-            g.as_mut().map(|g| (&mut *g.ln_f_w, &mut *g.ln_f_b)),
+            ln_f.as_mut().map(|g| g.split_at_mut(c)),
             &d.ln,
             last,
             mean,
@@ -367,6 +390,9 @@ impl Gpt {
             w.ln_f_w,
             c,
         );
+        if let Some(ln_f) = ln_f {
+            bucket_done(ln_f);
+        }
         // The blocks in reverse, each passing dloss/d(its input) down to the one before.
         for l in (0..cfg.n_layer).rev() {
             let x = if l == 0 {
@@ -375,17 +401,24 @@ impl Gpt {
                 &acts.blocks[l - 1].residual_3
             };
             let (p, a) = (&w.blocks[l], &acts.blocks[l]);
-            let block_grads = g.as_mut().map(|g| &mut g.blocks[l]);
+            let mut block_grads = blocks.pop();
             let adapter_grads = adapter
                 .as_ref()
                 .zip(adapter_grads.as_mut())
                 .map(|(a, g)| a.grads(l, &mut g[l]));
-            block_backward(cfg, shape, p, block_grads, adapter_grads, x, a, d);
+            let mut named = block_grads.as_deref_mut().map(|g| BlockWeights::split(g, cfg));
+            block_backward(cfg, shape, p, named.as_mut(), adapter_grads, x, a, d);
+            drop(named);
+            if let Some(g_block) = block_grads {
+                bucket_done(g_block);
+            }
         }
         // Embeddings: encoded = drop(wte[tokens] + wpe[positions]) (frozen with an adapter).
-        if let Some(g) = g {
+        if let Some(embeddings) = embeddings {
             let demb = dropout_backward(&d.residual, &acts.emb_mask, &mut d.ln);
-            embedding_backward(g.wte, g.wpe, demb, &acts.tokens, t, c);
+            let (g_wte, g_wpe) = embeddings.split_at_mut(v * c);
+            embedding_backward(g_wte, g_wpe, demb, &acts.tokens, t, c);
+            bucket_done(embeddings);
         }
         acts.targets.clear(); // the logits are spent: a second backward needs a new forward
         Ok(())
@@ -555,6 +588,30 @@ mod tests {
         }
         for (a, b) in once.iter().zip(&twice) {
             assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0));
+        }
+    }
+
+    #[test]
+    fn backward_hands_on_each_bucket_when_its_gradient_is_final() {
+        let model = tiny(0.1);
+        let mut ws = Workspace::new();
+        let (tokens, targets) = ([1u32, 2, 3, 4, 5, 6], [2, 3, 4, 5, 6, 7]);
+        model
+            .forward(&mut ws, &tokens, 2, 3, Some(&targets), Some(DropoutSeed::new(4)))
+            .unwrap();
+        let mut grads = model.new_gradients();
+        let start = grads.as_ptr() as usize;
+        let mut handed = Vec::new();
+        model
+            .backward_with(&mut ws, &mut grads, 1.0, |bucket| {
+                let offset = (bucket.as_ptr() as usize - start) / size_of::<f32>();
+                handed.push((offset..offset + bucket.len(), bucket.to_vec()));
+            })
+            .unwrap();
+        let ranges: Vec<_> = handed.iter().map(|(range, _)| range.clone()).collect();
+        assert_eq!(ranges, crate::model::params::backward_buckets(&model.config));
+        for (range, values) in handed {
+            assert_eq!(values, grads[range.clone()], "{range:?} changed after it was handed on");
         }
     }
 

@@ -5,6 +5,7 @@
 
 use crate::config::Config;
 use crate::rng::Rng;
+use std::ops::Range;
 
 /// Name and shape of one parameter tensor (Hugging Face name, Conv1D layout: weights are [in, out]).
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +70,19 @@ pub fn is_matrix(name: &str) -> bool {
 }
 
 impl Layout {
+    /// How many of a weight matrix's `size` values a buffer of this layout holds.
+    fn matrix(self, size: usize) -> usize {
+        match self {
+            Layout::Full => size,
+            Layout::WithoutMatrices => 0,
+        }
+    }
+
+    /// The values of one block in a buffer of this layout.
+    fn block_len(self, cfg: &Config) -> usize {
+        block_sizes(cfg, self).iter().sum()
+    }
+
     /// The parameters a buffer of this layout holds, in buffer order.
     pub fn specs(self, cfg: &Config) -> Vec<TensorSpec> {
         let mut specs = param_specs(cfg);
@@ -152,6 +166,76 @@ impl Splittable for &mut [f32] {
     }
 }
 
+/// Takes consecutive pieces off the front of a buffer.
+struct Pieces<S>(Option<S>);
+
+impl<S: Splittable> Pieces<S> {
+    fn take(&mut self, len: usize) -> S {
+        let (head, tail) = self.0.take().expect("buffer consumed").split(len);
+        self.0 = Some(tail);
+        head
+    }
+}
+
+/// The sizes of one block's tensors in a buffer of `layout`, in the order of [`param_specs`].
+fn block_sizes(cfg: &Config, layout: Layout) -> [usize; 12] {
+    let (c, f) = (cfg.n_embd, cfg.n_inner);
+    let matrix = |size| layout.matrix(size);
+    [c, c, matrix(c * 3 * c), 3 * c, matrix(c * c), c, c, c, matrix(c * f), f, matrix(f * c), c]
+}
+
+/// The number of parameters of one transformer block.
+pub fn block_len(cfg: &Config) -> usize {
+    Layout::Full.block_len(cfg)
+}
+
+/// The ranges of the flat buffer that the backward pass finishes one after another: the final
+/// LayerNorm, each block from the last, the embeddings ([`crate::model::Gpt::backward_with`]).
+pub fn backward_buckets(cfg: &Config) -> Vec<Range<usize>> {
+    let (c, block) = (cfg.n_embd, block_len(cfg));
+    let blocks_start = (cfg.vocab_size + cfg.n_positions) * c;
+    let ln_f = blocks_start + cfg.n_layer * block;
+    let blocks = (0..cfg.n_layer).rev().map(|l| {
+        let start = blocks_start + l * block;
+        start..start + block
+    });
+    std::iter::once(ln_f..ln_f + 2 * c)
+        .chain(blocks)
+        .chain([0..blocks_start])
+        .collect()
+}
+
+impl<S: Splittable> BlockWeights<S> {
+    /// Cuts one block's part of a flat buffer ([`block_len`] values) into named views.
+    pub fn split(buf: S, cfg: &Config) -> Self {
+        Self::split_as(buf, cfg, Layout::Full)
+    }
+
+    /// [`BlockWeights::split`] for a block of a buffer of `layout`.
+    fn split_as(buf: S, cfg: &Config, layout: Layout) -> Self {
+        let (mut pieces, mut sizes) = (Pieces(Some(buf)), block_sizes(cfg, layout).into_iter());
+        let mut take = || pieces.take(sizes.next().expect("spec left"));
+        BlockWeights {
+            ln_1_w: take(),
+            ln_1_b: take(),
+            attn: AttnWeights {
+                c_attn_w: take(),
+                c_attn_b: take(),
+                c_proj_w: take(),
+                c_proj_b: take(),
+            },
+            ln_2_w: take(),
+            ln_2_b: take(),
+            mlp: MlpWeights {
+                c_fc_w: take(),
+                c_fc_b: take(),
+                c_proj_w: take(),
+                c_proj_b: take(),
+            },
+        }
+    }
+}
+
 impl<S: Splittable> Weights<S> {
     /// Cuts a flat buffer laid out by [`param_specs`] into named views. The struct fields
     /// are taken in the same order as `param_specs` lists them (checked by a test).
@@ -161,64 +245,19 @@ impl<S: Splittable> Weights<S> {
 
     /// [`Weights::split`] for a buffer of `layout`.
     pub fn split_as(buf: S, cfg: &Config, layout: Layout) -> Self {
-        let (c, v, max_t, f) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions, cfg.n_inner);
-        // The sizes of param_specs(cfg), computed without building the names.
-        let matrix = |size: usize| if layout == Layout::Full { size } else { 0 };
-        let block = [
-            c,
-            c,
-            matrix(c * 3 * c),
-            3 * c,
-            matrix(c * c),
-            c,
-            c,
-            c,
-            matrix(c * f),
-            f,
-            matrix(f * c),
-            c,
-        ];
-        let mut sizes = [matrix(v * c), max_t * c]
-            .into_iter()
-            .chain((0..cfg.n_layer).flat_map(|_| block))
-            .chain([c, c]);
-        let mut rest = Some(buf);
-        let mut take = || {
-            let (head, tail) = rest
-                .take()
-                .expect("buffer consumed")
-                .split(sizes.next().expect("spec left"));
-            rest = Some(tail);
-            head
-        };
-        let wte = take();
-        let wpe = take();
+        let (c, v, max_t) = (cfg.n_embd, cfg.vocab_size, cfg.n_positions);
+        let mut pieces = Pieces(Some(buf));
+        let wte = pieces.take(layout.matrix(v * c));
+        let wpe = pieces.take(max_t * c);
         let blocks = (0..cfg.n_layer)
-            .map(|_| BlockWeights {
-                ln_1_w: take(),
-                ln_1_b: take(),
-                attn: AttnWeights {
-                    c_attn_w: take(),
-                    c_attn_b: take(),
-                    c_proj_w: take(),
-                    c_proj_b: take(),
-                },
-                ln_2_w: take(),
-                ln_2_b: take(),
-                mlp: MlpWeights {
-                    c_fc_w: take(),
-                    c_fc_b: take(),
-                    c_proj_w: take(),
-                    c_proj_b: take(),
-                },
-            })
+            .map(|_| BlockWeights::split_as(pieces.take(layout.block_len(cfg)), cfg, layout))
             .collect();
         Weights {
             wte,
             wpe,
             blocks,
-            ln_f_w: take(),
-            ln_f_b: take(),
+            ln_f_w: pieces.take(c),
+            ln_f_b: pieces.take(c),
         }
     }
 }
@@ -253,6 +292,17 @@ mod tests {
     #[test]
     fn gpt2_small_has_124_439_808_parameters() {
         assert_eq!(num_params(&Config::preset("gpt2").unwrap()), 124_439_808);
+    }
+
+    #[test]
+    fn the_backward_buckets_cover_the_buffer_once() {
+        let cfg = Config::new(11, 7, 8, 3, 2);
+        let mut covered = vec![0; num_params(&cfg)];
+        let buckets = backward_buckets(&cfg);
+        assert_eq!(buckets.len(), 3 + 2, "ln_f, 3 blocks, the embeddings");
+        assert_eq!(buckets[0].len(), 2 * 8);
+        buckets.into_iter().flatten().for_each(|i| covered[i] += 1);
+        assert!(covered.iter().all(|&n| n == 1));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! AdamW with PyTorch's semantics: decoupled weight decay on the 2-D tensors only (the decay
-//! groups), and global gradient-norm clipping.
+//! groups), and global gradient-norm clipping. An optimizer may own only some ranges of the
+//! parameters (ZeRO-1: each of N ranks keeps the moments of, and updates, its 1/N).
 
 use crate::model::params::TensorSpec;
 use crate::ops::{sum_squares_f64, zeroed};
@@ -61,26 +62,36 @@ impl StepScalars {
     }
 }
 
-/// AdamW state: the two moments in the parameter layout, and the step count.
+/// AdamW state: the two moments of the parameters it owns, and the step count.
 pub struct AdamW {
     pub config: AdamWConfig,
-    /// First moment m, same layout as the parameters.
+    /// First moment m of the owned ranges, one after another (all parameters: their layout).
     pub m: Vec<f32>,
-    /// Second moment v, same layout as the parameters.
+    /// Second moment v, laid out as m.
     pub v: Vec<f32>,
     /// Number of updates done so far (t in the bias corrections).
     pub t: u64,
     /// Each tensor's range in the flat buffer, and whether weight decay applies to it:
     /// matrices and embeddings (2-D) decay; biases and LayerNorm parameters (1-D) do not.
     tensors: Vec<(Range<usize>, bool)>,
+    /// The owned parts of the tensors: (range in the parameters, offset in m and v, decays).
+    segments: Vec<(Range<usize>, usize, bool)>,
     /// Per-chunk partial sums of squares for the gradient norm (kept to avoid allocating).
     norm_partials: Vec<f64>,
 }
 
 impl AdamW {
+    /// An optimizer of all the parameters laid out by `specs`.
     pub fn new(config: AdamWConfig, specs: &[TensorSpec]) -> Self {
+        let total = specs.iter().map(TensorSpec::numel).sum();
+        Self::shard(config, specs, std::slice::from_ref(&(0..total)))
+    }
+
+    /// An optimizer of the `owned` ranges of the parameters only: its moments are those ranges'
+    /// one after another, and [`AdamW::step`] updates those ranges alone.
+    pub fn shard(config: AdamWConfig, specs: &[TensorSpec], owned: &[Range<usize>]) -> Self {
         let mut offset = 0;
-        let tensors = specs
+        let tensors: Vec<(Range<usize>, bool)> = specs
             .iter()
             .map(|s| {
                 let range = offset..offset + s.numel();
@@ -88,12 +99,24 @@ impl AdamW {
                 (range, s.shape.len() >= 2)
             })
             .collect();
+        let mut segments = Vec::new();
+        let mut len = 0;
+        for owned in owned {
+            for (range, decays) in &tensors {
+                let part = range.start.max(owned.start)..range.end.min(owned.end);
+                if part.start < part.end {
+                    segments.push((part.clone(), len + part.start - owned.start, *decays));
+                }
+            }
+            len += owned.len();
+        }
         AdamW {
             config,
-            m: zeroed(offset),
-            v: zeroed(offset),
+            m: zeroed(len),
+            v: zeroed(len),
             t: 0,
             tensors,
+            segments,
             norm_partials: Vec::new(),
         }
     }
@@ -105,18 +128,20 @@ impl AdamW {
     /// `p ← p·(1 - lr·wd)` (decoupled decay, 2-D tensors only),
     /// `m ← m + (g - m)(1-β1)`, `v ← β2 v + (1-β2) g²`,
     /// `p ← p - (lr / (1-β1ᵗ)) · m / (sqrt(v) / sqrt(1-β2ᵗ) + eps)`.
+    /// `grads` is laid out as the moments: the owned ranges' gradients one after another.
     pub fn step(&mut self, params: &mut [f32], grads: &[f32], grad_scale: f32, lr: f32) {
         self.t += 1;
         let (beta1, beta2) = (self.config.beta1, self.config.beta2);
-        for (range, decays) in &self.tensors {
+        for (range, offset, decays) in &self.segments {
             let step = self.scalars(lr, *decays);
+            let own = *offset..offset + range.len();
             params[range.clone()]
                 .par_chunks_mut(CHUNK)
-                .zip(grads[range.clone()].par_chunks(CHUNK))
+                .zip(grads[own.clone()].par_chunks(CHUNK))
                 .zip(
-                    self.m[range.clone()]
+                    self.m[own.clone()]
                         .par_chunks_mut(CHUNK)
-                        .zip(self.v[range.clone()].par_chunks_mut(CHUNK)),
+                        .zip(self.v[own].par_chunks_mut(CHUNK)),
                 )
                 .for_each(|((p, g), (m, v))| {
                     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
@@ -143,6 +168,7 @@ impl AdamW {
     /// For each tensor, its range in the flat buffer and the scalars of the last update, which
     /// was made at learning rate `lr`: with the moments `m`, `v` they give the change that
     /// update made to each weight ([`StepScalars::change`]). None before the first update.
+    /// Only for an optimizer of all the parameters (the moments in their layout).
     pub fn last_step(&self, lr: f32) -> Option<impl Iterator<Item = (Range<usize>, StepScalars)> + '_> {
         (self.t > 0).then(|| {
             self.tensors
@@ -252,5 +278,36 @@ mod tests {
         assert!((clip_factor(5.0, 1.0) - 0.2).abs() < 1e-7);
         assert_eq!(clip_factor(0.5, 1.0), 1.0);
         assert_eq!(clip_factor(5.0, f32::INFINITY), 1.0);
+    }
+
+    #[test]
+    fn shards_of_the_parameters_update_as_the_whole_does() {
+        let specs = [
+            TensorSpec {
+                name: "w".into(),
+                shape: vec![3, 3],
+            },
+            TensorSpec {
+                name: "b".into(),
+                shape: vec![3],
+            },
+        ];
+        let mut whole = AdamW::new(AdamWConfig::default(), &specs);
+        // Two shards whose ranges cut through both tensors, out of order.
+        let owned = [vec![7..11, 0..2], vec![2..7, 11..12]];
+        let mut shards = owned
+            .clone()
+            .map(|ranges| AdamW::shard(AdamWConfig::default(), &specs, &ranges));
+        let mut params: Vec<f32> = (0..12).map(|i| 0.1 * i as f32 - 0.5).collect();
+        let mut sharded = params.clone();
+        for t in 0..3 {
+            let grads: Vec<f32> = (0..12).map(|i| ((i * 5 + t) % 7) as f32 - 3.0).collect();
+            whole.step(&mut params, &grads, 0.5, 1e-2);
+            for (shard, ranges) in shards.iter_mut().zip(&owned) {
+                let own: Vec<f32> = ranges.iter().flat_map(|r| grads[r.clone()].to_vec()).collect();
+                shard.step(&mut sharded, &own, 0.5, 1e-2);
+            }
+            assert_eq!(params, sharded, "step {t}");
+        }
     }
 }

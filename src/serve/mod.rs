@@ -41,7 +41,7 @@ impl Server {
         // one step over all of them (the largest pass), and their logits.
         let cfg = &model.config;
         let (batch, context) = (limits.max_batch, cfg.n_positions);
-        let step = KvCache::pass_floats(cfg, batch, 1, context).max(KvCache::pass_floats(cfg, 1, context, context));
+        let step = KvCache::pass_floats(cfg, batch, 1).max(KvCache::pass_floats(cfg, 1, context));
         Need::new()
             .floats("KV caches", KvCache::cache_floats(cfg, batch, context))
             .floats("step buffers", step)

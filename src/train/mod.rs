@@ -20,6 +20,7 @@ pub mod config;
 pub mod data;
 pub mod metrics;
 pub mod plot;
+mod ranked;
 pub mod run_dir;
 mod setup;
 pub mod stats;
@@ -27,12 +28,14 @@ pub mod stats;
 pub use config::{Overrides, TrainConfig};
 pub use metrics::{EvalRecord, StepRecord};
 
+use crate::bench::median;
 use crate::config::Config;
 use crate::data::{Batch, BatchStream, Split};
 use crate::error::{Error, Result};
 use crate::generate::{generate_ids, Sampling};
 use crate::io::lock::DirLock;
 use crate::model::{DataParallel, Gpt};
+use crate::ops::cross_entropy::counted_targets;
 use crate::ops::dropout::DropoutSeed;
 use crate::ops::set_zero;
 use crate::optim::{clip_factor, AdamW, LrSchedule};
@@ -44,6 +47,7 @@ use crate::tokenizer::Tokenizer;
 use checkpoint::TrainerState;
 use data::TrainData;
 use metrics::{MetricsLog, Record};
+use ranked::Ranked;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -82,8 +86,11 @@ pub struct RunInfo {
     pub trainable: usize,
     pub model: Config,
     pub tokens_per_step: usize,
-    /// Batch shards trained side by side.
+    /// Batch shards trained side by side (by each rank).
     pub shards: usize,
+    /// Processes training together (started by mpirun), and this one's rank.
+    pub ranks: usize,
+    pub rank: usize,
 }
 
 /// How to run: stop early (as a kill or Ctrl-C would) at a step, or when a flag is raised.
@@ -109,6 +116,17 @@ pub struct Summary {
     pub plots: Option<[PathBuf; 2]>,
 }
 
+/// The communication between ranks that a step waited for, in seconds: medians over the
+/// steps this process trained.
+#[derive(Debug, Clone, Copy)]
+pub struct Communication {
+    /// Waiting for the gradient's sums once the backward pass was done (what it did not hide).
+    pub waiting_s: f64,
+    /// Gathering the updated parameters from every rank.
+    pub gathering_s: f64,
+    pub steps: usize,
+}
+
 /// A training run in progress.
 pub struct Trainer {
     config: TrainConfig,
@@ -118,7 +136,10 @@ pub struct Trainer {
     grads: Vec<f32>,
     /// The batch shards, their workspaces and threads (one shard: the whole batch at once).
     parallel: DataParallel,
+    /// AdamW over all the parameters, or over this rank's shard of them.
     optimizer: AdamW,
+    /// The other ranks, when several processes train together.
+    ranks: Option<Ranked>,
     tokenizer: Tokenizer,
     data: TrainData,
     corpus_key: String,
@@ -134,11 +155,17 @@ pub struct Trainer {
     elapsed_s: f64,
     /// The step of the run's `latest/` checkpoint (None before the first).
     checkpoint_step: Option<usize>,
-    log: MetricsLog,
-    param_log: JsonLines<ParamStatsRecord>,
+    /// What the run writes: None on the ranks other than 0.
+    outputs: Option<Outputs>,
     info: RunInfo,
     /// A LoRA run: the SHA-256 of its frozen base's weights, recorded in its checkpoints.
     base_sha256: Option<String>,
+}
+
+/// The logs a run appends to, and the lock on its directory.
+struct Outputs {
+    log: MetricsLog,
+    param_log: JsonLines<ParamStatsRecord>,
     /// The run directory's lock, held for the trainer's life: one run at a time writes there.
     _lock: DirLock,
 }
@@ -156,6 +183,17 @@ impl Trainer {
         &self.model
     }
 
+    /// How long the steps waited for the other ranks (None when training alone, or before a step).
+    pub fn communication(&self) -> Option<Communication> {
+        let ranks = self.ranks.as_ref().filter(|r| !r.waits.is_empty())?;
+        let median = |values: &[f32]| median(&mut values.iter().map(|&v| v as f64).collect::<Vec<_>>());
+        Some(Communication {
+            waiting_s: median(&ranks.waits),
+            gathering_s: median(&ranks.gathers),
+            steps: ranks.waits.len(),
+        })
+    }
+
     /// Trains until max_iters (or a stop), evaluating every eval_interval steps and after the
     /// last one, writing `latest/` at each evaluation and `best/` when validation improves.
     pub fn run(&mut self, options: &RunOptions, on_event: &mut dyn FnMut(Event)) -> Result<Summary> {
@@ -170,25 +208,34 @@ impl Trainer {
             self.elapsed_s = elapsed_before + clock.elapsed().as_secs_f64();
             if self.step.is_multiple_of(self.config.eval_interval) || self.step == self.config.max_iters {
                 let record = self.evaluate(&mut batch)?;
-                self.log.append(Record::Eval(record.clone()))?;
-                self.param_log.append(&self.param_stats())?;
-                plots = Some(plot::write_plots(&self.log.history, &self.run_dir)?);
-                on_event(Event::Eval(&record));
+                // Rank 0 holds the whole optimizer state until the checkpoints are written.
+                let gathered = self.ranks.as_ref().map(|r| r.gather_optimizer(&self.optimizer));
+                let optimizer = gathered.as_ref().map_or(Some(&self.optimizer), Option::as_ref);
+                if let (Some(out), Some(optimizer)) = (self.outputs.as_mut(), optimizer) {
+                    out.log.append(Record::Eval(record.clone()))?;
+                    out.param_log
+                        .append(&param_stats(self.step, &self.model, optimizer, &self.schedule))?;
+                    plots = Some(plot::write_plots(&out.log.history, &self.run_dir)?);
+                    on_event(Event::Eval(&record));
+                }
                 if self.step > session_start {
                     // latest/ first: it is what a resume needs, and it records the new best.
                     let improved = self.best_val_loss.is_none_or(|best| record.val_loss < best);
                     if improved {
                         self.best_val_loss = Some(record.val_loss);
                     }
-                    latest = Some(self.save("latest")?);
-                    on_event(Event::Checkpoint(latest.as_deref().expect("just saved")));
+                    if let Some(optimizer) = optimizer {
+                        latest = Some(self.save("latest", optimizer)?);
+                        on_event(Event::Checkpoint(latest.as_deref().expect("just saved")));
+                        if improved {
+                            on_event(Event::Checkpoint(&self.save("best", optimizer)?));
+                        }
+                        if self.config.keep_checkpoints > 0 {
+                            on_event(Event::Checkpoint(&self.save_step(optimizer)?));
+                        }
+                    }
+                    self.checkpoint_step = Some(self.step);
                     saved_at = Some(self.step);
-                    if improved {
-                        on_event(Event::Checkpoint(&self.save("best")?));
-                    }
-                    if self.config.keep_checkpoints > 0 {
-                        on_event(Event::Checkpoint(&self.save_step()?));
-                    }
                 }
                 last_eval = Some(record);
             }
@@ -199,15 +246,25 @@ impl Trainer {
                 .interrupt
                 .as_ref()
                 .is_some_and(|flag| flag.load(Ordering::SeqCst));
+            let interrupted = match &self.ranks {
+                Some(ranks) => ranks.any(interrupted),
+                None => interrupted,
+            };
             if interrupted || options.stop_at == Some(self.step) {
                 if self.step > session_start && saved_at != Some(self.step) {
-                    latest = Some(self.save("latest")?);
-                    on_event(Event::Checkpoint(latest.as_deref().expect("just saved")));
+                    let gathered = self.ranks.as_ref().map(|r| r.gather_optimizer(&self.optimizer));
+                    if let Some(optimizer) = gathered.as_ref().map_or(Some(&self.optimizer), Option::as_ref) {
+                        latest = Some(self.save("latest", optimizer)?);
+                        on_event(Event::Checkpoint(latest.as_deref().expect("just saved")));
+                    }
+                    self.checkpoint_step = Some(self.step);
                 }
                 break;
             }
             let record = self.train_step(&mut batch, elapsed_before, clock)?;
-            self.log.append(Record::Step(record.clone()))?;
+            if let Some(out) = self.outputs.as_mut() {
+                out.log.append(Record::Step(record.clone()))?;
+            }
             on_event(Event::Step(&record));
             self.step += 1;
         }
@@ -225,25 +282,17 @@ impl Trainer {
     /// One optimizer step over grad_accum micro-batches.
     fn train_step(&mut self, batch: &mut Batch, elapsed_before: f64, clock: Instant) -> Result<StepRecord> {
         let start = Instant::now();
-        let (b, t, accum) = (self.config.batch_size, self.block_size, self.config.grad_accum);
         let lr = self.schedule.at(self.step);
+        let grad_norm;
         set_zero(&mut self.grads);
-        let mut loss = 0.0f32;
-        for _ in 0..accum {
-            let starts = self.stream.next_starts(self.data.span(Split::Train, t), t, b);
-            let t = self.data.fill(Split::Train, &starts, t, batch);
-            loss += self.parallel.forward_backward(
-                &self.model,
-                &mut self.grads,
-                &batch.inputs,
-                b,
-                t,
-                &batch.targets,
-                Some(DropoutSeed::new(self.dropout_rng.next_u64())),
-                1.0 / accum as f32,
-            )?;
+        // The ranks are taken out while the gradient is summed into their shard.
+        let mut ranks = self.ranks.take();
+        let loss = self.accumulate(batch, ranks.as_mut());
+        self.ranks = ranks;
+        let mut loss = loss?;
+        if let Some(ranks) = &self.ranks {
+            loss = ranks.sum(loss);
         }
-        loss /= accum as f32;
         if !loss.is_finite() {
             return Err(self.diverged(format!("the training loss became {loss}")));
         }
@@ -252,9 +301,19 @@ impl Trainer {
         } else {
             f32::INFINITY
         };
-        let grad_norm = self.optimizer.grad_norm(&self.grads);
-        let scale = clip_factor(grad_norm, max_norm);
-        self.optimizer.step(self.model.trainable_mut(), &self.grads, scale, lr);
+        match self.ranks.as_mut() {
+            Some(ranks) => {
+                grad_norm = ranks.grad_norm();
+                let scale = clip_factor(grad_norm, max_norm);
+                self.optimizer.step(self.model.trainable_mut(), &ranks.shard, scale, lr);
+                ranks.gather_parameters(self.model.trainable_mut());
+            }
+            None => {
+                grad_norm = self.optimizer.grad_norm(&self.grads);
+                let scale = clip_factor(grad_norm, max_norm);
+                self.optimizer.step(self.model.trainable_mut(), &self.grads, scale, lr);
+            }
+        }
         let tokens = self.info.tokens_per_step as u64;
         Ok(StepRecord {
             step: self.step,
@@ -267,21 +326,90 @@ impl Trainer {
         })
     }
 
-    /// Mean loss over the fixed evaluation batches of each split (no dropout), and a sample.
+    /// The gradient of one optimizer step over grad_accum micro-batches, into `grads`, and
+    /// its mean loss over this process's rows. With `ranks`, each rank trains on its rows, and
+    /// the last micro-batch's backward pass sums the gradient over ranks as it goes.
+    fn accumulate(&mut self, batch: &mut Batch, mut ranks: Option<&mut Ranked>) -> Result<f32> {
+        let (b, block, accum) = (self.config.batch_size, self.block_size, self.config.grad_accum);
+        let rows = ranks.as_ref().map_or(0..b, |r| r.rows.clone());
+        let mut loss = 0.0f32;
+        for micro in 0..accum {
+            // Every rank draws the whole batch, and trains on its rows of it (T: the batch's
+            // length, the block size or, for instruction records, the longest record's).
+            let starts = self.stream.next_starts(self.data.span(Split::Train, block), block, b);
+            let t = self.data.fill(Split::Train, &starts, block, batch);
+            let mine = rows.start * t..rows.end * t;
+            let (tokens, targets) = (&batch.inputs[mine.clone()], &batch.targets[mine.clone()]);
+            // These rows' share of the batch's mean loss: their counted targets over all.
+            let share = match ranks {
+                Some(_) => share(targets, &batch.targets),
+                None => 1.0,
+            };
+            // The masks of these rows in the whole batch's.
+            let dropout = Some(DropoutSeed::new(self.dropout_rng.next_u64()).skip(rows.start));
+            let (model, scale) = (&self.model, share / accum as f32);
+            let rows_loss = match ranks.as_mut().filter(|_| micro + 1 == accum) {
+                None => {
+                    let grads = &mut self.grads;
+                    self.parallel
+                        .forward_backward(model, grads, tokens, rows.len(), t, targets, dropout, scale)?
+                }
+                Some(ranks) => {
+                    let mut reducer = ranks.reducer();
+                    let rows_loss = self.parallel.forward_backward_with(
+                        model,
+                        &mut self.grads,
+                        tokens,
+                        rows.len(),
+                        t,
+                        targets,
+                        dropout,
+                        scale,
+                        |bucket| reducer.bucket_done(bucket),
+                    );
+                    let waited = reducer.finish();
+                    ranks.waits.push(waited.as_secs_f32());
+                    rows_loss?
+                }
+            };
+            loss += share * rows_loss;
+        }
+        Ok(loss / accum as f32)
+    }
+
+    /// Mean loss over the fixed evaluation batches of each split (no dropout), and a sample
+    /// (rank 0's; empty on the others). Each rank evaluates its rows of every batch.
     fn evaluate(&mut self, batch: &mut Batch) -> Result<EvalRecord> {
-        let (b, t) = (self.config.batch_size, self.block_size);
-        let mut losses = [0.0f32; 2];
-        for (loss, (split, starts)) in losses
+        let (b, block) = (self.config.batch_size, self.block_size);
+        let rows = self.ranks.as_ref().map_or(0..b, |r| r.rows.clone());
+        // Each batch's loss: the sum over ranks of their rows' mean loss times their share.
+        let mut batch_losses = [vec![], vec![]];
+        for (losses, (split, starts)) in batch_losses
             .iter_mut()
             .zip([Split::Train, Split::Val].into_iter().zip(&self.eval_batches))
         {
-            let mut sum = 0.0f64;
             for batch_starts in starts {
-                let t = self.data.fill(split, batch_starts, t, batch);
-                sum += self.parallel.loss(&self.model, &batch.inputs, b, t, &batch.targets)? as f64;
+                let t = self.data.fill(split, batch_starts, block, batch);
+                let mine = rows.start * t..rows.end * t;
+                let (tokens, targets) = (&batch.inputs[mine.clone()], &batch.targets[mine.clone()]);
+                let rows_loss = self.parallel.loss(&self.model, tokens, rows.len(), t, targets)?;
+                losses.push(match &self.ranks {
+                    Some(_) => rows_loss as f64 * share(targets, &batch.targets) as f64,
+                    None => rows_loss as f64,
+                });
             }
-            *loss = (sum / starts.len() as f64) as f32;
         }
+        let [train, val] = batch_losses;
+        let all = [train.as_slice(), &val].concat();
+        let all = match &self.ranks {
+            Some(ranks) => ranks.comm.all_sum_f64(&all),
+            None => all,
+        };
+        let (train, val) = all.split_at(train.len());
+        let losses = [train, val].map(|split| {
+            let sum: f64 = split.iter().map(|&l| l as f32 as f64).sum();
+            (sum / split.len() as f64) as f32
+        });
         if !losses.iter().all(|l| l.is_finite()) {
             return Err(self.diverged(format!(
                 "the evaluation loss became {} (train) and {} (val)",
@@ -297,23 +425,11 @@ impl Trainer {
             lr: self.schedule.at(self.step),
             tokens: (self.step * self.info.tokens_per_step) as u64,
             elapsed_s: self.elapsed_s,
-            sample: self.sample()?,
+            sample: match self.outputs {
+                Some(_) => self.sample()?,
+                None => String::new(),
+            },
         })
-    }
-
-    /// The statistics of the weights now and of the last update, which was made at the
-    /// previous step's learning rate.
-    fn param_stats(&self) -> ParamStatsRecord {
-        let last_update = self
-            .step
-            .checked_sub(1)
-            .map(|last| (&self.optimizer, self.schedule.at(last)));
-        stats::measure(
-            self.step,
-            &self.model.trainable_specs(),
-            self.model.trainable(),
-            last_update,
-        )
     }
 
     /// A sample of the model now: the prompt and sample_tokens tokens after it, drawn with the
@@ -354,10 +470,27 @@ impl Trainer {
         ))
     }
 
-    /// Writes the checkpoint `run_dir/<name>` atomically; returns its path.
-    fn save(&mut self, name: &str) -> Result<PathBuf> {
+    /// Writes the checkpoint `run_dir/<name>` atomically, with `optimizer` (all parameters');
+    /// returns its path.
+    fn save(&self, name: &str, optimizer: &AdamW) -> Result<PathBuf> {
         let dir = self.run_dir.join(name);
-        let state = TrainerState {
+        checkpoint::save(&dir, &self.model, optimizer, &self.tokenizer, &self.state())?;
+        Ok(dir)
+    }
+
+    /// Writes the checkpoint `step-NNNNNN/` of this step, then removes the step checkpoints
+    /// beyond the last `keep_checkpoints`; returns its path.
+    fn save_step(&self, optimizer: &AdamW) -> Result<PathBuf> {
+        let name = run_dir::step_checkpoint_name(self.step);
+        run_dir::check_step_checkpoint(&self.run_dir.join(&name))?;
+        let dir = self.save(&name, optimizer)?;
+        run_dir::prune_step_checkpoints(&self.run_dir, self.config.keep_checkpoints)?;
+        Ok(dir)
+    }
+
+    /// The training state besides the tensors, as a checkpoint records it.
+    fn state(&self) -> TrainerState {
+        TrainerState {
             format: checkpoint::FORMAT.into(),
             version: checkpoint::VERSION,
             step: self.step,
@@ -372,21 +505,21 @@ impl Trainer {
             elapsed_s: self.elapsed_s,
             config: self.config.clone(),
             base_sha256: self.base_sha256.clone(),
-        };
-        checkpoint::save(&dir, &self.model, &self.optimizer, &self.tokenizer, &state)?;
-        if name == "latest" {
-            self.checkpoint_step = Some(self.step);
         }
-        Ok(dir)
     }
+}
 
-    /// Writes the checkpoint `step-NNNNNN/` of this step, then removes the step checkpoints
-    /// beyond the last `keep_checkpoints`; returns its path.
-    fn save_step(&mut self) -> Result<PathBuf> {
-        let name = run_dir::step_checkpoint_name(self.step);
-        run_dir::check_step_checkpoint(&self.run_dir.join(&name))?;
-        let dir = self.save(&name)?;
-        run_dir::prune_step_checkpoints(&self.run_dir, self.config.keep_checkpoints)?;
-        Ok(dir)
+/// The statistics of the weights after `step` updates and of the last update, which was made
+/// at the previous step's learning rate (`optimizer`: all parameters').
+fn param_stats(step: usize, model: &Gpt, optimizer: &AdamW, schedule: &LrSchedule) -> ParamStatsRecord {
+    let last_update = step.checked_sub(1).map(|last| (optimizer, schedule.at(last)));
+    stats::measure(step, &model.trainable_specs(), model.trainable(), last_update)
+}
+
+/// The share of `rows` in the mean loss over `batch`: their counted targets over all.
+fn share(rows: &[i32], batch: &[i32]) -> f32 {
+    match counted_targets(batch) {
+        0 => 0.0,
+        total => counted_targets(rows) as f32 / total as f32,
     }
 }

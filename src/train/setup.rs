@@ -2,12 +2,12 @@
 //! one (its `latest/` checkpoint, its recorded settings, the same corpus), both assembled into
 //! a [`Trainer`].
 
-use super::checkpoint::{self, weights_sha256, Checkpoint};
+use super::checkpoint::{self, weights_sha256, Checkpoint, TrainerState};
 use super::config::{self, Overrides, TrainConfig};
 use super::data::TrainData;
 use super::metrics::{MetricsLog, METRICS_FILE};
 use super::run_dir::{self, create_run_dir};
-use super::{RunInfo, Trainer, DROPOUT_STREAM};
+use super::{Outputs, RunInfo, Trainer, DROPOUT_STREAM};
 use crate::config::Config;
 use crate::data::instructions::is_instruction_file;
 use crate::data::{
@@ -96,7 +96,7 @@ impl Trainer {
             cached,
             files: docs.len(),
             corpus_key,
-            lock,
+            lock: Some(lock),
         };
         Trainer::assemble(config, run_dir, model, optimizer, tokenizer, data, prompt, parts)
     }
@@ -167,9 +167,63 @@ impl Trainer {
             cached,
             files: docs.len(),
             corpus_key,
-            lock,
+            lock: Some(lock),
         };
         let run_dir = run_dir.to_path_buf();
+        Trainer::assemble(config, run_dir, model, optimizer, tokenizer, data, prompt, parts)
+    }
+
+    /// The trainer of a rank other than 0 in a run over several: rank 0 made or resumed the run
+    /// (`state`, `run_dir`, the model's `config` and `params`); this rank reads the corpus and
+    /// checks that it is the one rank 0 read. It writes nothing but the token cache.
+    pub(super) fn follow(
+        state: &TrainerState,
+        run_dir: PathBuf,
+        resumed: bool,
+        mut model_config: Config,
+        params: Vec<f32>,
+    ) -> Result<Trainer> {
+        let config = state.config.clone();
+        if config.lora()?.is_some() {
+            return Err(Error::Config(
+                "LoRA training over MPI ranks is not supported yet: train the adapter in one process".into(),
+            ));
+        }
+        let docs = read_corpus(&config.data)?;
+        let (tokenizer, _) = resolve_tokenizer(config.tokenizer.as_deref(), &docs, None)?;
+        let block_size = config.block_size.expect("resolved by rank 0");
+        let (data, corpus_key, cached) = train_data(&config, &docs, &tokenizer, block_size)?;
+        if corpus_key != state.corpus_key {
+            return Err(Error::Input(format!(
+                "the corpus ({}) or tokenizer this rank read is not the one rank 0 read: every \
+                 machine needs the same files at the same paths",
+                config
+                    .data
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        model_config.dropout = config.dropout;
+        let model = Gpt::from_params(model_config, params);
+        let prompt = encode_prompt(&config.prompt, &tokenizer, &model.config)?;
+        // The moments come from rank 0 once every rank is set up.
+        let optimizer = AdamW::shard(adamw_config(&config), &model.trainable_specs(), &[]);
+        let parts = Parts {
+            stream: BatchStream::resume(windows(&config), config.seed, state.data_position.clone())?,
+            dropout_rng: state.dropout_rng.clone(),
+            step: state.step,
+            best_val_loss: state.best_val_loss,
+            elapsed_s: state.elapsed_s,
+            checkpoint_step: resumed.then_some(state.step),
+            resumed,
+            cached,
+            files: docs.len(),
+            corpus_key,
+            base_sha256: None,
+            lock: None,
+        };
         Trainer::assemble(config, run_dir, model, optimizer, tokenizer, data, prompt, parts)
     }
 
@@ -210,8 +264,14 @@ impl Trainer {
             lr_decay_iters: config.lr_decay_iters.unwrap_or(config.max_iters),
             decay_lr: config.decay_lr,
         };
-        let log = MetricsLog::open(&run_dir.join(METRICS_FILE), parts.step)?;
-        let (param_log, _) = JsonLines::open(&run_dir.join(param_stats::FILE), parts.step)?;
+        let outputs = match parts.lock {
+            Some(lock) => Some(Outputs {
+                log: MetricsLog::open(&run_dir.join(METRICS_FILE), parts.step)?,
+                param_log: JsonLines::open(&run_dir.join(param_stats::FILE), parts.step)?.0,
+                _lock: lock,
+            }),
+            None => None,
+        };
         let info = RunInfo {
             run_dir: run_dir.clone(),
             resumed: parts.resumed,
@@ -234,6 +294,8 @@ impl Trainer {
             model: model.config.clone(),
             tokens_per_step: b * block_size * config.grad_accum,
             shards,
+            ranks: 1,
+            rank: 0,
         };
         Ok(Trainer {
             parallel: DataParallel::new(&model, shards)?,
@@ -243,6 +305,7 @@ impl Trainer {
             run_dir,
             model,
             optimizer,
+            ranks: None,
             tokenizer,
             data,
             stream: parts.stream,
@@ -256,10 +319,8 @@ impl Trainer {
             elapsed_s: parts.elapsed_s,
             checkpoint_step: parts.checkpoint_step,
             base_sha256: parts.base_sha256,
-            log,
-            param_log,
+            outputs,
             info,
-            _lock: parts.lock,
         })
     }
 }
@@ -279,8 +340,8 @@ struct Parts {
     files: usize,
     /// The key of the corpus and tokenizer ([`corpus_key`]), which a resumed run must match.
     corpus_key: String,
-    /// The lock on the run directory.
-    lock: DirLock,
+    /// The lock on the run directory; None on the ranks other than 0, which write nothing there.
+    lock: Option<DirLock>,
 }
 
 /// What a run has in memory before its memory is checked.

@@ -21,7 +21,7 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 #[command(name = "gpt2", version, about = "GPT-2 from scratch: train, run and look inside", long_about = None)]
 struct Cli {
     /// Worker threads for matrix multiplies and the parallel ops, at most 4 per core
-    /// (default: all cores).
+    /// (default: all cores; under mpirun, the cores shared among the ranks on this machine).
     #[arg(long, global = true, value_parser = thread_count)]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -103,7 +103,11 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
-    if let Some(threads) = cli.threads {
+    // Ranks started together on one machine share its cores.
+    let ranks_here = gpt2::dist::ranks_on_this_machine();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cli.threads.or((ranks_here > 1).then(|| (cores / ranks_here).max(1)));
+    if let Some(threads) = threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
             eprintln!("error: cannot start {threads} threads: {e}");
             std::process::exit(2);

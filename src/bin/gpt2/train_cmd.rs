@@ -192,12 +192,96 @@ fn absolute(path: &str) -> std::io::Result<PathBuf> {
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
-    let mut trainer = trainer(args)?;
+    match gpt2::dist::launched_ranks() {
+        Some(ranks) if ranks > 1 => run_ranked(args, ranks),
+        _ => {
+            let mut trainer = trainer(args)?;
+            let interrupt = interrupt_on_ctrl_c(None)?;
+            train(args, &mut trainer, interrupt, None)
+        }
+    }
+}
+
+/// This process's part of a run over the ranks that mpirun started: rank 0 reports as a
+/// process training alone does; the others print only their own errors. An error during
+/// training ends every rank (MPI_Abort), since the others would wait for this one forever.
+#[cfg(feature = "mpi")]
+fn run_ranked(args: &TrainArgs, _: usize) -> Result<()> {
+    use gpt2::dist::mpi::{abort, MpiRanks};
+    use gpt2::dist::Collective;
+    let ranks = MpiRanks::init()?;
+    let rank = ranks.rank();
+    let overrides = settings(args)?;
+    if args.resume.is_none() {
+        // Before rank 0 makes the run directory.
+        let batch_size = TrainConfig::default().with_overrides(&overrides)?.batch_size;
+        if let Err(e) = gpt2::dist::rank_rows(batch_size, ranks.ranks(), rank) {
+            match rank {
+                0 => return Err(e.into()),
+                _ => return Ok(()), // rank 0 says why, and exits with an error
+            }
+        }
+    }
+    let settings = serde_json::to_vec(&(overrides, &args.resume))?;
+    let started = gpt2::dist::identity(&settings)
+        .map_err(anyhow::Error::from)
+        .and_then(|identity| {
+            Ok(Trainer::ranked(Box::new(ranks), identity, || {
+                trainer(args).map_err(|e| match e.downcast::<gpt2::Error>() {
+                    Ok(e) => e,
+                    Err(e) => gpt2::Error::Input(format!("{e:#}")),
+                })
+            })?)
+        });
+    let mut trainer = match started {
+        Ok(trainer) => trainer,
+        // Every rank returns from a failed start, and rank 0 says why (and exits with an
+        // error): the others end without one, as mpirun would end the run at once, before rank
+        // 0 could say anything.
+        Err(e) if rank != 0 && matches!(e.downcast_ref(), Some(gpt2::Error::Stopped(_))) => return Ok(()),
+        Err(e) if rank != 0 => bail!("rank {rank}: {e:#}"),
+        Err(e) => return Err(e),
+    };
+    let last_checkpoint = Arc::new(std::sync::Mutex::new(None));
+    let interrupt = interrupt_on_ctrl_c((rank == 0).then(|| last_checkpoint.clone()))?;
+    if let Err(e) = train(args, &mut trainer, interrupt, Some(last_checkpoint)) {
+        match rank {
+            0 => eprintln!("error: {e:#}"),
+            _ => eprintln!("error: rank {rank}: {e:#}"),
+        }
+        abort(1);
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "mpi"))]
+fn run_ranked(_: &TrainArgs, ranks: usize) -> Result<()> {
+    bail!(
+        "started by mpirun as one of {ranks} ranks, but this gpt2 was built without MPI: each rank \
+         would train alone. Rebuild with `cargo build --release --features mpi` (see docs/distributed.md)"
+    )
+}
+
+/// Trains to the end (or a stop), reporting on the terminal unless this is a rank other than
+/// 0. `last_checkpoint` (a run over several ranks) is kept up to date for the Ctrl-C message.
+fn train(
+    args: &TrainArgs,
+    trainer: &mut Trainer,
+    interrupt: Arc<AtomicBool>,
+    last_checkpoint: Option<LastCheckpoint>,
+) -> Result<()> {
     let options = RunOptions {
         stop_at: None,
-        interrupt: Some(interrupt_on_ctrl_c()?),
+        interrupt: Some(interrupt),
     };
     let info = trainer.info();
+    if info.rank != 0 {
+        let summary = trainer.run(&options, &mut |_| {})?;
+        if summary.stopped {
+            std::process::exit(130);
+        }
+        return Ok(());
+    }
     let (max_iters, tokens_per_step) = (info.max_iters, info.tokens_per_step);
     let bar = progress_bar(max_iters);
     let log_interval = if bar.is_hidden() { args.log_interval } else { 0 };
@@ -237,10 +321,24 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             );
             println!("  sample: {}", e.sample.replace('\n', "\n          "));
         }),
-        Event::Checkpoint(dir) => bar.suspend(|| println!("  saved {}", dir.display())),
+        Event::Checkpoint(dir) => {
+            bar.suspend(|| println!("  saved {}", dir.display()));
+            if let Some(last) = last_checkpoint.as_ref().filter(|_| dir.ends_with("latest")) {
+                *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.to_path_buf());
+            }
+        }
     })?;
     bar.finish_and_clear();
     print_summary(&summary, max_iters);
+    if let Some(c) = trainer.communication() {
+        println!(
+            "ranks:      per step (median of {}), {:.1} ms waiting for the gradient's sums after the backward pass \
+             (communication it did not hide), {:.1} ms gathering the parameters",
+            c.steps,
+            c.waiting_s * 1e3,
+            c.gathering_s * 1e3
+        );
+    }
     if args.resume.is_none() && args.out_dir.is_none() && summary.latest.is_some() && !summary.stopped {
         // "ROMEO:" suits the bundled Tiny Shakespeare; another corpus may lack its characters.
         let bundled = args.data.is_none() && args.config.is_none();
@@ -252,9 +350,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The trainer of a new run, or of the run to resume, with the settings of --config and the
-/// flags (flags win).
-fn trainer(args: &TrainArgs) -> Result<Trainer> {
+/// The settings of --config and the flags (flags win).
+fn settings(args: &TrainArgs) -> Result<Overrides> {
     let mut overrides = match &args.config {
         Some(path) => TrainConfig::overrides_from_toml(path)?,
         None => Overrides::new(),
@@ -263,22 +360,47 @@ fn trainer(args: &TrainArgs) -> Result<Trainer> {
         bail!("flags are an object")
     };
     overrides.extend(flags.into_iter().filter(|(_, v)| !v.is_null()));
+    Ok(overrides)
+}
+
+/// The trainer of a new run, or of the run to resume, with [`settings`].
+fn trainer(args: &TrainArgs) -> Result<Trainer> {
+    let overrides = settings(args)?;
     Ok(match &args.resume {
         Some(dir) => Trainer::resume(dir, &overrides)?,
         None => Trainer::new(TrainConfig::default().with_overrides(&overrides)?)?,
     })
 }
 
+/// The checkpoint a run over several ranks wrote last (rank 0's), for the message on a stop.
+type LastCheckpoint = Arc<std::sync::Mutex<Option<PathBuf>>>;
+
 /// A flag that the first Ctrl-C sets (the run then saves a checkpoint after the current step
-/// and stops); a second Ctrl-C quits at once.
-fn interrupt_on_ctrl_c() -> Result<Arc<AtomicBool>> {
+/// and stops); a second Ctrl-C quits at once. Built with MPI, a SIGTERM does the same: it is
+/// how mpirun stops the ranks on Ctrl-C, or when one of them died; `last_checkpoint` (rank 0
+/// of such a run) names what is left if the others are gone.
+fn interrupt_on_ctrl_c(last_checkpoint: Option<LastCheckpoint>) -> Result<Arc<AtomicBool>> {
     let interrupt = Arc::new(AtomicBool::new(false));
     let flag = interrupt.clone();
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("\nCtrl-C: saving a checkpoint after this step (press Ctrl-C again to quit without saving)");
+        match &last_checkpoint {
+            None => {
+                eprintln!("\nCtrl-C: saving a checkpoint after this step (press Ctrl-C again to quit without saving)")
+            }
+            Some(last) => {
+                let kept = match &*last.lock().unwrap_or_else(|e| e.into_inner()) {
+                    Some(dir) => format!("the last checkpoint, {}, is intact", dir.display()),
+                    None => "no checkpoint was written yet".into(),
+                };
+                eprintln!(
+                    "\nrank 0: stopping (Ctrl-C, or mpirun ending the run because a rank failed): a checkpoint \
+                     is saved after this step if every rank is still there; otherwise {kept}"
+                );
+            }
+        }
     })
     .context("installing the Ctrl-C handler")?;
     Ok(interrupt)
@@ -348,6 +470,15 @@ fn print_start(info: &RunInfo) {
             "LoRA: training {} adapter parameters ({:.3}% of the model's); the base is frozen",
             info.trainable,
             100.0 * info.trainable as f64 / info.params as f64
+        );
+    }
+    if info.ranks > 1 {
+        println!(
+            "ranks: {} processes started by mpirun train together, each on 1/{} of every batch and {} thread{}",
+            info.ranks,
+            info.ranks,
+            rayon::current_num_threads(),
+            if rayon::current_num_threads() == 1 { "" } else { "s" }
         );
     }
 }
