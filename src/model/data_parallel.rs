@@ -13,7 +13,6 @@
 //! a run that records S resumes bit for bit on any machine.
 
 use super::gpt::Gpt;
-use super::params::backward_buckets;
 use super::workspace::Workspace;
 use crate::error::{Error, Result};
 use crate::ops::cross_entropy::counted_targets;
@@ -187,7 +186,8 @@ impl DataParallel {
         }
         let loss = self.run(model, batch, dropout, Some((&mut *grads, loss_scale)))?;
         let grads: &'g [f32] = grads;
-        backward_buckets(&model.config)
+        model
+            .backward_buckets()
             .into_iter()
             .for_each(|range| bucket_done(&grads[range]));
         Ok(loss)

@@ -424,6 +424,15 @@ impl Gpt {
         Ok(())
     }
 
+    /// The parts of the gradient [`Gpt::backward_with`] hands on, in its order
+    /// ([`super::params::backward_buckets`]; none with an adapter).
+    pub fn backward_buckets(&self) -> Vec<std::ops::Range<usize>> {
+        match self.adapter {
+            Some(_) => Vec::new(),
+            None => super::params::backward_buckets(&self.config),
+        }
+    }
+
     /// Runs T new tokens per row, `tokens` [B, T] with B = `cache.rows()`, through the model at
     /// positions `cache.len()..cache.len() + T`, appends their keys and values to the cache and
     /// returns the logits of each row's last new token: [B, V]. With an empty cache and the
