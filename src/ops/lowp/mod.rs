@@ -99,48 +99,68 @@ impl LowpMatrix {
     /// `w` [N, K] row-major: row i holds output i's weights (the LM head, wte).
     pub fn from_rows(w: &[f32], n: usize, k: usize, dtype: WeightDtype) -> Result<Self, String> {
         assert_eq!(w.len(), n * k);
-        Self::build(w, n, k, dtype, |i, row| row.copy_from_slice(&w[i * k..(i + 1) * k]))
+        Self::from_row_chunks(n, k, dtype, n, |rows, out| {
+            out.copy_from_slice(&w[rows.start * k..rows.end * k]);
+            Ok(())
+        })
     }
 
     /// `w` [K, N] row-major, a Conv1D weight (`y = x·W`): column i holds output i's weights.
     pub fn from_columns(w: &[f32], k: usize, n: usize, dtype: WeightDtype) -> Result<Self, String> {
         assert_eq!(w.len(), n * k);
-        Self::build(w, n, k, dtype, |i, row| {
-            row.iter_mut().zip(w[i..].iter().step_by(n)).for_each(|(r, &w)| *r = w)
+        Self::from_row_chunks(n, k, dtype, n, |rows, out| {
+            out.par_chunks_mut(k)
+                .zip(rows)
+                .for_each(|(row, i)| row.iter_mut().zip(w[i..].iter().step_by(n)).for_each(|(r, &w)| *r = w));
+            Ok(())
         })
     }
 
-    /// Stores N rows of K weights, row i written by `row(i, out [K])`; every value of `w`
-    /// must be finite.
-    fn build(
-        w: &[f32],
+    /// Stores N rows of K weights in `dtype`, `chunk_rows` at a time: `chunk(rows, out)` writes
+    /// rows `rows` in f32 into `out` [rows.len(), K] (so a large matrix never needs a whole f32
+    /// copy). Every value must be finite.
+    pub fn from_row_chunks(
         n: usize,
         k: usize,
         dtype: WeightDtype,
-        row: impl Fn(usize, &mut [f32]) + Sync,
+        chunk_rows: usize,
+        mut chunk: impl FnMut(std::ops::Range<usize>, &mut [f32]) -> Result<(), String>,
     ) -> Result<Self, String> {
-        let bad = w.par_iter().filter(|x| !x.is_finite()).count();
-        if bad > 0 {
-            return Err(format!(
-                "holds {bad} NaN or infinite values, which {dtype} cannot store"
-            ));
-        }
         let padded = k.div_ceil(BLOCK) * BLOCK;
-        let data = match dtype {
+        let mut data = match dtype {
             WeightDtype::F32 => return Err("f32 weights are not stored as a LowpMatrix".into()),
-            WeightDtype::Bf16 => {
-                let mut out = vec![0u16; n * padded];
-                let encode = |x: &[f32], out: &mut [u16]| x.iter().zip(out).for_each(|(&x, o)| *o = f32_to_bf16(x));
-                fill_rows(&mut out, padded, &row, k, padded, encode);
-                Storage::Bf16(out)
-            }
-            WeightDtype::Q8_0 => {
-                let zero = BlockQ8_0 { d: 0, qs: [0; BLOCK] };
-                let mut out = vec![zero; n * padded / BLOCK];
-                fill_rows(&mut out, padded / BLOCK, &row, k, padded, q8_0::quantize_row);
-                Storage::Q8_0(out)
-            }
+            WeightDtype::Bf16 => Storage::Bf16(vec![0; n * padded]),
+            WeightDtype::Q8_0 => Storage::Q8_0(vec![BlockQ8_0 { d: 0, qs: [0; BLOCK] }; n * padded / BLOCK]),
         };
+        let mut buf = Vec::new();
+        for first in (0..n).step_by(chunk_rows.max(1)) {
+            let rows = first..(first + chunk_rows).min(n);
+            buf.resize(rows.len() * k, 0.0);
+            chunk(rows, &mut buf)?;
+            let bad = buf.par_iter().filter(|x| !x.is_finite()).count();
+            if bad > 0 {
+                return Err(format!(
+                    "holds {bad} NaN or infinite values, which {dtype} cannot store"
+                ));
+            }
+            // each row from a zero-padded f32 copy [padded]
+            match &mut data {
+                Storage::Bf16(out) => out[first * padded..]
+                    .par_chunks_mut(padded)
+                    .zip(buf.par_chunks(k))
+                    .for_each(|(out, x)| out.iter_mut().zip(x).for_each(|(o, &x)| *o = f32_to_bf16(x))),
+                Storage::Q8_0(out) => out[first * padded / BLOCK..]
+                    .par_chunks_mut(padded / BLOCK)
+                    .zip(buf.par_chunks(k))
+                    .for_each_init(
+                        || vec![0.0f32; padded],
+                        |row, (out, x)| {
+                            row[..k].copy_from_slice(x);
+                            q8_0::quantize_row(row, out);
+                        },
+                    ),
+            }
+        }
         Ok(LowpMatrix {
             rows: n,
             cols: k,
@@ -269,25 +289,6 @@ impl LowpMatrix {
             }
         }
     }
-}
-
-/// Fills `out` (N rows of `per_row` stored values) on all threads: row i is written by
-/// `row(i, [K])` into a zero-padded f32 buffer [padded], then `encode`d.
-fn fill_rows<T: Send>(
-    out: &mut [T],
-    per_row: usize,
-    row: &(impl Fn(usize, &mut [f32]) + Sync),
-    k: usize,
-    padded: usize,
-    encode: impl Fn(&[f32], &mut [T]) + Sync,
-) {
-    out.par_chunks_mut(per_row).enumerate().for_each_init(
-        || vec![0.0f32; padded],
-        |buf, (i, out)| {
-            row(i, &mut buf[..k]);
-            encode(buf, out);
-        },
-    );
 }
 
 /// The rows of x [M, K], each padded with zeros to `padded`.
