@@ -252,3 +252,34 @@ fn every_format_loads_in_low_precision_as_the_f32_model_converts() {
         }
     }
 }
+
+#[test]
+fn info_names_the_features_and_the_kernel_each_dtype_uses() {
+    let info = |kernel: &str| {
+        let out = gpt2()
+            .args(["info", "--json"])
+            .env("GPT2_KERNEL", kernel)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let used = |json: &serde_json::Value, dtype: &str| {
+        let kernels = json[dtype].as_array().unwrap();
+        let used: Vec<&str> = kernels
+            .iter()
+            .filter(|k| k["used"] == true)
+            .map(|k| k["name"].as_str().unwrap())
+            .collect();
+        used.concat()
+    };
+    let best = info("");
+    assert_eq!(best["features"]["avx2"], gpt2::ops::lowp::kernel::has_feature("avx2"));
+    assert_eq!(used(&best, "bf16"), gpt2::ops::lowp::Kernels::best().bf16().name());
+    assert_eq!(used(&best, "q8_0"), gpt2::ops::lowp::Kernels::best().q8_0().name());
+    let scalar = info("scalar");
+    assert_eq!(
+        (used(&scalar, "bf16"), used(&scalar, "q8_0")),
+        ("scalar".into(), "scalar".into())
+    );
+}
