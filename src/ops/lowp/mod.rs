@@ -5,7 +5,8 @@
 //! memory bandwidth: bf16 halves the bytes of f32, q8_0 (34 bytes per 32 weights) nearly
 //! quarters them. A matrix is stored [N, K]: one row of K inputs per output, each row
 //! zero-padded to a multiple of 32 (q8_0's block). The product `y [M, N] = x [M, K] · Wᵀ`
-//! splits the N rows across threads (64 per task); within a task it computes tiles of dot
+//! splits the N rows across threads (about 256 KiB of weights per task, at least 4 tasks per
+//! thread); within a task it computes tiles of dot
 //! products, R activation rows by S weight rows, so that a prompt (M > 1) reads each weight
 //! once per R rows rather than once per row.
 
@@ -24,8 +25,9 @@ use std::str::FromStr;
 /// Weights per q8_0 block; rows are padded to a multiple of it in every dtype.
 pub const BLOCK: usize = 32;
 
-/// Weight rows per task.
-const ROWS_PER_TASK: usize = 64;
+/// Bytes of weights a task reads, about: large enough that scheduling a task costs little
+/// next to streaming its rows, small enough that every thread gets several tasks.
+const TASK_BYTES: usize = 256 << 10;
 
 /// Tiles: decoding (M < [`PREFILL_ROWS`]) reads `DECODE_STREAMS` weight rows side by side (more
 /// reads in flight); a prompt reads `PREFILL_ROWS` activation rows against `PREFILL_COLS`
@@ -311,12 +313,17 @@ pub trait Tile<'a>: Sync {
 }
 
 /// `out_t [N, M] = W · xᵀ` with W stored [N, `row_len`] and x given as M rows: tasks of
-/// [`ROWS_PER_TASK`] weight rows on the rayon pool.
+/// contiguous weight rows on the rayon pool (each output is one task's, so the results do not
+/// depend on how the rows are split).
 fn product<'a, T: Tile<'a>>(kernel: &T, out_t: &mut [f32], w: &[T::W], row_len: usize, x: &[T::X]) {
     let m = x.len();
+    let n = w.len() / row_len.max(1);
+    let by_bytes = TASK_BYTES / (row_len * std::mem::size_of::<T::W>()).max(1);
+    let by_threads = n.div_ceil(4 * rayon::current_num_threads());
+    let rows_per_task = by_bytes.min(by_threads).max(DECODE_STREAMS);
     out_t
-        .par_chunks_mut(ROWS_PER_TASK * m)
-        .zip(w.par_chunks(ROWS_PER_TASK * row_len))
+        .par_chunks_mut(rows_per_task * m)
+        .zip(w.par_chunks(rows_per_task * row_len))
         .for_each(|(out, w)| {
             let rows: Vec<&[T::W]> = w.chunks_exact(row_len).collect();
             match m < PREFILL_ROWS {
