@@ -371,15 +371,22 @@ fn along_x<'a, T: Tile<'a>, const R: usize, const S: usize>(
     }
 }
 
-/// The sum of a vector's 8 lanes.
+/// The sum of each accumulator's 8 lanes: a tile's dot products.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
+unsafe fn lane_sums<const R: usize, const S: usize>(acc: &[[std::arch::x86_64::__m256; S]; R]) -> [[f32; S]; R] {
     use std::arch::x86_64::*;
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+    let mut out = [[0.0; S]; R];
+    for r in 0..R {
+        for s in 0..S {
+            let v = acc[r][s];
+            let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            out[r][s] = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps::<1>(h, h)));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
