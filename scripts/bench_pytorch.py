@@ -14,6 +14,9 @@ so that the two can be run back to back on the same machine and compared:
             with its KV cache.  Prefill = a 1-token generate; decode tokens/s =
             (N - 1) / (time of the N-token generate - time of the 1-token generate).
 
+`--dtype bf16`: generate with the model's weights in bfloat16 (model.to(torch.bfloat16)),
+train and forward under torch.autocast("cpu", dtype=torch.bfloat16) (f32 master weights).
+
 It prints the median step time, tokens/s and peak RSS (resource.getrusage ru_maxrss);
 `--json` prints one object instead: {"tokens_per_s", "step_ms_median", "peak_rss_mb",
 ("prefill_ms" for generate), ...}.  For generate, a "step" is one decoded token.
@@ -166,6 +169,11 @@ def model_dims(args):
     return n_layer, n_head, n_embd, vocab, npos
 
 
+def autocast(args):
+    """bf16 autocast on the CPU for --dtype bf16, else nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+
+
 def bench_model(args, dims):
     n_layer, n_head, n_embd, vocab, npos = dims
     B, T = args.batch_size, args.block_size
@@ -188,7 +196,8 @@ def bench_model(args, dims):
 
         def step():
             opt.zero_grad(set_to_none=True)
-            _, loss = model(x, y)
+            with autocast(args):
+                _, loss = model(x, y)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -197,7 +206,7 @@ def bench_model(args, dims):
         model.eval()
 
         def step():
-            with torch.no_grad():
+            with torch.no_grad(), autocast(args):
                 _, loss = model(x, y)
             return loss.item()
 
@@ -235,6 +244,8 @@ def bench_generate(args, dims):
                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                      bos_token_id=None, eos_token_id=None)
     model = GPT2LMHeadModel(cfg).float().eval()
+    if args.dtype == "bf16":
+        model = model.to(torch.bfloat16)
     n_params = sum(p.numel() for p in model.parameters())
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, vocab, (1, P), generator=gen)
@@ -289,6 +300,8 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
+                    help="bf16: bf16 weights (generate), bf16 autocast (train, forward)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
     if args.steps < 1 or args.warmup < 0:
@@ -302,6 +315,7 @@ def main():
     res.update({
         "peak_rss_mb": peak_rss_mb(),
         "mode": args.mode,
+        "dtype": args.dtype,
         "preset": args.preset,
         "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "vocab_size": vocab, "n_positions": npos,
         "threads": args.threads,
@@ -311,7 +325,7 @@ def main():
         print(json.dumps(res))
         return
     print(f"pytorch {args.mode}: {res['n_params']:,} params, L={n_layer} H={n_head} C={n_embd} "
-          f"V={vocab}, {args.threads} threads")
+          f"V={vocab}, {args.dtype}, {args.threads} threads")
     if args.mode == "generate":
         print(f"prompt {res['prompt_tokens']} tokens, {res['new_tokens']} new tokens")
         print(f"prefill          {res['prefill_ms']:10.1f} ms")

@@ -226,3 +226,60 @@ fn non_finite_weights_are_named_and_a_low_precision_model_does_not_train() {
     let err = lowp.backward(&mut ws, &mut grads, 1.0).unwrap_err().to_string();
     assert!(err.contains("q8_0") && err.contains("inference"), "{err}");
 }
+
+#[test]
+fn every_format_loads_in_low_precision_as_the_f32_model_converts() {
+    // Matrices stored while reading (row chunks for wte, or through the f32 slot) must be the
+    // ones converting the loaded f32 model gives: the same logits, bit for bit.
+    for name in [
+        "tiny",
+        "tiny_sharded",
+        "tiny_openai",
+        "tiny_llmc.bin",
+        "tiny_llmc_bf16.bin",
+    ] {
+        let path = fixture(name);
+        for dtype in [WeightDtype::Bf16, WeightDtype::Q8_0] {
+            let loaded = gpt2::io::detect(&path).unwrap().load_as(dtype).unwrap();
+            let converted = gpt2::io::load_model(&path).unwrap().to_dtype(dtype).unwrap();
+            assert_eq!(loaded.params, converted.params, "{name} {dtype}");
+            let tokens = [3u32, 1, 4, 1, 5, 9, 2, 6];
+            let logits = |model: &Gpt| {
+                let mut cache = gpt2::KvCache::new(&model.config, 1, 16).unwrap();
+                model.forward_cached(&mut cache, &tokens).unwrap().to_vec()
+            };
+            assert_eq!(logits(&loaded), logits(&converted), "{name} {dtype}");
+        }
+    }
+}
+
+#[test]
+fn info_names_the_features_and_the_kernel_each_dtype_uses() {
+    let info = |kernel: &str| {
+        let out = gpt2()
+            .args(["info", "--json"])
+            .env("GPT2_KERNEL", kernel)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let used = |json: &serde_json::Value, dtype: &str| {
+        let kernels = json[dtype].as_array().unwrap();
+        let used: Vec<&str> = kernels
+            .iter()
+            .filter(|k| k["used"] == true)
+            .map(|k| k["name"].as_str().unwrap())
+            .collect();
+        used.concat()
+    };
+    let best = info("");
+    assert_eq!(best["features"]["avx2"], gpt2::ops::lowp::kernel::has_feature("avx2"));
+    assert_eq!(used(&best, "bf16"), gpt2::ops::lowp::Kernels::best().bf16().name());
+    assert_eq!(used(&best, "q8_0"), gpt2::ops::lowp::Kernels::best().q8_0().name());
+    let scalar = info("scalar");
+    assert_eq!(
+        (used(&scalar, "bf16"), used(&scalar, "q8_0")),
+        ("scalar".into(), "scalar".into())
+    );
+}

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::files;
 use crate::model::{param_specs, Gpt};
+use crate::ops::lowp::WeightDtype;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -64,6 +65,11 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Loads a Hugging Face GPT-2 directory. Tensor names may carry the `transformer.` prefix
 /// (current `save_pretrained`) or not (the hub's gpt2 file).
 pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
+    load_hf_dir_as(dir, WeightDtype::F32)
+}
+
+/// [`load_hf_dir`] with the weight matrices stored in `dtype` as they are read.
+pub fn load_hf_dir_as(dir: &Path, dtype: WeightDtype) -> Result<Gpt> {
     if !dir.is_dir() {
         return Err(Error::weights(dir, "not a directory"));
     }
@@ -73,7 +79,8 @@ pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
         .map(|path| MappedFile::open(path))
         .collect::<Result<Vec<_>>>()?;
     let headers = files.iter().map(MappedFile::tensors).collect::<Result<Vec<_>>>()?;
-    let mut buf = ParamBuffer::new(&config, dir, files.iter().map(|f| f.bytes().len() as u64).sum())?;
+    let data_bytes = files.iter().map(|f| f.bytes().len() as u64).sum();
+    let mut buf = ParamBuffer::new(&config, dir, data_bytes, dtype)?;
     for (file, tensors) in files.iter().zip(&headers) {
         let path = file.path();
         for (name, view) in tensors.iter() {
@@ -88,12 +95,10 @@ pub fn load_hf_dir(dir: &Path) -> Result<Gpt> {
                 )
             })?;
             check_shape(path, name, view.shape(), &buf.specs()[i].shape, "config.json")?;
-            file.read_f32(view.dtype(), view.data(), buf.slot(i, path, name)?)
-                .map_err(|msg| Error::weights(path, format!("tensor '{name}': {msg}")))?;
+            buf.read(i, file, view.dtype(), view.data(), name)?;
         }
     }
-    let params = buf.finish(dir, str::to_string)?;
-    Ok(Gpt::from_params(config, params))
+    buf.finish(dir, str::to_string)
 }
 
 /// Writes the model files (`config.json`, `model.safetensors`) into an existing directory.

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::files;
 use crate::model::{num_params, param_specs, Gpt};
+use crate::ops::lowp::WeightDtype;
 use crate::ops::matmul::transpose;
 use faer::Par;
 use safetensors::Dtype;
@@ -165,6 +166,11 @@ fn read_header(path: &Path, bytes: &[u8]) -> Result<(Config, usize, LlmcDtype)> 
 
 /// Loads an llm.c checkpoint (fp32 or bf16).
 pub fn load_llmc(path: &Path) -> Result<Gpt> {
+    load_llmc_as(path, WeightDtype::F32)
+}
+
+/// [`load_llmc`] with the weight matrices stored in `dtype_as` as they are read.
+pub fn load_llmc_as(path: &Path, dtype_as: WeightDtype) -> Result<Gpt> {
     let file = MappedFile::open(path)?;
     let bytes = file.bytes();
     let (config, vp, dtype) = read_header(path, bytes)?;
@@ -190,7 +196,7 @@ pub fn load_llmc(path: &Path) -> Result<Gpt> {
             ),
         ));
     }
-    let mut buf = ParamBuffer::new(&config, path, expected - HEADER_BYTES as u64)?;
+    let mut buf = ParamBuffer::new(&config, path, expected - HEADER_BYTES as u64, dtype_as)?;
     let mut scratch = Vec::new();
     let mut pos = HEADER_BYTES;
     for name in file_order(config.n_layer) {
@@ -218,8 +224,7 @@ pub fn load_llmc(path: &Path) -> Result<Gpt> {
         }
         file.release(data);
     }
-    let params = buf.finish(path, str::to_string)?;
-    Ok(Gpt::from_params(config, params))
+    buf.finish(path, str::to_string)
 }
 
 /// Appends `values` to `out` in `dtype`, little-endian.

@@ -31,7 +31,7 @@ pub mod tf_checkpoint;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::Gpt;
-use crate::ops::lowp::{Kernels, WeightDtype};
+use crate::ops::lowp::WeightDtype;
 use crate::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
@@ -72,23 +72,18 @@ impl Format {
     }
 
     /// Reads the model with its weight matrices in `dtype`.
+    /// (converted as they are read, a chunk of rows at a time for wte).
     pub fn load_as(&self, dtype: WeightDtype) -> Result<Gpt> {
-        if dtype != WeightDtype::F32 {
-            Kernels::from_env()?; // a bad GPT2_KERNEL is said before any work, and not about the file
+        match self {
+            Format::HuggingFace(dir) => hf::load_hf_dir_as(dir, dtype),
+            Format::OpenAi(dir) => tf_checkpoint::load_openai_dir_as(dir, dtype),
+            Format::Llmc(file) => llmc::load_llmc_as(file, dtype),
         }
-        self.load()?.to_dtype(dtype).map_err(|e| match e {
-            Error::Input(msg) => Error::weights(self.path(), msg),
-            other => other,
-        })
     }
 
     /// Reads the model.
     pub fn load(&self) -> Result<Gpt> {
-        match self {
-            Format::HuggingFace(dir) => hf::load_hf_dir(dir),
-            Format::OpenAi(dir) => tf_checkpoint::load_openai_dir(dir),
-            Format::Llmc(file) => llmc::load_llmc(file),
-        }
+        self.load_as(WeightDtype::F32)
     }
 
     /// The tokenizer that comes with a model of shape `config`: a directory's vocabulary files

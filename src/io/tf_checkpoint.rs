@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::files;
 use crate::model::Gpt;
+use crate::ops::lowp::WeightDtype;
 use rayon::prelude::*;
 use safetensors::Dtype;
 use std::collections::BTreeMap;
@@ -328,11 +329,16 @@ pub fn find_prefix(dir: &Path) -> Result<PathBuf> {
 
 /// Loads an OpenAI GPT-2 checkpoint directory, verifying every tensor's crc32c.
 pub fn load_openai_dir(dir: &Path) -> Result<Gpt> {
+    load_openai_dir_as(dir, WeightDtype::F32)
+}
+
+/// [`load_openai_dir`] with the weight matrices stored in `dtype` as they are read.
+pub fn load_openai_dir_as(dir: &Path, dtype: WeightDtype) -> Result<Gpt> {
     let hparams = dir.join("hparams.json");
     let config = read_hparams(&hparams)?;
     let bundle = Bundle::open(&find_prefix(dir)?)?;
     let data_bytes = bundle.shards.iter().map(|s| s.bytes().len() as u64).sum();
-    let mut buf = ParamBuffer::new(&config, dir, data_bytes)?;
+    let mut buf = ParamBuffer::new(&config, dir, data_bytes, dtype)?;
     let ours: BTreeMap<String, usize> = buf
         .specs()
         .iter()
@@ -358,8 +364,7 @@ pub fn load_openai_dir(dir: &Path) -> Result<Gpt> {
         check_shape(index, name, &entry.shape, &expected, "hparams.json")?;
         bundle.read_f32(name, entry, buf.slot(i, index, name)?)?;
     }
-    let params = buf.finish(index, openai_name)?;
-    Ok(Gpt::from_params(config, params))
+    buf.finish(index, openai_name)
 }
 
 #[cfg(test)]

@@ -186,7 +186,13 @@ fn run_round(args: &BenchArgs, config: &Config, kind: BenchKind, mode: &str) -> 
         Some(python) => {
             let shape = [("--batch-size", args.batch_size), ("--block-size", args.block_size)];
             let runs = [("--steps", args.steps), ("--warmup", args.warmup)];
-            Some(run_pytorch(python, mode, config, &[&shape[..], &runs[..]].concat())?)
+            Some(run_pytorch(
+                python,
+                mode,
+                config,
+                &[&shape[..], &runs[..]].concat(),
+                "f32",
+            )?)
         }
         None => None,
     };
@@ -291,6 +297,7 @@ fn run_generate(args: &GenerateBenchArgs) -> Result<()> {
                 "generate",
                 &config,
                 &[&shape[..], &runs[..]].concat(),
+                peer_dtype(args.dtype),
             )?)
         }
         None => None,
@@ -303,10 +310,12 @@ fn run_generate(args: &GenerateBenchArgs) -> Result<()> {
     print_generate("gpt2 (rust)", &summary.ours);
     if let (Some(peer), Some(speedup)) = (&summary.pytorch, summary.speedup_vs_pytorch) {
         println!(
-            "pytorch     generate: prefill {:.1} ms, decode {:.1} tokens/s, peak RSS {:.0} MiB  [Hugging Face generate()]",
+            "pytorch     generate: prefill {:.1} ms, decode {:.1} tokens/s, peak RSS {:.0} MiB  [Hugging Face generate(), \
+             {} weights]",
             peer.prefill_ms.unwrap_or(f64::NAN),
             peer.tokens_per_s,
-            peer.peak_rss_mb
+            peer.peak_rss_mb,
+            peer_dtype(args.dtype)
         );
         println!("speed-up vs PyTorch: {speedup:.2}x");
     }
@@ -336,13 +345,29 @@ fn print_generate(who: &str, r: &GenerateBenchResult) {
     );
 }
 
-/// Runs the PyTorch peer with the model's sizes, the thread count and the given shape flags;
-/// returns the result it prints as JSON on its last line.
-fn run_pytorch(python: &PathBuf, mode: &str, c: &Config, flags: &[(&str, usize)]) -> Result<PytorchResult> {
+/// The weights PyTorch's peer of a `dtype` generation runs with: bf16 for bf16, else f32
+/// (PyTorch has no q8_0; Hugging Face's f32 generate is what q8_0 is measured against).
+fn peer_dtype(dtype: WeightDtype) -> &'static str {
+    match dtype {
+        WeightDtype::Bf16 => "bf16",
+        _ => "f32",
+    }
+}
+
+/// Runs the PyTorch peer with the model's sizes, the thread count, the given shape flags and
+/// `dtype` (f32, or bf16: bf16 weights for generate, autocast for train and forward); returns
+/// the result it prints as JSON on its last line.
+fn run_pytorch(
+    python: &PathBuf,
+    mode: &str,
+    c: &Config,
+    flags: &[(&str, usize)],
+    dtype: &str,
+) -> Result<PytorchResult> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench_pytorch.py");
     let output = Command::new(python)
         .arg(script)
-        .args(["--mode", mode, "--json"])
+        .args(["--mode", mode, "--json", "--dtype", dtype])
         .args(["--n-layer", &c.n_layer.to_string(), "--n-head", &c.n_head.to_string()])
         .args([
             "--n-embd",

@@ -8,6 +8,7 @@ mod convert_cmd;
 mod download_cmd;
 mod eval_cmd;
 mod generate_cmd;
+mod info_cmd;
 mod inspect_cmd;
 mod inspect_evolution;
 mod score_cmd;
@@ -62,6 +63,9 @@ enum Command {
     /// Throughput benchmarks (training step, forward pass, generation, model loading), optionally against PyTorch.
     #[command(subcommand)]
     Bench(bench_cmd::BenchCommand),
+    /// The CPU features found and the kernel each weight dtype's products run on (GPT2_KERNEL
+    /// forces one).
+    Info(info_cmd::InfoArgs),
 }
 
 /// The command line: the derived one, where a flag's value may be a negative number
@@ -129,6 +133,7 @@ fn main() {
         Command::Bench(cmd) => bench_cmd::run(cmd),
         Command::Tokenize(args) => tokenize_cmd::run(args),
         Command::Bpe(cmd) => tokenize_cmd::run_bpe(cmd),
+        Command::Info(args) => info_cmd::run(args),
     });
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -48,7 +48,7 @@ pub use x86::{Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::{hsum256, Tile};
+    use super::super::{lane_sums, Tile};
     use std::arch::x86_64::*;
 
     /// AVX2 + FMA: 8 weights widened to f32 per step.
@@ -87,13 +87,7 @@ mod x86 {
                 }
             }
         }
-        let mut out = [[0.0; S]; R];
-        for r in 0..R {
-            for s in 0..S {
-                out[r][s] = hsum256(acc[r][s]);
-            }
-        }
-        out
+        lane_sums(&acc)
     }
 
     impl<'a> Tile<'a> for Avx512 {

@@ -5,7 +5,8 @@
 //! memory bandwidth: bf16 halves the bytes of f32, q8_0 (34 bytes per 32 weights) nearly
 //! quarters them. A matrix is stored [N, K]: one row of K inputs per output, each row
 //! zero-padded to a multiple of 32 (q8_0's block). The product `y [M, N] = x [M, K] · Wᵀ`
-//! splits the N rows across threads (64 per task); within a task it computes tiles of dot
+//! splits the N rows across threads (about 256 KiB of weights per task, at least 4 tasks per
+//! thread); within a task it computes tiles of dot
 //! products, R activation rows by S weight rows, so that a prompt (M > 1) reads each weight
 //! once per R rows rather than once per row.
 
@@ -24,8 +25,9 @@ use std::str::FromStr;
 /// Weights per q8_0 block; rows are padded to a multiple of it in every dtype.
 pub const BLOCK: usize = 32;
 
-/// Weight rows per task.
-const ROWS_PER_TASK: usize = 64;
+/// Bytes of weights a task reads, about: large enough that scheduling a task costs little
+/// next to streaming its rows, small enough that every thread gets several tasks.
+const TASK_BYTES: usize = 256 << 10;
 
 /// Tiles: decoding (M < [`PREFILL_ROWS`]) reads `DECODE_STREAMS` weight rows side by side (more
 /// reads in flight); a prompt reads `PREFILL_ROWS` activation rows against `PREFILL_COLS`
@@ -99,48 +101,68 @@ impl LowpMatrix {
     /// `w` [N, K] row-major: row i holds output i's weights (the LM head, wte).
     pub fn from_rows(w: &[f32], n: usize, k: usize, dtype: WeightDtype) -> Result<Self, String> {
         assert_eq!(w.len(), n * k);
-        Self::build(w, n, k, dtype, |i, row| row.copy_from_slice(&w[i * k..(i + 1) * k]))
+        Self::from_row_chunks(n, k, dtype, n, |rows, out| {
+            out.copy_from_slice(&w[rows.start * k..rows.end * k]);
+            Ok(())
+        })
     }
 
     /// `w` [K, N] row-major, a Conv1D weight (`y = x·W`): column i holds output i's weights.
     pub fn from_columns(w: &[f32], k: usize, n: usize, dtype: WeightDtype) -> Result<Self, String> {
         assert_eq!(w.len(), n * k);
-        Self::build(w, n, k, dtype, |i, row| {
-            row.iter_mut().zip(w[i..].iter().step_by(n)).for_each(|(r, &w)| *r = w)
+        Self::from_row_chunks(n, k, dtype, n, |rows, out| {
+            out.par_chunks_mut(k)
+                .zip(rows)
+                .for_each(|(row, i)| row.iter_mut().zip(w[i..].iter().step_by(n)).for_each(|(r, &w)| *r = w));
+            Ok(())
         })
     }
 
-    /// Stores N rows of K weights, row i written by `row(i, out [K])`; every value of `w`
-    /// must be finite.
-    fn build(
-        w: &[f32],
+    /// Stores N rows of K weights in `dtype`, `chunk_rows` at a time: `chunk(rows, out)` writes
+    /// rows `rows` in f32 into `out` [rows.len(), K] (so a large matrix never needs a whole f32
+    /// copy). Every value must be finite.
+    pub fn from_row_chunks(
         n: usize,
         k: usize,
         dtype: WeightDtype,
-        row: impl Fn(usize, &mut [f32]) + Sync,
+        chunk_rows: usize,
+        mut chunk: impl FnMut(std::ops::Range<usize>, &mut [f32]) -> Result<(), String>,
     ) -> Result<Self, String> {
-        let bad = w.par_iter().filter(|x| !x.is_finite()).count();
-        if bad > 0 {
-            return Err(format!(
-                "holds {bad} NaN or infinite values, which {dtype} cannot store"
-            ));
-        }
         let padded = k.div_ceil(BLOCK) * BLOCK;
-        let data = match dtype {
+        let mut data = match dtype {
             WeightDtype::F32 => return Err("f32 weights are not stored as a LowpMatrix".into()),
-            WeightDtype::Bf16 => {
-                let mut out = vec![0u16; n * padded];
-                let encode = |x: &[f32], out: &mut [u16]| x.iter().zip(out).for_each(|(&x, o)| *o = f32_to_bf16(x));
-                fill_rows(&mut out, padded, &row, k, padded, encode);
-                Storage::Bf16(out)
-            }
-            WeightDtype::Q8_0 => {
-                let zero = BlockQ8_0 { d: 0, qs: [0; BLOCK] };
-                let mut out = vec![zero; n * padded / BLOCK];
-                fill_rows(&mut out, padded / BLOCK, &row, k, padded, q8_0::quantize_row);
-                Storage::Q8_0(out)
-            }
+            WeightDtype::Bf16 => Storage::Bf16(vec![0; n * padded]),
+            WeightDtype::Q8_0 => Storage::Q8_0(vec![BlockQ8_0 { d: 0, qs: [0; BLOCK] }; n * padded / BLOCK]),
         };
+        let mut buf = Vec::new();
+        for first in (0..n).step_by(chunk_rows.max(1)) {
+            let rows = first..(first + chunk_rows).min(n);
+            buf.resize(rows.len() * k, 0.0);
+            chunk(rows, &mut buf)?;
+            let bad = buf.par_iter().filter(|x| !x.is_finite()).count();
+            if bad > 0 {
+                return Err(format!(
+                    "holds {bad} NaN or infinite values, which {dtype} cannot store"
+                ));
+            }
+            // each row from a zero-padded f32 copy [padded]
+            match &mut data {
+                Storage::Bf16(out) => out[first * padded..]
+                    .par_chunks_mut(padded)
+                    .zip(buf.par_chunks(k))
+                    .for_each(|(out, x)| out.iter_mut().zip(x).for_each(|(o, &x)| *o = f32_to_bf16(x))),
+                Storage::Q8_0(out) => out[first * padded / BLOCK..]
+                    .par_chunks_mut(padded / BLOCK)
+                    .zip(buf.par_chunks(k))
+                    .for_each_init(
+                        || vec![0.0f32; padded],
+                        |row, (out, x)| {
+                            row[..k].copy_from_slice(x);
+                            q8_0::quantize_row(row, out);
+                        },
+                    ),
+            }
+        }
         Ok(LowpMatrix {
             rows: n,
             cols: k,
@@ -271,25 +293,6 @@ impl LowpMatrix {
     }
 }
 
-/// Fills `out` (N rows of `per_row` stored values) on all threads: row i is written by
-/// `row(i, [K])` into a zero-padded f32 buffer [padded], then `encode`d.
-fn fill_rows<T: Send>(
-    out: &mut [T],
-    per_row: usize,
-    row: &(impl Fn(usize, &mut [f32]) + Sync),
-    k: usize,
-    padded: usize,
-    encode: impl Fn(&[f32], &mut [T]) + Sync,
-) {
-    out.par_chunks_mut(per_row).enumerate().for_each_init(
-        || vec![0.0f32; padded],
-        |buf, (i, out)| {
-            row(i, &mut buf[..k]);
-            encode(buf, out);
-        },
-    );
-}
-
 /// The rows of x [M, K], each padded with zeros to `padded`.
 fn pad_rows(x: &[f32], k: usize, padded: usize) -> Vec<f32> {
     let mut out = vec![0.0; x.len() / k * padded];
@@ -310,12 +313,17 @@ pub trait Tile<'a>: Sync {
 }
 
 /// `out_t [N, M] = W · xᵀ` with W stored [N, `row_len`] and x given as M rows: tasks of
-/// [`ROWS_PER_TASK`] weight rows on the rayon pool.
+/// contiguous weight rows on the rayon pool (each output is one task's, so the results do not
+/// depend on how the rows are split).
 fn product<'a, T: Tile<'a>>(kernel: &T, out_t: &mut [f32], w: &[T::W], row_len: usize, x: &[T::X]) {
     let m = x.len();
+    let n = w.len() / row_len.max(1);
+    let by_bytes = TASK_BYTES / (row_len * std::mem::size_of::<T::W>()).max(1);
+    let by_threads = n.div_ceil(4 * rayon::current_num_threads());
+    let rows_per_task = by_bytes.min(by_threads).max(DECODE_STREAMS);
     out_t
-        .par_chunks_mut(ROWS_PER_TASK * m)
-        .zip(w.par_chunks(ROWS_PER_TASK * row_len))
+        .par_chunks_mut(rows_per_task * m)
+        .zip(w.par_chunks(rows_per_task * row_len))
         .for_each(|(out, w)| {
             let rows: Vec<&[T::W]> = w.chunks_exact(row_len).collect();
             match m < PREFILL_ROWS {
@@ -363,15 +371,22 @@ fn along_x<'a, T: Tile<'a>, const R: usize, const S: usize>(
     }
 }
 
-/// The sum of a vector's 8 lanes.
+/// The sum of each accumulator's 8 lanes: a tile's dot products.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
+unsafe fn lane_sums<const R: usize, const S: usize>(acc: &[[std::arch::x86_64::__m256; S]; R]) -> [[f32; S]; R] {
     use std::arch::x86_64::*;
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+    let mut out = [[0.0; S]; R];
+    for r in 0..R {
+        for s in 0..S {
+            let v = acc[r][s];
+            let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            out[r][s] = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps::<1>(h, h)));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

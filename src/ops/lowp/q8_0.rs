@@ -144,7 +144,7 @@ pub use x86::{Avx2, AvxVnni, Vnni512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::{hsum256, Tile};
+    use super::super::{lane_sums, Tile};
     use super::{check_lengths, BlockQ8_0, Row, BLOCK};
     use std::arch::x86_64::*;
 
@@ -198,13 +198,7 @@ mod x86 {
                 }
             }
         }
-        let mut out = [[0.0; S]; R];
-        for r in 0..R {
-            for s in 0..S {
-                out[r][s] = hsum256(acc[r][s]);
-            }
-        }
-        out
+        lane_sums(&acc)
     }
 
     /// The VNNI kernels: one body, two encodings of `vpdpbusd` (`$dp`), each under its features.
@@ -247,13 +241,7 @@ mod x86 {
                         }
                     }
                 }
-                let mut out = [[0.0; S]; R];
-                for r in 0..R {
-                    for s in 0..S {
-                        out[r][s] = hsum256(acc[r][s]);
-                    }
-                }
-                out
+                lane_sums(&acc)
             }
         };
     }

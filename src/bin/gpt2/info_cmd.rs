@@ -1,0 +1,100 @@
+//! `gpt2 info`: the CPU features found, and the kernel each kind of product runs on here.
+
+use anyhow::Result;
+use clap::Args;
+use gpt2::ops::lowp::kernel::{has_feature, Kernel, KERNEL_ENV, REPORTED_FEATURES};
+use gpt2::ops::lowp::{Bf16Kernel, Kernels, Q8Kernel};
+use serde_json::json;
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// Print one JSON object: {"cpu", "features", "threads", "kernel_env", "f32", "bf16", "q8_0"}.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Each kernel of a dtype: its name, whether it is the one used, and what it lacks here.
+fn kernels<K: Kernel + PartialEq>(used: Option<K>) -> Vec<serde_json::Value> {
+    K::ALL
+        .iter()
+        .map(|&k| {
+            let missing: Vec<&str> = k.requires().iter().copied().filter(|f| !has_feature(f)).collect();
+            json!({"name": k.name(), "used": Some(k) == used, "missing": missing})
+        })
+        .collect()
+}
+
+/// The model name /proc/cpuinfo gives, where there is one.
+fn cpu_name() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
+}
+
+pub fn run(args: &InfoArgs) -> Result<()> {
+    let chosen = Kernels::from_env();
+    let features: serde_json::Map<String, serde_json::Value> = REPORTED_FEATURES
+        .iter()
+        .map(|&f| (f.to_string(), has_feature(f).into()))
+        .collect();
+    let env = std::env::var(KERNEL_ENV).ok().filter(|v| !v.is_empty());
+    let f32_path = "faer's matrix product for prompts and training; for decoding (up to 8 rows) row-streaming \
+                    kernels compiled for this build's target CPU";
+    let (bf16, q8_0) = match &chosen {
+        Ok(k) => (
+            kernels::<Bf16Kernel>(Some(k.bf16())),
+            kernels::<Q8Kernel>(Some(k.q8_0())),
+        ),
+        Err(_) => (kernels::<Bf16Kernel>(None), kernels::<Q8Kernel>(None)),
+    };
+    let report = json!({
+        "cpu": cpu_name(),
+        "features": features,
+        "threads": rayon::current_num_threads(),
+        "kernel_env": env,
+        "f32": f32_path,
+        "bf16": bf16,
+        "q8_0": q8_0,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("cpu: {}", cpu_name().unwrap_or_else(|| "unknown".into()));
+        let flags: Vec<String> = REPORTED_FEATURES
+            .iter()
+            .map(|&f| format!("{f} {}", if has_feature(f) { "yes" } else { "no" }))
+            .collect();
+        println!("features: {}", flags.join(", "));
+        println!("threads: {}", rayon::current_num_threads());
+        println!("f32 weights: {f32_path}");
+        for (dtype, list) in [("bf16", &report["bf16"]), ("q8_0", &report["q8_0"])] {
+            let described: Vec<String> = list
+                .as_array()
+                .expect("a list")
+                .iter()
+                .map(|k| {
+                    let name = k["name"].as_str().unwrap_or_default();
+                    let missing: Vec<&str> = k["missing"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|m| m.as_str())
+                        .collect();
+                    match (k["used"].as_bool() == Some(true), missing.is_empty()) {
+                        (true, _) => format!("{name} (used)"),
+                        (false, true) => format!("{name} (available)"),
+                        (false, false) => format!("{name} (lacks {})", missing.join(", ")),
+                    }
+                })
+                .collect();
+            println!("{dtype} weights: {}", described.join("; "));
+        }
+        match (&env, &chosen) {
+            (_, Err(e)) => println!("{KERNEL_ENV}: {e}"),
+            (Some(v), Ok(_)) => println!("{KERNEL_ENV}={v}: forced"),
+            (None, Ok(_)) => println!("{KERNEL_ENV}: unset (the best kernel this CPU has; set it to force one)"),
+        }
+        println!("AMX: no kernel here uses it (bf16 and int8 products run on AVX-512 at best)");
+    }
+    Ok(())
+}
