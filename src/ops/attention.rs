@@ -84,10 +84,12 @@ fn visible_keys(pos: usize, k0: usize, width: usize) -> usize {
     (pos + 1).saturating_sub(k0).min(width)
 }
 
-/// A raw pointer that rayon tasks may share: each task writes only its own head's columns.
+/// A raw pointer that rayon tasks may share: each task writes only its own head's columns
+/// (in the forward pass, only its own query tile's rows of them).
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
-// SAFETY: the tasks that hold copies write disjoint elements (one (batch, head) each).
+// SAFETY: the tasks that hold copies write disjoint elements (one (batch, head) or one
+// (batch, head, query tile) each).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
