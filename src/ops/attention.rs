@@ -68,7 +68,9 @@ fn drop_row(d: &Dropout, s: AttnShape, row: &mut [f32], bh: usize, i: usize, k0:
 
 /// Query rows per tile: a task of the forward pass.
 const QUERY_TILE: usize = 64;
-/// Keys per tile: the width of each recomputed block of scores.
+/// Keys per tile: the width of each block of scores of a full query tile. A tile of fewer
+/// queries (decoding: one) takes keys QUERY_TILE·KEY_TILE / rows at a time, the same block of
+/// scores, in fewer and larger products.
 const KEY_TILE: usize = 128;
 
 /// The tiles (start, end) of 0..n, `size` at a time.
@@ -82,10 +84,12 @@ fn visible_keys(pos: usize, k0: usize, width: usize) -> usize {
     (pos + 1).saturating_sub(k0).min(width)
 }
 
-/// A raw pointer that rayon tasks may share: each task writes only its own head's columns.
+/// A raw pointer that rayon tasks may share: each task writes only its own head's columns
+/// (in the forward pass, only its own query tile's rows of them).
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
-// SAFETY: the tasks that hold copies write disjoint elements (one (batch, head) each).
+// SAFETY: the tasks that hold copies write disjoint elements (one (batch, head) or one
+// (batch, head, query tile) each).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
@@ -195,7 +199,7 @@ fn forward_tiles<'a>(
 
 /// The online softmax over one tile of R queries q [R, hs] at positions first..first+R
 /// against keys and values k, v [≥ first+R, hs]: o [R, hs] receives O, lse [R] each row's
-/// log-sum-exp; s_tile is scratch for a [R, KEY_TILE] block of scores. `drop(row, i, k0)`,
+/// log-sum-exp; s_tile is scratch for a [QUERY_TILE, KEY_TILE] block of scores. `drop(row, i, k0)`,
 /// if given, multiplies row i of a block of weights (keys k0..) by its dropout mask.
 #[allow(clippy::too_many_arguments)]
 fn tile_forward(
@@ -213,7 +217,7 @@ fn tile_forward(
     // Per row: m the largest score so far, l = Σ e^(s - m) over the keys so far.
     let (mut m, mut l) = ([f32::NEG_INFINITY; QUERY_TILE], [0.0f32; QUERY_TILE]);
     o.fill(0.0);
-    for (k0, k1) in tiles(first + rows, KEY_TILE) {
+    for (k0, k1) in tiles(first + rows, QUERY_TILE * KEY_TILE / rows) {
         let width = k1 - k0;
         let s_tile = &mut s_tile[..rows * width];
         scores(s_tile, q, k.subrows(k0, width), scale);
