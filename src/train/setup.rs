@@ -2,8 +2,7 @@
 //! one (its `latest/` checkpoint, its recorded settings, the same corpus), both assembled into
 //! a [`Trainer`].
 
-use super::checkpoint::TrainerState;
-use super::checkpoint::{self, Checkpoint};
+use super::checkpoint::{self, Checkpoint, TrainerState};
 use super::config::{self, Overrides, TrainConfig};
 use super::metrics::{MetricsLog, METRICS_FILE};
 use super::run_dir::{self, create_run_dir};
@@ -128,12 +127,7 @@ impl Trainer {
             return Err(Error::Input(format!(
                 "{}: the corpus ({}) is not the one this run was trained on: its text or tokenizer changed",
                 run_dir.display(),
-                config
-                    .data
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                data_paths(&config)
             )));
         }
         let (shard, cached) = tokenize_cached(&docs, &tokenizer, &cache_dir)?;
@@ -174,12 +168,7 @@ impl Trainer {
             return Err(Error::Input(format!(
                 "the corpus ({}) or tokenizer this rank read is not the one rank 0 read: every \
                  machine needs the same files at the same paths",
-                config
-                    .data
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                data_paths(&config)
             )));
         }
         let (shard, cached) = tokenize_cached(&docs, &tokenizer, &cache_dir)?;
@@ -303,6 +292,12 @@ struct Parts {
     files: usize,
     /// The lock on the run directory; None on the ranks other than 0, which write nothing there.
     lock: Option<DirLock>,
+}
+
+/// The corpus files and directories of a run, for a message.
+fn data_paths(config: &TrainConfig) -> String {
+    let paths: Vec<String> = config.data.iter().map(|p| p.display().to_string()).collect();
+    paths.join(", ")
 }
 
 /// What a run has in memory before its memory is checked.
