@@ -237,7 +237,7 @@ mod ranks {
         let all = text(&output);
         assert!(!output.status.success(), "{all}");
         assert!(
-            all.contains("rank 0: stopping") && all.contains("the last checkpoint"),
+            all.contains("rank 0: stopped by mpirun") && all.contains("the last checkpoint"),
             "rank 0 says what is left:\n{all}"
         );
         let saved = checkpoint::load(&dir.join("run/latest")).unwrap();

@@ -201,7 +201,7 @@ pub fn backward_buckets(cfg: &Config) -> Vec<Range<usize>> {
     });
     std::iter::once(ln_f..ln_f + 2 * c)
         .chain(blocks)
-        .chain([0..blocks_start])
+        .chain(std::iter::once(0..blocks_start))
         .collect()
 }
 

@@ -208,8 +208,10 @@ impl Trainer {
             self.elapsed_s = elapsed_before + clock.elapsed().as_secs_f64();
             if self.step.is_multiple_of(self.config.eval_interval) || self.step == self.config.max_iters {
                 let record = self.evaluate(&mut batch)?;
-                // Rank 0 holds the whole optimizer state until the checkpoints are written.
-                let gathered = self.ranks.as_ref().map(|r| r.gather_optimizer(&self.optimizer));
+                // Rank 0 holds the whole optimizer state until the checkpoints are written (at
+                // step 0 there is neither a checkpoint nor a last update to measure).
+                let ranks = self.ranks.as_ref().filter(|_| self.step > 0);
+                let gathered = ranks.map(|r| r.gather_optimizer(&self.optimizer));
                 let optimizer = gathered.as_ref().map_or(Some(&self.optimizer), Option::as_ref);
                 if let (Some(out), Some(optimizer)) = (self.outputs.as_mut(), optimizer) {
                     out.log.append(Record::Eval(record.clone()))?;

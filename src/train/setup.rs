@@ -144,12 +144,7 @@ impl Trainer {
             return Err(Error::Input(format!(
                 "{}: the corpus ({}) is not the one this run was trained on: its text or tokenizer changed",
                 run_dir.display(),
-                config
-                    .data
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                data_paths(&config)
             )));
         }
         let (data, corpus_key, cached) = train_data(&config, &docs, &tokenizer, block_size)?;
@@ -197,12 +192,7 @@ impl Trainer {
             return Err(Error::Input(format!(
                 "the corpus ({}) or tokenizer this rank read is not the one rank 0 read: every \
                  machine needs the same files at the same paths",
-                config
-                    .data
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                data_paths(&config)
             )));
         }
         model_config.dropout = config.dropout;
@@ -342,6 +332,12 @@ struct Parts {
     corpus_key: String,
     /// The lock on the run directory; None on the ranks other than 0, which write nothing there.
     lock: Option<DirLock>,
+}
+
+/// The corpus files and directories of a run, for a message.
+fn data_paths(config: &TrainConfig) -> String {
+    let paths: Vec<String> = config.data.iter().map(|p| p.display().to_string()).collect();
+    paths.join(", ")
 }
 
 /// What a run has in memory before its memory is checked.

@@ -196,7 +196,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         Some(ranks) if ranks > 1 => run_ranked(args, ranks),
         _ => {
             let mut trainer = trainer(args)?;
-            let interrupt = interrupt_on_ctrl_c(None)?;
+            let interrupt = interrupt_on_ctrl_c(OnStop::Alone)?;
             train(args, &mut trainer, interrupt, None)
         }
     }
@@ -243,7 +243,11 @@ fn run_ranked(args: &TrainArgs, _: usize) -> Result<()> {
         Err(e) => return Err(e),
     };
     let last_checkpoint = Arc::new(std::sync::Mutex::new(None));
-    let interrupt = interrupt_on_ctrl_c((rank == 0).then(|| last_checkpoint.clone()))?;
+    let on_stop = match rank {
+        0 => OnStop::RankZero(last_checkpoint.clone()),
+        _ => OnStop::OtherRank,
+    };
+    let interrupt = interrupt_on_ctrl_c(on_stop)?;
     if let Err(e) = train(args, &mut trainer, interrupt, Some(last_checkpoint)) {
         match rank {
             0 => eprintln!("error: {e:#}"),
@@ -375,31 +379,39 @@ fn trainer(args: &TrainArgs) -> Result<Trainer> {
 /// The checkpoint a run over several ranks wrote last (rank 0's), for the message on a stop.
 type LastCheckpoint = Arc<std::sync::Mutex<Option<PathBuf>>>;
 
+/// What the process says when stopped.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))] // only MPI builds have ranks
+enum OnStop {
+    /// Training alone: Ctrl-C saves a checkpoint after the step.
+    Alone,
+    /// Rank 0 of a run over MPI ranks: mpirun stops the ranks (on Ctrl-C, or when one of them
+    /// died) with SIGTERM and soon SIGKILL, so rank 0 names the checkpoint left.
+    RankZero(LastCheckpoint),
+    /// The other ranks say nothing.
+    OtherRank,
+}
+
 /// A flag that the first Ctrl-C sets (the run then saves a checkpoint after the current step
-/// and stops); a second Ctrl-C quits at once. Built with MPI, a SIGTERM does the same: it is
-/// how mpirun stops the ranks on Ctrl-C, or when one of them died; `last_checkpoint` (rank 0
-/// of such a run) names what is left if the others are gone.
-fn interrupt_on_ctrl_c(last_checkpoint: Option<LastCheckpoint>) -> Result<Arc<AtomicBool>> {
+/// and stops); a second Ctrl-C quits at once. Built with MPI, a SIGTERM does the same.
+fn interrupt_on_ctrl_c(on_stop: OnStop) -> Result<Arc<AtomicBool>> {
     let interrupt = Arc::new(AtomicBool::new(false));
     let flag = interrupt.clone();
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        match &last_checkpoint {
-            None => {
+        match &on_stop {
+            OnStop::Alone => {
                 eprintln!("\nCtrl-C: saving a checkpoint after this step (press Ctrl-C again to quit without saving)")
             }
-            Some(last) => {
+            OnStop::RankZero(last) => {
                 let kept = match &*last.lock().unwrap_or_else(|e| e.into_inner()) {
                     Some(dir) => format!("the last checkpoint, {}, is intact", dir.display()),
                     None => "no checkpoint was written yet".into(),
                 };
-                eprintln!(
-                    "\nrank 0: stopping (Ctrl-C, or mpirun ending the run because a rank failed): a checkpoint \
-                     is saved after this step if every rank is still there; otherwise {kept}"
-                );
+                eprintln!("\nrank 0: stopped by mpirun (Ctrl-C, or a rank that failed); {kept}");
             }
+            OnStop::OtherRank => {}
         }
     })
     .context("installing the Ctrl-C handler")?;
