@@ -152,7 +152,10 @@ fn attention_layer_forward(
             // Row r: one query against its own cache; its log-sum-exps [NH] follow row r - 1's.
             let one = AttnShape { b: 1, t: 1, ..shape };
             let rows = a.qkv.chunks_exact(3 * c).zip(a.atty.chunks_exact_mut(c));
-            for (mut cache, ((qkv, out), lse)) in caches.into_iter().zip(rows.zip(a.att_lse.chunks_exact_mut(shape.n_head))) {
+            for (mut cache, ((qkv, out), lse)) in caches
+                .into_iter()
+                .zip(rows.zip(a.att_lse.chunks_exact_mut(shape.n_head)))
+            {
                 cache.store(qkv, 1, c, cfg.head_size());
                 let (k, v) = cache.keys_values();
                 attention_forward_cached(out, lse, qkv, k, v, one, cache.pos0);

@@ -408,7 +408,6 @@ impl Gpt {
                 .map(|(a, g)| a.grads(l, &mut g[l]));
             let mut named = block_grads.as_deref_mut().map(|g| BlockWeights::split(g, cfg));
             block_backward(cfg, shape, p, named.as_mut(), adapter_grads, x, a, d);
-            drop(named);
             if let Some(g_block) = block_grads {
                 bucket_done(g_block);
             }

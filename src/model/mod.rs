@@ -6,8 +6,8 @@ pub mod block;
 pub mod data_parallel;
 pub mod gpt;
 pub mod kv_cache;
-pub mod lowp;
 pub mod lora;
+pub mod lowp;
 pub mod params;
 pub mod workspace;
 

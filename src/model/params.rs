@@ -181,7 +181,20 @@ impl<S: Splittable> Pieces<S> {
 fn block_sizes(cfg: &Config, layout: Layout) -> [usize; 12] {
     let (c, f) = (cfg.n_embd, cfg.n_inner);
     let matrix = |size| layout.matrix(size);
-    [c, c, matrix(c * 3 * c), 3 * c, matrix(c * c), c, c, c, matrix(c * f), f, matrix(f * c), c]
+    [
+        c,
+        c,
+        matrix(c * 3 * c),
+        3 * c,
+        matrix(c * c),
+        c,
+        c,
+        c,
+        matrix(c * f),
+        f,
+        matrix(f * c),
+        c,
+    ]
 }
 
 /// The number of parameters of one transformer block.
