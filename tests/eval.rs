@@ -11,6 +11,7 @@ use gpt2::{Gpt, Workspace};
 use std::path::{Path, PathBuf};
 
 mod common;
+use common::server::CharModel;
 use common::{fixture, run_gpt2, temp_dir};
 
 const SHAKESPEARE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/tinyshakespeare.txt");
@@ -466,4 +467,22 @@ fn perplexity_and_choice_match_the_pytorch_references() {
         assert_eq!(prediction.pred as u64, expected["pred"].as_u64().unwrap());
         assert_eq!(prediction.pred_norm as u64, expected["pred_norm"].as_u64().unwrap());
     }
+}
+
+/// --adapter and --dtype reach eval: perplexity with the PEFT fixture adapter merged (bf16
+/// weights) is what score prints with the same flags, and not the base model's.
+#[test]
+fn eval_takes_the_adapter_and_dtype_that_score_takes() {
+    let model = CharModel::tiny("eval-adapter");
+    let dir = temp_dir("eval-adapter");
+    let (path, _) = shakespeare(&dir, 300);
+    let base = format!("--model {} --text {} --json --dtype bf16", model.path(), path.display());
+    let adapted = format!("{base} --adapter {}", fixture("tiny_lora").display());
+    let eval = succeeds(&format!("eval perplexity {adapted}"));
+    assert_eq!(eval, succeeds(&format!("score {adapted}")));
+    assert_ne!(
+        eval,
+        succeeds(&format!("eval perplexity {base}")),
+        "the adapter changes the loss"
+    );
 }

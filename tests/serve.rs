@@ -9,8 +9,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 mod common;
-use common::run_gpt2;
 use common::server::{CharModel, Server};
+use common::{fixture, run_gpt2};
 
 /// `gpt2 generate ... --json` with the given flags.
 fn generate(model: &CharModel, flags: &[&str]) -> Value {
@@ -358,5 +358,33 @@ fn a_batch_beyond_the_machine_is_refused_before_serving() {
     assert!(
         stderr.contains("KV caches") && stderr.contains("--max-batch"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn a_server_with_an_adapter_completes_as_generate_with_it() {
+    let model = CharModel::tiny("adapter");
+    let lora = fixture("tiny_lora");
+    let adapter = ["--adapter", lora.to_str().unwrap(), "--dtype", "bf16"];
+    let server = Server::start(&model, &adapter);
+    let request = json!({"prompt": "Hello", "max_tokens": 30, "seed": 3, "temperature": 0.8});
+    let (status, served) = server.post_json("/v1/completions", &request);
+    assert_eq!(status, 200, "{served}");
+    let flags = [
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "30",
+        "--seed",
+        "3",
+        "--temperature",
+        "0.8",
+    ];
+    let expected = generate(&model, &[&flags[..], &adapter[..]].concat());
+    assert_eq!(served["choices"][0]["text"], expected["samples"][0]["text"]);
+    let base = generate(&model, &[&flags[..], &["--dtype", "bf16"]].concat());
+    assert_ne!(
+        served["choices"][0]["text"], base["samples"][0]["text"],
+        "the adapter changes the text"
     );
 }

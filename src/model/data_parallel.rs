@@ -302,6 +302,7 @@ fn on_shards<R: Send>(
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::model::lora::{parse_targets, Lora, LoraConfig};
     use crate::ops::cross_entropy::IGNORE_INDEX;
     use crate::rng::Rng;
 
@@ -349,6 +350,47 @@ mod tests {
                 (eval - expected_eval).abs() < 1e-6,
                 "{shards} shards: {eval} vs {expected_eval}"
             );
+        }
+    }
+
+    /// With an adapter the gradient is the adapter's (not in the layout of the model's
+    /// buckets): shards give it as one pass does and hand nothing on.
+    #[test]
+    fn shards_train_an_adapter_and_hand_no_buckets_on() {
+        let cfg = Config::new(11, 8, 16, 2, 2);
+        let mut model = Gpt::new(cfg.clone(), 3).unwrap();
+        let lora = LoraConfig {
+            r: 2,
+            alpha: 4.0,
+            dropout: 0.0,
+            targets: parse_targets("c_attn,c_fc").unwrap(),
+        };
+        let mut adapter = Lora::new(&cfg, lora, 5).unwrap();
+        let mut rng = Rng::new(9);
+        adapter.params.iter_mut().for_each(|p| *p += 0.3 * rng.normal()); // B not zero
+        model.adapter = Some(adapter);
+        let (b, t) = (4, 6);
+        let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(11) as u32).collect();
+        let targets: Vec<i32> = (0..b * t).map(|_| rng.below(11) as i32).collect();
+        let (mut ws, mut whole) = (Workspace::new(), model.new_gradients());
+        let expected = model
+            .forward(&mut ws, &tokens, b, t, Some(&targets), None)
+            .unwrap()
+            .unwrap();
+        model.backward(&mut ws, &mut whole, 1.0).unwrap();
+        let max = whole.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+        let mut parallel = DataParallel::new(&model, 2).unwrap();
+        let (mut grads, mut handed_on) = (model.new_gradients(), 0);
+        let loss = parallel
+            .forward_backward_with(&model, &mut grads, &tokens, b, t, &targets, None, 1.0, |_| {
+                handed_on += 1
+            })
+            .unwrap();
+        assert_eq!(handed_on, 0);
+        assert!((loss - expected).abs() < 1e-6, "{loss} vs {expected}");
+        assert_eq!(grads.len(), whole.len());
+        for (i, (g, e)) in grads.iter().zip(&whole).enumerate() {
+            assert!((g - e).abs() <= 1e-5 * max, "adapter gradient {i}: {g} vs {e}");
         }
     }
 

@@ -1,11 +1,54 @@
 //! `--adapter DIR`, shared by every command that reads a model: a LoRA adapter (ours or one
-//! Hugging Face PEFT wrote) merged into the `--model` it was trained on.
+//! Hugging Face PEFT wrote) merged into the `--model` it was trained on; and `InferenceModel`,
+//! the `--model`, `--dtype` and `--adapter` flags of the commands that run a model.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use clap::Args;
 use gpt2::io::peft::merge_adapter;
 use gpt2::io::{load_model_with_tokenizer, load_model_with_tokenizer_as, Loaded};
 use gpt2::ops::lowp::WeightDtype;
-use std::path::Path;
+use gpt2::tokenizer::Tokenizer;
+use gpt2::Gpt;
+use std::path::{Path, PathBuf};
+
+/// The model an inference command runs (generate, score, eval, serve).
+#[derive(Args)]
+pub struct InferenceModel {
+    /// The model: a Hugging Face, OpenAI or llm.c GPT-2, a checkpoint or training run directory,
+    /// or a downloaded model's name (gpt2, gpt2-medium, ...).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Weights in f32, bf16 (half the bytes, read twice as fast) or q8_0 (34 bytes per 32
+    /// weights): the weight matrices are converted as the model loads, products accumulate in
+    /// f32; `gpt2 info` shows the kernels.
+    #[arg(long, default_value = "f32")]
+    pub dtype: WeightDtype,
+    /// A LoRA adapter directory (adapter_config.json + adapter_model.safetensors, ours or
+    /// Hugging Face PEFT's), merged into the model before use.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+}
+
+impl InferenceModel {
+    /// The model (adapter merged, in `--dtype`) and its tokenizer, if it has one.
+    pub fn load(&self) -> Result<Loaded> {
+        load_for_inference(&self.model, self.dtype, self.adapter.as_deref())
+    }
+
+    /// The model and its tokenizer, for a command that reads text; `purpose` ends the error
+    /// when the model has none ("it cannot read text").
+    pub fn load_with_tokenizer(&self, purpose: &str) -> Result<(Gpt, Tokenizer)> {
+        let Loaded { model, tokenizer, .. } = self.load()?;
+        let Some(tokenizer) = tokenizer else {
+            bail!(
+                "{} has no tokenizer file and its vocabulary ({}) is not GPT-2's: {purpose}",
+                self.model.display(),
+                model.config.vocab_size
+            )
+        };
+        Ok((model, tokenizer))
+    }
+}
 
 /// The model at `path` for inference: with an adapter, loaded in f32, the adapter merged, then
 /// stored in `dtype`; without one, converted to `dtype` as it loads.

@@ -8,11 +8,9 @@ use gpt2::eval::choice::{read_choices, score_choices};
 use gpt2::eval::exact::exact_match;
 use gpt2::eval::perplexity;
 use gpt2::eval::prompts::{compare_strategies, parse_strategies, DEFAULT_STRATEGIES};
-use gpt2::io::{load_model_with_tokenizer, Loaded};
-use gpt2::tokenizer::Tokenizer;
-use gpt2::Gpt;
 use std::path::{Path, PathBuf};
 
+use crate::adapter_arg::InferenceModel;
 use crate::generate_cmd::unescape;
 
 #[derive(Subcommand)]
@@ -31,34 +29,10 @@ pub enum EvalCommand {
     Exact(ExactArgs),
 }
 
-/// The model flag every subcommand has.
-#[derive(Args)]
-pub struct ModelArg {
-    /// Model, in any format (detected from its contents): a Hugging Face or OpenAI checkpoint
-    /// directory, an llm.c file, a run directory, or a downloaded model's name (gpt2, ...).
-    #[arg(long)]
-    model: PathBuf,
-}
-
-impl ModelArg {
-    /// The model and its tokenizer, which every evaluation needs to read text.
-    fn load(&self) -> Result<(Gpt, Tokenizer)> {
-        let Loaded { model, tokenizer, .. } = load_model_with_tokenizer(&self.model)?;
-        let Some(tokenizer) = tokenizer else {
-            bail!(
-                "{} has no tokenizer file and its vocabulary ({}) is not GPT-2's: it cannot read text",
-                self.model.display(),
-                model.config.vocab_size
-            )
-        };
-        Ok((model, tokenizer))
-    }
-}
-
 #[derive(Args)]
 pub struct PerplexityArgs {
     #[command(flatten)]
-    model: ModelArg,
+    model: InferenceModel,
     /// Text file to score, tokenized with the model's own tokenizer.
     #[arg(long)]
     text: PathBuf,
@@ -74,7 +48,7 @@ pub struct PerplexityArgs {
 #[derive(Args)]
 pub struct ChoiceArgs {
     #[command(flatten)]
-    model: ModelArg,
+    model: InferenceModel,
     /// JSONL file, one item per line: {"ctx", "endings": [...], "label"}.
     #[arg(long)]
     file: PathBuf,
@@ -86,7 +60,7 @@ pub struct ChoiceArgs {
 #[derive(Args)]
 pub struct PromptsArgs {
     #[command(flatten)]
-    model: ModelArg,
+    model: InferenceModel,
     /// Prompts, one per non-empty line (\n, \t and \\ are understood).
     #[arg(long, default_value = "data/prompts.txt")]
     file: PathBuf,
@@ -108,7 +82,7 @@ pub struct PromptsArgs {
 #[derive(Args)]
 pub struct ExactArgs {
     #[command(flatten)]
-    model: ModelArg,
+    model: InferenceModel,
     /// Instruction records (JSON array or JSONL of instruction, input, output): a test split.
     #[arg(long)]
     file: PathBuf,
@@ -134,7 +108,7 @@ fn read_text(path: &Path) -> Result<String> {
 }
 
 fn run_perplexity(args: &PerplexityArgs) -> Result<()> {
-    let (model, tokenizer) = args.model.load()?;
+    let (model, tokenizer) = args.model.load_with_tokenizer("it cannot read text")?;
     let ids = tokenizer
         .encode_parallel(&read_text(&args.text)?)
         .with_context(|| format!("tokenizing {}", args.text.display()))?;
@@ -153,7 +127,7 @@ fn run_perplexity(args: &PerplexityArgs) -> Result<()> {
 
 fn run_choice(args: &ChoiceArgs) -> Result<()> {
     let items = read_choices(&args.file)?;
-    let (model, tokenizer) = args.model.load()?;
+    let (model, tokenizer) = args.model.load_with_tokenizer("it cannot read text")?;
     let score = score_choices(&model, &tokenizer, &items).with_context(|| args.file.display().to_string())?;
     if args.json {
         println!("{}", serde_json::to_string(&score)?);
@@ -176,7 +150,7 @@ fn run_prompts(args: &PromptsArgs) -> Result<()> {
     if prompts.is_empty() {
         bail!("{}: no prompts (one per non-empty line)", args.file.display());
     }
-    let (model, tokenizer) = args.model.load()?;
+    let (model, tokenizer) = args.model.load_with_tokenizer("it cannot read text")?;
     let report = compare_strategies(
         &model,
         &tokenizer,
@@ -215,7 +189,7 @@ fn run_prompts(args: &PromptsArgs) -> Result<()> {
 
 fn run_exact(args: &ExactArgs) -> Result<()> {
     let records = read_instructions(&args.file)?;
-    let (model, tokenizer) = args.model.load()?;
+    let (model, tokenizer) = args.model.load_with_tokenizer("it cannot read text")?;
     let result = exact_match(&model, &tokenizer, &records, args.max_new_tokens)
         .with_context(|| args.file.display().to_string())?;
     if args.json {

@@ -4,13 +4,12 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::adapter_arg::load_for_inference;
+use crate::adapter_arg::InferenceModel;
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args};
 use gpt2::data::instructions;
 use gpt2::generate::{GenerateOptions, Generator, Sampling, TextGenerator, MAX_SAMPLES};
 use gpt2::io::Loaded;
-use gpt2::ops::lowp::WeightDtype;
 use gpt2::rng::Rng;
 use gpt2::tokenizer::{SpecialTokens, Tokenizer, UnknownChar};
 use gpt2::Gpt;
@@ -21,19 +20,8 @@ use crate::tokenize_cmd::parse_ids;
 #[derive(Args)]
 #[command(group(ArgGroup::new("input").required(true).args(["prompt", "prompt_file", "prompt_ids", "instruction", "interactive"])))]
 pub struct GenerateArgs {
-    /// The model: a Hugging Face, OpenAI or llm.c GPT-2, a checkpoint or training run directory,
-    /// or a downloaded model's name (gpt2, gpt2-medium, ...).
-    #[arg(long)]
-    model: PathBuf,
-    /// Weights in f32, bf16 (half the bytes, read twice as fast) or q8_0 (34 bytes per 32
-    /// weights): the weight matrices are converted as the model loads, products accumulate in
-    /// f32; `gpt2 info` shows the kernels.
-    #[arg(long, default_value = "f32")]
-    dtype: WeightDtype,
-    /// A LoRA adapter directory (adapter_config.json + adapter_model.safetensors, ours or
-    /// Hugging Face PEFT's), merged into the model before use.
-    #[arg(long, value_name = "DIR")]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    model: InferenceModel,
     /// The text to continue (\n, \t and \\ are understood; <|endoftext|> is the special token,
     /// as Hugging Face's tokenizer reads it).
     #[arg(long)]
@@ -134,7 +122,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let stops: Vec<String> = args.stop.iter().map(|s| unescape(s)).collect();
     let Loaded {
         model, mut tokenizer, ..
-    } = load_for_inference(&args.model, args.dtype, args.adapter.as_deref())?;
+    } = args.model.load()?;
     if args.skip_unknown {
         tokenizer = tokenizer.map(|t| t.with_unknown_chars(UnknownChar::Skip));
     }
@@ -142,14 +130,14 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     if tokenizer.is_none() && !stops.is_empty() {
         bail!(
             "--stop needs a tokenizer to see text, and {} has none",
-            args.model.display()
+            args.model.model.display()
         );
     }
     if args.interactive && tokenizer.is_none() {
         bail!(
             "--interactive reads prompts as text, and {} has no tokenizer (no tokenizer files, vocabulary is not \
              GPT-2's): give --prompt-ids instead",
-            args.model.display()
+            args.model.model.display()
         );
     }
     let seed = args.seed.unwrap_or_else(clock_seed);

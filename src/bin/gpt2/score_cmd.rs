@@ -1,10 +1,9 @@
 //! `gpt2 score`: mean next-token loss and perplexity of a text.
 
-use crate::adapter_arg::load_for_inference;
+use crate::adapter_arg::InferenceModel;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gpt2::eval::score_tokens;
-use gpt2::ops::lowp::WeightDtype;
 use gpt2::tokenizer::UnknownChar;
 use std::path::{Path, PathBuf};
 
@@ -12,19 +11,8 @@ use crate::tokenize_cmd::parse_ids;
 
 #[derive(Args)]
 pub struct ScoreArgs {
-    /// Model, in any format (detected from its contents): a Hugging Face or OpenAI checkpoint
-    /// directory, an llm.c file, a run directory, or a downloaded model's name (gpt2, ...).
-    #[arg(long)]
-    model: PathBuf,
-    /// Weights in f32, bf16 (half the bytes, read twice as fast) or q8_0 (34 bytes per 32
-    /// weights): the weight matrices are converted as the model loads, products accumulate in
-    /// f32; `gpt2 info` shows the kernels.
-    #[arg(long, default_value = "f32")]
-    dtype: WeightDtype,
-    /// A LoRA adapter directory (adapter_config.json + adapter_model.safetensors, ours or
-    /// Hugging Face PEFT's), merged into the model before use.
-    #[arg(long, value_name = "DIR")]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    model: InferenceModel,
     /// Text file to score, tokenized with the model's own tokenizer.
     #[arg(long, conflicts_with = "tokens")]
     text: Option<PathBuf>,
@@ -41,7 +29,7 @@ pub struct ScoreArgs {
 }
 
 pub fn run(args: &ScoreArgs) -> Result<()> {
-    let loaded = load_for_inference(&args.model, args.dtype, args.adapter.as_deref())?;
+    let loaded = args.model.load()?;
     let model = loaded.model;
     let tokenizer = match args.skip_unknown {
         true => loaded.tokenizer.map(|t| t.with_unknown_chars(UnknownChar::Skip)),
@@ -55,7 +43,7 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
                 .with_context(|| tokenizing_context(path, tokenizer.kind(), args.skip_unknown))?,
             None => bail!(
                 "{} has no tokenizer file and its vocabulary ({}) is not GPT-2's: score token ids with --tokens",
-                args.model.display(),
+                args.model.model.display(),
                 model.config.vocab_size
             ),
         },

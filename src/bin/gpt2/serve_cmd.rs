@@ -2,19 +2,18 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gpt2::io::{load_model_with_tokenizer, Loaded};
+
+use crate::adapter_arg::InferenceModel;
 use gpt2::serve::engine::Limits;
 use gpt2::serve::http::ApiLimits;
 use gpt2::serve::Server;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// The model: a Hugging Face, OpenAI or llm.c GPT-2, a checkpoint or training run directory,
-    /// or a downloaded model's name (gpt2, gpt2-medium, ...). It needs a tokenizer.
-    #[arg(long)]
-    model: PathBuf,
+    /// The model (it needs a tokenizer), its weights' dtype and a LoRA adapter.
+    #[command(flatten)]
+    model: InferenceModel,
     /// Address to listen on. The default takes connections from this machine only.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -42,13 +41,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     if args.max_batch == 0 || args.max_n == 0 {
         bail!("--max-batch and --max-n must be at least 1");
     }
-    let Loaded { model, tokenizer, .. } = load_model_with_tokenizer(&args.model)?;
-    let Some(tokenizer) = tokenizer else {
-        bail!(
-            "{} has no tokenizer (no tokenizer files, vocabulary is not GPT-2's): the API reads and writes text",
-            args.model.display()
-        );
-    };
+    let (model, tokenizer) = args.model.load_with_tokenizer("the API reads and writes text")?;
     let api = ApiLimits {
         max_tokens: args.max_tokens.unwrap_or(model.config.n_positions),
         max_n: args.max_n,
@@ -58,7 +51,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         max_batch: args.max_batch,
         max_queue: args.max_queue,
     };
-    let name = args.model.display().to_string();
+    let name = args.model.model.display().to_string();
     let server = Server::start(
         model,
         tokenizer,
