@@ -110,19 +110,7 @@ pub fn write_hf_files(model: &Gpt, dir: &Path) -> Result<()> {
         std::io::Write::write_all(w, config_json.as_bytes())
     })?;
     let specs = param_specs(&model.config);
-    let mut offset = 0;
-    let tensors: Vec<TensorOut> = specs
-        .iter()
-        .map(|s| {
-            let data = &model.params[offset..offset + s.numel()];
-            offset += s.numel();
-            TensorOut {
-                name: &s.name,
-                shape: &s.shape,
-                data,
-            }
-        })
-        .collect();
+    let tensors = TensorOut::all_of(&specs, &model.params);
     write_synced(&dir.join("model.safetensors"), |w| write_safetensors(w, &tensors))
 }
 

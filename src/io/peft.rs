@@ -61,19 +61,7 @@ pub fn write_adapter_files(lora: &Lora, cfg: &Config, base: Option<&str>, dir: &
     let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Input(e.to_string()))?;
     write_synced(&dir.join(ADAPTER_CONFIG), |w| w.write_all(text.as_bytes()))?;
     let specs = lora.specs(cfg);
-    let mut offset = 0;
-    let tensors: Vec<TensorOut> = specs
-        .iter()
-        .map(|s| {
-            let data = &lora.params[offset..offset + s.numel()];
-            offset += s.numel();
-            TensorOut {
-                name: &s.name,
-                shape: &s.shape,
-                data,
-            }
-        })
-        .collect();
+    let tensors = TensorOut::all_of(&specs, &lora.params);
     write_synced(&dir.join(ADAPTER_WEIGHTS), |w| write_safetensors(w, &tensors))
 }
 

@@ -5,6 +5,7 @@
 
 use super::mapped::MappedFile;
 use crate::error::{Error, Result};
+use crate::model::TensorSpec;
 use safetensors::SafeTensors;
 use std::io::Write;
 
@@ -29,6 +30,25 @@ pub struct TensorOut<'a> {
     pub name: &'a str,
     pub shape: &'a [usize],
     pub data: &'a [f32],
+}
+
+impl<'a> TensorOut<'a> {
+    /// The tensors `specs` lists, cut in order from the flat buffer `params`.
+    pub fn all_of(specs: &'a [TensorSpec], params: &'a [f32]) -> Vec<Self> {
+        let mut offset = 0;
+        specs
+            .iter()
+            .map(|s| {
+                let data = &params[offset..offset + s.numel()];
+                offset += s.numel();
+                TensorOut {
+                    name: &s.name,
+                    shape: &s.shape,
+                    data,
+                }
+            })
+            .collect()
+    }
 }
 
 /// Streams tensors in the safetensors format (F32), with `__metadata__` = {"format": "pt"} as
