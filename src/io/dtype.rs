@@ -1,6 +1,7 @@
-//! Numbers as weight files store them (F32, BF16, F16, little-endian) converted to f32, and
-//! f32 rounded to bf16 and f16 (llm.c's bf16 files, low-precision weights and their scales).
+//! Numbers as weight files store them (F32, BF16, F16, little-endian) converted to f32 (the
+//! 16-bit conversions themselves are [`crate::ops::lowp::half`]'s).
 
+use crate::ops::lowp::half::{bf16_to_f32, f16_to_f32};
 use safetensors::Dtype;
 
 /// Bytes per value of the dtypes we read (F32, BF16, F16).
@@ -33,113 +34,4 @@ pub fn to_f32(dtype: Dtype, bytes: &[u8], out: &mut [f32]) -> std::result::Resul
             .for_each(|(o, b)| *o = f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
     }
     Ok(())
-}
-
-/// bf16 to f32: the bf16 bits are the top half of the f32's.
-#[inline(always)]
-pub fn bf16_to_f32(b: u16) -> f32 {
-    f32::from_bits((b as u32) << 16)
-}
-
-/// f32 to bf16, rounding to nearest even (as torch's `.to(torch.bfloat16)`).
-#[inline(always)]
-pub fn f32_to_bf16(x: f32) -> u16 {
-    if x.is_nan() {
-        return 0x7fc0;
-    }
-    let bits = x.to_bits();
-    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
-}
-
-/// f32 to IEEE half precision, rounding to nearest even; beyond 65504 is infinite, below
-/// 2^-24 is zero, in between the subnormals keep what bits they can.
-pub fn f32_to_f16(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let sign = ((bits >> 16) & 0x8000) as u16;
-    let abs = bits & 0x7fff_ffff;
-    if abs > 0x7f80_0000 {
-        return sign | 0x7e00; // NaN
-    }
-    let exp = (abs >> 23) as i32 - 127;
-    let mant = abs & 0x7f_ffff;
-    // Keeps `value >> shift` rounded to nearest even.
-    let round = |value: u32, shift: u32| {
-        let (kept, rest, half) = (value >> shift, value & ((1 << shift) - 1), 1 << (shift - 1));
-        kept + (rest > half || (rest == half && kept & 1 == 1)) as u32
-    };
-    let magnitude = match exp {
-        16.. => 0x7c00, // infinite, or too large for f16
-        // normal: a carry out of the mantissa moves to the next exponent (or to infinity)
-        -14..=15 => (((exp + 15) as u32) << 10) + round(mant, 13),
-        // subnormal: value / 2^-24 = (1.mant · 2^23) · 2^(exp + 1)
-        -25..=-15 => round(mant | 0x80_0000, (-(exp + 1)) as u32),
-        _ => 0,
-    };
-    sign | magnitude as u16
-}
-
-/// IEEE half precision to single precision.
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let frac = (h & 0x3ff) as u32;
-    let bits = match (exp, frac) {
-        (0, 0) => sign,
-        (0, _) => {
-            // subnormal: value = frac · 2^-24
-            let value = frac as f32 * (1.0 / (1 << 24) as f32);
-            return if sign != 0 { -value } else { value };
-        }
-        (0x1f, _) => sign | 0x7f80_0000 | (frac << 13),
-        _ => sign | ((exp + 112) << 23) | (frac << 13),
-    };
-    f32::from_bits(bits)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn f16_conversion_matches_known_values() {
-        for (bits, value) in [
-            (0x3c00u16, 1.0f32),
-            (0xc000, -2.0),
-            (0x7bff, 65504.0),
-            (0x0001, 5.960_464_5e-8),
-            (0x0000, 0.0),
-        ] {
-            assert_eq!(f16_to_f32(bits), value, "{bits:#x}");
-        }
-        assert!(f16_to_f32(0x7c00).is_infinite() && f16_to_f32(0x7e00).is_nan());
-    }
-
-    #[test]
-    fn f16_rounding_is_to_nearest_even_and_round_trips() {
-        // every finite f16 comes back as itself
-        for h in (0u16..=0xffff).filter(|h| h & 0x7c00 != 0x7c00) {
-            assert_eq!(f32_to_f16(f16_to_f32(h)), h, "{h:#x}");
-        }
-        // halfway between 1 and the next f16 (1 + 2^-10): ties go to the even mantissa
-        assert_eq!(f32_to_f16(1.0 + 1.0 / 2048.0), 0x3c00);
-        assert_eq!(f32_to_f16(1.0 + 3.0 / 2048.0), 0x3c02);
-        assert_eq!(f32_to_f16(65520.0), 0x7c00); // rounds past the largest f16, 65504
-        assert_eq!(f32_to_f16(-1e-9), 0x8000);
-        assert_eq!(f32_to_f16(f32::NAN) & 0x7e00, 0x7e00);
-        // subnormal halfway cases: 1.5 and 2.5 units of 2^-24
-        assert_eq!(f32_to_f16(1.5 * 5.960_464_5e-8), 0x0002);
-        assert_eq!(f32_to_f16(2.5 * 5.960_464_5e-8), 0x0002);
-    }
-
-    #[test]
-    fn bf16_rounds_to_nearest_even() {
-        assert_eq!(f32_to_bf16(1.0), 0x3f80);
-        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0).
-        assert_eq!(f32_to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
-        assert_eq!(f32_to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
-        assert_eq!(f32_to_bf16(-2.0), 0xc000);
-        assert_eq!(f32_to_bf16(f32::NAN), 0x7fc0);
-        assert_eq!(f32_to_bf16(f32::INFINITY), 0x7f80);
-        assert_eq!(bf16_to_f32(0x3f82), 1.0 + 2.0 / 128.0);
-    }
 }

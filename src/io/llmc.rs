@@ -15,13 +15,13 @@
 //! layer the tensors come in our order, so the file order is ours regrouped by tensor kind.
 
 use super::atomic::{check_replaceable, write_file};
-use super::dtype::f32_to_bf16;
 use super::mapped::MappedFile;
 use super::param_buffer::ParamBuffer;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::files;
 use crate::model::{num_params, param_specs, Gpt};
+use crate::ops::lowp::half::f32_to_bf16;
 use crate::ops::lowp::WeightDtype;
 use crate::ops::matmul::transpose;
 use faer::Par;

@@ -5,8 +5,8 @@
 //! 32 products per `vdpbf16ps`; `avx2` and `scalar` widen each weight to f32 (a 16-bit shift)
 //! and multiply it with the f32 activation.
 
+use super::half::{bf16_to_f32, f32_to_bf16};
 use super::Tile;
-use crate::io::dtype::{bf16_to_f32, f32_to_bf16};
 
 /// The rows of x [M, K] rounded to bf16, each padded with zeros to `padded` [M, padded].
 pub fn round_rows(x: &[f32], k: usize, padded: usize) -> Vec<u16> {

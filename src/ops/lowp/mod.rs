@@ -11,12 +11,13 @@
 //! once per R rows rather than once per row.
 
 pub mod bf16;
+pub mod half;
 pub mod kernel;
 pub mod q8_0;
 
 pub use kernel::{Bf16Kernel, Kernel, Kernels, Q8Kernel};
 
-use crate::io::dtype::{bf16_to_f32, f32_to_bf16};
+use half::{bf16_to_f32, f32_to_bf16};
 use q8_0::BlockQ8_0;
 use rayon::prelude::*;
 use std::fmt;

@@ -12,8 +12,8 @@
 //! multiplies |q_w| by q_x·sign(q_w) (`vpmaddubsw`, pairs into i16, which cannot overflow with
 //! |q| ≤ 127). `scalar` is plain Rust.
 
+use super::half::{f16_to_f32, f32_to_f16};
 use super::{Tile, BLOCK};
-use crate::io::dtype::{f16_to_f32, f32_to_f16};
 
 /// 32 weights: `w_i ≈ d · qs[i]`, d an f16.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
