@@ -335,19 +335,24 @@ pub struct AdapterPass<'a> {
     dropout: Option<Dropout>,
 }
 
+/// The shape of target `t`'s adapter over the input `x` [N, in], of rank `r`, scaled by `scale`.
+fn layer_shape(t: Target, cfg: &Config, x: &[f32], r: usize, scale: f32) -> LoraShape {
+    let (ic, oc) = t.dims(cfg);
+    LoraShape {
+        n: x.len() / ic,
+        ic,
+        oc,
+        r,
+        scale,
+    }
+}
+
 impl AdapterPass<'_> {
     /// Adds target `t`'s adapter to the layer's output `out` [N, out], from its input `x` [N, in].
     pub fn forward(&mut self, t: Target, cfg: &Config, out: &mut [f32], x: &[f32], acts: &mut LoraActs) {
         let Some(pair) = &self.layer[t as usize] else { return };
-        let (ic, oc) = t.dims(cfg);
-        let n = x.len() / ic;
-        let shape = LoraShape {
-            n,
-            ic,
-            oc,
-            r: self.r,
-            scale: self.scale,
-        };
+        let shape = layer_shape(t, cfg, x, self.r, self.scale);
+        let (n, ic) = (shape.n, shape.ic);
         let slot = &mut acts.slots[t as usize];
         slot.h.resize(n * self.r, 0.0);
         slot.dropout = self.dropout;
@@ -376,15 +381,8 @@ impl AdapterGrads<'_, '_, '_> {
         let (Some(pair), Some(grads)) = (&self.layer[t as usize], &mut self.grads[t as usize]) else {
             return;
         };
-        let (ic, oc) = t.dims(cfg);
-        let n = x.len() / ic;
-        let shape = LoraShape {
-            n,
-            ic,
-            oc,
-            r: self.r,
-            scale: self.scale,
-        };
+        let shape = layer_shape(t, cfg, x, self.r, self.scale);
+        let (n, ic) = (shape.n, shape.ic);
         let slot = &acts.slots[t as usize];
         with_scratch(|s| {
             s.dh.resize(n * self.r, 0.0);
