@@ -15,6 +15,7 @@ use crate::generate::{GenerateOptions, Generator, Sampling};
 use crate::model::data_parallel::auto_shards;
 use crate::model::{num_params, param_specs, DataParallel, Gpt};
 use crate::ops::lowp::WeightDtype;
+use crate::ops::matmul::Precision;
 use crate::ops::{set_zero, sum_streams};
 use crate::optim::{clip_factor, AdamW, AdamWConfig};
 use crate::rng::Rng;
@@ -38,6 +39,8 @@ pub struct BenchResult {
     pub threads: usize,
     /// Batch shards run side by side (see [`crate::model::data_parallel`]).
     pub shards: usize,
+    /// The matrix products' precision (f32 where bf16 was asked for on a CPU without it).
+    pub precision: Precision,
 }
 
 /// Which work one benchmark step does.
@@ -49,7 +52,9 @@ pub enum BenchKind {
     Forward,
 }
 
-/// Runs `warmup` untimed and `steps` timed steps of `kind` on random tokens.
+/// Runs `warmup` untimed and `steps` timed steps of `kind` on random tokens, the matrix
+/// products in `precision` (as this CPU allows: [`Precision::on_this_cpu`]).
+#[allow(clippy::too_many_arguments)]
 pub fn bench_steps(
     config: Config,
     kind: BenchKind,
@@ -57,7 +62,9 @@ pub fn bench_steps(
     t: usize,
     steps: usize,
     warmup: usize,
+    precision: Precision,
 ) -> Result<BenchResult> {
+    let precision = precision.on_this_cpu().0;
     let mut model = Gpt::new(config, 1337)?;
     let mut grads = model.new_gradients();
     let mut rng = Rng::new(42);
@@ -66,7 +73,7 @@ pub fn bench_steps(
     let targets: Vec<i32> = (0..b * t).map(|_| rng.below(v) as i32).collect();
     let mut optimizer = AdamW::new(AdamWConfig::default(), &param_specs(&model.config));
     // As `gpt2 train` does: small models run one batch shard per thread.
-    let mut parallel = DataParallel::new(&model, auto_shards(model.params.len(), b))?;
+    let mut parallel = DataParallel::new(&model, auto_shards(model.params.len(), b), precision)?;
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps.max(1) {
         let start = Instant::now();
@@ -96,6 +103,7 @@ pub fn bench_steps(
         params: model.params.len(),
         threads: rayon::current_num_threads(),
         shards: parallel.shards(),
+        precision,
     })
 }
 

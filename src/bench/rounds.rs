@@ -113,6 +113,7 @@ mod tests {
             params: 10,
             threads: 1,
             shards: 1,
+            precision: crate::ops::matmul::Precision::F32,
         }
     }
 

@@ -21,7 +21,7 @@ use crate::ops::dropout::{dropout_backward, Dropout, Site};
 use crate::ops::gelu::{gelu_backward_inplace, gelu_forward};
 use crate::ops::layernorm::{layernorm_backward, layernorm_forward};
 use crate::ops::lowp::{Kernels, LowpMatrix};
-use crate::ops::matmul::{linear_backward, linear_forward};
+use crate::ops::matmul::{linear_backward, linear_forward, Precision};
 use crate::ops::residual::residual_forward;
 
 /// Where a block's attention finds the keys and values its queries look at.
@@ -37,20 +37,26 @@ pub enum Keys<'a> {
     PerRow(Vec<KvLayer<'a>>),
 }
 
-/// A linear layer's weight: f32 [K, N] in the flat buffer (Conv1D layout), or the same in
-/// low precision, stored [N, K].
+/// A linear layer's weight: f32 [K, N] in the flat buffer (Conv1D layout), its products in a
+/// training [`Precision`], or the same weight in low precision, stored [N, K].
 #[derive(Clone, Copy)]
 enum Weight<'a> {
-    F32(&'a [f32]),
+    F32(&'a [f32], Precision),
     Lowp(&'a LowpMatrix, Kernels),
 }
 
 impl<'a> Weight<'a> {
-    /// The f32 weight `w`, or its low-precision copy in `lowp` (`matrix` picks it).
-    fn pick(w: &'a [f32], lowp: Option<&'a LowpBlock>, matrix: fn(&LowpBlock) -> &LowpMatrix) -> Self {
+    /// The f32 weight `w` (products in `precision`), or its low-precision copy in `lowp`
+    /// (`matrix` picks it).
+    fn pick(
+        w: &'a [f32],
+        precision: Precision,
+        lowp: Option<&'a LowpBlock>,
+        matrix: fn(&LowpBlock) -> &LowpMatrix,
+    ) -> Self {
         match lowp {
             Some(l) => Weight::Lowp(matrix(l), l.kernels),
-            None => Weight::F32(w),
+            None => Weight::F32(w, precision),
         }
     }
 }
@@ -59,7 +65,7 @@ impl<'a> Weight<'a> {
 #[allow(clippy::too_many_arguments)]
 fn linear(out: &mut [f32], x: &[f32], w: Weight, b: &[f32], n: usize, k: usize, m: usize) {
     match w {
-        Weight::F32(w) => linear_forward(out, x, w, b, n, k, m),
+        Weight::F32(w, precision) => linear_forward(out, x, w, b, n, k, m, precision),
         Weight::Lowp(w, kernels) => {
             w.matmul(out, x, n, kernels);
             out.chunks_exact_mut(m)
@@ -71,12 +77,13 @@ fn linear(out: &mut [f32], x: &[f32], w: Weight, b: &[f32], n: usize, k: usize, 
 /// Forward through one block: reads the stream `x` [N, C], leaves every step's output in `a`
 /// (the block's output in `a.residual_3`). Dropout applies when `dropout` is given (its
 /// masks those of this block: [`Dropout::at_layer`]). With `lowp`, the linear layers use its
-/// low-precision weights (those of `p` are empty); a LoRA `adapter` adds its low-rank product
-/// to the layers it targets.
+/// low-precision weights (those of `p` are empty), else f32 weights with products in
+/// `precision`; a LoRA `adapter` adds its low-rank product to the layers it targets.
 #[allow(clippy::too_many_arguments)]
 pub fn block_forward(
     cfg: &Config,
     shape: AttnShape,
+    precision: Precision,
     p: &BlockWeights<&[f32]>,
     lowp: Option<&LowpBlock>,
     mut adapter: Option<AdapterPass>,
@@ -85,18 +92,19 @@ pub fn block_forward(
     keys: Keys,
     dropout: Option<Dropout>,
 ) {
-    attention_layer_forward(cfg, shape, p, lowp, adapter.as_mut(), x, a, keys, dropout);
-    mlp_forward(cfg, shape, p, lowp, adapter.as_mut(), a, dropout);
+    attention_layer_forward(cfg, shape, precision, p, lowp, adapter.as_mut(), x, a, keys, dropout);
+    mlp_forward(cfg, shape, precision, p, lowp, adapter.as_mut(), a, dropout);
 }
 
 /// Backward through one block whose forward pass read `x` and left `a`: `d.residual` arrives
 /// as dloss/d(residual_3) and leaves as dloss/dx; the block's parameter gradients are added to
 /// `g`, or with a LoRA adapter (`g` None: the block is frozen) the adapter's gradients to its
-/// own.
+/// own. The products run in `precision`.
 #[allow(clippy::too_many_arguments)]
 pub fn block_backward(
     cfg: &Config,
     shape: AttnShape,
+    precision: Precision,
     p: &BlockWeights<&[f32]>,
     mut g: Option<&mut BlockWeights<&mut [f32]>>,
     mut adapter: Option<AdapterGrads>,
@@ -104,8 +112,8 @@ pub fn block_backward(
     a: &BlockActs,
     d: &mut GradActs,
 ) {
-    mlp_backward(cfg, shape, p, g.as_deref_mut(), adapter.as_mut(), a, d);
-    attention_layer_backward(cfg, shape, p, g, adapter.as_mut(), x, a, d);
+    mlp_backward(cfg, shape, precision, p, g.as_deref_mut(), adapter.as_mut(), a, d);
+    attention_layer_backward(cfg, shape, precision, p, g, adapter.as_mut(), x, a, d);
 }
 
 /// Attention layer: `residual_2 = x + drop(c_proj(attention(c_attn(ln_1(x)))))`.
@@ -113,6 +121,7 @@ pub fn block_backward(
 fn attention_layer_forward(
     cfg: &Config,
     shape: AttnShape,
+    precision: Precision,
     p: &BlockWeights<&[f32]>,
     lowp: Option<&LowpBlock>,
     mut adapter: Option<&mut AdapterPass>,
@@ -132,7 +141,7 @@ fn attention_layer_forward(
         c,
         eps,
     );
-    let c_attn = Weight::pick(p.attn.c_attn_w, lowp, |l| &l.c_attn);
+    let c_attn = Weight::pick(p.attn.c_attn_w, precision, lowp, |l| &l.c_attn);
     linear(&mut a.qkv, &a.ln_1, c_attn, p.attn.c_attn_b, n, c, 3 * c);
     if let Some(ad) = adapter.as_deref_mut() {
         ad.forward(Target::CAttn, cfg, &mut a.qkv, &a.ln_1, &mut a.lora);
@@ -162,7 +171,7 @@ fn attention_layer_forward(
             }
         }
     }
-    let c_proj = Weight::pick(p.attn.c_proj_w, lowp, |l| &l.attn_proj);
+    let c_proj = Weight::pick(p.attn.c_proj_w, precision, lowp, |l| &l.attn_proj);
     linear(&mut a.residual_2, &a.atty, c_proj, p.attn.c_proj_b, n, c, c);
     if let Some(ad) = adapter {
         ad.forward(Target::AttnCProj, cfg, &mut a.residual_2, &a.atty, &mut a.lora);
@@ -180,6 +189,7 @@ fn attention_layer_forward(
 fn attention_layer_backward(
     cfg: &Config,
     shape: AttnShape,
+    precision: Precision,
     p: &BlockWeights<&[f32]>,
     mut g: Option<&mut BlockWeights<&mut [f32]>>,
     mut adapter: Option<&mut AdapterGrads>,
@@ -190,13 +200,33 @@ fn attention_layer_backward(
     let (n, c) = (shape.b * shape.t, cfg.n_embd);
     let branch_grad = dropout_backward(&d.residual, &a.attn_mask, &mut d.ln);
     let grads = g.as_deref_mut().map(|g| (&mut *g.attn.c_proj_w, &mut *g.attn.c_proj_b));
-    linear_backward(&mut d.atty, grads, branch_grad, &a.atty, p.attn.c_proj_w, n, c, c);
+    linear_backward(
+        &mut d.atty,
+        grads,
+        branch_grad,
+        &a.atty,
+        p.attn.c_proj_w,
+        n,
+        c,
+        c,
+        precision,
+    );
     if let Some(ad) = adapter.as_deref_mut() {
         ad.backward(Target::AttnCProj, cfg, &mut d.atty, branch_grad, &a.atty, &a.lora);
     }
     attention_backward(&mut d.qkv, &d.atty, &a.qkv, &a.atty, &a.att_lse, shape, a.att_dropout);
     let grads = g.as_deref_mut().map(|g| (&mut *g.attn.c_attn_w, &mut *g.attn.c_attn_b));
-    linear_backward(&mut d.ln, grads, &d.qkv, &a.ln_1, p.attn.c_attn_w, n, c, 3 * c);
+    linear_backward(
+        &mut d.ln,
+        grads,
+        &d.qkv,
+        &a.ln_1,
+        p.attn.c_attn_w,
+        n,
+        c,
+        3 * c,
+        precision,
+    );
     if let Some(ad) = adapter {
         ad.backward(Target::CAttn, cfg, &mut d.ln, &d.qkv, &a.ln_1, &a.lora);
     }
@@ -216,6 +246,7 @@ fn attention_layer_backward(
 fn mlp_forward(
     cfg: &Config,
     shape: AttnShape,
+    precision: Precision,
     p: &BlockWeights<&[f32]>,
     lowp: Option<&LowpBlock>,
     mut adapter: Option<&mut AdapterPass>,
@@ -233,14 +264,14 @@ fn mlp_forward(
         c,
         eps,
     );
-    let c_fc = Weight::pick(p.mlp.c_fc_w, lowp, |l| &l.c_fc);
+    let c_fc = Weight::pick(p.mlp.c_fc_w, precision, lowp, |l| &l.c_fc);
     linear(&mut a.fch, &a.ln_2, c_fc, p.mlp.c_fc_b, n, c, f);
     if let Some(ad) = adapter.as_deref_mut() {
         ad.forward(Target::CFc, cfg, &mut a.fch, &a.ln_2, &mut a.lora);
     }
     let keep_tanh = (!a.fch_tanh.is_empty()).then_some(a.fch_tanh.as_mut_slice());
     gelu_forward(&mut a.fch_gelu, keep_tanh, &a.fch);
-    let c_proj = Weight::pick(p.mlp.c_proj_w, lowp, |l| &l.mlp_proj);
+    let c_proj = Weight::pick(p.mlp.c_proj_w, precision, lowp, |l| &l.mlp_proj);
     linear(&mut a.residual_3, &a.fch_gelu, c_proj, p.mlp.c_proj_b, n, f, c);
     if let Some(ad) = adapter {
         ad.forward(Target::MlpCProj, cfg, &mut a.residual_3, &a.fch_gelu, &mut a.lora);
@@ -256,6 +287,7 @@ fn mlp_forward(
 fn mlp_backward(
     cfg: &Config,
     shape: AttnShape,
+    precision: Precision,
     p: &BlockWeights<&[f32]>,
     mut g: Option<&mut BlockWeights<&mut [f32]>>,
     mut adapter: Option<&mut AdapterGrads>,
@@ -265,13 +297,23 @@ fn mlp_backward(
     let (n, c, f) = (shape.b * shape.t, cfg.n_embd, cfg.n_inner);
     let branch_grad = dropout_backward(&d.residual, &a.mlp_mask, &mut d.ln);
     let grads = g.as_deref_mut().map(|g| (&mut *g.mlp.c_proj_w, &mut *g.mlp.c_proj_b));
-    linear_backward(&mut d.fch, grads, branch_grad, &a.fch_gelu, p.mlp.c_proj_w, n, f, c);
+    linear_backward(
+        &mut d.fch,
+        grads,
+        branch_grad,
+        &a.fch_gelu,
+        p.mlp.c_proj_w,
+        n,
+        f,
+        c,
+        precision,
+    );
     if let Some(ad) = adapter.as_deref_mut() {
         ad.backward(Target::MlpCProj, cfg, &mut d.fch, branch_grad, &a.fch_gelu, &a.lora);
     }
     gelu_backward_inplace(&mut d.fch, &a.fch, &a.fch_tanh);
     let grads = g.as_deref_mut().map(|g| (&mut *g.mlp.c_fc_w, &mut *g.mlp.c_fc_b));
-    linear_backward(&mut d.ln, grads, &d.fch, &a.ln_2, p.mlp.c_fc_w, n, c, f);
+    linear_backward(&mut d.ln, grads, &d.fch, &a.ln_2, p.mlp.c_fc_w, n, c, f, precision);
     if let Some(ad) = adapter {
         ad.backward(Target::CFc, cfg, &mut d.ln, &d.fch, &a.ln_2, &a.lora);
     }

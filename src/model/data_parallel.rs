@@ -17,7 +17,7 @@ use super::workspace::Workspace;
 use crate::error::{Error, Result};
 use crate::ops::cross_entropy::counted_targets;
 use crate::ops::dropout::DropoutSeed;
-use crate::ops::matmul::sequential;
+use crate::ops::matmul::{sequential, Precision};
 use crate::ops::set_zero;
 use rayon::prelude::*;
 use rayon::{ThreadPool, ThreadPoolBuilder};
@@ -118,8 +118,8 @@ impl Plan {
 
 impl DataParallel {
     /// S = `shards` shards over `model` (1: every call goes straight to the model, its ops
-    /// using all threads).
-    pub fn new(model: &Gpt, shards: usize) -> Result<Self> {
+    /// using all threads), their matrix products in `precision`.
+    pub fn new(model: &Gpt, shards: usize, precision: Precision) -> Result<Self> {
         if shards == 0 {
             return Err(Error::Input("data parallelism needs at least 1 shard".into()));
         }
@@ -133,7 +133,7 @@ impl DataParallel {
             ),
         };
         Ok(DataParallel {
-            workspaces: (0..shards).map(|_| Workspace::new()).collect(),
+            workspaces: (0..shards).map(|_| Workspace::with_precision(precision)).collect(),
             shard_grads: (1..shards).map(|_| model.new_gradients()).collect(),
             pool,
         })
@@ -330,7 +330,7 @@ mod tests {
             .unwrap();
         let max = whole.iter().fold(0.0f32, |m, g| m.max(g.abs()));
         for shards in [1, 2, 3, 7] {
-            let mut parallel = DataParallel::new(&model, shards).unwrap();
+            let mut parallel = DataParallel::new(&model, shards, Precision::F32).unwrap();
             for step in 0..2 {
                 // A second step: the shards' own buffers start again from zero.
                 let mut grads = model.new_gradients();
@@ -379,7 +379,7 @@ mod tests {
             .unwrap();
         model.backward(&mut ws, &mut whole, 1.0).unwrap();
         let max = whole.iter().fold(0.0f32, |m, g| m.max(g.abs()));
-        let mut parallel = DataParallel::new(&model, 2).unwrap();
+        let mut parallel = DataParallel::new(&model, 2, Precision::F32).unwrap();
         let (mut grads, mut handed_on) = (model.new_gradients(), 0);
         let loss = parallel
             .forward_backward_with(&model, &mut grads, &tokens, b, t, &targets, None, 1.0, |_| {
@@ -397,7 +397,7 @@ mod tests {
     #[test]
     fn a_bad_target_in_any_shard_is_an_error_before_any_pass() {
         let model = Gpt::new(Config::new(11, 8, 16, 2, 2), 3).unwrap();
-        let mut parallel = DataParallel::new(&model, 2).unwrap();
+        let mut parallel = DataParallel::new(&model, 2, Precision::F32).unwrap();
         let mut grads = model.new_gradients();
         let (b, t) = (4, 6);
         let tokens = vec![1u32; b * t];

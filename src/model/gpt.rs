@@ -20,6 +20,7 @@ use crate::ops::embedding::{embedding_backward, embedding_forward};
 use crate::ops::layernorm::{layernorm_backward, layernorm_forward};
 use crate::ops::lm_head::{lm_head_backward, lm_head_forward};
 use crate::ops::lowp::{Kernels, WeightDtype};
+use crate::ops::matmul::Precision;
 use crate::ops::zeroed;
 
 /// A GPT-2 language model: its configuration and its parameters in one flat buffer, or, for
@@ -246,6 +247,7 @@ impl Gpt {
             .filter(|_| p_drop > 0.0)
             .map(|seed| Dropout::new(p_drop, seed, t));
         let adapter = self.adapter_view();
+        let precision = ws.precision();
         let acts = ws.acts_for(cfg, b, t, dropout.is_some());
         let (w, shape) = (self.weights(), self.attn_shape(b, t));
         acts.tokens.copy_from_slice(tokens);
@@ -261,11 +263,22 @@ impl Gpt {
             let x = done.last().map_or(&acts.encoded, |prev| &prev.residual_3);
             let (lowp, layer_dropout) = (self.lowp_block(l), dropout.map(|d| d.at_layer(l)));
             let pass = adapter.as_ref().map(|a| a.pass(l, lora_dropout.map(|d| d.at_layer(l))));
-            block_forward(cfg, shape, p, lowp, pass, x, &mut rest[0], Keys::Causal, layer_dropout);
+            block_forward(
+                cfg,
+                shape,
+                precision,
+                p,
+                lowp,
+                pass,
+                x,
+                &mut rest[0],
+                Keys::Causal,
+                layer_dropout,
+            );
         }
         let last = &acts.blocks[cfg.n_layer - 1].residual_3;
         let ln_f = (&mut acts.ln_f[..], &mut acts.ln_f_mean[..], &mut acts.ln_f_rstd[..]);
-        self.head_forward(&mut acts.logits, ln_f, last, n);
+        self.head_forward(&mut acts.logits, ln_f, last, n, precision);
 
         let Some(targets) = targets else { return Ok(None) };
         let (loss, count) = cross_entropy_forward(&mut acts.lse, &mut acts.row_loss, &acts.logits, targets, v)?;
@@ -275,8 +288,16 @@ impl Gpt {
     }
 
     /// Final LayerNorm, then the tied LM head over R rows of the stream `x` [R, C]:
-    /// `logits [R, V] = ln_f(x) · wteᵀ`; `ln_f` = (output [R, C], mean [R], rstd [R]).
-    fn head_forward(&self, logits: &mut [f32], ln_f: (&mut [f32], &mut [f32], &mut [f32]), x: &[f32], rows: usize) {
+    /// `logits [R, V] = ln_f(x) · wteᵀ` (in `precision` for f32 weights); `ln_f` = (output [R, C],
+    /// mean [R], rstd [R]).
+    fn head_forward(
+        &self,
+        logits: &mut [f32],
+        ln_f: (&mut [f32], &mut [f32], &mut [f32]),
+        x: &[f32],
+        rows: usize,
+        precision: Precision,
+    ) {
         let (cfg, w) = (&self.config, self.weights());
         let (out, mean, rstd) = ln_f;
         layernorm_forward(
@@ -291,7 +312,7 @@ impl Gpt {
         );
         match &self.lowp {
             Some(lowp) => lowp.wte.matmul(logits, out, rows, lowp.kernels),
-            None => lm_head_forward(logits, out, w.wte, rows, cfg.n_embd, cfg.vocab_size),
+            None => lm_head_forward(logits, out, w.wte, rows, cfg.n_embd, cfg.vocab_size, precision),
         }
     }
 
@@ -348,7 +369,7 @@ impl Gpt {
                 self.trainable().len()
             )));
         }
-        let cfg = &self.config;
+        let (cfg, precision) = (&self.config, ws.precision());
         let (acts, d) = ws.for_backward(cfg);
         let (b, t) = (acts.b, acts.t);
         let (c, v, n) = (cfg.n_embd, cfg.vocab_size, b * t);
@@ -375,7 +396,7 @@ impl Gpt {
         cross_entropy_backward_inplace(&mut acts.logits, &acts.lse, &acts.targets, v, scale);
         // LM head: logits = ln_f · wteᵀ  ⇒  dln_f = dlogits · wte, dwte += dlogitsᵀ · ln_f
         let g_wte = embeddings.as_mut().map(|e| &mut e[..v * c]);
-        lm_head_backward(&mut d.ln, g_wte, &acts.logits, &acts.ln_f, w.wte, n, c, v);
+        lm_head_backward(&mut d.ln, g_wte, &acts.logits, &acts.ln_f, w.wte, n, c, v, precision);
         // Final LayerNorm: the residual-stream gradient starts here.
         d.residual.fill(0.0);
         let last = &acts.blocks[cfg.n_layer - 1].residual_3;
@@ -407,7 +428,7 @@ impl Gpt {
                 .zip(adapter_grads.as_mut())
                 .map(|(a, g)| a.grads(l, &mut g[l]));
             let mut named = block_grads.as_deref_mut().map(|g| BlockWeights::split(g, cfg));
-            block_backward(cfg, shape, p, named.as_mut(), adapter_grads, x, a, d);
+            block_backward(cfg, shape, precision, p, named.as_mut(), adapter_grads, x, a, d);
             if let Some(g_block) = block_grads {
                 bucket_done(g_block);
             }
@@ -451,7 +472,18 @@ impl Gpt {
         for (l, p) in w.blocks.iter().enumerate() {
             let (keys, s) = cache.layer(l);
             let (lowp, pass) = (self.lowp_block(l), adapter.as_ref().map(|a| a.pass(l, None)));
-            block_forward(cfg, shape, p, lowp, pass, &s.x, &mut s.block, Keys::Cached(keys), None);
+            block_forward(
+                cfg,
+                shape,
+                Precision::F32,
+                p,
+                lowp,
+                pass,
+                &s.x,
+                &mut s.block,
+                Keys::Cached(keys),
+                None,
+            );
             std::mem::swap(&mut s.x, &mut s.block.residual_3); // the block's output is the next one's input
         }
         cache.advance(t);
@@ -462,7 +494,7 @@ impl Gpt {
             last.copy_from_slice(&row[(t - 1) * c..]);
         }
         let ln_f = (&mut s.ln_f[..], &mut s.ln_f_mean[..], &mut s.ln_f_rstd[..]);
-        self.head_forward(&mut s.logits, ln_f, &s.last, b);
+        self.head_forward(&mut s.logits, ln_f, &s.last, b, Precision::F32);
         Ok(&cache.scratch.logits)
     }
 
@@ -508,12 +540,23 @@ impl Gpt {
         for (l, p) in w.blocks.iter().enumerate() {
             let keys = Keys::PerRow(caches.iter_mut().map(|cache| cache.kv_layer(l)).collect());
             let (lowp, pass) = (self.lowp_block(l), adapter.as_ref().map(|a| a.pass(l, None)));
-            block_forward(cfg, shape, p, lowp, pass, &s.x, &mut s.block, keys, None);
+            block_forward(
+                cfg,
+                shape,
+                Precision::F32,
+                p,
+                lowp,
+                pass,
+                &s.x,
+                &mut s.block,
+                keys,
+                None,
+            );
             std::mem::swap(&mut s.x, &mut s.block.residual_3);
         }
         caches.iter_mut().for_each(|cache| cache.advance(1));
         let ln_f = (&mut s.ln_f[..], &mut s.ln_f_mean[..], &mut s.ln_f_rstd[..]);
-        self.head_forward(&mut s.logits, ln_f, &s.x, r);
+        self.head_forward(&mut s.logits, ln_f, &s.x, r, Precision::F32);
         Ok(&bufs.0.logits)
     }
 }

@@ -9,6 +9,7 @@ use super::lora::LoraActs;
 use crate::config::Config;
 use crate::memory::{product, sum};
 use crate::ops::dropout::Dropout;
+use crate::ops::matmul::Precision;
 use crate::ops::zeroed;
 
 /// The buffers of one transformer block's forward pass. Training and full forward passes keep
@@ -248,16 +249,30 @@ impl GradActs {
 }
 
 /// The buffers of [`super::Gpt::forward`] and [`super::Gpt::backward`]: one per thread or task
-/// that runs passes (a trainer, each batch shard, an inspection).
+/// that runs passes (a trainer, each batch shard, an inspection), and the precision of the
+/// passes' matrix products (f32 unless [`Workspace::with_precision`]).
 #[derive(Default)]
 pub struct Workspace {
     acts: Activations,
     grad_acts: GradActs,
+    precision: Precision,
 }
 
 impl Workspace {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A workspace whose passes multiply in `precision` (bf16: mixed-precision training).
+    pub fn with_precision(precision: Precision) -> Self {
+        Workspace {
+            precision,
+            ..Self::default()
+        }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The values (4 bytes each) a workspace holds after a forward and a backward pass over a

@@ -2,15 +2,17 @@
 //! vocabulary entry. It is tied to the token embedding (Press & Wolf, 2017): GPT-2 has no output
 //! matrix of its own, the logit of token i is the dot product with wte's row i, and there is no bias.
 
-use super::matmul::{all_threads, gemm};
+use super::matmul::{all_threads, Precision};
 
 /// Forward: `logits [N, V] = x [N, C] · wteᵀ`, the token embedding wte [V, C] read transposed.
-pub fn lm_head_forward(logits: &mut [f32], x: &[f32], wte: &[f32], n: usize, c: usize, v: usize) {
-    gemm(logits, false, x, false, wte, true, n, c, v, all_threads());
+#[allow(clippy::too_many_arguments)]
+pub fn lm_head_forward(logits: &mut [f32], x: &[f32], wte: &[f32], n: usize, c: usize, v: usize, precision: Precision) {
+    precision.gemm(logits, false, x, false, wte, true, n, c, v, all_threads());
 }
 
 /// Backward. With `logits = x · wteᵀ`: `dx [N, C] = dlogits · wte` (overwritten),
-/// `dwte [V, C] += dlogitsᵀ · x` (None: wte is frozen), added to what the embedding's own backward adds.
+/// `dwte [V, C] += dlogitsᵀ · x` (None: wte is frozen), added to what the embedding's own backward adds;
+/// products in `precision`.
 #[allow(clippy::too_many_arguments)]
 pub fn lm_head_backward(
     dx: &mut [f32],
@@ -21,11 +23,12 @@ pub fn lm_head_backward(
     n: usize,
     c: usize,
     v: usize,
+    precision: Precision,
 ) {
     let par = all_threads();
-    gemm(dx, false, dlogits, false, wte, false, n, v, c, par);
+    precision.gemm(dx, false, dlogits, false, wte, false, n, v, c, par);
     if let Some(dwte) = dwte {
-        gemm(dwte, true, dlogits, true, x, false, v, n, c, par);
+        precision.gemm(dwte, true, dlogits, true, x, false, v, n, c, par);
     }
 }
 
@@ -40,11 +43,11 @@ mod tests {
         let (x, wte, dlogits) = (random_vec(n * c, 1), random_vec(v * c, 2), random_vec(n * v, 3));
         let forward = |x: &[f32], wte: &[f32]| {
             let mut logits = vec![0.0; n * v];
-            lm_head_forward(&mut logits, x, wte, n, c, v);
+            lm_head_forward(&mut logits, x, wte, n, c, v, Precision::F32);
             logits
         };
         let (mut dx, mut dwte) = (vec![0.0; n * c], vec![0.0; v * c]);
-        lm_head_backward(&mut dx, Some(&mut dwte), &dlogits, &x, &wte, n, c, v);
+        lm_head_backward(&mut dx, Some(&mut dwte), &dlogits, &x, &wte, n, c, v, Precision::F32);
         check_gradient("lm head dx", &x, &dx, &dlogits, |x| forward(x, &wte));
         check_gradient("lm head dwte", &wte, &dwte, &dlogits, |w| forward(&x, w));
     }

@@ -5,11 +5,15 @@
 //!
 //! Products with few rows (decoding) go to the weight-streaming kernels of [`super::matvec`].
 
+use super::matmul_bf16::{gemm_bf16, TileKernel};
 use super::matvec::{matmul_small_m, matmul_small_m_t, SMALL_M};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::cell::Cell;
+use std::fmt;
+use std::str::FromStr;
 
 /// A row-major [rows, cols] view, transposed on request.
 fn view(data: &[f32], rows: usize, cols: usize, transposed: bool) -> MatRef<'_, f32> {
@@ -68,6 +72,80 @@ pub fn gemm(
     blocks
         .into_par_iter()
         .for_each(|(block, start, w)| matmul(block, accum, lhs, rhs.subcols(start, w), 1.0, Par::Seq));
+}
+
+/// What a training pass's matrix products compute in: f32, or bf16 operands with f32 sums
+/// (PyTorch autocast's split: LayerNorm, softmax, GELU, attention, the loss and the optimizer
+/// stay f32, and so do the weights, gradients and moments; see [`super::matmul_bf16`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// The precision a run asking for this one gets on this CPU, and why it differs: bf16
+    /// needs AVX512-BF16 (elsewhere bf16 products would be slower than f32 ones).
+    pub fn on_this_cpu(self) -> (Precision, Option<String>) {
+        match self {
+            Precision::Bf16 if !TileKernel::accelerated() => (
+                Precision::F32,
+                Some("bf16 products need avx512f and avx512_bf16, which this CPU lacks: they run in f32".into()),
+            ),
+            _ => (self, None),
+        }
+    }
+
+    /// [`gemm`] in this precision. Products of few rows stay f32: they are bound by reading
+    /// the weights, not by arithmetic.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        self,
+        out: &mut [f32],
+        accumulate: bool,
+        a: &[f32],
+        a_t: bool,
+        b: &[f32],
+        b_t: bool,
+        m: usize,
+        k: usize,
+        n: usize,
+        par: Par,
+    ) {
+        match self {
+            Precision::Bf16 if m > SMALL_M => {
+                gemm_bf16(out, accumulate, a, a_t, b, b_t, m, k, n, par, TileKernel::best())
+            }
+            _ => gemm(out, accumulate, a, a_t, b, b_t, m, k, n, par),
+        }
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("unknown precision '{s}': expected f32 or bf16")),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Output columns per thread below which a product is left to faer's own parallel split.
@@ -142,16 +220,27 @@ pub fn sequential<R>(work: impl FnOnce() -> R) -> R {
     work()
 }
 
-/// Linear layer forward: `out [N, OC] = inp [N, IC] · w [IC, OC] + b [OC]`.
-pub fn linear_forward(out: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], n: usize, ic: usize, oc: usize) {
+/// Linear layer forward: `out [N, OC] = inp [N, IC] · w [IC, OC] + b [OC]`, the product in
+/// `precision`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    b: &[f32],
+    n: usize,
+    ic: usize,
+    oc: usize,
+    precision: Precision,
+) {
     // Start from the bias in every row, then accumulate the product on top of it.
     out.par_chunks_mut(oc).for_each(|row| row.copy_from_slice(b));
-    gemm(out, true, inp, false, w, false, n, ic, oc, all_threads());
+    precision.gemm(out, true, inp, false, w, false, n, ic, oc, all_threads());
 }
 
 /// Linear layer backward. With `out = inp · w + b`:
 /// `dinp [N, IC] = dout · wᵀ` (overwritten), and unless the layer is frozen (`grads` None),
-/// `grads` = (`dw [IC, OC] += inpᵀ · dout`, `db [OC] += Σ_rows dout`).
+/// `grads` = (`dw [IC, OC] += inpᵀ · dout`, `db [OC] += Σ_rows dout`); products in `precision`.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward(
     dinp: &mut [f32],
@@ -162,15 +251,18 @@ pub fn linear_backward(
     n: usize,
     ic: usize,
     oc: usize,
+    precision: Precision,
 ) {
     let par = all_threads();
-    gemm(dinp, false, dout, false, w, true, n, oc, ic, par);
+    precision.gemm(dinp, false, dout, false, w, true, n, oc, ic, par);
     let Some((dw, db)) = grads else { return };
     // faer multiplies by a transposed operand (inpᵀ, read down its columns) more slowly than by
     // the same matrix stored transposed, row by row. A transposed copy costs a pass over inp,
     // which large layers (2¹⁹ weights and up) win back and small ones do not (README,
-    // Performance).
-    if ic * oc >= 1 << 19 {
+    // Performance). bf16 products transpose as they pack.
+    if precision == Precision::Bf16 {
+        precision.gemm(dw, true, inp, true, dout, false, ic, n, oc, par);
+    } else if ic * oc >= 1 << 19 {
         with_transposed(inp, n, ic, par, |inp_t| {
             gemm(dw, true, inp_t, false, dout, false, ic, n, oc, par)
         });
@@ -247,7 +339,17 @@ mod tests {
         let (inp, w, dout) = (random_vec(n * ic, 9), random_vec(ic * oc, 10), random_vec(n * oc, 11));
         let (mut dinp, mut dw, mut db) = (vec![0.0; n * ic], random_vec(ic * oc, 12), vec![0.0; oc]);
         let mut expected = dw.clone();
-        linear_backward(&mut dinp, Some((&mut dw, &mut db)), &dout, &inp, &w, n, ic, oc);
+        linear_backward(
+            &mut dinp,
+            Some((&mut dw, &mut db)),
+            &dout,
+            &inp,
+            &w,
+            n,
+            ic,
+            oc,
+            Precision::F32,
+        );
         gemm(&mut expected, true, &inp, true, &dout, false, ic, n, oc, Par::Seq);
         for (x, y) in dw.iter().zip(&expected) {
             assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
@@ -262,12 +364,22 @@ mod tests {
         let b = random_vec(oc, 5);
         let forward = |inp: &[f32], w: &[f32], b: &[f32]| {
             let mut out = vec![0.0; n * oc];
-            linear_forward(&mut out, inp, w, b, n, ic, oc);
+            linear_forward(&mut out, inp, w, b, n, ic, oc, Precision::F32);
             out
         };
         let dout = random_vec(n * oc, 6);
         let (mut dinp, mut dw, mut db) = (vec![0.0; n * ic], vec![0.0; ic * oc], vec![0.0; oc]);
-        linear_backward(&mut dinp, Some((&mut dw, &mut db)), &dout, &inp, &w, n, ic, oc);
+        linear_backward(
+            &mut dinp,
+            Some((&mut dw, &mut db)),
+            &dout,
+            &inp,
+            &w,
+            n,
+            ic,
+            oc,
+            Precision::F32,
+        );
         check_gradient("linear dinp", &inp, &dinp, &dout, |x| forward(x, &w, &b));
         check_gradient("linear dw", &w, &dw, &dout, |x| forward(&inp, x, &b));
         check_gradient("linear db", &b, &db, &dout, |x| forward(&inp, &w, x));

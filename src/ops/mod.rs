@@ -14,6 +14,7 @@ pub mod lm_head;
 pub mod lora;
 pub mod lowp;
 pub mod matmul;
+pub mod matmul_bf16;
 pub mod matvec;
 pub mod residual;
 

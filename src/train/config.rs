@@ -6,6 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::lora::{parse_targets, LoraConfig};
+use crate::ops::matmul::Precision;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -82,6 +83,9 @@ pub struct TrainConfig {
     /// the one model (see [`crate::model::data_parallel`]). Default: one per thread for models up
     /// to 32M parameters, else 1. The run records it, so it resumes bit for bit on any machine.
     pub data_parallel: Option<usize>,
+    /// The matrix products' precision: f32, or bf16 operands with f32 sums (master weights,
+    /// gradients and moments stay f32; a CPU without AVX512-BF16 runs f32, with a note).
+    pub precision: Precision,
     // --- evaluation and output ---
     pub eval_interval: usize,
     pub eval_iters: usize,
@@ -140,6 +144,7 @@ impl Default for TrainConfig {
             beta2: 0.99,
             grad_clip: 1.0,
             data_parallel: None,
+            precision: Precision::F32,
             eval_interval: 500,
             eval_iters: 20,
             prompt: "\n".into(),

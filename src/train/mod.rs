@@ -37,6 +37,7 @@ use crate::io::lock::DirLock;
 use crate::model::{DataParallel, Gpt};
 use crate::ops::cross_entropy::counted_targets;
 use crate::ops::dropout::DropoutSeed;
+use crate::ops::matmul::Precision;
 use crate::ops::set_zero;
 use crate::optim::{clip_factor, AdamW, LrSchedule};
 use crate::rng::Rng;
@@ -88,6 +89,9 @@ pub struct RunInfo {
     pub tokens_per_step: usize,
     /// Batch shards trained side by side (by each rank).
     pub shards: usize,
+    /// The precision of the matrix products, and why it is not the one asked for.
+    pub precision: Precision,
+    pub precision_note: Option<String>,
     /// Processes training together (started by mpirun), and this one's rank.
     pub ranks: usize,
     pub rank: usize,

@@ -262,6 +262,7 @@ impl Trainer {
             }),
             None => None,
         };
+        let (precision, precision_note) = config.precision.on_this_cpu();
         let info = RunInfo {
             run_dir: run_dir.clone(),
             resumed: parts.resumed,
@@ -284,11 +285,13 @@ impl Trainer {
             model: model.config.clone(),
             tokens_per_step: b * block_size * config.grad_accum,
             shards,
+            precision,
+            precision_note,
             ranks: 1,
             rank: 0,
         };
         Ok(Trainer {
-            parallel: DataParallel::new(&model, shards)?,
+            parallel: DataParallel::new(&model, shards, precision)?,
             grads: model.new_gradients(),
             corpus_key: parts.corpus_key,
             config,

@@ -9,6 +9,7 @@ use gpt2::bench::{
 use gpt2::io::detect;
 use gpt2::model::num_params;
 use gpt2::ops::lowp::WeightDtype;
+use gpt2::ops::matmul::Precision;
 use gpt2::Config;
 use std::path::PathBuf;
 use std::process::Command;
@@ -103,6 +104,10 @@ pub struct BenchArgs {
     /// Untimed steps first, per round.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
+    /// The matrix products in f32, or bf16 with f32 sums (PyTorch's peer: bf16 autocast);
+    /// bf16 needs AVX512-BF16, else the products run in f32 (said).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// Also run scripts/bench_pytorch.py with this Python (one with torch) and print the ratio.
     #[arg(long, value_name = "PYTHON")]
     pytorch: Option<PathBuf>,
@@ -155,6 +160,9 @@ fn run_steps(args: &BenchArgs, kind: BenchKind, mode: &str) -> Result<()> {
         bail!("--rounds must be at least 1");
     }
     let config = args.config()?;
+    if let (_, Some(note)) = args.precision.on_this_cpu() {
+        eprintln!("note: {note}");
+    }
     let mut rounds = Vec::with_capacity(args.rounds);
     for _ in 0..args.rounds {
         let round = run_round(args, &config, kind, mode)?;
@@ -181,6 +189,7 @@ fn run_round(args: &BenchArgs, config: &Config, kind: BenchKind, mode: &str) -> 
         args.block_size,
         args.steps,
         args.warmup,
+        args.precision,
     )?;
     let pytorch = match &args.pytorch {
         Some(python) => {
@@ -191,7 +200,7 @@ fn run_round(args: &BenchArgs, config: &Config, kind: BenchKind, mode: &str) -> 
                 mode,
                 config,
                 &[&shape[..], &runs[..]].concat(),
-                "f32",
+                ours.precision.name(),
             )?)
         }
         None => None,
@@ -270,8 +279,17 @@ fn run_load(args: &LoadArgs) -> Result<()> {
 
 fn print_result(who: &str, mode: &str, r: &BenchResult) {
     println!(
-        "{who} {mode}: {:.1} ms/step (median of {}), {:.1} tokens/s, peak RSS {:.0} MiB  [{} params, B={} T={}, {} threads, {} batch shards]",
-        r.step_ms_median, r.steps, r.tokens_per_s, r.peak_rss_mb, r.params, r.batch_size, r.block_size, r.threads, r.shards
+        "{who} {mode}: {:.1} ms/step (median of {}), {:.1} tokens/s, peak RSS {:.0} MiB  [{} params, B={} T={}, {} threads, {} batch shards, {} products]",
+        r.step_ms_median,
+        r.steps,
+        r.tokens_per_s,
+        r.peak_rss_mb,
+        r.params,
+        r.batch_size,
+        r.block_size,
+        r.threads,
+        r.shards,
+        r.precision
     );
 }
 

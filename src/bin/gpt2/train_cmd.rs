@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use gpt2::ops::matmul::Precision;
 use gpt2::train::config::MAX_ITERS;
 use gpt2::train::{Event, Overrides, RunInfo, RunOptions, Summary, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -131,6 +132,11 @@ pub struct TrainArgs {
     /// (fast for small models) [default: one per thread up to 32M parameters, else 1].
     #[arg(long, help_heading = "Optimisation")]
     data_parallel: Option<usize>,
+    /// The matrix products in f32, or in bf16 with f32 sums (mixed precision: the weights,
+    /// gradients, AdamW moments and checkpoints stay f32); bf16 needs AVX512-BF16, else f32 (said)
+    /// [default: f32].
+    #[arg(long, help_heading = "Optimisation")]
+    precision: Option<Precision>,
 
     /// Evaluate (and checkpoint) every N optimizer steps [default: 500].
     #[arg(long, value_parser = step_count, help_heading = "Evaluation and output")]
@@ -292,6 +298,9 @@ fn train(
     let summary = trainer.run(&options, &mut |event| match event {
         Event::Started(info) => {
             print_start(info);
+            if let Some(note) = &info.precision_note {
+                println!("note: {note}");
+            }
             if let Some(asked) = args.data_parallel.filter(|&s| s > info.shards) {
                 println!(
                     "note: --data-parallel {asked} is more shards than the batch has rows; using {}",
@@ -466,7 +475,7 @@ fn print_start(info: &RunInfo) {
         ),
     }
     println!(
-        "model: {:.2}M parameters ({} layers, {} heads, {} wide, context {}); {} tokens per step in {} batch shard{}; run dir {}",
+        "model: {:.2}M parameters ({} layers, {} heads, {} wide, context {}); {} tokens per step in {} batch shard{}, {} products; run dir {}",
         info.params as f64 / 1e6,
         m.n_layer,
         m.n_head,
@@ -475,6 +484,7 @@ fn print_start(info: &RunInfo) {
         info.tokens_per_step,
         info.shards,
         if info.shards == 1 { "" } else { "s" },
+        info.precision,
         info.run_dir.display()
     );
     if info.trainable < info.params {

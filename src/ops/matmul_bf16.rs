@@ -1,0 +1,400 @@
+//! Matrix products for bf16 training: the two operands rounded to bf16 (as PyTorch's autocast
+//! does), the products summed in f32, the output f32.
+//!
+//! `vdpbf16ps` (AVX512-BF16) multiplies 16 pairs of bf16 values and adds each pair's two
+//! products to one f32 lane: `acc[j] += a[2j]·b[2j] + a[2j+1]·b[2j+1]`, twice the work of an
+//! f32 FMA per instruction. The product is blocked as in GotoBLAS, with the bf16 rounding done
+//! while packing:
+//!
+//! ```text
+//! for each block of NC output columns:
+//!   for each block of KC inner indices:   pack B [KC, NC] -> panels of NR columns, k in pairs
+//!     for each block of MC output rows:   pack A [MC, KC] -> panels of MR rows, k in pairs
+//!       for each (MR x NR) tile:          out[tile] += A panel · B panel   (the micro-kernel)
+//! ```
+//!
+//! A B panel is [KC/2][NR][2]: one 64-byte load gives 16 columns' pair (k, k+1); an A panel is
+//! [KC/2][MR][2]: one 32-bit broadcast gives a row's pair. The micro-kernel keeps the MR x NR
+//! tile (6 x 64 f32: 24 registers) in registers over the whole KC. Every output entry sums its
+//! KC blocks in the same order whichever thread computes it, so results do not depend on the
+//! thread count. A CPU without AVX512-BF16 runs the same packing with a plain-Rust micro-kernel
+//! of the same arithmetic (slower than f32: training falls back to f32 products there).
+
+use super::lowp::half::f32_to_bf16;
+use super::lowp::{Bf16Kernel, Kernel};
+use faer::Par;
+use rayon::prelude::*;
+
+/// Micro-tile rows and columns (NR = 4 vectors of 16 lanes).
+const MR: usize = 6;
+const NR: usize = 64;
+/// Inner indices per block: a B panel of KC x NR bf16 is 32 KiB.
+const KC: usize = 128;
+/// Output rows per packed A block (96 x 256 bf16 = 48 KiB, in L2).
+const MC: usize = 96;
+/// Output columns per packed B block (256 x 2048 bf16 = 1 MiB).
+const NC: usize = 2048;
+
+/// Which micro-kernel runs the tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TileKernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16,
+    Scalar,
+}
+
+impl TileKernel {
+    /// `vdpbf16ps` where the CPU has it, else plain Rust.
+    pub fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if Bf16Kernel::Avx512Bf16.available() {
+            return TileKernel::Avx512Bf16;
+        }
+        TileKernel::Scalar
+    }
+
+    /// Whether products in bf16 run faster than in f32 on this CPU (the SIMD kernel exists).
+    pub fn accelerated() -> bool {
+        TileKernel::best() != TileKernel::Scalar
+    }
+}
+
+/// `out [m, n] (=|+=) op(a) · op(b)` with the operands rounded to bf16 and f32 sums, where
+/// op(a) is [m, k] and op(b) [k, n]; `a` is stored [m, k] (or [k, m] when `a_t`), `b` [k, n]
+/// (or [n, k] when `b_t`), as for [`super::matmul::gemm`]. Output rows are split across the
+/// threads of `par`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16(
+    out: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    a_t: bool,
+    b: &[f32],
+    b_t: bool,
+    m: usize,
+    k: usize,
+    n: usize,
+    par: Par,
+    kernel: TileKernel,
+) {
+    assert!(out.len() == m * n && a.len() == m * k && b.len() == k * n);
+    if !accumulate {
+        out.fill(0.0);
+    }
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let a = Operand {
+        data: a,
+        transposed: a_t,
+        rows: m,
+        cols: k,
+    };
+    let b = Operand {
+        data: b,
+        transposed: b_t,
+        rows: k,
+        cols: n,
+    };
+    let threads = match par {
+        Par::Seq => 1,
+        Par::Rayon(t) => t.get(),
+    };
+    // Row blocks of whole MR panels, one per thread.
+    let rows_per_task = m.div_ceil(threads).next_multiple_of(MR);
+    if threads == 1 || rows_per_task >= m {
+        return gemm_rows(out, 0..m, a, b, kernel);
+    }
+    out.par_chunks_mut(rows_per_task * n)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let r0 = task * rows_per_task;
+            gemm_rows(out, r0..r0 + out.len() / n, a, b, kernel)
+        });
+}
+
+/// A row-major matrix read as [rows, cols], stored transposed ([cols, rows]) when `transposed`.
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    data: &'a [f32],
+    transposed: bool,
+    rows: usize,
+    cols: usize,
+}
+
+impl Operand<'_> {
+    /// Stored row `r` (a row of the matrix, or a column when transposed), from index `from`,
+    /// `len` values (the stored row's end cuts it short).
+    fn stored(&self, r: usize, from: usize, len: usize) -> &[f32] {
+        let width = if self.transposed { self.rows } else { self.cols };
+        &self.data[r * width..(r + 1) * width][from..(from + len).min(width)]
+    }
+}
+
+/// Packs a run of `pairs` pairs of the matrix's entries into `dst[0], dst[stride], ...`:
+/// `along` the stored row `r` (pairs of neighbours in memory, from index `from`), or else
+/// `across` stored rows r and r + 1 (pairs of entries one above the other, `dst` contiguous).
+/// Entries past the matrix's edge pack as zero.
+fn pack_pairs_along(dst: &mut [u32], stride: usize, src: &[f32], pairs: usize) {
+    // Rounded one by one (a loop the compiler vectorises), then read two at a time.
+    let mut rounded = [0u16; KC];
+    rounded.iter_mut().zip(src).for_each(|(r, &x)| *r = f32_to_bf16(x));
+    let run = rounded.chunks_exact(2).take(pairs);
+    for (d, pair) in dst.iter_mut().step_by(stride).zip(run) {
+        *d = pair[0] as u32 | (pair[1] as u32) << 16;
+    }
+}
+
+/// `dst[j] = (first[j], second[j])` in bf16, second zero where absent (an odd last row).
+fn pack_pairs_across(dst: &mut [u32], first: &[f32], second: Option<&[f32]>) {
+    match second {
+        Some(second) => dst
+            .iter_mut()
+            .zip(first.iter().zip(second))
+            .for_each(|(d, (&x, &y))| *d = f32_to_bf16(x) as u32 | (f32_to_bf16(y) as u32) << 16),
+        None => dst.iter_mut().zip(first).for_each(|(d, &x)| *d = f32_to_bf16(x) as u32),
+    }
+}
+
+/// `out` (rows `rows` of the whole output, [rows.len(), n]) += a[rows, :] · b, on this thread.
+fn gemm_rows(out: &mut [f32], rows: std::ops::Range<usize>, a: Operand, b: Operand, kernel: TileKernel) {
+    let (k, n) = (a.cols, b.cols);
+    let mut b_packed: Vec<u32> = Vec::new();
+    let mut a_packed: Vec<u32> = Vec::new();
+    for j0 in (0..n).step_by(NC) {
+        let nc = NC.min(n - j0);
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            let pairs = kc.div_ceil(2);
+            pack_b(&mut b_packed, b, p0, kc, j0, nc);
+            for i0 in rows.clone().step_by(MC) {
+                let mc = MC.min(rows.end - i0);
+                pack_a(&mut a_packed, a, i0, mc, p0, kc);
+                for (jp, b_panel) in b_packed.chunks_exact(pairs * NR).enumerate() {
+                    let (col, cols) = (j0 + jp * NR, NR.min(nc - jp * NR));
+                    for (ip, a_panel) in a_packed.chunks_exact(pairs * MR).enumerate() {
+                        let (row, tile_rows) = (i0 + ip * MR, MR.min(mc - ip * MR));
+                        let tile = &mut out[(row - rows.start) * n + col..];
+                        add_tile(kernel, tile, n, tile_rows, cols, a_panel, b_panel, pairs);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs b[p0..p0 + kc, j0..j0 + nc] into panels of NR columns, [kc/2][NR] pairs each;
+/// columns past nc are zero.
+fn pack_b(packed: &mut Vec<u32>, b: Operand, p0: usize, kc: usize, j0: usize, nc: usize) {
+    let pairs = kc.div_ceil(2);
+    packed.clear();
+    packed.resize(nc.div_ceil(NR) * pairs * NR, 0);
+    for (jp, panel) in packed.chunks_exact_mut(pairs * NR).enumerate() {
+        let (col, cols) = (j0 + jp * NR, NR.min(nc - jp * NR));
+        if b.transposed {
+            // column j of b is stored row j: its k values are neighbours
+            for j in 0..cols {
+                pack_pairs_along(&mut panel[j..], NR, b.stored(col + j, p0, kc), pairs);
+            }
+        } else {
+            for (p, slot) in panel.chunks_exact_mut(NR).enumerate() {
+                let r = p0 + 2 * p;
+                let second = (2 * p + 1 < kc).then(|| b.stored(r + 1, col, cols));
+                pack_pairs_across(slot, b.stored(r, col, cols), second);
+            }
+        }
+    }
+}
+
+/// Packs a[i0..i0 + mc, p0..p0 + kc] into panels of MR rows, [kc/2][MR] pairs each; rows
+/// past mc are zero.
+fn pack_a(packed: &mut Vec<u32>, a: Operand, i0: usize, mc: usize, p0: usize, kc: usize) {
+    let pairs = kc.div_ceil(2);
+    packed.clear();
+    packed.resize(mc.div_ceil(MR) * pairs * MR, 0);
+    for (ip, panel) in packed.chunks_exact_mut(pairs * MR).enumerate() {
+        let (row, rows) = (i0 + ip * MR, MR.min(mc - ip * MR));
+        if a.transposed {
+            // column p of a is stored row p: pairs of k sit in two stored rows
+            for (p, slot) in panel.chunks_exact_mut(MR).enumerate() {
+                let c = p0 + 2 * p;
+                let second = (2 * p + 1 < kc).then(|| a.stored(c + 1, row, rows));
+                pack_pairs_across(slot, a.stored(c, row, rows), second);
+            }
+        } else {
+            for i in 0..rows {
+                pack_pairs_along(&mut panel[i..], MR, a.stored(row + i, p0, kc), pairs);
+            }
+        }
+    }
+}
+
+/// `out[i * ld + j] += (a_panel · b_panel)[i][j]` for the tile's first `rows` rows and `cols`
+/// columns, summing the panels' `pairs` pairs.
+#[allow(clippy::too_many_arguments)]
+fn add_tile(
+    kernel: TileKernel,
+    out: &mut [f32],
+    ld: usize,
+    rows: usize,
+    cols: usize,
+    a_panel: &[u32],
+    b_panel: &[u32],
+    pairs: usize,
+) {
+    assert!(a_panel.len() == pairs * MR && b_panel.len() == pairs * NR);
+    assert!(rows >= 1 && rows <= MR && cols <= NR && out.len() >= (rows - 1) * ld + cols);
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: TileKernel::Avx512Bf16 is only made where the CPU has AVX512F and
+        // AVX512-BF16 (best()); the panels hold `pairs` full steps and `out` the tile's
+        // rows x cols entries (asserted above).
+        TileKernel::Avx512Bf16 => unsafe { x86::add_tile(out, ld, rows, cols, a_panel, b_panel, pairs) },
+        TileKernel::Scalar => {
+            let tile = scalar_tile(a_panel, b_panel);
+            for (i, tile_row) in tile.iter().enumerate().take(rows) {
+                let out_row = &mut out[i * ld..i * ld + cols];
+                out_row.iter_mut().zip(tile_row).for_each(|(o, t)| *o += t);
+            }
+        }
+    }
+}
+
+/// The micro-kernel in plain Rust, with `vdpbf16ps`'s arithmetic as Intel documents it: the
+/// products of bf16 values are exact in f32; the pair's second product is added to the sum,
+/// then its first.
+fn scalar_tile(a_panel: &[u32], b_panel: &[u32]) -> [[f32; NR]; MR] {
+    let half = |pair: u32, second: bool| f32::from_bits(if second { pair & 0xffff_0000 } else { pair << 16 });
+    let mut tile = [[0.0f32; NR]; MR];
+    for (a, b) in a_panel.chunks_exact(MR).zip(b_panel.chunks_exact(NR)) {
+        for (row, &a) in tile.iter_mut().zip(a) {
+            let (a0, a1) = (half(a, false), half(a, true));
+            for (t, &b) in row.iter_mut().zip(b) {
+                *t = (*t + a1 * half(b, true)) + a0 * half(b, false);
+            }
+        }
+    }
+    tile
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// The tile in 24 registers (acc[i][v]: row i's columns 16v..16v + 16), added to `out`
+    /// with masked loads and stores at the edges.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn add_tile(
+        out: &mut [f32],
+        ld: usize,
+        rows: usize,
+        cols: usize,
+        a_panel: &[u32],
+        b_panel: &[u32],
+        pairs: usize,
+    ) {
+        const VECTORS: usize = NR / 16;
+        let mut acc = [[_mm512_setzero_ps(); VECTORS]; MR];
+        let (mut a, mut b) = (a_panel.as_ptr(), b_panel.as_ptr());
+        for _ in 0..pairs {
+            let bv: [__m512bh; VECTORS] =
+                std::array::from_fn(|v| std::mem::transmute(_mm512_loadu_si512(b.add(16 * v) as *const _)));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(i) as i32));
+                for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                    *acc = _mm512_dpbf16_ps(*acc, av, bv);
+                }
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        // lanes of vector v that lie within the tile's cols
+        let masks: [__mmask16; VECTORS] =
+            std::array::from_fn(|v| ((1u32 << cols.saturating_sub(16 * v).min(16)) - 1) as __mmask16);
+        for (i, acc) in acc.iter().enumerate().take(rows) {
+            let row = out.as_mut_ptr().add(i * ld);
+            for (v, (&acc, &mask)) in acc.iter().zip(&masks).enumerate() {
+                let p = row.add(16 * v);
+                _mm512_mask_storeu_ps(p, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p), acc));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::lowp::half::bf16_to_f32;
+    use crate::ops::test_util::random_vec;
+
+    /// The product of the bf16-rounded operands, summed in f64.
+    fn reference(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let round = |x: f32| bf16_to_f32(f32_to_bf16(x)) as f64;
+        (0..m * n)
+            .map(|i| (0..k).map(|p| round(a[i / n * k + p]) * round(b[p * n + i % n])).sum())
+            .collect()
+    }
+
+    fn transposed(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        (0..rows * cols).map(|i| x[(i % rows) * cols + i / rows]).collect()
+    }
+
+    #[test]
+    fn every_kernel_and_layout_gives_the_product_of_the_rounded_operands() {
+        let two = Par::Rayon(std::num::NonZeroUsize::new(2).unwrap());
+        let mut kernels = vec![TileKernel::Scalar];
+        if TileKernel::best() != TileKernel::Scalar {
+            kernels.push(TileKernel::best());
+        } else {
+            println!("no AVX512-BF16 on this CPU: only the plain-Rust micro-kernel is tested");
+        }
+        // Odd sizes: partial tiles, an odd k (a half-empty last pair), more than one KC and MC block.
+        for (m, k, n) in [(1, 1, 1), (7, 5, 3), (13, 301, 70), (101, 517, 130), (200, 40, 2100)] {
+            let (a, b) = (random_vec(m * k, 1), random_vec(k * n, 2));
+            let (at, bt) = (transposed(&a, m, k), transposed(&b, k, n));
+            let expected = reference(&a, &b, m, k, n);
+            let start = random_vec(m * n, 3);
+            for &kernel in &kernels {
+                for (a_t, b_t, par) in [
+                    (false, false, Par::Seq),
+                    (true, false, two),
+                    (false, true, two),
+                    (true, true, Par::Seq),
+                ] {
+                    let lhs = if a_t { &at } else { &a };
+                    let rhs = if b_t { &bt } else { &b };
+                    let mut out = start.clone();
+                    gemm_bf16(&mut out, true, lhs, a_t, rhs, b_t, m, k, n, par, kernel);
+                    for ((o, s), e) in out.iter().zip(&start).zip(&expected) {
+                        let got = (o - s) as f64;
+                        assert!(
+                            (got - e).abs() <= 1e-5 * (1.0 + k as f64),
+                            "{m}x{k}x{n} {kernel:?} a_t={a_t} b_t={b_t}: {got} vs {e}"
+                        );
+                    }
+                    let mut replaced = start.clone();
+                    gemm_bf16(&mut replaced, false, lhs, a_t, rhs, b_t, m, k, n, par, kernel);
+                    assert!(replaced
+                        .iter()
+                        .zip(&expected)
+                        .all(|(o, e)| (*o as f64 - e).abs() <= 1e-5 * (1.0 + k as f64)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let (m, k, n) = (50, 600, 200);
+        let (a, b) = (random_vec(m * k, 4), random_vec(k * n, 5));
+        let run = |par, kernel| {
+            let mut out = vec![0.0; m * n];
+            gemm_bf16(&mut out, false, &a, false, &b, false, m, k, n, par, kernel);
+            out
+        };
+        let one = run(Par::Seq, TileKernel::best());
+        let three = run(Par::Rayon(std::num::NonZeroUsize::new(3).unwrap()), TileKernel::best());
+        assert_eq!(one, three);
+    }
+}
