@@ -655,3 +655,42 @@ fn temporaries_left_by_dead_processes_are_removed_when_a_run_starts_or_resumes()
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_bf16_run_tracks_the_f32_run_and_resumes_bit_for_bit() {
+    use gpt2::ops::matmul::Precision;
+    let dir = temp_dir("bf16");
+    let bf16 = TrainConfig {
+        precision: Precision::Bf16,
+        ..tiny(&dir)
+    };
+    train(bf16.clone(), None);
+    let stopped = TrainConfig {
+        out_dir: Some(dir.join("stopped")),
+        ..bf16.clone()
+    };
+    train(stopped, Some(7));
+    resume(&dir.join("stopped"), &Overrides::new());
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(
+            read(dir.join("run/latest").join(file)) == read(dir.join("stopped/latest").join(file)),
+            "{file} differs"
+        );
+    }
+    assert_eq!(losses(&dir.join("run")), losses(&dir.join("stopped")));
+
+    let f32_run = TrainConfig {
+        out_dir: Some(dir.join("f32")),
+        ..tiny(&dir)
+    };
+    train(f32_run, None);
+    let ((f32_steps, _), (bf16_steps, _)) = (losses(&dir.join("f32")), losses(&dir.join("run")));
+    for (step, ((a, _), (b, _))) in f32_steps.iter().zip(&bf16_steps).enumerate() {
+        assert!((a - b).abs() < 0.02 * a, "step {step}: f32 loss {a}, bf16 {b}");
+    }
+    // Where the CPU has no AVX512-BF16 the run falls back to f32 products (and says so).
+    if gpt2::ops::matmul_bf16::TileKernel::accelerated() {
+        assert_ne!(f32_steps, bf16_steps, "bf16 products should round differently from f32");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

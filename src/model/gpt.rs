@@ -618,6 +618,30 @@ mod tests {
     }
 
     #[test]
+    fn bf16_products_give_the_f32_loss_and_gradients_to_bf16_accuracy() {
+        let model = tiny(0.0);
+        let (b, t) = (2, 8); // 16 rows: more than matvec's few-row products, so bf16 applies
+        let tokens: Vec<u32> = (0..b * t).map(|i| (i * 5 % 13) as u32).collect();
+        let targets: Vec<i32> = (0..b * t).map(|i| (i * 3 % 13) as i32).collect();
+        let pass = |precision| {
+            let (mut ws, mut grads) = (Workspace::with_precision(precision), model.new_gradients());
+            let loss = model.forward(&mut ws, &tokens, b, t, Some(&targets), None).unwrap();
+            model.backward(&mut ws, &mut grads, 1.0).unwrap();
+            (loss.unwrap(), grads)
+        };
+        let ((loss, grads), (loss_bf16, grads_bf16)) = (pass(Precision::F32), pass(Precision::Bf16));
+        // bf16 keeps 8 significant bits: about 0.4% per operand
+        assert!((loss - loss_bf16).abs() < 1e-2 * loss, "loss {loss} vs {loss_bf16}");
+        let norm = |g: &[f32]| g.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let diff: Vec<f32> = grads.iter().zip(&grads_bf16).map(|(a, b)| a - b).collect();
+        let relative = norm(&diff) / norm(&grads);
+        assert!(
+            relative > 0.0 && relative < 2e-2,
+            "gradients differ by {relative} of their norm"
+        );
+    }
+
+    #[test]
     fn whole_model_gradients_match_finite_differences() {
         check_model_gradients(0.0);
     }
