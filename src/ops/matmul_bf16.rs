@@ -15,7 +15,8 @@
 //!
 //! A B panel is [KC/2][NR][2]: one 64-byte load gives 16 columns' pair (k, k+1); an A panel is
 //! [KC/2][MR][2]: one 32-bit broadcast gives a row's pair. The micro-kernel keeps the MR x NR
-//! tile (6 x 64 f32: 24 registers) in registers over the whole KC. Every output entry sums its
+//! tile (6 x 64 f32: 24 registers) in registers over the whole KC. Each thread packs its own B
+//! blocks (on the 2-core Zen 4 host, B panels packed by the other core made products 2x slower). Every output entry sums its
 //! KC blocks in the same order whichever thread computes it, so results do not depend on the
 //! thread count. A CPU without AVX512-BF16 runs the same packing with a plain-Rust micro-kernel
 //! of the same arithmetic (slower than f32: training falls back to f32 products there).
@@ -28,11 +29,13 @@ use rayon::prelude::*;
 /// Micro-tile rows and columns (NR = 4 vectors of 16 lanes).
 const MR: usize = 6;
 const NR: usize = 64;
-/// Inner indices per block: a B panel of KC x NR bf16 is 32 KiB.
-const KC: usize = 128;
-/// Output rows per packed A block (96 x 256 bf16 = 48 KiB, in L2).
-const MC: usize = 96;
-/// Output columns per packed B block (256 x 2048 bf16 = 1 MiB).
+/// Inner indices per block (768, GPT-2's width, is two): a B panel of KC x NR bf16 is 48 KiB.
+/// (Tuned with benches/matmul.rs on Zen 4: 128 and 256 were slower; each block adds the
+/// tile to the output again.)
+const KC: usize = 384;
+/// Output rows per packed A block (192 x 384 bf16 = 144 KiB, in L2).
+const MC: usize = 192;
+/// Output columns per packed B block (384 x 2048 bf16 = 1.5 MiB).
 const NC: usize = 2048;
 
 /// Which micro-kernel runs the tiles.
@@ -44,10 +47,10 @@ pub enum TileKernel {
 }
 
 impl TileKernel {
-    /// `vdpbf16ps` where the CPU has it, else plain Rust.
+    /// `vdpbf16ps` where the CPU has it (and AVX512BW, which its packing uses), else plain Rust.
     pub fn best() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if Bf16Kernel::Avx512Bf16.available() {
+        if Bf16Kernel::Avx512Bf16.available() && is_x86_feature_detected!("avx512bw") {
             return TileKernel::Avx512Bf16;
         }
         TileKernel::Scalar
@@ -100,7 +103,8 @@ pub fn gemm_bf16(
         Par::Seq => 1,
         Par::Rayon(t) => t.get(),
     };
-    // Row blocks of whole MR panels, one per thread.
+    // Output rows in blocks of whole MR panels, one per thread. Each thread packs B for itself:
+    // a B block packed by another core and read from there made the products twice as slow.
     let rows_per_task = m.div_ceil(threads).next_multiple_of(MR);
     if threads == 1 || rows_per_task >= m {
         return gemm_rows(out, 0..m, a, b, kernel);
@@ -111,6 +115,33 @@ pub fn gemm_bf16(
             let r0 = task * rows_per_task;
             gemm_rows(out, r0..r0 + out.len() / n, a, b, kernel)
         });
+}
+
+/// `out` (rows `rows` of the whole output, [rows.len(), n]) += a[rows, :] · b, on this thread.
+fn gemm_rows(out: &mut [f32], rows: std::ops::Range<usize>, a: Operand, b: Operand, kernel: TileKernel) {
+    let (k, n) = (a.cols, b.cols);
+    let mut b_packed: Vec<u32> = Vec::new();
+    for j0 in (0..n).step_by(NC) {
+        let nc = NC.min(n - j0);
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            let pairs = kc.div_ceil(2);
+            b_packed.clear();
+            b_packed.resize(nc.div_ceil(NR) * pairs * NR, 0);
+            for (jp, panel) in b_packed.chunks_exact_mut(pairs * NR).enumerate() {
+                let col = j0 + jp * NR;
+                pack_b_panel(panel, b, p0, kc, col, NR.min(j0 + nc - col), kernel);
+            }
+            let block = Block {
+                j0,
+                nc,
+                p0,
+                kc,
+                b_packed: &b_packed,
+            };
+            add_block(out, rows.clone(), a, block, kernel);
+        }
+    }
 }
 
 /// A row-major matrix read as [rows, cols], stored transposed ([cols, rows]) when `transposed`.
@@ -131,84 +162,94 @@ impl Operand<'_> {
     }
 }
 
-/// Packs a run of `pairs` pairs of the matrix's entries into `dst[0], dst[stride], ...`:
-/// `along` the stored row `r` (pairs of neighbours in memory, from index `from`), or else
-/// `across` stored rows r and r + 1 (pairs of entries one above the other, `dst` contiguous).
-/// Entries past the matrix's edge pack as zero.
-fn pack_pairs_along(dst: &mut [u32], stride: usize, src: &[f32], pairs: usize) {
-    // Rounded one by one (a loop the compiler vectorises), then read two at a time.
-    let mut rounded = [0u16; KC];
-    rounded.iter_mut().zip(src).for_each(|(r, &x)| *r = f32_to_bf16(x));
-    let run = rounded.chunks_exact(2).take(pairs);
-    for (d, pair) in dst.iter_mut().step_by(stride).zip(run) {
-        *d = pair[0] as u32 | (pair[1] as u32) << 16;
+/// Packs `pairs` pairs of neighbours in `src` (a zero after an odd last one) into
+/// `dst[0], dst[stride], ...`.
+fn pack_pairs_along(dst: &mut [u32], stride: usize, src: &[f32], pairs: usize, kernel: TileKernel) {
+    assert!(pairs <= KC / 2 && src.len() <= 2 * pairs && dst.len() > (pairs - 1) * stride);
+    let mut run = [0u32; KC / 2];
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the kernel exists only where the CPU has AVX512F, BW and BF16 (best());
+        // `run` holds KC / 2 >= src.len() / 2 pairs (asserted).
+        TileKernel::Avx512Bf16 => unsafe { x86::round_pairs(&mut run, src) },
+        TileKernel::Scalar => {
+            for (pair, x) in run.iter_mut().zip(src.chunks(2)) {
+                *pair = f32_to_bf16(x[0]) as u32 | (x.get(1).map_or(0, |&x| f32_to_bf16(x)) as u32) << 16;
+            }
+        }
+    }
+    for (d, &pair) in dst.iter_mut().step_by(stride).zip(&run[..pairs]) {
+        *d = pair;
     }
 }
 
 /// `dst[j] = (first[j], second[j])` in bf16, second zero where absent (an odd last row).
-fn pack_pairs_across(dst: &mut [u32], first: &[f32], second: Option<&[f32]>) {
-    match second {
-        Some(second) => dst
-            .iter_mut()
-            .zip(first.iter().zip(second))
-            .for_each(|(d, (&x, &y))| *d = f32_to_bf16(x) as u32 | (f32_to_bf16(y) as u32) << 16),
-        None => dst.iter_mut().zip(first).for_each(|(d, &x)| *d = f32_to_bf16(x) as u32),
+fn pack_pairs_across(dst: &mut [u32], first: &[f32], second: Option<&[f32]>, kernel: TileKernel) {
+    assert!(dst.len() >= first.len() && second.is_none_or(|s| s.len() == first.len()));
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above; dst holds first.len() entries (asserted).
+        TileKernel::Avx512Bf16 => unsafe { x86::interleave_pairs(dst, first, second) },
+        TileKernel::Scalar => match second {
+            Some(second) => dst
+                .iter_mut()
+                .zip(first.iter().zip(second))
+                .for_each(|(d, (&x, &y))| *d = f32_to_bf16(x) as u32 | (f32_to_bf16(y) as u32) << 16),
+            None => dst.iter_mut().zip(first).for_each(|(d, &x)| *d = f32_to_bf16(x) as u32),
+        },
     }
 }
 
-/// `out` (rows `rows` of the whole output, [rows.len(), n]) += a[rows, :] · b, on this thread.
-fn gemm_rows(out: &mut [f32], rows: std::ops::Range<usize>, a: Operand, b: Operand, kernel: TileKernel) {
-    let (k, n) = (a.cols, b.cols);
-    let mut b_packed: Vec<u32> = Vec::new();
+/// A packed block of B: columns j0..j0 + nc, inner indices p0..p0 + kc, in panels of NR
+/// columns, [kc/2][NR] pairs each.
+#[derive(Clone, Copy)]
+struct Block<'a> {
+    j0: usize,
+    nc: usize,
+    p0: usize,
+    kc: usize,
+    b_packed: &'a [u32],
+}
+
+/// `out` (rows `rows` of the whole output, [rows.len(), n]) += a[rows, block's k] · the B
+/// block, on this thread: A packed MC rows at a time.
+fn add_block(out: &mut [f32], rows: std::ops::Range<usize>, a: Operand, block: Block, kernel: TileKernel) {
+    let n = out.len() / rows.len();
+    let pairs = block.kc.div_ceil(2);
     let mut a_packed: Vec<u32> = Vec::new();
-    for j0 in (0..n).step_by(NC) {
-        let nc = NC.min(n - j0);
-        for p0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - p0);
-            let pairs = kc.div_ceil(2);
-            pack_b(&mut b_packed, b, p0, kc, j0, nc);
-            for i0 in rows.clone().step_by(MC) {
-                let mc = MC.min(rows.end - i0);
-                pack_a(&mut a_packed, a, i0, mc, p0, kc);
-                for (jp, b_panel) in b_packed.chunks_exact(pairs * NR).enumerate() {
-                    let (col, cols) = (j0 + jp * NR, NR.min(nc - jp * NR));
-                    for (ip, a_panel) in a_packed.chunks_exact(pairs * MR).enumerate() {
-                        let (row, tile_rows) = (i0 + ip * MR, MR.min(mc - ip * MR));
-                        let tile = &mut out[(row - rows.start) * n + col..];
-                        add_tile(kernel, tile, n, tile_rows, cols, a_panel, b_panel, pairs);
-                    }
-                }
+    for i0 in rows.clone().step_by(MC) {
+        let mc = MC.min(rows.end - i0);
+        pack_a(&mut a_packed, a, i0, mc, block.p0, block.kc, kernel);
+        for (jp, b_panel) in block.b_packed.chunks_exact(pairs * NR).enumerate() {
+            let (col, cols) = (block.j0 + jp * NR, NR.min(block.nc - jp * NR));
+            for (ip, a_panel) in a_packed.chunks_exact(pairs * MR).enumerate() {
+                let (row, tile_rows) = (i0 + ip * MR, MR.min(mc - ip * MR));
+                let tile = &mut out[(row - rows.start) * n + col..];
+                add_tile(kernel, tile, n, tile_rows, cols, a_panel, b_panel, pairs);
             }
         }
     }
 }
 
-/// Packs b[p0..p0 + kc, j0..j0 + nc] into panels of NR columns, [kc/2][NR] pairs each;
-/// columns past nc are zero.
-fn pack_b(packed: &mut Vec<u32>, b: Operand, p0: usize, kc: usize, j0: usize, nc: usize) {
-    let pairs = kc.div_ceil(2);
-    packed.clear();
-    packed.resize(nc.div_ceil(NR) * pairs * NR, 0);
-    for (jp, panel) in packed.chunks_exact_mut(pairs * NR).enumerate() {
-        let (col, cols) = (j0 + jp * NR, NR.min(nc - jp * NR));
-        if b.transposed {
-            // column j of b is stored row j: its k values are neighbours
-            for j in 0..cols {
-                pack_pairs_along(&mut panel[j..], NR, b.stored(col + j, p0, kc), pairs);
-            }
-        } else {
-            for (p, slot) in panel.chunks_exact_mut(NR).enumerate() {
-                let r = p0 + 2 * p;
-                let second = (2 * p + 1 < kc).then(|| b.stored(r + 1, col, cols));
-                pack_pairs_across(slot, b.stored(r, col, cols), second);
-            }
+/// Packs b[p0..p0 + kc, col..col + cols] into one panel [kc/2][NR] (columns past cols zero).
+fn pack_b_panel(panel: &mut [u32], b: Operand, p0: usize, kc: usize, col: usize, cols: usize, kernel: TileKernel) {
+    if b.transposed {
+        // column j of b is stored row j: its k values are neighbours
+        for j in 0..cols {
+            pack_pairs_along(&mut panel[j..], NR, b.stored(col + j, p0, kc), kc.div_ceil(2), kernel);
+        }
+    } else {
+        for (p, slot) in panel.chunks_exact_mut(NR).enumerate() {
+            let r = p0 + 2 * p;
+            let second = (2 * p + 1 < kc).then(|| b.stored(r + 1, col, cols));
+            pack_pairs_across(slot, b.stored(r, col, cols), second, kernel);
         }
     }
 }
 
 /// Packs a[i0..i0 + mc, p0..p0 + kc] into panels of MR rows, [kc/2][MR] pairs each; rows
 /// past mc are zero.
-fn pack_a(packed: &mut Vec<u32>, a: Operand, i0: usize, mc: usize, p0: usize, kc: usize) {
+fn pack_a(packed: &mut Vec<u32>, a: Operand, i0: usize, mc: usize, p0: usize, kc: usize, kernel: TileKernel) {
     let pairs = kc.div_ceil(2);
     packed.clear();
     packed.resize(mc.div_ceil(MR) * pairs * MR, 0);
@@ -219,11 +260,11 @@ fn pack_a(packed: &mut Vec<u32>, a: Operand, i0: usize, mc: usize, p0: usize, kc
             for (p, slot) in panel.chunks_exact_mut(MR).enumerate() {
                 let c = p0 + 2 * p;
                 let second = (2 * p + 1 < kc).then(|| a.stored(c + 1, row, rows));
-                pack_pairs_across(slot, a.stored(c, row, rows), second);
+                pack_pairs_across(slot, a.stored(c, row, rows), second, kernel);
             }
         } else {
             for i in 0..rows {
-                pack_pairs_along(&mut panel[i..], MR, a.stored(row + i, p0, kc), pairs);
+                pack_pairs_along(&mut panel[i..], MR, a.stored(row + i, p0, kc), pairs, kernel);
             }
         }
     }
@@ -246,8 +287,8 @@ fn add_tile(
     assert!(rows >= 1 && rows <= MR && cols <= NR && out.len() >= (rows - 1) * ld + cols);
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: TileKernel::Avx512Bf16 is only made where the CPU has AVX512F and
-        // AVX512-BF16 (best()); the panels hold `pairs` full steps and `out` the tile's
+        // SAFETY: TileKernel::Avx512Bf16 is only made where the CPU has AVX512F, BW and
+        // BF16 (best()); the panels hold `pairs` full steps and `out` the tile's
         // rows x cols entries (asserted above).
         TileKernel::Avx512Bf16 => unsafe { x86::add_tile(out, ld, rows, cols, a_panel, b_panel, pairs) },
         TileKernel::Scalar => {
@@ -281,6 +322,50 @@ fn scalar_tile(a_panel: &[u32], b_panel: &[u32]) -> [[f32; NR]; MR] {
 mod x86 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
+
+    /// `run[p] = (src[2p], src[2p + 1])` rounded to bf16 (a zero past the end of src).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn round_pairs(run: &mut [u32], src: &[f32]) {
+        let first = |count: usize| ((1u32 << count.min(16)) - 1) as __mmask16;
+        for (i, chunk) in src.chunks(32).enumerate() {
+            let lo = _mm512_maskz_loadu_ps(first(chunk.len()), chunk.as_ptr());
+            let hi = _mm512_maskz_loadu_ps(first(chunk.len().saturating_sub(16)), chunk.as_ptr().wrapping_add(16));
+            // 32 bf16 in order, lo's 16 then hi's: 16 pairs
+            let pairs: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_mask_storeu_epi32(
+                run.as_mut_ptr().add(16 * i) as *mut i32,
+                first(chunk.len().div_ceil(2)),
+                pairs,
+            );
+        }
+    }
+
+    /// `dst[j] = (first[j], second[j])` rounded to bf16 (second zero when None).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn interleave_pairs(dst: &mut [u32], first: &[f32], second: Option<&[f32]>) {
+        // after cvtne2ps: u16 lanes 0..16 first, 16..32 second; lane 2j <- j, 2j + 1 <- 16 + j
+        const ORDER: [u16; 32] = {
+            let mut order = [0; 32];
+            let mut j = 0;
+            while j < 16 {
+                (order[2 * j], order[2 * j + 1]) = (j as u16, 16 + j as u16);
+                j += 1;
+            }
+            order
+        };
+        let order = _mm512_loadu_si512(ORDER.as_ptr() as *const _);
+        for j in (0..first.len()).step_by(16) {
+            let mask = ((1u32 << (first.len() - j).min(16)) - 1) as __mmask16;
+            let x = _mm512_maskz_loadu_ps(mask, first.as_ptr().add(j));
+            let y = match second {
+                Some(second) => _mm512_maskz_loadu_ps(mask, second.as_ptr().add(j)),
+                None => _mm512_setzero_ps(),
+            };
+            let halves: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(y, x));
+            let pairs = _mm512_permutexvar_epi16(order, halves);
+            _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(j) as *mut i32, mask, pairs);
+        }
+    }
 
     /// The tile in 24 registers (acc[i][v]: row i's columns 16v..16v + 16), added to `out`
     /// with masked loads and stores at the edges.
