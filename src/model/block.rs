@@ -243,6 +243,7 @@ fn attention_layer_backward(
 }
 
 /// MLP: `residual_3 = residual_2 + drop(c_proj(gelu(c_fc(ln_2(residual_2)))))`.
+#[allow(clippy::too_many_arguments)]
 fn mlp_forward(
     cfg: &Config,
     shape: AttnShape,
@@ -284,6 +285,7 @@ fn mlp_forward(
 
 /// Backward of the MLP: as for the attention layer, the branch sees `d.residual ⊙ mask` and
 /// its gradient for residual_2 (through ln_2) is added to the stream's.
+#[allow(clippy::too_many_arguments)]
 fn mlp_backward(
     cfg: &Config,
     shape: AttnShape,

@@ -56,6 +56,14 @@ impl TileKernel {
         TileKernel::Scalar
     }
 
+    pub fn name(self) -> &'static str {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            TileKernel::Avx512Bf16 => "avx512bf16",
+            TileKernel::Scalar => "scalar",
+        }
+    }
+
     /// Whether products in bf16 run faster than in f32 on this CPU (the SIMD kernel exists).
     pub fn accelerated() -> bool {
         TileKernel::best() != TileKernel::Scalar
@@ -284,7 +292,7 @@ fn add_tile(
     pairs: usize,
 ) {
     assert!(a_panel.len() == pairs * MR && b_panel.len() == pairs * NR);
-    assert!(rows >= 1 && rows <= MR && cols <= NR && out.len() >= (rows - 1) * ld + cols);
+    assert!((1..=MR).contains(&rows) && cols <= NR && out.len() >= (rows - 1) * ld + cols);
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: TileKernel::Avx512Bf16 is only made where the CPU has AVX512F, BW and

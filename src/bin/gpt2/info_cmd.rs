@@ -4,11 +4,14 @@ use anyhow::Result;
 use clap::Args;
 use gpt2::ops::lowp::kernel::{has_feature, Kernel, KERNEL_ENV, REPORTED_FEATURES};
 use gpt2::ops::lowp::{Bf16Kernel, Kernels, Q8Kernel};
+use gpt2::ops::matmul::Precision;
+use gpt2::ops::matmul_bf16::TileKernel;
 use serde_json::json;
 
 #[derive(Args)]
 pub struct InfoArgs {
-    /// Print one JSON object: {"cpu", "features", "threads", "kernel_env", "f32", "bf16", "q8_0"}.
+    /// Print one JSON object: {"cpu", "features", "threads", "kernel_env", "f32", "bf16", "q8_0",
+    /// "training_bf16"}.
     #[arg(long)]
     json: bool,
 }
@@ -47,6 +50,14 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         ),
         Err(_) => (kernels::<Bf16Kernel>(None), kernels::<Q8Kernel>(None)),
     };
+    // `gpt2 train --precision bf16`: its products' micro-kernel, or why they run in f32.
+    let training_bf16 = match Precision::Bf16.on_this_cpu() {
+        (_, Some(note)) => note,
+        (_, None) => format!(
+            "{} (vdpbf16ps on operands rounded to bf16 as they are packed, f32 sums)",
+            TileKernel::best().name()
+        ),
+    };
     let report = json!({
         "cpu": cpu_name(),
         "features": features,
@@ -55,6 +66,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         "f32": f32_path,
         "bf16": bf16,
         "q8_0": q8_0,
+        "training_bf16": training_bf16,
     });
     if args.json {
         println!("{report}");
@@ -94,6 +106,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             (Some(v), Ok(_)) => println!("{KERNEL_ENV}={v}: forced"),
             (None, Ok(_)) => println!("{KERNEL_ENV}: unset (the best kernel this CPU has; set it to force one)"),
         }
+        println!("train --precision bf16: {training_bf16}");
         println!("AMX: no kernel here uses it (bf16 and int8 products run on AVX-512 at best)");
     }
     Ok(())
