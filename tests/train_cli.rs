@@ -461,3 +461,43 @@ fn more_shards_than_batch_rows_are_capped_with_a_note() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bf16_products_say_which_precision_runs_and_why() {
+    let dir = temp_dir("precision");
+    let run = |kernel: Option<&str>, precision: &str| {
+        let flags = ["--max-iters", "1", "--sample-tokens", "1", "--precision", precision];
+        let mut cmd = train(&dir, &[&TINY[..], &flags].concat());
+        if let Some(kernel) = kernel {
+            cmd.env("GPT2_KERNEL", kernel);
+        }
+        std::fs::remove_dir_all(dir.join("run")).ok();
+        cmd.output().unwrap()
+    };
+    // Forced off the AVX512-BF16 kernel (or on a CPU without it), a bf16 run says it multiplies in f32.
+    let output = run(Some("scalar"), "bf16");
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(
+            "note: --precision bf16: GPT2_KERNEL=scalar rules out the avx512bf16 kernel, so the products run in f32"
+        ) && stdout.contains("f32 products"),
+        "{stdout}"
+    );
+    if gpt2::ops::matmul_bf16::TileKernel::accelerated() {
+        let output = run(None, "bf16");
+        let (stdout, stderr) = text(&output);
+        assert!(output.status.success(), "{stderr}");
+        assert!(
+            stdout.contains("bf16 products") && !stdout.contains("note: --precision"),
+            "{stdout}"
+        );
+    }
+    let output = run(None, "fp8");
+    let (_, stderr) = text(&output);
+    assert!(
+        !output.status.success() && stderr.contains("unknown precision 'fp8': expected f32 or bf16"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

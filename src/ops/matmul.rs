@@ -5,6 +5,7 @@
 //!
 //! Products with few rows (decoding) go to the weight-streaming kernels of [`super::matvec`].
 
+use super::lowp::kernel::{has_feature, KERNEL_ENV};
 use super::matmul_bf16::{gemm_bf16, TileKernel};
 use super::matvec::{matmul_small_m, matmul_small_m_t, SMALL_M};
 use faer::linalg::matmul::matmul;
@@ -96,13 +97,21 @@ impl Precision {
     /// The precision a run asking for this one gets on this CPU, and why it differs: bf16
     /// needs AVX512-BF16 (elsewhere bf16 products would be slower than f32 ones).
     pub fn on_this_cpu(self) -> (Precision, Option<String>) {
-        match self {
-            Precision::Bf16 if !TileKernel::accelerated() => (
-                Precision::F32,
-                Some("bf16 products need avx512f and avx512_bf16, which this CPU lacks: they run in f32".into()),
-            ),
-            _ => (self, None),
+        if self == Precision::F32 || TileKernel::accelerated() {
+            return (self, None);
         }
+        let why = match std::env::var(KERNEL_ENV) {
+            Ok(kernel) if !kernel.is_empty() => format!("{KERNEL_ENV}={kernel} rules out the avx512bf16 kernel"),
+            _ => {
+                let needed = ["avx512f", "avx512bw", "avx512_bf16"];
+                let missing: Vec<&str> = needed.into_iter().filter(|f| !has_feature(f)).collect();
+                format!("this CPU lacks {}", missing.join(", "))
+            }
+        };
+        (
+            Precision::F32,
+            Some(format!("--precision bf16: {why}, so the products run in f32")),
+        )
     }
 
     /// [`gemm`] in this precision. Products of few rows stay f32: they are bound by reading

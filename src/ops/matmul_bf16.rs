@@ -22,7 +22,7 @@
 //! of the same arithmetic (slower than f32: training falls back to f32 products there).
 
 use super::lowp::half::f32_to_bf16;
-use super::lowp::{Bf16Kernel, Kernel};
+use super::lowp::{Bf16Kernel, Kernels};
 use faer::Par;
 use rayon::prelude::*;
 
@@ -47,10 +47,12 @@ pub enum TileKernel {
 }
 
 impl TileKernel {
-    /// `vdpbf16ps` where the CPU has it (and AVX512BW, which its packing uses), else plain Rust.
+    /// `vdpbf16ps` where the CPU has it (and AVX512BW, which its packing uses) and
+    /// `GPT2_KERNEL` does not force another bf16 kernel ([`Kernels::from_env`]), else plain Rust.
     pub fn best() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if Bf16Kernel::Avx512Bf16.available() && is_x86_feature_detected!("avx512bw") {
+        if Kernels::from_env().is_ok_and(|k| k.bf16() == Bf16Kernel::Avx512Bf16) && is_x86_feature_detected!("avx512bw")
+        {
             return TileKernel::Avx512Bf16;
         }
         TileKernel::Scalar
