@@ -15,13 +15,14 @@
 //!
 //! A B panel is [KC/2][NR][2]: one 64-byte load gives 16 columns' pair (k, k+1); an A panel is
 //! [KC/2][MR][2]: one 32-bit broadcast gives a row's pair. The micro-kernel keeps the MR x NR
-//! tile (6 x 64 f32: 24 registers) in registers over the whole KC. Each thread packs its own B
-//! blocks (on the 2-core Zen 4 host, B panels packed by the other core made products 2x slower). Every output entry sums its
-//! KC blocks in the same order whichever thread computes it, so results do not depend on the
-//! thread count. A CPU without AVX512-BF16 runs the same packing with a plain-Rust micro-kernel
+//! tile (6 x 64 f32: 24 registers) in registers over the whole KC. The threads split the output
+//! rows, and each packs its own B blocks (on the 2-core Zen 4 host, panels packed by the other
+//! core made the products 2x slower). Every output entry sums its KC blocks in the same order
+//! whichever thread computes it, so results do not depend on the thread count. A CPU without AVX512-BF16 runs the same packing with a plain-Rust micro-kernel
 //! of the same arithmetic (slower than f32: training falls back to f32 products there).
 
 use super::lowp::half::f32_to_bf16;
+#[cfg(target_arch = "x86_64")]
 use super::lowp::{Bf16Kernel, Kernels};
 use faer::Par;
 use rayon::prelude::*;
@@ -113,8 +114,7 @@ pub fn gemm_bf16(
         Par::Seq => 1,
         Par::Rayon(t) => t.get(),
     };
-    // Output rows in blocks of whole MR panels, one per thread. Each thread packs B for itself:
-    // a B block packed by another core and read from there made the products twice as slow.
+    // Output rows in blocks of whole MR panels, one per thread.
     let rows_per_task = m.div_ceil(threads).next_multiple_of(MR);
     if threads == 1 || rows_per_task >= m {
         return gemm_rows(out, 0..m, a, b, kernel);
