@@ -10,7 +10,7 @@ pub mod http;
 
 use crate::error::{Error, Result};
 use crate::memory::{product, Need};
-use crate::model::{Gpt, KvCache};
+use crate::model::{Gpt, KvCache, StepBuffers};
 use crate::tokenizer::Tokenizer;
 use engine::{Engine, Limits};
 use http::{ApiLimits, App};
@@ -38,10 +38,11 @@ impl Server {
         threads: usize,
     ) -> Result<Server> {
         // The most a full batch holds: a cache of the whole context per request, the buffers of
-        // one step over all of them (the largest pass), and their logits.
+        // one step over all of them (a token of each, and prompts of at most a context
+        // together), and their logits.
         let cfg = &model.config;
         let (batch, context) = (limits.max_batch, cfg.n_positions);
-        let step = KvCache::pass_floats(cfg, batch, 1).max(KvCache::pass_floats(cfg, 1, context));
+        let step = StepBuffers::floats(cfg, batch.saturating_add(context), batch);
         Need::new()
             .floats("KV caches", KvCache::cache_floats(cfg, batch, context))
             .floats("step buffers", step)
