@@ -414,7 +414,9 @@ mod tests {
         // many-row cache, a token outside the vocabulary; none changes a cache.
         let mut refs: Vec<&mut KvCache> = together.iter_mut().collect();
         assert!(model.decode_step(&mut bufs, &mut refs, &[&[1], &[2]]).is_err());
-        assert!(model.decode_step(&mut bufs, &mut refs, &[&[1], &[], &[2], &[3]]).is_err());
+        assert!(model
+            .decode_step(&mut bufs, &mut refs, &[&[1], &[], &[2], &[3]])
+            .is_err());
         let bad = [&[1][..], &[2], &[v as u32], &[3]];
         assert!(model.decode_step(&mut bufs, &mut refs, &bad).is_err());
         assert_eq!(refs[0].len(), alone[0].len());

@@ -263,7 +263,13 @@ mod tests {
     #[test]
     fn small_m_kernels_match_the_general_matmul() {
         // K and N cross task, tile and vector-lane boundaries with remainders; M odd and even.
-        let shapes = [(1, 1, 1), (1, 130, 77), (3, 200, 129), (SMALL_M, 65, 300), (SMALL_M_T, 13, 70)];
+        let shapes = [
+            (1, 1, 1),
+            (1, 130, 77),
+            (3, 200, 129),
+            (SMALL_M, 65, 300),
+            (SMALL_M_T, 13, 70),
+        ];
         for (m, k, n) in shapes {
             let x = random_vec(m * k, 1);
             let w = random_vec(k * n, 2);
@@ -276,12 +282,18 @@ mod tests {
                         let mut out = start.clone();
                         matmul_small_m(&mut out, accumulate, &x, &w, m, k, n, par);
                         let err = max_error(&out, &expected);
-                        assert!(err < 1e-4, "w [K, N] m={m} k={k} n={n} accumulate={accumulate}: error {err}");
+                        assert!(
+                            err < 1e-4,
+                            "w [K, N] m={m} k={k} n={n} accumulate={accumulate}: error {err}"
+                        );
                     }
                     let mut out_t = start.clone();
                     matmul_small_m_t(&mut out_t, accumulate, &x, &w_t, m, k, n, par);
                     let err = max_error(&out_t, &expected);
-                    assert!(err < 1e-4, "w [N, K] m={m} k={k} n={n} accumulate={accumulate}: error {err}");
+                    assert!(
+                        err < 1e-4,
+                        "w [N, K] m={m} k={k} n={n} accumulate={accumulate}: error {err}"
+                    );
                 }
             }
         }

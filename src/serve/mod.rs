@@ -27,16 +27,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the engine over `model` on a thread pool of `threads` workers and builds the
-    /// routes of the API.
+    /// Starts the engine over `model` on a thread pool of its own, as many workers as the
+    /// global pool (`--threads`), and builds the routes of the API.
     pub fn start(
         model: Gpt,
         tokenizer: Tokenizer,
         model_name: String,
         limits: Limits,
         api: ApiLimits,
-        threads: usize,
     ) -> Result<Server> {
+        let threads = rayon::current_num_threads();
         // The most a full batch holds: a cache of the whole context per request, the buffers of
         // one step over all of them (a token of each, and prompts of at most a context
         // together), and their logits.
@@ -63,6 +63,15 @@ impl Server {
             router: http::router(Arc::new(app)),
             engine: thread,
         })
+    }
+
+    /// The runtime [`Server::run`] runs on: two workers, as the connections need little next
+    /// to the decoding.
+    pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
     }
 
     /// Serves on `listener` until `shutdown` completes; requests in flight then end first.
