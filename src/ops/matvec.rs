@@ -13,8 +13,9 @@
 //!   of a linear layer with few rows; M <= [`SMALL_M_T`]): each row of w gives one output
 //!   column, as M dot products, computed in tiles of [`DOT_STREAMS`] weight rows by
 //!   [`DOT_X_ROWS`] rows of x: each weight loaded into a register serves two rows of x, and
-//!   the tile's accumulators stay in registers (more rows would spill them out of the 16
-//!   vector registers of AVX2). The faster the more rows: 16 rows cost about 3x one row, not 16x.
+//!   the tile's 8 accumulators stay in registers (tiles of 4 by 4, 3 by 4, 6 by 2 and 8 by 2
+//!   were slower on the 2-core Zen 4 host). On GPT-2's LM head 16 rows cost about 3x one row,
+//!   not 16x.
 
 use faer::Par;
 use rayon::prelude::*;
