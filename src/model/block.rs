@@ -31,10 +31,11 @@ pub enum Keys<'a> {
     /// A KV cache holding the positions before the new tokens; the new tokens' keys and values
     /// are appended to it first, then new token i (at position pos0 + i) sees 0..=pos0 + i.
     Cached(KvLayer<'a>),
-    /// One new token per row, row r with a one-row cache of its own holding its positions
-    /// before that token (rows sit at different positions: requests decoded side by side).
-    /// Row r's key and value are appended to its cache, then it sees that cache's 0..=pos0.
-    PerRow(Vec<KvLayer<'a>>),
+    /// Requests side by side, each with a one-row cache of its own holding its positions
+    /// before its T_r new tokens (requests sit at different positions), the rows of request r
+    /// after those of request r - 1: (its cache, T_r). Its keys and values are appended to its
+    /// cache, then its new token i sees that cache's 0..=pos0 + i.
+    PerRow(Vec<(KvLayer<'a>, usize)>),
 }
 
 /// A linear layer's weight: f32 [K, N] in the flat buffer (Conv1D layout), its products in a
@@ -158,16 +159,18 @@ fn attention_layer_forward(
             attention_forward_cached(&mut a.atty, &mut a.att_lse, &a.qkv, k, v, shape, cache.pos0);
         }
         Keys::PerRow(caches) => {
-            // Row r: one query against its own cache; its log-sum-exps [NH] follow row r - 1's.
-            let one = AttnShape { b: 1, t: 1, ..shape };
-            let rows = a.qkv.chunks_exact(3 * c).zip(a.atty.chunks_exact_mut(c));
-            for (mut cache, ((qkv, out), lse)) in caches
-                .into_iter()
-                .zip(rows.zip(a.att_lse.chunks_exact_mut(shape.n_head)))
-            {
-                cache.store(qkv, 1, c, cfg.head_size());
+            // Request r: its T_r queries against its own cache; its log-sum-exps [NH, T_r]
+            // follow request r - 1's.
+            let (mut qkv, mut out, mut lse) = (&a.qkv[..], &mut a.atty[..], &mut a.att_lse[..]);
+            for (mut cache, t) in caches {
+                let (qkv_r, out_r, lse_r);
+                (qkv_r, qkv) = qkv.split_at(t * 3 * c);
+                (out_r, out) = std::mem::take(&mut out).split_at_mut(t * c);
+                (lse_r, lse) = std::mem::take(&mut lse).split_at_mut(t * shape.n_head);
+                cache.store(qkv_r, t, c, cfg.head_size());
                 let (k, v) = cache.keys_values();
-                attention_forward_cached(out, lse, qkv, k, v, one, cache.pos0);
+                let one = AttnShape { b: 1, t, ..shape };
+                attention_forward_cached(out_r, lse_r, qkv_r, k, v, one, cache.pos0);
             }
         }
     }

@@ -465,7 +465,7 @@ impl Gpt {
         let (cfg, w, shape, pos0) = (&self.config, self.weights(), self.attn_shape(b, t), cache.len());
         let c = cfg.n_embd;
         let s = &mut cache.scratch;
-        s.fit(cfg, b, t);
+        s.fit_rows(cfg, b * t, b);
 
         self.embed(&mut s.x, tokens, t, pos0);
         let adapter = self.adapter_view();
@@ -498,47 +498,58 @@ impl Gpt {
         Ok(&cache.scratch.logits)
     }
 
-    /// One decoding step of R requests at once: `tokens[r]` is the next token of the sequence
-    /// in `caches[r]` (a one-row cache, each at its own length). Every matrix product runs once
-    /// over all R rows (each weight is read once per step, not once per request); only the
-    /// attention is per row, over that row's own cache. Appends each row's key and value to its
-    /// cache and returns the next-token logits [R, V], the same as R calls of
-    /// [`Gpt::forward_cached`]. A failed call leaves every cache as it was.
+    /// One step of R requests at once: `tokens[r]` are the new tokens of the sequence in
+    /// `caches[r]` (a one-row cache, each at its own length): its next token, or its whole
+    /// prompt (a prefill joining the step). Every matrix product runs once over all
+    /// N = Σ tokens[r].len() rows (each weight is read once per step, not once per request or
+    /// prompt); only the attention is per request, over that request's own cache. Appends the
+    /// new keys and values to each cache and returns the logits after each request's last new
+    /// token, [R, V]: the same as R calls of [`Gpt::forward_cached`]. A failed call leaves
+    /// every cache as it was.
     pub fn decode_step<'b>(
         &self,
         bufs: &'b mut StepBuffers,
         caches: &mut [&mut KvCache],
-        tokens: &[u32],
+        tokens: &[&[u32]],
     ) -> Result<&'b [f32]> {
         let r = tokens.len();
         if r == 0 || caches.len() != r {
             return Err(Error::Input(format!(
-                "a decoding step needs one token per cache and at least one: {r} tokens for {} caches",
+                "a step needs the new tokens of each cache and at least one cache: {r} token lists for {} caches",
                 caches.len()
             )));
         }
-        for cache in caches.iter() {
+        for (cache, new) in caches.iter().zip(tokens) {
             if cache.rows() != 1 {
                 return Err(Error::Input(format!(
-                    "a decoding step takes one-row caches, got one of {} rows",
+                    "a step takes one-row caches, got one of {} rows",
                     cache.rows()
                 )));
             }
-            cache.check_new_tokens(1)?;
+            cache.check_new_tokens(new.len())?;
         }
-        self.check_batch(tokens, r, 1, None)?;
-        let (cfg, w, shape) = (&self.config, self.weights(), self.attn_shape(r, 1));
+        let all = tokens.concat();
+        let n = all.len();
+        self.check_batch(&all, n, 1, None)?;
+        let (cfg, w, shape) = (&self.config, self.weights(), self.attn_shape(n, 1));
         let c = cfg.n_embd;
         let s = &mut bufs.0;
-        s.fit(cfg, r, 1);
+        s.fit_rows(cfg, n, r);
 
-        // x [R, C]: row r is token r at its own position.
-        for ((x, &id), cache) in s.x.chunks_exact_mut(c).zip(tokens).zip(caches.iter()) {
-            self.embed(x, &[id], 1, cache.len());
+        // x [N, C]: request r's new tokens at its own positions, after request r - 1's.
+        let mut rows = s.x.chunks_exact_mut(c);
+        for (new, cache) in tokens.iter().zip(caches.iter()) {
+            // (new first: zip stops on it without taking a row of the next request)
+            for (i, (&id, x)) in new.iter().zip(rows.by_ref()).enumerate() {
+                self.embed(x, &[id], 1, cache.len() + i);
+            }
         }
         let adapter = self.adapter_view();
         for (l, p) in w.blocks.iter().enumerate() {
-            let keys = Keys::PerRow(caches.iter_mut().map(|cache| cache.kv_layer(l)).collect());
+            let keys = caches
+                .iter_mut()
+                .zip(tokens)
+                .map(|(cache, new)| (cache.kv_layer(l), new.len()));
             let (lowp, pass) = (self.lowp_block(l), adapter.as_ref().map(|a| a.pass(l, None)));
             block_forward(
                 cfg,
@@ -549,14 +560,20 @@ impl Gpt {
                 pass,
                 &s.x,
                 &mut s.block,
-                keys,
+                Keys::PerRow(keys.collect()),
                 None,
             );
             std::mem::swap(&mut s.x, &mut s.block.residual_3);
         }
-        caches.iter_mut().for_each(|cache| cache.advance(1));
+        // Only each request's last new position goes through the final LayerNorm and the LM head.
+        let mut end = 0;
+        for ((cache, new), last) in caches.iter_mut().zip(tokens).zip(s.last.chunks_exact_mut(c)) {
+            cache.advance(new.len());
+            end += new.len();
+            last.copy_from_slice(&s.x[(end - 1) * c..end * c]);
+        }
         let ln_f = (&mut s.ln_f[..], &mut s.ln_f_mean[..], &mut s.ln_f_rstd[..]);
-        self.head_forward(&mut s.logits, ln_f, &s.x, r, Precision::F32);
+        self.head_forward(&mut s.logits, ln_f, &s.last, r, Precision::F32);
         Ok(&bufs.0.logits)
     }
 }

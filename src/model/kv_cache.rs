@@ -45,12 +45,12 @@ pub(super) struct CachedActs {
 }
 
 impl CachedActs {
-    /// The length of each buffer outside the block for B rows of T new tokens, in field order
-    /// (x, last, ln_f, ln_f_mean, ln_f_rstd, logits), saturating.
-    fn sizes(cfg: &Config, b: usize, t: usize) -> [u64; 6] {
+    /// The length of each buffer outside the block for N new tokens of B sequences, in field
+    /// order (x, last, ln_f, ln_f_mean, ln_f_rstd, logits), saturating.
+    fn sizes(cfg: &Config, n: usize, b: usize) -> [u64; 6] {
         let bc = product(&[b, cfg.n_embd]);
         [
-            product(&[b, t, cfg.n_embd]),
+            product(&[n, cfg.n_embd]),
             bc,
             bc,
             b as u64,
@@ -59,8 +59,14 @@ impl CachedActs {
         ]
     }
 
-    /// Sizes every buffer for B rows of T new tokens.
-    pub fn fit(&mut self, cfg: &Config, b: usize, t: usize) {
+    /// The values (f32) of every buffer for N new tokens of B sequences, saturating.
+    fn floats(cfg: &Config, n: usize, b: usize) -> u64 {
+        let block = BlockActs::floats(cfg, BlockShape::cached(n, 1));
+        sum(&Self::sizes(cfg, n, b)).saturating_add(block)
+    }
+
+    /// Sizes every buffer for N new tokens of B sequences (B rows of T tokens: N = B·T).
+    pub fn fit_rows(&mut self, cfg: &Config, n: usize, b: usize) {
         let buffers = [
             &mut self.x,
             &mut self.last,
@@ -69,19 +75,24 @@ impl CachedActs {
             &mut self.ln_f_rstd,
             &mut self.logits,
         ];
-        fit_all(buffers, Self::sizes(cfg, b, t));
-        self.block.fit(cfg, BlockShape::cached(b, t));
+        fit_all(buffers, Self::sizes(cfg, n, b));
+        self.block.fit(cfg, BlockShape::cached(n, 1));
     }
 }
 
-/// The buffers of [`super::Gpt::decode_step`], which runs one new token of each of several
-/// caches (requests) through the model at once; owned by its caller, like a [`KvCache`]'s.
+/// The buffers of [`super::Gpt::decode_step`], which runs the new tokens of several caches
+/// (requests) through the model at once; owned by its caller, like a [`KvCache`]'s.
 #[derive(Default)]
 pub struct StepBuffers(pub(super) CachedActs);
 
 impl StepBuffers {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The values (f32) these buffers hold for a step of N new tokens of B requests, saturating.
+    pub fn floats(cfg: &Config, n: usize, b: usize) -> u64 {
+        CachedActs::floats(cfg, n, b)
     }
 }
 
@@ -147,8 +158,7 @@ impl KvCache {
     /// rows, saturating (what [`CachedActs::fit`] allocates): the attention keeps nothing per
     /// cached position, so it does not depend on how many there are.
     pub fn pass_floats(cfg: &Config, rows: usize, t: usize) -> u64 {
-        let block = BlockActs::floats(cfg, BlockShape::cached(rows, t));
-        sum(&CachedActs::sizes(cfg, rows, t)).saturating_add(block)
+        CachedActs::floats(cfg, rows.saturating_mul(t), rows)
     }
 
     /// Number of sequences (batch rows).
@@ -389,7 +399,8 @@ mod tests {
         for step in 0..5 {
             let next = random_tokens(prompts.len(), v, 50 + step);
             let mut refs: Vec<&mut KvCache> = together.iter_mut().collect();
-            let batched = model.decode_step(&mut bufs, &mut refs, &next).unwrap().to_vec();
+            let new: Vec<&[u32]> = next.chunks(1).collect();
+            let batched = model.decode_step(&mut bufs, &mut refs, &new).unwrap().to_vec();
             for (r, cache) in alone.iter_mut().enumerate() {
                 let single = model.forward_cached(cache, &next[r..r + 1]).unwrap();
                 let err = max_abs_diff(&batched[r * v..(r + 1) * v], single);
@@ -399,14 +410,52 @@ mod tests {
         for (a, b) in together.iter().zip(&alone) {
             assert_eq!(a.len(), b.len());
         }
-        // Bad calls: a token count that does not match, a full cache, a many-row cache.
+        // Bad calls: token lists that do not match the caches, no new token, a full cache, a
+        // many-row cache, a token outside the vocabulary; none changes a cache.
         let mut refs: Vec<&mut KvCache> = together.iter_mut().collect();
-        assert!(model.decode_step(&mut bufs, &mut refs, &[1, 2]).is_err());
+        assert!(model.decode_step(&mut bufs, &mut refs, &[&[1], &[2]]).is_err());
+        assert!(model
+            .decode_step(&mut bufs, &mut refs, &[&[1], &[], &[2], &[3]])
+            .is_err());
+        let bad = [&[1][..], &[2], &[v as u32], &[3]];
+        assert!(model.decode_step(&mut bufs, &mut refs, &bad).is_err());
+        assert_eq!(refs[0].len(), alone[0].len());
         let mut full = KvCache::new(&model.config, 1, 2).unwrap();
         model.forward_cached(&mut full, &[1, 2]).unwrap();
-        assert!(model.decode_step(&mut bufs, &mut [&mut full], &[3]).is_err());
+        assert!(model.decode_step(&mut bufs, &mut [&mut full], &[&[3]]).is_err());
         let mut wide = KvCache::new(&model.config, 2, 4).unwrap();
-        assert!(model.decode_step(&mut bufs, &mut [&mut wide], &[3]).is_err());
+        assert!(model.decode_step(&mut bufs, &mut [&mut wide], &[&[3]]).is_err());
+    }
+
+    /// Prompts that join a step beside requests that decode (chunked prefill) get the logits of
+    /// their own prefill, and every cache then continues as if alone.
+    #[test]
+    fn prompts_prefilled_within_a_step_equal_each_prefilled_alone() {
+        let model = model();
+        let v = model.config.vocab_size;
+        let decoding = random_tokens(7, v, 1);
+        let prompts = [random_tokens(5, v, 2), random_tokens(1, v, 3), random_tokens(9, v, 4)];
+        let mut caches: Vec<KvCache> = (0..4).map(|_| KvCache::new(&model.config, 1, 16).unwrap()).collect();
+        let mut alone: Vec<KvCache> = (0..4).map(|_| KvCache::new(&model.config, 1, 16).unwrap()).collect();
+        model.forward_cached(&mut caches[1], &decoding).unwrap();
+        model.forward_cached(&mut alone[1], &decoding).unwrap();
+        caches[1].free_pass_buffers();
+        // Step 1: three prompts around one request's next token; step 2: every request decodes.
+        let step_1: Vec<&[u32]> = vec![&prompts[0], &[11], &prompts[1], &prompts[2]];
+        let step_2: Vec<&[u32]> = vec![&[12], &[13], &[14], &[15]];
+        let mut bufs = StepBuffers::new();
+        for (step, new) in [step_1, step_2].iter().enumerate() {
+            let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+            let together = model.decode_step(&mut bufs, &mut refs, new).unwrap().to_vec();
+            for (r, cache) in alone.iter_mut().enumerate() {
+                let single = model.forward_cached(cache, new[r]).unwrap();
+                let err = max_abs_diff(&together[r * v..(r + 1) * v], single);
+                assert!(err <= 1e-5, "step {step} request {r}: max error {err}");
+            }
+        }
+        for (a, b) in caches.iter().zip(&alone) {
+            assert_eq!(a.len(), b.len());
+        }
     }
 
     /// The memory check of generation counts what a cache and its passes allocate.

@@ -7,7 +7,7 @@
 
 use super::lowp::kernel::{has_feature, KERNEL_ENV};
 use super::matmul_bf16::{gemm_bf16, TileKernel};
-use super::matvec::{matmul_small_m, matmul_small_m_t, SMALL_M};
+use super::matvec::{matmul_small_m, matmul_small_m_t, SMALL_M, SMALL_M_T};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -42,11 +42,10 @@ pub fn gemm(
     par: Par,
 ) {
     debug_assert_eq!(out.len(), m * n);
-    if m <= SMALL_M && !a_t {
-        return match b_t {
-            false => matmul_small_m(out, accumulate, a, b, m, k, n, par),
-            true => matmul_small_m_t(out, accumulate, a, b, m, k, n, par),
-        };
+    match (a_t, b_t) {
+        (false, false) if m <= SMALL_M => return matmul_small_m(out, accumulate, a, b, m, k, n, par),
+        (false, true) if m <= SMALL_M_T => return matmul_small_m_t(out, accumulate, a, b, m, k, n, par),
+        _ => {}
     }
     let lhs = if a_t { view(a, k, m, true) } else { view(a, m, k, false) };
     let rhs = if b_t { view(b, n, k, true) } else { view(b, k, n, false) };

@@ -1,4 +1,5 @@
-//! Matrix products with few rows (M <= [`SMALL_M`]): decoding one token per sequence.
+//! Matrix products with few rows: decoding one token per sequence, or one per request of a
+//! batch.
 //!
 //! With M = 1 a product reads every weight once and does one multiply-add with it, so its
 //! time is the time to stream the weights from memory. Each task owns a contiguous block of
@@ -6,24 +7,34 @@
 //! part of the block: one core keeps more reads in flight that way than with a single
 //! stream. Tasks split the work the same way whatever the thread count, so results do not
 //! depend on it.
-//! - `w` stored [K, N] (a Conv1D weight, `y = x·W`): a task computes the partial product
-//!   `x[:, rows] · W[rows, :]` [M, N]; the partials are then summed in order.
+//! - `w` stored [K, N] (a Conv1D weight, `y = x·W`; M <= [`SMALL_M`]): a task computes the
+//!   partial product `x[:, rows] · W[rows, :]` [M, N]; the partials are then summed in order.
 //! - `w` stored [N, K] (the tied LM head, `y = x·wteᵀ`, and `dout · wᵀ` in the backward pass
-//!   of a linear layer with few rows): each row of w gives one output column, as M dot products.
+//!   of a linear layer with few rows; M <= [`SMALL_M_T`]): each row of w gives one output
+//!   column, as M dot products, computed in tiles of [`DOT_STREAMS`] weight rows by
+//!   [`DOT_X_ROWS`] rows of x: each weight loaded into a register serves two rows of x, and
+//!   the tile's 8 accumulators stay in registers (tiles of 4 by 4, 3 by 4, 6 by 2 and 8 by 2
+//!   were slower on the 2-core Zen 4 host). On GPT-2's LM head 16 rows cost about 3x one row,
+//!   not 16x.
 
 use faer::Par;
 use rayon::prelude::*;
 
-/// Largest M that goes through these kernels rather than the general matrix multiply.
+/// Largest M that goes through these kernels rather than the general matrix multiply: for
+/// `w` stored [K, N], and for `w` stored [N, K] (faer reads that layout slowly; measured against
+/// it on GPT-2's LM head, the tiles are faster up to 32 rows).
 pub const SMALL_M: usize = 8;
+pub const SMALL_M_T: usize = 32;
 
 /// Weight rows per task: 64 rows of a GPT-2 weight are 192-768 KiB of contiguous memory.
 const WEIGHT_ROWS_PER_TASK: usize = 64;
 
 /// Weight rows a task reads side by side: rows of a [K, N] weight (axpy) and of wte (dot
-/// products; more would spill the partial sums out of registers).
+/// products, each against [`DOT_X_ROWS`] rows of x at once; more would spill the partial sums
+/// out of registers).
 const AXPY_STREAMS: usize = 8;
 const DOT_STREAMS: usize = 4;
+const DOT_X_ROWS: usize = 2;
 
 /// Vector lanes of the inner loops (the compiler maps them to SIMD registers).
 const LANES: usize = 16;
@@ -84,7 +95,8 @@ pub fn matmul_small_m_t(
     n: usize,
     par: Par,
 ) {
-    assert!(out.len() == m * n && x.len() == m * k && w.len() == n * k && m <= SMALL_M);
+    assert!(out.len() == m * n && x.len() == m * k && w.len() == n * k && m <= SMALL_M_T);
+    let kernel = DotKernel::best();
     // Each task fills its columns of out, transposed: [rows, M].
     let blocks = map_chunks(w, WEIGHT_ROWS_PER_TASK * k, par, |_, w_rows| {
         let rows = w_rows.len() / k;
@@ -93,16 +105,10 @@ pub fn matmul_small_m_t(
         let (groups, rest) = stream_order::<DOT_STREAMS>(rows);
         // Each group of rows is read from memory once and reused from cache for every x row.
         for group in groups {
-            for (j, x_row) in x.chunks_exact(k).enumerate() {
-                for (i, d) in group.into_iter().zip(dots(group.map(row), x_row)) {
-                    dots_t[i * m + j] = d;
-                }
-            }
+            dots_along_x(kernel, &mut dots_t, group, group.map(row), x);
         }
         for i in rest {
-            for (j, x_row) in x.chunks_exact(k).enumerate() {
-                dots_t[i * m + j] = dots([row(i)], x_row)[0];
-            }
+            dots_along_x(kernel, &mut dots_t, [i], [row(i)], x);
         }
         dots_t
     });
@@ -112,6 +118,86 @@ pub fn matmul_small_m_t(
             *o = if accumulate { *o + d } else { d };
         }
     }
+}
+
+/// `dots_t[at[s] * M + r] = w_s · x_r` for the S weight rows `w` (rows `at` of the block) and
+/// every row r of x [M, K], [`DOT_X_ROWS`] rows of x at a time.
+fn dots_along_x<const S: usize>(kernel: DotKernel, dots_t: &mut [f32], at: [usize; S], w: [&[f32]; S], x: &[f32]) {
+    let k = w[0].len();
+    let m = x.len() / k;
+    let mut put = |r: usize, dots: [f32; S]| at.iter().zip(dots).for_each(|(&i, d)| dots_t[i * m + r] = d);
+    let mut pairs = x.chunks_exact(DOT_X_ROWS * k);
+    for (p, pair) in pairs.by_ref().enumerate() {
+        let xs: [&[f32]; DOT_X_ROWS] = std::array::from_fn(|j| &pair[j * k..(j + 1) * k]);
+        for (j, dots) in kernel.dots(w, xs).into_iter().enumerate() {
+            put(p * DOT_X_ROWS + j, dots);
+        }
+    }
+    for (j, x_row) in pairs.remainder().chunks_exact(k).enumerate() {
+        let [dots] = kernel.dots(w, [x_row]);
+        put(m - m % DOT_X_ROWS + j, dots);
+    }
+}
+
+/// How this CPU computes a tile of dot products.
+#[derive(Clone, Copy)]
+enum DotKernel {
+    /// 8 lanes with fused multiply-adds, the tile's partial sums held in AVX registers.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// [`LANES`] partial sums per dot product, left to the compiler to vectorise.
+    Portable,
+}
+
+impl DotKernel {
+    fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return DotKernel::Avx2;
+        }
+        DotKernel::Portable
+    }
+
+    /// `out[r][s] = w_s · x_r`; every row as long as x_0.
+    fn dots<const R: usize, const S: usize>(self, w: [&[f32]; S], x: [&[f32]; R]) -> [[f32; S]; R] {
+        let k = x[0].len();
+        assert!(w.iter().chain(&x).all(|row| row.len() == k));
+        match self {
+            // SAFETY: chosen only where the CPU has AVX2 and FMA (best), and every row holds k values.
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::Avx2 => unsafe { avx2_dots(w, x) },
+            DotKernel::Portable => x.map(|x| dots(w, x)),
+        }
+    }
+}
+
+/// The tile of [`DotKernel::dots`] on AVX2: 8 lanes of R·S partial sums, then each one's total
+/// plus the products past the last multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_dots<const R: usize, const S: usize>(w: [&[f32]; S], x: [&[f32]; R]) -> [[f32; S]; R] {
+    use std::arch::x86_64::*;
+    let k = x[0].len();
+    let full = k / 8 * 8;
+    let mut acc = [[_mm256_setzero_ps(); S]; R];
+    for i in (0..full).step_by(8) {
+        let wv: [__m256; S] = std::array::from_fn(|s| _mm256_loadu_ps(w[s].as_ptr().add(i)));
+        for r in 0..R {
+            let xv = _mm256_loadu_ps(x[r].as_ptr().add(i));
+            for s in 0..S {
+                acc[r][s] = _mm256_fmadd_ps(wv[s], xv, acc[r][s]);
+            }
+        }
+    }
+    std::array::from_fn(|r| {
+        std::array::from_fn(|s| {
+            let v = acc[r][s];
+            let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            let tail: f32 = w[s][full..].iter().zip(&x[r][full..]).map(|(a, b)| a * b).sum();
+            _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps::<1>(h, h))) + tail
+        })
+    })
 }
 
 /// `w · x + a`: one fused instruction on a CPU the build targets with FMA (`.cargo/config.toml`
@@ -160,39 +246,84 @@ mod tests {
     use super::*;
     use crate::ops::test_util::random_vec;
 
+    /// x [M, K] · w [K, N] in f64, `start` added when accumulating.
+    fn naive(x: &[f32], w: &[f32], start: &[f32], accumulate: bool, m: usize, k: usize, n: usize) -> Vec<f32> {
+        (0..m * n)
+            .map(|i| {
+                let (row, col) = (i / n, i % n);
+                let product: f64 = (0..k).map(|p| x[row * k + p] as f64 * w[p * n + col] as f64).sum();
+                product as f32 + if accumulate { start[i] } else { 0.0 }
+            })
+            .collect()
+    }
+
+    fn max_error(got: &[f32], expected: &[f32]) -> f32 {
+        got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    }
+
     #[test]
     fn small_m_kernels_match_the_general_matmul() {
-        // K and N cross task and vector-lane boundaries with remainders.
-        for (m, k, n) in [(1, 1, 1), (1, 130, 77), (3, 200, 129), (SMALL_M, 65, 300)] {
+        // K and N cross task, tile and vector-lane boundaries with remainders; M odd and even.
+        let shapes = [
+            (1, 1, 1),
+            (1, 130, 77),
+            (3, 200, 129),
+            (SMALL_M, 65, 300),
+            (SMALL_M_T, 13, 70),
+        ];
+        for (m, k, n) in shapes {
             let x = random_vec(m * k, 1);
             let w = random_vec(k * n, 2);
             let start = random_vec(m * n, 3);
+            let w_t: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect(); // [N, K]
             for accumulate in [false, true] {
-                let expected: Vec<f32> = (0..m * n)
-                    .map(|i| {
-                        let (row, col) = (i / n, i % n);
-                        let product: f64 = (0..k).map(|p| x[row * k + p] as f64 * w[p * n + col] as f64).sum();
-                        product as f32 + if accumulate { start[i] } else { 0.0 }
-                    })
-                    .collect();
-                let w_t: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect(); // [N, K]
+                let expected = naive(&x, &w, &start, accumulate, m, k, n);
                 for par in [Par::Seq, Par::rayon(0)] {
-                    let mut out = start.clone();
-                    matmul_small_m(&mut out, accumulate, &x, &w, m, k, n, par);
-                    let mut out_t = start.clone();
-                    matmul_small_m_t(&mut out_t, accumulate, &x, &w_t, m, k, n, par);
-                    for (got, name) in [(&out, "w [K, N]"), (&out_t, "w [N, K]")] {
-                        let err = got
-                            .iter()
-                            .zip(&expected)
-                            .map(|(a, b)| (a - b).abs())
-                            .fold(0.0, f32::max);
+                    if m <= SMALL_M {
+                        let mut out = start.clone();
+                        matmul_small_m(&mut out, accumulate, &x, &w, m, k, n, par);
+                        let err = max_error(&out, &expected);
                         assert!(
                             err < 1e-4,
-                            "{name} m={m} k={k} n={n} accumulate={accumulate}: error {err}"
+                            "w [K, N] m={m} k={k} n={n} accumulate={accumulate}: error {err}"
                         );
                     }
+                    let mut out_t = start.clone();
+                    matmul_small_m_t(&mut out_t, accumulate, &x, &w_t, m, k, n, par);
+                    let err = max_error(&out_t, &expected);
+                    assert!(
+                        err < 1e-4,
+                        "w [N, K] m={m} k={k} n={n} accumulate={accumulate}: error {err}"
+                    );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn every_dot_kernel_matches_the_f64_dots_on_odd_shapes() {
+        let mut kernels = vec![DotKernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            kernels.push(DotKernel::Avx2);
+        }
+        // M rows of x against 4 rows of w: whole tiles of two x rows and one left over; K
+        // shorter than a vector, a multiple of it, and with a tail.
+        for (m, k) in [(1, 3), (2, 8), (5, 77), (4, 768)] {
+            let x = random_vec(m * k, 4);
+            let w = random_vec(DOT_STREAMS * k, 5);
+            let rows: [&[f32]; DOT_STREAMS] = std::array::from_fn(|s| &w[s * k..(s + 1) * k]);
+            let expected: Vec<f32> = (0..DOT_STREAMS * m)
+                .map(|i| {
+                    let (s, r) = (i / m, i % m);
+                    (0..k).map(|p| w[s * k + p] as f64 * x[r * k + p] as f64).sum::<f64>() as f32
+                })
+                .collect();
+            for &kernel in &kernels {
+                let mut dots_t = vec![f32::NAN; DOT_STREAMS * m];
+                dots_along_x(kernel, &mut dots_t, [0, 1, 2, 3], rows, &x);
+                let err = max_error(&dots_t, &expected);
+                assert!(err < 1e-4, "m={m} k={k}: error {err}");
             }
         }
     }

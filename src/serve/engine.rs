@@ -1,15 +1,18 @@
 //! The engine: one thread owns the decoding of every request (continuous batching).
 //!
 //! Requests arrive over a channel. At each step the engine admits waiting requests while the
-//! batch has room (each prefills its prompt into a KV cache of its own), samples the next token
-//! of every running request, sends it to that request's receiver, and runs the batch's new
-//! tokens through the model in one [`Gpt::decode_step`]: every weight is read once per step for
-//! all requests. A request leaves the batch as soon as it ends (stop token, stop string,
-//! max_tokens) or its receiver is dropped (the client went away), and its cache is freed at once.
+//! batch has room (each gets a KV cache of its own), samples the next token of every running
+//! request whose prompt has been read, sends it to that request's receiver, and runs the
+//! batch's new tokens through the model in one [`Gpt::decode_step`]: the next token of each
+//! decoding request and the whole prompt of each admitted one (chunked prefill), so every
+//! weight is read once per step for all of them and a prompt never runs alone between steps.
+//! A request leaves the batch as soon as it ends (stop token, stop string, max_tokens) or its
+//! receiver is dropped (the client went away), and its cache is freed at once.
 //!
 //! Admission is bounded: at most `max_batch` requests decode at once and at most `max_queue`
 //! more wait; beyond that [`Engine::submit`] refuses at once ([`Busy`]), which the HTTP layer
-//! answers with 503 and Retry-After.
+//! answers with 503 and Retry-After. The prompts joining one step hold at most a context of
+//! tokens together (a longer wait for the next step), which bounds the step's buffers.
 
 use crate::error::{Error, Result};
 use crate::generate::{Finish, Sampling, TextStream};
@@ -170,7 +173,8 @@ struct Running {
     cache: KvCache,
     /// Prompt and generated ids: the repetition penalty's history.
     tokens: Vec<u32>,
-    /// Next-token logits [V], fresh after the prefill or the last step.
+    /// Next-token logits [V], fresh after the step that read the prompt or the last token;
+    /// empty until the prompt has been read.
     logits: Vec<f32>,
     produced: usize,
     text: TextStream,
@@ -217,8 +221,10 @@ impl Batch {
         }
     }
 
-    /// Moves waiting jobs into the batch while it has room, prefilling each prompt.
+    /// Moves waiting jobs into the batch while it has room and their prompts fit the step's
+    /// prompt tokens (a context; the first prompt always joins).
     fn admit(&mut self) {
+        let mut prompt_tokens = 0;
         while self.running.len() < self.limits.max_batch {
             let Some(job) = self.waiting.pop_front() else { return };
             if job.events.is_closed() {
@@ -229,27 +235,25 @@ impl Batch {
                 self.finish(job, Finish::Length, 0);
                 continue;
             }
-            match self.prefill(&job) {
-                Ok((cache, logits)) => self.running.push(Running {
-                    tokens: job.prompt.clone(),
-                    text: TextStream::new(&job.stops),
-                    job,
-                    cache,
-                    logits,
-                    produced: 0,
-                }),
+            if prompt_tokens > 0 && prompt_tokens + job.prompt.len() > self.model.config.n_positions {
+                self.waiting.push_front(job);
+                return;
+            }
+            match KvCache::new(&self.model.config, 1, job.prompt.len() + job.max_tokens) {
+                Ok(cache) => {
+                    prompt_tokens += job.prompt.len();
+                    self.running.push(Running {
+                        tokens: job.prompt.clone(),
+                        text: TextStream::new(&job.stops),
+                        job,
+                        cache,
+                        logits: Vec::new(),
+                        produced: 0,
+                    })
+                }
                 Err(e) => self.fail(job, &e.to_string()),
             }
         }
-    }
-
-    /// A cache holding the prompt, and the logits of the token after it.
-    fn prefill(&self, job: &Job) -> Result<(KvCache, Vec<f32>)> {
-        let len = job.prompt.len() + job.max_tokens;
-        let mut cache = KvCache::new(&self.model.config, 1, len)?;
-        let logits = self.model.forward_cached(&mut cache, &job.prompt)?.to_vec();
-        cache.free_pass_buffers(); // the batch's steps have buffers of their own
-        Ok((cache, logits))
     }
 
     /// Samples the next token of every running request, sends it, and retires the requests
@@ -261,6 +265,9 @@ impl Batch {
             if r.job.events.is_closed() {
                 ended.push((i, None));
                 continue;
+            }
+            if r.logits.is_empty() {
+                continue; // admitted this step: its prompt is read first
             }
             let logprobs = r.job.logprobs.map(|k| logprobs(&r.logits, k, &tokenizer));
             let id = r.job.sampling.sample(&mut r.logits, &r.tokens, &mut r.job.rng);
@@ -313,21 +320,29 @@ impl Batch {
         }
     }
 
-    /// Runs every running request's last token through the model, one step for all.
+    /// Runs every running request's new tokens (its last sampled token, or its prompt)
+    /// through the model, one step for all.
     fn step(&mut self) -> Result<()> {
         if self.running.is_empty() {
             return Ok(());
         }
-        let tokens: Vec<u32> = self
+        let (mut caches, tokens): (Vec<&mut KvCache>, Vec<&[u32]>) = self
             .running
-            .iter()
-            .map(|r| *r.tokens.last().expect("sampled"))
-            .collect();
-        let mut caches: Vec<&mut KvCache> = self.running.iter_mut().map(|r| &mut r.cache).collect();
+            .iter_mut()
+            .map(|r| {
+                // The prompt until the cache holds it, then the token sampled last.
+                let tokens = match r.cache.len() {
+                    0 => &r.tokens[..],
+                    _ => &r.tokens[r.tokens.len() - 1..],
+                };
+                (&mut r.cache, tokens)
+            })
+            .unzip();
         let logits = self.model.decode_step(&mut self.bufs, &mut caches, &tokens)?;
         let v = self.model.config.vocab_size;
         for (r, row) in self.running.iter_mut().zip(logits.chunks_exact(v)) {
-            r.logits.copy_from_slice(row);
+            r.logits.clear();
+            r.logits.extend_from_slice(row);
         }
         Ok(())
     }

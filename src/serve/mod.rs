@@ -10,7 +10,7 @@ pub mod http;
 
 use crate::error::{Error, Result};
 use crate::memory::{product, Need};
-use crate::model::{Gpt, KvCache};
+use crate::model::{Gpt, KvCache, StepBuffers};
 use crate::tokenizer::Tokenizer;
 use engine::{Engine, Limits};
 use http::{ApiLimits, App};
@@ -27,21 +27,22 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the engine over `model` on a thread pool of `threads` workers and builds the
-    /// routes of the API.
+    /// Starts the engine over `model` on a thread pool of its own, as many workers as the
+    /// global pool (`--threads`), and builds the routes of the API.
     pub fn start(
         model: Gpt,
         tokenizer: Tokenizer,
         model_name: String,
         limits: Limits,
         api: ApiLimits,
-        threads: usize,
     ) -> Result<Server> {
+        let threads = rayon::current_num_threads();
         // The most a full batch holds: a cache of the whole context per request, the buffers of
-        // one step over all of them (the largest pass), and their logits.
+        // one step over all of them (a token of each, and prompts of at most a context
+        // together), and their logits.
         let cfg = &model.config;
         let (batch, context) = (limits.max_batch, cfg.n_positions);
-        let step = KvCache::pass_floats(cfg, batch, 1).max(KvCache::pass_floats(cfg, 1, context));
+        let step = StepBuffers::floats(cfg, batch.saturating_add(context), batch);
         Need::new()
             .floats("KV caches", KvCache::cache_floats(cfg, batch, context))
             .floats("step buffers", step)
@@ -62,6 +63,15 @@ impl Server {
             router: http::router(Arc::new(app)),
             engine: thread,
         })
+    }
+
+    /// The runtime [`Server::run`] runs on: two workers, as the connections need little next
+    /// to the decoding.
+    pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
     }
 
     /// Serves on `listener` until `shutdown` completes; requests in flight then end first.

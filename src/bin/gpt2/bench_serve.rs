@@ -117,18 +117,8 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
         max_n: 1,
         body_bytes: 1 << 20,
     };
-    let server = Server::start(
-        model,
-        tokenizer,
-        name.clone(),
-        limits,
-        api,
-        rayon::current_num_threads(),
-    )?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let server = Server::start(model, tokenizer, name.clone(), limits, api)?;
+    let runtime = Server::runtime().context("starting the HTTP runtime")?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let url = format!("http://{}/v1/completions", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

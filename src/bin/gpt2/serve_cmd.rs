@@ -52,19 +52,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         max_queue: args.max_queue,
     };
     let name = args.model.model.display().to_string();
-    let server = Server::start(
-        model,
-        tokenizer,
-        name.clone(),
-        limits,
-        api,
-        rayon::current_num_threads(),
-    )?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the HTTP runtime")?;
+    let server = Server::start(model, tokenizer, name.clone(), limits, api)?;
+    let runtime = Server::runtime().context("starting the HTTP runtime")?;
     runtime.block_on(async {
         let address = SocketAddr::new(args.host, args.port);
         let listener = tokio::net::TcpListener::bind(address)
