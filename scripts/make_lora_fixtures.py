@@ -14,6 +14,11 @@ GPT-2 of make_fixtures.py (tests/fixtures/tiny):
         input_ids    [2, 12]            random ids in [0, 96)
         logits       [2, 12, 96]        PeftModel(input_ids).logits, the adapter unmerged
         merged_max_abs_diff             max |logits of merge_and_unload() - unmerged logits|
+  tests/fixtures/tiny_lora_wte/         the same kind of adapter (r 4, lora_alpha 8, c_attn and
+                                        c_fc) that also trains the token embedding:
+                                        modules_to_save ["wte", "lm_head"], both copies set to
+                                        the same perturbed embedding (our model ties them)
+  tests/fixtures/tiny_lora_wte_reference.json   as tiny_lora_reference.json, for that adapter
 
 How to run (once, by a developer; needs torch + transformers + peft):
 
@@ -65,12 +70,32 @@ def main():
         fan_in_fan_out=True,
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(base, config).eval()
+    write_fixture(get_peft_model(base, config).eval(), "tiny_lora", None)
+    torch.manual_seed(1)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        target_modules=["c_attn", "c_fc"],
+        modules_to_save=["wte", "lm_head"],
+        fan_in_fan_out=True,
+        task_type="CAUSAL_LM",
+    )
+    base = GPT2LMHeadModel.from_pretrained(FIXTURES / "tiny").eval()
+    wte = base.transformer.wte.weight.detach().clone()
+    write_fixture(get_peft_model(base, config).eval(), "tiny_lora_wte", wte + torch.randn_like(wte) * 0.1)
+
+
+def write_fixture(model, name, trained_wte):
+    """Sets lora_B (and the copies of wte and lm_head to `trained_wte`) and writes the adapter
+    and its reference logits."""
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
+        for param_name, p in model.named_parameters():
+            if "lora_B" in param_name:
                 p.copy_(torch.randn_like(p) * 0.1)
-    out = FIXTURES / "tiny_lora"
+            elif "modules_to_save" in param_name:
+                p.copy_(trained_wte)
+    out = FIXTURES / name
     model.save_pretrained(out)
     (out / "README.md").unlink()  # PEFT's model card: nothing the tests read
     # The base as a path relative to the repository, not this machine's absolute one.
@@ -86,8 +111,8 @@ def main():
         "logits": [[[round(x, 7) for x in row] for row in seq] for seq in logits.tolist()],
         "merged_max_abs_diff": (merged - logits).abs().max().item(),
     }
-    (FIXTURES / "tiny_lora_reference.json").write_text(json.dumps(reference))
-    print("wrote", out, "and tiny_lora_reference.json; merged vs unmerged", reference["merged_max_abs_diff"])
+    (FIXTURES / f"{name}_reference.json").write_text(json.dumps(reference))
+    print("wrote", out, f"and {name}_reference.json; merged vs unmerged", reference["merged_max_abs_diff"])
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 //! LoRA training end to end on a tiny model: the base frozen, checkpoints that hold only the
-//! adapter (in PEFT's files), exact resume, kept step checkpoints, and bad settings.
+//! adapter (in PEFT's files; with the trained token embedding if asked), exact resume, kept
+//! step checkpoints, and bad settings.
 
 use gpt2::io::load_model;
 use gpt2::io::peft::load_adapter;
@@ -64,11 +65,26 @@ fn read(path: impl AsRef<Path>) -> Vec<u8> {
 
 #[test]
 fn a_lora_run_trains_the_adapter_alone_and_resumes_bit_for_bit() {
-    let dir = temp_dir("lora-resume");
-    let config = lora_run(&dir);
+    assert_trains_the_adapter_alone_and_resumes("lora-resume", false);
+}
+
+#[test]
+fn a_lora_run_with_the_embedding_trains_it_too_and_resumes_bit_for_bit() {
+    assert_trains_the_adapter_alone_and_resumes("lora-wte-resume", true);
+}
+
+/// A LoRA run (training the token embedding too if `train_wte`) changes the adapter alone,
+/// checkpoints it with its moments only, and resumes bit for bit.
+fn assert_trains_the_adapter_alone_and_resumes(tag: &str, train_wte: bool) {
+    let dir = temp_dir(tag);
+    let config = TrainConfig {
+        lora_train_wte: train_wte,
+        ..lora_run(&dir)
+    };
     let base = load_model(&dir.join("base")).unwrap();
     let trainer = Trainer::new(config.clone()).unwrap();
-    let adapter_len = 2 * (2 * 16 + 48 * 2 + 2 * 16 + 16 * 2 + 2 * 16 + 64 * 2 + 2 * 64 + 16 * 2);
+    let pairs = 2 * (2 * 16 + 48 * 2 + 2 * 16 + 16 * 2 + 2 * 16 + 64 * 2 + 2 * 64 + 16 * 2);
+    let adapter_len = pairs + if train_wte { base.config.vocab_size * 16 } else { 0 };
     assert_eq!(trainer.info().trainable, adapter_len);
     drop(trainer);
     std::fs::remove_dir_all(dir.join("run")).unwrap();
@@ -79,6 +95,10 @@ fn a_lora_run_trains_the_adapter_alone_and_resumes_bit_for_bit() {
     assert!(!latest.join("model.safetensors").exists() && latest.join("adapter_model.safetensors").is_file());
     let adapter = load_adapter(&latest, &base.config).unwrap();
     assert!(adapter.params.iter().any(|&x| x != 0.0), "the adapter learned");
+    assert_eq!(adapter.config.train_wte, train_wte);
+    if let Some(wte) = adapter.wte(&base.config) {
+        assert!(wte != base.weights().wte, "the embedding learned");
+    }
     let moments = std::fs::metadata(latest.join("optimizer.safetensors")).unwrap().len() as usize;
     assert!(
         moments < 2 * 4 * adapter_len + 1024,
@@ -182,6 +202,15 @@ fn bad_lora_settings_are_clear_errors() {
         ..config.clone()
     });
     assert!(err.contains("lora_alpha is for LoRA"), "{err}");
+    let err = error(TrainConfig {
+        lora_r: None,
+        lora_alpha: None,
+        lora_dropout: 0.0,
+        lora_targets: None,
+        lora_train_wte: true,
+        ..config.clone()
+    });
+    assert!(err.contains("lora_train_wte is for LoRA"), "{err}");
     assert!(!dir.join("run").exists(), "nothing written");
     // A folder of the user's where init/ goes is not replaced.
     std::fs::create_dir_all(dir.join("run/init")).unwrap();

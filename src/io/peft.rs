@@ -5,6 +5,12 @@
 //! [out, r]. `PeftModel.from_pretrained(GPT2LMHeadModel..., dir)` loads what we write, and we
 //! load what PEFT writes: unknown configuration keys are ignored, options that change the
 //! computation in ways we do not implement (DoRA, rsLoRA, biases, ...) are refused by name.
+//!
+//! An adapter that trains the token embedding is saved with `modules_to_save = ["wte",
+//! "lm_head"]` and both copies, `base_model.model.transformer.wte.weight` and
+//! `base_model.model.lm_head.weight` [V, C], equal: PEFT keeps a copy per module (it does not
+//! tie GPT-2's `wte` to its `lm_head`), so both are needed for it to compute what our tied
+//! model does, and we load only that pair, equal.
 
 use super::atomic::write_synced;
 use super::mapped::MappedFile;
@@ -13,7 +19,7 @@ use super::safetensors::{write_safetensors, TensorOut};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::files;
-use crate::model::lora::{lora_specs, Lora, LoraConfig, Target};
+use crate::model::lora::{lora_specs, Lora, LoraConfig, Target, WTE_NAME};
 use crate::model::TensorSpec;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
@@ -21,6 +27,10 @@ use std::path::Path;
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+/// The name PEFT saves a `modules_to_save` copy of the LM head under: our trained wte again.
+const LM_HEAD_NAME: &str = "base_model.model.lm_head.weight";
+/// `modules_to_save` of an adapter with a trained wte.
+const MODULES_TO_SAVE: [&str; 2] = ["wte", "lm_head"];
 
 /// Whether `dir` holds an adapter (its `adapter_config.json`).
 pub fn is_adapter_dir(dir: &Path) -> bool {
@@ -48,7 +58,7 @@ pub fn write_adapter_files(lora: &Lora, cfg: &Config, base: Option<&str>, dir: &
         "layers_to_transform": null,
         "lora_alpha": alpha,
         "lora_dropout": c.dropout,
-        "modules_to_save": null,
+        "modules_to_save": c.train_wte.then_some(MODULES_TO_SAVE),
         "peft_type": "LORA",
         "r": c.r,
         "rank_pattern": {},
@@ -61,7 +71,13 @@ pub fn write_adapter_files(lora: &Lora, cfg: &Config, base: Option<&str>, dir: &
     let text = serde_json::to_string_pretty(&config).map_err(|e| Error::Input(e.to_string()))?;
     write_synced(&dir.join(ADAPTER_CONFIG), |w| w.write_all(text.as_bytes()))?;
     let specs = lora.specs(cfg);
-    let tensors = TensorOut::all_of(&specs, &lora.params);
+    let mut tensors = TensorOut::all_of(&specs, &lora.params);
+    if let Some(wte) = tensors.iter().find(|t| t.name == WTE_NAME) {
+        tensors.push(TensorOut {
+            name: LM_HEAD_NAME,
+            ..*wte
+        });
+    }
     write_synced(&dir.join(ADAPTER_WEIGHTS), |w| write_safetensors(w, &tensors))
 }
 
@@ -70,7 +86,7 @@ type Asks = fn(&Value) -> bool;
 
 /// PEFT options that change what the adapter computes, which we do not implement: (key, whether
 /// the value asks for it, what it is).
-const UNSUPPORTED: [(&str, Asks, &str); 10] = [
+const UNSUPPORTED: [(&str, Asks, &str); 9] = [
     ("use_dora", is_true, "DoRA (weight-decomposed LoRA)"),
     ("use_rslora", is_true, "rank-stabilised LoRA (scale alpha/sqrt(r))"),
     ("lora_bias", is_true, "trained biases in lora_B"),
@@ -80,7 +96,6 @@ const UNSUPPORTED: [(&str, Asks, &str); 10] = [
         |v| !(v.is_null() || v == "none"),
         "trained biases (only bias \"none\" is supported)",
     ),
-    ("modules_to_save", is_set, "fully trained extra modules"),
     ("rank_pattern", is_set, "per-layer ranks"),
     ("alpha_pattern", is_set, "per-layer alphas"),
     ("layers_to_transform", is_set, "adapters on some layers only"),
@@ -139,12 +154,25 @@ pub fn load_adapter(dir: &Path, cfg: &Config) -> Result<Lora> {
     };
     // PEFT's defaults: lora_alpha 8, lora_dropout 0.
     let (alpha, dropout) = (number("lora_alpha", 8.0)? as f32, number("lora_dropout", 0.0)? as f32);
+    let train_wte = match obj.get("modules_to_save").filter(|v| is_set(v)) {
+        None => false,
+        Some(v) if is_trained_wte(v) => true,
+        Some(v) => {
+            return Err(bad(format!(
+                "modules_to_save = {v}: of fully trained modules only the token embedding is supported, \
+                 as [\"wte\", \"lm_head\"] (this model ties the two)"
+            )))
+        }
+    };
 
     let path = dir.join(ADAPTER_WEIGHTS);
     let file = MappedFile::open(&path)?;
     let tensors = file.tensors()?;
     let mut targets = BTreeSet::new();
     for (name, _) in tensors.iter() {
+        if train_wte && (name == WTE_NAME || name == LM_HEAD_NAME) {
+            continue;
+        }
         let (l, target) = parse_tensor_name(name).ok_or_else(|| {
             Error::weights(
                 &path,
@@ -167,6 +195,7 @@ pub fn load_adapter(dir: &Path, cfg: &Config) -> Result<Lora> {
         alpha,
         dropout,
         targets: targets.into_iter().collect(),
+        train_wte,
     };
     config.validate().map_err(|e| bad(e.to_string()))?;
     let found: HashMap<&str, _> = tensors.iter().collect();
@@ -196,7 +225,43 @@ pub fn load_adapter(dir: &Path, cfg: &Config) -> Result<Lora> {
         }
         offset += spec.numel();
     }
-    Ok(Lora { config, params })
+    let lora = Lora { config, params };
+    if let Some(wte) = lora.wte(cfg) {
+        let head = found
+            .get(LM_HEAD_NAME)
+            .ok_or_else(|| Error::weights(&path, format!("missing tensor '{LM_HEAD_NAME}'")))?;
+        check_shape(
+            &path,
+            LM_HEAD_NAME,
+            head.shape(),
+            &[cfg.vocab_size, cfg.n_embd],
+            &source,
+        )?;
+        let mut values = vec![0.0; wte.len()];
+        file.read_f32(head.dtype(), head.data(), &mut values)
+            .map_err(|msg| Error::weights(&path, format!("tensor '{LM_HEAD_NAME}': {msg}")))?;
+        if values != wte {
+            return Err(Error::weights(
+                &path,
+                format!(
+                    "'{LM_HEAD_NAME}' differs from '{WTE_NAME}': this model ties its LM head to its token embedding"
+                ),
+            ));
+        }
+    }
+    Ok(lora)
+}
+
+/// Whether `modules_to_save` names the token embedding and the LM head, and nothing else
+/// (PEFT matches a name against the end of a module's path).
+fn is_trained_wte(modules: &Value) -> bool {
+    let Some(list) = modules.as_array() else { return false };
+    let names: BTreeSet<&str> = list
+        .iter()
+        .filter_map(Value::as_str)
+        .map(|m| m.strip_prefix("transformer.").unwrap_or(m))
+        .collect();
+    list.len() == names.len() && names == BTreeSet::from(MODULES_TO_SAVE)
 }
 
 /// (block, target) of a PEFT tensor name `base_model.model.transformer.h.{l}.<module>.lora_{A,B}.weight`.

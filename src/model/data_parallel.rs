@@ -364,8 +364,9 @@ mod tests {
             alpha: 4.0,
             dropout: 0.0,
             targets: parse_targets("c_attn,c_fc").unwrap(),
+            train_wte: true,
         };
-        let mut adapter = Lora::new(&cfg, lora, 5).unwrap();
+        let mut adapter = Lora::new(&model, lora, 5).unwrap();
         let mut rng = Rng::new(9);
         adapter.params.iter_mut().for_each(|p| *p += 0.3 * rng.normal()); // B not zero
         model.adapter = Some(adapter);

@@ -7,7 +7,7 @@
 
 use super::block::{block_backward, block_forward, Keys};
 use super::kv_cache::{KvCache, StepBuffers};
-use super::lora::{split_layers, AdapterView, Lora};
+use super::lora::{split_adapter, AdapterView, Lora};
 use super::lowp::{LowpBlock, LowpWeights};
 use super::params::{block_len, init_params, num_params, param_specs, BlockWeights, Layout, TensorSpec, Weights};
 use super::workspace::Workspace;
@@ -135,9 +135,24 @@ impl Gpt {
         Ok(rounded)
     }
 
-    /// Named views of the parameters (with low-precision matrices, the matrices' views are empty).
+    /// Named views of the parameters (with low-precision matrices, the matrices' views are
+    /// empty); `wte` is an adapter's trained one if it has one.
     pub fn weights(&self) -> Weights<&[f32]> {
-        Weights::split_as(self.params.as_slice(), &self.config, self.layout())
+        let mut weights = Weights::split_as(self.params.as_slice(), &self.config, self.layout());
+        if let Some(wte) = self.adapter_wte() {
+            weights.wte = wte;
+        }
+        weights
+    }
+
+    /// An adapter's trained token embedding [V, C], if any: the model reads it in place of its own.
+    fn adapter_wte(&self) -> Option<&[f32]> {
+        self.adapter.as_ref().and_then(|a| a.wte(&self.config))
+    }
+
+    /// The low-precision token embedding, unless an adapter's f32 one replaces it.
+    fn lowp_wte(&self) -> Option<&LowpWeights> {
+        self.lowp.as_ref().filter(|_| self.adapter_wte().is_none())
     }
 
     /// Block l's low-precision matrices, if the model has them.
@@ -310,7 +325,7 @@ impl Gpt {
             cfg.n_embd,
             cfg.layer_norm_epsilon,
         );
-        match &self.lowp {
+        match self.lowp_wte() {
             Some(lowp) => lowp.wte.matmul(logits, out, rows, lowp.kernels),
             None => lm_head_forward(logits, out, w.wte, rows, cfg.n_embd, cfg.vocab_size, precision),
         }
@@ -320,7 +335,7 @@ impl Gpt {
     /// (a low-precision wte: each row read back in f32).
     fn embed(&self, out: &mut [f32], tokens: &[u32], t: usize, pos0: usize) {
         let (w, c) = (self.weights(), self.config.n_embd);
-        match &self.lowp {
+        match self.lowp_wte() {
             None => embedding_forward(out, tokens, w.wte, w.wpe, t, c, pos0),
             Some(lowp) => {
                 for (i, (row, &token)) in out.chunks_exact_mut(c).zip(tokens).enumerate() {
@@ -376,16 +391,19 @@ impl Gpt {
         let (w, shape) = (self.weights(), self.attn_shape(b, t));
         let adapter = self.adapter_view();
         // The gradient's parts, each handed on once done: without an adapter the model's
-        // embeddings [wte, wpe], blocks and ln_f; with one the adapter's per block (the base is
-        // frozen: no gradients).
-        let (mut embeddings, mut blocks, mut ln_f, mut adapter_grads) = match &self.adapter {
+        // embeddings [wte, wpe], blocks and ln_f; with one the adapter's per block and its
+        // trained wte if any (the base is frozen: no gradients).
+        let (mut embeddings, mut blocks, mut ln_f, mut adapter_grads, mut adapter_wte) = match &self.adapter {
             None => {
                 let (embeddings, rest) = grads.split_at_mut((v + cfg.n_positions) * c);
                 let (blocks, ln_f) = rest.split_at_mut(cfg.n_layer * block_len(cfg));
                 let blocks: Vec<&'g mut [f32]> = blocks.chunks_mut(block_len(cfg)).collect();
-                (Some(embeddings), blocks, Some(ln_f), None)
+                (Some(embeddings), blocks, Some(ln_f), None, None)
             }
-            Some(a) => (None, Vec::new(), None, Some(split_layers(grads, cfg, &a.config))),
+            Some(a) => {
+                let (layers, wte) = split_adapter(grads, cfg, &a.config);
+                (None, Vec::new(), None, Some(layers), wte)
+            }
         };
 
         // Loss → logits: dlogits = (softmax - onehot) · loss_scale / count, in place of the logits.
@@ -395,7 +413,10 @@ impl Gpt {
         };
         cross_entropy_backward_inplace(&mut acts.logits, &acts.lse, &acts.targets, v, scale);
         // LM head: logits = ln_f · wteᵀ  ⇒  dln_f = dlogits · wte, dwte += dlogitsᵀ · ln_f
-        let g_wte = embeddings.as_mut().map(|e| &mut e[..v * c]);
+        let g_wte = embeddings
+            .as_mut()
+            .map(|e| &mut e[..v * c])
+            .or(adapter_wte.as_deref_mut());
         lm_head_backward(&mut d.ln, g_wte, &acts.logits, &acts.ln_f, w.wte, n, c, v, precision);
         // Final LayerNorm: the residual-stream gradient starts here.
         d.residual.fill(0.0);
@@ -433,12 +454,16 @@ impl Gpt {
                 bucket_done(g_block);
             }
         }
-        // Embeddings: encoded = drop(wte[tokens] + wpe[positions]) (frozen with an adapter).
+        // Embeddings: encoded = drop(wte[tokens] + wpe[positions]) (frozen with an adapter,
+        // but for its trained wte).
         if let Some(embeddings) = embeddings {
             let demb = dropout_backward(&d.residual, &acts.emb_mask, &mut d.ln);
             let (g_wte, g_wpe) = embeddings.split_at_mut(v * c);
-            embedding_backward(g_wte, g_wpe, demb, &acts.tokens, t, c);
+            embedding_backward(g_wte, Some(g_wpe), demb, &acts.tokens, t, c);
             bucket_done(embeddings);
+        } else if let Some(g_wte) = adapter_wte {
+            let demb = dropout_backward(&d.residual, &acts.emb_mask, &mut d.ln);
+            embedding_backward(g_wte, None, demb, &acts.tokens, t, c);
         }
         acts.targets.clear(); // the logits are spent: a second backward needs a new forward
         Ok(())

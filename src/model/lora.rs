@@ -6,6 +6,11 @@
 //! training, computes the adapter's gradients only: the base weights stay frozen and shared,
 //! with no gradients and no optimizer state. [`Lora::merge_into`] folds an adapter into the base
 //! weights (`W += s · Aᵀ Bᵀ` in GPT-2's [in, out] layout), as PEFT's `merge_and_unload` does.
+//!
+//! An adapter may also train the token embedding `wte` in full (PEFT's `modules_to_save`): a
+//! copy of the base's, which the model then reads in place of the base's both as its input
+//! embedding and as its tied LM head. A small model's embedding, fit to its pretraining text,
+//! can limit what the low-rank pairs learn on a new task.
 
 use super::params::{BlockWeights, Splittable, TensorSpec, Weights};
 use super::Gpt;
@@ -86,7 +91,8 @@ pub fn parse_targets(text: &str) -> Result<Vec<Target>> {
     Ok(targets)
 }
 
-/// An adapter's hyper-parameters (PEFT's `r`, `lora_alpha`, `lora_dropout`, `target_modules`).
+/// An adapter's hyper-parameters (PEFT's `r`, `lora_alpha`, `lora_dropout`, `target_modules`,
+/// `modules_to_save`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraConfig {
     pub r: usize,
@@ -95,6 +101,9 @@ pub struct LoraConfig {
     pub dropout: f32,
     /// Sorted, without repeats.
     pub targets: Vec<Target>,
+    /// The adapter holds a trained copy of the token embedding `wte` [V, C] (the tied LM head
+    /// too), after the blocks' pairs.
+    pub train_wte: bool,
 }
 
 impl LoraConfig {
@@ -126,8 +135,12 @@ impl LoraConfig {
     }
 }
 
+/// The name PEFT saves a `modules_to_save` copy of the token embedding under.
+pub const WTE_NAME: &str = "base_model.model.transformer.wte.weight";
+
 /// The tensors of an adapter on a model shaped `cfg`, in buffer order (block by block, each
-/// target's A then B), with the names PEFT saves: `base_model.model.transformer.h.{l}.<module>.lora_A.weight`.
+/// target's A then B; then the trained `wte`, if any), with the names PEFT saves:
+/// `base_model.model.transformer.h.{l}.<module>.lora_A.weight`, [`WTE_NAME`].
 pub fn lora_specs(cfg: &Config, lora: &LoraConfig) -> Vec<TensorSpec> {
     let mut specs = Vec::new();
     for l in 0..cfg.n_layer {
@@ -144,21 +157,28 @@ pub fn lora_specs(cfg: &Config, lora: &LoraConfig) -> Vec<TensorSpec> {
             });
         }
     }
+    if lora.train_wte {
+        specs.push(TensorSpec {
+            name: WTE_NAME.into(),
+            shape: vec![cfg.vocab_size, cfg.n_embd],
+        });
+    }
     specs
 }
 
 /// One block's adapter pairs, by target (None for a layer left alone).
 pub type LayerAdapter<S> = [Option<LowRank<S>>; 4];
 
-/// An adapter buffer (or a gradient buffer of the same layout) cut into its blocks' pairs.
-pub fn split_layers<S: Splittable>(buf: S, cfg: &Config, lora: &LoraConfig) -> Vec<LayerAdapter<S>> {
+/// An adapter buffer (or a gradient buffer of the same layout) cut into its blocks' pairs and
+/// its trained `wte` [V, C] (None without one).
+pub fn split_adapter<S: Splittable>(buf: S, cfg: &Config, lora: &LoraConfig) -> (Vec<LayerAdapter<S>>, Option<S>) {
     let mut rest = Some(buf);
     let mut take = |len: usize| {
         let (head, tail) = rest.take().expect("buffer consumed").split(len);
         rest = Some(tail);
         head
     };
-    (0..cfg.n_layer)
+    let layers = (0..cfg.n_layer)
         .map(|_| {
             let mut layer: LayerAdapter<S> = Default::default();
             for &t in &lora.targets {
@@ -168,7 +188,9 @@ pub fn split_layers<S: Splittable>(buf: S, cfg: &Config, lora: &LoraConfig) -> V
             }
             layer
         })
-        .collect()
+        .collect();
+    let wte = lora.train_wte.then(|| take(cfg.vocab_size * cfg.n_embd));
+    (layers, wte)
 }
 
 /// A LoRA adapter: its hyper-parameters and its A and B matrices in one flat buffer.
@@ -180,19 +202,21 @@ pub struct Lora {
 }
 
 impl Lora {
-    /// A fresh adapter for a model shaped `cfg`: each A uniform in ±1/sqrt(in) (PyTorch's
-    /// `kaiming_uniform_(a=√5)`, PEFT's default), each B zero. Deterministic from `seed`.
-    pub fn new(cfg: &Config, config: LoraConfig, seed: u64) -> Result<Lora> {
+    /// A fresh adapter for `base`: each A uniform in ±1/sqrt(in) (PyTorch's
+    /// `kaiming_uniform_(a=√5)`, PEFT's default), each B zero, a trained `wte` a copy of the
+    /// base's. Deterministic from `seed`.
+    pub fn new(base: &Gpt, config: LoraConfig, seed: u64) -> Result<Lora> {
         config.validate()?;
         let mut rng = Rng::new(seed);
         let mut params = Vec::new();
-        for spec in lora_specs(cfg, &config) {
-            match spec.name.ends_with("lora_A.weight") {
-                true => {
-                    let bound = 1.0 / (spec.shape[1] as f32).sqrt();
-                    params.extend((0..spec.numel()).map(|_| (2.0 * rng.uniform() - 1.0) * bound));
-                }
-                false => params.extend(std::iter::repeat_n(0.0, spec.numel())),
+        for spec in lora_specs(&base.config, &config) {
+            if spec.name == WTE_NAME {
+                params.extend_from_slice(base.weights().wte);
+            } else if spec.name.ends_with("lora_A.weight") {
+                let bound = 1.0 / (spec.shape[1] as f32).sqrt();
+                params.extend((0..spec.numel()).map(|_| (2.0 * rng.uniform() - 1.0) * bound));
+            } else {
+                params.extend(std::iter::repeat_n(0.0, spec.numel()));
             }
         }
         Ok(Lora { config, params })
@@ -205,14 +229,23 @@ impl Lora {
 
     /// Each block's pairs, as views of the buffer.
     pub fn layers(&self, cfg: &Config) -> Vec<LayerAdapter<&[f32]>> {
-        split_layers(self.params.as_slice(), cfg, &self.config)
+        split_adapter(self.params.as_slice(), cfg, &self.config).0
+    }
+
+    /// The trained token embedding [V, C], if the adapter has one.
+    pub fn wte(&self, cfg: &Config) -> Option<&[f32]> {
+        split_adapter(self.params.as_slice(), cfg, &self.config).1
     }
 
     /// Folds the adapter into `model`'s weights: `W [in, out] += s · Aᵀ Bᵀ` for every targeted
-    /// layer. The merged model computes what the base with the adapter does.
+    /// layer, and its trained `wte` in place of the model's. The merged model computes what the
+    /// base with the adapter does.
     pub fn merge_into(&self, model: &mut Gpt) {
         let (cfg, r, scale) = (model.config.clone(), self.config.r, self.config.scale());
         let mut weights = Weights::split(model.params.as_mut_slice(), &cfg);
+        if let Some(wte) = self.wte(&cfg) {
+            weights.wte.copy_from_slice(wte);
+        }
         for (block, layer) in weights.blocks.iter_mut().zip(self.layers(&cfg)) {
             for (t, pair) in Target::ALL.into_iter().zip(&layer) {
                 let Some(pair) = pair else { continue };
@@ -311,7 +344,7 @@ impl<'a> AdapterView<'a> {
     }
 
     /// Block `l`'s adapter for a backward pass, adding into `grads` (that block's part of a
-    /// gradient buffer cut by [`split_layers`]).
+    /// gradient buffer cut by [`split_adapter`]).
     pub fn grads<'s, 'g, 'b>(
         &'s self,
         l: usize,
@@ -412,6 +445,15 @@ mod tests {
             alpha: 3.0,
             dropout,
             targets: parse_targets(targets).unwrap(),
+            train_wte: false,
+        }
+    }
+
+    /// [`config`] with the token embedding trained too.
+    fn with_wte(lora: LoraConfig) -> LoraConfig {
+        LoraConfig {
+            train_wte: true,
+            ..lora
         }
     }
 
@@ -420,8 +462,8 @@ mod tests {
     fn adapted(lora: LoraConfig, dropout: f32) -> Gpt {
         let mut cfg = Config::new(13, 8, 8, 2, 2);
         (cfg.n_inner, cfg.dropout) = (20, dropout);
-        let mut model = Gpt::new(cfg.clone(), 1).unwrap();
-        let mut adapter = Lora::new(&cfg, lora, 2).unwrap();
+        let mut model = Gpt::new(cfg, 1).unwrap();
+        let mut adapter = Lora::new(&model, lora, 2).unwrap();
         let mut rng = Rng::new(3);
         adapter.params.iter_mut().for_each(|p| *p += 0.3 * rng.normal());
         model.adapter = Some(adapter);
@@ -445,9 +487,9 @@ mod tests {
 
     #[test]
     fn rank_zero_and_no_targets_are_errors() {
-        let cfg = Config::new(13, 8, 8, 2, 2);
+        let base = Gpt::new(Config::new(13, 8, 8, 2, 2), 1).unwrap();
         let err = Lora::new(
-            &cfg,
+            &base,
             LoraConfig {
                 r: 0,
                 ..config("c_attn", 0.0)
@@ -457,7 +499,7 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("rank r must be at least 1"), "{err}");
         let err = Lora::new(
-            &cfg,
+            &base,
             LoraConfig {
                 targets: vec![],
                 ..config("c_attn", 0.0)
@@ -470,9 +512,10 @@ mod tests {
 
     #[test]
     fn a_new_adapter_changes_nothing_and_has_peft_names_and_shapes() {
-        let cfg = Config::new(13, 8, 8, 2, 2);
-        let lora = Lora::new(&cfg, config("c_attn,mlp.c_proj", 0.0), 1).unwrap();
-        let specs = lora.specs(&cfg);
+        let base = Gpt::new(Config::new(13, 8, 8, 2, 2), 1).unwrap();
+        let cfg = &base.config;
+        let lora = Lora::new(&base, config("c_attn,mlp.c_proj", 0.0), 1).unwrap();
+        let specs = lora.specs(cfg);
         assert_eq!(
             specs[0].name,
             "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight"
@@ -492,12 +535,22 @@ mod tests {
         let (a, b) = lora.params.split_at(16);
         assert!(a.iter().all(|&x| x != 0.0 && x.abs() <= 1.0 / 8f32.sqrt()));
         assert!(b[..48].iter().all(|&x| x == 0.0));
+        // A trained wte comes last, a copy of the base's, under PEFT's modules_to_save name.
+        let lora = Lora::new(&base, with_wte(config("c_attn,mlp.c_proj", 0.0)), 1).unwrap();
+        let last = lora.specs(cfg).pop().unwrap();
+        assert_eq!((last.name.as_str(), last.shape), (WTE_NAME, vec![13, 8]));
+        assert_eq!(lora.wte(cfg).unwrap(), base.weights().wte);
+        assert_eq!(
+            lora.params.len(),
+            specs.iter().map(TensorSpec::numel).sum::<usize>() + 13 * 8
+        );
     }
 
     /// Whole-model finite-difference check of every adapter gradient: the base frozen, the
     /// gradient buffer the adapter's.
-    fn check_adapter_gradients(targets: &str, lora_dropout: f32, dropout: f32) {
-        let model = adapted(config(targets, lora_dropout), dropout);
+    fn check_adapter_gradients(lora: LoraConfig, dropout: f32) {
+        let lora_dropout = lora.dropout;
+        let model = adapted(lora, dropout);
         let (b, t) = (2, 5);
         let tokens: Vec<u32> = (0..b * t).map(|i| (i * 5 % 13) as u32).collect();
         let targets: Vec<i32> = (0..b * t).map(|i| (i * 7 % 13) as i32).collect();
@@ -533,18 +586,25 @@ mod tests {
 
     #[test]
     fn adapter_gradients_match_finite_differences() {
-        check_adapter_gradients("c_attn,attn.c_proj,c_fc,mlp.c_proj", 0.0, 0.0);
-        check_adapter_gradients("c_fc", 0.0, 0.0);
+        check_adapter_gradients(config("c_attn,attn.c_proj,c_fc,mlp.c_proj", 0.0), 0.0);
+        check_adapter_gradients(config("c_fc", 0.0), 0.0);
     }
 
     #[test]
     fn adapter_gradients_match_finite_differences_with_dropout() {
-        check_adapter_gradients("c_attn,attn.c_proj,c_fc,mlp.c_proj", 0.3, 0.1);
+        check_adapter_gradients(config("c_attn,attn.c_proj,c_fc,mlp.c_proj", 0.3), 0.1);
+    }
+
+    /// The trained wte's gradient: the LM head's and the input embedding's, both tied to it.
+    #[test]
+    fn trained_wte_gradients_match_finite_differences() {
+        check_adapter_gradients(with_wte(config("c_attn,attn.c_proj,c_fc,mlp.c_proj", 0.0)), 0.0);
+        check_adapter_gradients(with_wte(config("c_fc", 0.3)), 0.1);
     }
 
     #[test]
     fn the_merged_model_computes_what_the_adapter_does() {
-        let model = adapted(config("c_attn,attn.c_proj,c_fc,mlp.c_proj", 0.1), 0.0);
+        let model = adapted(with_wte(config("c_attn,attn.c_proj,c_fc,mlp.c_proj", 0.1)), 0.0);
         let mut merged = Gpt::from_params(model.config.clone(), model.params.clone());
         model.adapter.as_ref().unwrap().merge_into(&mut merged);
         let tokens: Vec<u32> = (0..8).map(|i| (i * 3 % 13) as u32).collect();

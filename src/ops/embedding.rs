@@ -18,14 +18,23 @@ pub fn embedding_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f3
 }
 
 /// Backward: scatter-add each row of dout into the rows of wte and wpe it came from.
-/// `dwte[tokens[b, t]] += dout[b, t]`, `dwpe[t] += Σ_b dout[b, t]`.
-pub fn embedding_backward(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], tokens: &[u32], t: usize, c: usize) {
+/// `dwte[tokens[b, t]] += dout[b, t]`, `dwpe[t] += Σ_b dout[b, t]` (no dwpe: wpe frozen).
+pub fn embedding_backward(
+    dwte: &mut [f32],
+    dwpe: Option<&mut [f32]>,
+    dout: &[f32],
+    tokens: &[u32],
+    t: usize,
+    c: usize,
+) {
     // Position rows are disjoint: one task per position, summing over the batch.
-    dwpe[..t * c].par_chunks_mut(c).enumerate().for_each(|(pos, dp)| {
-        for row in dout.chunks_exact(c).skip(pos).step_by(t) {
-            dp.iter_mut().zip(row).for_each(|(d, &g)| *d += g);
-        }
-    });
+    if let Some(dwpe) = dwpe {
+        dwpe[..t * c].par_chunks_mut(c).enumerate().for_each(|(pos, dp)| {
+            for row in dout.chunks_exact(c).skip(pos).step_by(t) {
+                dp.iter_mut().zip(row).for_each(|(d, &g)| *d += g);
+            }
+        });
+    }
     // Token rows may repeat, so this scatter runs in order (it is tiny next to the matmuls).
     for (row, &tok) in dout.chunks_exact(c).zip(tokens) {
         dwte[tok as usize * c..][..c]
@@ -53,7 +62,7 @@ mod tests {
             out
         };
         let (mut dwte, mut dwpe) = (vec![0.0; v * c], vec![0.0; t * c]);
-        embedding_backward(&mut dwte, &mut dwpe, &dout, &tokens, t, c);
+        embedding_backward(&mut dwte, Some(&mut dwpe), &dout, &tokens, t, c);
         check_gradient("embedding dwte", &wte, &dwte, &dout, |x| forward(x, &wpe));
         check_gradient("embedding dwpe", &wpe, &dwpe, &dout, |x| forward(&wte, x));
     }

@@ -59,6 +59,9 @@ pub struct TrainConfig {
     /// The layers adapted, comma-separated: c_attn, attn.c_proj, c_fc, mlp.c_proj (default:
     /// c_attn, as PEFT's default for GPT-2).
     pub lora_targets: Option<String>,
+    /// Train the token embedding (and the tied LM head) too, as a full copy in the adapter
+    /// (PEFT's `modules_to_save`).
+    pub lora_train_wte: bool,
     // --- optimisation ---
     pub batch_size: usize,
     /// Micro-batches per optimizer step (nanoGPT's gradient_accumulation_steps).
@@ -131,6 +134,7 @@ impl Default for TrainConfig {
             lora_alpha: None,
             lora_dropout: 0.0,
             lora_targets: None,
+            lora_train_wte: false,
             batch_size: 12,
             grad_accum: 1,
             max_iters: 2000,
@@ -265,6 +269,7 @@ impl TrainConfig {
                 ("lora_alpha", self.lora_alpha.is_some()),
                 ("lora_dropout", self.lora_dropout != 0.0),
                 ("lora_targets", self.lora_targets.is_some()),
+                ("lora_train_wte", self.lora_train_wte),
             ];
             return match given.iter().find(|(_, set)| *set) {
                 Some((name, _)) => Err(Error::Config(format!("{name} is for LoRA: give lora_r (--lora-r) too"))),
@@ -281,6 +286,7 @@ impl TrainConfig {
             alpha: self.lora_alpha.unwrap_or(8.0),
             dropout: self.lora_dropout,
             targets: parse_targets(self.lora_targets.as_deref().unwrap_or("c_attn"))?,
+            train_wte: self.lora_train_wte,
         };
         config.validate()?;
         Ok(Some(config))

@@ -68,7 +68,7 @@ impl Trainer {
         };
         let base_sha256 = lora.as_ref().map(|_| weights_sha256(&model.params));
         if let Some(lora) = lora {
-            model.adapter = Some(Lora::new(&model.config, lora, config.seed)?);
+            model.adapter = Some(Lora::new(&model, lora, config.seed)?);
         }
         let (run_dir, lock) = create_run_dir(config.out_dir.as_deref())?;
         let config = TrainConfig {

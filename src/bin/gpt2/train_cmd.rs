@@ -91,6 +91,10 @@ pub struct TrainArgs {
     /// projections) [default: c_attn].
     #[arg(long, value_name = "LIST", help_heading = "LoRA")]
     lora_targets: Option<String>,
+    /// Train the token embedding too (also the tied LM head): a full copy of it in the adapter,
+    /// saved as PEFT's modules_to_save wte and lm_head [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = "LoRA")]
+    lora_train_wte: Option<bool>,
 
     /// Training windows (sequences of --block-size tokens) per micro-batch [default: 12].
     #[arg(long, help_heading = "Optimisation")]
