@@ -20,10 +20,12 @@
 use faer::Par;
 use rayon::prelude::*;
 
-/// Largest M that goes through these kernels rather than the general matrix multiply: for
-/// `w` stored [K, N], and for `w` stored [N, K] (faer reads that layout slowly; measured against
-/// it on GPT-2's LM head, the tiles are faster up to 32 rows).
-pub const SMALL_M: usize = 8;
+/// Largest M that goes through these kernels rather than the general matrix multiply, measured
+/// against faer on GPT-2's layers (the best of 12 runs, 2-core Zen 4): for `w` stored [K, N]
+/// (faster for 1-3 rows, even at 4, slower for 5-8: each row re-reads the weights from cache),
+/// and for `w` stored [N, K] (faer reads that layout slowly; on GPT-2's LM head the tiles are
+/// faster up to 32 rows).
+pub const SMALL_M: usize = 4;
 pub const SMALL_M_T: usize = 32;
 
 /// Weight rows per task: 64 rows of a GPT-2 weight are 192-768 KiB of contiguous memory.
