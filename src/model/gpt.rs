@@ -514,22 +514,15 @@ impl Gpt {
         }
         let adapter = self.adapter_view();
         for (l, p) in w.blocks.iter().enumerate() {
-            let keys = caches
-                .iter_mut()
-                .zip(tokens)
-                .map(|(cache, new)| (cache.kv_layer(l), new.len()));
-            let (lowp, pass) = (self.lowp_block(l), adapter.as_ref().map(|a| a.pass(l, None)));
-            block_forward(
-                cfg,
-                shape,
-                p,
-                lowp,
-                pass,
-                &s.x,
-                &mut s.block,
-                Keys::PerRow(keys.collect()),
-                None,
+            let keys = Keys::PerRow(
+                caches
+                    .iter_mut()
+                    .zip(tokens)
+                    .map(|(cache, new)| (cache.kv_layer(l), new.len()))
+                    .collect(),
             );
+            let (lowp, pass) = (self.lowp_block(l), adapter.as_ref().map(|a| a.pass(l, None)));
+            block_forward(cfg, shape, p, lowp, pass, &s.x, &mut s.block, keys, None);
             std::mem::swap(&mut s.x, &mut s.block.residual_3);
         }
         // Only each request's last new position goes through the final LayerNorm and the LM head.
