@@ -571,10 +571,13 @@ impl Gpt {
         }
         let adapter = self.adapter_view();
         for (l, p) in w.blocks.iter().enumerate() {
-            let keys = caches
-                .iter_mut()
-                .zip(tokens)
-                .map(|(cache, new)| (cache.kv_layer(l), new.len()));
+            let keys = Keys::PerRow(
+                caches
+                    .iter_mut()
+                    .zip(tokens)
+                    .map(|(cache, new)| (cache.kv_layer(l), new.len()))
+                    .collect(),
+            );
             let (lowp, pass) = (self.lowp_block(l), adapter.as_ref().map(|a| a.pass(l, None)));
             block_forward(
                 cfg,
@@ -585,7 +588,7 @@ impl Gpt {
                 pass,
                 &s.x,
                 &mut s.block,
-                Keys::PerRow(keys.collect()),
+                keys,
                 None,
             );
             std::mem::swap(&mut s.x, &mut s.block.residual_3);
