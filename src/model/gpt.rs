@@ -10,7 +10,7 @@ use super::kv_cache::{KvCache, StepBuffers};
 use super::lora::{split_adapter, AdapterView, Lora};
 use super::lowp::{LowpBlock, LowpWeights};
 use super::params::{block_len, init_params, num_params, param_specs, BlockWeights, Layout, TensorSpec, Weights};
-use super::workspace::Workspace;
+use super::workspace::{BlockActs, Workspace};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ops::attention::AttnShape;
@@ -191,6 +191,23 @@ impl Gpt {
     /// The adapter as the passes read it.
     fn adapter_view(&self) -> Option<AdapterView<'_>> {
         self.adapter.as_ref().map(|a| AdapterView::new(a, &self.config))
+    }
+
+    /// Block `l` (weights `p`) of an inference pass (no dropout; f32 weights multiply in f32):
+    /// reads the stream `x`, leaves the block's output in `acts.residual_3`.
+    #[allow(clippy::too_many_arguments)]
+    fn inference_block(
+        &self,
+        l: usize,
+        p: &BlockWeights<&[f32]>,
+        shape: AttnShape,
+        adapter: Option<&AdapterView>,
+        x: &[f32],
+        acts: &mut BlockActs,
+        keys: Keys,
+    ) {
+        let (lowp, pass) = (self.lowp_block(l), adapter.map(|a| a.pass(l, None)));
+        block_forward(&self.config, shape, Precision::F32, p, lowp, pass, x, acts, keys, None);
     }
 
     fn attn_shape(&self, b: usize, t: usize) -> AttnShape {
@@ -496,19 +513,7 @@ impl Gpt {
         let adapter = self.adapter_view();
         for (l, p) in w.blocks.iter().enumerate() {
             let (keys, s) = cache.layer(l);
-            let (lowp, pass) = (self.lowp_block(l), adapter.as_ref().map(|a| a.pass(l, None)));
-            block_forward(
-                cfg,
-                shape,
-                Precision::F32,
-                p,
-                lowp,
-                pass,
-                &s.x,
-                &mut s.block,
-                Keys::Cached(keys),
-                None,
-            );
+            self.inference_block(l, p, shape, adapter.as_ref(), &s.x, &mut s.block, Keys::Cached(keys));
             std::mem::swap(&mut s.x, &mut s.block.residual_3); // the block's output is the next one's input
         }
         cache.advance(t);
@@ -578,19 +583,7 @@ impl Gpt {
                     .map(|(cache, new)| (cache.kv_layer(l), new.len()))
                     .collect(),
             );
-            let (lowp, pass) = (self.lowp_block(l), adapter.as_ref().map(|a| a.pass(l, None)));
-            block_forward(
-                cfg,
-                shape,
-                Precision::F32,
-                p,
-                lowp,
-                pass,
-                &s.x,
-                &mut s.block,
-                keys,
-                None,
-            );
+            self.inference_block(l, p, shape, adapter.as_ref(), &s.x, &mut s.block, keys);
             std::mem::swap(&mut s.x, &mut s.block.residual_3);
         }
         // Only each request's last new position goes through the final LayerNorm and the LM head.
