@@ -26,6 +26,7 @@ use super::lowp::half::f32_to_bf16;
 use super::lowp::{Bf16Kernel, Kernels};
 use faer::Par;
 use rayon::prelude::*;
+use std::sync::OnceLock;
 
 /// Micro-tile rows and columns (NR = 4 vectors of 16 lanes).
 const MR: usize = 6;
@@ -50,13 +51,18 @@ pub enum TileKernel {
 impl TileKernel {
     /// `vdpbf16ps` where the CPU has it (and AVX512BW, which its packing uses) and
     /// `GPT2_KERNEL` does not force another bf16 kernel ([`Kernels::from_env`]), else plain Rust.
+    /// Decided once per process: every product of a run asks.
     pub fn best() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if Kernels::from_env().is_ok_and(|k| k.bf16() == Bf16Kernel::Avx512Bf16) && is_x86_feature_detected!("avx512bw")
-        {
-            return TileKernel::Avx512Bf16;
-        }
-        TileKernel::Scalar
+        static BEST: OnceLock<TileKernel> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            if Kernels::from_env().is_ok_and(|k| k.bf16() == Bf16Kernel::Avx512Bf16)
+                && is_x86_feature_detected!("avx512bw")
+            {
+                return TileKernel::Avx512Bf16;
+            }
+            TileKernel::Scalar
+        })
     }
 
     pub fn name(self) -> &'static str {
@@ -130,7 +136,7 @@ pub fn gemm_bf16(
 /// `out` (rows `rows` of the whole output, [rows.len(), n]) += a[rows, :] · b, on this thread.
 fn gemm_rows(out: &mut [f32], rows: std::ops::Range<usize>, a: Operand, b: Operand, kernel: TileKernel) {
     let (k, n) = (a.cols, b.cols);
-    let mut b_packed: Vec<u32> = Vec::new();
+    let (mut b_packed, mut a_packed): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
     for j0 in (0..n).step_by(NC) {
         let nc = NC.min(n - j0);
         for p0 in (0..k).step_by(KC) {
@@ -149,7 +155,7 @@ fn gemm_rows(out: &mut [f32], rows: std::ops::Range<usize>, a: Operand, b: Opera
                 kc,
                 b_packed: &b_packed,
             };
-            add_block(out, rows.clone(), a, block, kernel);
+            add_block(out, rows.clone(), a, &mut a_packed, block, kernel);
         }
     }
 }
@@ -222,14 +228,20 @@ struct Block<'a> {
 }
 
 /// `out` (rows `rows` of the whole output, [rows.len(), n]) += a[rows, block's k] · the B
-/// block, on this thread: A packed MC rows at a time.
-fn add_block(out: &mut [f32], rows: std::ops::Range<usize>, a: Operand, block: Block, kernel: TileKernel) {
+/// block, on this thread: A packed MC rows at a time into `a_packed` (reused from block to block).
+fn add_block(
+    out: &mut [f32],
+    rows: std::ops::Range<usize>,
+    a: Operand,
+    a_packed: &mut Vec<u32>,
+    block: Block,
+    kernel: TileKernel,
+) {
     let n = out.len() / rows.len();
     let pairs = block.kc.div_ceil(2);
-    let mut a_packed: Vec<u32> = Vec::new();
     for i0 in rows.clone().step_by(MC) {
         let mc = MC.min(rows.end - i0);
-        pack_a(&mut a_packed, a, i0, mc, block.p0, block.kc, kernel);
+        pack_a(a_packed, a, i0, mc, block.p0, block.kc, kernel);
         for (jp, b_panel) in block.b_packed.chunks_exact(pairs * NR).enumerate() {
             let (col, cols) = (block.j0 + jp * NR, NR.min(block.nc - jp * NR));
             for (ip, a_panel) in a_packed.chunks_exact(pairs * MR).enumerate() {
