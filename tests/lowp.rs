@@ -282,4 +282,9 @@ fn info_names_the_features_and_the_kernel_each_dtype_uses() {
         (used(&scalar, "bf16"), used(&scalar, "q8_0")),
         ("scalar".into(), "scalar".into())
     );
+    // A prompt runs on the panel kernels exactly where the dtype's AVX-512 kernel is used.
+    let panels = |json: &serde_json::Value, dtype: &str| json["prompts"][dtype].as_str().unwrap().contains("panels");
+    assert_eq!(panels(&best, "bf16"), used(&best, "bf16") == "avx512bf16");
+    assert_eq!(panels(&best, "q8_0"), used(&best, "q8_0") == "avx512vnni");
+    assert!(!panels(&scalar, "bf16") && !panels(&scalar, "q8_0"));
 }

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 use gpt2::ops::lowp::kernel::{has_feature, Kernel, KERNEL_ENV, REPORTED_FEATURES};
-use gpt2::ops::lowp::{Bf16Kernel, Kernels, Q8Kernel};
+use gpt2::ops::lowp::{prompt_panels, Bf16Kernel, Kernels, Q8Kernel, WeightDtype, PROMPT_ROWS};
 use gpt2::ops::matmul::Precision;
 use gpt2::ops::matmul_bf16::TileKernel;
 use serde_json::json;
@@ -11,7 +11,7 @@ use serde_json::json;
 #[derive(Args)]
 pub struct InfoArgs {
     /// Print one JSON object: {"cpu", "features", "threads", "kernel_env", "f32", "bf16", "q8_0",
-    /// "training_bf16"}.
+    /// "prompts", "training_bf16"}.
     #[arg(long)]
     json: bool,
 }
@@ -50,6 +50,20 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         ),
         Err(_) => (kernels::<Bf16Kernel>(None), kernels::<Q8Kernel>(None)),
     };
+    // A prompt's products: on the AVX-512 panel kernels, or in the dot-product tiles.
+    let prompts: serde_json::Map<String, serde_json::Value> = [WeightDtype::Bf16, WeightDtype::Q8_0]
+        .into_iter()
+        .map(|dtype| {
+            let panels = chosen.as_ref().is_ok_and(|&k| prompt_panels(dtype, k));
+            let how = match panels {
+                true => {
+                    format!("{PROMPT_ROWS} rows and more: panels of 16 rows, each weight broadcast against a panel")
+                }
+                false => "dot-product tiles of 4 rows".to_string(),
+            };
+            (dtype.name().to_string(), how.into())
+        })
+        .collect();
     // `gpt2 train --precision bf16`: its products' micro-kernel, or why they run in f32.
     let training_bf16 = match Precision::Bf16.on_this_cpu() {
         (_, Some(note)) => note,
@@ -66,6 +80,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         "f32": f32_path,
         "bf16": bf16,
         "q8_0": q8_0,
+        "prompts": prompts,
         "training_bf16": training_bf16,
     });
     if args.json {
@@ -100,6 +115,9 @@ pub fn run(args: &InfoArgs) -> Result<()> {
                 })
                 .collect();
             println!("{dtype} weights: {}", described.join("; "));
+        }
+        for (dtype, how) in &prompts {
+            println!("{dtype} prompts: {}", how.as_str().unwrap_or_default());
         }
         match (&env, &chosen) {
             (_, Err(e)) => println!("{KERNEL_ENV}: {e}"),

@@ -13,6 +13,8 @@
 pub mod bf16;
 pub mod half;
 pub mod kernel;
+#[cfg(target_arch = "x86_64")]
+mod panel;
 pub mod q8_0;
 
 pub use kernel::{Bf16Kernel, Kernel, Kernels, Q8Kernel};
@@ -224,9 +226,18 @@ impl LowpMatrix {
         }
     }
 
-    /// `out [M, N] = x [M, K] · Wᵀ`, on `kernels`.
+    /// `out [M, N] = x [M, K] · Wᵀ`, on `kernels`: a prompt (M ≥ [`PROMPT_ROWS`]) on the
+    /// AVX-512 panel kernels where [`prompt_panels`] says so, else in dot-product tiles.
     pub fn matmul(&self, out: &mut [f32], x: &[f32], m: usize, kernels: Kernels) {
         assert!(x.len() == m * self.cols && out.len() == m * self.rows);
+        #[cfg(target_arch = "x86_64")]
+        if m >= PROMPT_ROWS && prompt_panels(self.dtype(), kernels) {
+            let (k, padded) = (self.cols, self.padded);
+            return match &self.data {
+                Storage::Bf16(w) => panel::bf16(out, x, m, k, w, padded),
+                Storage::Q8_0(w) => panel::q8_0(out, x, m, k, w, padded),
+            };
+        }
         if m == 1 {
             return self.matmul_t(out, x, kernels); // [1, N] is its own transpose
         }
@@ -294,6 +305,25 @@ impl LowpMatrix {
     }
 }
 
+/// Products of at least this many rows use the panel kernels where [`prompt_panels`] allows
+/// (below it the dot-product tiles, which waste no lanes, are faster).
+pub const PROMPT_ROWS: usize = 8;
+
+/// Whether a prompt's products with `dtype` weights run on the AVX-512 panel kernels of
+/// [`panel`] with `kernels`: where the dtype's kernel is `avx512bf16` or `avx512vnni`.
+pub fn prompt_panels(dtype: WeightDtype, kernels: Kernels) -> bool {
+    match dtype {
+        #[cfg(target_arch = "x86_64")]
+        WeightDtype::Bf16 => kernels.bf16() == Bf16Kernel::Avx512Bf16,
+        #[cfg(target_arch = "x86_64")]
+        WeightDtype::Q8_0 => kernels.q8_0() == Q8Kernel::Avx512Vnni,
+        _ => {
+            let _ = kernels;
+            false
+        }
+    }
+}
+
 /// The rows of x [M, K], each padded with zeros to `padded`.
 fn pad_rows(x: &[f32], k: usize, padded: usize) -> Vec<f32> {
     let mut out = vec![0.0; x.len() / k * padded];
@@ -319,9 +349,7 @@ pub trait Tile<'a>: Sync {
 fn product<'a, T: Tile<'a>>(kernel: &T, out_t: &mut [f32], w: &[T::W], row_len: usize, x: &[T::X]) {
     let m = x.len();
     let n = w.len() / row_len.max(1);
-    let by_bytes = TASK_BYTES / (row_len * std::mem::size_of::<T::W>()).max(1);
-    let by_threads = n.div_ceil(4 * rayon::current_num_threads());
-    let rows_per_task = by_bytes.min(by_threads).max(DECODE_STREAMS);
+    let rows_per_task = rows_per_task(n, row_len * std::mem::size_of::<T::W>());
     out_t
         .par_chunks_mut(rows_per_task * m)
         .zip(w.par_chunks(rows_per_task * row_len))
@@ -332,6 +360,14 @@ fn product<'a, T: Tile<'a>>(kernel: &T, out_t: &mut [f32], w: &[T::W], row_len: 
                 false => tiles::<T, PREFILL_ROWS, PREFILL_COLS>(kernel, out, &rows, x),
             }
         });
+}
+
+/// How many of N weight rows of `row_bytes` each one task reads: about [`TASK_BYTES`], at
+/// least 4 tasks per thread.
+fn rows_per_task(n: usize, row_bytes: usize) -> usize {
+    let by_bytes = TASK_BYTES / row_bytes.max(1);
+    let by_threads = n.div_ceil(4 * rayon::current_num_threads());
+    by_bytes.min(by_threads).max(DECODE_STREAMS)
 }
 
 /// `out [rows, M]`: `out[i, r] = rows[i] · x[r]`, in tiles of R × S (smaller at the edges).
@@ -409,7 +445,9 @@ mod tests {
 
     #[test]
     fn every_kernel_matches_the_f64_product_on_odd_shapes() {
-        // K not a multiple of 8, 16 or 32; N crossing tasks (64 rows) and tiles; M crossing tiles of 4.
+        // K not a multiple of 8, 16 or 32; N crossing tasks (64 rows) and tiles; M crossing tiles
+        // of 4 and, from PROMPT_ROWS rows on, panels of 16 (1 to 5 of them: every P of
+        // the AVX-512 panel kernels, with a partial last panel) and their row blocks.
         for (m, k, n) in [
             (1, 1, 1),
             (1, 33, 7),
@@ -417,6 +455,11 @@ mod tests {
             (3, 100, 131),
             (4, 47, 3),
             (9, 129, 200),
+            (16, 64, 13),
+            (17, 31, 29),
+            (40, 96, 70),
+            (64, 33, 26),
+            (70, 65, 41),
         ] {
             let x = random_vec(m * k, 1);
             let w = random_vec(n * k, 2); // [N, K]

@@ -106,6 +106,13 @@ impl Activations {
     }
 }
 
+impl Row<'_> {
+    /// Block b: its 32 int8, its scale and its `vpdpbusd` correction.
+    pub fn block(&self, b: usize) -> (&[i8], f32, i32) {
+        (&self.qs[b * BLOCK..(b + 1) * BLOCK], self.d[b], self.corr[b][0])
+    }
+}
+
 /// Checks that S weight rows and R activation rows have the same number of blocks.
 fn check_lengths<const R: usize, const S: usize>(w: &[&[BlockQ8_0]; S], x: &[Row; R]) {
     let nb = x[0].d.len();

@@ -1,0 +1,312 @@
+//! Products of a prompt's many activation rows with low-precision weights as stored, on
+//! AVX-512 (`avx512bf16` for bf16, `avx512vnni` for q8_0).
+//!
+//! The dot-product tiles of [`super::product`] keep each output in a register of partial sums
+//! and add its lanes at the end: right for a token or two, where reading the weights is all
+//! the work. A prompt of M rows is arithmetic, and is better served the other way round: the
+//! activations are packed once into panels of 16 rows, one row per 32-bit lane, and each stored
+//! weight pair (bf16) or quad (q8_0) is broadcast against a whole panel. Every lane then sums
+//! one output, nothing is added across lanes, and a weight is read from memory once per 16·P
+//! rows. A micro-kernel computes MR weight rows × P panels (MR·P registers of sums):
+//!
+//! ```text
+//!   x [M, K] ──pack──▶ panels [⌈M/16⌉][K/2 pairs | K/4 quads][16 lanes]
+//!   for each task of weight rows (split across threads as for decoding):
+//!     for each MR rows, for each P panels:   sums[MR][P] (16 lanes each)
+//!       for each pair/quad j:  w = broadcast(row r, j);  sums[r][p] += panel[p][j] · w
+//!   out_t [N, 16·⌈M/16⌉] ──transpose──▶ out [M, N]
+//! ```
+//!
+//! The arithmetic is the dot-product kernels' (activations rounded to bf16, or quantized to q8
+//! blocks with the same scales and the same `vpdpbusd` correction); only the order of the f32
+//! sums differs.
+
+use super::q8_0::{Activations, BlockQ8_0};
+use super::{rows_per_task, BLOCK};
+use rayon::prelude::*;
+
+/// Activation rows per panel: the f32 lanes of a 512-bit register.
+const LANES: usize = 16;
+
+/// One kernel: packed activations and the micro-kernel that multiplies them with stored rows.
+trait Panels: Sync {
+    /// What a stored weight row is made of.
+    type W: Sync;
+    /// `out[r·stride + 16·p + lane] = rows[r] · x[16·(g + p) + lane]` for the MR rows and the
+    /// P panels from panel `g`.
+    fn tile<const MR: usize, const P: usize>(&self, out: &mut [f32], stride: usize, rows: [&[Self::W]; MR], g: usize);
+}
+
+/// `out [M, N] = x · Wᵀ` for the weights `w` stored [N, `row_len`], the activations packed in
+/// `kernel` (M rows, in ⌈M/16⌉ panels).
+fn product<K: Panels>(kernel: &K, out: &mut [f32], m: usize, w: &[K::W], row_len: usize) {
+    let n = w.len() / row_len;
+    let panels = m.div_ceil(LANES);
+    let stride = panels * LANES;
+    let mut out_t = vec![0.0f32; n * stride];
+    let task = rows_per_task(n, row_len * std::mem::size_of::<K::W>());
+    out_t
+        .par_chunks_mut(task * stride)
+        .zip(w.par_chunks(task * row_len))
+        .for_each(|(out_t, w)| {
+            let rows: Vec<&[K::W]> = w.chunks_exact(row_len).collect();
+            // MR·P sums, P panel registers and a broadcast in the 32 registers.
+            match panels {
+                1 => by_rows::<K, 12, 1>(kernel, out_t, stride, &rows, panels),
+                2 => by_rows::<K, 8, 2>(kernel, out_t, stride, &rows, panels),
+                3 => by_rows::<K, 6, 3>(kernel, out_t, stride, &rows, panels),
+                _ => by_rows::<K, 5, 4>(kernel, out_t, stride, &rows, panels),
+            }
+        });
+    out.par_chunks_mut(n).enumerate().for_each(|(r, out)| {
+        out.iter_mut()
+            .zip(out_t[r..].iter().step_by(stride))
+            .for_each(|(o, &v)| *o = v);
+    });
+}
+
+/// Every row of `rows` against every panel: MR rows at a time, then one at a time.
+fn by_rows<K: Panels, const MR: usize, const P: usize>(
+    kernel: &K,
+    out: &mut [f32],
+    stride: usize,
+    rows: &[&[K::W]],
+    panels: usize,
+) {
+    let blocks = rows.len() / MR;
+    for (i, block) in rows.chunks_exact(MR).enumerate() {
+        let block: [&[K::W]; MR] = std::array::from_fn(|r| block[r]);
+        by_panels::<K, MR, P>(kernel, &mut out[i * MR * stride..], stride, block, panels);
+    }
+    for (i, &row) in rows.iter().enumerate().skip(blocks * MR) {
+        by_panels::<K, 1, P>(kernel, &mut out[i * stride..], stride, [row], panels);
+    }
+}
+
+/// The MR rows against every panel: P at a time, then one at a time.
+fn by_panels<K: Panels, const MR: usize, const P: usize>(
+    kernel: &K,
+    out: &mut [f32],
+    stride: usize,
+    rows: [&[K::W]; MR],
+    panels: usize,
+) {
+    let groups = panels / P;
+    for g in 0..groups {
+        kernel.tile::<MR, P>(&mut out[g * P * LANES..], stride, rows, g * P);
+    }
+    for g in groups * P..panels {
+        kernel.tile::<MR, 1>(&mut out[g * LANES..], stride, rows, g);
+    }
+}
+
+/// bf16 weights [N, `padded`] (u16 bits) times x [M, K]: `out` [M, N].
+pub fn bf16(out: &mut [f32], x: &[f32], m: usize, k: usize, w: &[u16], padded: usize) {
+    let panels = Bf16Panels::pack(x, m, k, padded);
+    product(&panels, out, m, w, padded);
+}
+
+/// q8_0 weights [N, `padded` / 32 blocks] times x [M, K] (quantized here as the dot-product
+/// kernels quantize it): `out` [M, N].
+pub fn q8_0(out: &mut [f32], x: &[f32], m: usize, k: usize, w: &[BlockQ8_0], padded: usize) {
+    let panels = Q8Panels::pack(&Activations::quantize(x, k, padded), m, padded / BLOCK);
+    product(&panels, out, m, w, padded / BLOCK);
+}
+
+/// x rounded to bf16 in panels: `pairs[(g·K/2 + j)·16 + lane]` holds x[16g + lane][2j, 2j + 1]
+/// as two bf16 (the first in the low half, as `vdpbf16ps` pairs them); rows past M are zero.
+struct Bf16Panels {
+    pairs: Vec<u32>,
+    per_panel: usize, // K/2 (padded)
+}
+
+impl Bf16Panels {
+    fn pack(x: &[f32], m: usize, k: usize, padded: usize) -> Self {
+        use super::half::f32_to_bf16;
+        let per_panel = padded / 2;
+        let mut pairs = vec![0u32; m.div_ceil(LANES) * per_panel * LANES];
+        pairs
+            .par_chunks_mut(per_panel * LANES)
+            .zip(x.par_chunks(LANES * k))
+            .for_each(|(panel, x)| {
+                for (lane, x) in x.chunks_exact(k).enumerate() {
+                    for (j, pair) in x.chunks(2).enumerate() {
+                        let (lo, hi) = (pair[0], pair.get(1).copied().unwrap_or(0.0));
+                        panel[j * LANES + lane] = f32_to_bf16(lo) as u32 | (f32_to_bf16(hi) as u32) << 16;
+                    }
+                }
+            });
+        Bf16Panels { pairs, per_panel }
+    }
+}
+
+impl Panels for Bf16Panels {
+    type W = u16;
+
+    fn tile<const MR: usize, const P: usize>(&self, out: &mut [f32], stride: usize, rows: [&[u16]; MR], g: usize) {
+        let n = self.per_panel;
+        assert!(
+            rows.iter().all(|r| r.len() == 2 * n)
+                && self.pairs.len() >= (g + P) * n * LANES
+                && out.len() >= (MR - 1) * stride + P * LANES
+        );
+        // SAFETY: chosen only where the CPU has AVX512F and AVX512-BF16 (LowpMatrix::matmul);
+        // every row holds 2n weights, the panels g..g + P exist and `out` holds the tile.
+        unsafe { x86::bf16_tile::<MR, P>(out, stride, rows, &self.pairs[g * n * LANES..], n) }
+    }
+}
+
+/// x quantized to q8 blocks in panels, for block b of panel g: `quads[((g·nb + b)·8 + q)·16 +
+/// lane]` the 4 int8 of x[16g + lane][32b + 4q..], `scales` and `corrections` [(g·nb + b)·16 +
+/// lane] the block's f32 scale and `-128 · Σ q` (see [`super::q8_0`]); rows past M are zero.
+struct Q8Panels {
+    quads: Vec<i32>,
+    scales: Vec<f32>,
+    corrections: Vec<i32>,
+    blocks: usize, // nb: blocks per row
+}
+
+impl Q8Panels {
+    fn pack(acts: &Activations, m: usize, blocks: usize) -> Self {
+        let per_block = LANES * BLOCK / 4;
+        let panels = m.div_ceil(LANES);
+        let mut packed = Q8Panels {
+            quads: vec![0; panels * blocks * per_block],
+            scales: vec![0.0; panels * blocks * LANES],
+            corrections: vec![0; panels * blocks * LANES],
+            blocks,
+        };
+        for (i, row) in acts.rows().into_iter().enumerate() {
+            let (g, lane) = (i / LANES, i % LANES);
+            for b in 0..blocks {
+                let at = g * blocks + b;
+                let (qs, d, corr) = row.block(b);
+                packed.scales[at * LANES + lane] = d;
+                packed.corrections[at * LANES + lane] = corr;
+                for (q, quad) in qs.chunks_exact(4).enumerate() {
+                    let bytes = [quad[0] as u8, quad[1] as u8, quad[2] as u8, quad[3] as u8];
+                    packed.quads[(at * BLOCK / 4 + q) * LANES + lane] = i32::from_le_bytes(bytes);
+                }
+            }
+        }
+        packed
+    }
+}
+
+impl Panels for Q8Panels {
+    type W = BlockQ8_0;
+
+    fn tile<const MR: usize, const P: usize>(
+        &self,
+        out: &mut [f32],
+        stride: usize,
+        rows: [&[BlockQ8_0]; MR],
+        g: usize,
+    ) {
+        let nb = self.blocks;
+        assert!(
+            rows.iter().all(|r| r.len() == nb)
+                && self.scales.len() >= (g + P) * nb * LANES
+                && out.len() >= (MR - 1) * stride + P * LANES
+        );
+        let at = g * nb;
+        // SAFETY: chosen only where the CPU has AVX512F, AVX512-VNNI and F16C
+        // (LowpMatrix::matmul); every row holds nb blocks, the panels g..g + P exist and `out`
+        // holds the tile.
+        unsafe {
+            x86::q8_0_tile::<MR, P>(
+                out,
+                stride,
+                rows,
+                &self.quads[at * LANES * BLOCK / 4..],
+                &self.scales[at * LANES..],
+                &self.corrections[at * LANES..],
+                nb,
+            )
+        }
+    }
+}
+
+mod x86 {
+    use super::super::q8_0::BlockQ8_0;
+    use super::{BLOCK, LANES};
+    use std::arch::x86_64::*;
+
+    /// MR bf16 rows of 2n weights against P panels of n pairs (`pairs` from the first).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn bf16_tile<const MR: usize, const P: usize>(
+        out: &mut [f32],
+        stride: usize,
+        rows: [&[u16]; MR],
+        pairs: &[u32],
+        n: usize,
+    ) {
+        let mut sums = [[_mm512_setzero_ps(); P]; MR];
+        for j in 0..n {
+            let x: [__m512bh; P] = std::array::from_fn(|p| {
+                std::mem::transmute(_mm512_loadu_si512(pairs.as_ptr().add((p * n + j) * LANES) as *const _))
+            });
+            for r in 0..MR {
+                // weights 2j and 2j + 1 of row r, in every lane
+                let pair = std::ptr::read_unaligned(rows[r].as_ptr().add(2 * j) as *const i32);
+                let w: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                for p in 0..P {
+                    // sums[lane] += x[2j]·w[2j] + x[2j+1]·w[2j+1], in f32
+                    sums[r][p] = _mm512_dpbf16_ps(sums[r][p], x[p], w);
+                }
+            }
+        }
+        store(out, stride, &sums);
+    }
+
+    /// MR q8_0 rows of nb blocks against P panels (`quads`, `scales`, `corrections` from the
+    /// first, `nb` blocks per panel).
+    #[target_feature(enable = "avx512f,avx512vnni,f16c")]
+    pub unsafe fn q8_0_tile<const MR: usize, const P: usize>(
+        out: &mut [f32],
+        stride: usize,
+        rows: [&[BlockQ8_0]; MR],
+        quads: &[i32],
+        scales: &[f32],
+        corrections: &[i32],
+        nb: usize,
+    ) {
+        const QUADS: usize = BLOCK / 4;
+        let mut sums = [[_mm512_setzero_ps(); P]; MR];
+        for b in 0..nb {
+            let panel = |p: usize| (p * nb + b) * LANES;
+            for r in 0..MR {
+                let block = rows[r].get_unchecked(b);
+                let d_w = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(block.d as i32))));
+                // -128 · Σ q_x, then + Σ (q_w + 128)·q_x: Σ q_w·q_x in each lane
+                let mut dots: [__m512i; P] =
+                    std::array::from_fn(|p| _mm512_loadu_si512(corrections.as_ptr().add(panel(p)) as *const _));
+                for q in 0..QUADS {
+                    let quad = std::ptr::read_unaligned(block.qs.as_ptr().add(4 * q) as *const i32);
+                    // q_w + 128 as u8 (a flip of each byte's top bit; done on the vector, this
+                    // sends LLVM 22 into a loop when it compiles for AVX512-VNNI CPUs)
+                    let w = _mm512_set1_epi32(quad ^ 0x8080_8080u32 as i32);
+                    for (p, dot) in dots.iter_mut().enumerate() {
+                        let x = _mm512_loadu_si512(quads.as_ptr().add((panel(p) * QUADS) + q * LANES) as *const _);
+                        *dot = _mm512_dpbusd_epi32(*dot, w, x);
+                    }
+                }
+                for p in 0..P {
+                    let scale = _mm512_mul_ps(_mm512_loadu_ps(scales.as_ptr().add(panel(p))), d_w);
+                    sums[r][p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[p]), scale, sums[r][p]);
+                }
+            }
+        }
+        store(out, stride, &sums);
+    }
+
+    /// `out[r·stride + 16p..][..16] = sums[r][p]`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store<const MR: usize, const P: usize>(out: &mut [f32], stride: usize, sums: &[[__m512; P]; MR]) {
+        for (r, sums) in sums.iter().enumerate() {
+            for (p, &s) in sums.iter().enumerate() {
+                _mm512_storeu_ps(out.as_mut_ptr().add(r * stride + p * LANES), s);
+            }
+        }
+    }
+}
