@@ -7,8 +7,10 @@
 //! zero-padded to a multiple of 32 (q8_0's block). The product `y [M, N] = x [M, K] · Wᵀ`
 //! splits the N rows across threads (about 256 KiB of weights per task, at least 4 tasks per
 //! thread); within a task it computes tiles of dot
-//! products, R activation rows by S weight rows, so that a prompt (M > 1) reads each weight
-//! once per R rows rather than once per row.
+//! products, R activation rows by S weight rows, so that a few rows (M > 1) read each weight
+//! once per R rows rather than once per row. A prompt of [`PROMPT_ROWS`] rows or more goes to
+//! the AVX-512 [`panel`] kernels where the CPU has them: each weight broadcast against 16
+//! activation rows at once.
 
 pub mod bf16;
 pub mod half;
