@@ -345,23 +345,31 @@ pub trait Tile<'a>: Sync {
     fn tile<const R: usize, const S: usize>(&self, w: [&[Self::W]; S], x: [Self::X; R]) -> [[f32; S]; R];
 }
 
-/// `out_t [N, M] = W · xᵀ` with W stored [N, `row_len`] and x given as M rows: tasks of
-/// contiguous weight rows on the rayon pool (each output is one task's, so the results do not
-/// depend on how the rows are split).
+/// `out_t [N, M] = W · xᵀ` with W stored [N, `row_len`] and x given as M rows.
 fn product<'a, T: Tile<'a>>(kernel: &T, out_t: &mut [f32], w: &[T::W], row_len: usize, x: &[T::X]) {
     let m = x.len();
+    for_each_task(out_t, m, w, row_len, |out, rows| match m < PREFILL_ROWS {
+        true => tiles::<T, 1, DECODE_STREAMS>(kernel, out, rows, x),
+        false => tiles::<T, PREFILL_ROWS, PREFILL_COLS>(kernel, out, rows, x),
+    });
+}
+
+/// Runs `task(out, rows)` on the rayon pool for each task of contiguous rows of W (stored [N,
+/// `row_len`], [`rows_per_task`] rows a task), `out` the task's rows of `out_t` [N,
+/// `per_row`]. Each output is one task's, so results do not depend on how the rows are split.
+fn for_each_task<W: Sync>(
+    out_t: &mut [f32],
+    per_row: usize,
+    w: &[W],
+    row_len: usize,
+    task: impl Fn(&mut [f32], &[&[W]]) + Sync,
+) {
     let n = w.len() / row_len.max(1);
-    let rows_per_task = rows_per_task(n, row_len * std::mem::size_of::<T::W>());
+    let rows_per_task = rows_per_task(n, row_len * std::mem::size_of::<W>());
     out_t
-        .par_chunks_mut(rows_per_task * m)
+        .par_chunks_mut(rows_per_task * per_row)
         .zip(w.par_chunks(rows_per_task * row_len))
-        .for_each(|(out, w)| {
-            let rows: Vec<&[T::W]> = w.chunks_exact(row_len).collect();
-            match m < PREFILL_ROWS {
-                true => tiles::<T, 1, DECODE_STREAMS>(kernel, out, &rows, x),
-                false => tiles::<T, PREFILL_ROWS, PREFILL_COLS>(kernel, out, &rows, x),
-            }
-        });
+        .for_each(|(out, w)| task(out, &w.chunks_exact(row_len).collect::<Vec<_>>()));
 }
 
 /// How many of N weight rows of `row_bytes` each one task reads: about [`TASK_BYTES`], at

@@ -22,7 +22,7 @@
 //! sums differs.
 
 use super::q8_0::{Activations, BlockQ8_0};
-use super::{rows_per_task, BLOCK};
+use super::{for_each_task, BLOCK};
 use rayon::prelude::*;
 
 /// Activation rows per panel: the f32 lanes of a 512-bit register.
@@ -44,20 +44,13 @@ fn product<K: Panels>(kernel: &K, out: &mut [f32], m: usize, w: &[K::W], row_len
     let panels = m.div_ceil(LANES);
     let stride = panels * LANES;
     let mut out_t = vec![0.0f32; n * stride];
-    let task = rows_per_task(n, row_len * std::mem::size_of::<K::W>());
-    out_t
-        .par_chunks_mut(task * stride)
-        .zip(w.par_chunks(task * row_len))
-        .for_each(|(out_t, w)| {
-            let rows: Vec<&[K::W]> = w.chunks_exact(row_len).collect();
-            // MR·P sums, P panel registers and a broadcast in the 32 registers.
-            match panels {
-                1 => by_rows::<K, 12, 1>(kernel, out_t, stride, &rows, panels),
-                2 => by_rows::<K, 8, 2>(kernel, out_t, stride, &rows, panels),
-                3 => by_rows::<K, 6, 3>(kernel, out_t, stride, &rows, panels),
-                _ => by_rows::<K, 5, 4>(kernel, out_t, stride, &rows, panels),
-            }
-        });
+    // MR·P sums, P panel registers and a broadcast in the 32 registers.
+    for_each_task(&mut out_t, stride, w, row_len, |out_t, rows| match panels {
+        1 => by_rows::<K, 12, 1>(kernel, out_t, stride, rows, panels),
+        2 => by_rows::<K, 8, 2>(kernel, out_t, stride, rows, panels),
+        3 => by_rows::<K, 6, 3>(kernel, out_t, stride, rows, panels),
+        _ => by_rows::<K, 5, 4>(kernel, out_t, stride, rows, panels),
+    });
     out.par_chunks_mut(n).enumerate().for_each(|(r, out)| {
         out.iter_mut()
             .zip(out_t[r..].iter().step_by(stride))
