@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 use gpt2::ops::lowp::kernel::{has_feature, Kernel, KERNEL_ENV, REPORTED_FEATURES};
-use gpt2::ops::lowp::{prompt_panels, Bf16Kernel, Kernels, Q8Kernel, WeightDtype, PROMPT_ROWS};
+use gpt2::ops::lowp::{panel_rows, Bf16Kernel, Kernels, Q8Kernel, WeightDtype};
 use gpt2::ops::matmul::Precision;
 use gpt2::ops::matmul_bf16::TileKernel;
 use serde_json::json;
@@ -54,12 +54,9 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     let prompts: serde_json::Map<String, serde_json::Value> = [WeightDtype::Bf16, WeightDtype::Q8_0]
         .into_iter()
         .map(|dtype| {
-            let panels = chosen.as_ref().is_ok_and(|&k| prompt_panels(dtype, k));
-            let how = match panels {
-                true => {
-                    format!("{PROMPT_ROWS} rows and more: panels of 16 rows, each weight broadcast against a panel")
-                }
-                false => "dot-product tiles of 4 rows".to_string(),
+            let how = match chosen.as_ref().ok().and_then(|&k| panel_rows(dtype, k)) {
+                Some(rows) => format!("{rows} rows and more: panels of 16 rows, each weight broadcast against a panel"),
+                None => "dot-product tiles of 4 rows".to_string(),
             };
             (dtype.name().to_string(), how.into())
         })

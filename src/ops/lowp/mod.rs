@@ -8,8 +8,8 @@
 //! splits the N rows across threads (about 256 KiB of weights per task, at least 4 tasks per
 //! thread); within a task it computes tiles of dot
 //! products, R activation rows by S weight rows, so that a few rows (M > 1) read each weight
-//! once per R rows rather than once per row. A prompt of [`PROMPT_ROWS`] rows or more goes to
-//! the AVX-512 [`panel`] kernels where the CPU has them: each weight broadcast against 16
+//! once per R rows rather than once per row. A prompt of 10-12 rows or more ([`panel_rows`])
+//! goes to the AVX-512 [`panel`] kernels where the CPU has them: each weight broadcast against 16
 //! activation rows at once.
 
 pub mod bf16;
@@ -228,12 +228,12 @@ impl LowpMatrix {
         }
     }
 
-    /// `out [M, N] = x [M, K] · Wᵀ`, on `kernels`: a prompt (M ≥ [`PROMPT_ROWS`]) on the
-    /// AVX-512 panel kernels where [`prompt_panels`] says so, else in dot-product tiles.
+    /// `out [M, N] = x [M, K] · Wᵀ`, on `kernels`: a prompt on the AVX-512 panel kernels from
+    /// [`panel_rows`] rows on, else in dot-product tiles.
     pub fn matmul(&self, out: &mut [f32], x: &[f32], m: usize, kernels: Kernels) {
         assert!(x.len() == m * self.cols && out.len() == m * self.rows);
         #[cfg(target_arch = "x86_64")]
-        if m >= PROMPT_ROWS && prompt_panels(self.dtype(), kernels) {
+        if panel_rows(self.dtype(), kernels).is_some_and(|rows| m >= rows) {
             let (k, padded) = (self.cols, self.padded);
             return match &self.data {
                 Storage::Bf16(w) => panel::bf16(out, x, m, k, w, padded),
@@ -307,21 +307,22 @@ impl LowpMatrix {
     }
 }
 
-/// Products of at least this many rows use the panel kernels where [`prompt_panels`] allows
-/// (below it the dot-product tiles, which waste no lanes, are faster).
-pub const PROMPT_ROWS: usize = 8;
-
-/// Whether a prompt's products with `dtype` weights run on the AVX-512 panel kernels of
-/// [`panel`] with `kernels`: where the dtype's kernel is `avx512bf16` or `avx512vnni`.
-pub fn prompt_panels(dtype: WeightDtype, kernels: Kernels) -> bool {
+/// From how many rows a product with `dtype` weights runs on the AVX-512 panel kernels of
+/// [`panel`] with `kernels` (where the dtype's kernel is `avx512bf16` or `avx512vnni`), None
+/// if it never does. Below it the dot-product tiles, which waste no lanes, are faster: a panel
+/// costs the same for 1 to 16 rows, and the 48 products of GPT-2 124M with cold weights took
+/// (bf16 tiles / panels) 10.1 / 14.8 ms at 8 rows, 14.1-14.9 / 14.8-15.3 at 11, 14.2-15.4 /
+/// 15.1 at 12; (q8_0) 13.0 / 15.6-16.1 at 8, 15.4 / 16.1 at 9, 17.1 / 15.2 at 10 (Zen 4, 2
+/// threads).
+pub fn panel_rows(dtype: WeightDtype, kernels: Kernels) -> Option<usize> {
     match dtype {
         #[cfg(target_arch = "x86_64")]
-        WeightDtype::Bf16 => kernels.bf16() == Bf16Kernel::Avx512Bf16,
+        WeightDtype::Bf16 if kernels.bf16() == Bf16Kernel::Avx512Bf16 => Some(12),
         #[cfg(target_arch = "x86_64")]
-        WeightDtype::Q8_0 => kernels.q8_0() == Q8Kernel::Avx512Vnni,
+        WeightDtype::Q8_0 if kernels.q8_0() == Q8Kernel::Avx512Vnni => Some(10),
         _ => {
             let _ = kernels;
-            false
+            None
         }
     }
 }
@@ -456,7 +457,7 @@ mod tests {
     #[test]
     fn every_kernel_matches_the_f64_product_on_odd_shapes() {
         // K not a multiple of 8, 16 or 32; N crossing tasks (64 rows) and tiles; M crossing tiles
-        // of 4 and, from PROMPT_ROWS rows on, panels of 16 (1 to 5 of them: every P of
+        // of 4 and, from panel_rows rows on, panels of 16 (1 to 5 of them: every P of
         // the AVX-512 panel kernels, with a partial last panel) and their row blocks.
         for (m, k, n) in [
             (1, 1, 1),
