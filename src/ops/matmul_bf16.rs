@@ -21,7 +21,7 @@
 //! whichever thread computes it, so results do not depend on the thread count. A CPU without AVX512-BF16 runs the same packing with a plain-Rust micro-kernel
 //! of the same arithmetic (slower than f32: training falls back to f32 products there).
 
-use super::lowp::half::f32_to_bf16;
+use super::lowp::half::bf16_pair;
 #[cfg(target_arch = "x86_64")]
 use super::lowp::{Bf16Kernel, Kernels};
 use faer::Par;
@@ -190,7 +190,7 @@ fn pack_pairs_along(dst: &mut [u32], stride: usize, src: &[f32], pairs: usize, k
         TileKernel::Avx512Bf16 => unsafe { x86::round_pairs(&mut run, src) },
         TileKernel::Scalar => {
             for (pair, x) in run.iter_mut().zip(src.chunks(2)) {
-                *pair = f32_to_bf16(x[0]) as u32 | (x.get(1).map_or(0, |&x| f32_to_bf16(x)) as u32) << 16;
+                *pair = bf16_pair(x[0], x.get(1).copied().unwrap_or(0.0));
             }
         }
     }
@@ -210,8 +210,8 @@ fn pack_pairs_across(dst: &mut [u32], first: &[f32], second: Option<&[f32]>, ker
             Some(second) => dst
                 .iter_mut()
                 .zip(first.iter().zip(second))
-                .for_each(|(d, (&x, &y))| *d = f32_to_bf16(x) as u32 | (f32_to_bf16(y) as u32) << 16),
-            None => dst.iter_mut().zip(first).for_each(|(d, &x)| *d = f32_to_bf16(x) as u32),
+                .for_each(|(d, (&x, &y))| *d = bf16_pair(x, y)),
+            None => dst.iter_mut().zip(first).for_each(|(d, &x)| *d = bf16_pair(x, 0.0)),
         },
     }
 }
@@ -432,7 +432,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::lowp::half::bf16_to_f32;
+    use crate::ops::lowp::half::{bf16_to_f32, f32_to_bf16};
     use crate::ops::test_util::random_vec;
 
     /// The product of the bf16-rounded operands, summed in f64.

@@ -18,6 +18,13 @@ pub fn f32_to_bf16(x: f32) -> u16 {
     ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
 }
 
+/// Two f32 rounded to bf16 in one 32-bit word, `lo` in the low half: the pair one lane of
+/// `vdpbf16ps` multiplies.
+#[inline(always)]
+pub fn bf16_pair(lo: f32, hi: f32) -> u32 {
+    f32_to_bf16(lo) as u32 | (f32_to_bf16(hi) as u32) << 16
+}
+
 /// f32 to IEEE half precision, rounding to nearest even; beyond 65504 is infinite, below
 /// 2^-24 is zero, in between the subnormals keep what bits they can.
 pub fn f32_to_f16(x: f32) -> u16 {

@@ -423,7 +423,9 @@ fn along_x<'a, T: Tile<'a>, const R: usize, const S: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn lane_sums<const R: usize, const S: usize>(acc: &[[std::arch::x86_64::__m256; S]; R]) -> [[f32; S]; R] {
+pub(crate) unsafe fn lane_sums<const R: usize, const S: usize>(
+    acc: &[[std::arch::x86_64::__m256; S]; R],
+) -> [[f32; S]; R] {
     use std::arch::x86_64::*;
     let mut out = [[0.0; S]; R];
     for r in 0..R {

@@ -21,6 +21,7 @@
 //! blocks with the same scales and the same `vpdpbusd` correction); only the order of the f32
 //! sums differs.
 
+use super::half::bf16_pair;
 use super::q8_0::{Activations, BlockQ8_0};
 use super::{for_each_task, BLOCK};
 use rayon::prelude::*;
@@ -115,7 +116,6 @@ struct Bf16Panels {
 
 impl Bf16Panels {
     fn pack(x: &[f32], m: usize, k: usize, padded: usize) -> Self {
-        use super::half::f32_to_bf16;
         let per_panel = padded / 2;
         let mut pairs = vec![0u32; m.div_ceil(LANES) * per_panel * LANES];
         pairs
@@ -124,8 +124,7 @@ impl Bf16Panels {
             .for_each(|(panel, x)| {
                 for (lane, x) in x.chunks_exact(k).enumerate() {
                     for (j, pair) in x.chunks(2).enumerate() {
-                        let (lo, hi) = (pair[0], pair.get(1).copied().unwrap_or(0.0));
-                        panel[j * LANES + lane] = f32_to_bf16(lo) as u32 | (f32_to_bf16(hi) as u32) << 16;
+                        panel[j * LANES + lane] = bf16_pair(pair[0], pair.get(1).copied().unwrap_or(0.0));
                     }
                 }
             });
