@@ -102,7 +102,7 @@ impl Precision {
         let why = match std::env::var(KERNEL_ENV) {
             Ok(kernel) if !kernel.is_empty() => format!("{KERNEL_ENV}={kernel} rules out the avx512bf16 kernel"),
             _ => {
-                let needed = ["avx512f", "avx512bw", "avx512_bf16"];
+                let needed = TileKernel::SIMD_REQUIRES;
                 let missing: Vec<&str> = needed.into_iter().filter(|f| !has_feature(f)).collect();
                 format!("this CPU lacks {}", missing.join(", "))
             }

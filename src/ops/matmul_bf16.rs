@@ -23,7 +23,7 @@
 
 use super::lowp::half::bf16_pair;
 #[cfg(target_arch = "x86_64")]
-use super::lowp::{Bf16Kernel, Kernels};
+use super::lowp::{kernel::has_feature, Bf16Kernel, Kernels};
 use faer::Par;
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -49,15 +49,19 @@ pub enum TileKernel {
 }
 
 impl TileKernel {
-    /// `vdpbf16ps` where the CPU has it (and AVX512BW, which its packing uses) and
-    /// `GPT2_KERNEL` does not force another bf16 kernel ([`Kernels::from_env`]), else plain Rust.
-    /// Decided once per process: every product of a run asks.
+    /// The CPU features the `vdpbf16ps` kernel needs: those of the bf16 weights' `avx512bf16`
+    /// kernel, and AVX512BW, which its packing uses.
+    pub const SIMD_REQUIRES: [&str; 3] = ["avx512f", "avx512_bf16", "avx512bw"];
+
+    /// `vdpbf16ps` where the CPU has [`TileKernel::SIMD_REQUIRES`] and `GPT2_KERNEL` does not
+    /// force another bf16 kernel ([`Kernels::from_env`]), else plain Rust. Decided once per
+    /// process: every product of a run asks.
     pub fn best() -> Self {
         static BEST: OnceLock<TileKernel> = OnceLock::new();
         *BEST.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
             if Kernels::from_env().is_ok_and(|k| k.bf16() == Bf16Kernel::Avx512Bf16)
-                && is_x86_feature_detected!("avx512bw")
+                && TileKernel::SIMD_REQUIRES.iter().all(|f| has_feature(f))
             {
                 return TileKernel::Avx512Bf16;
             }

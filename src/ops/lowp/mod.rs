@@ -245,11 +245,7 @@ impl LowpMatrix {
         }
         let mut out_t = vec![0.0; m * self.rows];
         self.matmul_t(&mut out_t, x, kernels);
-        for (i, col) in out_t.chunks_exact(m).enumerate() {
-            for (r, &v) in col.iter().enumerate() {
-                out[r * self.rows + i] = v;
-            }
-        }
+        transpose(out, &out_t, self.rows, m);
     }
 
     /// `out_t [N, M] = W · xᵀ`.
@@ -325,6 +321,15 @@ pub fn panel_rows(dtype: WeightDtype, kernels: Kernels) -> Option<usize> {
             None
         }
     }
+}
+
+/// `out [M, N]` from `out_t [N, stride]` (stride ≥ M): `out[r, i] = out_t[i, r]`.
+fn transpose(out: &mut [f32], out_t: &[f32], n: usize, stride: usize) {
+    out.par_chunks_mut(n).enumerate().for_each(|(r, out)| {
+        out.iter_mut()
+            .zip(out_t[r..].iter().step_by(stride))
+            .for_each(|(o, &v)| *o = v);
+    });
 }
 
 /// The rows of x [M, K], each padded with zeros to `padded`.

@@ -23,7 +23,7 @@
 
 use super::half::bf16_pair;
 use super::q8_0::{Activations, BlockQ8_0};
-use super::{for_each_task, BLOCK};
+use super::{for_each_task, transpose, BLOCK};
 use rayon::prelude::*;
 
 /// Activation rows per panel: the f32 lanes of a 512-bit register.
@@ -52,11 +52,7 @@ fn product<K: Panels>(kernel: &K, out: &mut [f32], m: usize, w: &[K::W], row_len
         3 => by_rows::<K, 6, 3>(kernel, out_t, stride, rows, panels),
         _ => by_rows::<K, 5, 4>(kernel, out_t, stride, rows, panels),
     });
-    out.par_chunks_mut(n).enumerate().for_each(|(r, out)| {
-        out.iter_mut()
-            .zip(out_t[r..].iter().step_by(stride))
-            .for_each(|(o, &v)| *o = v);
-    });
+    transpose(out, &out_t, n, stride);
 }
 
 /// Every row of `rows` against every panel: MR rows at a time, then one at a time.
