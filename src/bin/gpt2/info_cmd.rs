@@ -3,9 +3,10 @@
 use anyhow::Result;
 use clap::Args;
 use gpt2::ops::lowp::kernel::{has_feature, Kernel, KERNEL_ENV, REPORTED_FEATURES};
-use gpt2::ops::lowp::{panel_rows, Bf16Kernel, Kernels, Q8Kernel, WeightDtype};
+use gpt2::ops::lowp::{prompt_path, Bf16Kernel, Kernels, Q8Kernel, WeightDtype};
 use gpt2::ops::matmul::Precision;
 use gpt2::ops::matmul_bf16::TileKernel;
+use gpt2::ops::matvec::{SMALL_M, SMALL_M_T};
 use serde_json::json;
 
 #[derive(Args)]
@@ -41,8 +42,10 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         .map(|&f| (f.to_string(), has_feature(f).into()))
         .collect();
     let env = std::env::var(KERNEL_ENV).ok().filter(|v| !v.is_empty());
-    let f32_path = "faer's matrix product for prompts and training; for decoding (up to 8 rows) row-streaming \
-                    kernels compiled for this build's target CPU";
+    let f32_path = format!(
+        "faer's matrix product for prompts and training; for decoding (up to {SMALL_M} rows, the LM head up to \
+         {SMALL_M_T}) row-streaming kernels compiled for this build's target CPU"
+    );
     let (bf16, q8_0) = match &chosen {
         Ok(k) => (
             kernels::<Bf16Kernel>(Some(k.bf16())),
@@ -54,11 +57,10 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     let prompts: serde_json::Map<String, serde_json::Value> = [WeightDtype::Bf16, WeightDtype::Q8_0]
         .into_iter()
         .map(|dtype| {
-            let how = match chosen.as_ref().ok().and_then(|&k| panel_rows(dtype, k)) {
-                Some(rows) => format!("{rows} rows and more: panels of 16 rows, each weight broadcast against a panel"),
-                None => "dot-product tiles of 4 rows".to_string(),
-            };
-            (dtype.name().to_string(), how.into())
+            (
+                dtype.name().to_string(),
+                prompt_path(dtype, chosen.as_ref().ok().copied()).into(),
+            )
         })
         .collect();
     // `gpt2 train --precision bf16`: its products' micro-kernel, or why they run in f32.

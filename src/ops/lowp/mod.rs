@@ -40,6 +40,8 @@ const TASK_BYTES: usize = 256 << 10;
 const DECODE_STREAMS: usize = 4;
 const PREFILL_ROWS: usize = 4;
 const PREFILL_COLS: usize = 2;
+/// Activation rows per panel of the [`panel`] kernels: the f32 lanes of a 512-bit register.
+const PANEL_ROWS: usize = 16;
 
 /// How a model's weight matrices are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -320,6 +322,17 @@ pub fn panel_rows(dtype: WeightDtype, kernels: Kernels) -> Option<usize> {
             let _ = kernels;
             None
         }
+    }
+}
+
+/// How a prompt's products with `dtype` weights run on `kernels` (None: in the dot-product
+/// tiles), in words for `gpt2 info`.
+pub fn prompt_path(dtype: WeightDtype, kernels: Option<Kernels>) -> String {
+    match kernels.and_then(|k| panel_rows(dtype, k)) {
+        Some(rows) => {
+            format!("{rows} rows and more: panels of {PANEL_ROWS} rows, each weight broadcast against a panel")
+        }
+        None => format!("dot-product tiles of {PREFILL_ROWS} rows"),
     }
 }
 

@@ -26,8 +26,8 @@ use super::q8_0::{Activations, BlockQ8_0};
 use super::{for_each_task, transpose, BLOCK};
 use rayon::prelude::*;
 
-/// Activation rows per panel: the f32 lanes of a 512-bit register.
-const LANES: usize = 16;
+/// Activation rows per panel, one per f32 lane.
+const LANES: usize = super::PANEL_ROWS;
 
 /// One kernel: packed activations and the micro-kernel that multiplies them with stored rows.
 trait Panels: Sync {
@@ -216,7 +216,7 @@ impl Panels for Q8Panels {
 }
 
 mod x86 {
-    use super::super::q8_0::BlockQ8_0;
+    use super::super::q8_0::{f16_scale, BlockQ8_0};
     use super::{BLOCK, LANES};
     use std::arch::x86_64::*;
 
@@ -265,7 +265,7 @@ mod x86 {
             let panel = |p: usize| (p * nb + b) * LANES;
             for r in 0..MR {
                 let block = rows[r].get_unchecked(b);
-                let d_w = _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(block.d as i32))));
+                let d_w = _mm512_set1_ps(f16_scale(block.d));
                 // -128 · Σ q_x, then + Σ (q_w + 128)·q_x: Σ q_w·q_x in each lane
                 let mut dots: [__m512i; P] =
                     std::array::from_fn(|p| _mm512_loadu_si512(corrections.as_ptr().add(panel(p)) as *const _));

@@ -147,6 +147,8 @@ impl<'a> Tile<'a> for Scalar {
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(super) use x86::f16_scale;
+#[cfg(target_arch = "x86_64")]
 pub use x86::{Avx2, AvxVnni, Vnni512};
 
 #[cfg(target_arch = "x86_64")]
@@ -158,7 +160,7 @@ mod x86 {
     /// The f16 scale of a block as f32 (F16C).
     #[target_feature(enable = "f16c")]
     #[inline]
-    unsafe fn f16_scale(d: u16) -> f32 {
+    pub unsafe fn f16_scale(d: u16) -> f32 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(d as i32)))
     }
 
