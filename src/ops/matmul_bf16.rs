@@ -28,9 +28,14 @@ use faer::Par;
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
-/// Micro-tile rows and columns (NR = 4 vectors of 16 lanes).
+/// Micro-tile rows and columns (NR = 4 vectors of 16 lanes) of the broadcasting kernels.
 const MR: usize = 6;
 const NR: usize = 64;
+/// The AMX micro-tile's rows (two tiles of 16) and the pairs of one step (a tile row).
+#[cfg(target_arch = "x86_64")]
+const AMX_MR: usize = 2 * super::amx::ROWS;
+#[cfg(target_arch = "x86_64")]
+const AMX_PAIRS: usize = super::amx::ROW_BYTES / 4;
 /// Inner indices per block (768, GPT-2's width, is two): a B panel of KC x NR bf16 is 48 KiB.
 /// (Tuned with benches/matmul.rs on Zen 4: 128 and 256 were slower; each block adds the
 /// tile to the output again.)
@@ -43,6 +48,9 @@ const NC: usize = 2048;
 /// Which micro-kernel runs the tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TileKernel {
+    /// Intel AMX `tdpbf16ps` ([`super::amx`]): tiles of 32 x 64 outputs, 16 pairs a step.
+    #[cfg(target_arch = "x86_64")]
+    Amx,
     #[cfg(target_arch = "x86_64")]
     Avx512Bf16,
     Scalar,
@@ -50,20 +58,23 @@ pub enum TileKernel {
 
 impl TileKernel {
     /// The CPU features the `vdpbf16ps` kernel needs: those of the bf16 weights' `avx512bf16`
-    /// kernel, and AVX512BW, which its packing uses.
+    /// kernel, and AVX512BW, which its packing uses (the AMX kernel packs the same way).
     pub const SIMD_REQUIRES: [&str; 3] = ["avx512f", "avx512_bf16", "avx512bw"];
 
-    /// `vdpbf16ps` where the CPU has [`TileKernel::SIMD_REQUIRES`] and `GPT2_KERNEL` does not
-    /// force another bf16 kernel ([`Kernels::from_env`]), else plain Rust. Decided once per
-    /// process: every product of a run asks.
+    /// The bf16 weights' kernel as `GPT2_KERNEL` leaves it ([`Kernels::from_env`]): `amx`
+    /// (whose requirements include [`TileKernel::SIMD_REQUIRES`]) runs AMX tiles, `avx512bf16`
+    /// `vdpbf16ps` where the CPU has [`TileKernel::SIMD_REQUIRES`], anything else plain Rust.
+    /// Decided once per process: every product of a run asks.
     pub fn best() -> Self {
         static BEST: OnceLock<TileKernel> = OnceLock::new();
         *BEST.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
-            if Kernels::from_env().is_ok_and(|k| k.bf16() == Bf16Kernel::Avx512Bf16)
-                && TileKernel::SIMD_REQUIRES.iter().all(|f| has_feature(f))
-            {
-                return TileKernel::Avx512Bf16;
+            match Kernels::from_env().map(|k| k.bf16()) {
+                Ok(Bf16Kernel::Amx) => return TileKernel::Amx,
+                Ok(Bf16Kernel::Avx512Bf16) if TileKernel::SIMD_REQUIRES.iter().all(|f| has_feature(f)) => {
+                    return TileKernel::Avx512Bf16
+                }
+                _ => {}
             }
             TileKernel::Scalar
         })
@@ -72,14 +83,49 @@ impl TileKernel {
     pub fn name(self) -> &'static str {
         match self {
             #[cfg(target_arch = "x86_64")]
+            TileKernel::Amx => "amx",
+            #[cfg(target_arch = "x86_64")]
             TileKernel::Avx512Bf16 => "avx512bf16",
             TileKernel::Scalar => "scalar",
         }
     }
 
-    /// Whether products in bf16 run faster than in f32 on this CPU (the SIMD kernel exists).
+    /// Whether products in bf16 run faster than in f32 on this CPU (a SIMD kernel exists).
     pub fn accelerated() -> bool {
         TileKernel::best() != TileKernel::Scalar
+    }
+
+    /// Rows of a micro-tile, and of a packed A panel.
+    fn tile_rows(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            TileKernel::Amx => AMX_MR,
+            _ => MR,
+        }
+    }
+
+    /// Pairs a panel holds for `kc` inner indices: an AMX step takes 16 pairs, so its panels
+    /// end in zero pairs up to a multiple of 16.
+    fn pairs(self, kc: usize) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            TileKernel::Amx => kc.div_ceil(2 * AMX_PAIRS) * AMX_PAIRS,
+            _ => kc.div_ceil(2),
+        }
+    }
+
+    /// Where an A panel of `pairs` pairs keeps row i's pair p: `p·along + i·across`. The
+    /// broadcasting kernels read one pair of every row a step ([pairs][MR]); an AMX tile row is
+    /// one row's 16 pairs ([MR][pairs]).
+    fn a_layout(self, pairs: usize) -> (usize, usize) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            TileKernel::Amx => (1, pairs),
+            _ => {
+                let _ = pairs;
+                (MR, 1)
+            }
+        }
     }
 }
 
@@ -124,8 +170,8 @@ pub fn gemm_bf16(
         Par::Seq => 1,
         Par::Rayon(t) => t.get(),
     };
-    // Output rows in blocks of whole MR panels, one per thread.
-    let rows_per_task = m.div_ceil(threads).next_multiple_of(MR);
+    // Output rows in blocks of whole A panels, one per thread.
+    let rows_per_task = m.div_ceil(threads).next_multiple_of(kernel.tile_rows());
     if threads == 1 || rows_per_task >= m {
         return gemm_rows(out, 0..m, a, b, kernel);
     }
@@ -141,11 +187,16 @@ pub fn gemm_bf16(
 fn gemm_rows(out: &mut [f32], rows: std::ops::Range<usize>, a: Operand, b: Operand, kernel: TileKernel) {
     let (k, n) = (a.cols, b.cols);
     let (mut b_packed, mut a_packed): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
+    #[cfg(target_arch = "x86_64")]
+    if kernel == TileKernel::Amx {
+        // SAFETY: TileKernel::Amx is only made where amx::usable() (Bf16Kernel::Amx).
+        unsafe { super::amx::configure() };
+    }
     for j0 in (0..n).step_by(NC) {
         let nc = NC.min(n - j0);
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
-            let pairs = kc.div_ceil(2);
+            let pairs = kernel.pairs(kc);
             b_packed.clear();
             b_packed.resize(nc.div_ceil(NR) * pairs * NR, 0);
             for (jp, panel) in b_packed.chunks_exact_mut(pairs * NR).enumerate() {
@@ -161,6 +212,11 @@ fn gemm_rows(out: &mut [f32], rows: std::ops::Range<usize>, a: Operand, b: Opera
             };
             add_block(out, rows.clone(), a, &mut a_packed, block, kernel);
         }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernel == TileKernel::Amx {
+        // SAFETY: as above.
+        unsafe { super::amx::release() };
     }
 }
 
@@ -189,9 +245,9 @@ fn pack_pairs_along(dst: &mut [u32], stride: usize, src: &[f32], pairs: usize, k
     let mut run = [0u32; KC / 2];
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the kernel exists only where the CPU has AVX512F, BW and BF16 (best());
+        // SAFETY: the kernels exist only where the CPU has AVX512F, BW and BF16 (best());
         // `run` holds KC / 2 >= src.len() / 2 pairs (asserted).
-        TileKernel::Avx512Bf16 => unsafe { x86::round_pairs(&mut run, src) },
+        TileKernel::Amx | TileKernel::Avx512Bf16 => unsafe { x86::round_pairs(&mut run, src) },
         TileKernel::Scalar => {
             for (pair, x) in run.iter_mut().zip(src.chunks(2)) {
                 *pair = bf16_pair(x[0], x.get(1).copied().unwrap_or(0.0));
@@ -209,7 +265,7 @@ fn pack_pairs_across(dst: &mut [u32], first: &[f32], second: Option<&[f32]>, ker
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above; dst holds first.len() entries (asserted).
-        TileKernel::Avx512Bf16 => unsafe { x86::interleave_pairs(dst, first, second) },
+        TileKernel::Amx | TileKernel::Avx512Bf16 => unsafe { x86::interleave_pairs(dst, first, second) },
         TileKernel::Scalar => match second {
             Some(second) => dst
                 .iter_mut()
@@ -221,7 +277,7 @@ fn pack_pairs_across(dst: &mut [u32], first: &[f32], second: Option<&[f32]>, ker
 }
 
 /// A packed block of B: columns j0..j0 + nc, inner indices p0..p0 + kc, in panels of NR
-/// columns, [kc/2][NR] pairs each.
+/// columns, [pairs][NR] each (`TileKernel::pairs`).
 #[derive(Clone, Copy)]
 struct Block<'a> {
     j0: usize,
@@ -242,14 +298,14 @@ fn add_block(
     kernel: TileKernel,
 ) {
     let n = out.len() / rows.len();
-    let pairs = block.kc.div_ceil(2);
+    let (pairs, mr) = (kernel.pairs(block.kc), kernel.tile_rows());
     for i0 in rows.clone().step_by(MC) {
         let mc = MC.min(rows.end - i0);
         pack_a(a_packed, a, i0, mc, block.p0, block.kc, kernel);
         for (jp, b_panel) in block.b_packed.chunks_exact(pairs * NR).enumerate() {
             let (col, cols) = (block.j0 + jp * NR, NR.min(block.nc - jp * NR));
-            for (ip, a_panel) in a_packed.chunks_exact(pairs * MR).enumerate() {
-                let (row, tile_rows) = (i0 + ip * MR, MR.min(mc - ip * MR));
+            for (ip, a_panel) in a_packed.chunks_exact(pairs * mr).enumerate() {
+                let (row, tile_rows) = (i0 + ip * mr, mr.min(mc - ip * mr));
                 let tile = &mut out[(row - rows.start) * n + col..];
                 add_tile(kernel, tile, n, tile_rows, cols, a_panel, b_panel, pairs);
             }
@@ -257,7 +313,8 @@ fn add_block(
     }
 }
 
-/// Packs b[p0..p0 + kc, col..col + cols] into one panel [kc/2][NR] (columns past cols zero).
+/// Packs b[p0..p0 + kc, col..col + cols] into one zeroed panel [pairs][NR] (columns past cols
+/// and pairs past kc stay zero).
 fn pack_b_panel(panel: &mut [u32], b: Operand, p0: usize, kc: usize, col: usize, cols: usize, kernel: TileKernel) {
     if b.transposed {
         // column j of b is stored row j: its k values are neighbours
@@ -265,7 +322,7 @@ fn pack_b_panel(panel: &mut [u32], b: Operand, p0: usize, kc: usize, col: usize,
             pack_pairs_along(&mut panel[j..], NR, b.stored(col + j, p0, kc), kc.div_ceil(2), kernel);
         }
     } else {
-        for (p, slot) in panel.chunks_exact_mut(NR).enumerate() {
+        for (p, slot) in panel.chunks_exact_mut(NR).take(kc.div_ceil(2)).enumerate() {
             let r = p0 + 2 * p;
             let second = (2 * p + 1 < kc).then(|| b.stored(r + 1, col, cols));
             pack_pairs_across(slot, b.stored(r, col, cols), second, kernel);
@@ -273,24 +330,29 @@ fn pack_b_panel(panel: &mut [u32], b: Operand, p0: usize, kc: usize, col: usize,
     }
 }
 
-/// Packs a[i0..i0 + mc, p0..p0 + kc] into panels of MR rows, [kc/2][MR] pairs each; rows
-/// past mc are zero.
+/// Packs a[i0..i0 + mc, p0..p0 + kc] into panels of the kernel's tile rows, laid out as
+/// [`TileKernel::a_layout`] says; rows past mc and pairs past kc are zero.
 fn pack_a(packed: &mut Vec<u32>, a: Operand, i0: usize, mc: usize, p0: usize, kc: usize, kernel: TileKernel) {
-    let pairs = kc.div_ceil(2);
+    let (mr, pairs) = (kernel.tile_rows(), kernel.pairs(kc));
+    let (along, across) = kernel.a_layout(pairs);
     packed.clear();
-    packed.resize(mc.div_ceil(MR) * pairs * MR, 0);
-    for (ip, panel) in packed.chunks_exact_mut(pairs * MR).enumerate() {
-        let (row, rows) = (i0 + ip * MR, MR.min(mc - ip * MR));
+    packed.resize(mc.div_ceil(mr) * pairs * mr, 0);
+    let mut column = vec![0u32; mr];
+    for (ip, panel) in packed.chunks_exact_mut(pairs * mr).enumerate() {
+        let (row, rows) = (i0 + ip * mr, mr.min(mc - ip * mr));
         if a.transposed {
             // column p of a is stored row p: pairs of k sit in two stored rows
-            for (p, slot) in panel.chunks_exact_mut(MR).enumerate() {
+            for p in 0..kc.div_ceil(2) {
                 let c = p0 + 2 * p;
                 let second = (2 * p + 1 < kc).then(|| a.stored(c + 1, row, rows));
-                pack_pairs_across(slot, a.stored(c, row, rows), second, kernel);
+                pack_pairs_across(&mut column, a.stored(c, row, rows), second, kernel);
+                for (i, &pair) in column[..rows].iter().enumerate() {
+                    panel[p * along + i * across] = pair;
+                }
             }
         } else {
             for i in 0..rows {
-                pack_pairs_along(&mut panel[i..], MR, a.stored(row + i, p0, kc), pairs, kernel);
+                pack_pairs_along(&mut panel[i * across..], along, a.stored(row + i, p0, kc), kc.div_ceil(2), kernel);
             }
         }
     }
@@ -309,9 +371,15 @@ fn add_tile(
     b_panel: &[u32],
     pairs: usize,
 ) {
-    assert!(a_panel.len() == pairs * MR && b_panel.len() == pairs * NR);
-    assert!((1..=MR).contains(&rows) && cols <= NR && out.len() >= (rows - 1) * ld + cols);
+    let mr = kernel.tile_rows();
+    assert!(a_panel.len() == pairs * mr && b_panel.len() == pairs * NR);
+    assert!((1..=mr).contains(&rows) && cols <= NR && out.len() >= (rows - 1) * ld + cols);
     match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: TileKernel::Amx is only made where amx::usable(), and gemm_rows configured
+        // this thread's tiles; the panels hold `pairs` (a multiple of 16) full steps and `out`
+        // the tile (asserted above).
+        TileKernel::Amx => unsafe { x86::add_amx_tile(out, ld, rows, cols, a_panel, b_panel, pairs) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: TileKernel::Avx512Bf16 is only made where the CPU has AVX512F, BW and
         // BF16 (best()); the panels hold `pairs` full steps and `out` the tile's
@@ -346,7 +414,8 @@ fn scalar_tile(a_panel: &[u32], b_panel: &[u32]) -> [[f32; NR]; MR] {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{MR, NR};
+    use super::super::amx;
+    use super::{AMX_MR, AMX_PAIRS, MR, NR};
     use std::arch::x86_64::*;
 
     /// `run[p] = (src[2p], src[2p + 1])` rounded to bf16 (a zero past the end of src).
@@ -431,12 +500,59 @@ mod x86 {
             }
         }
     }
+
+    /// The tile as AMX computes it: for each half of the 64 columns, the 32 x 32 outputs in
+    /// four C tiles (two A tiles of 16 rows, [rows][pairs], by two B tiles of 16 columns, read
+    /// from the [pairs][NR] panel 256 bytes a row), stored to `sums` and added to `out`.
+    /// Tiles wholly past `rows` or `cols` are skipped.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn add_amx_tile(
+        out: &mut [f32],
+        ld: usize,
+        rows: usize,
+        cols: usize,
+        a_panel: &[u32],
+        b_panel: &[u32],
+        pairs: usize,
+    ) {
+        const HALF: usize = 2 * amx::ROWS;
+        let mut sums = [[0.0f32; HALF]; AMX_MR];
+        let a = amx::Tiles {
+            base: a_panel.as_ptr() as *const u8,
+            stride: 4 * pairs,
+            next_tile: amx::ROWS * 4 * pairs,
+            next_step: amx::ROW_BYTES,
+        };
+        let steps = pairs / AMX_PAIRS;
+        for h in 0..cols.div_ceil(HALF) {
+            let b = amx::Tiles {
+                base: b_panel.as_ptr().add(HALF * h) as *const u8,
+                stride: 4 * NR,
+                next_tile: amx::ROW_BYTES,
+                next_step: AMX_PAIRS * 4 * NR,
+            };
+            let width = HALF.min(cols - HALF * h);
+            let c = sums.as_mut_ptr() as *mut u8;
+            match (rows > amx::ROWS, width > amx::ROWS) {
+                (true, true) => amx::product_bf16::<2, 2>(c, 4 * HALF, a, b, steps),
+                (true, false) => amx::product_bf16::<2, 1>(c, 4 * HALF, a, b, steps),
+                (false, true) => amx::product_bf16::<1, 2>(c, 4 * HALF, a, b, steps),
+                (false, false) => amx::product_bf16::<1, 1>(c, 4 * HALF, a, b, steps),
+            }
+            for (i, sums) in sums.iter().enumerate().take(rows) {
+                let out = &mut out[i * ld + HALF * h..][..width];
+                out.iter_mut().zip(sums).for_each(|(o, s)| *o += s);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ops::lowp::half::{bf16_to_f32, f32_to_bf16};
+    #[cfg(target_arch = "x86_64")]
+    use crate::ops::lowp::Kernel;
     use crate::ops::test_util::random_vec;
 
     /// The product of the bf16-rounded operands, summed in f64.
@@ -455,11 +571,16 @@ mod tests {
     fn every_kernel_and_layout_gives_the_product_of_the_rounded_operands() {
         let two = Par::Rayon(std::num::NonZeroUsize::new(2).unwrap());
         let mut kernels = vec![TileKernel::Scalar];
-        if TileKernel::best() != TileKernel::Scalar {
-            kernels.push(TileKernel::best());
-        } else {
-            println!("no AVX512-BF16 on this CPU: only the plain-Rust micro-kernel is tested");
+        #[cfg(target_arch = "x86_64")]
+        {
+            if TileKernel::SIMD_REQUIRES.iter().all(|f| has_feature(f)) {
+                kernels.push(TileKernel::Avx512Bf16);
+            }
+            if Bf16Kernel::Amx.available() {
+                kernels.push(TileKernel::Amx);
+            }
         }
+        println!("micro-kernels tested on this CPU: {kernels:?}");
         // Odd sizes: partial tiles, an odd k (a half-empty last pair), more than one KC and MC block.
         for (m, k, n) in [(1, 1, 1), (7, 5, 3), (13, 301, 70), (101, 517, 130), (200, 40, 2100)] {
             let (a, b) = (random_vec(m * k, 1), random_vec(k * n, 2));

@@ -4,6 +4,8 @@
 //! Backward functions *accumulate* (`+=`) into parameter gradients, so gradient accumulation
 //! over micro-batches is free; gradients of activations are written as the op documents.
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod attention;
 pub mod cross_entropy;
 pub mod dropout;

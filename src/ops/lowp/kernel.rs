@@ -2,7 +2,7 @@
 //!
 //! | dtype | kernels, best first | instruction doing the work |
 //! |---|---|---|
-//! | bf16 | `avx512bf16`, `avx2`, `scalar` | `vdpbf16ps` (pairs of bf16 products into f32); bf16 widened to f32 + FMA; plain Rust |
+//! | bf16 | `amx`, `avx512bf16`, `avx2`, `scalar` | `tdpbf16ps` on AMX tiles for prompts (decoding as `avx512bf16`); `vdpbf16ps` (pairs of bf16 products into f32); bf16 widened to f32 + FMA; plain Rust |
 //! | q8_0 | `avx512vnni`, `avxvnni`, `avx2`, `scalar` | `vpdpbusd` (u8·i8 quads into i32), 512-bit or VEX encoded; `vpmaddubsw` + `vpmaddwd`; plain Rust |
 //!
 //! The best kernel the CPU has is used, unless `GPT2_KERNEL` names one: a dtype that has a
@@ -17,6 +17,10 @@ pub const KERNEL_ENV: &str = "GPT2_KERNEL";
 /// The kernels of bf16 weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bf16Kernel {
+    /// Intel AMX `tdpbf16ps` for prompts and bf16 training, 16 x 16 x 32 products per
+    /// instruction; decoding (one or a few rows) runs the `avx512bf16` tiles.
+    #[cfg(target_arch = "x86_64")]
+    Amx,
     /// AVX512-BF16 `vdpbf16ps`: activations rounded to bf16, 32 products per instruction.
     #[cfg(target_arch = "x86_64")]
     Avx512Bf16,
@@ -51,7 +55,12 @@ pub trait Kernel: Copy + 'static {
     fn requires(self) -> &'static [&'static str];
     /// Whether this CPU has them.
     fn available(self) -> bool {
-        self.requires().iter().all(|f| has_feature(f))
+        self.requires().iter().all(|f| has_feature(f)) && self.permitted()
+    }
+    /// Whether the operating system lets this process use the features (AMX's tile state
+    /// must be asked for); true for the others.
+    fn permitted(self) -> bool {
+        true
     }
     /// The best kernel this CPU has (`scalar` runs everywhere).
     fn best() -> Self {
@@ -68,12 +77,19 @@ const AVX2: [&str; 3] = ["avx2", "fma", "f16c"];
 
 impl Kernel for Bf16Kernel {
     #[cfg(target_arch = "x86_64")]
-    const ALL: &'static [Self] = &[Bf16Kernel::Avx512Bf16, Bf16Kernel::Avx2, Bf16Kernel::Scalar];
+    const ALL: &'static [Self] = &[
+        Bf16Kernel::Amx,
+        Bf16Kernel::Avx512Bf16,
+        Bf16Kernel::Avx2,
+        Bf16Kernel::Scalar,
+    ];
     #[cfg(not(target_arch = "x86_64"))]
     const ALL: &'static [Self] = &[Bf16Kernel::Scalar];
 
     fn name(self) -> &'static str {
         match self {
+            #[cfg(target_arch = "x86_64")]
+            Bf16Kernel::Amx => "amx",
             #[cfg(target_arch = "x86_64")]
             Bf16Kernel::Avx512Bf16 => "avx512bf16",
             #[cfg(target_arch = "x86_64")]
@@ -84,11 +100,22 @@ impl Kernel for Bf16Kernel {
 
     fn requires(self) -> &'static [&'static str] {
         match self {
+            // the vdpbf16ps kernels' (decoding, packing for training) and the tiles'
+            #[cfg(target_arch = "x86_64")]
+            Bf16Kernel::Amx => &["avx512f", "avx512_bf16", "avx512bw", "amx_tile", "amx_bf16"],
             #[cfg(target_arch = "x86_64")]
             Bf16Kernel::Avx512Bf16 => &["avx512f", "avx512_bf16"],
             #[cfg(target_arch = "x86_64")]
             Bf16Kernel::Avx2 => &AVX2,
             Bf16Kernel::Scalar => &[],
+        }
+    }
+
+    fn permitted(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Bf16Kernel::Amx => crate::ops::amx::usable(),
+            _ => true,
         }
     }
 }
@@ -159,7 +186,7 @@ pub fn has_feature(name: &str) -> bool {
             "avx512_vnni" => is_x86_feature_detected!("avx512vnni"),
             "avx512_bf16" => is_x86_feature_detected!("avx512bf16"),
             "avx_vnni" => is_x86_feature_detected!("avxvnni"),
-            // AMX: CPUID leaf 7, EDX bits 22 (bf16), 24 (tile), 25 (int8). No kernel here uses it.
+            // AMX: CPUID leaf 7, EDX bits 22 (bf16), 24 (tile), 25 (int8).
             "amx_bf16" => cpuid7_edx() >> 22 & 1 == 1,
             "amx_tile" => cpuid7_edx() >> 24 & 1 == 1,
             "amx_int8" => cpuid7_edx() >> 25 & 1 == 1,
@@ -214,17 +241,22 @@ impl Kernels {
             let missing: Vec<&str> = requires.iter().copied().filter(|f| !has_feature(f)).collect();
             (!missing.is_empty()).then(|| missing.join(", "))
         };
+        let refused = "Linux refused this process the AMX tile state (arch_prctl)".to_string();
         let lacking = bf16
-            .and_then(|k| missing(k.requires()))
-            .or_else(|| q8_0.and_then(|k| missing(k.requires())));
+            .and_then(|k| {
+                missing(k.requires())
+                    .map(|features| format!("this CPU lacks {features}"))
+                    .or_else(|| (!k.permitted()).then(|| refused.clone()))
+            })
+            .or_else(|| q8_0.and_then(|k| missing(k.requires()).map(|features| format!("this CPU lacks {features}"))));
         match (bf16, q8_0, lacking) {
             (None, None, _) => Err(Error::Input(format!(
                 "{KERNEL_ENV}={name}: no such kernel (bf16: {}; q8_0: {})",
                 names(Bf16Kernel::ALL),
                 names(Q8Kernel::ALL)
             ))),
-            (_, _, Some(features)) => Err(Error::Input(format!(
-                "{KERNEL_ENV}={name}: this CPU lacks {features}; without {KERNEL_ENV} the kernels are {} for bf16 \
+            (_, _, Some(why)) => Err(Error::Input(format!(
+                "{KERNEL_ENV}={name}: {why}; without {KERNEL_ENV} the kernels are {} for bf16 \
                  and {} for q8_0",
                 best.bf16.name(),
                 best.q8_0.name()

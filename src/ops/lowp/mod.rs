@@ -230,15 +230,15 @@ impl LowpMatrix {
         }
     }
 
-    /// `out [M, N] = x [M, K] · Wᵀ`, on `kernels`: a prompt on the AVX-512 panel kernels from
-    /// [`panel_rows`] rows on, else in dot-product tiles.
+    /// `out [M, N] = x [M, K] · Wᵀ`, on `kernels`: a prompt on the AVX-512 or AMX panel
+    /// kernels from [`panel_rows`] rows on, else in dot-product tiles.
     pub fn matmul(&self, out: &mut [f32], x: &[f32], m: usize, kernels: Kernels) {
         assert!(x.len() == m * self.cols && out.len() == m * self.rows);
         #[cfg(target_arch = "x86_64")]
         if panel_rows(self.dtype(), kernels).is_some_and(|rows| m >= rows) {
             let (k, padded) = (self.cols, self.padded);
             return match &self.data {
-                Storage::Bf16(w) => panel::bf16(out, x, m, k, w, padded),
+                Storage::Bf16(w) => panel::bf16(out, x, m, k, w, padded, kernels.bf16()),
                 Storage::Q8_0(w) => panel::q8_0(out, x, m, k, w, padded),
             };
         }
@@ -255,8 +255,9 @@ impl LowpMatrix {
         let (k, padded) = (self.cols, self.padded);
         match &self.data {
             Storage::Bf16(w) => match kernels.bf16() {
+                // AMX tiles serve prompts (panel_rows); a few rows read the weights with vdpbf16ps
                 #[cfg(target_arch = "x86_64")]
-                Bf16Kernel::Avx512Bf16 => {
+                Bf16Kernel::Amx | Bf16Kernel::Avx512Bf16 => {
                     let x = bf16::round_rows(x, k, padded);
                     product(
                         &bf16::Avx512,
@@ -315,6 +316,8 @@ impl LowpMatrix {
 pub fn panel_rows(dtype: WeightDtype, kernels: Kernels) -> Option<usize> {
     match dtype {
         #[cfg(target_arch = "x86_64")]
+        WeightDtype::Bf16 if kernels.bf16() == Bf16Kernel::Amx => Some(AMX_PROMPT_ROWS),
+        #[cfg(target_arch = "x86_64")]
         WeightDtype::Bf16 if kernels.bf16() == Bf16Kernel::Avx512Bf16 => Some(12),
         #[cfg(target_arch = "x86_64")]
         WeightDtype::Q8_0 if kernels.q8_0() == Q8Kernel::Avx512Vnni => Some(10),
@@ -325,9 +328,18 @@ pub fn panel_rows(dtype: WeightDtype, kernels: Kernels) -> Option<usize> {
     }
 }
 
+/// From how many rows bf16 weights take AMX tiles: a tile costs the same for 1 to 16 rows.
+const AMX_PROMPT_ROWS: usize = 4;
+
 /// How a prompt's products with `dtype` weights run on `kernels` (None: in the dot-product
 /// tiles), in words for `gpt2 info`.
 pub fn prompt_path(dtype: WeightDtype, kernels: Option<Kernels>) -> String {
+    #[cfg(target_arch = "x86_64")]
+    if dtype == WeightDtype::Bf16 && kernels.is_some_and(|k| k.bf16() == Bf16Kernel::Amx) {
+        return format!(
+            "{AMX_PROMPT_ROWS} rows and more: AMX tdpbf16ps, 16 weight rows x {PANEL_ROWS} prompt rows per tile"
+        );
+    }
     match kernels.and_then(|k| panel_rows(dtype, k)) {
         Some(rows) => {
             format!("{rows} rows and more: panels of {PANEL_ROWS} rows, each weight broadcast against a panel")
@@ -367,24 +379,26 @@ pub trait Tile<'a>: Sync {
 /// `out_t [N, M] = W · xᵀ` with W stored [N, `row_len`] and x given as M rows.
 fn product<'a, T: Tile<'a>>(kernel: &T, out_t: &mut [f32], w: &[T::W], row_len: usize, x: &[T::X]) {
     let m = x.len();
-    for_each_task(out_t, m, w, row_len, |out, rows| match m < PREFILL_ROWS {
+    for_each_task(out_t, m, w, row_len, 1, |out, rows| match m < PREFILL_ROWS {
         true => tiles::<T, 1, DECODE_STREAMS>(kernel, out, rows, x),
         false => tiles::<T, PREFILL_ROWS, PREFILL_COLS>(kernel, out, rows, x),
     });
 }
 
 /// Runs `task(out, rows)` on the rayon pool for each task of contiguous rows of W (stored [N,
-/// `row_len`], [`rows_per_task`] rows a task), `out` the task's rows of `out_t` [N,
-/// `per_row`]. Each output is one task's, so results do not depend on how the rows are split.
+/// `row_len`], [`rows_per_task`] rows a task, a multiple of `align`), `out` the task's rows of
+/// `out_t` [N, `per_row`]. Each output is one task's, so results do not depend on how the rows
+/// are split.
 fn for_each_task<W: Sync>(
     out_t: &mut [f32],
     per_row: usize,
     w: &[W],
     row_len: usize,
+    align: usize,
     task: impl Fn(&mut [f32], &[&[W]]) + Sync,
 ) {
     let n = w.len() / row_len.max(1);
-    let rows_per_task = rows_per_task(n, row_len * std::mem::size_of::<W>());
+    let rows_per_task = rows_per_task(n, row_len * std::mem::size_of::<W>()).next_multiple_of(align);
     out_t
         .par_chunks_mut(rows_per_task * per_row)
         .zip(w.par_chunks(rows_per_task * row_len))
@@ -478,7 +492,8 @@ mod tests {
     fn every_kernel_matches_the_f64_product_on_odd_shapes() {
         // K not a multiple of 8, 16 or 32; N crossing tasks (64 rows) and tiles; M crossing tiles
         // of 4 and, from panel_rows rows on, panels of 16 (1 to 5 of them: every P of
-        // the AVX-512 panel kernels, with a partial last panel) and their row blocks.
+        // the AVX-512 panel kernels, with a partial last panel) and their row blocks; tasks
+        // (of 32 rows for AMX) ending in a lone tile of 16 weight rows and a few rows more.
         for (m, k, n) in [
             (1, 1, 1),
             (1, 33, 7),
@@ -489,6 +504,8 @@ mod tests {
             (16, 64, 13),
             (17, 31, 29),
             (40, 96, 70),
+            (20, 64, 50),
+            (40, 96, 250),
             (64, 33, 26),
             (70, 65, 41),
         ] {
@@ -512,7 +529,7 @@ mod tests {
                         let w_sum: f64 = wr.iter().map(|&b| (b as f64).abs()).sum();
                         // what rounding the activations costs: bf16 (2^-9 relative), q8 (half a step of max|x|/127)
                         let bound = match (dtype, name) {
-                            (WeightDtype::Bf16, "avx512bf16") => abs_sum / 256.0,
+                            (WeightDtype::Bf16, "avx512bf16" | "amx") => abs_sum / 256.0,
                             (WeightDtype::Bf16, _) => abs_sum * 1e-5,
                             _ => w_sum * x_max / 254.0,
                         } + 1e-5;

@@ -23,6 +23,8 @@
 
 use super::half::bf16_pair;
 use super::q8_0::{Activations, BlockQ8_0};
+use super::Bf16Kernel;
+use crate::ops::amx;
 use super::{for_each_task, transpose, BLOCK};
 use rayon::prelude::*;
 
@@ -46,7 +48,7 @@ fn product<K: Panels>(kernel: &K, out: &mut [f32], m: usize, w: &[K::W], row_len
     let stride = panels * LANES;
     let mut out_t = vec![0.0f32; n * stride];
     // MR·P sums, P panel registers and a broadcast in the 32 registers.
-    for_each_task(&mut out_t, stride, w, row_len, |out_t, rows| match panels {
+    for_each_task(&mut out_t, stride, w, row_len, 1, |out_t, rows| match panels {
         1 => by_rows::<K, 12, 1>(kernel, out_t, stride, rows, panels),
         2 => by_rows::<K, 8, 2>(kernel, out_t, stride, rows, panels),
         3 => by_rows::<K, 6, 3>(kernel, out_t, stride, rows, panels),
@@ -90,10 +92,68 @@ fn by_panels<K: Panels, const MR: usize, const P: usize>(
     }
 }
 
-/// bf16 weights [N, `padded`] (u16 bits) times x [M, K]: `out` [M, N].
-pub fn bf16(out: &mut [f32], x: &[f32], m: usize, k: usize, w: &[u16], padded: usize) {
+/// bf16 weights [N, `padded`] (u16 bits) times x [M, K]: `out` [M, N], on AMX tiles where
+/// `kernel` is `amx`, else by `vdpbf16ps`.
+pub fn bf16(out: &mut [f32], x: &[f32], m: usize, k: usize, w: &[u16], padded: usize, kernel: Bf16Kernel) {
     let panels = Bf16Panels::pack(x, m, k, padded);
-    product(&panels, out, m, w, padded);
+    match kernel {
+        Bf16Kernel::Amx => amx_bf16(&panels, out, m, w, padded),
+        _ => product(&panels, out, m, w, padded),
+    }
+}
+
+/// `out [M, N] = x · Wᵀ` on AMX tiles, computed as `out_t = W · xᵀ`: then an A tile (16 weight
+/// rows x 16 pairs) is read straight from the stored rows, `2·padded` bytes apart, and a B
+/// tile (16 pairs x 16 lanes) is 1 KiB of a panel as packed, already in the layout `tdpbf16ps`
+/// wants. Each C tile (16 weight rows x 16 prompt rows) sums all K before it is stored into
+/// `out_t`. Tasks hold multiples of 32 rows; the last rows of W, past a multiple of 16, run on
+/// the `vdpbf16ps` panels.
+fn amx_bf16(panels: &Bf16Panels, out: &mut [f32], m: usize, w: &[u16], padded: usize) {
+    const TILE: usize = amx::ROWS;
+    let n = w.len() / padded;
+    let groups = m.div_ceil(LANES);
+    let stride = groups * LANES;
+    let per_panel = panels.per_panel;
+    let mut out_t = vec![0.0f32; n * stride];
+    for_each_task(&mut out_t, stride, w, padded, 2 * TILE, |out_t, rows| {
+        let full = rows.len() / TILE * TILE;
+        assert!(rows.windows(2).all(|r| r[1].as_ptr() == r[0].as_ptr().wrapping_add(padded)));
+        // SAFETY: Bf16Kernel::Amx is only chosen where amx::usable(). Every tile read lies in
+        // the task's rows (row r0 + 31 < full when R = 2, 16 pairs a step, padded / 32 steps) or
+        // in the panels (groups g, g + 1 < groups when P = 2); every C tile in out_t.
+        unsafe {
+            amx::configure();
+            for r0 in (0..full).step_by(2 * TILE) {
+                let a = amx::Tiles {
+                    base: rows[r0].as_ptr() as *const u8,
+                    stride: 2 * padded,
+                    next_tile: TILE * 2 * padded,
+                    next_step: amx::ROW_BYTES,
+                };
+                for g in (0..groups).step_by(2) {
+                    let b = amx::Tiles {
+                        base: panels.pairs[g * per_panel * LANES..].as_ptr() as *const u8,
+                        stride: amx::ROW_BYTES,
+                        next_tile: 4 * per_panel * LANES,
+                        next_step: TILE * amx::ROW_BYTES,
+                    };
+                    let c = out_t[r0 * stride + g * LANES..].as_mut_ptr() as *mut u8;
+                    let steps = padded / (2 * TILE);
+                    match (r0 + 2 * TILE <= full, g + 1 < groups) {
+                        (true, true) => amx::product_bf16::<2, 2>(c, 4 * stride, a, b, steps),
+                        (true, false) => amx::product_bf16::<2, 1>(c, 4 * stride, a, b, steps),
+                        (false, true) => amx::product_bf16::<1, 2>(c, 4 * stride, a, b, steps),
+                        (false, false) => amx::product_bf16::<1, 1>(c, 4 * stride, a, b, steps),
+                    }
+                }
+            }
+            amx::release();
+        }
+        for (i, &row) in rows.iter().enumerate().skip(full) {
+            by_panels::<Bf16Panels, 1, 4>(panels, &mut out_t[i * stride..], stride, [row], groups);
+        }
+    });
+    transpose(out, &out_t, n, stride);
 }
 
 /// q8_0 weights [N, `padded` / 32 blocks] times x [M, K] (quantized here as the dot-product
@@ -138,7 +198,8 @@ impl Panels for Bf16Panels {
                 && self.pairs.len() >= (g + P) * n * LANES
                 && out.len() >= (MR - 1) * stride + P * LANES
         );
-        // SAFETY: chosen only where the CPU has AVX512F and AVX512-BF16 (LowpMatrix::matmul);
+        // SAFETY: chosen only where the CPU has AVX512F and AVX512-BF16 (LowpMatrix::matmul:
+        // the kernel is avx512bf16 or amx, which needs them too);
         // every row holds 2n weights, the panels g..g + P exist and `out` holds the tile.
         unsafe { x86::bf16_tile::<MR, P>(out, stride, rows, &self.pairs[g * n * LANES..], n) }
     }

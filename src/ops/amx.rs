@@ -1,0 +1,179 @@
+//! Intel AMX (Advanced Matrix Extensions): eight tile registers `tmm0..tmm7` of 16 rows x 64
+//! bytes, and instructions that multiply whole tiles. `tdpbf16ps c, a, b` takes a 16 x 32 bf16
+//! tile `a` (each row 16 pairs of neighbouring inner indices) and a tile `b` of 16 rows, row p
+//! holding 16 columns' pair p (the "VNNI" layout: `b[p][j] = (B[2p][j], B[2p + 1][j])`), and
+//! adds their 16 x 16 product to the f32 tile `c`: 16·16·32 products in one instruction, 16
+//! times `vdpbf16ps`'s.
+//!
+//! Rust has no stable AMX intrinsics, so the instructions are written with `asm!`, one
+//! instruction per function, the tile register named by a const parameter. Every tile here has
+//! all 16 rows of 64 bytes ([`configure`]); a tile is loaded from 16 rows of 64 bytes that lie
+//! `stride` bytes apart, so a tile can be read straight out of a larger row-major matrix.
+//!
+//! Linux gives the tiles' 8 KiB of register state only to a process that asks for it
+//! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); [`usable`] asks once, and a
+//! refusal (an old kernel, a sandbox) leaves the AVX-512 kernels in charge.
+
+use super::lowp::kernel::has_feature;
+use std::arch::asm;
+use std::sync::OnceLock;
+
+/// Rows of a tile; bytes in each row.
+pub const ROWS: usize = 16;
+pub const ROW_BYTES: usize = 64;
+
+/// Whether this CPU has AMX tiles with bf16 products and Linux lets this process use them.
+pub fn usable() -> bool {
+    static USABLE: OnceLock<bool> = OnceLock::new();
+    *USABLE.get_or_init(|| {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        ["amx_tile", "amx_bf16"].iter().all(|f| has_feature(f))
+            // SAFETY: arch_prctl with this request only changes which register state the
+            // kernel will save for this process; it returns 0 when granted.
+            && unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) } == 0
+    })
+}
+
+/// The tile configuration (palette 1): all eight tiles 16 rows of 64 bytes.
+#[repr(C, align(64))]
+struct Config([u8; 64]);
+
+static CONFIG: Config = {
+    let mut bytes = [0u8; 64];
+    bytes[0] = 1; // palette
+    let mut t = 0;
+    while t < 8 {
+        bytes[16 + 2 * t] = ROW_BYTES as u8; // colsb[t] (little-endian u16)
+        bytes[48 + t] = ROWS as u8; // rows[t]
+        t += 1;
+    }
+    Config(bytes)
+};
+
+/// Shapes the tiles for this thread (each thread has its own tile state).
+///
+/// # Safety
+/// Only where [`usable`] is true.
+#[inline]
+pub unsafe fn configure() {
+    asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly, preserves_flags));
+}
+
+/// Returns this thread's tiles to their initial state (and the kernel stops saving them).
+///
+/// # Safety
+/// Only where [`usable`] is true.
+#[inline]
+pub unsafe fn release() {
+    asm!("tilerelease", options(nostack, nomem, preserves_flags));
+}
+
+/// `tmm{T} = 0`.
+///
+/// # Safety
+/// After [`configure`] on this thread.
+#[inline(always)]
+pub unsafe fn zero<const T: usize>() {
+    asm!("tilezero tmm{t}", t = const T, options(nostack, nomem, preserves_flags));
+}
+
+/// `tmm{T}` row r = the 64 bytes at `base + r·stride`.
+///
+/// # Safety
+/// After [`configure`]; the 16 rows must be readable.
+#[inline(always)]
+pub unsafe fn load<const T: usize>(base: *const u8, stride: usize) {
+    asm!(
+        "tileloadd tmm{t}, [{base} + {stride}*1]",
+        t = const T,
+        base = in(reg) base,
+        stride = in(reg) stride,
+        options(nostack, readonly, preserves_flags)
+    );
+}
+
+/// The 64 bytes at `base + r·stride` = `tmm{T}` row r.
+///
+/// # Safety
+/// After [`configure`]; the 16 rows must be writable.
+#[inline(always)]
+pub unsafe fn store<const T: usize>(base: *mut u8, stride: usize) {
+    asm!(
+        "tilestored [{base} + {stride}*1], tmm{t}",
+        t = const T,
+        base = in(reg) base,
+        stride = in(reg) stride,
+        options(nostack, preserves_flags)
+    );
+}
+
+/// `tmm{C} += tmm{A} · tmm{B}` in bf16 with f32 sums: `c[i][j] += Σ_p a[i][2p]·b[p][2j] +
+/// a[i][2p+1]·b[p][2j+1]`.
+///
+/// # Safety
+/// After [`configure`].
+#[inline(always)]
+pub unsafe fn dot_bf16<const C: usize, const A: usize, const B: usize>() {
+    asm!(
+        "tdpbf16ps tmm{c}, tmm{a}, tmm{b}",
+        c = const C,
+        a = const A,
+        b = const B,
+        options(nostack, nomem, preserves_flags)
+    );
+}
+
+/// One read of an operand's tiles: where its first tile starts, the bytes between its rows,
+/// the bytes from its first tile to its second, and from one 32-index step to the next.
+#[derive(Clone, Copy)]
+pub struct Tiles {
+    pub base: *const u8,
+    pub stride: usize,
+    pub next_tile: usize,
+    pub next_step: usize,
+}
+
+/// `C[r][p] = Σ_steps A_r · B_p` for R ≤ 2 tiles of A (16 rows each) and P ≤ 2 tiles of B (16
+/// columns each), in tmm0-3 (C), tmm4-5 (A), tmm6-7 (B), summed over `steps` steps of 32 inner
+/// indices, then stored: C[r][p] at `c + r·16·c_stride + p·64` (16 f32 a row).
+///
+/// # Safety
+/// After [`configure`] on this thread; every tile the steps read and the C tiles written must
+/// lie in memory the caller owns.
+#[inline(always)]
+pub unsafe fn product_bf16<const R: usize, const P: usize>(c: *mut u8, c_stride: usize, a: Tiles, b: Tiles, steps: usize) {
+    const { assert!(R >= 1 && R <= 2 && P >= 1 && P <= 2) };
+    zero::<0>();
+    zero::<1>();
+    zero::<2>();
+    zero::<3>();
+    for s in 0..steps {
+        let (a0, b0) = (a.base.add(s * a.next_step), b.base.add(s * b.next_step));
+        load::<4>(a0, a.stride);
+        load::<6>(b0, b.stride);
+        dot_bf16::<0, 4, 6>();
+        if P == 2 {
+            load::<7>(b0.add(b.next_tile), b.stride);
+            dot_bf16::<1, 4, 7>();
+        }
+        if R == 2 {
+            load::<5>(a0.add(a.next_tile), a.stride);
+            dot_bf16::<2, 5, 6>();
+            if P == 2 {
+                dot_bf16::<3, 5, 7>();
+            }
+        }
+    }
+    let row_tile = ROWS * c_stride;
+    store::<0>(c, c_stride);
+    if P == 2 {
+        store::<1>(c.add(ROW_BYTES), c_stride);
+    }
+    if R == 2 {
+        store::<2>(c.add(row_tile), c_stride);
+        if P == 2 {
+            store::<3>(c.add(row_tile + ROW_BYTES), c_stride);
+        }
+    }
+}
