@@ -134,20 +134,42 @@ pub struct Tiles {
     pub next_step: usize,
 }
 
-/// `C[r][p] = Σ_steps A_r · B_p` for R ≤ 2 tiles of A (16 rows each) and P ≤ 2 tiles of B (16
-/// columns each), in tmm0-3 (C), tmm4-5 (A), tmm6-7 (B), summed over `steps` steps of 32 inner
-/// indices, then stored: C[r][p] at `c + r·16·c_stride + p·64` (16 f32 a row).
+/// `C[r][p] (=|+=) Σ_steps A_r · B_p` for R ≤ 2 tiles of A (16 rows each) and P ≤ 2 tiles of B
+/// (16 columns each), in tmm0-3 (C), tmm4-5 (A), tmm6-7 (B), summed over `steps` steps of 32
+/// inner indices; C[r][p] is at `c + r·16·c_stride + p·64` (16 f32 a row), read first when
+/// `accumulate`.
 ///
 /// # Safety
-/// After [`configure`] on this thread; every tile the steps read and the C tiles written must
-/// lie in memory the caller owns.
+/// After [`configure`] on this thread; every tile the steps read and the C tiles must lie in
+/// memory the caller owns.
 #[inline(always)]
-pub unsafe fn product_bf16<const R: usize, const P: usize>(c: *mut u8, c_stride: usize, a: Tiles, b: Tiles, steps: usize) {
+pub unsafe fn product_bf16<const R: usize, const P: usize>(
+    c: *mut u8,
+    c_stride: usize,
+    accumulate: bool,
+    a: Tiles,
+    b: Tiles,
+    steps: usize,
+) {
     const { assert!(R >= 1 && R <= 2 && P >= 1 && P <= 2) };
-    zero::<0>();
-    zero::<1>();
-    zero::<2>();
-    zero::<3>();
+    let row_tile = ROWS * c_stride;
+    if accumulate {
+        load::<0>(c, c_stride);
+        if P == 2 {
+            load::<1>(c.add(ROW_BYTES), c_stride);
+        }
+        if R == 2 {
+            load::<2>(c.add(row_tile), c_stride);
+            if P == 2 {
+                load::<3>(c.add(row_tile + ROW_BYTES), c_stride);
+            }
+        }
+    } else {
+        zero::<0>();
+        zero::<1>();
+        zero::<2>();
+        zero::<3>();
+    }
     for s in 0..steps {
         let (a0, b0) = (a.base.add(s * a.next_step), b.base.add(s * b.next_step));
         load::<4>(a0, a.stride);
@@ -165,7 +187,6 @@ pub unsafe fn product_bf16<const R: usize, const P: usize>(c: *mut u8, c_stride:
             }
         }
     }
-    let row_tile = ROWS * c_stride;
     store::<0>(c, c_stride);
     if P == 2 {
         store::<1>(c.add(ROW_BYTES), c_stride);

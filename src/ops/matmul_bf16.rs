@@ -40,6 +40,9 @@ const AMX_PAIRS: usize = super::amx::ROW_BYTES / 4;
 /// (Tuned with benches/matmul.rs on Zen 4: 128 and 256 were slower; each block adds the
 /// tile to the output again.)
 const KC: usize = 384;
+/// AMX's: its tiles sum 768 inner indices before the outputs are read and written again (the
+/// A block, MC x 768 bf16, is 288 KiB: in L2). The packing scratch holds this many.
+const MAX_KC: usize = 768;
 /// Output rows per packed A block (192 x 384 bf16 = 144 KiB, in L2).
 const MC: usize = 192;
 /// Output columns per packed B block (384 x 2048 bf16 = 1.5 MiB).
@@ -93,6 +96,15 @@ impl TileKernel {
     /// Whether products in bf16 run faster than in f32 on this CPU (a SIMD kernel exists).
     pub fn accelerated() -> bool {
         TileKernel::best() != TileKernel::Scalar
+    }
+
+    /// Inner indices per block.
+    fn kc(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            TileKernel::Amx => MAX_KC,
+            _ => KC,
+        }
     }
 
     /// Rows of a micro-tile, and of a packed A panel.
@@ -194,8 +206,8 @@ fn gemm_rows(out: &mut [f32], rows: std::ops::Range<usize>, a: Operand, b: Opera
     }
     for j0 in (0..n).step_by(NC) {
         let nc = NC.min(n - j0);
-        for p0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - p0);
+        for p0 in (0..k).step_by(kernel.kc()) {
+            let kc = kernel.kc().min(k - p0);
             let pairs = kernel.pairs(kc);
             b_packed.clear();
             b_packed.resize(nc.div_ceil(NR) * pairs * NR, 0);
@@ -241,12 +253,12 @@ impl Operand<'_> {
 /// Packs `pairs` pairs of neighbours in `src` (a zero after an odd last one) into
 /// `dst[0], dst[stride], ...`.
 fn pack_pairs_along(dst: &mut [u32], stride: usize, src: &[f32], pairs: usize, kernel: TileKernel) {
-    assert!(pairs <= KC / 2 && src.len() <= 2 * pairs && dst.len() > (pairs - 1) * stride);
-    let mut run = [0u32; KC / 2];
+    assert!(pairs <= MAX_KC / 2 && src.len() <= 2 * pairs && dst.len() > (pairs - 1) * stride);
+    let mut run = [0u32; MAX_KC / 2];
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the kernels exist only where the CPU has AVX512F, BW and BF16 (best());
-        // `run` holds KC / 2 >= src.len() / 2 pairs (asserted).
+        // `run` holds MAX_KC / 2 >= src.len() / 2 pairs (asserted).
         TileKernel::Amx | TileKernel::Avx512Bf16 => unsafe { x86::round_pairs(&mut run, src) },
         TileKernel::Scalar => {
             for (pair, x) in run.iter_mut().zip(src.chunks(2)) {
@@ -352,7 +364,13 @@ fn pack_a(packed: &mut Vec<u32>, a: Operand, i0: usize, mc: usize, p0: usize, kc
             }
         } else {
             for i in 0..rows {
-                pack_pairs_along(&mut panel[i * across..], along, a.stored(row + i, p0, kc), kc.div_ceil(2), kernel);
+                pack_pairs_along(
+                    &mut panel[i * across..],
+                    along,
+                    a.stored(row + i, p0, kc),
+                    kc.div_ceil(2),
+                    kernel,
+                );
             }
         }
     }
@@ -503,8 +521,9 @@ mod x86 {
 
     /// The tile as AMX computes it: for each half of the 64 columns, the 32 x 32 outputs in
     /// four C tiles (two A tiles of 16 rows, [rows][pairs], by two B tiles of 16 columns, read
-    /// from the [pairs][NR] panel 256 bytes a row), stored to `sums` and added to `out`.
-    /// Tiles wholly past `rows` or `cols` are skipped.
+    /// from the [pairs][NR] panel 256 bytes a row). A whole 32 x 32 is read from `out`, summed
+    /// into and stored back as tiles; an edge is computed into `sums` and added to `out`, its
+    /// tiles wholly past `rows` or `cols` skipped.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn add_amx_tile(
         out: &mut [f32],
@@ -516,7 +535,6 @@ mod x86 {
         pairs: usize,
     ) {
         const HALF: usize = 2 * amx::ROWS;
-        let mut sums = [[0.0f32; HALF]; AMX_MR];
         let a = amx::Tiles {
             base: a_panel.as_ptr() as *const u8,
             stride: 4 * pairs,
@@ -532,12 +550,18 @@ mod x86 {
                 next_step: AMX_PAIRS * 4 * NR,
             };
             let width = HALF.min(cols - HALF * h);
+            if rows == AMX_MR && width == HALF {
+                let c = out.as_mut_ptr().add(HALF * h) as *mut u8;
+                amx::product_bf16::<2, 2>(c, 4 * ld, true, a, b, steps);
+                continue;
+            }
+            let mut sums = [[0.0f32; HALF]; AMX_MR];
             let c = sums.as_mut_ptr() as *mut u8;
             match (rows > amx::ROWS, width > amx::ROWS) {
-                (true, true) => amx::product_bf16::<2, 2>(c, 4 * HALF, a, b, steps),
-                (true, false) => amx::product_bf16::<2, 1>(c, 4 * HALF, a, b, steps),
-                (false, true) => amx::product_bf16::<1, 2>(c, 4 * HALF, a, b, steps),
-                (false, false) => amx::product_bf16::<1, 1>(c, 4 * HALF, a, b, steps),
+                (true, true) => amx::product_bf16::<2, 2>(c, 4 * HALF, false, a, b, steps),
+                (true, false) => amx::product_bf16::<2, 1>(c, 4 * HALF, false, a, b, steps),
+                (false, true) => amx::product_bf16::<1, 2>(c, 4 * HALF, false, a, b, steps),
+                (false, false) => amx::product_bf16::<1, 1>(c, 4 * HALF, false, a, b, steps),
             }
             for (i, sums) in sums.iter().enumerate().take(rows) {
                 let out = &mut out[i * ld + HALF * h..][..width];
@@ -582,7 +606,14 @@ mod tests {
         }
         println!("micro-kernels tested on this CPU: {kernels:?}");
         // Odd sizes: partial tiles, an odd k (a half-empty last pair), more than one KC and MC block.
-        for (m, k, n) in [(1, 1, 1), (7, 5, 3), (13, 301, 70), (101, 517, 130), (200, 40, 2100)] {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (7, 5, 3),
+            (13, 301, 70),
+            (101, 517, 130),
+            (200, 40, 2100),
+            (64, 1600, 96),
+        ] {
             let (a, b) = (random_vec(m * k, 1), random_vec(k * n, 2));
             let (at, bt) = (transposed(&a, m, k), transposed(&b, k, n));
             let expected = reference(&a, &b, m, k, n);

@@ -24,8 +24,8 @@
 use super::half::bf16_pair;
 use super::q8_0::{Activations, BlockQ8_0};
 use super::Bf16Kernel;
-use crate::ops::amx;
 use super::{for_each_task, transpose, BLOCK};
+use crate::ops::amx;
 use rayon::prelude::*;
 
 /// Activation rows per panel, one per f32 lane.
@@ -117,7 +117,9 @@ fn amx_bf16(panels: &Bf16Panels, out: &mut [f32], m: usize, w: &[u16], padded: u
     let mut out_t = vec![0.0f32; n * stride];
     for_each_task(&mut out_t, stride, w, padded, 2 * TILE, |out_t, rows| {
         let full = rows.len() / TILE * TILE;
-        assert!(rows.windows(2).all(|r| r[1].as_ptr() == r[0].as_ptr().wrapping_add(padded)));
+        assert!(rows
+            .windows(2)
+            .all(|r| r[1].as_ptr() == r[0].as_ptr().wrapping_add(padded)));
         // SAFETY: Bf16Kernel::Amx is only chosen where amx::usable(). Every tile read lies in
         // the task's rows (row r0 + 31 < full when R = 2, 16 pairs a step, padded / 32 steps) or
         // in the panels (groups g, g + 1 < groups when P = 2); every C tile in out_t.
@@ -140,10 +142,10 @@ fn amx_bf16(panels: &Bf16Panels, out: &mut [f32], m: usize, w: &[u16], padded: u
                     let c = out_t[r0 * stride + g * LANES..].as_mut_ptr() as *mut u8;
                     let steps = padded / (2 * TILE);
                     match (r0 + 2 * TILE <= full, g + 1 < groups) {
-                        (true, true) => amx::product_bf16::<2, 2>(c, 4 * stride, a, b, steps),
-                        (true, false) => amx::product_bf16::<2, 1>(c, 4 * stride, a, b, steps),
-                        (false, true) => amx::product_bf16::<1, 2>(c, 4 * stride, a, b, steps),
-                        (false, false) => amx::product_bf16::<1, 1>(c, 4 * stride, a, b, steps),
+                        (true, true) => amx::product_bf16::<2, 2>(c, 4 * stride, false, a, b, steps),
+                        (true, false) => amx::product_bf16::<2, 1>(c, 4 * stride, false, a, b, steps),
+                        (false, true) => amx::product_bf16::<1, 2>(c, 4 * stride, false, a, b, steps),
+                        (false, false) => amx::product_bf16::<1, 1>(c, 4 * stride, false, a, b, steps),
                     }
                 }
             }
