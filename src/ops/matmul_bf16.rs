@@ -195,36 +195,43 @@ pub fn gemm_bf16(
         });
 }
 
+thread_local! {
+    /// Each thread's packed B block and A block, kept from product to product: fresh buffers
+    /// of megabytes cost a page fault and a page clearing per 4 KiB, every product.
+    static PACKED: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
 /// `out` (rows `rows` of the whole output, [rows.len(), n]) += a[rows, :] · b, on this thread.
 fn gemm_rows(out: &mut [f32], rows: std::ops::Range<usize>, a: Operand, b: Operand, kernel: TileKernel) {
     let (k, n) = (a.cols, b.cols);
-    let (mut b_packed, mut a_packed): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
     #[cfg(target_arch = "x86_64")]
     if kernel == TileKernel::Amx {
         // SAFETY: TileKernel::Amx is only made where amx::usable() (Bf16Kernel::Amx).
         unsafe { super::amx::configure() };
     }
-    for j0 in (0..n).step_by(NC) {
-        let nc = NC.min(n - j0);
-        for p0 in (0..k).step_by(kernel.kc()) {
-            let kc = kernel.kc().min(k - p0);
-            let pairs = kernel.pairs(kc);
-            b_packed.clear();
-            b_packed.resize(nc.div_ceil(NR) * pairs * NR, 0);
-            for (jp, panel) in b_packed.chunks_exact_mut(pairs * NR).enumerate() {
-                let col = j0 + jp * NR;
-                pack_b_panel(panel, b, p0, kc, col, NR.min(j0 + nc - col), kernel);
+    PACKED.with_borrow_mut(|(b_packed, a_packed)| {
+        for j0 in (0..n).step_by(NC) {
+            let nc = NC.min(n - j0);
+            for p0 in (0..k).step_by(kernel.kc()) {
+                let kc = kernel.kc().min(k - p0);
+                let pairs = kernel.pairs(kc);
+                b_packed.clear();
+                b_packed.resize(nc.div_ceil(NR) * pairs * NR, 0);
+                for (jp, panel) in b_packed.chunks_exact_mut(pairs * NR).enumerate() {
+                    let col = j0 + jp * NR;
+                    pack_b_panel(panel, b, p0, kc, col, NR.min(j0 + nc - col), kernel);
+                }
+                let block = Block {
+                    j0,
+                    nc,
+                    p0,
+                    kc,
+                    b_packed,
+                };
+                add_block(out, rows.clone(), a, a_packed, block, kernel);
             }
-            let block = Block {
-                j0,
-                nc,
-                p0,
-                kc,
-                b_packed: &b_packed,
-            };
-            add_block(out, rows.clone(), a, &mut a_packed, block, kernel);
         }
-    }
+    });
     #[cfg(target_arch = "x86_64")]
     if kernel == TileKernel::Amx {
         // SAFETY: as above.
