@@ -160,10 +160,10 @@ pub fn gemm_bf16(
     kernel: TileKernel,
 ) {
     assert!(out.len() == m * n && a.len() == m * k && b.len() == k * n);
-    if !accumulate {
-        out.fill(0.0);
-    }
     if m == 0 || n == 0 || k == 0 {
+        if !accumulate {
+            out.fill(0.0);
+        }
         return;
     }
     let a = Operand {
@@ -185,13 +185,13 @@ pub fn gemm_bf16(
     // Output rows in blocks of whole A panels, one per thread.
     let rows_per_task = m.div_ceil(threads).next_multiple_of(kernel.tile_rows());
     if threads == 1 || rows_per_task >= m {
-        return gemm_rows(out, 0..m, a, b, kernel);
+        return gemm_rows(out, accumulate, 0..m, a, b, kernel);
     }
     out.par_chunks_mut(rows_per_task * n)
         .enumerate()
         .for_each(|(task, out)| {
             let r0 = task * rows_per_task;
-            gemm_rows(out, r0..r0 + out.len() / n, a, b, kernel)
+            gemm_rows(out, accumulate, r0..r0 + out.len() / n, a, b, kernel)
         });
 }
 
@@ -201,8 +201,16 @@ thread_local! {
     static PACKED: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// `out` (rows `rows` of the whole output, [rows.len(), n]) += a[rows, :] · b, on this thread.
-fn gemm_rows(out: &mut [f32], rows: std::ops::Range<usize>, a: Operand, b: Operand, kernel: TileKernel) {
+/// `out` (rows `rows` of the whole output, [rows.len(), n]) (=|+=) a[rows, :] · b, on this
+/// thread: the first block of inner indices writes the outputs unless `accumulate`.
+fn gemm_rows(
+    out: &mut [f32],
+    accumulate: bool,
+    rows: std::ops::Range<usize>,
+    a: Operand,
+    b: Operand,
+    kernel: TileKernel,
+) {
     let (k, n) = (a.cols, b.cols);
     #[cfg(target_arch = "x86_64")]
     if kernel == TileKernel::Amx {
@@ -227,6 +235,7 @@ fn gemm_rows(out: &mut [f32], rows: std::ops::Range<usize>, a: Operand, b: Opera
                     p0,
                     kc,
                     b_packed,
+                    replace: p0 == 0 && !accumulate,
                 };
                 add_block(out, rows.clone(), a, a_packed, block, kernel);
             }
@@ -304,10 +313,13 @@ struct Block<'a> {
     p0: usize,
     kc: usize,
     b_packed: &'a [u32],
+    /// Whether its sums replace the outputs (the first block of a product that does not
+    /// accumulate) rather than add to them.
+    replace: bool,
 }
 
-/// `out` (rows `rows` of the whole output, [rows.len(), n]) += a[rows, block's k] · the B
-/// block, on this thread: A packed MC rows at a time into `a_packed` (reused from block to block).
+/// `out` (rows `rows` of the whole output, [rows.len(), n]) (=|+=) a[rows, block's k] · the
+/// B block, on this thread: A packed MC rows at a time into `a_packed` (reused from block to block).
 fn add_block(
     out: &mut [f32],
     rows: std::ops::Range<usize>,
@@ -326,7 +338,7 @@ fn add_block(
             for (ip, a_panel) in a_packed.chunks_exact(pairs * mr).enumerate() {
                 let (row, tile_rows) = (i0 + ip * mr, mr.min(mc - ip * mr));
                 let tile = &mut out[(row - rows.start) * n + col..];
-                add_tile(kernel, tile, n, tile_rows, cols, a_panel, b_panel, pairs);
+                add_tile(kernel, tile, n, tile_rows, cols, a_panel, b_panel, pairs, block.replace);
             }
         }
     }
@@ -383,8 +395,8 @@ fn pack_a(packed: &mut Vec<u32>, a: Operand, i0: usize, mc: usize, p0: usize, kc
     }
 }
 
-/// `out[i * ld + j] += (a_panel · b_panel)[i][j]` for the tile's first `rows` rows and `cols`
-/// columns, summing the panels' `pairs` pairs.
+/// `out[i * ld + j] (=|+=) (a_panel · b_panel)[i][j]` for the tile's first `rows` rows and
+/// `cols` columns, summing the panels' `pairs` pairs; `=` when `replace`.
 #[allow(clippy::too_many_arguments)]
 fn add_tile(
     kernel: TileKernel,
@@ -395,6 +407,7 @@ fn add_tile(
     a_panel: &[u32],
     b_panel: &[u32],
     pairs: usize,
+    replace: bool,
 ) {
     let mr = kernel.tile_rows();
     assert!(a_panel.len() == pairs * mr && b_panel.len() == pairs * NR);
@@ -404,17 +417,20 @@ fn add_tile(
         // SAFETY: TileKernel::Amx is only made where amx::usable(), and gemm_rows configured
         // this thread's tiles; the panels hold `pairs` (a multiple of 16) full steps and `out`
         // the tile (asserted above).
-        TileKernel::Amx => unsafe { x86::add_amx_tile(out, ld, rows, cols, a_panel, b_panel, pairs) },
+        TileKernel::Amx => unsafe { x86::add_amx_tile(out, ld, rows, cols, a_panel, b_panel, pairs, replace) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: TileKernel::Avx512Bf16 is only made where the CPU has AVX512F, BW and
         // BF16 (best()); the panels hold `pairs` full steps and `out` the tile's
         // rows x cols entries (asserted above).
-        TileKernel::Avx512Bf16 => unsafe { x86::add_tile(out, ld, rows, cols, a_panel, b_panel, pairs) },
+        TileKernel::Avx512Bf16 => unsafe { x86::add_tile(out, ld, rows, cols, a_panel, b_panel, pairs, replace) },
         TileKernel::Scalar => {
             let tile = scalar_tile(a_panel, b_panel);
             for (i, tile_row) in tile.iter().enumerate().take(rows) {
                 let out_row = &mut out[i * ld..i * ld + cols];
-                out_row.iter_mut().zip(tile_row).for_each(|(o, t)| *o += t);
+                out_row
+                    .iter_mut()
+                    .zip(tile_row)
+                    .for_each(|(o, t)| *o = if replace { *t } else { *o + t });
             }
         }
     }
@@ -487,8 +503,8 @@ mod x86 {
         }
     }
 
-    /// The tile in 24 registers (acc[i][v]: row i's columns 16v..16v + 16), added to `out`
-    /// with masked loads and stores at the edges.
+    /// The tile in 24 registers (acc[i][v]: row i's columns 16v..16v + 16), added to `out` (or
+    /// stored, when `replace`) with masked loads and stores at the edges.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn add_tile(
         out: &mut [f32],
@@ -498,6 +514,7 @@ mod x86 {
         a_panel: &[u32],
         b_panel: &[u32],
         pairs: usize,
+        replace: bool,
     ) {
         const VECTORS: usize = NR / 16;
         let mut acc = [[_mm512_setzero_ps(); VECTORS]; MR];
@@ -521,16 +538,21 @@ mod x86 {
             let row = out.as_mut_ptr().add(i * ld);
             for (v, (&acc, &mask)) in acc.iter().zip(&masks).enumerate() {
                 let p = row.add(16 * v);
-                _mm512_mask_storeu_ps(p, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p), acc));
+                let sum = if replace {
+                    acc
+                } else {
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p), acc)
+                };
+                _mm512_mask_storeu_ps(p, mask, sum);
             }
         }
     }
 
     /// The tile as AMX computes it: for each half of the 64 columns, the 32 x 32 outputs in
     /// four C tiles (two A tiles of 16 rows, [rows][pairs], by two B tiles of 16 columns, read
-    /// from the [pairs][NR] panel 256 bytes a row). A whole 32 x 32 is read from `out`, summed
-    /// into and stored back as tiles; an edge is computed into `sums` and added to `out`, its
-    /// tiles wholly past `rows` or `cols` skipped.
+    /// from the [pairs][NR] panel 256 bytes a row). A whole 32 x 32 is read from `out` (unless
+    /// `replace`), summed into and stored back as tiles; an edge is computed into `sums` and
+    /// added to `out` (or stored), its tiles wholly past `rows` or `cols` skipped.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn add_amx_tile(
         out: &mut [f32],
@@ -540,6 +562,7 @@ mod x86 {
         a_panel: &[u32],
         b_panel: &[u32],
         pairs: usize,
+        replace: bool,
     ) {
         const HALF: usize = 2 * amx::ROWS;
         let a = amx::Tiles {
@@ -559,7 +582,7 @@ mod x86 {
             let width = HALF.min(cols - HALF * h);
             if rows == AMX_MR && width == HALF {
                 let c = out.as_mut_ptr().add(HALF * h) as *mut u8;
-                amx::product_bf16::<2, 2>(c, 4 * ld, true, a, b, steps);
+                amx::product_bf16::<2, 2>(c, 4 * ld, !replace, a, b, steps);
                 continue;
             }
             let mut sums = [[0.0f32; HALF]; AMX_MR];
@@ -572,7 +595,9 @@ mod x86 {
             }
             for (i, sums) in sums.iter().enumerate().take(rows) {
                 let out = &mut out[i * ld + HALF * h..][..width];
-                out.iter_mut().zip(sums).for_each(|(o, s)| *o += s);
+                out.iter_mut()
+                    .zip(sums)
+                    .for_each(|(o, s)| *o = if replace { *s } else { *o + s });
             }
         }
     }
