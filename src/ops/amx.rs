@@ -5,10 +5,13 @@
 //! adds their 16 x 16 product to the f32 tile `c`: 16·16·32 products in one instruction, 16
 //! times `vdpbf16ps`'s.
 //!
+//! `tdpbssd` does the same for int8: a 16 x K tile of int8 by a tile of K/4 rows, row q holding
+//! 16 columns' four int8 `B[4q..4q + 4][j]`, summed into i32.
+//!
 //! Rust has no stable AMX intrinsics, so the instructions are written with `asm!`, one
-//! instruction per function, the tile register named by a const parameter. Every tile here has
-//! all 16 rows of 64 bytes ([`configure`]); a tile is loaded from 16 rows of 64 bytes that lie
-//! `stride` bytes apart, so a tile can be read straight out of a larger row-major matrix.
+//! instruction per function, the tile register named by a const parameter. A tile is loaded
+//! from rows that lie `stride` bytes apart, so a tile can be read straight out of a larger
+//! row-major matrix. [`Shape`] says how the tiles are shaped.
 //!
 //! Linux gives the tiles' 8 KiB of register state only to a process that asks for it
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); [`usable`] asks once, and a
@@ -22,42 +25,72 @@ use std::sync::OnceLock;
 pub const ROWS: usize = 16;
 pub const ROW_BYTES: usize = 64;
 
-/// Whether this CPU has AMX tiles with bf16 products and Linux lets this process use them.
-pub fn usable() -> bool {
-    static USABLE: OnceLock<bool> = OnceLock::new();
-    *USABLE.get_or_init(|| {
+/// Whether Linux lets this process use the AMX tiles, asked once (the CPU must have
+/// `amx_tile`).
+fn permitted() -> bool {
+    static PERMITTED: OnceLock<bool> = OnceLock::new();
+    *PERMITTED.get_or_init(|| {
         const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
         const XFEATURE_XTILEDATA: libc::c_long = 18;
-        ["amx_tile", "amx_bf16"].iter().all(|f| has_feature(f))
+        has_feature("amx_tile")
             // SAFETY: arch_prctl with this request only changes which register state the
             // kernel will save for this process; it returns 0 when granted.
             && unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) } == 0
     })
 }
 
-/// The tile configuration (palette 1): all eight tiles 16 rows of 64 bytes.
+/// Whether this CPU has AMX tiles with `products` ("amx_bf16" or "amx_int8") and Linux lets
+/// this process use them.
+pub fn usable(products: &str) -> bool {
+    has_feature(products) && permitted()
+}
+
+/// How the eight tiles are shaped: `tmm0-3` hold sums (16 rows of 16 f32 or i32), `tmm4-5`
+/// the left operand, `tmm6-7` the right one.
+#[derive(Clone, Copy)]
+pub enum Shape {
+    /// bf16: every tile 16 rows of 64 bytes (16 pairs, or 16 f32).
+    Bf16,
+    /// One q8_0 block: left tiles 16 rows of 32 int8, right tiles 8 rows of 16 quads.
+    Q8Block,
+}
+
+/// A tile configuration (palette 1): bytes per row and rows of each tile.
 #[repr(C, align(64))]
 struct Config([u8; 64]);
 
-static CONFIG: Config = {
+const fn config(left_bytes: u8, right_rows: u8) -> Config {
     let mut bytes = [0u8; 64];
     bytes[0] = 1; // palette
     let mut t = 0;
     while t < 8 {
-        bytes[16 + 2 * t] = ROW_BYTES as u8; // colsb[t] (little-endian u16)
-        bytes[48 + t] = ROWS as u8; // rows[t]
+        // colsb[t] (a little-endian u16 at 16 + 2t), rows[t] (at 48 + t)
+        let (colsb, rows) = match t {
+            4 | 5 => (left_bytes, ROWS as u8),
+            6 | 7 => (ROW_BYTES as u8, right_rows),
+            _ => (ROW_BYTES as u8, ROWS as u8),
+        };
+        bytes[16 + 2 * t] = colsb;
+        bytes[48 + t] = rows;
         t += 1;
     }
     Config(bytes)
-};
+}
+
+static BF16: Config = config(ROW_BYTES as u8, ROWS as u8);
+static Q8_BLOCK: Config = config(32, 8);
 
 /// Shapes the tiles for this thread (each thread has its own tile state).
 ///
 /// # Safety
-/// Only where [`usable`] is true.
+/// Only where [`usable`] is true for the products the tiles will run.
 #[inline]
-pub unsafe fn configure() {
-    asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly, preserves_flags));
+pub unsafe fn configure(shape: Shape) {
+    let config = match shape {
+        Shape::Bf16 => &BF16,
+        Shape::Q8Block => &Q8_BLOCK,
+    };
+    asm!("ldtilecfg [{}]", in(reg) config, options(nostack, readonly, preserves_flags));
 }
 
 /// Returns this thread's tiles to their initial state (and the kernel stops saving them).
@@ -117,6 +150,22 @@ pub unsafe fn store<const T: usize>(base: *mut u8, stride: usize) {
 pub unsafe fn dot_bf16<const C: usize, const A: usize, const B: usize>() {
     asm!(
         "tdpbf16ps tmm{c}, tmm{a}, tmm{b}",
+        c = const C,
+        a = const A,
+        b = const B,
+        options(nostack, nomem, preserves_flags)
+    );
+}
+
+/// `tmm{C} += tmm{A} · tmm{B}` in int8 with i32 sums: `c[i][j] += Σ_k a[i][k]·b[k/4][4j + k%4]`,
+/// both signed.
+///
+/// # Safety
+/// After [`configure`].
+#[inline(always)]
+pub unsafe fn dot_i8<const C: usize, const A: usize, const B: usize>() {
+    asm!(
+        "tdpbssd tmm{c}, tmm{a}, tmm{b}",
         c = const C,
         a = const A,
         b = const B,

@@ -214,8 +214,8 @@ fn gemm_rows(
     let (k, n) = (a.cols, b.cols);
     #[cfg(target_arch = "x86_64")]
     if kernel == TileKernel::Amx {
-        // SAFETY: TileKernel::Amx is only made where amx::usable() (Bf16Kernel::Amx).
-        unsafe { super::amx::configure() };
+        // SAFETY: TileKernel::Amx is only made where amx::usable("amx_bf16") (Bf16Kernel::Amx).
+        unsafe { super::amx::configure(super::amx::Shape::Bf16) };
     }
     PACKED.with_borrow_mut(|(b_packed, a_packed)| {
         for j0 in (0..n).step_by(NC) {
@@ -414,7 +414,7 @@ fn add_tile(
     assert!((1..=mr).contains(&rows) && cols <= NR && out.len() >= (rows - 1) * ld + cols);
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: TileKernel::Amx is only made where amx::usable(), and gemm_rows configured
+        // SAFETY: TileKernel::Amx is only made where amx::usable("amx_bf16"), and gemm_rows configured
         // this thread's tiles; the panels hold `pairs` (a multiple of 16) full steps and `out`
         // the tile (asserted above).
         TileKernel::Amx => unsafe { x86::add_amx_tile(out, ld, rows, cols, a_panel, b_panel, pairs, replace) },

@@ -3,7 +3,7 @@
 //! | dtype | kernels, best first | instruction doing the work |
 //! |---|---|---|
 //! | bf16 | `amx`, `avx512bf16`, `avx2`, `scalar` | `tdpbf16ps` on AMX tiles for prompts (decoding as `avx512bf16`); `vdpbf16ps` (pairs of bf16 products into f32); bf16 widened to f32 + FMA; plain Rust |
-//! | q8_0 | `avx512vnni`, `avxvnni`, `avx2`, `scalar` | `vpdpbusd` (u8·i8 quads into i32), 512-bit or VEX encoded; `vpmaddubsw` + `vpmaddwd`; plain Rust |
+//! | q8_0 | `amx`, `avx512vnni`, `avxvnni`, `avx2`, `scalar` | `tdpbssd` on AMX tiles for prompts (decoding as `avx512vnni`); `vpdpbusd` (u8·i8 quads into i32), 512-bit or VEX encoded; `vpmaddubsw` + `vpmaddwd`; plain Rust |
 //!
 //! The best kernel the CPU has is used, unless `GPT2_KERNEL` names one: a dtype that has a
 //! kernel of that name uses it (an error if the CPU lacks it), the other dtype keeps its best.
@@ -33,6 +33,10 @@ pub enum Bf16Kernel {
 /// The kernels of q8_0 weights (activations quantized to q8 blocks on the fly).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Q8Kernel {
+    /// Intel AMX `tdpbssd` for prompts, a q8_0 block of 16 weight rows x 16 prompt rows per
+    /// instruction; decoding runs the `avx512vnni` tiles.
+    #[cfg(target_arch = "x86_64")]
+    Amx,
     /// AVX512-VNNI `vpdpbusd` on 256-bit registers (AVX512VL).
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
@@ -114,7 +118,7 @@ impl Kernel for Bf16Kernel {
     fn permitted(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Bf16Kernel::Amx => crate::ops::amx::usable(),
+            Bf16Kernel::Amx => crate::ops::amx::usable("amx_bf16"),
             _ => true,
         }
     }
@@ -123,6 +127,7 @@ impl Kernel for Bf16Kernel {
 impl Kernel for Q8Kernel {
     #[cfg(target_arch = "x86_64")]
     const ALL: &'static [Self] = &[
+        Q8Kernel::Amx,
         Q8Kernel::Avx512Vnni,
         Q8Kernel::AvxVnni,
         Q8Kernel::Avx2,
@@ -133,6 +138,8 @@ impl Kernel for Q8Kernel {
 
     fn name(self) -> &'static str {
         match self {
+            #[cfg(target_arch = "x86_64")]
+            Q8Kernel::Amx => "amx",
             #[cfg(target_arch = "x86_64")]
             Q8Kernel::Avx512Vnni => "avx512vnni",
             #[cfg(target_arch = "x86_64")]
@@ -146,12 +153,31 @@ impl Kernel for Q8Kernel {
     fn requires(self) -> &'static [&'static str] {
         match self {
             #[cfg(target_arch = "x86_64")]
+            Q8Kernel::Amx => &[
+                "avx2",
+                "fma",
+                "f16c",
+                "avx512f",
+                "avx512vl",
+                "avx512_vnni",
+                "amx_tile",
+                "amx_int8",
+            ],
+            #[cfg(target_arch = "x86_64")]
             Q8Kernel::Avx512Vnni => &["avx2", "fma", "f16c", "avx512f", "avx512vl", "avx512_vnni"],
             #[cfg(target_arch = "x86_64")]
             Q8Kernel::AvxVnni => &["avx2", "fma", "f16c", "avx_vnni"],
             #[cfg(target_arch = "x86_64")]
             Q8Kernel::Avx2 => &AVX2,
             Q8Kernel::Scalar => &[],
+        }
+    }
+
+    fn permitted(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Q8Kernel::Amx => crate::ops::amx::usable("amx_int8"),
+            _ => true,
         }
     }
 }
@@ -248,7 +274,13 @@ impl Kernels {
                     .map(|features| format!("this CPU lacks {features}"))
                     .or_else(|| (!k.permitted()).then(|| refused.clone()))
             })
-            .or_else(|| q8_0.and_then(|k| missing(k.requires()).map(|features| format!("this CPU lacks {features}"))));
+            .or_else(|| {
+                q8_0.and_then(|k| {
+                    missing(k.requires())
+                        .map(|features| format!("this CPU lacks {features}"))
+                        .or_else(|| (!k.permitted()).then(|| refused.clone()))
+                })
+            });
         match (bf16, q8_0, lacking) {
             (None, None, _) => Err(Error::Input(format!(
                 "{KERNEL_ENV}={name}: no such kernel (bf16: {}; q8_0: {})",

@@ -239,7 +239,7 @@ impl LowpMatrix {
             let (k, padded) = (self.cols, self.padded);
             return match &self.data {
                 Storage::Bf16(w) => panel::bf16(out, x, m, k, w, padded, kernels.bf16()),
-                Storage::Q8_0(w) => panel::q8_0(out, x, m, k, w, padded),
+                Storage::Q8_0(w) => panel::q8_0(out, x, m, k, w, padded, kernels.q8_0()),
             };
         }
         if m == 1 {
@@ -294,7 +294,7 @@ impl LowpMatrix {
                 let (x, nb) = (acts.rows(), padded / BLOCK);
                 match kernels.q8_0() {
                     #[cfg(target_arch = "x86_64")]
-                    Q8Kernel::Avx512Vnni => product(&q8_0::Vnni512, out_t, w, nb, &x),
+                    Q8Kernel::Amx | Q8Kernel::Avx512Vnni => product(&q8_0::Vnni512, out_t, w, nb, &x),
                     #[cfg(target_arch = "x86_64")]
                     Q8Kernel::AvxVnni => product(&q8_0::AvxVnni, out_t, w, nb, &x),
                     #[cfg(target_arch = "x86_64")]
@@ -320,6 +320,8 @@ pub fn panel_rows(dtype: WeightDtype, kernels: Kernels) -> Option<usize> {
         #[cfg(target_arch = "x86_64")]
         WeightDtype::Bf16 if kernels.bf16() == Bf16Kernel::Avx512Bf16 => Some(12),
         #[cfg(target_arch = "x86_64")]
+        WeightDtype::Q8_0 if kernels.q8_0() == Q8Kernel::Amx => Some(AMX_PROMPT_ROWS),
+        #[cfg(target_arch = "x86_64")]
         WeightDtype::Q8_0 if kernels.q8_0() == Q8Kernel::Avx512Vnni => Some(10),
         _ => {
             let _ = kernels;
@@ -328,17 +330,26 @@ pub fn panel_rows(dtype: WeightDtype, kernels: Kernels) -> Option<usize> {
     }
 }
 
-/// From how many rows bf16 weights take AMX tiles: a tile costs the same for 1 to 16 rows.
+/// From how many rows bf16 and q8_0 weights take AMX tiles: a tile costs the same for 1 to 16
+/// rows.
 const AMX_PROMPT_ROWS: usize = 4;
 
 /// How a prompt's products with `dtype` weights run on `kernels` (None: in the dot-product
 /// tiles), in words for `gpt2 info`.
 pub fn prompt_path(dtype: WeightDtype, kernels: Option<Kernels>) -> String {
     #[cfg(target_arch = "x86_64")]
-    if dtype == WeightDtype::Bf16 && kernels.is_some_and(|k| k.bf16() == Bf16Kernel::Amx) {
-        return format!(
-            "{AMX_PROMPT_ROWS} rows and more: AMX tdpbf16ps, 16 weight rows x {PANEL_ROWS} prompt rows per tile"
-        );
+    match dtype {
+        WeightDtype::Bf16 if kernels.is_some_and(|k| k.bf16() == Bf16Kernel::Amx) => {
+            return format!(
+                "{AMX_PROMPT_ROWS} rows and more: AMX tdpbf16ps, 16 weight rows x {PANEL_ROWS} prompt rows per tile"
+            )
+        }
+        WeightDtype::Q8_0 if kernels.is_some_and(|k| k.q8_0() == Q8Kernel::Amx) => {
+            return format!(
+                "{AMX_PROMPT_ROWS} rows and more: AMX tdpbssd, a block of 16 weight rows x {PANEL_ROWS} prompt rows per tile"
+            )
+        }
+        _ => {}
     }
     match kernels.and_then(|k| panel_rows(dtype, k)) {
         Some(rows) => {

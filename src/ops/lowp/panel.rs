@@ -21,10 +21,10 @@
 //! blocks with the same scales and the same `vpdpbusd` correction); only the order of the f32
 //! sums differs.
 
-use super::half::bf16_pair;
+use super::half::{bf16_pair, f16_to_f32};
 use super::q8_0::{Activations, BlockQ8_0};
-use super::Bf16Kernel;
 use super::{for_each_task, transpose, BLOCK};
+use super::{Bf16Kernel, Q8Kernel};
 use crate::ops::amx;
 use rayon::prelude::*;
 
@@ -120,11 +120,11 @@ fn amx_bf16(panels: &Bf16Panels, out: &mut [f32], m: usize, w: &[u16], padded: u
         assert!(rows
             .windows(2)
             .all(|r| r[1].as_ptr() == r[0].as_ptr().wrapping_add(padded)));
-        // SAFETY: Bf16Kernel::Amx is only chosen where amx::usable(). Every tile read lies in
+        // SAFETY: Bf16Kernel::Amx is only chosen where amx::usable("amx_bf16"). Every tile read lies in
         // the task's rows (row r0 + 31 < full when R = 2, 16 pairs a step, padded / 32 steps) or
         // in the panels (groups g, g + 1 < groups when P = 2); every C tile in out_t.
         unsafe {
-            amx::configure();
+            amx::configure(amx::Shape::Bf16);
             for r0 in (0..full).step_by(2 * TILE) {
                 let a = amx::Tiles {
                     base: rows[r0].as_ptr() as *const u8,
@@ -159,10 +159,67 @@ fn amx_bf16(panels: &Bf16Panels, out: &mut [f32], m: usize, w: &[u16], padded: u
 }
 
 /// q8_0 weights [N, `padded` / 32 blocks] times x [M, K] (quantized here as the dot-product
-/// kernels quantize it): `out` [M, N].
-pub fn q8_0(out: &mut [f32], x: &[f32], m: usize, k: usize, w: &[BlockQ8_0], padded: usize) {
+/// kernels quantize it): `out` [M, N], on AMX int8 tiles where `kernel` is `amx`, else by
+/// `vpdpbusd`.
+pub fn q8_0(out: &mut [f32], x: &[f32], m: usize, k: usize, w: &[BlockQ8_0], padded: usize, kernel: Q8Kernel) {
     let panels = Q8Panels::pack(&Activations::quantize(x, k, padded), m, padded / BLOCK);
-    product(&panels, out, m, w, padded / BLOCK);
+    match kernel {
+        Q8Kernel::Amx => amx_q8_0(&panels, out, m, w, padded / BLOCK),
+        _ => product(&panels, out, m, w, padded / BLOCK),
+    }
+}
+
+/// `out [M, N] = x · Wᵀ` on AMX int8 tiles, as `out_t = W · xᵀ` (see [`amx_bf16`]), a q8_0
+/// block at a time: `tdpbssd` multiplies a tile of 16 weight rows' 32 int8 (read in place, one
+/// row's block a row's bytes from the next) by a panel's block, 8 quads x 16 lanes, into 16 x
+/// 16 exact i32 dot products, which AVX-512 adds in with both scales, `sums[r][lane] += d_w[r]
+/// · d_x[lane] · dot` (the dot-product kernels' arithmetic, summed in another order). The f32
+/// sums of a tile stay in 16 registers over all blocks. The last rows of W, past a multiple of
+/// 16, run on the `vpdpbusd` panels.
+fn amx_q8_0(panels: &Q8Panels, out: &mut [f32], m: usize, w: &[BlockQ8_0], nb: usize) {
+    const TILE: usize = amx::ROWS;
+    let n = w.len() / nb;
+    let groups = m.div_ceil(LANES);
+    let stride = groups * LANES;
+    let mut out_t = vec![0.0f32; n * stride];
+    for_each_task(&mut out_t, stride, w, nb, TILE, |out_t, rows| {
+        let full = rows.len() / TILE * TILE;
+        assert!(rows.windows(2).all(|r| r[1].as_ptr() == r[0].as_ptr().wrapping_add(nb)));
+        // the weight scales of one tile of rows, [block][row]
+        let mut w_scales = vec![0.0f32; nb * TILE];
+        // SAFETY: Q8Kernel::Amx is only chosen where amx::usable("amx_int8").
+        unsafe { amx::configure(amx::Shape::Q8Block) };
+        for r0 in (0..full).step_by(TILE) {
+            for (b, scales) in w_scales.chunks_exact_mut(TILE).enumerate() {
+                for (d, row) in scales.iter_mut().zip(&rows[r0..r0 + TILE]) {
+                    *d = f16_to_f32(row[b].d);
+                }
+            }
+            for g in 0..groups {
+                let per_panel = nb * LANES;
+                // SAFETY: the tiles are configured (above) and the CPU has AVX512F (a
+                // requirement of Q8Kernel::Amx); the tile's 16 rows of nb blocks lie in the task's rows, panel g's
+                // nb blocks of quads and scales in the panels, its 16 rows x 16 lanes in out_t.
+                unsafe {
+                    x86::q8_0_amx_tile(
+                        &mut out_t[r0 * stride + g * LANES..],
+                        stride,
+                        rows[r0].as_ptr(),
+                        nb,
+                        &panels.quads[g * per_panel * BLOCK / 4..][..per_panel * BLOCK / 4],
+                        &panels.scales[g * per_panel..][..per_panel],
+                        &w_scales,
+                    )
+                }
+            }
+        }
+        // SAFETY: as above.
+        unsafe { amx::release() };
+        for (i, &row) in rows.iter().enumerate().skip(full) {
+            by_panels::<Q8Panels, 1, 4>(panels, &mut out_t[i * stride..], stride, [row], groups);
+        }
+    });
+    transpose(out, &out_t, n, stride);
 }
 
 /// x rounded to bf16 in panels: `pairs[(g·K/2 + j)·16 + lane]` holds x[16g + lane][2j, 2j + 1]
@@ -280,8 +337,46 @@ impl Panels for Q8Panels {
 
 mod x86 {
     use super::super::q8_0::{f16_scale, BlockQ8_0};
-    use super::{BLOCK, LANES};
+    use super::{amx, BLOCK, LANES};
     use std::arch::x86_64::*;
+
+    /// 16 q8_0 rows of nb blocks (from `w`, a row's bytes apart) against one panel (`quads`
+    /// and `scales` of its nb blocks), with the rows' scales `w_scales` [block][row]:
+    /// `out[r·stride..][..16]` the 16 x 16 sums. After `amx::configure(Shape::Q8Block)` on
+    /// this thread.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn q8_0_amx_tile(
+        out: &mut [f32],
+        stride: usize,
+        w: *const BlockQ8_0,
+        nb: usize,
+        quads: &[i32],
+        scales: &[f32],
+        w_scales: &[f32],
+    ) {
+        #[repr(align(64))]
+        struct Dots([[i32; LANES]; amx::ROWS]);
+        let mut dots = Dots([[0; LANES]; amx::ROWS]);
+        let mut sums = [_mm512_setzero_ps(); amx::ROWS];
+        let row_bytes = nb * std::mem::size_of::<BlockQ8_0>();
+        let qs = std::mem::offset_of!(BlockQ8_0, qs);
+        for b in 0..nb {
+            amx::zero::<0>();
+            amx::load::<4>((w.add(b) as *const u8).add(qs), row_bytes);
+            amx::load::<6>(quads.as_ptr().add(b * LANES * BLOCK / 4) as *const u8, amx::ROW_BYTES);
+            amx::dot_i8::<0, 4, 6>();
+            amx::store::<0>(dots.0.as_mut_ptr() as *mut u8, amx::ROW_BYTES);
+            let d_x = _mm512_loadu_ps(scales.as_ptr().add(b * LANES));
+            let d_w = &w_scales[b * amx::ROWS..][..amx::ROWS];
+            for (r, sum) in sums.iter_mut().enumerate() {
+                let dot = _mm512_cvtepi32_ps(_mm512_load_si512(dots.0[r].as_ptr() as *const _));
+                *sum = _mm512_fmadd_ps(_mm512_mul_ps(dot, d_x), _mm512_set1_ps(d_w[r]), *sum);
+            }
+        }
+        for (r, &sum) in sums.iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add(r * stride), sum);
+        }
+    }
 
     /// MR bf16 rows of 2n weights against P panels of n pairs (`pairs` from the first).
     #[target_feature(enable = "avx512f,avx512bf16")]
