@@ -43,6 +43,8 @@ const KC: usize = 384;
 /// AMX's: its tiles sum 768 inner indices before the outputs are read and written again (the
 /// A block, MC x 768 bf16, is 288 KiB: in L2). The packing scratch holds this many.
 const MAX_KC: usize = 768;
+/// The most rows a micro-tile has, whichever kernel (AMX's two tiles of 16).
+const MAX_MR: usize = 32;
 /// Output rows per packed A block (192 x 384 bf16 = 144 KiB, in L2).
 const MC: usize = 192;
 /// Output columns per packed B block (384 x 2048 bf16 = 1.5 MiB).
@@ -271,19 +273,25 @@ impl Operand<'_> {
 fn pack_pairs_along(dst: &mut [u32], stride: usize, src: &[f32], pairs: usize, kernel: TileKernel) {
     assert!(pairs <= MAX_KC / 2 && src.len() <= 2 * pairs && dst.len() > (pairs - 1) * stride);
     let mut run = [0u32; MAX_KC / 2];
+    round_pairs(&mut run, src, kernel);
+    for (d, &pair) in dst.iter_mut().step_by(stride).zip(&run[..pairs]) {
+        *d = pair;
+    }
+}
+
+/// `run[p] = (src[2p], src[2p + 1])` rounded to bf16, a zero after an odd last one.
+fn round_pairs(run: &mut [u32], src: &[f32], kernel: TileKernel) {
+    assert!(run.len() >= src.len().div_ceil(2));
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the kernels exist only where the CPU has AVX512F, BW and BF16 (best());
-        // `run` holds MAX_KC / 2 >= src.len() / 2 pairs (asserted).
-        TileKernel::Amx | TileKernel::Avx512Bf16 => unsafe { x86::round_pairs(&mut run, src) },
+        // `run` holds src.len() / 2 pairs, rounded up (asserted).
+        TileKernel::Amx | TileKernel::Avx512Bf16 => unsafe { x86::round_pairs(run, src) },
         TileKernel::Scalar => {
             for (pair, x) in run.iter_mut().zip(src.chunks(2)) {
                 *pair = bf16_pair(x[0], x.get(1).copied().unwrap_or(0.0));
             }
         }
-    }
-    for (d, &pair) in dst.iter_mut().step_by(stride).zip(&run[..pairs]) {
-        *d = pair;
     }
 }
 
@@ -348,9 +356,20 @@ fn add_block(
 /// and pairs past kc stay zero).
 fn pack_b_panel(panel: &mut [u32], b: Operand, p0: usize, kc: usize, col: usize, cols: usize, kernel: TileKernel) {
     if b.transposed {
-        // column j of b is stored row j: its k values are neighbours
-        for j in 0..cols {
-            pack_pairs_along(&mut panel[j..], NR, b.stored(col + j, p0, kc), kc.div_ceil(2), kernel);
+        // column j of b is stored row j: its k values are neighbours. 16 columns are rounded
+        // into runs, then each panel row takes their 16 pairs p side by side (a whole 64-byte
+        // line written at once, where a column at a time would write 4 bytes of every line).
+        let mut runs = [[0u32; MAX_KC / 2]; 16];
+        for j0 in (0..cols).step_by(16) {
+            let width = 16.min(cols - j0);
+            for (j, run) in runs[..width].iter_mut().enumerate() {
+                round_pairs(run, b.stored(col + j0 + j, p0, kc), kernel);
+            }
+            for (p, slot) in panel.chunks_exact_mut(NR).take(kc.div_ceil(2)).enumerate() {
+                for (out, run) in slot[j0..j0 + width].iter_mut().zip(&runs[..width]) {
+                    *out = run[p];
+                }
+            }
         }
     } else {
         for (p, slot) in panel.chunks_exact_mut(NR).take(kc.div_ceil(2)).enumerate() {
@@ -368,17 +387,24 @@ fn pack_a(packed: &mut Vec<u32>, a: Operand, i0: usize, mc: usize, p0: usize, kc
     let (along, across) = kernel.a_layout(pairs);
     packed.clear();
     packed.resize(mc.div_ceil(mr) * pairs * mr, 0);
-    let mut column = vec![0u32; mr];
+    assert!(mr <= MAX_MR);
+    let mut columns = [[0u32; MAX_MR]; 16];
     for (ip, panel) in packed.chunks_exact_mut(pairs * mr).enumerate() {
         let (row, rows) = (i0 + ip * mr, mr.min(mc - ip * mr));
         if a.transposed {
-            // column p of a is stored row p: pairs of k sit in two stored rows
-            for p in 0..kc.div_ceil(2) {
-                let c = p0 + 2 * p;
-                let second = (2 * p + 1 < kc).then(|| a.stored(c + 1, row, rows));
-                pack_pairs_across(&mut column, a.stored(c, row, rows), second, kernel);
-                for (i, &pair) in column[..rows].iter().enumerate() {
-                    panel[p * along + i * across] = pair;
+            // column p of a is stored row p: pairs of k sit in two stored rows. 16 pairs of
+            // every row at a time, then placed row by row.
+            for q0 in (0..kc.div_ceil(2)).step_by(16) {
+                let count = 16.min(kc.div_ceil(2) - q0);
+                for (q, column) in columns[..count].iter_mut().enumerate() {
+                    let c = p0 + 2 * (q0 + q);
+                    let second = (c + 1 < p0 + kc).then(|| a.stored(c + 1, row, rows));
+                    pack_pairs_across(&mut column[..rows], a.stored(c, row, rows), second, kernel);
+                }
+                for i in 0..rows {
+                    for (q, column) in columns[..count].iter().enumerate() {
+                        panel[(q0 + q) * along + i * across] = column[i];
+                    }
                 }
             }
         } else {

@@ -332,7 +332,7 @@ pub fn panel_rows(dtype: WeightDtype, kernels: Kernels) -> Option<usize> {
 
 /// From how many rows bf16 and q8_0 weights take AMX tiles: a tile costs the same for 1 to 16
 /// rows.
-const AMX_PROMPT_ROWS: usize = 4;
+const AMX_PROMPT_ROWS: usize = 6;
 
 /// How a prompt's products with `dtype` weights run on `kernels` (None: in the dot-product
 /// tiles), in words for `gpt2 info`.

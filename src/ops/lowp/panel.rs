@@ -190,9 +190,10 @@ fn amx_q8_0(panels: &Q8Panels, out: &mut [f32], m: usize, w: &[BlockQ8_0], nb: u
         // SAFETY: Q8Kernel::Amx is only chosen where amx::usable("amx_int8").
         unsafe { amx::configure(amx::Shape::Q8Block) };
         for r0 in (0..full).step_by(TILE) {
-            for (b, scales) in w_scales.chunks_exact_mut(TILE).enumerate() {
-                for (d, row) in scales.iter_mut().zip(&rows[r0..r0 + TILE]) {
-                    *d = f16_to_f32(row[b].d);
+            // row by row, each read in order (it is the first to read these weights)
+            for (r, row) in rows[r0..r0 + TILE].iter().enumerate() {
+                for (b, block) in row.iter().enumerate() {
+                    w_scales[b * TILE + r] = f16_to_f32(block.d);
                 }
             }
             for g in 0..groups {
