@@ -107,13 +107,13 @@ fn every_kernel_the_cpu_has_scores_within_bounds_and_a_missing_one_is_named() {
                 assert!(change < bound(dtype), "{dtype} on {kernel}: {loss} vs {f32_loss}");
             }
             (Err(e), false) => assert!(
-                e.contains(&format!("GPT2_KERNEL={kernel}")) && e.contains("lacks"),
+                e.contains(&format!("GPT2_KERNEL={kernel}")) && (e.contains("lacks") || e.contains("refused")),
                 "{e}"
             ),
             (result, _) => panic!("{dtype} on {kernel} (available: {available}): {result:?}"),
         }
     }
-    let err = score("q8_0", "amx").unwrap_err();
+    let err = score("q8_0", "amx512").unwrap_err();
     assert!(err.contains("no such kernel") && err.contains("avx512vnni"), "{err}");
 }
 
@@ -282,9 +282,15 @@ fn info_names_the_features_and_the_kernel_each_dtype_uses() {
         (used(&scalar, "bf16"), used(&scalar, "q8_0")),
         ("scalar".into(), "scalar".into())
     );
-    // A prompt runs on the panel kernels exactly where the dtype's AVX-512 kernel is used.
-    let panels = |json: &serde_json::Value, dtype: &str| json["prompts"][dtype].as_str().unwrap().contains("panels");
-    assert_eq!(panels(&best, "bf16"), used(&best, "bf16") == "avx512bf16");
-    assert_eq!(panels(&best, "q8_0"), used(&best, "q8_0") == "avx512vnni");
-    assert!(!panels(&scalar, "bf16") && !panels(&scalar, "q8_0"));
+    // A prompt runs on the panel kernels exactly where the dtype's AVX-512 kernel is used, on
+    // AMX tiles where its AMX kernel is.
+    let prompt =
+        |json: &serde_json::Value, dtype: &str, path: &str| json["prompts"][dtype].as_str().unwrap().contains(path);
+    for kernels in [&best, &scalar] {
+        assert_eq!(prompt(kernels, "bf16", "panels"), used(kernels, "bf16") == "avx512bf16");
+        assert_eq!(prompt(kernels, "q8_0", "panels"), used(kernels, "q8_0") == "avx512vnni");
+        assert_eq!(prompt(kernels, "bf16", "AMX"), used(kernels, "bf16") == "amx");
+        assert_eq!(prompt(kernels, "q8_0", "AMX"), used(kernels, "q8_0") == "amx");
+    }
+    assert!(!prompt(&scalar, "bf16", "panels") && !prompt(&scalar, "q8_0", "panels"));
 }

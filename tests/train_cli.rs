@@ -480,7 +480,7 @@ fn bf16_products_say_which_precision_runs_and_why() {
     assert!(output.status.success(), "{stderr}");
     assert!(
         stdout.contains(
-            "note: --precision bf16: GPT2_KERNEL=scalar rules out the avx512bf16 kernel, so the products run in f32"
+            "note: --precision bf16: GPT2_KERNEL=scalar rules out the amx and avx512bf16 kernels, so the products run in f32"
         ) && stdout.contains("f32 products"),
         "{stdout}"
     );

@@ -100,7 +100,9 @@ impl Precision {
             return (self, None);
         }
         let why = match std::env::var(KERNEL_ENV) {
-            Ok(kernel) if !kernel.is_empty() => format!("{KERNEL_ENV}={kernel} rules out the avx512bf16 kernel"),
+            Ok(kernel) if !kernel.is_empty() => {
+                format!("{KERNEL_ENV}={kernel} rules out the amx and avx512bf16 kernels")
+            }
             _ => {
                 let needed = TileKernel::SIMD_REQUIRES;
                 let missing: Vec<&str> = needed.into_iter().filter(|f| !has_feature(f)).collect();

@@ -227,10 +227,7 @@ fn gemm_rows(
                 let pairs = kernel.pairs(kc);
                 b_packed.clear();
                 b_packed.resize(nc.div_ceil(NR) * pairs * NR, 0);
-                for (jp, panel) in b_packed.chunks_exact_mut(pairs * NR).enumerate() {
-                    let col = j0 + jp * NR;
-                    pack_b_panel(panel, b, p0, kc, col, NR.min(j0 + nc - col), kernel);
-                }
+                pack_b(b_packed, b, p0, kc, j0, nc, kernel);
                 let block = Block {
                     j0,
                     nc,
@@ -352,30 +349,41 @@ fn add_block(
     }
 }
 
-/// Packs b[p0..p0 + kc, col..col + cols] into one zeroed panel [pairs][NR] (columns past cols
-/// and pairs past kc stay zero).
-fn pack_b_panel(panel: &mut [u32], b: Operand, p0: usize, kc: usize, col: usize, cols: usize, kernel: TileKernel) {
+/// Packs b[p0..p0 + kc, j0..j0 + nc] into zeroed panels of NR columns, [pairs][NR] each
+/// (columns past nc and pairs past kc stay zero). Reading the f32 source is the cost, so it is
+/// read in the order it is stored.
+fn pack_b(packed: &mut [u32], b: Operand, p0: usize, kc: usize, j0: usize, nc: usize, kernel: TileKernel) {
+    let panel_len = packed.len() / nc.div_ceil(NR);
     if b.transposed {
         // column j of b is stored row j: its k values are neighbours. 16 columns are rounded
         // into runs, then each panel row takes their 16 pairs p side by side (a whole 64-byte
         // line written at once, where a column at a time would write 4 bytes of every line).
         let mut runs = [[0u32; MAX_KC / 2]; 16];
-        for j0 in (0..cols).step_by(16) {
-            let width = 16.min(cols - j0);
-            for (j, run) in runs[..width].iter_mut().enumerate() {
-                round_pairs(run, b.stored(col + j0 + j, p0, kc), kernel);
-            }
-            for (p, slot) in panel.chunks_exact_mut(NR).take(kc.div_ceil(2)).enumerate() {
-                for (out, run) in slot[j0..j0 + width].iter_mut().zip(&runs[..width]) {
-                    *out = run[p];
+        for (jp, panel) in packed.chunks_exact_mut(panel_len).enumerate() {
+            let (col, cols) = (j0 + jp * NR, NR.min(nc - jp * NR));
+            for c0 in (0..cols).step_by(16) {
+                let width = 16.min(cols - c0);
+                for (j, run) in runs[..width].iter_mut().enumerate() {
+                    round_pairs(run, b.stored(col + c0 + j, p0, kc), kernel);
+                }
+                for (p, slot) in panel.chunks_exact_mut(NR).take(kc.div_ceil(2)).enumerate() {
+                    for (out, run) in slot[c0..c0 + width].iter_mut().zip(&runs[..width]) {
+                        *out = run[p];
+                    }
                 }
             }
         }
     } else {
-        for (p, slot) in panel.chunks_exact_mut(NR).take(kc.div_ceil(2)).enumerate() {
+        // rows 2p and 2p + 1 of b, each read across the whole block, into every panel's row p
+        for p in 0..kc.div_ceil(2) {
             let r = p0 + 2 * p;
-            let second = (2 * p + 1 < kc).then(|| b.stored(r + 1, col, cols));
-            pack_pairs_across(slot, b.stored(r, col, cols), second, kernel);
+            let first = b.stored(r, j0, nc);
+            let second = (2 * p + 1 < kc).then(|| b.stored(r + 1, j0, nc));
+            for (jp, panel) in packed.chunks_exact_mut(panel_len).enumerate() {
+                let cols = jp * NR..(jp * NR + NR).min(nc);
+                let second = second.map(|s| &s[cols.clone()]);
+                pack_pairs_across(&mut panel[p * NR..][..NR], &first[cols], second, kernel);
+            }
         }
     }
 }
@@ -388,14 +396,15 @@ fn pack_a(packed: &mut Vec<u32>, a: Operand, i0: usize, mc: usize, p0: usize, kc
     packed.clear();
     packed.resize(mc.div_ceil(mr) * pairs * mr, 0);
     assert!(mr <= MAX_MR);
-    let mut columns = [[0u32; MAX_MR]; 16];
-    for (ip, panel) in packed.chunks_exact_mut(pairs * mr).enumerate() {
-        let (row, rows) = (i0 + ip * mr, mr.min(mc - ip * mr));
-        if a.transposed {
-            // column p of a is stored row p: pairs of k sit in two stored rows. 16 pairs of
-            // every row at a time, then placed row by row.
-            for q0 in (0..kc.div_ceil(2)).step_by(16) {
-                let count = 16.min(kc.div_ceil(2) - q0);
+    if a.transposed {
+        // column p of a is stored row p: pairs of k sit in two stored rows. 16 pairs of every
+        // row of a panel at a time, then placed row by row; the 32 stored rows are read
+        // across the block, panel after panel.
+        let mut columns = [[0u32; MAX_MR]; 16];
+        for q0 in (0..kc.div_ceil(2)).step_by(16) {
+            let count = 16.min(kc.div_ceil(2) - q0);
+            for (ip, panel) in packed.chunks_exact_mut(pairs * mr).enumerate() {
+                let (row, rows) = (i0 + ip * mr, mr.min(mc - ip * mr));
                 for (q, column) in columns[..count].iter_mut().enumerate() {
                     let c = p0 + 2 * (q0 + q);
                     let second = (c + 1 < p0 + kc).then(|| a.stored(c + 1, row, rows));
@@ -407,16 +416,15 @@ fn pack_a(packed: &mut Vec<u32>, a: Operand, i0: usize, mc: usize, p0: usize, kc
                     }
                 }
             }
-        } else {
-            for i in 0..rows {
-                pack_pairs_along(
-                    &mut panel[i * across..],
-                    along,
-                    a.stored(row + i, p0, kc),
-                    kc.div_ceil(2),
-                    kernel,
-                );
-            }
+        }
+        return;
+    }
+    // row i of a is stored row i: its k values are neighbours
+    for (ip, panel) in packed.chunks_exact_mut(pairs * mr).enumerate() {
+        let (row, rows) = (i0 + ip * mr, mr.min(mc - ip * mr));
+        for i in 0..rows {
+            let run = a.stored(row + i, p0, kc);
+            pack_pairs_along(&mut panel[i * across..], along, run, kc.div_ceil(2), kernel);
         }
     }
 }

@@ -22,7 +22,10 @@ fn kernels<K: Kernel + PartialEq>(used: Option<K>) -> Vec<serde_json::Value> {
     K::ALL
         .iter()
         .map(|&k| {
-            let missing: Vec<&str> = k.requires().iter().copied().filter(|f| !has_feature(f)).collect();
+            let mut missing: Vec<&str> = k.requires().iter().copied().filter(|f| !has_feature(f)).collect();
+            if missing.is_empty() && !k.available() {
+                missing.push("Linux's leave to use the AMX tiles (arch_prctl refused)");
+            }
             json!({"name": k.name(), "used": Some(k) == used, "missing": missing})
         })
         .collect()
@@ -66,10 +69,17 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     // `gpt2 train --precision bf16`: its products' micro-kernel, or why they run in f32.
     let training_bf16 = match Precision::Bf16.on_this_cpu() {
         (_, Some(note)) => note,
-        (_, None) => format!(
-            "{} (vdpbf16ps on operands rounded to bf16 as they are packed, f32 sums)",
-            TileKernel::best().name()
-        ),
+        (_, None) => {
+            let how = match TileKernel::best() {
+                #[cfg(target_arch = "x86_64")]
+                TileKernel::Amx => "tdpbf16ps on AMX tiles, 32 x 32 outputs per micro-tile",
+                _ => "vdpbf16ps, 6 x 64 outputs per micro-tile",
+            };
+            format!(
+                "{} ({how}; operands rounded to bf16 as they are packed, f32 sums)",
+                TileKernel::best().name()
+            )
+        }
     };
     let report = json!({
         "cpu": cpu_name(),
@@ -124,7 +134,14 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             (None, Ok(_)) => println!("{KERNEL_ENV}: unset (the best kernel this CPU has; set it to force one)"),
         }
         println!("train --precision bf16: {training_bf16}");
-        println!("AMX: no kernel here uses it (bf16 and int8 products run on AVX-512 at best)");
+        let granted = Bf16Kernel::ALL.iter().any(|k| k.name() == "amx" && k.available())
+            || Q8Kernel::ALL.iter().any(|k| k.name() == "amx" && k.available());
+        let amx = match (has_feature("amx_tile"), granted) {
+            (false, _) => "not on this CPU",
+            (true, true) => "tiles granted by Linux: prompts (bf16, q8_0) and bf16 training can use them",
+            (true, false) => "on this CPU, but unused (Linux refused the tiles, or AVX-512 is missing)",
+        };
+        println!("AMX: {amx}");
     }
     Ok(())
 }
