@@ -10,7 +10,8 @@
 //! products, R activation rows by S weight rows, so that a few rows (M > 1) read each weight
 //! once per R rows rather than once per row. A prompt of 10-12 rows or more ([`panel_rows`])
 //! goes to the AVX-512 [`panel`] kernels where the CPU has them: each weight broadcast against 16
-//! activation rows at once.
+//! activation rows at once; where it has AMX, a prompt of 6 rows or more goes to AMX tiles of 16
+//! weight rows by 16 prompt rows (also in [`panel`]).
 
 pub mod bf16;
 pub mod half;

@@ -1,5 +1,5 @@
 //! Products of a prompt's many activation rows with low-precision weights as stored, on
-//! AVX-512 (`avx512bf16` for bf16, `avx512vnni` for q8_0).
+//! AVX-512 (`avx512bf16` for bf16, `avx512vnni` for q8_0) or AMX tiles (`amx`, both dtypes).
 //!
 //! The dot-product tiles of [`super::product`] keep each output in a register of partial sums
 //! and add its lanes at the end: right for a token or two, where reading the weights is all
@@ -20,6 +20,11 @@
 //! The arithmetic is the dot-product kernels' (activations rounded to bf16, or quantized to q8
 //! blocks with the same scales and the same `vpdpbusd` correction); only the order of the f32
 //! sums differs.
+//!
+//! AMX turns the roles round and computes `out_t = W · xᵀ` a tile at a time: a tile of 16 weight
+//! rows is read straight from the stored rows (the tile's rows lie a weight row apart), and the
+//! panels are already in the layout the tile instructions want for their right operand (16
+//! lanes' pair, or quad, per 64-byte row). See [`amx_bf16`] and [`amx_q8_0`].
 
 use super::half::{bf16_pair, f16_to_f32};
 use super::q8_0::{Activations, BlockQ8_0};
