@@ -354,8 +354,14 @@ fn add_block(
             let (col, cols) = (block.j0 + jp * NR, NR.min(block.nc - jp * NR));
             for (ip, a_panel) in a_packed.chunks_exact(pairs * mr).enumerate() {
                 let (row, tile_rows) = (i0 + ip * mr, mr.min(mc - ip * mr));
-                let tile = &mut out[(row - rows.start) * n + col..];
-                add_tile(kernel, tile, n, tile_rows, cols, a_panel, b_panel, pairs, block.replace);
+                let tile = OutTile {
+                    out: &mut out[(row - rows.start) * n + col..],
+                    ld: n,
+                    rows: tile_rows,
+                    cols,
+                    replace: block.replace,
+                };
+                add_tile(kernel, tile, a_panel, b_panel, pairs);
             }
         }
     }
@@ -441,42 +447,47 @@ fn pack_a(packed: &mut Vec<u32>, a: Operand, i0: usize, mc: usize, p0: usize, kc
     }
 }
 
-/// `out[i * ld + j] (=|+=) (a_panel · b_panel)[i][j]` for the tile's first `rows` rows and
-/// `cols` columns, summing the panels' `pairs` pairs; `=` when `replace`.
-#[allow(clippy::too_many_arguments)]
-fn add_tile(
-    kernel: TileKernel,
-    out: &mut [f32],
+/// Where a micro-tile's sums go: `out[i·ld + j]` for its first `rows` rows and `cols`
+/// columns, written (`replace`) or added to.
+struct OutTile<'a> {
+    out: &'a mut [f32],
     ld: usize,
     rows: usize,
     cols: usize,
-    a_panel: &[u32],
-    b_panel: &[u32],
-    pairs: usize,
     replace: bool,
-) {
+}
+
+impl OutTile<'_> {
+    /// Row i's outputs from column `col` on, one per value, written or added to.
+    fn put(&mut self, i: usize, col: usize, values: &[f32]) {
+        let out = &mut self.out[i * self.ld + col..][..values.len()];
+        match self.replace {
+            true => out.copy_from_slice(values),
+            false => out.iter_mut().zip(values).for_each(|(o, v)| *o += v),
+        }
+    }
+}
+
+/// `tile (=|+=) a_panel · b_panel`, summing the panels' `pairs` pairs.
+fn add_tile(kernel: TileKernel, mut tile: OutTile, a_panel: &[u32], b_panel: &[u32], pairs: usize) {
     let mr = kernel.tile_rows();
+    let OutTile { rows, cols, ld, .. } = tile;
     assert!(a_panel.len() == pairs * mr && b_panel.len() == pairs * NR);
-    assert!((1..=mr).contains(&rows) && cols <= NR && out.len() >= (rows - 1) * ld + cols);
+    assert!((1..=mr).contains(&rows) && cols <= NR && tile.out.len() >= (rows - 1) * ld + cols);
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: TileKernel::Amx is only made where amx::usable("amx_bf16"), and gemm_rows configured
-        // this thread's tiles; the panels hold `pairs` (a multiple of 16) full steps and `out`
-        // the tile (asserted above).
-        TileKernel::Amx => unsafe { x86::add_amx_tile(out, ld, rows, cols, a_panel, b_panel, pairs, replace) },
+        // SAFETY: TileKernel::Amx is only made where amx::usable("amx_bf16"), and gemm_rows
+        // configured this thread's tiles; the panels hold `pairs` (a multiple of 16) full steps
+        // and `out` the tile (asserted above).
+        TileKernel::Amx => unsafe { x86::add_amx_tile(tile, a_panel, b_panel, pairs) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: TileKernel::Avx512Bf16 is only made where the CPU has AVX512F, BW and
         // BF16 (best()); the panels hold `pairs` full steps and `out` the tile's
         // rows x cols entries (asserted above).
-        TileKernel::Avx512Bf16 => unsafe { x86::add_tile(out, ld, rows, cols, a_panel, b_panel, pairs, replace) },
+        TileKernel::Avx512Bf16 => unsafe { x86::add_tile(tile, a_panel, b_panel, pairs) },
         TileKernel::Scalar => {
-            let tile = scalar_tile(a_panel, b_panel);
-            for (i, tile_row) in tile.iter().enumerate().take(rows) {
-                let out_row = &mut out[i * ld..i * ld + cols];
-                out_row
-                    .iter_mut()
-                    .zip(tile_row)
-                    .for_each(|(o, t)| *o = if replace { *t } else { *o + t });
+            for (i, sums) in scalar_tile(a_panel, b_panel).iter().enumerate().take(rows) {
+                tile.put(i, 0, &sums[..cols]);
             }
         }
     }
@@ -502,7 +513,7 @@ fn scalar_tile(a_panel: &[u32], b_panel: &[u32]) -> [[f32; NR]; MR] {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::amx;
-    use super::{AMX_MR, AMX_PAIRS, MR, NR};
+    use super::{OutTile, AMX_MR, AMX_PAIRS, MR, NR};
     use std::arch::x86_64::*;
 
     /// `run[p] = (src[2p], src[2p + 1])` rounded to bf16 (a zero past the end of src).
@@ -552,16 +563,14 @@ mod x86 {
     /// The tile in 24 registers (acc[i][v]: row i's columns 16v..16v + 16), added to `out` (or
     /// stored, when `replace`) with masked loads and stores at the edges.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub unsafe fn add_tile(
-        out: &mut [f32],
-        ld: usize,
-        rows: usize,
-        cols: usize,
-        a_panel: &[u32],
-        b_panel: &[u32],
-        pairs: usize,
-        replace: bool,
-    ) {
+    pub unsafe fn add_tile(tile: OutTile, a_panel: &[u32], b_panel: &[u32], pairs: usize) {
+        let OutTile {
+            out,
+            ld,
+            rows,
+            cols,
+            replace,
+        } = tile;
         const VECTORS: usize = NR / 16;
         let mut acc = [[_mm512_setzero_ps(); VECTORS]; MR];
         let (mut a, mut b) = (a_panel.as_ptr(), b_panel.as_ptr());
@@ -600,16 +609,14 @@ mod x86 {
     /// `replace`), summed into and stored back as tiles; an edge is computed into `sums` and
     /// added to `out` (or stored), its tiles wholly past `rows` or `cols` skipped.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn add_amx_tile(
-        out: &mut [f32],
-        ld: usize,
-        rows: usize,
-        cols: usize,
-        a_panel: &[u32],
-        b_panel: &[u32],
-        pairs: usize,
-        replace: bool,
-    ) {
+    pub unsafe fn add_amx_tile(mut tile: OutTile, a_panel: &[u32], b_panel: &[u32], pairs: usize) {
+        let OutTile {
+            ld,
+            rows,
+            cols,
+            replace,
+            ..
+        } = tile;
         const HALF: usize = 2 * amx::ROWS;
         let a = amx::Tiles {
             base: a_panel.as_ptr() as *const u8,
@@ -627,7 +634,7 @@ mod x86 {
             };
             let width = HALF.min(cols - HALF * h);
             if rows == AMX_MR && width == HALF {
-                let c = out.as_mut_ptr().add(HALF * h) as *mut u8;
+                let c = tile.out.as_mut_ptr().add(HALF * h) as *mut u8;
                 amx::product_bf16::<2, 2>(c, 4 * ld, !replace, a, b, steps);
                 continue;
             }
@@ -640,10 +647,7 @@ mod x86 {
                 (false, false) => amx::product_bf16::<1, 1>(c, 4 * HALF, false, a, b, steps),
             }
             for (i, sums) in sums.iter().enumerate().take(rows) {
-                let out = &mut out[i * ld + HALF * h..][..width];
-                out.iter_mut()
-                    .zip(sums)
-                    .for_each(|(o, s)| *o = if replace { *s } else { *o + s });
+                tile.put(i, HALF * h, &sums[..width]);
             }
         }
     }
