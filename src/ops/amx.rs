@@ -14,10 +14,11 @@
 //! row-major matrix. [`Shape`] says how the tiles are shaped.
 //!
 //! Linux gives the tiles' 8 KiB of register state only to a process that asks for it
-//! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); [`usable`] asks once, and a
-//! refusal (an old kernel, a sandbox) leaves the AVX-512 kernels in charge.
+//! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); [`granted`] asks once, and a
+//! refusal (an old kernel, a sandbox, a CPU without AMX) leaves the AVX-512 kernels in charge
+//! (the kernels that use the tiles require the CPU's `amx_tile` and `amx_bf16` or `amx_int8`
+//! besides, [`super::lowp::kernel`]).
 
-use super::lowp::kernel::has_feature;
 use std::arch::asm;
 use std::sync::OnceLock;
 
@@ -25,24 +26,16 @@ use std::sync::OnceLock;
 pub const ROWS: usize = 16;
 pub const ROW_BYTES: usize = 64;
 
-/// Whether Linux lets this process use the AMX tiles, asked once (the CPU must have
-/// `amx_tile`).
-fn permitted() -> bool {
-    static PERMITTED: OnceLock<bool> = OnceLock::new();
-    *PERMITTED.get_or_init(|| {
+/// Whether Linux lets this process use the AMX tiles, asked once (false on a CPU without them).
+pub fn granted() -> bool {
+    static GRANTED: OnceLock<bool> = OnceLock::new();
+    *GRANTED.get_or_init(|| {
         const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
         const XFEATURE_XTILEDATA: libc::c_long = 18;
-        has_feature("amx_tile")
-            // SAFETY: arch_prctl with this request only changes which register state the
-            // kernel will save for this process; it returns 0 when granted.
-            && unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) } == 0
+        // SAFETY: arch_prctl with this request only changes which register state the kernel
+        // will save for this process; it returns 0 when granted, an error where there is no AMX.
+        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
     })
-}
-
-/// Whether this CPU has AMX tiles with `products` ("amx_bf16" or "amx_int8") and Linux lets
-/// this process use them.
-pub fn usable(products: &str) -> bool {
-    has_feature(products) && permitted()
 }
 
 /// How the eight tiles are shaped: `tmm0-3` hold sums (16 rows of 16 f32 or i32), `tmm4-5`
@@ -83,7 +76,7 @@ static Q8_BLOCK: Config = config(32, 8);
 /// Shapes the tiles for this thread (each thread has its own tile state).
 ///
 /// # Safety
-/// Only where [`usable`] is true for the products the tiles will run.
+/// Only where [`granted`] and the CPU has the products the tiles will run.
 #[inline]
 pub unsafe fn configure(shape: Shape) {
     let config = match shape {

@@ -228,7 +228,8 @@ fn gemm_rows(
     let (k, n) = (a.cols, b.cols);
     #[cfg(target_arch = "x86_64")]
     if kernel == TileKernel::Amx {
-        // SAFETY: TileKernel::Amx is only made where amx::usable("amx_bf16") (Bf16Kernel::Amx).
+        // SAFETY: TileKernel::Amx is only made where Bf16Kernel::Amx is available (amx_tile,
+        // amx_bf16, amx::granted()).
         unsafe { super::amx::configure(super::amx::Shape::Bf16) };
     }
     PACKED.with_borrow_mut(|(b_packed, a_packed)| {
@@ -476,7 +477,7 @@ fn add_tile(kernel: TileKernel, mut tile: OutTile, a_panel: &[u32], b_panel: &[u
     assert!((1..=mr).contains(&rows) && cols <= NR && tile.out.len() >= (rows - 1) * ld + cols);
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: TileKernel::Amx is only made where amx::usable("amx_bf16"), and gemm_rows
+        // SAFETY: TileKernel::Amx is only made where Bf16Kernel::Amx is available, and gemm_rows
         // configured this thread's tiles; the panels hold `pairs` (a multiple of 16) full steps
         // and `out` the tile (asserted above).
         TileKernel::Amx => unsafe { x86::add_amx_tile(tile, a_panel, b_panel, pairs) },

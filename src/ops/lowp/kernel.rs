@@ -118,7 +118,7 @@ impl Kernel for Bf16Kernel {
     fn permitted(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Bf16Kernel::Amx => crate::ops::amx::usable("amx_bf16"),
+            Bf16Kernel::Amx => crate::ops::amx::granted(),
             _ => true,
         }
     }
@@ -176,7 +176,7 @@ impl Kernel for Q8Kernel {
     fn permitted(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Q8Kernel::Amx => crate::ops::amx::usable("amx_int8"),
+            Q8Kernel::Amx => crate::ops::amx::granted(),
             _ => true,
         }
     }

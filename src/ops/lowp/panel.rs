@@ -125,9 +125,10 @@ fn amx_bf16(panels: &Bf16Panels, out: &mut [f32], m: usize, w: &[u16], padded: u
         assert!(rows
             .windows(2)
             .all(|r| r[1].as_ptr() == r[0].as_ptr().wrapping_add(padded)));
-        // SAFETY: Bf16Kernel::Amx is only chosen where amx::usable("amx_bf16"). Every tile read lies in
-        // the task's rows (row r0 + 31 < full when R = 2, 16 pairs a step, padded / 32 steps) or
-        // in the panels (groups g, g + 1 < groups when P = 2); every C tile in out_t.
+        // SAFETY: Bf16Kernel::Amx is only chosen where it is available (amx_tile, amx_bf16,
+        // amx::granted()). Every tile read lies in the task's rows (row r0 + 31 < full when
+        // R = 2, 16 pairs a step, padded / 32 steps) or in the panels (groups g, g + 1 < groups
+        // when P = 2); every C tile in out_t.
         unsafe {
             amx::configure(amx::Shape::Bf16);
             for r0 in (0..full).step_by(2 * TILE) {
@@ -192,7 +193,8 @@ fn amx_q8_0(panels: &Q8Panels, out: &mut [f32], m: usize, w: &[BlockQ8_0], nb: u
         assert!(rows.windows(2).all(|r| r[1].as_ptr() == r[0].as_ptr().wrapping_add(nb)));
         // the weight scales of one tile of rows, [block][row]
         let mut w_scales = vec![0.0f32; nb * TILE];
-        // SAFETY: Q8Kernel::Amx is only chosen where amx::usable("amx_int8").
+        // SAFETY: Q8Kernel::Amx is only chosen where it is available (amx_tile, amx_int8,
+        // amx::granted()).
         unsafe { amx::configure(amx::Shape::Q8Block) };
         for r0 in (0..full).step_by(TILE) {
             // row by row, each read in order (it is the first to read these weights)
