@@ -2,9 +2,10 @@
 //! mutations of a valid fixture (bit flips, bytes set to extremes, truncations, 4- and 8-byte
 //! length fields set to 0 / the maximum / past the end, duplicated and reordered bytes and
 //! lines, numbers in text replaced by extremes) and asserts that loading gives an error or a
-//! model, never a panic. Allocations above [`ALLOC_LIMIT`] (bar faer's page-aligned buffers, [`refused`]) are refused by this binary's
-//! allocator, so a loader that trusts a size it read fails here (with an error when it asks
-//! with `try_reserve`, an abort otherwise) instead of taking the machine's memory.
+//! model, never a panic. Allocations above [`ALLOC_LIMIT`] (bar faer's page-aligned buffers,
+//! see [`refused`]) are refused by this binary's allocator, so a loader that trusts a size it
+//! read fails here (with an error when it asks with `try_reserve`, an abort otherwise) instead
+//! of taking the machine's memory.
 //!
 //! `FUZZ_ITERS=N` sets the mutations per format (default [`DEFAULT_ITERS`]); run with
 //! `--nocapture` to see the counts, `FUZZ_VERBOSE=1` to see each mutation before it loads.
