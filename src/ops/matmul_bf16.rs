@@ -701,7 +701,8 @@ mod tests {
             }
         }
         println!("micro-kernels tested on this CPU: {kernels:?}");
-        // Odd sizes: partial tiles, an odd k (a half-empty last pair), more than one KC and MC block.
+        // Odd sizes: partial tiles, an odd k (a half-empty last pair), more than one KC, MC and NC
+        // block (NC: 2048, or AMX's 4096).
         for (m, k, n) in [
             (1, 1, 1),
             (7, 5, 3),
