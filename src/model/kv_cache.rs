@@ -193,13 +193,17 @@ impl KvCache {
     }
 
     /// Turns a one-row cache into `rows` copies of that row: several samples that share a
-    /// prompt prefill it once.
+    /// prompt prefill it once. One row is the cache as it is (copying it would touch every
+    /// page of its whole capacity before the first token).
     pub fn broadcast(&mut self, rows: usize) -> Result<()> {
         if self.rows != 1 || rows == 0 {
             return Err(Error::Input(format!(
                 "broadcast needs a one-row cache and rows >= 1 (cache has {} rows)",
                 self.rows
             )));
+        }
+        if rows == 1 {
+            return Ok(());
         }
         let row_len = self.k.len();
         let need = Need::new().floats("keys and values", product(&[2, row_len, rows]));
