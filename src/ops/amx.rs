@@ -20,22 +20,30 @@
 //! besides, [`super::lowp::kernel`]).
 
 use std::arch::asm;
+#[cfg(target_os = "linux")]
 use std::sync::OnceLock;
 
 /// Rows of a tile; bytes in each row.
 pub const ROWS: usize = 16;
 pub const ROW_BYTES: usize = 64;
 
-/// Whether Linux lets this process use the AMX tiles, asked once (false on a CPU without them).
+/// Whether Linux lets this process use the AMX tiles, asked once (false on a CPU without them,
+/// and on other systems, where this code does not ask).
 pub fn granted() -> bool {
-    static GRANTED: OnceLock<bool> = OnceLock::new();
-    *GRANTED.get_or_init(|| {
-        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-        const XFEATURE_XTILEDATA: libc::c_long = 18;
-        // SAFETY: arch_prctl with this request only changes which register state the kernel
-        // will save for this process; it returns 0 when granted, an error where there is no AMX.
-        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
-    })
+    #[cfg(target_os = "linux")]
+    {
+        static GRANTED: OnceLock<bool> = OnceLock::new();
+        *GRANTED.get_or_init(|| {
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            // SAFETY: arch_prctl with this request only changes which register state the
+            // kernel will save for this process; it returns 0 when granted, an error where
+            // there is no AMX.
+            unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
 }
 
 /// How the eight tiles are shaped: `tmm0-3` hold sums (16 rows of 16 f32 or i32), `tmm4-5`
