@@ -184,16 +184,38 @@ pub struct Tiles {
     pub next_step: usize,
 }
 
-/// `C[r][p] (=|+=) Σ_steps A_r · B_p` for R ≤ 2 tiles of A (16 rows each) and P ≤ 2 tiles of B
-/// (16 columns each), in tmm0-3 (C), tmm4-5 (A), tmm6-7 (B), summed over `steps` steps of 32
-/// inner indices; C[r][p] is at `c + r·16·c_stride + p·64` (16 f32 a row), read first when
-/// `accumulate`.
+/// `C[r][p] (=|+=) Σ_steps A_r · B_p` for `row_tiles` (1 or 2) tiles of A (16 rows each) and
+/// `col_tiles` (1 or 2) tiles of B (16 columns each), in tmm0-3 (C), tmm4-5 (A), tmm6-7 (B),
+/// summed over `steps` steps of 32 inner indices; C[r][p] is at `c + r·16·c_stride + p·64` (16
+/// f32 a row), read first when `accumulate`.
 ///
 /// # Safety
 /// After [`configure`] on this thread; every tile the steps read and the C tiles must lie in
 /// memory the caller owns.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub unsafe fn product_bf16<const R: usize, const P: usize>(
+pub unsafe fn product_bf16(
+    row_tiles: usize,
+    col_tiles: usize,
+    c: *mut u8,
+    c_stride: usize,
+    accumulate: bool,
+    a: Tiles,
+    b: Tiles,
+    steps: usize,
+) {
+    match (row_tiles, col_tiles) {
+        (2, 2) => product_bf16_tiles::<2, 2>(c, c_stride, accumulate, a, b, steps),
+        (2, 1) => product_bf16_tiles::<2, 1>(c, c_stride, accumulate, a, b, steps),
+        (1, 2) => product_bf16_tiles::<1, 2>(c, c_stride, accumulate, a, b, steps),
+        (1, 1) => product_bf16_tiles::<1, 1>(c, c_stride, accumulate, a, b, steps),
+        _ => panic!("1 or 2 tiles of each operand, not {row_tiles} x {col_tiles}"),
+    }
+}
+
+/// [`product_bf16`] for R tiles of A and P of B, known when compiled.
+#[inline(always)]
+unsafe fn product_bf16_tiles<const R: usize, const P: usize>(
     c: *mut u8,
     c_stride: usize,
     accumulate: bool,

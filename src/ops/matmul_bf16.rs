@@ -649,17 +649,13 @@ mod x86 {
             let width = HALF.min(cols - HALF * h);
             if rows == AMX_MR && width == HALF {
                 let c = tile.out.as_mut_ptr().add(HALF * h) as *mut u8;
-                amx::product_bf16::<2, 2>(c, 4 * ld, !replace, a, b, steps);
+                amx::product_bf16(2, 2, c, 4 * ld, !replace, a, b, steps);
                 continue;
             }
             let mut sums = [[0.0f32; HALF]; AMX_MR];
             let c = sums.as_mut_ptr() as *mut u8;
-            match (rows > amx::ROWS, width > amx::ROWS) {
-                (true, true) => amx::product_bf16::<2, 2>(c, 4 * HALF, false, a, b, steps),
-                (true, false) => amx::product_bf16::<2, 1>(c, 4 * HALF, false, a, b, steps),
-                (false, true) => amx::product_bf16::<1, 2>(c, 4 * HALF, false, a, b, steps),
-                (false, false) => amx::product_bf16::<1, 1>(c, 4 * HALF, false, a, b, steps),
-            }
+            let (row_tiles, col_tiles) = (rows.div_ceil(amx::ROWS), width.div_ceil(amx::ROWS));
+            amx::product_bf16(row_tiles, col_tiles, c, 4 * HALF, false, a, b, steps);
             for (i, sums) in sums.iter().enumerate().take(rows) {
                 tile.put(i, HALF * h, &sums[..width]);
             }

@@ -24,7 +24,7 @@
 //! AMX turns the roles round and computes `out_t = W · xᵀ` a tile at a time: a tile of 16 weight
 //! rows is read straight from the stored rows (the tile's rows lie a weight row apart), and the
 //! panels are already in the layout the tile instructions want for their right operand (16
-//! lanes' pair, or quad, per 64-byte row). See [`amx_bf16`] and [`amx_q8_0`].
+//! lanes' pair, or quad, per 64-byte row). See [`amx_product`].
 
 use super::half::{bf16_pair, f16_to_f32};
 use super::q8_0::{Activations, BlockQ8_0};
@@ -107,61 +107,80 @@ pub fn bf16(out: &mut [f32], x: &[f32], m: usize, k: usize, w: &[u16], padded: u
     }
 }
 
-/// `out [M, N] = x · Wᵀ` on AMX tiles, computed as `out_t = W · xᵀ`: then an A tile (16 weight
-/// rows x 16 pairs) is read straight from the stored rows, `2·padded` bytes apart, and a B
-/// tile (16 pairs x 16 lanes) is 1 KiB of a panel as packed, already in the layout `tdpbf16ps`
-/// wants. Each C tile (16 weight rows x 16 prompt rows) sums all K before it is stored into
-/// `out_t`. Tasks hold multiples of 32 rows; the last rows of W, past a multiple of 16, run on
-/// the `vdpbf16ps` panels.
-fn amx_bf16(panels: &Bf16Panels, out: &mut [f32], m: usize, w: &[u16], padded: usize) {
-    const TILE: usize = amx::ROWS;
-    let n = w.len() / padded;
+/// `out [M, N] = x · Wᵀ` on AMX tiles, computed as `out_t = W · xᵀ`: then a tile of 16 weight
+/// rows is read straight from the stored rows (a row's bytes apart), and a right tile is part of
+/// a panel as packed, already in the layout the tile instructions want. Tasks hold multiples
+/// of `align` rows; `tiles(out_t, rows, full, stride)` computes each task's first `full` rows
+/// (a multiple of 16) with the tiles shaped as `shape`, and the rows past them run on the
+/// AVX-512 panels.
+///
+/// # Safety
+/// Only where the CPU has AMX with the products `tiles` runs and [`amx::granted`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn amx_product<K: Panels>(
+    panels: &K,
+    out: &mut [f32],
+    m: usize,
+    w: &[K::W],
+    row_len: usize,
+    align: usize,
+    shape: amx::Shape,
+    tiles: impl Fn(&mut [f32], &[&[K::W]], usize, usize) + Sync,
+) {
+    let n = w.len() / row_len;
     let groups = m.div_ceil(LANES);
     let stride = groups * LANES;
-    let per_panel = panels.per_panel;
     let mut out_t = vec![0.0f32; n * stride];
-    for_each_task(&mut out_t, stride, w, padded, 2 * TILE, |out_t, rows| {
-        let full = rows.len() / TILE * TILE;
+    for_each_task(&mut out_t, stride, w, row_len, align, |out_t, rows| {
+        let full = rows.len() / amx::ROWS * amx::ROWS;
         assert!(rows
             .windows(2)
-            .all(|r| r[1].as_ptr() == r[0].as_ptr().wrapping_add(padded)));
-        // SAFETY: Bf16Kernel::Amx is only chosen where it is available (amx_tile, amx_bf16,
-        // amx::granted()). Every tile read lies in the task's rows (row r0 + 31 < full when
-        // R = 2, 16 pairs a step, padded / 32 steps) or in the panels (groups g, g + 1 < groups
-        // when P = 2); every C tile in out_t.
-        unsafe {
-            amx::configure(amx::Shape::Bf16);
-            for r0 in (0..full).step_by(2 * TILE) {
-                let a = amx::Tiles {
-                    base: rows[r0].as_ptr() as *const u8,
-                    stride: 2 * padded,
-                    next_tile: TILE * 2 * padded,
-                    next_step: amx::ROW_BYTES,
-                };
-                for g in (0..groups).step_by(2) {
-                    let b = amx::Tiles {
-                        base: panels.pairs[g * per_panel * LANES..].as_ptr() as *const u8,
-                        stride: amx::ROW_BYTES,
-                        next_tile: 4 * per_panel * LANES,
-                        next_step: TILE * amx::ROW_BYTES,
-                    };
-                    let c = out_t[r0 * stride + g * LANES..].as_mut_ptr() as *mut u8;
-                    let steps = padded / (2 * TILE);
-                    match (r0 + 2 * TILE <= full, g + 1 < groups) {
-                        (true, true) => amx::product_bf16::<2, 2>(c, 4 * stride, false, a, b, steps),
-                        (true, false) => amx::product_bf16::<2, 1>(c, 4 * stride, false, a, b, steps),
-                        (false, true) => amx::product_bf16::<1, 2>(c, 4 * stride, false, a, b, steps),
-                        (false, false) => amx::product_bf16::<1, 1>(c, 4 * stride, false, a, b, steps),
-                    }
-                }
-            }
-            amx::release();
-        }
+            .all(|r| r[1].as_ptr() == r[0].as_ptr().wrapping_add(row_len)));
+        // SAFETY: the caller's promise.
+        unsafe { amx::configure(shape) };
+        tiles(out_t, rows, full, stride);
+        // SAFETY: as above.
+        unsafe { amx::release() };
         for (i, &row) in rows.iter().enumerate().skip(full) {
-            by_panels::<Bf16Panels, 1, 4>(panels, &mut out_t[i * stride..], stride, [row], groups);
+            by_panels::<K, 1, 4>(panels, &mut out_t[i * stride..], stride, [row], groups);
         }
     });
     transpose(out, &out_t, n, stride);
+}
+
+/// [`amx_product`] in bf16: an A tile is 16 weight rows x 16 pairs, `2·padded` bytes a row, a
+/// B tile 16 pairs x 16 lanes, 1 KiB of a panel. Each C tile (16 weight rows x 16 prompt rows)
+/// sums all K before it is stored into `out_t`, two by two of each operand where there are two.
+fn amx_bf16(panels: &Bf16Panels, out: &mut [f32], m: usize, w: &[u16], padded: usize) {
+    const TILE: usize = amx::ROWS;
+    let (groups, per_panel) = (m.div_ceil(LANES), panels.per_panel);
+    let tiles = |out_t: &mut [f32], rows: &[&[u16]], full: usize, stride: usize| {
+        for r0 in (0..full).step_by(2 * TILE) {
+            let a = amx::Tiles {
+                base: rows[r0].as_ptr() as *const u8,
+                stride: 2 * padded,
+                next_tile: TILE * 2 * padded,
+                next_step: amx::ROW_BYTES,
+            };
+            for g in (0..groups).step_by(2) {
+                let b = amx::Tiles {
+                    base: panels.pairs[g * per_panel * LANES..].as_ptr() as *const u8,
+                    stride: amx::ROW_BYTES,
+                    next_tile: 4 * per_panel * LANES,
+                    next_step: TILE * amx::ROW_BYTES,
+                };
+                let c = out_t[r0 * stride + g * LANES..].as_mut_ptr() as *mut u8;
+                let (row_tiles, col_tiles) = ((full - r0).min(2 * TILE) / TILE, (groups - g).min(2));
+                // SAFETY: the tiles are configured (amx_product). Every tile read lies in the
+                // task's first `full` rows (16 pairs a step, padded / 32 steps) or in the panels
+                // (groups g, g + 1 < groups when two); every C tile in out_t.
+                unsafe { amx::product_bf16(row_tiles, col_tiles, c, 4 * stride, false, a, b, padded / (2 * TILE)) }
+            }
+        }
+    };
+    // SAFETY: Bf16Kernel::Amx is only chosen where it is available (amx_tile, amx_bf16,
+    // amx::granted()).
+    unsafe { amx_product(panels, out, m, w, padded, 2 * TILE, amx::Shape::Bf16, tiles) }
 }
 
 /// q8_0 weights [N, `padded` / 32 blocks] times x [M, K] (quantized here as the dot-product
@@ -175,27 +194,18 @@ pub fn q8_0(out: &mut [f32], x: &[f32], m: usize, k: usize, w: &[BlockQ8_0], pad
     }
 }
 
-/// `out [M, N] = x · Wᵀ` on AMX int8 tiles, as `out_t = W · xᵀ` (see [`amx_bf16`]), a q8_0
-/// block at a time: `tdpbssd` multiplies a tile of 16 weight rows' 32 int8 (read in place, one
-/// row's block a row's bytes from the next) by a panel's block, 8 quads x 16 lanes, into 16 x
-/// 16 exact i32 dot products, which AVX-512 adds in with both scales, `sums[r][lane] += d_w[r]
-/// · d_x[lane] · dot` (the dot-product kernels' arithmetic, summed in another order). The f32
-/// sums of a tile stay in 16 registers over all blocks. The last rows of W, past a multiple of
-/// 16, run on the `vpdpbusd` panels.
+/// [`amx_product`] in int8, a q8_0 block at a time: `tdpbssd` multiplies a tile of 16 weight
+/// rows' 32 int8 (read in place, one row's block a row's bytes from the next) by a panel's
+/// block, 8 quads x 16 lanes, into 16 x 16 exact i32 dot products, which AVX-512 adds in with
+/// both scales, `sums[r][lane] += d_w[r] · d_x[lane] · dot` (the dot-product kernels'
+/// arithmetic, summed in another order). The f32 sums of a tile stay in 16 registers over all
+/// blocks.
 fn amx_q8_0(panels: &Q8Panels, out: &mut [f32], m: usize, w: &[BlockQ8_0], nb: usize) {
     const TILE: usize = amx::ROWS;
-    let n = w.len() / nb;
-    let groups = m.div_ceil(LANES);
-    let stride = groups * LANES;
-    let mut out_t = vec![0.0f32; n * stride];
-    for_each_task(&mut out_t, stride, w, nb, TILE, |out_t, rows| {
-        let full = rows.len() / TILE * TILE;
-        assert!(rows.windows(2).all(|r| r[1].as_ptr() == r[0].as_ptr().wrapping_add(nb)));
+    let (groups, per_panel) = (m.div_ceil(LANES), nb * LANES);
+    let tiles = |out_t: &mut [f32], rows: &[&[BlockQ8_0]], full: usize, stride: usize| {
         // the weight scales of one tile of rows, [block][row]
         let mut w_scales = vec![0.0f32; nb * TILE];
-        // SAFETY: Q8Kernel::Amx is only chosen where it is available (amx_tile, amx_int8,
-        // amx::granted()).
-        unsafe { amx::configure(amx::Shape::Q8Block) };
         for r0 in (0..full).step_by(TILE) {
             // row by row, each read in order (it is the first to read these weights)
             for (r, row) in rows[r0..r0 + TILE].iter().enumerate() {
@@ -204,10 +214,10 @@ fn amx_q8_0(panels: &Q8Panels, out: &mut [f32], m: usize, w: &[BlockQ8_0], nb: u
                 }
             }
             for g in 0..groups {
-                let per_panel = nb * LANES;
-                // SAFETY: the tiles are configured (above) and the CPU has AVX512F (a
-                // requirement of Q8Kernel::Amx); the tile's 16 rows of nb blocks lie in the task's rows, panel g's
-                // nb blocks of quads and scales in the panels, its 16 rows x 16 lanes in out_t.
+                // SAFETY: the tiles are configured (amx_product) and the CPU has AVX512F (a
+                // requirement of Q8Kernel::Amx); the tile's 16 rows of nb blocks lie in the
+                // task's rows, panel g's nb blocks of quads and scales in the panels, its 16
+                // rows x 16 lanes in out_t.
                 unsafe {
                     x86::q8_0_amx_tile(
                         &mut out_t[r0 * stride + g * LANES..],
@@ -221,13 +231,10 @@ fn amx_q8_0(panels: &Q8Panels, out: &mut [f32], m: usize, w: &[BlockQ8_0], nb: u
                 }
             }
         }
-        // SAFETY: as above.
-        unsafe { amx::release() };
-        for (i, &row) in rows.iter().enumerate().skip(full) {
-            by_panels::<Q8Panels, 1, 4>(panels, &mut out_t[i * stride..], stride, [row], groups);
-        }
-    });
-    transpose(out, &out_t, n, stride);
+    };
+    // SAFETY: Q8Kernel::Amx is only chosen where it is available (amx_tile, amx_int8,
+    // amx::granted()).
+    unsafe { amx_product(panels, out, m, w, nb, TILE, amx::Shape::Q8Block, tiles) }
 }
 
 /// x rounded to bf16 in panels: `pairs[(g·K/2 + j)·16 + lane]` holds x[16g + lane][2j, 2j + 1]
