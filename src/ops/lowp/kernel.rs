@@ -57,14 +57,27 @@ pub trait Kernel: Copy + 'static {
     fn name(self) -> &'static str;
     /// The CPU features it needs, as /proc/cpuinfo names them.
     fn requires(self) -> &'static [&'static str];
-    /// Whether this CPU has them.
+    /// Whether this CPU has them (and the operating system lets this process use them).
     fn available(self) -> bool {
         self.requires().iter().all(|f| has_feature(f)) && self.permitted()
     }
-    /// Whether the operating system lets this process use the features (AMX's tile state
-    /// must be asked for); true for the others.
+    /// Whether the operating system lets this process use the features: a kernel that needs
+    /// the AMX tiles needs Linux's leave ([`crate::ops::amx::granted`]); the others, nothing.
     fn permitted(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self.requires().contains(&"amx_tile") {
+            return crate::ops::amx::granted();
+        }
         true
+    }
+    /// Why this process cannot run the kernel (None where it can): the features this CPU lacks,
+    /// or Linux's refusal.
+    fn unavailable(self) -> Option<String> {
+        let missing: Vec<&str> = self.requires().iter().copied().filter(|f| !has_feature(f)).collect();
+        if !missing.is_empty() {
+            return Some(format!("this CPU lacks {}", missing.join(", ")));
+        }
+        (!self.permitted()).then(|| "Linux refused this process the AMX tile state (arch_prctl)".into())
     }
     /// The best kernel this CPU has (`scalar` runs everywhere).
     fn best() -> Self {
@@ -112,14 +125,6 @@ impl Kernel for Bf16Kernel {
             #[cfg(target_arch = "x86_64")]
             Bf16Kernel::Avx2 => &AVX2,
             Bf16Kernel::Scalar => &[],
-        }
-    }
-
-    fn permitted(self) -> bool {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Bf16Kernel::Amx => crate::ops::amx::granted(),
-            _ => true,
         }
     }
 }
@@ -170,14 +175,6 @@ impl Kernel for Q8Kernel {
             #[cfg(target_arch = "x86_64")]
             Q8Kernel::Avx2 => &AVX2,
             Q8Kernel::Scalar => &[],
-        }
-    }
-
-    fn permitted(self) -> bool {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Q8Kernel::Amx => crate::ops::amx::granted(),
-            _ => true,
         }
     }
 }
@@ -263,24 +260,9 @@ impl Kernels {
         let best = Kernels::best();
         let bf16 = Bf16Kernel::ALL.iter().copied().find(|k| k.name() == name);
         let q8_0 = Q8Kernel::ALL.iter().copied().find(|k| k.name() == name);
-        let missing = |requires: &[&str]| {
-            let missing: Vec<&str> = requires.iter().copied().filter(|f| !has_feature(f)).collect();
-            (!missing.is_empty()).then(|| missing.join(", "))
-        };
-        let refused = "Linux refused this process the AMX tile state (arch_prctl)".to_string();
         let lacking = bf16
-            .and_then(|k| {
-                missing(k.requires())
-                    .map(|features| format!("this CPU lacks {features}"))
-                    .or_else(|| (!k.permitted()).then(|| refused.clone()))
-            })
-            .or_else(|| {
-                q8_0.and_then(|k| {
-                    missing(k.requires())
-                        .map(|features| format!("this CPU lacks {features}"))
-                        .or_else(|| (!k.permitted()).then(|| refused.clone()))
-                })
-            });
+            .and_then(Kernel::unavailable)
+            .or_else(|| q8_0.and_then(Kernel::unavailable));
         match (bf16, q8_0, lacking) {
             (None, None, _) => Err(Error::Input(format!(
                 "{KERNEL_ENV}={name}: no such kernel (bf16: {}; q8_0: {})",
