@@ -3,11 +3,14 @@
 //! A GPT-2 "Conv1D" layer stores its weight as [in, out], so a linear layer is `y = x W + b`
 //! with no transpose: the same layout Hugging Face and OpenAI use.
 //!
-//! Products with few rows (decoding) go to the weight-streaming kernels of [`super::matvec`].
+//! Products with few rows (decoding) go to the weight-streaming kernels of [`super::matvec`], and
+//! a prompt's rows times a weight as stored to [`super::prompt_f32`] where the CPU has AVX-512.
 
 use super::lowp::kernel::{has_feature, KERNEL_ENV};
 use super::matmul_bf16::{gemm_bf16, TileKernel};
 use super::matvec::{matmul_small_m, matmul_small_m_t, SMALL_M, SMALL_M_T};
+#[cfg(target_arch = "x86_64")]
+use super::prompt_f32;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -42,6 +45,10 @@ pub fn gemm(
     par: Par,
 ) {
     debug_assert_eq!(out.len(), m * n);
+    #[cfg(target_arch = "x86_64")]
+    if !a_t && !b_t && (prompt_f32::MIN_ROWS..=prompt_f32::MAX_ROWS).contains(&m) && prompt_f32::available() {
+        return prompt_f32::product(out, accumulate, a, b, m, k, n, par);
+    }
     match (a_t, b_t) {
         (false, false) if m <= SMALL_M => return matmul_small_m(out, accumulate, a, b, m, k, n, par),
         (false, true) if m <= SMALL_M_T => return matmul_small_m_t(out, accumulate, a, b, m, k, n, par),
@@ -320,7 +327,8 @@ mod tests {
 
     #[test]
     fn column_blocks_on_threads_give_the_sequential_product() {
-        let (m, k, n) = (9, 20, 1000); // 1000 columns: blocks of 512 and 488
+        // Rows past the prompt kernel's (at most 48); 1000 columns: blocks of 512 and 488.
+        let (m, k, n) = (57, 20, 1000);
         let (a, b) = (random_vec(m * k, 3), random_vec(k * n, 4));
         let mut sequential = random_vec(m * n, 5);
         let mut blocked = sequential.clone();

@@ -18,6 +18,8 @@ pub mod lowp;
 pub mod matmul;
 pub mod matmul_bf16;
 pub mod matvec;
+#[cfg(target_arch = "x86_64")]
+pub mod prompt_f32;
 pub mod residual;
 
 use rayon::prelude::*;

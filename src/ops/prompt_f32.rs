@@ -1,0 +1,248 @@
+//! f32 products of a prompt's rows with a Conv1D weight as stored: `out [M, N] (=|+=) x [M, K] ·
+//! w [K, N]` for a few to [`MAX_ROWS`] rows, on AVX-512.
+//!
+//! A general matrix multiply packs both operands into cache-sized blocks before it multiplies:
+//! with a prompt of 16 rows, packing the weight (reading it from memory and writing a copy) costs
+//! about as much as the product. Here the weight is read once, in place. The activations are
+//! packed into panels of 16 rows, one row per 32-bit lane (as the low-precision prompt kernels
+//! do), and each weight w[p, j] is broadcast against panel row p: a tile of 16 output columns
+//! keeps 16 registers of sums (one output per lane) over all of K, so a weight is read from memory
+//! once per 16 rows and nothing is added across lanes.
+//!
+//! ```text
+//!   x [M, K] ──pack──▶ panels [⌈M/16⌉][K][16 lanes]
+//!   for each task (one per thread: a run of tiles of 16 columns):
+//!     for each block of 16 weight rows:
+//!       for each tile j0.., each panel g:      sums[16] (16 lanes each, in registers)
+//!         for p in the block:  sums[j] += broadcast(w[p, j0 + j]) · panel[g][p]
+//!     out[16·g + lane, j0 + j] (+)= sums[j][lane]
+//! ```
+//!
+//! The weight rows lie N floats apart, each in another page, where the hardware prefetchers do
+//! not follow one tile's column of lines. So a task reads a block of 16 rows across all its
+//! tiles before the next block (16 streams, each a row's run of the task's columns, which they
+//! do follow), its tiles' sums waiting in memory between blocks, and each tile asks for its
+//! lines of the next block itself. Each output is one sum in order over p, whatever the thread
+//! count.
+
+use faer::Par;
+use rayon::prelude::*;
+use std::cell::Cell;
+
+/// Rows from which a product with w stored [K, N] takes this kernel where the CPU has it (the
+/// weight-streaming kernel of [`super::matvec`] is as fast for 3 rows), and up to which (faer's
+/// own blocking is faster beyond): measured on GPT-2 124M's layers, 2-core Xeon.
+pub const MIN_ROWS: usize = 4;
+pub const MAX_ROWS: usize = 48;
+
+/// Activation rows per panel and output columns per tile: the f32 lanes of a 512-bit register.
+const LANES: usize = 16;
+
+/// Weight rows a task reads across all its tiles before the next rows: the task then reads
+/// K_BLOCK streams, each a row's run of its columns, which the prefetchers follow. Its tiles'
+/// sums wait in memory between blocks.
+const K_BLOCK: usize = 16;
+
+/// How far ahead (in weight rows) a tile asks for its weights: its lines of the next block.
+const PREFETCH_ROWS: usize = K_BLOCK;
+
+thread_local! {
+    /// Each thread's packed panels and tile sums, kept from product to product: a fresh buffer
+    /// of a few hundred KiB costs page faults and page clearing every product.
+    static PANELS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static SUMS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Whether this CPU runs the kernel (AVX-512 Foundation).
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+}
+
+/// `out [M, N] (=|+=) x [M, K] · w [K, N]`, w row-major.
+///
+/// # Panics
+/// Where the CPU lacks AVX-512 ([`available`] false), or the shapes disagree.
+#[allow(clippy::too_many_arguments)]
+pub fn product(out: &mut [f32], accumulate: bool, x: &[f32], w: &[f32], m: usize, k: usize, n: usize, par: Par) {
+    assert!(available(), "the f32 prompt kernel needs AVX-512");
+    assert!(out.len() == m * n && x.len() == m * k && w.len() == k * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            out.fill(0.0);
+        }
+        return;
+    }
+    // The columns past the last whole tile, zero-padded to a tile: [K, 16].
+    let full_tiles = n / LANES;
+    let tail: Vec<f32> = match n % LANES {
+        0 => Vec::new(),
+        cols => w
+            .chunks_exact(n)
+            .flat_map(|row| {
+                row[full_tiles * LANES..]
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(0.0, LANES - cols))
+            })
+            .collect(),
+    };
+    // One task per thread, each a run of whole tiles: the longer a task's runs of a weight row,
+    // the better the prefetchers follow them (two or three tasks a thread measured slower).
+    let threads = match par {
+        Par::Seq => 1,
+        Par::Rayon(_) => rayon::current_num_threads(),
+    };
+    let task_cols = n.div_ceil(LANES).div_ceil(threads) * LANES;
+    let mut tasks: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(task_cols)).map(|_| Vec::with_capacity(m)).collect();
+    for row in out.chunks_exact_mut(n) {
+        for (task, cols) in tasks.iter_mut().zip(row.chunks_mut(task_cols)) {
+            task.push(cols);
+        }
+    }
+    let panel_count = m.div_ceil(LANES);
+    with_buffer(&PANELS, panel_count * k * LANES, |panels| {
+        pack_panels(panels, x, m, k);
+        let task = |(t, mut out): (usize, Vec<&mut [f32]>)| {
+            let tiles = out[0].len().div_ceil(LANES);
+            let first = t * task_cols / LANES;
+            let weights = |tile: usize, k0: usize| match first + tile < full_tiles {
+                true => (&w[k0 * n + (first + tile) * LANES..], n),
+                false => (&tail[k0 * LANES..], LANES),
+            };
+            with_buffer(&SUMS, tiles * panel_count * LANES * LANES, |sums| {
+                // sums [tile][panel][16 columns][16 lanes]
+                for k0 in (0..k).step_by(K_BLOCK) {
+                    let rows = K_BLOCK.min(k - k0);
+                    let blocks = sums.chunks_exact_mut(LANES * LANES);
+                    let panels_at_k0 = panels.chunks_exact(k * LANES).map(|panel| &panel[k0 * LANES..]).cycle();
+                    let steps = blocks.zip(panels_at_k0).enumerate();
+                    for (i, (sums, panel)) in steps {
+                        let (tile_w, row_stride) = weights(i / panel_count, k0);
+                        // SAFETY: `available` checked AVX-512; the tile's rows of 16 weights,
+                        // `row_stride` apart, lie in `tile_w` from row k0, and the panel holds
+                        // K - k0 rows of 16.
+                        unsafe { avx512_tile(sums, k0 > 0, panel, tile_w, row_stride, rows) };
+                    }
+                }
+                // out[r, 16·tile + j] (+)= sums[tile][r / 16][j][r % 16]
+                let per_tile = panel_count * LANES * LANES;
+                for (r, out_row) in out.iter_mut().enumerate() {
+                    let (panel, lane) = (r / LANES, r % LANES);
+                    for (j, o) in out_row.iter_mut().enumerate() {
+                        let v = sums[(j / LANES) * per_tile + panel * LANES * LANES + (j % LANES) * LANES + lane];
+                        *o = if accumulate { *o + v } else { v };
+                    }
+                }
+            });
+        };
+        match par {
+            Par::Seq => tasks.into_iter().enumerate().for_each(task),
+            Par::Rayon(_) => tasks.into_par_iter().enumerate().for_each(task),
+        }
+    });
+}
+
+/// Runs `work` on this thread's buffer in `cell`, `len` long: taken while in use (a nested call
+/// gets a fresh one), grown to the largest asked for, never shrunk.
+fn with_buffer<R>(
+    cell: &'static std::thread::LocalKey<Cell<Vec<f32>>>,
+    len: usize,
+    work: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    let mut buffer = cell.take();
+    buffer.resize(buffer.len().max(len), 0.0);
+    let result = work(&mut buffer[..len]);
+    cell.set(buffer);
+    result
+}
+
+/// x [M, K] into ⌈M/16⌉ panels [K][16]: `panels[g][p][lane] = x[16·g + lane, p]`, zero past row M.
+fn pack_panels(panels: &mut [f32], x: &[f32], m: usize, k: usize) {
+    for (g, panel) in panels.chunks_exact_mut(k * LANES).enumerate() {
+        for lane in 0..LANES {
+            let row = g * LANES + lane;
+            for (p, v) in panel.iter_mut().skip(lane).step_by(LANES).enumerate() {
+                *v = if row < m { x[row * k + p] } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// One tile over `k` weight rows: `sums[j·16 + lane] (+)= Σ_p w[p·row_stride + j] · panel[p·16 +
+/// lane]` for the 16 columns j, added to the sums there when `accumulate`.
+///
+/// # Safety
+/// The CPU has AVX-512F (the lengths are checked: `w` holds (k - 1)·row_stride + 16 values,
+/// `panel` 16·k and `sums` 256).
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_tile(sums: &mut [f32], accumulate: bool, panel: &[f32], w: &[f32], row_stride: usize, k: usize) {
+    use std::arch::x86_64::*;
+    assert!(w.len() >= (k - 1) * row_stride + LANES && panel.len() >= k * LANES && sums.len() == LANES * LANES);
+    let (sums, _) = sums.as_chunks_mut::<LANES>();
+    let mut acc: [__m512; LANES] = match accumulate {
+        true => std::array::from_fn(|j| _mm512_loadu_ps(sums[j].as_ptr())),
+        false => [_mm512_setzero_ps(); LANES],
+    };
+    let w = w.as_ptr();
+    for p in 0..k {
+        let lanes = _mm512_loadu_ps(panel.as_ptr().add(p * LANES));
+        let row = w.add(p * row_stride);
+        // A prefetch never faults: past the last row it asks for nothing useful, and no harm.
+        _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(PREFETCH_ROWS * row_stride).cast());
+        for (j, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm512_fmadd_ps(_mm512_set1_ps(*row.add(j)), lanes, *acc);
+        }
+    }
+    for (lanes, acc) in sums.iter_mut().zip(acc) {
+        _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_util::random_vec;
+
+    #[test]
+    fn prompt_products_match_the_f64_product_on_odd_shapes() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        // M within a panel, a whole panel, and panels plus a few rows; N in whole tiles, with a
+        // tail, narrower than a tile, and over several tasks; K short and long.
+        for (m, k, n) in [
+            (MIN_ROWS, 3, 7),
+            (5, 1, 20),
+            (16, 64, 48),
+            (17, 33, 70),
+            (40, 130, 16 * 9 + 5),
+            (MAX_ROWS, 768, 96),
+        ] {
+            let x = random_vec(m * k, 1);
+            let w = random_vec(k * n, 2);
+            let start = random_vec(m * n, 3);
+            for accumulate in [false, true] {
+                let mut sequential = start.clone();
+                product(&mut sequential, accumulate, &x, &w, m, k, n, Par::Seq);
+                for par in [Par::Seq, Par::rayon(0)] {
+                    let mut out = start.clone();
+                    product(&mut out, accumulate, &x, &w, m, k, n, par);
+                    assert_eq!(out, sequential, "m={m} k={k} n={n}: the thread count changed a sum");
+                    for (i, &got) in out.iter().enumerate() {
+                        let (r, c) = (i / n, i % n);
+                        let dot: f64 = (0..k).map(|p| x[r * k + p] as f64 * w[p * n + c] as f64).sum();
+                        let expected = dot + if accumulate { start[i] as f64 } else { 0.0 };
+                        assert!(
+                            (got as f64 - expected).abs() < 1e-4 * (1.0 + expected.abs()),
+                            "m={m} k={k} n={n} accumulate={accumulate} out[{r}, {c}]: {got} vs {expected}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
