@@ -327,8 +327,8 @@ mod tests {
 
     #[test]
     fn column_blocks_on_threads_give_the_sequential_product() {
-        // Rows past the prompt kernel's (at most 48); 1000 columns: blocks of 512 and 488.
-        let (m, k, n) = (57, 20, 1000);
+        // Rows past the prompt kernel's (at most 64); 1000 columns: blocks of 512 and 488.
+        let (m, k, n) = (73, 20, 1000);
         let (a, b) = (random_vec(m * k, 3), random_vec(k * n, 4));
         let mut sequential = random_vec(m * n, 5);
         let mut blocked = sequential.clone();

@@ -1,21 +1,23 @@
 //! f32 products of a prompt's rows with a Conv1D weight as stored: `out [M, N] (=|+=) x [M, K] ·
-//! w [K, N]` for a few to [`MAX_ROWS`] rows, on AVX-512.
+//! w [K, N]` for [`MIN_ROWS`] to [`MAX_ROWS`] rows, on AVX-512.
 //!
 //! A general matrix multiply packs both operands into cache-sized blocks before it multiplies:
 //! with a prompt of 16 rows, packing the weight (reading it from memory and writing a copy) costs
 //! about as much as the product. Here the weight is read once, in place. The activations are
 //! packed into panels of 16 rows, one row per 32-bit lane (as the low-precision prompt kernels
-//! do), and each weight w[p, j] is broadcast against panel row p: a tile of 16 output columns
-//! keeps 16 registers of sums (one output per lane) over all of K, so a weight is read from memory
-//! once per 16 rows and nothing is added across lanes.
+//! do), and each weight w[p, j] is broadcast against row p of P panels at once: a tile of C
+//! output columns by P panels keeps C·P registers of sums (one output per lane) over the rows,
+//! so a weight is read from memory once per 16·P prompt rows and nothing is added across lanes.
+//! One panel takes tiles of 16 columns (a cache line of each weight row); two or more, 12 x 2 or
+//! 8 x 3 (24 sums, and fewer loads per multiply-add than 16 x 1 twice).
 //!
 //! ```text
 //!   x [M, K] ──pack──▶ panels [⌈M/16⌉][K][16 lanes]
-//!   for each task (one per thread: a run of tiles of 16 columns):
+//!   for each task (one per thread: a run of tiles of C columns):
 //!     for each block of 16 weight rows:
-//!       for each tile j0.., each panel g:      sums[16] (16 lanes each, in registers)
-//!         for p in the block:  sums[j] += broadcast(w[p, j0 + j]) · panel[g][p]
-//!     out[16·g + lane, j0 + j] (+)= sums[j][lane]
+//!       for each tile j0.., each P panels g..:   sums[P][C] (16 lanes each, in registers)
+//!         for p in the block:  w = broadcast(w[p, j0 + j]);  sums[g][j] += w · panel[g][p]
+//!     out[16·g + lane, j0 + j] (+)= sums[g][j][lane]
 //! ```
 //!
 //! The weight rows lie N floats apart, each in another page, where the hardware prefetchers do
@@ -31,11 +33,11 @@ use std::cell::Cell;
 
 /// Rows from which a product with w stored [K, N] takes this kernel where the CPU has it (the
 /// weight-streaming kernel of [`super::matvec`] is as fast for 3 rows), and up to which (faer's
-/// own blocking is faster beyond): measured on GPT-2 124M's layers, 2-core Xeon.
+/// own blocking is as fast at 64 and faster beyond): measured on GPT-2 124M's layers, 2-core Xeon.
 pub const MIN_ROWS: usize = 4;
-pub const MAX_ROWS: usize = 48;
+pub const MAX_ROWS: usize = 64;
 
-/// Activation rows per panel and output columns per tile: the f32 lanes of a 512-bit register.
+/// Activation rows per panel: the f32 lanes of a 512-bit register.
 const LANES: usize = 16;
 
 /// Weight rows a task reads across all its tiles before the next rows: the task then reads
@@ -75,17 +77,38 @@ pub fn product(out: &mut [f32], accumulate: bool, x: &[f32], w: &[f32], m: usize
         }
         return;
     }
-    // The columns past the last whole tile, zero-padded to a tile: [K, 16].
-    let full_tiles = n / LANES;
-    let tail: Vec<f32> = match n % LANES {
+    // C·P sums, P panel rows and a broadcast weight in the 32 registers.
+    match m.div_ceil(LANES) {
+        1 => tiles::<16, 1>(out, accumulate, x, w, m, k, n, par),
+        3 => tiles::<8, 3>(out, accumulate, x, w, m, k, n, par),
+        _ => tiles::<12, 2>(out, accumulate, x, w, m, k, n, par),
+    }
+}
+
+/// [`product`] in tiles of C columns by P panels (the panels padded with zero rows to a multiple
+/// of P).
+#[allow(clippy::too_many_arguments)]
+fn tiles<const C: usize, const P: usize>(
+    out: &mut [f32],
+    accumulate: bool,
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    par: Par,
+) {
+    // The columns past the last whole tile, zero-padded to a tile: [K, C].
+    let full_tiles = n / C;
+    let tail: Vec<f32> = match n % C {
         0 => Vec::new(),
         cols => w
             .chunks_exact(n)
             .flat_map(|row| {
-                row[full_tiles * LANES..]
+                row[full_tiles * C..]
                     .iter()
                     .copied()
-                    .chain(std::iter::repeat_n(0.0, LANES - cols))
+                    .chain(std::iter::repeat_n(0.0, C - cols))
             })
             .collect(),
     };
@@ -95,44 +118,42 @@ pub fn product(out: &mut [f32], accumulate: bool, x: &[f32], w: &[f32], m: usize
         Par::Seq => 1,
         Par::Rayon(_) => rayon::current_num_threads(),
     };
-    let task_cols = n.div_ceil(LANES).div_ceil(threads) * LANES;
+    let task_cols = n.div_ceil(C).div_ceil(threads) * C;
     let mut tasks: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(task_cols)).map(|_| Vec::with_capacity(m)).collect();
     for row in out.chunks_exact_mut(n) {
         for (task, cols) in tasks.iter_mut().zip(row.chunks_mut(task_cols)) {
             task.push(cols);
         }
     }
-    let panel_count = m.div_ceil(LANES);
+    let panel_count = m.div_ceil(LANES).next_multiple_of(P);
     with_buffer(&PANELS, panel_count * k * LANES, |panels| {
         pack_panels(panels, x, m, k);
         let task = |(t, mut out): (usize, Vec<&mut [f32]>)| {
-            let tiles = out[0].len().div_ceil(LANES);
-            let first = t * task_cols / LANES;
+            let tiles = out[0].len().div_ceil(C);
+            let first = t * task_cols / C;
             let weights = |tile: usize, k0: usize| match first + tile < full_tiles {
-                true => (&w[k0 * n + (first + tile) * LANES..], n),
-                false => (&tail[k0 * LANES..], LANES),
+                true => (&w[k0 * n + (first + tile) * C..], n),
+                false => (&tail[k0 * C..], C),
             };
-            with_buffer(&SUMS, tiles * panel_count * LANES * LANES, |sums| {
-                // sums [tile][panel][16 columns][16 lanes]
+            with_buffer(&SUMS, tiles * panel_count * C * LANES, |sums| {
+                // sums [tile][panel][C columns][16 lanes]
                 for k0 in (0..k).step_by(K_BLOCK) {
                     let rows = K_BLOCK.min(k - k0);
-                    let blocks = sums.chunks_exact_mut(LANES * LANES);
-                    let panels_at_k0 = panels.chunks_exact(k * LANES).map(|panel| &panel[k0 * LANES..]).cycle();
-                    let steps = blocks.zip(panels_at_k0).enumerate();
-                    for (i, (sums, panel)) in steps {
-                        let (tile_w, row_stride) = weights(i / panel_count, k0);
-                        // SAFETY: `available` checked AVX-512; the tile's rows of 16 weights,
-                        // `row_stride` apart, lie in `tile_w` from row k0, and the panel holds
-                        // K - k0 rows of 16.
-                        unsafe { avx512_tile(sums, k0 > 0, panel, tile_w, row_stride, rows) };
+                    let blocks = sums.chunks_exact_mut(P * C * LANES);
+                    let groups = panels.chunks_exact(P * k * LANES).cycle();
+                    for (i, (sums, group)) in blocks.zip(groups).enumerate() {
+                        let (tile_w, row_stride) = weights(i / (panel_count / P), k0);
+                        let group: [&[f32]; P] = std::array::from_fn(|g| &group[(g * k + k0) * LANES..]);
+                        // SAFETY: `available` checked AVX-512.
+                        unsafe { avx512_tile::<C, P>(sums, k0 > 0, group, tile_w, row_stride, rows) };
                     }
                 }
-                // out[r, 16·tile + j] (+)= sums[tile][r / 16][j][r % 16]
-                let per_tile = panel_count * LANES * LANES;
+                // out[r, C·tile + j] (+)= sums[tile][r / 16][j][r % 16]
+                let per_tile = panel_count * C * LANES;
                 for (r, out_row) in out.iter_mut().enumerate() {
                     let (panel, lane) = (r / LANES, r % LANES);
                     for (j, o) in out_row.iter_mut().enumerate() {
-                        let v = sums[(j / LANES) * per_tile + panel * LANES * LANES + (j % LANES) * LANES + lane];
+                        let v = sums[(j / C) * per_tile + (panel * C + j % C) * LANES + lane];
                         *o = if accumulate { *o + v } else { v };
                     }
                 }
@@ -171,33 +192,48 @@ fn pack_panels(panels: &mut [f32], x: &[f32], m: usize, k: usize) {
     }
 }
 
-/// One tile over `k` weight rows: `sums[j·16 + lane] (+)= Σ_p w[p·row_stride + j] · panel[p·16 +
-/// lane]` for the 16 columns j, added to the sums there when `accumulate`.
+/// One tile over `k` weight rows: `sums[(g·C + j)·16 + lane] (+)= Σ_p w[p·row_stride + j] ·
+/// panels[g][p·16 + lane]` for the C columns j and the P panels g, added to the sums there when
+/// `accumulate`.
 ///
 /// # Safety
-/// The CPU has AVX-512F (the lengths are checked: `w` holds (k - 1)·row_stride + 16 values,
-/// `panel` 16·k and `sums` 256).
+/// The CPU has AVX-512F (the lengths are checked: `w` holds (k - 1)·row_stride + C values,
+/// each panel 16·k and `sums` P·C·16).
 #[target_feature(enable = "avx512f")]
-unsafe fn avx512_tile(sums: &mut [f32], accumulate: bool, panel: &[f32], w: &[f32], row_stride: usize, k: usize) {
+unsafe fn avx512_tile<const C: usize, const P: usize>(
+    sums: &mut [f32],
+    accumulate: bool,
+    panels: [&[f32]; P],
+    w: &[f32],
+    row_stride: usize,
+    k: usize,
+) {
     use std::arch::x86_64::*;
-    assert!(w.len() >= (k - 1) * row_stride + LANES && panel.len() >= k * LANES && sums.len() == LANES * LANES);
+    assert!(w.len() >= (k - 1) * row_stride + C && panels.iter().all(|p| p.len() >= k * LANES));
     let (sums, _) = sums.as_chunks_mut::<LANES>();
-    let mut acc: [__m512; LANES] = match accumulate {
-        true => std::array::from_fn(|j| _mm512_loadu_ps(sums[j].as_ptr())),
-        false => [_mm512_setzero_ps(); LANES],
+    assert_eq!(sums.len(), P * C);
+    // acc[j][g]: column j of the tile against panel g.
+    let mut acc: [[__m512; P]; C] = match accumulate {
+        true => std::array::from_fn(|j| std::array::from_fn(|g| _mm512_loadu_ps(sums[g * C + j].as_ptr()))),
+        false => [[_mm512_setzero_ps(); P]; C],
     };
     let w = w.as_ptr();
     for p in 0..k {
-        let lanes = _mm512_loadu_ps(panel.as_ptr().add(p * LANES));
+        let lanes: [__m512; P] = std::array::from_fn(|g| _mm512_loadu_ps(panels[g].as_ptr().add(p * LANES)));
         let row = w.add(p * row_stride);
         // A prefetch never faults: past the last row it asks for nothing useful, and no harm.
         _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(PREFETCH_ROWS * row_stride).cast());
-        for (j, acc) in acc.iter_mut().enumerate() {
-            *acc = _mm512_fmadd_ps(_mm512_set1_ps(*row.add(j)), lanes, *acc);
+        for (j, column) in acc.iter_mut().enumerate() {
+            let weight = _mm512_set1_ps(*row.add(j));
+            for (sum, &lanes) in column.iter_mut().zip(&lanes) {
+                *sum = _mm512_fmadd_ps(weight, lanes, *sum);
+            }
         }
     }
-    for (lanes, acc) in sums.iter_mut().zip(acc) {
-        _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+    for (j, column) in acc.into_iter().enumerate() {
+        for (g, sum) in column.into_iter().enumerate() {
+            _mm512_storeu_ps(sums[g * C + j].as_mut_ptr(), sum);
+        }
     }
 }
 
@@ -212,8 +248,9 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX-512");
             return;
         }
-        // M within a panel, a whole panel, and panels plus a few rows; N in whole tiles, with a
-        // tail, narrower than a tile, and over several tasks; K short and long.
+        // M within a panel, a whole panel, and panels plus a few rows (tiles of 16 x 1, 12 x 2,
+        // 8 x 3, and 12 x 2 over 4 panels); N in whole tiles, with a tail, narrower than a tile,
+        // and over several tasks; K within a block of rows, across blocks, and long.
         for (m, k, n) in [
             (MIN_ROWS, 3, 7),
             (5, 1, 20),
