@@ -293,4 +293,10 @@ fn info_names_the_features_and_the_kernel_each_dtype_uses() {
         assert_eq!(prompt(kernels, "q8_0", "AMX"), used(kernels, "q8_0") == "amx");
     }
     assert!(!prompt(&scalar, "bf16", "panels") && !prompt(&scalar, "q8_0", "panels"));
+    // f32 prompts go to the AVX-512 panels exactly where the CPU has AVX-512.
+    let f32_path = best["f32"].as_str().unwrap();
+    assert_eq!(
+        f32_path.contains("AVX-512 panels"),
+        gpt2::ops::lowp::kernel::has_feature("avx512f")
+    );
 }

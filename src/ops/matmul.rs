@@ -46,7 +46,7 @@ pub fn gemm(
 ) {
     debug_assert_eq!(out.len(), m * n);
     #[cfg(target_arch = "x86_64")]
-    if !a_t && !b_t && (prompt_f32::MIN_ROWS..=prompt_f32::MAX_ROWS).contains(&m) && prompt_f32::available() {
+    if !a_t && !b_t && prompt_f32_rows().is_some_and(|rows| rows.contains(&m)) {
         return prompt_f32::product(out, accumulate, a, b, m, k, n, par);
     }
     match (a_t, b_t) {
@@ -79,6 +79,16 @@ pub fn gemm(
     blocks
         .into_par_iter()
         .for_each(|(block, start, w)| matmul(block, accum, lhs, rhs.subcols(start, w), 1.0, Par::Seq));
+}
+
+/// The rows of a product with a weight as stored (`x · w`) that go to [`super::prompt_f32`] on
+/// this CPU, if any (fewer go to [`super::matvec`], more to faer).
+pub fn prompt_f32_rows() -> Option<std::ops::RangeInclusive<usize>> {
+    #[cfg(target_arch = "x86_64")]
+    if prompt_f32::available() {
+        return Some(prompt_f32::MIN_ROWS..=prompt_f32::MAX_ROWS);
+    }
+    None
 }
 
 /// What a training pass's matrix products compute in: f32, or bf16 operands with f32 sums
