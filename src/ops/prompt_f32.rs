@@ -127,7 +127,8 @@ fn tiles<const C: usize, const P: usize>(
     }
     let panel_count = m.div_ceil(LANES).next_multiple_of(P);
     with_buffer(&PANELS, panel_count * k * LANES, |panels| {
-        pack_panels(panels, x, m, k);
+        // SAFETY: `available` checked AVX-512.
+        unsafe { pack_panels(panels, x, m, k) };
         let task = |(t, mut out): (usize, Vec<&mut [f32]>)| {
             let tiles = out[0].len().div_ceil(C);
             let first = t * task_cols / C;
@@ -180,14 +181,29 @@ fn with_buffer<R>(
     result
 }
 
-/// x [M, K] into ⌈M/16⌉ panels [K][16]: `panels[g][p][lane] = x[16·g + lane, p]`, zero past row M.
-fn pack_panels(panels: &mut [f32], x: &[f32], m: usize, k: usize) {
+/// x [M, K] into ⌈M/16⌉ panels [K][16]: `panels[g][p][lane] = x[16·g + lane, p]`, zero past row M
+/// (and past the panels x fills): each line of a panel gathered from its 16 prompt rows at once.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_panels(panels: &mut [f32], x: &[f32], m: usize, k: usize) {
+    use std::arch::x86_64::*;
+    assert!(x.len() == m * k && panels.len().is_multiple_of(k * LANES) && LANES * k <= i32::MAX as usize);
+    // Lane r reads row 16·g + r: k floats after lane r - 1.
+    let offsets = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(k as i32),
+    );
     for (g, panel) in panels.chunks_exact_mut(k * LANES).enumerate() {
-        for lane in 0..LANES {
-            let row = g * LANES + lane;
-            for (p, v) in panel.iter_mut().skip(lane).step_by(LANES).enumerate() {
-                *v = if row < m { x[row * k + p] } else { 0.0 };
-            }
+        let rows = m.saturating_sub(g * LANES).min(LANES);
+        let present: __mmask16 = ((1u32 << rows) - 1) as u16;
+        let first = x.as_ptr().wrapping_add(g * LANES * k);
+        for (p, line) in panel.chunks_exact_mut(LANES).enumerate() {
+            // Masked lanes are not read: rows past M may lie past the end of x.
+            let gathered =
+                _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), present, offsets, first.wrapping_add(p).cast());
+            _mm512_storeu_ps(line.as_mut_ptr(), gathered);
         }
     }
 }
@@ -257,6 +273,7 @@ mod tests {
             (16, 64, 48),
             (17, 33, 70),
             (40, 130, 16 * 9 + 5),
+            (50, 20, 30),
             (MAX_ROWS, 768, 96),
         ] {
             let x = random_vec(m * k, 1);
