@@ -153,9 +153,11 @@ fn tiles<const C: usize, const P: usize>(
                 let per_tile = panel_count * C * LANES;
                 for (r, out_row) in out.iter_mut().enumerate() {
                     let (panel, lane) = (r / LANES, r % LANES);
-                    for (j, o) in out_row.iter_mut().enumerate() {
-                        let v = sums[(j / C) * per_tile + (panel * C + j % C) * LANES + lane];
-                        *o = if accumulate { *o + v } else { v };
+                    for (tile_sums, out) in sums.chunks_exact(per_tile).zip(out_row.chunks_mut(C)) {
+                        let lanes = tile_sums[panel * C * LANES..].iter().skip(lane).step_by(LANES);
+                        for (o, &v) in out.iter_mut().zip(lanes) {
+                            *o = if accumulate { *o + v } else { v };
+                        }
                     }
                 }
             });
