@@ -11,6 +11,7 @@ use super::matmul_bf16::{gemm_bf16, TileKernel};
 use super::matvec::{matmul_small_m, matmul_small_m_t, SMALL_M, SMALL_M_T};
 #[cfg(target_arch = "x86_64")]
 use super::prompt_f32;
+use super::{thread_count, with_thread_buffer};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -58,10 +59,7 @@ pub fn gemm(
     let rhs = if b_t { view(b, n, k, true) } else { view(b, k, n, false) };
     let accum = if accumulate { Accum::Add } else { Accum::Replace };
     let out = MatMut::from_row_major_slice_mut(out, m, n);
-    let threads = match par {
-        Par::Seq => 1,
-        Par::Rayon(threads) => threads.get(),
-    };
+    let threads = thread_count(par);
     if threads == 1 || n < threads * MIN_COLS_PER_TASK {
         return matmul(out, accum, lhs, rhs, 1.0, par);
     }
@@ -183,20 +181,17 @@ const COL_ALIGN: usize = 16;
 thread_local! {
     /// Set while this thread runs a batch shard (see [`sequential`]).
     static SEQUENTIAL: Cell<bool> = const { Cell::new(false) };
-    /// This thread's buffer for [`with_transposed`]: taken while in use (a nested call gets
-    /// a fresh one), grown to the largest matrix, never shrunk.
+    /// This thread's buffer for [`with_transposed`] (see [`with_thread_buffer`]).
     static TRANSPOSED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Runs `work` on a transposed copy [cols, rows] of `src` [rows, cols], kept in a buffer of
 /// this thread that later calls reuse.
 fn with_transposed<R>(src: &[f32], rows: usize, cols: usize, par: Par, work: impl FnOnce(&[f32]) -> R) -> R {
-    let mut copy = TRANSPOSED.take();
-    copy.resize(rows * cols, 0.0);
-    transpose(&mut copy, src, rows, cols, par);
-    let result = work(&copy);
-    TRANSPOSED.set(copy);
-    result
+    with_thread_buffer(&TRANSPOSED, rows * cols, |copy| {
+        transpose(copy, src, rows, cols, par);
+        work(copy)
+    })
 }
 
 /// `dst [cols, rows] = srcᵀ` for src [rows, cols], in square tiles (a tile's rows and columns

@@ -156,6 +156,29 @@ pub fn zeroed(n: usize) -> Vec<f32> {
     xs
 }
 
+/// Runs `work` on this thread's buffer in `cell`, `len` long: taken while in use (a nested call
+/// gets a fresh one), grown to the largest asked for, never shrunk. Fresh buffers of megabytes
+/// would cost a page fault and a page clearing per 4 KiB at every product.
+pub(crate) fn with_thread_buffer<R>(
+    cell: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>,
+    len: usize,
+    work: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    let mut buffer = cell.take();
+    buffer.resize(buffer.len().max(len), 0.0);
+    let result = work(&mut buffer[..len]);
+    cell.set(buffer);
+    result
+}
+
+/// The threads a product split as `par` runs on.
+pub(crate) fn thread_count(par: faer::Par) -> usize {
+    match par {
+        faer::Par::Seq => 1,
+        faer::Par::Rayon(threads) => threads.get(),
+    }
+}
+
 /// Rows handled per rayon task in row-parallel loops: large enough to amortise scheduling,
 /// small enough to balance two to a few dozen cores.
 pub(crate) const ROWS_PER_TASK: usize = 8;

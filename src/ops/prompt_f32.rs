@@ -27,6 +27,7 @@
 //! lines of the next block itself. Each output is one sum in order over p, whatever the thread
 //! count.
 
+use super::{thread_count, with_thread_buffer};
 use faer::Par;
 use rayon::prelude::*;
 use std::cell::Cell;
@@ -49,8 +50,8 @@ const K_BLOCK: usize = 16;
 const PREFETCH_ROWS: usize = K_BLOCK;
 
 thread_local! {
-    /// Each thread's packed panels and tile sums, kept from product to product: a fresh buffer
-    /// of a few hundred KiB costs page faults and page clearing every product.
+    /// Each thread's packed panels and tile sums, kept from product to product
+    /// ([`with_thread_buffer`]).
     static PANELS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     static SUMS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
@@ -114,11 +115,7 @@ fn tiles<const C: usize, const P: usize>(
     };
     // One task per thread, each a run of whole tiles: the longer a task's runs of a weight row,
     // the better the prefetchers follow them (two or three tasks a thread measured slower).
-    let threads = match par {
-        Par::Seq => 1,
-        Par::Rayon(_) => rayon::current_num_threads(),
-    };
-    let task_cols = n.div_ceil(C).div_ceil(threads) * C;
+    let task_cols = n.div_ceil(C).div_ceil(thread_count(par)) * C;
     let mut tasks: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(task_cols)).map(|_| Vec::with_capacity(m)).collect();
     for row in out.chunks_exact_mut(n) {
         for (task, cols) in tasks.iter_mut().zip(row.chunks_mut(task_cols)) {
@@ -126,7 +123,7 @@ fn tiles<const C: usize, const P: usize>(
         }
     }
     let panel_count = m.div_ceil(LANES).next_multiple_of(P);
-    with_buffer(&PANELS, panel_count * k * LANES, |panels| {
+    with_thread_buffer(&PANELS, panel_count * k * LANES, |panels| {
         // SAFETY: `available` checked AVX-512.
         unsafe { pack_panels(panels, x, m, k) };
         let task = |(t, mut out): (usize, Vec<&mut [f32]>)| {
@@ -136,7 +133,7 @@ fn tiles<const C: usize, const P: usize>(
                 true => (&w[k0 * n + (first + tile) * C..], n),
                 false => (&tail[k0 * C..], C),
             };
-            with_buffer(&SUMS, tiles * panel_count * C * LANES, |sums| {
+            with_thread_buffer(&SUMS, tiles * panel_count * C * LANES, |sums| {
                 // sums [tile][panel][C columns][16 lanes]
                 for k0 in (0..k).step_by(K_BLOCK) {
                     let rows = K_BLOCK.min(k - k0);
@@ -167,20 +164,6 @@ fn tiles<const C: usize, const P: usize>(
             Par::Rayon(_) => tasks.into_par_iter().enumerate().for_each(task),
         }
     });
-}
-
-/// Runs `work` on this thread's buffer in `cell`, `len` long: taken while in use (a nested call
-/// gets a fresh one), grown to the largest asked for, never shrunk.
-fn with_buffer<R>(
-    cell: &'static std::thread::LocalKey<Cell<Vec<f32>>>,
-    len: usize,
-    work: impl FnOnce(&mut [f32]) -> R,
-) -> R {
-    let mut buffer = cell.take();
-    buffer.resize(buffer.len().max(len), 0.0);
-    let result = work(&mut buffer[..len]);
-    cell.set(buffer);
-    result
 }
 
 /// x [M, K] into ⌈M/16⌉ panels [K][16]: `panels[g][p][lane] = x[16·g + lane, p]`, zero past row M
