@@ -293,10 +293,13 @@ fn info_names_the_features_and_the_kernel_each_dtype_uses() {
         assert_eq!(prompt(kernels, "q8_0", "AMX"), used(kernels, "q8_0") == "amx");
     }
     assert!(!prompt(&scalar, "bf16", "panels") && !prompt(&scalar, "q8_0", "panels"));
-    // f32 prompts go to the AVX-512 panels exactly where the CPU has AVX-512.
+    // f32 prompts go to the AVX-512 panels exactly where the CPU has AVX-512, to the AVX2 ones
+    // where it has AVX2 and FMA but not AVX-512.
     let f32_path = best["f32"].as_str().unwrap();
+    let has = gpt2::ops::lowp::kernel::has_feature;
+    assert_eq!(f32_path.contains("AVX-512 panels of 16 rows"), has("avx512f"));
     assert_eq!(
-        f32_path.contains("AVX-512 panels"),
-        gpt2::ops::lowp::kernel::has_feature("avx512f")
+        f32_path.contains("AVX2 panels of 8 rows"),
+        !has("avx512f") && has("avx2") && has("fma")
     );
 }

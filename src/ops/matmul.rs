@@ -4,7 +4,7 @@
 //! with no transpose: the same layout Hugging Face and OpenAI use.
 //!
 //! Products with few rows (decoding) go to the weight-streaming kernels of [`super::matvec`], and
-//! a prompt's rows times a weight as stored to [`super::prompt_f32`] where the CPU has AVX-512.
+//! a prompt's rows times a weight as stored to [`super::prompt_f32`] where the CPU has AVX-512 or AVX2.
 
 use super::lowp::kernel::{has_feature, KERNEL_ENV};
 use super::matmul_bf16::{gemm_bf16, TileKernel};
@@ -47,8 +47,8 @@ pub fn gemm(
 ) {
     debug_assert_eq!(out.len(), m * n);
     #[cfg(target_arch = "x86_64")]
-    if !a_t && !b_t && prompt_f32_rows().is_some_and(|rows| rows.contains(&m)) {
-        return prompt_f32::product(out, accumulate, a, b, m, k, n, par);
+    if let Some(isa) = prompt_f32::Isa::best().filter(|isa| !a_t && !b_t && isa.rows().contains(&m)) {
+        return prompt_f32::product(isa, out, accumulate, a, b, m, k, n, par);
     }
     match (a_t, b_t) {
         (false, false) if m <= SMALL_M => return matmul_small_m(out, accumulate, a, b, m, k, n, par),
@@ -79,12 +79,13 @@ pub fn gemm(
         .for_each(|(block, start, w)| matmul(block, accum, lhs, rhs.subcols(start, w), 1.0, Par::Seq));
 }
 
-/// The rows of a product with a weight as stored (`x · w`) that go to [`super::prompt_f32`] on
-/// this CPU, if any (fewer go to [`super::matvec`], more to faer).
-pub fn prompt_f32_rows() -> Option<std::ops::RangeInclusive<usize>> {
+/// The instruction set and the rows with which a product with a weight as stored (`x · w`) goes
+/// to [`super::prompt_f32`] on this CPU, if any (fewer rows go to [`super::matvec`], more to
+/// faer).
+pub fn prompt_f32_path() -> Option<(&'static str, usize, std::ops::RangeInclusive<usize>)> {
     #[cfg(target_arch = "x86_64")]
-    if prompt_f32::available() {
-        return Some(prompt_f32::MIN_ROWS..=prompt_f32::MAX_ROWS);
+    if let Some(isa) = prompt_f32::Isa::best() {
+        return Some((isa.name(), isa.lanes(), isa.rows()));
     }
     None
 }

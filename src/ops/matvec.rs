@@ -23,7 +23,7 @@ use rayon::prelude::*;
 /// Largest M that goes through these kernels rather than the general matrix multiply, measured
 /// against faer on GPT-2's layers (the best of 12 runs, 2-core Zen 4): for `w` stored [K, N]
 /// (faster for 1-3 rows, even at 4, slower for 5-8: each row re-reads the weights from cache;
-/// where the CPU has AVX-512, 4 rows and more go to [`super::prompt_f32`] first),
+/// where the CPU has AVX-512 or AVX2, 4 rows and more go to [`super::prompt_f32`] first),
 /// and for `w` stored [N, K] (faer reads that layout slowly; on GPT-2's LM head the tiles are
 /// faster up to 32 rows).
 pub const SMALL_M: usize = 4;

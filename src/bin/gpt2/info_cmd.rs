@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use gpt2::ops::lowp::kernel::{has_feature, Kernel, KERNEL_ENV, REPORTED_FEATURES};
 use gpt2::ops::lowp::{prompt_path, Bf16Kernel, Kernels, Q8Kernel, WeightDtype};
-use gpt2::ops::matmul::{prompt_f32_rows, Precision};
+use gpt2::ops::matmul::{prompt_f32_path, Precision};
 use gpt2::ops::matmul_bf16::TileKernel;
 use gpt2::ops::matvec::{SMALL_M, SMALL_M_T};
 use serde_json::json;
@@ -45,9 +45,9 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         .map(|&f| (f.to_string(), has_feature(f).into()))
         .collect();
     let env = std::env::var(KERNEL_ENV).ok().filter(|v| !v.is_empty());
-    let f32_path = match prompt_f32_rows() {
-        Some(rows) => format!(
-            "prompts of {}-{} rows: AVX-512 panels of 16 rows, each weight broadcast from the stored rows; faer's \
+    let f32_path = match prompt_f32_path() {
+        Some((isa, lanes, rows)) => format!(
+            "prompts of {}-{} rows: {isa} panels of {lanes} rows, each weight broadcast from the stored rows; faer's \
              matrix product for longer prompts and training; for decoding (up to {} rows, the LM head up to \
              {SMALL_M_T}) row-streaming kernels compiled for this build's target CPU",
             rows.start(),
