@@ -47,7 +47,9 @@ pub fn gemm(
 ) {
     debug_assert_eq!(out.len(), m * n);
     #[cfg(target_arch = "x86_64")]
-    if let Some(isa) = prompt_f32::Isa::best().filter(|isa| !a_t && !b_t && isa.rows().contains(&m)) {
+    if let Some(isa) =
+        prompt_f32::Isa::best().filter(|_| !a_t && !b_t && (prompt_f32::MIN_ROWS..=prompt_f32::MAX_ROWS).contains(&m))
+    {
         return prompt_f32::product(isa, out, accumulate, a, b, m, k, n, par);
     }
     match (a_t, b_t) {
@@ -85,7 +87,7 @@ pub fn gemm(
 pub fn prompt_f32_path() -> Option<(&'static str, usize, std::ops::RangeInclusive<usize>)> {
     #[cfg(target_arch = "x86_64")]
     if let Some(isa) = prompt_f32::Isa::best() {
-        return Some((isa.name(), isa.lanes(), isa.rows()));
+        return Some((isa.name(), isa.lanes(), prompt_f32::MIN_ROWS..=prompt_f32::MAX_ROWS));
     }
     None
 }

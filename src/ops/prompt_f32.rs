@@ -1,5 +1,5 @@
 //! f32 products of a prompt's rows with a Conv1D weight as stored: `out [M, N] (=|+=) x [M, K] ·
-//! w [K, N]` for a few to a few dozen rows ([`Isa::rows`]), on AVX-512 or on AVX2 + FMA.
+//! w [K, N]` for [`MIN_ROWS`] to [`MAX_ROWS`] rows, on AVX-512 or on AVX2 + FMA.
 //!
 //! A general matrix multiply packs both operands into cache-sized blocks before it multiplies:
 //! with a prompt of 16 rows, packing the weight (reading it from memory and writing a copy) costs
@@ -10,6 +10,9 @@
 //! registers of sums (one output per lane) over the rows, so a weight is read from memory once
 //! per L·P prompt rows and nothing is added across lanes. The tile shapes fill the registers
 //! (32 on AVX-512, 16 on AVX2) with sums, P panel lines and one broadcast weight ([`product`]).
+//! A panel line is one masked gather from its L rows on AVX-512; on AVX2, whose gathers cost
+//! several times as much on Zen 3, whole panels are packed 8 x 8 at a time, transposed in
+//! registers.
 //!
 //! ```text
 //!   x [M, K] ──pack──▶ panels [⌈M/L⌉][K][L lanes]
@@ -32,7 +35,13 @@ use faer::Par;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::cell::Cell;
-use std::ops::RangeInclusive;
+
+/// Rows from which a product with w stored [K, N] takes this kernel where the CPU has it (the
+/// weight-streaming kernel of [`super::matvec`] is as fast for 3 rows and slower for 4), and up
+/// to which (faer's own blocking is as fast at 64 and faster beyond): measured on GPT-2 124M's
+/// prompts, 2 threads, on a Xeon (AVX-512) and on Zen 3 (AVX2).
+pub const MIN_ROWS: usize = 4;
+pub const MAX_ROWS: usize = 64;
 
 /// Weight rows a task reads across all its tiles before the next rows: the task then reads
 /// K_BLOCK streams, each a row's run of its columns, which the prefetchers follow. Its tiles'
@@ -88,18 +97,6 @@ impl Isa {
         match self {
             Isa::Avx512 => Avx512::LANES,
             Isa::Avx2 => Avx2::LANES,
-        }
-    }
-
-    /// The prompt rows a product takes this kernel for, measured on GPT-2 124M's prompts (2
-    /// threads): fewer go to the weight-streaming kernel of [`super::matvec`], as fast for 3 rows
-    /// and slower for 4; more to faer, whose own blocking is as fast from 64 rows on with
-    /// AVX-512 (Xeon) and from 48 with AVX2 (Zen 3: 1.2x faster at 40 rows, level at 48; the
-    /// kernel 1.4x faster at 24 rows and 1.2x at 32).
-    pub fn rows(self) -> RangeInclusive<usize> {
-        match self {
-            Isa::Avx512 => 4..=64,
-            Isa::Avx2 => 4..=32,
         }
     }
 }
@@ -223,23 +220,15 @@ impl Product<'_> {
                 with_thread_buffer(&SUMS, tiles * panel_count * C * lanes, |sums| {
                     // sums [tile][panel][C columns][L lanes]
                     for k0 in (0..k).step_by(K_BLOCK) {
-                        let rows = K_BLOCK.min(k - k0);
-                        let blocks = sums.chunks_exact_mut(P * C * lanes);
-                        let groups = panels.chunks_exact(P * k * lanes).cycle();
-                        for (i, (sums, group)) in blocks.zip(groups).enumerate() {
-                            let (tile_w, row_stride) = weights(i / (panel_count / P), k0);
-                            let group: [&[f32]; P] = std::array::from_fn(|g| &group[(g * k + k0) * lanes..]);
-                            // SAFETY: as for the packing.
-                            unsafe { S::tile::<C, P>(sums, k0 > 0, group, tile_w, row_stride, rows) };
-                        }
+                        // SAFETY: as for the packing.
+                        unsafe { S::block::<C, P>(sums, panels, k, k0, |tile| weights(tile, k0)) };
                     }
                     // out[r, C·tile + j] (+)= sums[tile][r / L][j][r % L]
-                    let per_tile = panel_count * C * lanes;
-                    for (r, out_row) in out.iter_mut().enumerate() {
-                        let (panel, lane) = (r / lanes, r % lanes);
-                        for (tile_sums, out) in sums.chunks_exact(per_tile).zip(out_row.chunks_mut(C)) {
-                            let lanes = tile_sums[panel * C * lanes..].iter().skip(lane).step_by(lanes);
-                            for (o, &v) in out.iter_mut().zip(lanes) {
+                    for (tile, tile_sums) in sums.chunks_exact(panel_count * C * lanes).enumerate() {
+                        for (r, out_row) in out.iter_mut().enumerate() {
+                            let row_sums = &tile_sums[(r / lanes) * C * lanes + r % lanes..];
+                            for (j, o) in out_row[tile * C..].iter_mut().take(C).enumerate() {
+                                let v = row_sums[j * lanes];
                                 *o = if accumulate { *o + v } else { v };
                             }
                         }
@@ -275,14 +264,13 @@ trait Vector {
 
     /// [`pack_panels`] on this instruction set.
     unsafe fn pack_panels(panels: &mut [f32], x: &[f32], m: usize, k: usize);
-    /// [`tile`] on this instruction set.
-    unsafe fn tile<const C: usize, const P: usize>(
+    /// [`block`] on this instruction set.
+    unsafe fn block<'w, const C: usize, const P: usize>(
         sums: &mut [f32],
-        accumulate: bool,
-        panels: [&[f32]; P],
-        w: &[f32],
-        row_stride: usize,
+        panels: &[f32],
         k: usize,
+        k0: usize,
+        weights: impl Fn(usize) -> (&'w [f32], usize),
     );
 }
 
@@ -328,15 +316,14 @@ impl Vector for Avx512 {
         pack_panels::<Self>(panels, x, m, k)
     }
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile<const C: usize, const P: usize>(
+    unsafe fn block<'w, const C: usize, const P: usize>(
         sums: &mut [f32],
-        accumulate: bool,
-        panels: [&[f32]; P],
-        w: &[f32],
-        row_stride: usize,
+        panels: &[f32],
         k: usize,
+        k0: usize,
+        weights: impl Fn(usize) -> (&'w [f32], usize),
     ) {
-        tile::<Self, C, P>(sums, accumulate, panels, w, row_stride, k)
+        block::<Self, C, P>(sums, panels, k, k0, weights)
     }
 }
 
@@ -376,21 +363,66 @@ impl Vector for Avx2 {
         _mm256_mask_i32gather_ps::<4>(_mm256_setzero_ps(), first, offsets, present)
     }
 
+    /// Whole panels 8 x 8 at a time: 8 rows' runs of 8 values loaded and transposed in registers
+    /// into 8 panel lines (AVX2's gathers cost several times as much on Zen 3); the rest
+    /// gathered.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn pack_panels(panels: &mut [f32], x: &[f32], m: usize, k: usize) {
-        pack_panels::<Self>(panels, x, m, k)
+        const L: usize = Avx2::LANES;
+        let whole = (m / L) * L * k;
+        let (whole_panels, rest) = panels.split_at_mut(whole);
+        for (panel, x) in whole_panels.chunks_exact_mut(k * L).zip(x.chunks_exact(k * L)) {
+            for p0 in (0..k / L * L).step_by(L) {
+                let rows: [__m256; L] = std::array::from_fn(|r| _mm256_loadu_ps(x.as_ptr().add(r * k + p0)));
+                for (i, line) in transpose_8x8(rows).into_iter().enumerate() {
+                    _mm256_storeu_ps(panel.as_mut_ptr().add((p0 + i) * L), line);
+                }
+            }
+            for p in k / L * L..k {
+                _mm256_storeu_ps(panel.as_mut_ptr().add(p * L), Self::gather(x.as_ptr().add(p), k, L));
+            }
+        }
+        pack_panels::<Self>(rest, &x[whole..], m % L, k)
     }
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<const C: usize, const P: usize>(
+    unsafe fn block<'w, const C: usize, const P: usize>(
         sums: &mut [f32],
-        accumulate: bool,
-        panels: [&[f32]; P],
-        w: &[f32],
-        row_stride: usize,
+        panels: &[f32],
         k: usize,
+        k0: usize,
+        weights: impl Fn(usize) -> (&'w [f32], usize),
     ) {
-        tile::<Self, C, P>(sums, accumulate, panels, w, row_stride, k)
+        block::<Self, C, P>(sums, panels, k, k0, weights)
     }
+}
+
+/// The 8 x 8 floats `rows` transposed: lane r of output i is lane i of row r.
+#[inline(always)]
+unsafe fn transpose_8x8(rows: [__m256; 8]) -> [__m256; 8] {
+    let [r0, r1, r2, r3, r4, r5, r6, r7] = rows;
+    // pairs of rows interleaved, then quads, then the 128-bit halves exchanged
+    let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+    let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+    let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+    let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+    let q0 = _mm256_shuffle_ps::<0b01_00_01_00>(t0, t2);
+    let q1 = _mm256_shuffle_ps::<0b11_10_11_10>(t0, t2);
+    let q2 = _mm256_shuffle_ps::<0b01_00_01_00>(t1, t3);
+    let q3 = _mm256_shuffle_ps::<0b11_10_11_10>(t1, t3);
+    let q4 = _mm256_shuffle_ps::<0b01_00_01_00>(t4, t6);
+    let q5 = _mm256_shuffle_ps::<0b11_10_11_10>(t4, t6);
+    let q6 = _mm256_shuffle_ps::<0b01_00_01_00>(t5, t7);
+    let q7 = _mm256_shuffle_ps::<0b11_10_11_10>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(q0, q4),
+        _mm256_permute2f128_ps::<0x20>(q1, q5),
+        _mm256_permute2f128_ps::<0x20>(q2, q6),
+        _mm256_permute2f128_ps::<0x20>(q3, q7),
+        _mm256_permute2f128_ps::<0x31>(q0, q4),
+        _mm256_permute2f128_ps::<0x31>(q1, q5),
+        _mm256_permute2f128_ps::<0x31>(q2, q6),
+        _mm256_permute2f128_ps::<0x31>(q3, q7),
+    ]
 }
 
 /// x [M, K] into panels [K][L] of `S`'s L lanes: `panels[g][p][lane] = x[L·g + lane, p]`, zero
@@ -408,6 +440,35 @@ unsafe fn pack_panels<S: Vector>(panels: &mut [f32], x: &[f32], m: usize, k: usi
         let first = x.as_ptr().wrapping_add(g * lanes * k);
         for (p, line) in panel.chunks_exact_mut(lanes).enumerate() {
             S::store(line.as_mut_ptr(), S::gather(first.wrapping_add(p), k, rows));
+        }
+    }
+}
+
+/// One block of [`K_BLOCK`] weight rows from row `k0` across a task's tiles (tile t: C columns
+/// of `weights(t)` = (its weights from row k0 on, their row stride)), each against every P of
+/// the panels (the sums of tile t and panels g.. at `sums[((t·panels + g)·C + j)·L + lane]`).
+///
+/// # Safety
+/// The CPU has S's instruction set.
+#[inline(always)]
+unsafe fn block<'w, S: Vector, const C: usize, const P: usize>(
+    sums: &mut [f32],
+    panels: &[f32],
+    k: usize,
+    k0: usize,
+    weights: impl Fn(usize) -> (&'w [f32], usize),
+) {
+    let lanes = S::LANES;
+    let rows = K_BLOCK.min(k - k0);
+    let panel_count = panels.len() / (k * lanes);
+    for (t, tile_sums) in sums.chunks_exact_mut(panel_count * C * lanes).enumerate() {
+        let (w, row_stride) = weights(t);
+        for (sums, group) in tile_sums
+            .chunks_exact_mut(P * C * lanes)
+            .zip(panels.chunks_exact(P * k * lanes))
+        {
+            let group: [&[f32]; P] = std::array::from_fn(|g| &group[(g * k + k0) * lanes..]);
+            tile::<S, C, P>(sums, k0 > 0, group, w, row_stride, rows);
         }
     }
 }
