@@ -244,9 +244,9 @@ impl Product<'_> {
 }
 
 /// A vector register of f32 lanes on one instruction set: the few instructions the packing and
-/// the tiles use, and the two compiled for it ([`Vector::pack_panels`], [`Vector::tile`]: each
-/// [`pack_panels`] or [`tile`] with the instruction set enabled, so that the instructions
-/// inline into them).
+/// the tiles use, and the two functions compiled for it ([`Vector::pack_panels`],
+/// [`Vector::block`]: [`pack_panels`] or [`block`] with the instruction set enabled, so that the
+/// instructions inline into them).
 trait Vector {
     const LANES: usize;
     type V: Copy;
