@@ -25,8 +25,7 @@
 //! instruction on tiles held in their own registers: the micro-tile is 32 x 32 outputs (four C
 //! tiles) from two A tiles of 16 rows and two B tiles of 16 columns, 16 pairs a step. The B
 //! panels are the same (a tile row is 16 columns' pair: 64 bytes of a panel row); an A panel is
-//! packed [MR][pairs] instead, so that a tile row is one row's 16 pairs, and KC is 768 (the tiles
-//! sum more before the outputs are read and written again). On the Xeon with AMX, 2 threads:
+//! packed [MR][pairs] instead, so that a tile row is one row's 16 pairs. On the Xeon with AMX, 2 threads:
 //! the products of a GPT-2 124M step run at 500-850 GFLOP/s (2.2-2.4x faer's f32), the
 //! `vdpbf16ps` kernel at 170 (0.6x: this CPU does half as many `vdpbf16ps` as FMAs per cycle).
 //!
@@ -48,21 +47,20 @@ const NR: usize = 64;
 const AMX_MR: usize = 2 * super::amx::ROWS;
 #[cfg(target_arch = "x86_64")]
 const AMX_PAIRS: usize = super::amx::ROW_BYTES / 4;
-/// Inner indices per block (768, GPT-2's width, is two): a B panel of KC x NR bf16 is 48 KiB.
-/// (Tuned with benches/matmul.rs on Zen 4: 128 and 256 were slower; each block adds the
-/// tile to the output again.)
-const KC: usize = 384;
-/// AMX's: its tiles sum 768 inner indices before the outputs are read and written again (the
-/// A block, MC x 768 bf16, is 288 KiB: in L2). The packing scratch holds this many.
-const MAX_KC: usize = 768;
+/// Inner indices per block, GPT-2's width: a B panel of KC x NR bf16 is 96 KiB (in L2), and
+/// each block adds the tiles to the outputs again (benches/matmul.rs on Zen 5: the products
+/// 1.1x faster than with 384, as fast as with 1536; on the Xeon AMX's tiles likewise).
+const KC: usize = 768;
 /// The most rows a micro-tile has, whichever kernel (AMX's two tiles of 16).
 const MAX_MR: usize = 32;
-/// Output rows per packed A block (192 x 384 bf16 = 144 KiB, in L2).
+/// Output rows per packed A block (192 x 768 bf16 = 288 KiB, in L2).
 const MC: usize = 192;
-/// Output columns per packed B block (384 x 2048 bf16 = 1.5 MiB).
+// A block starts a panel, whichever kernel: packed rows are found by panel.
+const _: () = assert!(MC.is_multiple_of(MR) && MC.is_multiple_of(MAX_MR));
+/// Output columns per packed B block (768 x 2048 bf16 = 3 MiB, in L3).
 const NC: usize = 2048;
-/// AMX's: 768 x 4096 bf16 (6 MiB, in L3) packs each A block half as often, GPT-2's MLP's once
-/// (a training step 5% faster than with 2048 on the Xeon; 8192 no faster).
+/// AMX's: 768 x 4096 bf16 (6 MiB, in L3): a training step 5% faster than with 2048 on the Xeon,
+/// 8192 no faster (measured when A was still packed again for each block of columns).
 #[cfg(target_arch = "x86_64")]
 const AMX_NC: usize = 4096;
 
@@ -122,15 +120,6 @@ impl TileKernel {
             #[cfg(target_arch = "x86_64")]
             TileKernel::Amx => AMX_NC,
             _ => NC,
-        }
-    }
-
-    /// Inner indices per block.
-    fn kc(self) -> usize {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            TileKernel::Amx => MAX_KC,
-            _ => KC,
         }
     }
 
@@ -246,11 +235,17 @@ fn gemm_rows(
         unsafe { super::amx::configure(super::amx::Shape::Bf16) };
     }
     PACKED.with_borrow_mut(|(b_packed, a_packed)| {
-        for j0 in (0..n).step_by(kernel.nc()) {
-            let nc = kernel.nc().min(n - j0);
-            for p0 in (0..k).step_by(kernel.kc()) {
-                let kc = kernel.kc().min(k - p0);
-                let pairs = kernel.pairs(kc);
+        // Inner indices outermost: each output sums its blocks of them in order, as before,
+        // and A's rows for one block of them can be packed once for every block of columns.
+        let several_column_blocks = n > kernel.nc();
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            let pairs = kernel.pairs(kc);
+            if several_column_blocks {
+                pack_a(a_packed, a, rows.start, rows.len(), p0, kc, kernel);
+            }
+            for j0 in (0..n).step_by(kernel.nc()) {
+                let nc = kernel.nc().min(n - j0);
                 b_packed.clear();
                 b_packed.resize(nc.div_ceil(NR) * pairs * NR, 0);
                 pack_b(b_packed, b, p0, kc, j0, nc, kernel);
@@ -262,7 +257,11 @@ fn gemm_rows(
                     b_packed,
                     replace: p0 == 0 && !accumulate,
                 };
-                add_block(out, rows.clone(), a, a_packed, block, kernel);
+                let a_rows = match several_column_blocks {
+                    true => ARows::Packed(a_packed),
+                    false => ARows::ToPack(a, a_packed),
+                };
+                add_block(out, rows.clone(), a_rows, block, kernel);
             }
         }
     });
@@ -294,8 +293,8 @@ impl Operand<'_> {
 /// Packs `pairs` pairs of neighbours in `src` (a zero after an odd last one) into
 /// `dst[0], dst[stride], ...`.
 fn pack_pairs_along(dst: &mut [u32], stride: usize, src: &[f32], pairs: usize, kernel: TileKernel) {
-    assert!(pairs <= MAX_KC / 2 && src.len() <= 2 * pairs && dst.len() > (pairs - 1) * stride);
-    let mut run = [0u32; MAX_KC / 2];
+    assert!(pairs <= KC / 2 && src.len() <= 2 * pairs && dst.len() > (pairs - 1) * stride);
+    let mut run = [0u32; KC / 2];
     round_pairs(&mut run, src, kernel);
     for (d, &pair) in dst.iter_mut().step_by(stride).zip(&run[..pairs]) {
         *d = pair;
@@ -349,24 +348,31 @@ struct Block<'a> {
     replace: bool,
 }
 
+/// A's rows for a block of B: packed already (all of this thread's rows, for several blocks of
+/// columns), or to be packed MC rows at a time into the buffer (reused from block to block).
+enum ARows<'a> {
+    Packed(&'a [u32]),
+    ToPack(Operand<'a>, &'a mut Vec<u32>),
+}
+
 /// `out` (rows `rows` of the whole output, [rows.len(), n]) (=|+=) a[rows, block's k] · the
-/// B block, on this thread: A packed MC rows at a time into `a_packed` (reused from block to block).
-fn add_block(
-    out: &mut [f32],
-    rows: std::ops::Range<usize>,
-    a: Operand,
-    a_packed: &mut Vec<u32>,
-    block: Block,
-    kernel: TileKernel,
-) {
+/// B block, on this thread, MC rows at a time (an A block of MC x KC stays in L2 while every
+/// panel of the B block passes it).
+fn add_block(out: &mut [f32], rows: std::ops::Range<usize>, mut a_rows: ARows, block: Block, kernel: TileKernel) {
     let n = out.len() / rows.len();
     let (pairs, mr) = (kernel.pairs(block.kc), kernel.tile_rows());
     for i0 in rows.clone().step_by(MC) {
         let mc = MC.min(rows.end - i0);
-        pack_a(a_packed, a, i0, mc, block.p0, block.kc, kernel);
+        let a_block = match &mut a_rows {
+            ARows::Packed(packed) => &packed[(i0 - rows.start) * pairs..][..mc.div_ceil(mr) * mr * pairs],
+            ARows::ToPack(a, packed) => {
+                pack_a(packed, *a, i0, mc, block.p0, block.kc, kernel);
+                &packed[..]
+            }
+        };
         for (jp, b_panel) in block.b_packed.chunks_exact(pairs * NR).enumerate() {
             let (col, cols) = (block.j0 + jp * NR, NR.min(block.nc - jp * NR));
-            for (ip, a_panel) in a_packed.chunks_exact(pairs * mr).enumerate() {
+            for (ip, a_panel) in a_block.chunks_exact(pairs * mr).enumerate() {
                 let (row, tile_rows) = (i0 + ip * mr, mr.min(mc - ip * mr));
                 let tile = OutTile {
                     out: &mut out[(row - rows.start) * n + col..],
@@ -390,7 +396,7 @@ fn pack_b(packed: &mut [u32], b: Operand, p0: usize, kc: usize, j0: usize, nc: u
         // column j of b is stored row j: its k values are neighbours. 16 columns are rounded
         // into runs, then each panel row takes their 16 pairs p side by side (a whole 64-byte
         // line written at once, where a column at a time would write 4 bytes of every line).
-        let mut runs = [[0u32; MAX_KC / 2]; 16];
+        let mut runs = [[0u32; KC / 2]; 16];
         for (jp, panel) in packed.chunks_exact_mut(panel_len).enumerate() {
             let (col, cols) = (j0 + jp * NR, NR.min(nc - jp * NR));
             for c0 in (0..cols).step_by(16) {
@@ -428,6 +434,25 @@ fn pack_a(packed: &mut Vec<u32>, a: Operand, i0: usize, mc: usize, p0: usize, kc
     packed.clear();
     packed.resize(mc.div_ceil(mr) * pairs * mr, 0);
     assert!(mr <= MAX_MR);
+    if a.transposed && across == 1 {
+        // column p of a is stored row p, and a panel's pair line p ([MR], across = 1) is the
+        // interleave of its rows' entries in stored rows 2p and 2p + 1: for up to MC rows at a
+        // time, one interleave of the two stored runs, then each panel's MR pairs copied.
+        let mut line = [0u32; MC];
+        for r0 in (0..mc).step_by(MC) {
+            let len = MC.min(mc - r0);
+            for p in 0..kc.div_ceil(2) {
+                let c = p0 + 2 * p;
+                let second = (2 * p + 1 < kc).then(|| a.stored(c + 1, i0 + r0, len));
+                pack_pairs_across(&mut line[..len], a.stored(c, i0 + r0, len), second, kernel);
+                for (q, pairs_of_panel) in line[..len].chunks(mr).enumerate() {
+                    let panel = (r0 / mr + q) * pairs * mr;
+                    packed[panel + p * along..][..pairs_of_panel.len()].copy_from_slice(pairs_of_panel);
+                }
+            }
+        }
+        return;
+    }
     if a.transposed {
         // column p of a is stored row p: pairs of k sit in two stored rows. 16 pairs of every
         // row of a panel at a time, then placed row by row; the 32 stored rows are read
@@ -586,6 +611,11 @@ mod x86 {
             replace,
         } = tile;
         const VECTORS: usize = NR / 16;
+        for i in 0..rows {
+            for v in 0..cols.div_ceil(16) {
+                _mm_prefetch::<_MM_HINT_T0>(out.as_ptr().add(i * ld + 16 * v) as *const i8);
+            }
+        }
         let mut acc = [[_mm512_setzero_ps(); VECTORS]; MR];
         let (mut a, mut b) = (a_panel.as_ptr(), b_panel.as_ptr());
         for _ in 0..pairs {
@@ -706,7 +736,7 @@ mod tests {
             (101, 517, 130),
             (200, 40, 2100),
             (40, 70, 4200),
-            (64, 1600, 96),
+            (64, 1601, 96),
         ] {
             let (a, b) = (random_vec(m * k, 1), random_vec(k * n, 2));
             let (at, bt) = (transposed(&a, m, k), transposed(&b, k, n));
