@@ -3,7 +3,7 @@
 //! For a row of logits z and target y: `loss = logsumexp(z) - z_y`; the loss of a batch is the
 //! mean over the rows whose target is not [`IGNORE_INDEX`].
 
-use super::ROWS_PER_TASK;
+use super::rows_per_task;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -43,7 +43,7 @@ pub fn cross_entropy_forward(
         .zip(row_loss.par_iter_mut())
         .zip(logits.par_chunks(v))
         .zip(targets.par_iter())
-        .with_min_len(ROWS_PER_TASK)
+        .with_min_len(rows_per_task(v))
         .for_each(|(((lse, loss), row), &y)| {
             let max = super::max(row);
             *lse = max + super::sum_exp(row, max).ln();
@@ -63,7 +63,7 @@ pub fn cross_entropy_backward_inplace(logits: &mut [f32], lse: &[f32], targets: 
         .par_chunks_mut(v)
         .zip(lse.par_iter())
         .zip(targets.par_iter())
-        .with_min_len(ROWS_PER_TASK)
+        .with_min_len(rows_per_task(v))
         .for_each(|((row, &lse), &y)| {
             if y == IGNORE_INDEX {
                 row.fill(0.0);

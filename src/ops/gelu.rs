@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-const CHUNK: usize = 4096;
+const CHUNK: usize = super::MIN_TASK_ELEMENTS;
 
 /// u = k (x + 0.044715 x³), the argument of tanh.
 #[inline(always)]

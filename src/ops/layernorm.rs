@@ -1,6 +1,6 @@
 //! LayerNorm over the channel dimension: `out = (x - mean) / sqrt(var + eps) * w + b`.
 
-use super::ROWS_PER_TASK;
+use super::rows_per_task;
 use rayon::prelude::*;
 
 /// Independent partial sums per row reduction (see [`super::sum_lanes`]).
@@ -21,7 +21,7 @@ pub fn layernorm_forward(
     out.par_chunks_mut(c)
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
         .zip(inp.par_chunks(c))
-        .with_min_len(ROWS_PER_TASK)
+        .with_min_len(rows_per_task(c))
         .for_each(|((out, (mean, rstd)), x)| {
             let m = super::sum(x) / c as f32;
             let var = super::sum_lanes::<f32, LANES>(x, |v| (v - m) * (v - m)) / c as f32; // biased, as PyTorch
@@ -52,7 +52,7 @@ pub fn layernorm_backward(
         .zip(dout.par_chunks(c))
         .zip(inp.par_chunks(c))
         .zip(mean.par_iter().zip(rstd.par_iter()))
-        .with_min_len(ROWS_PER_TASK)
+        .with_min_len(rows_per_task(c))
         .for_each(|(((dx, dy), x), (&m, &s))| {
             // Σ g and Σ g·x̂ in LANES lanes each, as in [`super::sum_lanes`], so that they vectorise.
             let (mut g_lanes, mut gx_lanes) = ([0.0f32; LANES], [0.0f32; LANES]);

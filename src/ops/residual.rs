@@ -9,7 +9,7 @@ use rayon::prelude::*;
 /// Forward, in place: `branch_out [N, C] ← x [N, C] + branch_out`.
 pub fn residual_forward(branch_out: &mut [f32], x: &[f32]) {
     branch_out
-        .par_chunks_mut(4096)
-        .zip(x.par_chunks(4096))
+        .par_chunks_mut(super::MIN_TASK_ELEMENTS)
+        .zip(x.par_chunks(super::MIN_TASK_ELEMENTS))
         .for_each(|(out, x)| out.iter_mut().zip(x).for_each(|(o, &x)| *o += x));
 }
