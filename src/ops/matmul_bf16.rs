@@ -7,9 +7,10 @@
 //! while packing:
 //!
 //! ```text
-//! for each block of NC output columns:
-//!   for each block of KC inner indices:   pack B [KC, NC] -> panels of NR columns, k in pairs
-//!     for each block of MC output rows:   pack A [MC, KC] -> panels of MR rows, k in pairs
+//! for each block of KC inner indices:     (more than one block of columns: pack all of this
+//!                                          thread's rows of A [rows, KC] once, here)
+//!   for each block of NC output columns:  pack B [KC, NC] -> panels of NR columns, k in pairs
+//!     for each block of MC output rows:   (else pack A [MC, KC] here) -> panels of MR rows
 //!       for each (MR x NR) tile:          out[tile] += A panel · B panel   (the micro-kernel)
 //! ```
 //!
