@@ -163,13 +163,14 @@ impl Kernel for Q8Kernel {
                 "fma",
                 "f16c",
                 "avx512f",
+                "avx512bw",
                 "avx512vl",
                 "avx512_vnni",
                 "amx_tile",
                 "amx_int8",
             ],
             #[cfg(target_arch = "x86_64")]
-            Q8Kernel::Avx512Vnni => &["avx2", "fma", "f16c", "avx512f", "avx512vl", "avx512_vnni"],
+            Q8Kernel::Avx512Vnni => &["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"],
             #[cfg(target_arch = "x86_64")]
             Q8Kernel::AvxVnni => &["avx2", "fma", "f16c", "avx_vnni"],
             #[cfg(target_arch = "x86_64")]
