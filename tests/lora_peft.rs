@@ -137,6 +137,23 @@ fn assert_round_trips(name: &str) {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn fractional_hyper_parameters_are_written_as_python_writes_them() {
+    let dir = temp_dir("peft-decimals");
+    let model = tiny_model();
+    let mut adapter = load_adapter(&fixture("tiny_lora"), &model.config).unwrap();
+    (adapter.config.dropout, adapter.config.alpha) = (0.1, 2.5);
+    write_adapter_files(&adapter, &model.config, None, &dir).unwrap();
+    let text = std::fs::read_to_string(dir.join(ADAPTER_CONFIG)).unwrap();
+    assert!(
+        text.contains(r#""lora_dropout": 0.1,"#) && text.contains(r#""lora_alpha": 2.5,"#),
+        "{text}"
+    );
+    let again = load_adapter(&dir, &model.config).unwrap();
+    assert_eq!((again.config.dropout, again.config.alpha), (0.1, 2.5));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A copy of the PEFT fixture with `edit` applied to its configuration.
 fn edited(tag: &str, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> PathBuf {
     let dir = temp_dir(tag);

@@ -37,6 +37,12 @@ pub fn is_adapter_dir(dir: &Path) -> bool {
     dir.join(ADAPTER_CONFIG).is_file()
 }
 
+/// `x` in JSON as Python writes the float it stands for: the shortest decimal that reads back
+/// as x (0.1, where the f32 widened to f64 would print 0.10000000149011612).
+fn decimal(x: f32) -> Value {
+    json!(x.to_string().parse::<f64>().expect("an f32 prints as a decimal number"))
+}
+
 /// Writes `adapter_config.json` and `adapter_model.safetensors` into the existing directory
 /// `dir`, as PEFT's `save_pretrained` does; `base` is recorded as `base_model_name_or_path`.
 pub fn write_adapter_files(lora: &Lora, cfg: &Config, base: Option<&str>, dir: &Path) -> Result<()> {
@@ -44,7 +50,7 @@ pub fn write_adapter_files(lora: &Lora, cfg: &Config, base: Option<&str>, dir: &
     // lora_alpha as PEFT writes it: an integer when it is one.
     let alpha = match c.alpha.fract() == 0.0 {
         true => json!(c.alpha as i64),
-        false => json!(c.alpha),
+        false => decimal(c.alpha),
     };
     let config = json!({
         "alpha_pattern": {},
@@ -57,7 +63,7 @@ pub fn write_adapter_files(lora: &Lora, cfg: &Config, base: Option<&str>, dir: &
         "layers_pattern": null,
         "layers_to_transform": null,
         "lora_alpha": alpha,
-        "lora_dropout": c.dropout,
+        "lora_dropout": decimal(c.dropout),
         "modules_to_save": c.train_wte.then_some(MODULES_TO_SAVE),
         "peft_type": "LORA",
         "r": c.r,
