@@ -8,7 +8,7 @@ use gpt2::train::{Overrides, RunOptions, Summary, TrainConfig, Trainer};
 use std::path::Path;
 
 mod common;
-use common::temp_dir;
+use common::{run_gpt2, temp_dir};
 
 /// A tiny base model trained briefly on a small corpus, in `dir/base`; returns a LoRA run's
 /// settings on it (rank 2 on every target, adapter dropout on), writing into `dir/run`.
@@ -131,6 +131,37 @@ fn assert_trains_the_adapter_alone_and_resumes(tag: &str, train_wte: bool) {
 }
 
 #[test]
+fn a_lora_run_given_as_the_model_is_its_base_with_the_adapter() {
+    let dir = temp_dir("lora-as-model");
+    train(
+        TrainConfig {
+            max_iters: 4,
+            ..lora_run(&dir)
+        },
+        None,
+    );
+    let generate = |model: &[&str]| {
+        let prompt = [
+            "--prompt-ids",
+            "1 2",
+            "--greedy",
+            "--max-new-tokens",
+            "4",
+            "--threads",
+            "1",
+        ];
+        let output = run_gpt2(&[&["generate"][..], model, &prompt].concat());
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        output.stdout
+    };
+    let (run, latest, base) = (dir.join("run"), dir.join("run/latest"), dir.join("base"));
+    let merged = generate(&["--model", base.to_str().unwrap(), "--adapter", latest.to_str().unwrap()]);
+    assert_eq!(generate(&["--model", run.to_str().unwrap()]), merged);
+    assert_eq!(generate(&["--model", latest.to_str().unwrap()]), merged);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_changed_base_is_refused_on_resume() {
     let dir = temp_dir("lora-base");
     let config = TrainConfig {
@@ -151,6 +182,16 @@ fn a_changed_base_is_refused_on_resume() {
         err.contains("not the base model the LoRA run") && err.contains("weights changed"),
         "{err}"
     );
+    // and as a model to run
+    let output = run_gpt2(&[
+        "generate",
+        "--model",
+        dir.join("run").to_str().unwrap(),
+        "--prompt-ids",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && err.contains("weights changed"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -4,10 +4,11 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gpt2::io::peft::merge_adapter;
-use gpt2::io::{load_model_with_tokenizer, load_model_with_tokenizer_as, Loaded};
+use gpt2::io::peft::{is_adapter_dir, merge_adapter};
+use gpt2::io::{detect, load_model_with_tokenizer, load_model_with_tokenizer_as, Loaded};
 use gpt2::ops::lowp::WeightDtype;
 use gpt2::tokenizer::Tokenizer;
+use gpt2::train::checkpoint::{self, TRAINER_FILE};
 use gpt2::Gpt;
 use std::path::{Path, PathBuf};
 
@@ -50,22 +51,54 @@ impl InferenceModel {
     }
 }
 
-/// The model at `path` for inference: with an adapter, loaded in f32, the adapter merged, then
-/// stored in `dtype`; without one, converted to `dtype` as it loads.
+/// The model at `path` for inference: with an adapter (given, or a LoRA run's as the model),
+/// loaded in f32, the adapter merged, then stored in `dtype`; without one, converted to `dtype`
+/// as it loads.
 pub fn load_for_inference(path: &Path, dtype: WeightDtype, adapter: Option<&Path>) -> Result<Loaded> {
-    if adapter.is_none() {
+    if adapter.is_none() && lora_checkpoint(path).is_none() {
         return Ok(load_model_with_tokenizer_as(path, dtype)?);
     }
-    let mut loaded = with_adapter(load_model_with_tokenizer(path)?, adapter)?;
+    let mut loaded = load_merged(path, adapter, load_model_with_tokenizer)?;
     loaded.model = loaded.model.to_dtype(dtype)?;
     Ok(loaded)
 }
 
-/// `loaded` with the adapter in `adapter` (if given) merged into its weights.
-pub fn with_adapter(mut loaded: Loaded, adapter: Option<&Path>) -> Result<Loaded> {
+/// The model at `path` in f32 (read by `load`) with its tokenizer, the adapter in `adapter`
+/// (if given) merged into its weights. A LoRA run of ours, or one of its checkpoints, given as
+/// the model is its base (the run's `--init`, which must still hold the weights it was trained
+/// on) with the checkpoint's adapter merged.
+pub fn load_merged(
+    path: &Path,
+    adapter: Option<&Path>,
+    load: fn(&Path) -> gpt2::error::Result<Loaded>,
+) -> Result<Loaded> {
+    if let (None, Some(dir)) = (adapter, lora_checkpoint(path)) {
+        let checkpoint = checkpoint::load(&dir).with_context(|| format!("the LoRA checkpoint {}", dir.display()))?;
+        let (mut model, base) = (checkpoint.model, checkpoint.state.config.init);
+        let lora = model
+            .adapter
+            .take()
+            .context("a LoRA checkpoint loads with its adapter")?;
+        lora.merge_into(&mut model);
+        let base = base.context("a LoRA checkpoint names its base")?;
+        return Ok(Loaded {
+            model,
+            tokenizer: Some(checkpoint.tokenizer),
+            format: detect(&base)?,
+        });
+    }
+    let mut loaded = load(path)?;
     if let Some(dir) = adapter {
         merge_adapter(&mut loaded.model, dir)
             .with_context(|| format!("the adapter {} on {}", dir.display(), loaded.format.path().display()))?;
     }
     Ok(loaded)
+}
+
+/// The checkpoint `path` stands for if it is a LoRA run of ours (its `latest/`) or one of its
+/// checkpoints: the adapter's files beside a trainer.json that names the base.
+fn lora_checkpoint(path: &Path) -> Option<PathBuf> {
+    [path.join("latest"), path.to_path_buf()]
+        .into_iter()
+        .find(|dir| is_adapter_dir(dir) && dir.join(TRAINER_FILE).is_file())
 }

@@ -1,7 +1,7 @@
 //! `gpt2 convert`: read a model in any supported format, write it as a Hugging Face directory or
 //! an llm.c checkpoint.
 
-use crate::adapter_arg::with_adapter;
+use crate::adapter_arg::load_merged;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use gpt2::io::llmc::LlmcDtype;
@@ -55,7 +55,7 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
         (To::Llmc, Dtype::Bf16) => ExportFormat::Llmc(LlmcDtype::Bf16),
     };
     let start = Instant::now();
-    let loaded = with_adapter(load_model_with_tokenizer(&args.from)?, args.adapter.as_deref())?;
+    let loaded = load_merged(&args.from, args.adapter.as_deref(), load_model_with_tokenizer)?;
     let cfg = &loaded.model.config;
     eprintln!(
         "read {} {} ({} layers, n_embd {}, vocab {}; tokenizer: {}) in {:.2} s",

@@ -1,7 +1,7 @@
 //! `gpt2 inspect`: a forward pass told step by step, the logit lens, attention heatmaps, a
 //! summary of the parameters, and (inspect_evolution.rs) how a training run changed them.
 
-use crate::adapter_arg::with_adapter;
+use crate::adapter_arg::load_merged;
 use crate::generate_cmd::unescape;
 use crate::inspect_evolution::{self, EvolutionArgs};
 use crate::tokenize_cmd::parse_ids;
@@ -106,7 +106,7 @@ fn run_summary(args: &InspectArgs) -> Result<()> {
 fn run_trace(args: &InspectArgs) -> Result<()> {
     let model_path = args.model.as_ref().expect("clap requires --model without --preset");
     // A diverged model is what one may want to look inside: its bad weights are a warning.
-    let loaded = with_adapter(load_model_with_tokenizer_as_is(model_path)?, args.adapter.as_deref())?;
+    let loaded = load_merged(model_path, args.adapter.as_deref(), load_model_with_tokenizer_as_is)?;
     let Loaded { model, tokenizer, .. } = loaded;
     if let Some(problem) = non_finite_weights(&model) {
         eprintln!("warning: {}: {problem}", model_path.display());
