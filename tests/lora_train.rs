@@ -158,6 +158,19 @@ fn a_lora_run_given_as_the_model_is_its_base_with_the_adapter() {
     let merged = generate(&["--model", base.to_str().unwrap(), "--adapter", latest.to_str().unwrap()]);
     assert_eq!(generate(&["--model", run.to_str().unwrap()]), merged);
     assert_eq!(generate(&["--model", latest.to_str().unwrap()]), merged);
+    let twice = [
+        "generate",
+        "--model",
+        run.to_str().unwrap(),
+        "--adapter",
+        latest.to_str().unwrap(),
+    ];
+    let output = run_gpt2(&[&twice[..], &["--prompt-ids", "1"]].concat());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && err.contains("brings its own adapter"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -115,6 +115,39 @@ pub fn save(dir: &Path, model: &Gpt, optimizer: &AdamW, tokenizer: &Tokenizer, s
 
 /// Reads a checkpoint directory, checking that its parts fit together.
 pub fn load(dir: &Path) -> Result<Checkpoint> {
+    let (model, tokenizer, state) = load_without_optimizer(dir)?;
+    let path = dir.join(OPTIMIZER_FILE);
+    let file = MappedFile::open(&path)?;
+    let tensors = file.tensors()?;
+    let moment = |name: &str| -> Result<Vec<f32>> {
+        let view = tensors
+            .tensor(name)
+            .map_err(|_| Error::weights(&path, format!("missing tensor '{name}'")))?;
+        let mut out = vec![0.0; model.trainable().len()];
+        if view.shape() != [out.len()] {
+            return Err(Error::weights(
+                &path,
+                format!("tensor '{name}' has shape {:?}, expected [{}]", view.shape(), out.len()),
+            ));
+        }
+        to_f32(view.dtype(), view.data(), &mut out)
+            .map_err(|msg| Error::weights(&path, format!("tensor '{name}': {msg}")))?;
+        Ok(out)
+    };
+    let (optimizer_m, optimizer_v) = (moment("exp_avg")?, moment("exp_avg_sq")?);
+    Ok(Checkpoint {
+        model,
+        optimizer_m,
+        optimizer_v,
+        tokenizer,
+        state,
+    })
+}
+
+/// A checkpoint's model (for a LoRA checkpoint, its base with the adapter attached), its
+/// tokenizer and its trainer state, without the optimizer's moments: what running the
+/// checkpoint needs.
+pub fn load_without_optimizer(dir: &Path) -> Result<(Gpt, Tokenizer, TrainerState)> {
     let state_path = dir.join(TRAINER_FILE);
     let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
     let state: TrainerState =
@@ -144,32 +177,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
             ),
         ));
     }
-    let path = dir.join(OPTIMIZER_FILE);
-    let file = MappedFile::open(&path)?;
-    let tensors = file.tensors()?;
-    let moment = |name: &str| -> Result<Vec<f32>> {
-        let view = tensors
-            .tensor(name)
-            .map_err(|_| Error::weights(&path, format!("missing tensor '{name}'")))?;
-        let mut out = vec![0.0; model.trainable().len()];
-        if view.shape() != [out.len()] {
-            return Err(Error::weights(
-                &path,
-                format!("tensor '{name}' has shape {:?}, expected [{}]", view.shape(), out.len()),
-            ));
-        }
-        to_f32(view.dtype(), view.data(), &mut out)
-            .map_err(|msg| Error::weights(&path, format!("tensor '{name}': {msg}")))?;
-        Ok(out)
-    };
-    let (optimizer_m, optimizer_v) = (moment("exp_avg")?, moment("exp_avg_sq")?);
-    Ok(Checkpoint {
-        model,
-        optimizer_m,
-        optimizer_v,
-        tokenizer,
-        state,
-    })
+    Ok((model, tokenizer, state))
 }
 
 /// A LoRA checkpoint's model: its base (the run's `--init`, which must be the model it started

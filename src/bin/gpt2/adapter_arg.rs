@@ -66,24 +66,31 @@ pub fn load_for_inference(path: &Path, dtype: WeightDtype, adapter: Option<&Path
 /// The model at `path` in f32 (read by `load`) with its tokenizer, the adapter in `adapter`
 /// (if given) merged into its weights. A LoRA run of ours, or one of its checkpoints, given as
 /// the model is its base (the run's `--init`, which must still hold the weights it was trained
-/// on) with the checkpoint's adapter merged.
+/// on, read as training reads it, not by `load`) with the checkpoint's adapter merged; the
+/// returned format is then the base's.
 pub fn load_merged(
     path: &Path,
     adapter: Option<&Path>,
     load: fn(&Path) -> gpt2::error::Result<Loaded>,
 ) -> Result<Loaded> {
-    if let (None, Some(dir)) = (adapter, lora_checkpoint(path)) {
-        let checkpoint = checkpoint::load(&dir).with_context(|| format!("the LoRA checkpoint {}", dir.display()))?;
-        let (mut model, base) = (checkpoint.model, checkpoint.state.config.init);
+    if let Some(dir) = lora_checkpoint(path) {
+        if adapter.is_some() {
+            bail!(
+                "{} is a LoRA run, which brings its own adapter: give its base as --model with --adapter, or drop --adapter",
+                path.display()
+            );
+        }
+        let (mut model, tokenizer, state) = checkpoint::load_without_optimizer(&dir)
+            .with_context(|| format!("the LoRA checkpoint {}", dir.display()))?;
         let lora = model
             .adapter
             .take()
             .context("a LoRA checkpoint loads with its adapter")?;
         lora.merge_into(&mut model);
-        let base = base.context("a LoRA checkpoint names its base")?;
+        let base = state.config.init.context("a LoRA checkpoint names its base")?;
         return Ok(Loaded {
             model,
-            tokenizer: Some(checkpoint.tokenizer),
+            tokenizer: Some(tokenizer),
             format: detect(&base)?,
         });
     }

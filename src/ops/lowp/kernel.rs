@@ -37,7 +37,8 @@ pub enum Q8Kernel {
     /// instruction; decoding runs the `avx512vnni` tiles.
     #[cfg(target_arch = "x86_64")]
     Amx,
-    /// AVX512-VNNI `vpdpbusd` on 256-bit registers (AVX512VL).
+    /// AVX512-VNNI `vpdpbusd` on 512-bit registers, four blocks of a weight row a step (the
+    /// last nb mod 4 blocks on 256 bits, AVX512VL; the scales gathered with AVX512BW).
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
     /// AVX-VNNI, the VEX-encoded `vpdpbusd` of CPUs without AVX-512.

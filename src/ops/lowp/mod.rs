@@ -505,9 +505,10 @@ mod tests {
     #[test]
     fn every_kernel_matches_the_f64_product_on_odd_shapes() {
         // K not a multiple of 8, 16 or 32 (and of 4 q8_0 blocks, the 512-bit VNNI kernel's step);
-        // N crossing tasks (64 rows) and tiles; M crossing tiles of 4 and, from panel_rows rows on, panels of 16 (1 to 5 of them: every P of
-        // the AVX-512 panel kernels, with a partial last panel) and their row blocks; tasks
-        // (of 32 rows for AMX) ending in a lone tile of 16 weight rows and a few rows more.
+        // N crossing tasks (64 rows) and tiles; M crossing tiles of 4 and, from panel_rows rows
+        // on, panels of 16 (1 to 5 of them: every P of the AVX-512 panel kernels, with a partial
+        // last panel) and their row blocks; tasks (of 32 rows for AMX) ending in a lone tile of
+        // 16 weight rows and a few rows more.
         for (m, k, n) in [
             (1, 1, 1),
             (1, 33, 7),
