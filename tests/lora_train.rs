@@ -158,6 +158,8 @@ fn a_lora_run_given_as_the_model_is_its_base_with_the_adapter() {
     let merged = generate(&["--model", base.to_str().unwrap(), "--adapter", latest.to_str().unwrap()]);
     assert_eq!(generate(&["--model", run.to_str().unwrap()]), merged);
     assert_eq!(generate(&["--model", latest.to_str().unwrap()]), merged);
+    let summary = run_gpt2(&["inspect", "--summary", "--model", run.to_str().unwrap(), "--json"]);
+    assert!(summary.status.success(), "{}", String::from_utf8_lossy(&summary.stderr));
     let twice = [
         "generate",
         "--model",

@@ -4,11 +4,12 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use gpt2::config::Config;
 use gpt2::io::peft::{is_adapter_dir, merge_adapter};
 use gpt2::io::{detect, load_model_with_tokenizer, load_model_with_tokenizer_as, Loaded};
 use gpt2::ops::lowp::WeightDtype;
 use gpt2::tokenizer::Tokenizer;
-use gpt2::train::checkpoint::{self, TRAINER_FILE};
+use gpt2::train::checkpoint::{self, TrainerState, TRAINER_FILE};
 use gpt2::Gpt;
 use std::path::{Path, PathBuf};
 
@@ -80,8 +81,7 @@ pub fn load_merged(
                 path.display()
             );
         }
-        let (mut model, tokenizer, state) = checkpoint::load_without_optimizer(&dir)
-            .with_context(|| format!("the LoRA checkpoint {}", dir.display()))?;
+        let (mut model, tokenizer, state) = load_lora_checkpoint(&dir)?;
         let lora = model
             .adapter
             .take()
@@ -100,6 +100,24 @@ pub fn load_merged(
             .with_context(|| format!("the adapter {} on {}", dir.display(), loaded.format.path().display()))?;
     }
     Ok(loaded)
+}
+
+/// The shape of the model at `path`, read from its files alone (a LoRA run's: its base's).
+pub fn model_config(path: &Path) -> Result<Config> {
+    match lora_checkpoint(path) {
+        Some(dir) => Ok(load_lora_checkpoint(&dir)?.0.config),
+        None => Ok(detect(path)?.config()?),
+    }
+}
+
+/// A LoRA checkpoint's base with its adapter attached, its tokenizer and its trainer state.
+fn load_lora_checkpoint(dir: &Path) -> Result<(Gpt, Tokenizer, TrainerState)> {
+    checkpoint::load_without_optimizer(dir).with_context(|| {
+        format!(
+            "the LoRA checkpoint {} (its base, the run's --init, found from the current directory if relative)",
+            dir.display()
+        )
+    })
 }
 
 /// The checkpoint `path` stands for if it is a LoRA run of ours (its `latest/`) or one of its

@@ -4,6 +4,7 @@
 //! throughput, each request's latency, the time to its first token and between tokens, the
 //! 503s (a full queue) and the errors; then the process's peak RSS.
 
+use crate::adapter_arg::load_merged;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gpt2::bench::peak_rss_mb;
@@ -88,7 +89,7 @@ pub fn run(args: &ServeBenchArgs) -> Result<()> {
     }
     let (model, tokenizer, name) = match &args.model {
         Some(path) => {
-            let Loaded { model, tokenizer, .. } = load_model_with_tokenizer(path)?;
+            let Loaded { model, tokenizer, .. } = load_merged(path, None, load_model_with_tokenizer)?;
             let tokenizer = tokenizer.with_context(|| format!("{} has no tokenizer", path.display()))?;
             (model, tokenizer, path.display().to_string())
         }

@@ -1,7 +1,7 @@
 //! `gpt2 inspect`: a forward pass told step by step, the logit lens, attention heatmaps, a
 //! summary of the parameters, and (inspect_evolution.rs) how a training run changed them.
 
-use crate::adapter_arg::load_merged;
+use crate::adapter_arg::{load_merged, model_config};
 use crate::generate_cmd::unescape;
 use crate::inspect_evolution::{self, EvolutionArgs};
 use crate::tokenize_cmd::parse_ids;
@@ -12,7 +12,7 @@ use gpt2::inspect::attention_map::write_attention_maps;
 use gpt2::inspect::summary::{summarize, Summary};
 use gpt2::inspect::trace::{self, logit_lens, LogitLens, TensorTrace, Trace, TraceOptions, GELU_NEAR_ZERO};
 use gpt2::inspect::{token_piece, trace_report};
-use gpt2::io::{detect, load_model_with_tokenizer_as_is, non_finite_weights, Loaded};
+use gpt2::io::{load_model_with_tokenizer_as_is, non_finite_weights, Loaded};
 use gpt2::model::Workspace;
 use gpt2::ops::lowp::WeightDtype;
 use gpt2::plot::ImageFormat;
@@ -91,7 +91,7 @@ pub fn run(args: &InspectArgs) -> Result<()> {
 fn run_summary(args: &InspectArgs) -> Result<()> {
     let config = match (&args.preset, &args.model) {
         (Some(preset), _) => Config::preset(preset)?,
-        (None, Some(model)) => detect(model)?.config()?,
+        (None, Some(model)) => model_config(model)?,
         (None, None) => bail!("give --model or --preset"),
     };
     let summary = summarize(&config);
