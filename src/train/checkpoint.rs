@@ -144,10 +144,8 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     })
 }
 
-/// A checkpoint's model (for a LoRA checkpoint, its base with the adapter attached), its
-/// tokenizer and its trainer state, without the optimizer's moments: what running the
-/// checkpoint needs.
-pub fn load_without_optimizer(dir: &Path) -> Result<(Gpt, Tokenizer, TrainerState)> {
+/// A checkpoint's trainer state (trainer.json), checked to be one this version reads.
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let state_path = dir.join(TRAINER_FILE);
     let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
     let state: TrainerState =
@@ -161,6 +159,14 @@ pub fn load_without_optimizer(dir: &Path) -> Result<(Gpt, Tokenizer, TrainerStat
             ),
         ));
     }
+    Ok(state)
+}
+
+/// A checkpoint's model (for a LoRA checkpoint, its base with the adapter attached), its
+/// tokenizer and its trainer state, without the optimizer's moments: what running the
+/// checkpoint needs.
+pub fn load_without_optimizer(dir: &Path) -> Result<(Gpt, Tokenizer, TrainerState)> {
+    let state = read_state(dir)?;
     let model = match is_adapter_dir(dir) {
         true => load_base_with_adapter(dir, &state)?,
         false => load_hf_dir(dir)?,

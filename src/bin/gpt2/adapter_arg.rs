@@ -81,17 +81,17 @@ pub fn load_merged(
                 path.display()
             );
         }
-        let (mut model, tokenizer, state) = load_lora_checkpoint(&dir)?;
+        let (mut model, tokenizer, state) =
+            checkpoint::load_without_optimizer(&dir).with_context(|| lora_checkpoint_context(&dir))?;
         let lora = model
             .adapter
             .take()
             .context("a LoRA checkpoint loads with its adapter")?;
         lora.merge_into(&mut model);
-        let base = state.config.init.context("a LoRA checkpoint names its base")?;
         return Ok(Loaded {
             model,
             tokenizer: Some(tokenizer),
-            format: detect(&base)?,
+            format: detect(&lora_base(&state)?)?,
         });
     }
     let mut loaded = load(path)?;
@@ -105,19 +105,31 @@ pub fn load_merged(
 /// The shape of the model at `path`, read from its files alone (a LoRA run's: its base's).
 pub fn model_config(path: &Path) -> Result<Config> {
     match lora_checkpoint(path) {
-        Some(dir) => Ok(load_lora_checkpoint(&dir)?.0.config),
+        Some(dir) => {
+            let base = checkpoint::read_state(&dir).and_then(|state| lora_base(&state));
+            Ok(base
+                .and_then(|base| detect(&base)?.config())
+                .with_context(|| lora_checkpoint_context(&dir))?)
+        }
         None => Ok(detect(path)?.config()?),
     }
 }
 
-/// A LoRA checkpoint's base with its adapter attached, its tokenizer and its trainer state.
-fn load_lora_checkpoint(dir: &Path) -> Result<(Gpt, Tokenizer, TrainerState)> {
-    checkpoint::load_without_optimizer(dir).with_context(|| {
-        format!(
-            "the LoRA checkpoint {} (its base, the run's --init, found from the current directory if relative)",
-            dir.display()
-        )
-    })
+/// The base a LoRA run was trained on: its `--init`.
+fn lora_base(state: &TrainerState) -> gpt2::error::Result<PathBuf> {
+    state
+        .config
+        .init
+        .clone()
+        .ok_or_else(|| gpt2::error::Error::Input("a LoRA checkpoint names no --init base".into()))
+}
+
+/// What an error in reading the LoRA checkpoint `dir` or its base is about.
+fn lora_checkpoint_context(dir: &Path) -> String {
+    format!(
+        "the LoRA checkpoint {} (its base, the run's --init, found from the current directory if relative)",
+        dir.display()
+    )
 }
 
 /// The checkpoint `path` stands for if it is a LoRA run of ours (its `latest/`) or one of its
