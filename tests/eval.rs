@@ -354,6 +354,32 @@ fn instruction_tuning_learns_the_responses_that_exact_and_generate_then_give() {
     assert!(log.contains("train 8 / val 2"), "{log}");
     // Resumed, the run finds the same records.
     succeeds(&format!("train --resume {run} --max-iters 60 --threads 2"));
+    // Each step counts its 4 records' tokens, not their padding, and the count goes on
+    // through the resume.
+    let examples = {
+        let records = gpt2::data::instructions::read_instructions(dir.join("set.jsonl").as_path()).unwrap();
+        let tokenizer = Tokenizer::load_file(&dir.join("tokenizer.json")).unwrap();
+        gpt2::data::instructions::encode_examples(&records, &tokenizer, 128, &dir).unwrap()
+    };
+    let lengths: Vec<u64> = examples.iter().map(|e| e.tokens.len() as u64 - 1).collect();
+    let (shortest, longest) = (*lengths.iter().min().unwrap(), *lengths.iter().max().unwrap());
+    assert!(shortest < longest, "{lengths:?}");
+    let metrics = std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap();
+    let steps: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r.get("grad_norm").is_some())
+        .collect();
+    assert_eq!(steps.len(), 60);
+    for (step, next) in steps.iter().zip(&steps[1..]) {
+        let tokens = next["tokens"].as_u64().unwrap() - step["tokens"].as_u64().unwrap();
+        assert!((4 * shortest..=4 * longest).contains(&tokens), "{step} {next}");
+        let rate = tokens as f64 / step["step_s"].as_f64().unwrap();
+        assert!(
+            (rate / step["tokens_per_s"].as_f64().unwrap() - 1.0).abs() < 1e-9,
+            "{step}"
+        );
+    }
     let out = succeeds(&format!("eval exact --model {run} --file {data} --json"));
     let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(

@@ -160,6 +160,30 @@ fn a_lora_run_given_as_the_model_is_its_base_with_the_adapter() {
     assert_eq!(generate(&["--model", latest.to_str().unwrap()]), merged);
     let summary = run_gpt2(&["inspect", "--summary", "--model", run.to_str().unwrap(), "--json"]);
     assert!(summary.status.success(), "{}", String::from_utf8_lossy(&summary.stderr));
+    // inspect --evolution: the model before is the base; the adapter's B left zero and moved,
+    // and the token embedding, frozen, did not.
+    let evolution = run_gpt2(&["inspect", "--evolution", run.to_str().unwrap(), "--json"]);
+    assert!(
+        evolution.status.success(),
+        "{}",
+        String::from_utf8_lossy(&evolution.stderr)
+    );
+    let evolution: serde_json::Value = serde_json::from_slice(&evolution.stdout).unwrap();
+    assert_eq!(evolution["from"], base.to_str().unwrap());
+    assert!(
+        evolution["embedding"]["min_cosine"].as_f64().unwrap() > 0.99999,
+        "{evolution}"
+    );
+    let b = evolution["stats"]["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "base_model.model.transformer.h.0.attn.c_attn.lora_B.weight")
+        .unwrap();
+    assert!(
+        b["first"]["norm"] == 0.0 && b["last"]["norm"].as_f64().unwrap() > 0.0,
+        "{b}"
+    );
     let twice = [
         "generate",
         "--model",

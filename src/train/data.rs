@@ -63,18 +63,20 @@ impl TrainData {
         }
     }
 
-    /// Fills `batch` from the window starts (example indices) `starts`; returns its T: `t` for
-    /// corpus windows, the longest example's for instructions.
-    pub fn fill(&self, split: Split, starts: &[usize], t: usize, batch: &mut Batch) -> usize {
+    /// Fills `batch` from the window starts (example indices) `starts`; returns its T (`t` for
+    /// corpus windows, the longest example's for instructions) and the tokens it trains on:
+    /// B·T for windows, the examples' own without their padding.
+    pub fn fill(&self, split: Split, starts: &[usize], t: usize, batch: &mut Batch) -> (usize, usize) {
         match self {
             TrainData::Tokens(data) => {
                 data.fill(split, starts, t, batch);
-                t
+                (t, starts.len() * t)
             }
             TrainData::Instructions { train, val, pad } => {
                 let examples = if split == Split::Train { train } else { val };
                 let rows: Vec<&Example> = starts.iter().map(|&i| &examples[i]).collect();
-                fill_batch(&rows, *pad, batch)
+                let tokens = rows.iter().map(|e| e.tokens.len() - 1).sum();
+                (fill_batch(&rows, *pad, batch), tokens)
             }
         }
     }

@@ -24,7 +24,11 @@ pub struct StepRecord {
     pub grad_norm: f32,
     /// Tokens trained on before this step.
     pub tokens: u64,
+    /// The step's tokens (padding not counted) over its wall time.
     pub tokens_per_s: f64,
+    /// Wall time of this step (0 in logs written before it was recorded).
+    #[serde(default)]
+    pub step_s: f64,
     /// Training time so far (over all sessions of a resumed run).
     pub elapsed_s: f64,
 }
@@ -126,6 +130,7 @@ mod tests {
                 grad_norm: 2.0,
                 tokens: 0,
                 tokens_per_s: 1.0,
+                step_s: 1.0,
                 elapsed_s: 0.0,
             })
         };
@@ -170,6 +175,7 @@ mod tests {
             grad_norm: f32::INFINITY,
             tokens: 0,
             tokens_per_s: 1.0,
+            step_s: 1.0,
             elapsed_s: 0.0,
         }))
         .unwrap();

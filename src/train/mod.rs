@@ -86,6 +86,8 @@ pub struct RunInfo {
     /// The parameters that train: all, or a LoRA adapter's.
     pub trainable: usize,
     pub model: Config,
+    /// B·T·grad_accum: the tokens of a step, or for instruction records (padded to the
+    /// batch's longest) the most it can hold.
     pub tokens_per_step: usize,
     /// Batch shards trained side by side (by each rank).
     pub shards: usize,
@@ -155,6 +157,8 @@ pub struct Trainer {
     prompt: Vec<u32>,
     block_size: usize,
     step: usize,
+    /// Tokens trained on so far, padding not counted (over all sessions of a resumed run).
+    tokens_seen: u64,
     best_val_loss: Option<f32>,
     elapsed_s: f64,
     /// The step of the run's `latest/` checkpoint (None before the first).
@@ -293,9 +297,9 @@ impl Trainer {
         set_zero(&mut self.grads);
         // The ranks are taken out while the gradient is summed into their shard.
         let mut ranks = self.ranks.take();
-        let loss = self.accumulate(batch, ranks.as_mut());
+        let accumulated = self.accumulate(batch, ranks.as_mut());
         self.ranks = ranks;
-        let mut loss = loss?;
+        let (mut loss, step_tokens) = accumulated?;
         if let Some(ranks) = &self.ranks {
             loss = ranks.sum(loss);
         }
@@ -320,30 +324,35 @@ impl Trainer {
                 self.optimizer.step(self.model.trainable_mut(), &self.grads, scale, lr);
             }
         }
-        let tokens = self.info.tokens_per_step as u64;
+        let step_s = start.elapsed().as_secs_f64();
+        let tokens = self.tokens_seen;
+        self.tokens_seen += step_tokens as u64;
         Ok(StepRecord {
             step: self.step,
             train_loss: loss,
             lr,
             grad_norm,
-            tokens: self.step as u64 * tokens,
-            tokens_per_s: tokens as f64 / start.elapsed().as_secs_f64(),
+            tokens,
+            tokens_per_s: step_tokens as f64 / step_s,
+            step_s,
             elapsed_s: elapsed_before + clock.elapsed().as_secs_f64(),
         })
     }
 
-    /// The gradient of one optimizer step over grad_accum micro-batches, into `grads`, and
-    /// its mean loss over this process's rows. With `ranks`, each rank trains on its rows, and
-    /// the last micro-batch's backward pass sums the gradient over ranks as it goes.
-    fn accumulate(&mut self, batch: &mut Batch, mut ranks: Option<&mut Ranked>) -> Result<f32> {
+    /// The gradient of one optimizer step over grad_accum micro-batches, into `grads`, its
+    /// mean loss over this process's rows, and the tokens of the whole step's batches (padding
+    /// not counted). With `ranks`, each rank trains on its rows, and the last micro-batch's
+    /// backward pass sums the gradient over ranks as it goes.
+    fn accumulate(&mut self, batch: &mut Batch, mut ranks: Option<&mut Ranked>) -> Result<(f32, usize)> {
         let (b, block, accum) = (self.config.batch_size, self.block_size, self.config.grad_accum);
         let rows = ranks.as_ref().map_or(0..b, |r| r.rows.clone());
-        let mut loss = 0.0f32;
+        let (mut loss, mut step_tokens) = (0.0f32, 0);
         for micro in 0..accum {
             // Every rank draws the whole batch, and trains on its rows of it (T: the batch's
             // length, the block size or, for instruction records, the longest record's).
             let starts = self.stream.next_starts(self.data.span(Split::Train, block), block, b);
-            let t = self.data.fill(Split::Train, &starts, block, batch);
+            let (t, tokens) = self.data.fill(Split::Train, &starts, block, batch);
+            step_tokens += tokens;
             let mine = rows.start * t..rows.end * t;
             let (tokens, targets) = (&batch.inputs[mine.clone()], &batch.targets[mine.clone()]);
             // These rows' share of the batch's mean loss: their counted targets over all.
@@ -380,7 +389,7 @@ impl Trainer {
             };
             loss += share * rows_loss;
         }
-        Ok(loss / accum as f32)
+        Ok((loss / accum as f32, step_tokens))
     }
 
     /// Mean loss over the fixed evaluation batches of each split (no dropout), and a sample
@@ -395,7 +404,7 @@ impl Trainer {
             .zip([Split::Train, Split::Val].into_iter().zip(&self.eval_batches))
         {
             for batch_starts in starts {
-                let t = self.data.fill(split, batch_starts, block, batch);
+                let (t, _) = self.data.fill(split, batch_starts, block, batch);
                 let mine = rows.start * t..rows.end * t;
                 let (tokens, targets) = (&batch.inputs[mine.clone()], &batch.targets[mine.clone()]);
                 let rows_loss = self.parallel.loss(&self.model, tokens, rows.len(), t, targets)?;
@@ -429,7 +438,7 @@ impl Trainer {
             train_perplexity: losses[0].exp(),
             val_perplexity: losses[1].exp(),
             lr: self.schedule.at(self.step),
-            tokens: (self.step * self.info.tokens_per_step) as u64,
+            tokens: self.tokens_seen,
             elapsed_s: self.elapsed_s,
             sample: match self.outputs {
                 Some(_) => self.sample()?,
@@ -501,7 +510,7 @@ impl Trainer {
             version: checkpoint::VERSION,
             step: self.step,
             optimizer_step: self.optimizer.t,
-            tokens_seen: (self.step * self.info.tokens_per_step) as u64,
+            tokens_seen: self.tokens_seen,
             next_lr: self.schedule.at(self.step),
             lr_schedule: self.schedule,
             corpus_key: self.corpus_key.clone(),

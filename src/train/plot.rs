@@ -134,6 +134,7 @@ mod tests {
                 grad_norm: 1.0,
                 tokens: step as u64 * 64,
                 tokens_per_s: 1e4,
+                step_s: 0.0064,
                 elapsed_s: 0.0,
             });
         }
@@ -171,6 +172,7 @@ mod tests {
             grad_norm: f32::NAN,
             tokens: 0,
             tokens_per_s: 1e4,
+            step_s: 0.0064,
             elapsed_s: 0.0,
         });
         let [png, _] = write_plots(&history, &dir).unwrap();

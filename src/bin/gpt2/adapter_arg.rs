@@ -115,6 +115,15 @@ pub fn model_config(path: &Path) -> Result<Config> {
     }
 }
 
+/// The base of the LoRA run (or checkpoint) at `path`, its `--init`; None if `path` is not one.
+pub fn lora_run_base(path: &Path) -> Result<Option<PathBuf>> {
+    let Some(dir) = lora_checkpoint(path) else {
+        return Ok(None);
+    };
+    let base = checkpoint::read_state(&dir).and_then(|state| lora_base(&state));
+    Ok(Some(base.with_context(|| lora_checkpoint_context(&dir))?))
+}
+
 /// The base a LoRA run was trained on: its `--init`.
 fn lora_base(state: &TrainerState) -> gpt2::error::Result<PathBuf> {
     state

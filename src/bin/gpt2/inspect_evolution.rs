@@ -1,9 +1,11 @@
 //! `gpt2 inspect --evolution`: how a training run's weights moved (the per-tensor statistics the
 //! trainer logs, drawn over the steps) and how its token embedding changed between two models.
 
+use crate::adapter_arg::{load_merged, lora_run_base};
 use anyhow::{bail, Result};
 use clap::Args;
-use gpt2::inspect::evolution::{evolution, Evolution, EvolutionOptions, TokenCosine};
+use gpt2::inspect::evolution::{evolution, model_paths, Evolution, EvolutionOptions, TokenCosine};
+use gpt2::io::load_model_with_tokenizer;
 use gpt2::plot::ImageFormat;
 use std::path::PathBuf;
 
@@ -42,7 +44,7 @@ pub fn run(args: &EvolutionArgs, json: bool) -> Result<()> {
         (Some(Some(run)), _) | (_, Some(run)) => Some(run.clone()),
         _ => None,
     };
-    let options = EvolutionOptions {
+    let mut options = EvolutionOptions {
         run,
         from: args.from.clone(),
         to: args.to.clone(),
@@ -50,7 +52,15 @@ pub fn run(args: &EvolutionArgs, json: bool) -> Result<()> {
         out: args.out.clone(),
         format: if args.svg { ImageFormat::Svg } else { ImageFormat::Png },
     };
-    let found = evolution(&options)?;
+    // A LoRA run's init/ is its adapter before training, which changes nothing (B = 0): the
+    // model before is the run's base. Either model may be a LoRA run, its adapter merged.
+    if let (None, Some(run)) = (&options.from, &options.run) {
+        options.from = lora_run_base(run)?;
+    }
+    let (from, to) = model_paths(&options)?;
+    let before = load_merged(&from, None, load_model_with_tokenizer)?;
+    let after = load_merged(&to, None, load_model_with_tokenizer)?;
+    let found = evolution(&options, (from, &before), (to, &after))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&found)?);
     } else {

@@ -296,7 +296,7 @@ fn train(
         }
         return Ok(());
     }
-    let (max_iters, tokens_per_step) = (info.max_iters, info.tokens_per_step);
+    let max_iters = info.max_iters;
     let bar = progress_bar(max_iters);
     let log_interval = if bar.is_hidden() { args.log_interval } else { 0 };
     let summary = trainer.run(&options, &mut |event| match event {
@@ -321,7 +321,7 @@ fn train(
                     s.step,
                     s.train_loss,
                     s.lr,
-                    tokens_per_step as f64 / s.tokens_per_s * 1e3,
+                    s.step_s * 1e3,
                     s.tokens_per_s
                 );
             }
@@ -479,12 +479,13 @@ fn print_start(info: &RunInfo) {
         ),
     }
     println!(
-        "model: {:.2}M parameters ({} layers, {} heads, {} wide, context {}); {} tokens per step in {} batch shard{}, {} products; run dir {}",
+        "model: {:.2}M parameters ({} layers, {} heads, {} wide, context {}); {}{} tokens per step in {} batch shard{}, {} products; run dir {}",
         info.params as f64 / 1e6,
         m.n_layer,
         m.n_head,
         m.n_embd,
         m.n_positions,
+        if info.records.is_some() { "up to " } else { "" },
         info.tokens_per_step,
         info.shards,
         if info.shards == 1 { "" } else { "s" },

@@ -7,8 +7,8 @@
 //! model before training) and `latest/`, but as well OpenAI's GPT-2 and a model fine-tuned from
 //! it.
 //!
-//! `analysis.rs` finds, `charts.rs` draws; [`evolution`] reads the inputs, runs both and says
-//! what it found and wrote.
+//! `analysis.rs` finds, `charts.rs` draws; [`evolution`] reads the statistics, runs both on the
+//! two models (found by [`model_paths`], loaded by the caller) and says what it found and wrote.
 
 mod analysis;
 mod charts;
@@ -21,7 +21,7 @@ pub use analysis::{
 };
 
 use crate::error::{Error, Result};
-use crate::io::load_model_with_tokenizer;
+use crate::io::Loaded;
 use crate::plot::ImageFormat;
 use crate::runlog::INIT_DIR;
 use crate::tokenizer::Tokenizer;
@@ -63,14 +63,16 @@ pub struct Evolution {
     pub charts: Vec<PathBuf>,
 }
 
-/// Reads the statistics, compares the embeddings and writes the charts: `evolution.<ext>` (with
-/// a run) and `embedding_change.<ext>`. Every input is checked before anything is written.
-pub fn evolution(options: &EvolutionOptions) -> Result<Evolution> {
+/// Reads the statistics, compares the embeddings of `before` (the model at `from`) and `after`
+/// (at `to`) and writes the charts: `evolution.<ext>` (with a run) and `embedding_change.<ext>`.
+/// Every input is checked before anything is written.
+pub fn evolution(
+    options: &EvolutionOptions,
+    (from, before): (PathBuf, &Loaded),
+    (to, after): (PathBuf, &Loaded),
+) -> Result<Evolution> {
     let run = options.run.as_deref();
     let records = run.map(read_param_stats).transpose()?;
-    let (from, to) = model_paths(options)?;
-    let before = load_model_with_tokenizer(&from)?;
-    let after = load_model_with_tokenizer(&to)?;
     let models = (&before.model, &after.model);
     let tokenizer = after.tokenizer.as_ref().or(before.tokenizer.as_ref());
     let embedding = embedding_change(models.0, models.1, tokenizer, (&from, &to))?;
@@ -91,7 +93,7 @@ pub fn evolution(options: &EvolutionOptions) -> Result<Evolution> {
 }
 
 /// The models to compare: `--from` and `--to`, by default the run's `init/` and `latest/`.
-fn model_paths(options: &EvolutionOptions) -> Result<(PathBuf, PathBuf)> {
+pub fn model_paths(options: &EvolutionOptions) -> Result<(PathBuf, PathBuf)> {
     let default_model = |name: &str| {
         options.run.as_deref().map(|run| run.join(name)).ok_or_else(|| {
             Error::Input("the evolution of a run needs --run DIR, or two models to compare with --from and --to".into())
