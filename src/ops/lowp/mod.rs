@@ -11,7 +11,8 @@
 //! once per R rows rather than once per row. A prompt of 10-12 rows or more ([`panel_rows`])
 //! goes to the AVX-512 [`panel`] kernels where the CPU has them: each weight broadcast against 16
 //! activation rows at once; where it has AMX, a prompt of 6 rows or more goes to AMX tiles of 16
-//! weight rows by 16 prompt rows (also in [`panel`]).
+//! weight rows by 16 prompt rows; on AVX2 alone (and AVX-VNNI for q8_0), a prompt of 14 rows or
+//! more goes to panels in f32 (all in [`panel`]).
 
 pub mod bf16;
 pub mod half;
@@ -231,7 +232,7 @@ impl LowpMatrix {
         }
     }
 
-    /// `out [M, N] = x [M, K] · Wᵀ`, on `kernels`: a prompt on the AVX-512 or AMX panel
+    /// `out [M, N] = x [M, K] · Wᵀ`, on `kernels`: a prompt on the AVX-512, AMX or AVX2 panel
     /// kernels from [`panel_rows`] rows on, else in dot-product tiles.
     pub fn matmul(&self, out: &mut [f32], x: &[f32], m: usize, kernels: Kernels) {
         assert!(x.len() == m * self.cols && out.len() == m * self.rows);
@@ -307,9 +308,9 @@ impl LowpMatrix {
     }
 }
 
-/// From how many rows a product with `dtype` weights runs on the AVX-512 panel kernels of
-/// [`panel`] with `kernels` (where the dtype's kernel is `avx512bf16` or `avx512vnni`), None
-/// if it never does. Below it the dot-product tiles, which waste no lanes, are faster: a panel
+/// From how many rows a product with `dtype` weights runs on the panel kernels of [`panel`]
+/// with `kernels` (AVX-512 where the dtype's kernel is `avx512bf16` or `avx512vnni`, AMX, or
+/// f32 on AVX2: [`AVX2_PROMPT_ROWS`]), None if it never does. Below it the dot-product tiles, which waste no lanes, are faster: a panel
 /// costs the same for 1 to 16 rows, and the 48 products of GPT-2 124M with cold weights took
 /// (bf16 tiles / panels) 10.1 / 14.8 ms at 8 rows, 14.1-14.9 / 14.8-15.3 at 11, 14.2-15.4 /
 /// 15.1 at 12; (q8_0) 13.0 / 15.6-16.1 at 8, 15.4 / 16.1 at 9, 17.1 / 15.2 at 10 (Zen 4, 2
@@ -324,12 +325,26 @@ pub fn panel_rows(dtype: WeightDtype, kernels: Kernels) -> Option<usize> {
         WeightDtype::Q8_0 if kernels.q8_0() == Q8Kernel::Amx => Some(AMX_PROMPT_ROWS),
         #[cfg(target_arch = "x86_64")]
         WeightDtype::Q8_0 if kernels.q8_0() == Q8Kernel::Avx512Vnni => Some(10),
+        #[cfg(target_arch = "x86_64")]
+        WeightDtype::Bf16 if kernels.bf16() == Bf16Kernel::Avx2 => Some(AVX2_PROMPT_ROWS),
+        #[cfg(target_arch = "x86_64")]
+        WeightDtype::Q8_0 if matches!(kernels.q8_0(), Q8Kernel::Avx2 | Q8Kernel::AvxVnni) => Some(AVX2_PROMPT_ROWS),
         _ => {
             let _ = kernels;
             None
         }
     }
 }
+
+/// From how many rows bf16 and q8_0 weights take the AVX2 panels (activations and weights in
+/// f32) where their kernel is `avx2` (or `avxvnni` for q8_0). The 48 products of GPT-2 124M, 2
+/// threads, kernel forced on Zen 5 (tiles / panels, ms): bf16 15.5 / 19.8 at 12 rows, 17.9 /
+/// 20.6 at 13, 20.9 / 20.4 at 14, 22.2-22.5 / 20.1-20.7 at 16, 36.0 / 30.3 at 32, 64.5 / 58.8
+/// at 64; q8_0 14.3 / 18.3 at 12, 16.8 / 18.5 at 13, 19.7 / 17.7 at 14, 19.9 / 18.2-18.6 at 16,
+/// 36.5 / 30.4 at 32, 71.9 / 58.4 at 64 (`avxvnni` tiles: 21.7 at 16, 41.6 at 32). Both are
+/// bound by the f32 FMAs of the same products: the panels gain on the tiles' lane sums.
+#[cfg(target_arch = "x86_64")]
+const AVX2_PROMPT_ROWS: usize = 14;
 
 /// From how many rows bf16 and q8_0 weights take AMX tiles: a tile costs the same for 1 to 16
 /// rows; on the Xeon, GPT-2's products of 4 rows ran level with the dot-product tiles, of 8
@@ -351,6 +366,12 @@ pub fn prompt_path(dtype: WeightDtype, kernels: Option<Kernels>) -> String {
             return format!(
                 "{AMX_PROMPT_ROWS} rows and more: AMX tdpbssd, a block of 16 weight rows x {PANEL_ROWS} prompt rows per tile"
             )
+        }
+        WeightDtype::Bf16 if kernels.is_some_and(|k| k.bf16() == Bf16Kernel::Avx2) => {
+            return format!("{AVX2_PROMPT_ROWS} rows and more: panels of {PANEL_ROWS} rows in f32, each weight widened to f32 and broadcast against a panel")
+        }
+        WeightDtype::Q8_0 if kernels.is_some_and(|k| matches!(k.q8_0(), Q8Kernel::Avx2 | Q8Kernel::AvxVnni)) => {
+            return format!("{AVX2_PROMPT_ROWS} rows and more: panels of {PANEL_ROWS} rows in f32, each weight widened to f32 and broadcast against a panel")
         }
         _ => {}
     }
@@ -507,7 +528,7 @@ mod tests {
         // K not a multiple of 8, 16 or 32 (and of 4 q8_0 blocks, the 512-bit VNNI kernel's step);
         // N crossing tasks (64 rows) and tiles; M crossing tiles of 4 and, from panel_rows rows
         // on, panels of 16 (1 to 5 of them: every P of the AVX-512 panel kernels, with a partial
-        // last panel) and their row blocks; tasks (of 32 rows for AMX) ending in a lone tile of
+        // last panel) and their row blocks; K beyond one run of the AVX2 panels (256); tasks (of 32 rows for AMX) ending in a lone tile of
         // 16 weight rows and a few rows more.
         for (m, k, n) in [
             (1, 1, 1),
@@ -522,6 +543,7 @@ mod tests {
             (40, 96, 70),
             (20, 64, 50),
             (40, 96, 250),
+            (20, 300, 30),
             (64, 33, 26),
             (70, 65, 41),
         ] {

@@ -1,5 +1,6 @@
 //! Products of a prompt's many activation rows with low-precision weights as stored, on
-//! AVX-512 (`avx512bf16` for bf16, `avx512vnni` for q8_0) or AMX tiles (`amx`, both dtypes).
+//! AVX-512 (`avx512bf16` for bf16, `avx512vnni` for q8_0), AMX tiles (`amx`, both dtypes) or
+//! AVX2 + FMA (`avx2`, both dtypes, and `avxvnni` for q8_0).
 //!
 //! The dot-product tiles of [`super::product`] keep each output in a register of partial sums
 //! and add its lanes at the end: right for a token or two, where reading the weights is all
@@ -21,17 +22,27 @@
 //! blocks with the same scales and the same `vpdpbusd` correction); only the order of the f32
 //! sums differs.
 //!
+//! AVX2 has no bf16 dot product, no int8 one worth broadcasting against (its int8 product needs
+//! sign fixes and pairwise sums, four times the instructions of `vpdpbusd`; AVX-VNNI's is on 8
+//! lanes, and measured slower than f32 here), and 16 registers:
+//! there the panels hold the activations in f32, and a tile widens its MR rows to f32, 256
+//! weights at a time into a buffer that stays in L1, then broadcasts each from there (a load,
+//! no shuffle) against the two 8-lane halves of each panel: a weight costs one FMA per 8
+//! prompt rows, as in an f32 product, and is read from memory in its own bytes. With f32
+//! activations, the q8_0 products are a little more exact here than in the dot-product tiles.
+//!
 //! AMX turns the roles round and computes `out_t = W · xᵀ` a tile at a time: a tile of 16 weight
 //! rows is read straight from the stored rows (the tile's rows lie a weight row apart), and the
 //! panels are already in the layout the tile instructions want for their right operand (16
 //! lanes' pair, or quad, per 64-byte row). See [`amx_product`].
 
-use super::half::{bf16_pair, f16_to_f32};
-use super::q8_0::{Activations, BlockQ8_0};
+use super::half::{bf16_pair, bf16_to_f32, f16_to_f32};
+use super::q8_0::{dequantize_row, Activations, BlockQ8_0};
 use super::{for_each_task, transpose, BLOCK};
 use super::{Bf16Kernel, Q8Kernel};
 use crate::ops::amx;
 use rayon::prelude::*;
+use std::marker::PhantomData;
 
 /// Activation rows per panel, one per f32 lane.
 const LANES: usize = super::PANEL_ROWS;
@@ -43,6 +54,20 @@ trait Panels: Sync {
     /// `out[r·stride + 16·p + lane] = rows[r] · x[16·(g + p) + lane]` for the MR rows and the
     /// P panels from panel `g`.
     fn tile<const MR: usize, const P: usize>(&self, out: &mut [f32], stride: usize, rows: [&[Self::W]; MR], g: usize);
+
+    /// A task's `rows` against all `panels`, in tiles of MR rows x P panels that fill the
+    /// AVX-512 registers (MR·P sums, P panel registers and a broadcast in 32).
+    fn task(&self, out_t: &mut [f32], stride: usize, rows: &[&[Self::W]], panels: usize)
+    where
+        Self: Sized,
+    {
+        match panels {
+            1 => by_rows::<Self, 12, 1>(self, out_t, stride, rows, panels),
+            2 => by_rows::<Self, 8, 2>(self, out_t, stride, rows, panels),
+            3 => by_rows::<Self, 6, 3>(self, out_t, stride, rows, panels),
+            _ => by_rows::<Self, 5, 4>(self, out_t, stride, rows, panels),
+        }
+    }
 }
 
 /// `out [M, N] = x · Wᵀ` for the weights `w` stored [N, `row_len`], the activations packed in
@@ -52,12 +77,8 @@ fn product<K: Panels>(kernel: &K, out: &mut [f32], m: usize, w: &[K::W], row_len
     let panels = m.div_ceil(LANES);
     let stride = panels * LANES;
     let mut out_t = vec![0.0f32; n * stride];
-    // MR·P sums, P panel registers and a broadcast in the 32 registers.
-    for_each_task(&mut out_t, stride, w, row_len, 1, |out_t, rows| match panels {
-        1 => by_rows::<K, 12, 1>(kernel, out_t, stride, rows, panels),
-        2 => by_rows::<K, 8, 2>(kernel, out_t, stride, rows, panels),
-        3 => by_rows::<K, 6, 3>(kernel, out_t, stride, rows, panels),
-        _ => by_rows::<K, 5, 4>(kernel, out_t, stride, rows, panels),
+    for_each_task(&mut out_t, stride, w, row_len, 1, |out_t, rows| {
+        kernel.task(out_t, stride, rows, panels)
     });
     transpose(out, &out_t, n, stride);
 }
@@ -98,8 +119,11 @@ fn by_panels<K: Panels, const MR: usize, const P: usize>(
 }
 
 /// bf16 weights [N, `padded`] (u16 bits) times x [M, K]: `out` [M, N], on AMX tiles where
-/// `kernel` is `amx`, else by `vdpbf16ps`.
+/// `kernel` is `amx`, in f32 where it is `avx2`, else by `vdpbf16ps`.
 pub fn bf16(out: &mut [f32], x: &[f32], m: usize, k: usize, w: &[u16], padded: usize, kernel: Bf16Kernel) {
+    if kernel == Bf16Kernel::Avx2 {
+        return product(&F32Panels::pack(x, m, k, padded), out, m, w, padded);
+    }
     let panels = Bf16Panels::pack(x, m, k, padded);
     match kernel {
         Bf16Kernel::Amx => amx_bf16(&panels, out, m, w, padded),
@@ -184,9 +208,12 @@ fn amx_bf16(panels: &Bf16Panels, out: &mut [f32], m: usize, w: &[u16], padded: u
 }
 
 /// q8_0 weights [N, `padded` / 32 blocks] times x [M, K] (quantized here as the dot-product
-/// kernels quantize it): `out` [M, N], on AMX int8 tiles where `kernel` is `amx`, else by
-/// `vpdpbusd`.
+/// kernels quantize it): `out` [M, N], on AMX int8 tiles where `kernel` is `amx`, in f32 (x as
+/// it is) where it is `avx2` or `avxvnni`, else by `vpdpbusd`.
 pub fn q8_0(out: &mut [f32], x: &[f32], m: usize, k: usize, w: &[BlockQ8_0], padded: usize, kernel: Q8Kernel) {
+    if matches!(kernel, Q8Kernel::Avx2 | Q8Kernel::AvxVnni) {
+        return product(&F32Panels::pack(x, m, k, padded), out, m, w, padded / BLOCK);
+    }
     let panels = Q8Panels::pack(&Activations::quantize(x, k, padded), m, padded / BLOCK);
     match kernel {
         Q8Kernel::Amx => amx_q8_0(&panels, out, m, w, padded / BLOCK),
@@ -279,6 +306,83 @@ impl Panels for Bf16Panels {
     }
 }
 
+/// x in f32 panels for the AVX2 tiles: `lines[(g·padded + j)·16 + lane]` = x[16g + lane][j];
+/// rows past M and columns past K are zero. The weights are stored `W`s.
+struct F32Panels<W> {
+    lines: Vec<f32>,
+    padded: usize,
+    weights: PhantomData<fn(&W)>,
+}
+
+impl<W> F32Panels<W> {
+    fn pack(x: &[f32], m: usize, k: usize, padded: usize) -> Self {
+        let mut lines = vec![0.0f32; m.div_ceil(LANES) * padded * LANES];
+        lines
+            .par_chunks_mut(padded * LANES)
+            .zip(x.par_chunks(LANES * k))
+            .for_each(|(panel, x)| {
+                for (lane, x) in x.chunks_exact(k).enumerate() {
+                    for (j, &v) in x.iter().enumerate() {
+                        panel[j * LANES + lane] = v;
+                    }
+                }
+            });
+        F32Panels {
+            lines,
+            padded,
+            weights: PhantomData,
+        }
+    }
+}
+
+/// A stored weight row's elements, widened to f32 a run at a time.
+pub(super) trait Widen: Sized + Sync {
+    /// Weights per element.
+    const WEIGHTS: usize;
+    /// Weights `from..from + out.len()` of `row` into `out` (`from` and the length multiples of
+    /// 32, a q8_0 block).
+    fn widen(row: &[Self], from: usize, out: &mut [f32]);
+}
+
+impl Widen for u16 {
+    const WEIGHTS: usize = 1;
+    fn widen(row: &[u16], from: usize, out: &mut [f32]) {
+        out.iter_mut().zip(&row[from..]).for_each(|(o, &b)| *o = bf16_to_f32(b));
+    }
+}
+
+impl Widen for BlockQ8_0 {
+    const WEIGHTS: usize = BLOCK;
+    fn widen(row: &[BlockQ8_0], from: usize, out: &mut [f32]) {
+        dequantize_row(&row[from / BLOCK..], out);
+    }
+}
+
+impl<W: Widen> Panels for F32Panels<W> {
+    type W = W;
+
+    fn tile<const MR: usize, const P: usize>(&self, out: &mut [f32], stride: usize, rows: [&[W]; MR], g: usize) {
+        let padded = self.padded;
+        assert!(
+            rows.iter().all(|r| r.len() * W::WEIGHTS == padded)
+                && self.lines.len() >= (g + P) * padded * LANES
+                && out.len() >= (MR - 1) * stride + P * LANES
+        );
+        // SAFETY: chosen only where the CPU has AVX2 and FMA (LowpMatrix::matmul: the kernel is
+        // avx2 or avxvnni, which need them); every row holds `padded` weights, the panels g..g + P exist
+        // and `out` holds the tile.
+        unsafe { x86::f32_tile::<W, MR, P>(out, stride, rows, &self.lines[g * padded * LANES..], padded) }
+    }
+
+    /// In the 16 AVX2 registers: MR·P·2 sums, 2·P panel halves and a broadcast.
+    fn task(&self, out_t: &mut [f32], stride: usize, rows: &[&[W]], panels: usize) {
+        match panels {
+            1 => by_rows::<Self, 6, 1>(self, out_t, stride, rows, panels),
+            _ => by_rows::<Self, 2, 2>(self, out_t, stride, rows, panels),
+        }
+    }
+}
+
 /// x quantized to q8 blocks in panels, for block b of panel g: `quads[((g·nb + b)·8 + q)·16 +
 /// lane]` the 4 int8 of x[16g + lane][32b + 4q..], `scales` and `corrections` [(g·nb + b)·16 +
 /// lane] the block's f32 scale and `-128 · Σ q` (see [`super::q8_0`]); rows past M are zero.
@@ -352,7 +456,7 @@ impl Panels for Q8Panels {
 
 mod x86 {
     use super::super::q8_0::{f16_scale, BlockQ8_0};
-    use super::{amx, BLOCK, LANES};
+    use super::{amx, Widen, BLOCK, LANES};
     use std::arch::x86_64::*;
 
     /// 16 q8_0 rows of nb blocks (from `w`, a row's bytes apart) against one panel (`quads`
@@ -459,6 +563,46 @@ mod x86 {
             }
         }
         store(out, stride, &sums);
+    }
+
+    /// MR rows of `padded` weights, widened to f32 [`RUN`] at a time, against P panels of f32
+    /// lines (`lines` from the first), each panel as two halves of 8 lanes.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn f32_tile<W: Widen, const MR: usize, const P: usize>(
+        out: &mut [f32],
+        stride: usize,
+        rows: [&[W]; MR],
+        lines: &[f32],
+        padded: usize,
+    ) {
+        const RUN: usize = 256;
+        let mut weights = [[0.0f32; RUN]; MR];
+        let mut sums = [[[_mm256_setzero_ps(); 2]; P]; MR];
+        for from in (0..padded).step_by(RUN) {
+            let len = RUN.min(padded - from);
+            for (row, weights) in rows.iter().zip(&mut weights) {
+                W::widen(row, from, &mut weights[..len]);
+            }
+            for j in 0..len {
+                let line = |p: usize, half: usize| lines.as_ptr().add((p * padded + from + j) * LANES + 8 * half);
+                let x: [[__m256; 2]; P] = std::array::from_fn(|p| std::array::from_fn(|h| _mm256_loadu_ps(line(p, h))));
+                for r in 0..MR {
+                    let w = _mm256_broadcast_ss(weights[r].get_unchecked(j));
+                    for p in 0..P {
+                        for h in 0..2 {
+                            sums[r][p][h] = _mm256_fmadd_ps(w, x[p][h], sums[r][p][h]);
+                        }
+                    }
+                }
+            }
+        }
+        for (r, sums) in sums.iter().enumerate() {
+            for (p, halves) in sums.iter().enumerate() {
+                for (h, &s) in halves.iter().enumerate() {
+                    _mm256_storeu_ps(out.as_mut_ptr().add(r * stride + p * LANES + 8 * h), s);
+                }
+            }
+        }
     }
 
     /// `out[r·stride + 16p..][..16] = sums[r][p]`.
