@@ -282,21 +282,30 @@ fn info_names_the_features_and_the_kernel_each_dtype_uses() {
         (used(&scalar, "bf16"), used(&scalar, "q8_0")),
         ("scalar".into(), "scalar".into())
     );
-    // A prompt runs on the panel kernels exactly where the dtype's AVX-512 kernel is used, on
-    // AMX tiles where its AMX kernel is.
+    // A prompt runs on the panel kernels where the dtype's AVX-512 kernel is used, on f32
+    // panels where its AVX2 one is (or AVX-VNNI, for q8_0), on AMX tiles where its AMX kernel is.
     let prompt =
         |json: &serde_json::Value, dtype: &str, path: &str| json["prompts"][dtype].as_str().unwrap().contains(path);
-    for kernels in [&best, &scalar] {
-        assert_eq!(prompt(kernels, "bf16", "panels"), used(kernels, "bf16") == "avx512bf16");
-        assert_eq!(prompt(kernels, "q8_0", "panels"), used(kernels, "q8_0") == "avx512vnni");
-        assert_eq!(prompt(kernels, "bf16", "AMX"), used(kernels, "bf16") == "amx");
-        assert_eq!(prompt(kernels, "q8_0", "AMX"), used(kernels, "q8_0") == "amx");
+    let has = gpt2::ops::lowp::kernel::has_feature;
+    let forced: Vec<serde_json::Value> = [("avx2", has("avx2") && has("fma")), ("avxvnni", has("avx_vnni"))]
+        .into_iter()
+        .filter(|&(_, available)| available)
+        .map(|(name, _)| info(name))
+        .collect();
+    for kernels in [&best, &scalar].into_iter().chain(&forced) {
+        let (bf16, q8_0) = (used(kernels, "bf16"), used(kernels, "q8_0"));
+        let f32_panels = (bf16 == "avx2", matches!(q8_0.as_str(), "avx2" | "avxvnni"));
+        assert_eq!(prompt(kernels, "bf16", "panels"), bf16 == "avx512bf16" || f32_panels.0);
+        assert_eq!(prompt(kernels, "q8_0", "panels"), q8_0 == "avx512vnni" || f32_panels.1);
+        assert_eq!(prompt(kernels, "bf16", "in f32"), f32_panels.0);
+        assert_eq!(prompt(kernels, "q8_0", "in f32"), f32_panels.1);
+        assert_eq!(prompt(kernels, "bf16", "AMX"), bf16 == "amx");
+        assert_eq!(prompt(kernels, "q8_0", "AMX"), q8_0 == "amx");
     }
     assert!(!prompt(&scalar, "bf16", "panels") && !prompt(&scalar, "q8_0", "panels"));
     // f32 prompts go to the AVX-512 panels exactly where the CPU has AVX-512, to the AVX2 ones
     // where it has AVX2 and FMA but not AVX-512.
     let f32_path = best["f32"].as_str().unwrap();
-    let has = gpt2::ops::lowp::kernel::has_feature;
     assert_eq!(f32_path.contains("AVX-512 panels of 16 rows"), has("avx512f"));
     assert_eq!(
         f32_path.contains("AVX2 panels of 8 rows"),

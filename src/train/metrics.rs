@@ -162,6 +162,15 @@ mod tests {
     }
 
     #[test]
+    fn a_step_line_from_before_step_s_still_reads() {
+        let line = r#"{"step":1,"train_loss":9.7,"lr":0.1,"grad_norm":2.0,"tokens":3072,"tokens_per_s":41549.8,"elapsed_s":0.93}"#;
+        match serde_json::from_str::<Record>(line).unwrap() {
+            Record::Step(step) => assert_eq!((step.tokens, step.step_s), (3072, 0.0)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn overflowed_values_are_read_back_as_nan() {
         let dir = std::env::temp_dir().join(format!("gpt2-metrics-nan-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -104,15 +104,11 @@ pub fn load_merged(
 
 /// The shape of the model at `path`, read from its files alone (a LoRA run's: its base's).
 pub fn model_config(path: &Path) -> Result<Config> {
-    match lora_checkpoint(path) {
-        Some(dir) => {
-            let base = checkpoint::read_state(&dir).and_then(|state| lora_base(&state));
-            Ok(base
-                .and_then(|base| detect(&base)?.config())
-                .with_context(|| lora_checkpoint_context(&dir))?)
-        }
-        None => Ok(detect(path)?.config()?),
-    }
+    let Some(dir) = lora_checkpoint(path) else {
+        return Ok(detect(path)?.config()?);
+    };
+    let config = named_base(&dir).and_then(|base| detect(&base)?.config());
+    config.with_context(|| lora_checkpoint_context(&dir))
 }
 
 /// The base of the LoRA run (or checkpoint) at `path`, its `--init`; None if `path` is not one.
@@ -120,8 +116,12 @@ pub fn lora_run_base(path: &Path) -> Result<Option<PathBuf>> {
     let Some(dir) = lora_checkpoint(path) else {
         return Ok(None);
     };
-    let base = checkpoint::read_state(&dir).and_then(|state| lora_base(&state));
-    Ok(Some(base.with_context(|| lora_checkpoint_context(&dir))?))
+    Ok(Some(named_base(&dir).with_context(|| lora_checkpoint_context(&dir))?))
+}
+
+/// The base the LoRA checkpoint `dir` names in its trainer.json.
+fn named_base(dir: &Path) -> gpt2::error::Result<PathBuf> {
+    checkpoint::read_state(dir).and_then(|state| lora_base(&state))
 }
 
 /// The base a LoRA run was trained on: its `--init`.

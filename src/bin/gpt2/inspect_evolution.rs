@@ -2,9 +2,9 @@
 //! trainer logs, drawn over the steps) and how its token embedding changed between two models.
 
 use crate::adapter_arg::{load_merged, lora_run_base};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use gpt2::inspect::evolution::{evolution, model_paths, Evolution, EvolutionOptions, TokenCosine};
+use gpt2::inspect::evolution::{evolution, model_paths, read_param_stats, Evolution, EvolutionOptions, TokenCosine};
 use gpt2::io::load_model_with_tokenizer;
 use gpt2::plot::ImageFormat;
 use std::path::PathBuf;
@@ -20,10 +20,11 @@ pub struct EvolutionArgs {
     /// The training run: its param_stats.jsonl, and the default --from and --to.
     #[arg(long, value_name = "DIR", requires = "evolution")]
     pub run: Option<PathBuf>,
-    /// The model before, in any format --model takes [default: RUN/init, the model before training].
+    /// The model before, in any format --model takes [default: RUN/init, the model before
+    /// training; for a LoRA run, its base].
     #[arg(long, value_name = "MODEL", requires = "evolution")]
     pub from: Option<PathBuf>,
-    /// The model after [default: RUN/latest].
+    /// The model after [default: RUN/latest; for a LoRA run, its base with the adapter merged].
     #[arg(long, value_name = "MODEL", requires = "evolution")]
     pub to: Option<PathBuf>,
     /// Tokens whose nearest neighbours to show, comma-separated, each one token of the
@@ -54,13 +55,20 @@ pub fn run(args: &EvolutionArgs, json: bool) -> Result<()> {
     };
     // A LoRA run's init/ is its adapter before training, which changes nothing (B = 0): the
     // model before is the run's base. Either model may be a LoRA run, its adapter merged.
+    let records = options.run.as_deref().map(read_param_stats).transpose()?;
+    let mut base_of = None;
     if let (None, Some(run)) = (&options.from, &options.run) {
         options.from = lora_run_base(run)?;
+        base_of = options.from.is_some().then(|| run.clone());
     }
     let (from, to) = model_paths(&options)?;
-    let before = load_merged(&from, None, load_model_with_tokenizer)?;
+    let before = load_merged(&from, None, load_model_with_tokenizer);
+    let before = match &base_of {
+        Some(run) => before.with_context(|| format!("the base of the LoRA run {} (its --init)", run.display()))?,
+        None => before?,
+    };
     let after = load_merged(&to, None, load_model_with_tokenizer)?;
-    let found = evolution(&options, (from, &before), (to, &after))?;
+    let found = evolution(&options, records.as_deref(), (from, &before), (to, &after))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&found)?);
     } else {

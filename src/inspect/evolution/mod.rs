@@ -7,8 +7,9 @@
 //! model before training) and `latest/`, but as well OpenAI's GPT-2 and a model fine-tuned from
 //! it.
 //!
-//! `analysis.rs` finds, `charts.rs` draws; [`evolution`] reads the statistics, runs both on the
-//! two models (found by [`model_paths`], loaded by the caller) and says what it found and wrote.
+//! `analysis.rs` finds, `charts.rs` draws; [`evolution`] runs both on the run's statistics
+//! ([`read_param_stats`]) and the two models (found by [`model_paths`]), read by the caller in
+//! that order, and says what it found and wrote.
 
 mod analysis;
 mod charts;
@@ -63,16 +64,16 @@ pub struct Evolution {
     pub charts: Vec<PathBuf>,
 }
 
-/// Reads the statistics, compares the embeddings of `before` (the model at `from`) and `after`
-/// (at `to`) and writes the charts: `evolution.<ext>` (with a run) and `embedding_change.<ext>`.
-/// Every input is checked before anything is written.
+/// Compares the embeddings of `before` (the model at `from`) and `after` (at `to`), sums up the
+/// run's statistics `records` ([`read_param_stats`], read first) and writes the charts:
+/// `evolution.<ext>` (with a run) and `embedding_change.<ext>`. Every input is checked before
+/// anything is written.
 pub fn evolution(
     options: &EvolutionOptions,
+    records: Option<&[ParamStatsRecord]>,
     (from, before): (PathBuf, &Loaded),
     (to, after): (PathBuf, &Loaded),
 ) -> Result<Evolution> {
-    let run = options.run.as_deref();
-    let records = run.map(read_param_stats).transpose()?;
     let models = (&before.model, &after.model);
     let tokenizer = after.tokenizer.as_ref().or(before.tokenizer.as_ref());
     let embedding = embedding_change(models.0, models.1, tokenizer, (&from, &to))?;
@@ -80,12 +81,12 @@ pub fn evolution(
         .into_iter()
         .map(|id| token_neighbours(id, models, embedding.rows, tokenizer))
         .collect();
-    let charts = write_charts(options, records.as_deref(), &embedding, (&from, &to))?;
+    let charts = write_charts(options, records, &embedding, (&from, &to))?;
     Ok(Evolution {
-        run: run.map(Path::to_path_buf),
+        run: options.run.clone(),
         from,
         to,
-        stats: records.as_deref().map(summarize),
+        stats: records.map(summarize),
         embedding,
         neighbours,
         charts,

@@ -38,9 +38,10 @@ pub const BLOCK: usize = 32;
 const TASK_BYTES: usize = 256 << 10;
 /// The same when decoding (fewer than [`PREFILL_ROWS`] activation rows), where a task only
 /// streams its rows: long tasks keep each of a tile's [`DECODE_STREAMS`] streams going for
-/// longer after the prefetchers pick it up. GPT-2 124M in q8_0 decoded 9% faster with tasks of
-/// 1 MiB, at least 2 a thread, than of 256 KiB, at least 4 (a probe timing 128 tokens, 8
-/// alternating rounds, median ratio 0.909, Zen 5; bf16 level: 0.988); prompts were no faster.
+/// longer after the prefetchers pick it up. GPT-2 124M in q8_0 decoded 7% faster with tasks of
+/// 1 MiB, at least 2 a thread, than of 256 KiB, at least 4 (a probe timing 128 tokens inside
+/// the pool, 8 alternating rounds, median ratio 0.927, Zen 5; bf16 level: 0.988); prompts split
+/// so were mixed (bf16 and q8_0 at 16 and 64 rows: 0.87-1.07), so they keep the finer split.
 const DECODE_TASK_BYTES: usize = 1 << 20;
 
 /// Tiles: decoding (M < [`PREFILL_ROWS`]) reads `DECODE_STREAMS` weight rows side by side (more
@@ -333,9 +334,7 @@ pub fn panel_rows(dtype: WeightDtype, kernels: Kernels) -> Option<usize> {
         #[cfg(target_arch = "x86_64")]
         WeightDtype::Q8_0 if kernels.q8_0() == Q8Kernel::Avx512Vnni => Some(10),
         #[cfg(target_arch = "x86_64")]
-        WeightDtype::Bf16 if kernels.bf16() == Bf16Kernel::Avx2 => Some(AVX2_PROMPT_ROWS),
-        #[cfg(target_arch = "x86_64")]
-        WeightDtype::Q8_0 if matches!(kernels.q8_0(), Q8Kernel::Avx2 | Q8Kernel::AvxVnni) => Some(AVX2_PROMPT_ROWS),
+        _ if f32_panels(dtype, kernels) => Some(AVX2_PROMPT_ROWS),
         _ => {
             let _ = kernels;
             None
@@ -343,8 +342,19 @@ pub fn panel_rows(dtype: WeightDtype, kernels: Kernels) -> Option<usize> {
     }
 }
 
-/// From how many rows bf16 and q8_0 weights take the AVX2 panels (activations and weights in
-/// f32) where their kernel is `avx2` (or `avxvnni` for q8_0). The 48 products of GPT-2 124M, 2
+/// Whether a prompt's products with `dtype` weights run on the AVX2 panels of [`panel`]
+/// (activations and weights in f32) with `kernels`: where the dtype's kernel is `avx2`, or
+/// `avxvnni` for q8_0.
+#[cfg(target_arch = "x86_64")]
+fn f32_panels(dtype: WeightDtype, kernels: Kernels) -> bool {
+    match dtype {
+        WeightDtype::Bf16 => kernels.bf16() == Bf16Kernel::Avx2,
+        WeightDtype::Q8_0 => matches!(kernels.q8_0(), Q8Kernel::Avx2 | Q8Kernel::AvxVnni),
+        WeightDtype::F32 => false,
+    }
+}
+
+/// From how many rows bf16 and q8_0 weights take the AVX2 panels ([`f32_panels`]). The 48 products of GPT-2 124M, 2
 /// threads, kernel forced on Zen 5 (tiles / panels, ms): bf16 15.5 / 19.8 at 12 rows, 17.9 /
 /// 20.6 at 13, 20.9 / 20.4 at 14, 22.2-22.5 / 20.1-20.7 at 16, 36.0 / 30.3 at 32, 64.5 / 58.8
 /// at 64; q8_0 14.3 / 18.3 at 12, 16.8 / 18.5 at 13, 19.7 / 17.7 at 14, 19.9 / 18.2-18.6 at 16,
@@ -374,10 +384,7 @@ pub fn prompt_path(dtype: WeightDtype, kernels: Option<Kernels>) -> String {
                 "{AMX_PROMPT_ROWS} rows and more: AMX tdpbssd, a block of 16 weight rows x {PANEL_ROWS} prompt rows per tile"
             )
         }
-        WeightDtype::Bf16 if kernels.is_some_and(|k| k.bf16() == Bf16Kernel::Avx2) => {
-            return format!("{AVX2_PROMPT_ROWS} rows and more: panels of {PANEL_ROWS} rows in f32, each weight widened to f32 and broadcast against a panel")
-        }
-        WeightDtype::Q8_0 if kernels.is_some_and(|k| matches!(k.q8_0(), Q8Kernel::Avx2 | Q8Kernel::AvxVnni)) => {
+        _ if kernels.is_some_and(|k| f32_panels(dtype, k)) => {
             return format!("{AVX2_PROMPT_ROWS} rows and more: panels of {PANEL_ROWS} rows in f32, each weight widened to f32 and broadcast against a panel")
         }
         _ => {}
@@ -428,8 +435,8 @@ fn product<'a, T: Tile<'a>>(kernel: &T, out_t: &mut [f32], w: &[T::W], row_len: 
 }
 
 /// Runs `task(out, rows)` on the rayon pool for each task of contiguous rows of W (stored [N,
-/// `row_len`], [`rows_per_task`] rows a task, a multiple of `align`), `out` the task's rows of
-/// `out_t` [N, `per_row`]. Each output is one task's, so results do not depend on how the rows
+/// `row_len`], [`rows_per_task`] rows a task for `per_row` activation rows, a multiple of
+/// `align`), `out` the task's rows of `out_t` [N, `per_row`]. Each output is one task's, so results do not depend on how the rows
 /// are split.
 fn for_each_task<W: Sync>(
     out_t: &mut [f32],
@@ -556,6 +563,7 @@ mod tests {
             (20, 64, 50),
             (40, 96, 250),
             (20, 300, 30),
+            (15, 300, 400),
             (64, 33, 26),
             (70, 65, 41),
         ] {

@@ -18,9 +18,9 @@
 //!   out_t [N, 16·⌈M/16⌉] ──transpose──▶ out [M, N]
 //! ```
 //!
-//! The arithmetic is the dot-product kernels' (activations rounded to bf16, or quantized to q8
-//! blocks with the same scales and the same `vpdpbusd` correction); only the order of the f32
-//! sums differs.
+//! On AVX-512 and AMX the arithmetic is the dot-product kernels' (activations rounded to bf16,
+//! or quantized to q8 blocks with the same scales and the same `vpdpbusd` correction); only the
+//! order of the f32 sums differs.
 //!
 //! AVX2 has no bf16 dot product, no int8 one worth broadcasting against (its int8 product needs
 //! sign fixes and pairwise sums, four times the instructions of `vpdpbusd`; AVX-VNNI's is on 8
@@ -121,13 +121,10 @@ fn by_panels<K: Panels, const MR: usize, const P: usize>(
 /// bf16 weights [N, `padded`] (u16 bits) times x [M, K]: `out` [M, N], on AMX tiles where
 /// `kernel` is `amx`, in f32 where it is `avx2`, else by `vdpbf16ps`.
 pub fn bf16(out: &mut [f32], x: &[f32], m: usize, k: usize, w: &[u16], padded: usize, kernel: Bf16Kernel) {
-    if kernel == Bf16Kernel::Avx2 {
-        return product(&F32Panels::pack(x, m, k, padded), out, m, w, padded);
-    }
-    let panels = Bf16Panels::pack(x, m, k, padded);
     match kernel {
-        Bf16Kernel::Amx => amx_bf16(&panels, out, m, w, padded),
-        _ => product(&panels, out, m, w, padded),
+        Bf16Kernel::Amx => amx_bf16(&Bf16Panels::pack(x, m, k, padded), out, m, w, padded),
+        Bf16Kernel::Avx2 => product(&F32Panels::pack(x, m, k, padded), out, m, w, padded),
+        _ => product(&Bf16Panels::pack(x, m, k, padded), out, m, w, padded),
     }
 }
 
@@ -211,13 +208,11 @@ fn amx_bf16(panels: &Bf16Panels, out: &mut [f32], m: usize, w: &[u16], padded: u
 /// kernels quantize it): `out` [M, N], on AMX int8 tiles where `kernel` is `amx`, in f32 (x as
 /// it is) where it is `avx2` or `avxvnni`, else by `vpdpbusd`.
 pub fn q8_0(out: &mut [f32], x: &[f32], m: usize, k: usize, w: &[BlockQ8_0], padded: usize, kernel: Q8Kernel) {
-    if matches!(kernel, Q8Kernel::Avx2 | Q8Kernel::AvxVnni) {
-        return product(&F32Panels::pack(x, m, k, padded), out, m, w, padded / BLOCK);
-    }
-    let panels = Q8Panels::pack(&Activations::quantize(x, k, padded), m, padded / BLOCK);
+    let quantized = || Q8Panels::pack(&Activations::quantize(x, k, padded), m, padded / BLOCK);
     match kernel {
-        Q8Kernel::Amx => amx_q8_0(&panels, out, m, w, padded / BLOCK),
-        _ => product(&panels, out, m, w, padded / BLOCK),
+        Q8Kernel::Amx => amx_q8_0(&quantized(), out, m, w, padded / BLOCK),
+        Q8Kernel::Avx2 | Q8Kernel::AvxVnni => product(&F32Panels::pack(x, m, k, padded), out, m, w, padded / BLOCK),
+        _ => product(&quantized(), out, m, w, padded / BLOCK),
     }
 }
 

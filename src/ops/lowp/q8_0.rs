@@ -366,8 +366,18 @@ mod tests {
     #[test]
     fn quantizing_rounds_as_f32_round_does() {
         // Every half from -127.5 to 127.5 and the floats on either side of it, values beyond
-        // ±127, NaN (to 0), and a spread of others.
-        let mut values = vec![f32::NAN, 0.0, -0.0, 300.0, -300.0, f32::INFINITY];
+        // ±127 up to the infinities, NaN (to 0), and a spread of others.
+        let mut values = vec![
+            f32::NAN,
+            0.0,
+            -0.0,
+            300.0,
+            -300.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            -f32::MAX,
+        ];
         for k in -128..128 {
             let half = k as f32 + 0.5;
             let bits = half.to_bits();
