@@ -64,7 +64,12 @@ pub fn run(args: &EvolutionArgs, json: bool) -> Result<()> {
     let (from, to) = model_paths(&options)?;
     let before = load_merged(&from, None, load_model_with_tokenizer);
     let before = match &base_of {
-        Some(run) => before.with_context(|| format!("the base of the LoRA run {} (its --init)", run.display()))?,
+        Some(run) => before.with_context(|| {
+            format!(
+                "the base of the LoRA run {} (its --init, found from the current directory if relative)",
+                run.display()
+            )
+        })?,
         None => before?,
     };
     let after = load_merged(&to, None, load_model_with_tokenizer)?;
