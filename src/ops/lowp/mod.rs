@@ -23,7 +23,7 @@ pub mod q8_0;
 
 pub use kernel::{Bf16Kernel, Kernel, Kernels, Q8Kernel};
 
-use half::{bf16_to_f32, f32_to_bf16};
+use half::f32_to_bf16;
 use q8_0::BlockQ8_0;
 use rayon::prelude::*;
 use std::fmt;
@@ -227,10 +227,7 @@ impl LowpMatrix {
     pub fn dequantize_row(&self, i: usize, out: &mut [f32]) {
         let k = self.cols;
         match &self.data {
-            Storage::Bf16(w) => {
-                let row = &w[i * self.padded..][..k];
-                out.iter_mut().zip(row).for_each(|(o, &b)| *o = bf16_to_f32(b));
-            }
+            Storage::Bf16(w) => bf16::dequantize_row(&w[i * self.padded..][..k], out),
             Storage::Q8_0(w) => {
                 let nb = self.padded / BLOCK;
                 let mut row = vec![0.0; self.padded];
@@ -318,11 +315,11 @@ impl LowpMatrix {
 
 /// From how many rows a product with `dtype` weights runs on the panel kernels of [`panel`]
 /// with `kernels` (AVX-512 where the dtype's kernel is `avx512bf16` or `avx512vnni`, AMX, or
-/// f32 on AVX2: [`AVX2_PROMPT_ROWS`]), None if it never does. Below it the dot-product tiles, which waste no lanes, are faster: a panel
-/// costs the same for 1 to 16 rows, and the 48 products of GPT-2 124M with cold weights took
-/// (bf16 tiles / panels) 10.1 / 14.8 ms at 8 rows, 14.1-14.9 / 14.8-15.3 at 11, 14.2-15.4 /
-/// 15.1 at 12; (q8_0) 13.0 / 15.6-16.1 at 8, 15.4 / 16.1 at 9, 17.1 / 15.2 at 10 (Zen 4, 2
-/// threads).
+/// f32 on AVX2: [`AVX2_PROMPT_ROWS`]), None if it never does. Below it the dot-product tiles,
+/// which waste no lanes, are faster: a panel costs the same for 1 to 16 rows, and the 48
+/// products of GPT-2 124M with cold weights took (bf16 tiles / panels) 10.1 / 14.8 ms at 8 rows,
+/// 14.1-14.9 / 14.8-15.3 at 11, 14.2-15.4 / 15.1 at 12; (q8_0) 13.0 / 15.6-16.1 at 8, 15.4 /
+/// 16.1 at 9, 17.1 / 15.2 at 10 (Zen 4, 2 threads).
 pub fn panel_rows(dtype: WeightDtype, kernels: Kernels) -> Option<usize> {
     match dtype {
         #[cfg(target_arch = "x86_64")]
@@ -354,12 +351,13 @@ fn f32_panels(dtype: WeightDtype, kernels: Kernels) -> bool {
     }
 }
 
-/// From how many rows bf16 and q8_0 weights take the AVX2 panels ([`f32_panels`]). The 48 products of GPT-2 124M, 2
-/// threads, kernel forced on Zen 5 (tiles / panels, ms): bf16 15.5 / 19.8 at 12 rows, 17.9 /
-/// 20.6 at 13, 20.9 / 20.4 at 14, 22.2-22.5 / 20.1-20.7 at 16, 36.0 / 30.3 at 32, 64.5 / 58.8
-/// at 64; q8_0 14.3 / 18.3 at 12, 16.8 / 18.5 at 13, 19.7 / 17.7 at 14, 19.9 / 18.2-18.6 at 16,
-/// 36.5 / 30.4 at 32, 71.9 / 58.4 at 64 (`avxvnni` tiles: 21.7 at 16, 41.6 at 32). Both are
-/// bound by the f32 FMAs of the same products: the panels gain on the tiles' lane sums.
+/// From how many rows bf16 and q8_0 weights take the AVX2 panels ([`f32_panels`]). The 48
+/// products of GPT-2 124M, 2 threads, kernel forced on Zen 5 (tiles / panels, ms): bf16 15.5 /
+/// 19.8 at 12 rows, 17.9 / 20.6 at 13, 20.9 / 20.4 at 14, 22.2-22.5 / 20.1-20.7 at 16, 36.0 /
+/// 30.3 at 32, 64.5 / 58.8 at 64; q8_0 14.3 / 18.3 at 12, 16.8 / 18.5 at 13, 19.7 / 17.7 at
+/// 14, 19.9 / 18.2-18.6 at 16, 36.5 / 30.4 at 32, 71.9 / 58.4 at 64 (`avxvnni` tiles: 21.7 at
+/// 16, 41.6 at 32). Both are bound by the f32 FMAs of the same products: the panels gain on the
+/// tiles' lane sums.
 #[cfg(target_arch = "x86_64")]
 const AVX2_PROMPT_ROWS: usize = 14;
 
@@ -436,8 +434,8 @@ fn product<'a, T: Tile<'a>>(kernel: &T, out_t: &mut [f32], w: &[T::W], row_len: 
 
 /// Runs `task(out, rows)` on the rayon pool for each task of contiguous rows of W (stored [N,
 /// `row_len`], [`rows_per_task`] rows a task for `per_row` activation rows, a multiple of
-/// `align`), `out` the task's rows of `out_t` [N, `per_row`]. Each output is one task's, so results do not depend on how the rows
-/// are split.
+/// `align`), `out` the task's rows of `out_t` [N, `per_row`]. Each output is one task's, so
+/// results do not depend on how the rows are split.
 fn for_each_task<W: Sync>(
     out_t: &mut [f32],
     per_row: usize,
@@ -547,8 +545,8 @@ mod tests {
         // K not a multiple of 8, 16 or 32 (and of 4 q8_0 blocks, the 512-bit VNNI kernel's step);
         // N crossing tasks (64 rows) and tiles; M crossing tiles of 4 and, from panel_rows rows
         // on, panels of 16 (1 to 5 of them: every P of the AVX-512 panel kernels, with a partial
-        // last panel) and their row blocks; K beyond one run of the AVX2 panels (256); tasks (of 32 rows for AMX) ending in a lone tile of
-        // 16 weight rows and a few rows more.
+        // last panel) and their row blocks; K beyond one run of the AVX2 panels (256); tasks (of
+        // 32 rows for AMX) ending in a lone tile of 16 weight rows and a few rows more.
         for (m, k, n) in [
             (1, 1, 1),
             (1, 33, 7),

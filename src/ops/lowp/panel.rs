@@ -24,20 +24,21 @@
 //!
 //! AVX2 has no bf16 dot product, no int8 one worth broadcasting against (its int8 product needs
 //! sign fixes and pairwise sums, four times the instructions of `vpdpbusd`; AVX-VNNI's is on 8
-//! lanes, and measured slower than f32 here), and 16 registers:
-//! there the panels hold the activations in f32, and a tile widens its MR rows to f32, 256
-//! weights at a time into a buffer that stays in L1, then broadcasts each from there (a load,
-//! no shuffle) against the two 8-lane halves of each panel: a weight costs one FMA per 8
-//! prompt rows, as in an f32 product, and is read from memory in its own bytes. With f32
-//! activations, the q8_0 products are a little more exact here than in the dot-product tiles.
+//! lanes, and measured slower than f32 here), and 16 registers: there the panels hold the
+//! activations in f32, and a tile widens its MR rows to f32, 256 weights at a time into a buffer
+//! that stays in L1, then broadcasts each from there (a load, no shuffle) against the two 8-lane
+//! halves of each panel: a weight costs one FMA per 8 prompt rows, as in an f32 product, and is
+//! read from memory in its own bytes. With f32 activations, the q8_0 products are a little more
+//! exact here than in the dot-product tiles.
 //!
 //! AMX turns the roles round and computes `out_t = W · xᵀ` a tile at a time: a tile of 16 weight
 //! rows is read straight from the stored rows (the tile's rows lie a weight row apart), and the
 //! panels are already in the layout the tile instructions want for their right operand (16
 //! lanes' pair, or quad, per 64-byte row). See [`amx_product`].
 
-use super::half::{bf16_pair, bf16_to_f32, f16_to_f32};
-use super::q8_0::{dequantize_row, Activations, BlockQ8_0};
+use super::half::{bf16_pair, f16_to_f32};
+use super::q8_0::{Activations, BlockQ8_0};
+use super::{bf16, q8_0};
 use super::{for_each_task, transpose, BLOCK};
 use super::{Bf16Kernel, Q8Kernel};
 use crate::ops::amx;
@@ -342,14 +343,14 @@ pub(super) trait Widen: Sized + Sync {
 impl Widen for u16 {
     const WEIGHTS: usize = 1;
     fn widen(row: &[u16], from: usize, out: &mut [f32]) {
-        out.iter_mut().zip(&row[from..]).for_each(|(o, &b)| *o = bf16_to_f32(b));
+        bf16::dequantize_row(&row[from..], out);
     }
 }
 
 impl Widen for BlockQ8_0 {
     const WEIGHTS: usize = BLOCK;
     fn widen(row: &[BlockQ8_0], from: usize, out: &mut [f32]) {
-        dequantize_row(&row[from / BLOCK..], out);
+        q8_0::dequantize_row(&row[from / BLOCK..], out);
     }
 }
 
@@ -364,8 +365,8 @@ impl<W: Widen> Panels for F32Panels<W> {
                 && out.len() >= (MR - 1) * stride + P * LANES
         );
         // SAFETY: chosen only where the CPU has AVX2 and FMA (LowpMatrix::matmul: the kernel is
-        // avx2 or avxvnni, which need them); every row holds `padded` weights, the panels g..g + P exist
-        // and `out` holds the tile.
+        // avx2 or avxvnni, which need them); every row holds `padded` weights, the panels
+        // g..g + P exist and `out` holds the tile.
         unsafe { x86::f32_tile::<W, MR, P>(out, stride, rows, &self.lines[g * padded * LANES..], padded) }
     }
 
