@@ -17,15 +17,15 @@
 //! ```text
 //!   x [M, K] ──pack──▶ panels [⌈M/L⌉][K][L lanes]
 //!   for each task (one per thread: a run of tiles of C columns):
-//!     for each block of 16 weight rows:
+//!     for each block of 32 weight rows:
 //!       for each tile j0.., each P panels g..:   sums[P][C] (L lanes each, in registers)
 //!         for p in the block:  w = broadcast(w[p, j0 + j]);  sums[g][j] += w · panel[g][p]
 //!     out[L·g + lane, j0 + j] (+)= sums[g][j][lane]
 //! ```
 //!
 //! The weight rows lie N floats apart, each in another page, where the hardware prefetchers do
-//! not follow one tile's column of lines. So a task reads a block of 16 rows across all its
-//! tiles before the next block (16 streams, each a row's run of the task's columns, which they
+//! not follow one tile's column of lines. So a task reads a block of 32 rows across all its
+//! tiles before the next block (32 streams, each a row's run of the task's columns, which they
 //! do follow), its tiles' sums waiting in memory between blocks, and each tile asks for its
 //! lines of the next block itself. Each output is one sum in order over p, whatever the thread
 //! count.
@@ -45,8 +45,10 @@ pub const MAX_ROWS: usize = 64;
 
 /// Weight rows a task reads across all its tiles before the next rows: the task then reads
 /// K_BLOCK streams, each a row's run of its columns, which the prefetchers follow. Its tiles'
-/// sums wait in memory between blocks.
-const K_BLOCK: usize = 16;
+/// sums wait in memory between blocks, so the fewer blocks the better: on Zen 5, 32 and 64
+/// rows read a prompt of 16 about 5% faster than 16 rows (128 and more slower); 32 also stays
+/// within the 32 streams Intel's L2 prefetcher follows.
+const K_BLOCK: usize = 32;
 
 /// How far ahead (in weight rows) a tile asks for its weights: its lines of the next block.
 const PREFETCH_ROWS: usize = K_BLOCK;
