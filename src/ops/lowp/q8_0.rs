@@ -409,4 +409,23 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_blocks_abs_max_is_the_largest_magnitude_nan_ignored() {
+        // The largest magnitude in each of the 8 lanes and in none, at the start, middle and
+        // end of a lane's run, among NaNs, infinities and signed zeros.
+        let specials = [f32::NAN, -0.0, f32::NEG_INFINITY, f32::INFINITY, -1e-30];
+        for lane in 0..=BLOCK {
+            for special in specials {
+                let mut x: [f32; BLOCK] = std::array::from_fn(|i| ((i * 7 % 13) as f32 - 6.0) * 0.25);
+                if lane < BLOCK {
+                    x[lane] = -9.5;
+                    x[(lane + 11) % BLOCK] = special;
+                }
+                let expected = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                assert_eq!(abs_max(&x).to_bits(), expected.to_bits(), "lane {lane}, {special}");
+            }
+        }
+        assert_eq!(abs_max(&[f32::NAN; BLOCK]), 0.0);
+    }
 }
