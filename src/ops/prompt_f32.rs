@@ -46,8 +46,8 @@ pub const MAX_ROWS: usize = 64;
 /// Weight rows a task reads across all its tiles before the next rows: the task then reads
 /// K_BLOCK streams, each a row's run of its columns, which the prefetchers follow. Its tiles'
 /// sums wait in memory between blocks, so the fewer blocks the better: on Zen 5, 32 and 64
-/// rows read a prompt of 16 about 5% faster than 16 rows (128 and more slower); 32 also stays
-/// within the 32 streams Intel's L2 prefetcher follows.
+/// rows read a prompt of 16 about 5% faster than 16 rows (128 and more slower). 16 was chosen
+/// on the Xeon and Zen 3, where 32 is unmeasured.
 const K_BLOCK: usize = 32;
 
 /// How far ahead (in weight rows) a tile asks for its weights: its lines of the next block.

@@ -433,8 +433,9 @@ fn product<'a, T: Tile<'a>>(kernel: &T, out_t: &mut [f32], w: &[T::W], row_len: 
 }
 
 /// Runs `task(out, rows)` on the rayon pool for each task of contiguous rows of W (stored [N,
-/// `row_len`], [`rows_per_task`] rows a task for `per_row` activation rows, a multiple of
-/// `align`), `out` the task's rows of `out_t` [N, `per_row`]. Each output is one task's, so
+/// `row_len`], [`rows_per_task`] rows a task for `per_row` activation rows, rounded down to a
+/// multiple of `align`: every task but the last holds whole multiples), `out` the task's rows of
+/// `out_t` [N, `per_row`]. Each output is one task's, so
 /// results do not depend on how the rows are split.
 fn for_each_task<W: Sync>(
     out_t: &mut [f32],
@@ -445,7 +446,7 @@ fn for_each_task<W: Sync>(
     task: impl Fn(&mut [f32], &[&[W]]) + Sync,
 ) {
     let n = w.len() / row_len.max(1);
-    let rows_per_task = rows_per_task(n, row_len * std::mem::size_of::<W>(), per_row).next_multiple_of(align);
+    let rows_per_task = (rows_per_task(n, row_len * std::mem::size_of::<W>(), per_row) / align).max(1) * align;
     out_t
         .par_chunks_mut(rows_per_task * per_row)
         .zip(w.par_chunks(rows_per_task * row_len))

@@ -12,7 +12,7 @@
 //!
 //! ```text
 //!   x [M, K] ──pack──▶ panels [⌈M/16⌉][K/2 pairs | K/4 quads][16 lanes]
-//!   for each task of weight rows (split across threads as for decoding):
+//!   for each task of weight rows (whole tiles of MR rows, at least 4 tasks a thread):
 //!     for each MR rows, for each P panels:   sums[MR][P] (16 lanes each)
 //!       for each pair/quad j:  w = broadcast(row r, j);  sums[r][p] += panel[p][j] · w
 //!   out_t [N, 16·⌈M/16⌉] ──transpose──▶ out [M, N]
@@ -56,10 +56,10 @@ trait Panels: Sync {
     /// P panels from panel `g`.
     fn tile<const MR: usize, const P: usize>(&self, out: &mut [f32], stride: usize, rows: [&[Self::W]; MR], g: usize);
 
-    /// The weight rows MR of [`Panels::task`]'s tiles against `panels` panels. Tasks hold a
-    /// multiple of them: rows left over are taken one at a time, a single chain of sums that
-    /// waits on each instruction's latency (in GPT-2's prompts of 16, a task's 2-6 rows left
-    /// over took a sixth of the bf16 products' time).
+    /// The weight rows MR of [`Panels::task`]'s tiles against `panels` panels. Every task but
+    /// the last holds a multiple of them: rows left over are taken one at a time, a single
+    /// chain of sums that waits on each instruction's latency (in GPT-2's prompts of 16 on 2
+    /// threads, a bf16 task's 2-6 rows left over took a sixth of the products' time).
     fn tile_rows(&self, panels: usize) -> usize {
         match panels {
             1 => 12,
@@ -110,7 +110,11 @@ fn by_rows<K: Panels, const MR: usize, const P: usize>(
     rows: &[&[K::W]],
     panels: usize,
 ) {
-    assert_eq!(MR, kernel.tile_rows(panels), "a tile's rows as the tasks were cut");
+    assert_eq!(
+        MR,
+        kernel.tile_rows(panels),
+        "Panels::tile_rows disagrees with Panels::task"
+    );
     let blocks = rows.len() / MR;
     for (i, block) in rows.chunks_exact(MR).enumerate() {
         let block: [&[K::W]; MR] = std::array::from_fn(|r| block[r]);
