@@ -15,7 +15,10 @@
 //!   [`DOT_X_ROWS`] rows of x: each weight loaded into a register serves two rows of x, and
 //!   the tile's 8 accumulators stay in registers (tiles of 4 by 4, 3 by 4, 6 by 2 and 8 by 2
 //!   were slower on the 2-core Zen 4 host). On GPT-2's LM head 16 rows cost about 3x one row,
-//!   not 16x.
+//!   not 16x. One or two rows of x (decoding) read [`DECODE_DOT_STREAMS`] weight rows side by
+//!   side instead. With AVX-512 the tiles run 16 lanes, two accumulators a dot product when the
+//!   tile is small: against the AVX2 tiles, GPT-2's LM head took 0.96x the time for 1 row, 1.01x
+//!   for 2, 0.96x for 4, 0.86x for 16 and 0.82x for 32 (Zen 5, medians of 10 alternating runs).
 
 use faer::Par;
 use rayon::prelude::*;
@@ -38,9 +41,18 @@ const WEIGHT_ROWS_PER_TASK: usize = 64;
 const AXPY_STREAMS: usize = 8;
 const DOT_STREAMS: usize = 4;
 const DOT_X_ROWS: usize = 2;
+/// Weight rows read side by side against one or two rows of x: on AVX-512 (two accumulators a
+/// dot product) a probe streamed GPT-2's LM head against one row in 0.85x the time of 4 rows
+/// (Zen 5, alternating runs, medians of 31; 1 row: 0.90x).
+const DECODE_DOT_STREAMS: usize = 2;
 
 /// Vector lanes of the inner loops (the compiler maps them to SIMD registers).
 const LANES: usize = 16;
+
+/// The instructions this CPU's dot-product tiles run on (for `gpt2 info`).
+pub fn dot_kernel_name() -> &'static str {
+    DotKernel::best().name()
+}
 
 /// Runs `task` on each chunk of `w`, on the rayon pool unless `par` is sequential; results in order.
 fn map_chunks<T: Send>(w: &[f32], chunk: usize, par: Par, task: impl Fn(usize, &[f32]) -> T + Sync) -> Vec<T> {
@@ -101,19 +113,9 @@ pub fn matmul_small_m_t(
     assert!(out.len() == m * n && x.len() == m * k && w.len() == n * k && m <= SMALL_M_T);
     let kernel = DotKernel::best();
     // Each task fills its columns of out, transposed: [rows, M].
-    let blocks = map_chunks(w, WEIGHT_ROWS_PER_TASK * k, par, |_, w_rows| {
-        let rows = w_rows.len() / k;
-        let row = |i: usize| &w_rows[i * k..(i + 1) * k];
-        let mut dots_t = vec![0.0f32; rows * m];
-        let (groups, rest) = stream_order::<DOT_STREAMS>(rows);
-        // Each group of rows is read from memory once and reused from cache for every x row.
-        for group in groups {
-            dots_along_x(kernel, &mut dots_t, group, group.map(row), x);
-        }
-        for i in rest {
-            dots_along_x(kernel, &mut dots_t, [i], [row(i)], x);
-        }
-        dots_t
+    let blocks = map_chunks(w, WEIGHT_ROWS_PER_TASK * k, par, |_, w_rows| match m {
+        1 | 2 => task_dots::<DECODE_DOT_STREAMS>(kernel, w_rows, x, k),
+        _ => task_dots::<DOT_STREAMS>(kernel, w_rows, x, k),
     });
     for (col, dots) in blocks.iter().flat_map(|b| b.chunks_exact(m)).enumerate() {
         for (row, &d) in dots.iter().enumerate() {
@@ -121,6 +123,23 @@ pub fn matmul_small_m_t(
             *o = if accumulate { *o + d } else { d };
         }
     }
+}
+
+/// The dots of one task's weight rows `w_rows` [rows, K] with every row of x [M, K], transposed:
+/// [rows, M]; S weight rows read side by side.
+fn task_dots<const S: usize>(kernel: DotKernel, w_rows: &[f32], x: &[f32], k: usize) -> Vec<f32> {
+    let rows = w_rows.len() / k;
+    let row = |i: usize| &w_rows[i * k..(i + 1) * k];
+    let mut dots_t = vec![0.0f32; rows * (x.len() / k)];
+    let (groups, rest) = stream_order::<S>(rows);
+    // Each group of rows is read from memory once and reused from cache for every x row.
+    for group in groups {
+        dots_along_x(kernel, &mut dots_t, group, group.map(row), x);
+    }
+    for i in rest {
+        dots_along_x(kernel, &mut dots_t, [i], [row(i)], x);
+    }
+    dots_t
 }
 
 /// `dots_t[at[s] * M + r] = w_s · x_r` for the S weight rows `w` (rows `at` of the block) and
@@ -145,6 +164,10 @@ fn dots_along_x<const S: usize>(kernel: DotKernel, dots_t: &mut [f32], at: [usiz
 /// How this CPU computes a tile of dot products.
 #[derive(Clone, Copy)]
 enum DotKernel {
+    /// 16 lanes with fused multiply-adds, one or two accumulators per dot product, all held in
+    /// AVX-512 registers.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
     /// 8 lanes with fused multiply-adds, the tile's partial sums held in AVX registers.
     #[cfg(target_arch = "x86_64")]
     Avx2,
@@ -153,12 +176,34 @@ enum DotKernel {
 }
 
 impl DotKernel {
-    fn best() -> Self {
+    /// Every kernel this CPU runs, best first.
+    fn available() -> Vec<Self> {
+        let mut kernels = Vec::new();
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return DotKernel::Avx2;
+        {
+            if is_x86_feature_detected!("avx512f") {
+                kernels.push(DotKernel::Avx512);
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                kernels.push(DotKernel::Avx2);
+            }
         }
-        DotKernel::Portable
+        kernels.push(DotKernel::Portable);
+        kernels
+    }
+
+    fn best() -> Self {
+        Self::available()[0]
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::Avx512 => "AVX-512",
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::Avx2 => "AVX2 + FMA",
+            DotKernel::Portable => "portable",
+        }
     }
 
     /// `out[r][s] = w_s · x_r`; every row as long as x_0.
@@ -166,7 +211,12 @@ impl DotKernel {
         let k = x[0].len();
         assert!(w.iter().chain(&x).all(|row| row.len() == k));
         match self {
-            // SAFETY: chosen only where the CPU has AVX2 and FMA (best), and every row holds k values.
+            // SAFETY: each is chosen only where the CPU has its features (available), and
+            // every row holds k values.
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::Avx512 if R * S < 8 => unsafe { avx512_dots::<R, S, 2>(w, x) },
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::Avx512 => unsafe { avx512_dots::<R, S, 1>(w, x) },
             #[cfg(target_arch = "x86_64")]
             DotKernel::Avx2 => unsafe { avx2_dots(w, x) },
             DotKernel::Portable => x.map(|x| dots(w, x)),
@@ -195,6 +245,40 @@ unsafe fn avx2_dots<const R: usize, const S: usize>(w: [&[f32]; S], x: [&[f32]; 
     let sums = super::lowp::lane_sums(&acc);
     std::array::from_fn(|r| {
         std::array::from_fn(|s| sums[r][s] + w[s][full..].iter().zip(&x[r][full..]).map(|(a, b)| a * b).sum::<f32>())
+    })
+}
+
+/// The tile of [`DotKernel::dots`] on AVX-512: R·S dot products, each in U accumulators of 16
+/// lanes, then each one's total plus the products past the last multiple of 16·U. A small tile
+/// needs U = 2: with fewer than 8 independent chains of FMAs, their latency holds back the loads
+/// (a larger one is slower with 2: its accumulators no longer fit in registers).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_dots<const R: usize, const S: usize, const U: usize>(w: [&[f32]; S], x: [&[f32]; R]) -> [[f32; S]; R] {
+    use std::arch::x86_64::*;
+    let k = x[0].len();
+    let full = k / (16 * U) * (16 * U);
+    let mut acc = [[[_mm512_setzero_ps(); S]; R]; U];
+    for i in (0..full).step_by(16 * U) {
+        for (u, acc) in acc.iter_mut().enumerate() {
+            let at = i + 16 * u;
+            let wv: [__m512; S] = std::array::from_fn(|s| _mm512_loadu_ps(w[s].as_ptr().add(at)));
+            for r in 0..R {
+                let xv = _mm512_loadu_ps(x[r].as_ptr().add(at));
+                for s in 0..S {
+                    acc[r][s] = _mm512_fmadd_ps(wv[s], xv, acc[r][s]);
+                }
+            }
+        }
+    }
+    std::array::from_fn(|r| {
+        std::array::from_fn(|s| {
+            let tail: f32 = w[s][full..].iter().zip(&x[r][full..]).map(|(a, b)| a * b).sum();
+            let total = acc
+                .iter()
+                .fold(_mm512_setzero_ps(), |t, acc| _mm512_add_ps(t, acc[r][s]));
+            _mm512_reduce_add_ps(total) + tail
+        })
     })
 }
 
@@ -300,11 +384,10 @@ mod tests {
 
     #[test]
     fn every_dot_kernel_matches_the_f64_dots_on_odd_shapes() {
-        // (the best kernel may be the portable one again: then it runs twice)
-        let kernels = [DotKernel::Portable, DotKernel::best()];
+        let kernels = DotKernel::available();
         // M rows of x against 4 rows of w: whole tiles of two x rows and one left over; K
-        // shorter than a vector, a multiple of it, and with a tail.
-        for (m, k) in [(1, 3), (2, 8), (5, 77), (4, 768)] {
+        // shorter than a vector, a multiple of one or two, and with a tail.
+        for (m, k) in [(1, 3), (2, 8), (3, 16), (5, 77), (4, 768)] {
             let x = random_vec(m * k, 4);
             let w = random_vec(DOT_STREAMS * k, 5);
             let rows: [&[f32]; DOT_STREAMS] = std::array::from_fn(|s| &w[s * k..(s + 1) * k]);

@@ -6,7 +6,7 @@ use gpt2::ops::lowp::kernel::{has_feature, Kernel, KERNEL_ENV, REPORTED_FEATURES
 use gpt2::ops::lowp::{prompt_path, Bf16Kernel, Kernels, Q8Kernel, WeightDtype};
 use gpt2::ops::matmul::{prompt_f32_path, Precision};
 use gpt2::ops::matmul_bf16::TileKernel;
-use gpt2::ops::matvec::{SMALL_M, SMALL_M_T};
+use gpt2::ops::matvec::{dot_kernel_name, SMALL_M, SMALL_M_T};
 use serde_json::json;
 
 #[derive(Args)]
@@ -49,14 +49,17 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         Some((isa, lanes, rows)) => format!(
             "prompts of {}-{} rows: {isa} panels of {lanes} rows, each weight broadcast from the stored rows; faer's \
              matrix product for longer prompts and training; for decoding (up to {} rows, the LM head up to \
-             {SMALL_M_T}) row-streaming kernels compiled for this build's target CPU",
+             {SMALL_M_T}) row-streaming kernels compiled for this build's target CPU, the LM head's dot products on {}",
             rows.start(),
             rows.end(),
-            rows.start() - 1
+            rows.start() - 1,
+            dot_kernel_name()
         ),
         None => format!(
             "faer's matrix product for prompts and training; for decoding (up to {SMALL_M} rows, the LM head up \
-             to {SMALL_M_T}) row-streaming kernels compiled for this build's target CPU"
+             to {SMALL_M_T}) row-streaming kernels compiled for this build's target CPU, the LM head's dot products \
+             on {}",
+            dot_kernel_name()
         ),
     };
     let (bf16, q8_0) = match &chosen {
