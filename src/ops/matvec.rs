@@ -3,12 +3,15 @@
 //!
 //! With M = 1 a product reads every weight once and does one multiply-add with it, so its
 //! time is the time to stream the weights from memory. Each task owns a contiguous block of
-//! [`WEIGHT_ROWS_PER_TASK`] weight rows and reads it as several sequential streams at once, one per
-//! part of the block: one core keeps more reads in flight that way than with a single
-//! stream. Tasks split the work the same way whatever the thread count, so results do not
-//! depend on it.
+//! weight rows and reads it as several sequential streams at once, one per part of the block:
+//! one core keeps more reads in flight that way than with a single stream, and long streams
+//! keep the hardware prefetchers ahead. Tasks split the work the same way whatever the thread
+//! count, so results do not depend on it.
 //! - `w` stored [K, N] (a Conv1D weight, `y = x·W`; M <= [`SMALL_M`]): a task computes the
 //!   partial product `x[:, rows] · W[rows, :]` [M, N]; the partials are then summed in order.
+//!   A product splits into a multiple of 4 tasks of about [`AXPY_TASK_BYTES`] (GPT-2 124M's
+//!   layers: 4 or 8), so that 1, 2 or 4 threads share them evenly; a host of more threads uses
+//!   no more than that many on each product, whose speed its memory bounds anyway.
 //! - `w` stored [N, K] (the tied LM head, `y = x·wteᵀ`, and `dout · wᵀ` in the backward pass
 //!   of a linear layer with few rows; M <= [`SMALL_M_T`]): each row of w gives one output
 //!   column, as M dot products, computed in tiles of [`DOT_STREAMS`] weight rows by
@@ -32,8 +35,18 @@ use rayon::prelude::*;
 pub const SMALL_M: usize = 4;
 pub const SMALL_M_T: usize = 32;
 
-/// Weight rows per task: 64 rows of a GPT-2 weight are 192-768 KiB of contiguous memory.
+/// Weight rows per task of a product with w stored [N, K] against more than two rows of x
+/// (the backward pass): 64 rows of a GPT-2 weight are 192-768 KiB of contiguous memory.
 const WEIGHT_ROWS_PER_TASK: usize = 64;
+
+/// Bytes of weights a task of a [K, N] product reads, about (see [`axpy_tasks`]), and of an
+/// [N, K] product against one or two rows of x (decoding; at least 4 tasks). Before, every
+/// task held 64 rows (12-48 tasks a GPT-2 product, 784 for the LM head): f32 decoding with
+/// these long tasks ran at 1.028x its speed (`gpt2 bench generate --preset gpt2 --runs 3`, the
+/// two binaries alternating for 5 minutes on Zen 5: medians of 19 pairs, memory at 44-54 GB/s;
+/// 1.05-1.07x in the two pairs at 72-82 GB/s).
+const AXPY_TASK_BYTES: usize = 2 << 20;
+const DECODE_DOT_TASK_BYTES: usize = 3 << 20;
 
 /// Weight rows a task reads side by side: rows of a [K, N] weight (axpy) and of wte (dot
 /// products, each against [`DOT_X_ROWS`] rows of x at once; more would spill the partial sums
@@ -69,17 +82,24 @@ fn stream_order<const S: usize>(rows: usize) -> (impl Iterator<Item = [usize; S]
     ((0..q).map(move |i| std::array::from_fn(|s| s * q + i)), S * q..rows)
 }
 
+/// How many tasks a [K, N] product of `bytes` of weights splits into: about
+/// [`AXPY_TASK_BYTES`] each, a multiple of 4.
+fn axpy_tasks(bytes: usize) -> usize {
+    bytes.div_ceil(AXPY_TASK_BYTES).next_multiple_of(4)
+}
+
 /// `out [M, N] (=|+=) x [M, K] · w [K, N]`, w row-major.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_small_m(out: &mut [f32], accumulate: bool, x: &[f32], w: &[f32], m: usize, k: usize, n: usize, par: Par) {
     assert!(out.len() == m * n && x.len() == m * k && w.len() == k * n && m <= SMALL_M);
-    let partials = map_chunks(w, WEIGHT_ROWS_PER_TASK * n, par, |task, w_rows| {
+    let rows_per_task = k.div_ceil(axpy_tasks(std::mem::size_of_val(w))).max(1);
+    let partials = map_chunks(w, rows_per_task * n, par, |task, w_rows| {
         // acc[j, :] = Σ_i x[j, k0 + i] · w[k0 + i, :] over this task's rows
         let rows = w_rows.len() / n;
         let row = |i: usize| &w_rows[i * n..(i + 1) * n];
         let mut acc = vec![0.0f32; m * n];
         for (acc_row, x_row) in acc.chunks_exact_mut(n).zip(x.chunks_exact(k)) {
-            let x_row = &x_row[task * WEIGHT_ROWS_PER_TASK..][..rows];
+            let x_row = &x_row[task * rows_per_task..][..rows];
             let (groups, rest) = stream_order::<AXPY_STREAMS>(rows);
             for group in groups {
                 axpy(acc_row, group.map(|i| x_row[i]), group.map(row));
@@ -112,8 +132,12 @@ pub fn matmul_small_m_t(
 ) {
     assert!(out.len() == m * n && x.len() == m * k && w.len() == n * k && m <= SMALL_M_T);
     let kernel = DotKernel::best();
+    let rows_per_task = match m {
+        1 | 2 => (DECODE_DOT_TASK_BYTES / (4 * k).max(1)).clamp(1, n.div_ceil(4).max(1)),
+        _ => WEIGHT_ROWS_PER_TASK,
+    };
     // Each task fills its columns of out, transposed: [rows, M].
-    let blocks = map_chunks(w, WEIGHT_ROWS_PER_TASK * k, par, |_, w_rows| match m {
+    let blocks = map_chunks(w, rows_per_task * k, par, |_, w_rows| match m {
         1 | 2 => task_dots::<DECODE_DOT_STREAMS>(kernel, w_rows, x, k),
         _ => task_dots::<DOT_STREAMS>(kernel, w_rows, x, k),
     });
