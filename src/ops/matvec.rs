@@ -9,19 +9,19 @@
 //! count, so results do not depend on it.
 //! - `w` stored [K, N] (a Conv1D weight, `y = x·W`; M <= [`SMALL_M`]): a task computes the
 //!   partial product `x[:, rows] · W[rows, :]` [M, N]; the partials are then summed in order.
-//!   A product splits into a multiple of 4 tasks of about [`AXPY_TASK_BYTES`] (GPT-2 124M's
-//!   layers: 4 or 8), so that 1, 2 or 4 threads share them evenly; a host of more threads uses
-//!   no more than that many on each product, whose speed its memory bounds anyway.
+//!   A product splits into a multiple of [`MIN_TASKS`] tasks of at most about
+//!   [`AXPY_TASK_BYTES`] (GPT-2 124M's layers: 4 or 8), so that 1, 2 or 4 threads share them
+//!   evenly; a host of more threads uses no more than that many on each product (not measured
+//!   there).
 //! - `w` stored [N, K] (the tied LM head, `y = x·wteᵀ`, and `dout · wᵀ` in the backward pass
 //!   of a linear layer with few rows; M <= [`SMALL_M_T`]): each row of w gives one output
 //!   column, as M dot products, computed in tiles of [`DOT_STREAMS`] weight rows by
-//!   [`DOT_X_ROWS`] rows of x: each weight loaded into a register serves two rows of x, and
-//!   the tile's 8 accumulators stay in registers (tiles of 4 by 4, 3 by 4, 6 by 2 and 8 by 2
-//!   were slower on the 2-core Zen 4 host). On GPT-2's LM head 16 rows cost about 3x one row,
-//!   not 16x. One or two rows of x (decoding) read [`DECODE_DOT_STREAMS`] weight rows side by
-//!   side instead. With AVX-512 the tiles run 16 lanes, two accumulators a dot product when the
-//!   tile is small: against the AVX2 tiles, GPT-2's LM head took 0.96x the time for 1 row, 1.01x
-//!   for 2, 0.96x for 4, 0.86x for 16 and 0.82x for 32 (Zen 5, medians of 10 alternating runs).
+//!   [`DOT_X_ROWS`] rows of x: each weight loaded into a register serves two rows of x (with
+//!   AVX2, the tile's 8 accumulators stay in registers; tiles of 4 by 4, 3 by 4, 6 by 2 and 8
+//!   by 2 were slower on the 2-core Zen 4 host, and on GPT-2's LM head 16 rows cost about 3x
+//!   one row, not 16x). One or two rows of x (decoding) read [`DECODE_DOT_STREAMS`] weight rows
+//!   side by side instead, in tasks of about [`DECODE_DOT_TASK_BYTES`]. With AVX-512 the tiles
+//!   run 16 lanes and two accumulators a dot product.
 
 use faer::Par;
 use rayon::prelude::*;
@@ -36,17 +36,22 @@ pub const SMALL_M: usize = 4;
 pub const SMALL_M_T: usize = 32;
 
 /// Weight rows per task of a product with w stored [N, K] against more than two rows of x
-/// (the backward pass): 64 rows of a GPT-2 weight are 192-768 KiB of contiguous memory.
+/// (batched decoding, the backward pass): 64 rows of a GPT-2 weight are 192-768 KiB of
+/// contiguous memory.
 const WEIGHT_ROWS_PER_TASK: usize = 64;
 
-/// Bytes of weights a task of a [K, N] product reads, about (see [`axpy_tasks`]), and of an
-/// [N, K] product against one or two rows of x (decoding; at least 4 tasks). Before, every
-/// task held 64 rows (12-48 tasks a GPT-2 product, 784 for the LM head): f32 decoding with
-/// these long tasks ran at 1.028x its speed (`gpt2 bench generate --preset gpt2 --runs 3`, the
-/// two binaries alternating for 5 minutes on Zen 5: medians of 19 pairs, memory at 44-54 GB/s;
-/// 1.05-1.07x in the two pairs at 72-82 GB/s).
+/// At most the bytes of weights a task of a [K, N] product reads (see [`axpy_tasks`]). Before,
+/// every task held 64 rows (12-48 tasks a GPT-2 product, 786 for the LM head): f32 decoding
+/// with long tasks (these, and [`DECODE_DOT_TASK_BYTES`]) ran at 1.028x its speed (`gpt2 bench
+/// generate --preset gpt2 --runs 3`, the two binaries alternating for 5 minutes on Zen 5:
+/// medians of 19 pairs, memory at 44-54 GB/s; 1.05-1.07x in the two pairs at 72-82 GB/s).
 const AXPY_TASK_BYTES: usize = 2 << 20;
+/// About the bytes of weights a task of an [N, K] product against one or two rows of x
+/// (decoding) reads, in at least [`MIN_TASKS`] tasks.
 const DECODE_DOT_TASK_BYTES: usize = 3 << 20;
+/// The fewest tasks a decoding product splits into (where it has as many rows), and what the
+/// number of tasks of a [K, N] product is a multiple of: 1, 2 or 4 threads share them evenly.
+const MIN_TASKS: usize = 4;
 
 /// Weight rows a task reads side by side: rows of a [K, N] weight (axpy) and of wte (dot
 /// products, each against [`DOT_X_ROWS`] rows of x at once; more would spill the partial sums
@@ -54,10 +59,15 @@ const DECODE_DOT_TASK_BYTES: usize = 3 << 20;
 const AXPY_STREAMS: usize = 8;
 const DOT_STREAMS: usize = 4;
 const DOT_X_ROWS: usize = 2;
-/// Weight rows read side by side against one or two rows of x: on AVX-512 (two accumulators a
-/// dot product) a probe streamed GPT-2's LM head against one row in 0.85x the time of 4 rows
-/// (Zen 5, alternating runs, medians of 31; 1 row: 0.90x).
+/// Weight rows read side by side against one or two rows of x: on AVX-512 a probe streamed
+/// GPT-2's LM head against one row reading 2 weight rows side by side in 0.85x the time of
+/// reading 4 (1 weight row: 0.90x; Zen 5, alternating runs, medians of 31). The AVX2 tiles
+/// read it as fast with 2 as with 4 there.
 const DECODE_DOT_STREAMS: usize = 2;
+
+/// Accumulators of each dot product in the AVX-512 tiles.
+#[cfg(target_arch = "x86_64")]
+const ACCUMULATORS: usize = 2;
 
 /// Vector lanes of the inner loops (the compiler maps them to SIMD registers).
 const LANES: usize = 16;
@@ -85,14 +95,14 @@ fn stream_order<const S: usize>(rows: usize) -> (impl Iterator<Item = [usize; S]
 /// How many tasks a [K, N] product of `bytes` of weights splits into: about
 /// [`AXPY_TASK_BYTES`] each, a multiple of 4.
 fn axpy_tasks(bytes: usize) -> usize {
-    bytes.div_ceil(AXPY_TASK_BYTES).next_multiple_of(4)
+    bytes.div_ceil(AXPY_TASK_BYTES).max(1).next_multiple_of(MIN_TASKS)
 }
 
 /// `out [M, N] (=|+=) x [M, K] · w [K, N]`, w row-major.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_small_m(out: &mut [f32], accumulate: bool, x: &[f32], w: &[f32], m: usize, k: usize, n: usize, par: Par) {
     assert!(out.len() == m * n && x.len() == m * k && w.len() == k * n && m <= SMALL_M);
-    let rows_per_task = k.div_ceil(axpy_tasks(std::mem::size_of_val(w))).max(1);
+    let rows_per_task = k.div_ceil(axpy_tasks(size_of_val(w))).max(1);
     let partials = map_chunks(w, rows_per_task * n, par, |task, w_rows| {
         // acc[j, :] = Σ_i x[j, k0 + i] · w[k0 + i, :] over this task's rows
         let rows = w_rows.len() / n;
@@ -132,14 +142,15 @@ pub fn matmul_small_m_t(
 ) {
     assert!(out.len() == m * n && x.len() == m * k && w.len() == n * k && m <= SMALL_M_T);
     let kernel = DotKernel::best();
-    let rows_per_task = match m {
-        1 | 2 => (DECODE_DOT_TASK_BYTES / (4 * k).max(1)).clamp(1, n.div_ceil(4).max(1)),
-        _ => WEIGHT_ROWS_PER_TASK,
+    let decoding = m <= DOT_X_ROWS;
+    let rows_per_task = match decoding {
+        true => (DECODE_DOT_TASK_BYTES / (k * size_of::<f32>()).max(1)).clamp(1, (n / MIN_TASKS).max(1)),
+        false => WEIGHT_ROWS_PER_TASK,
     };
     // Each task fills its columns of out, transposed: [rows, M].
-    let blocks = map_chunks(w, rows_per_task * k, par, |_, w_rows| match m {
-        1 | 2 => task_dots::<DECODE_DOT_STREAMS>(kernel, w_rows, x, k),
-        _ => task_dots::<DOT_STREAMS>(kernel, w_rows, x, k),
+    let blocks = map_chunks(w, rows_per_task * k, par, |_, w_rows| match decoding {
+        true => task_dots::<DECODE_DOT_STREAMS>(kernel, w_rows, x, k),
+        false => task_dots::<DOT_STREAMS>(kernel, w_rows, x, k),
     });
     for (col, dots) in blocks.iter().flat_map(|b| b.chunks_exact(m)).enumerate() {
         for (row, &d) in dots.iter().enumerate() {
@@ -188,7 +199,7 @@ fn dots_along_x<const S: usize>(kernel: DotKernel, dots_t: &mut [f32], at: [usiz
 /// How this CPU computes a tile of dot products.
 #[derive(Clone, Copy)]
 enum DotKernel {
-    /// 16 lanes with fused multiply-adds, one or two accumulators per dot product, all held in
+    /// 16 lanes with fused multiply-adds, two accumulators per dot product, all held in
     /// AVX-512 registers.
     #[cfg(target_arch = "x86_64")]
     Avx512,
@@ -238,9 +249,7 @@ impl DotKernel {
             // SAFETY: each is chosen only where the CPU has its features (available), and
             // every row holds k values.
             #[cfg(target_arch = "x86_64")]
-            DotKernel::Avx512 if R * S < 8 => unsafe { avx512_dots::<R, S, 2>(w, x) },
-            #[cfg(target_arch = "x86_64")]
-            DotKernel::Avx512 => unsafe { avx512_dots::<R, S, 1>(w, x) },
+            DotKernel::Avx512 => unsafe { avx512_dots(w, x) },
             #[cfg(target_arch = "x86_64")]
             DotKernel::Avx2 => unsafe { avx2_dots(w, x) },
             DotKernel::Portable => x.map(|x| dots(w, x)),
@@ -272,14 +281,17 @@ unsafe fn avx2_dots<const R: usize, const S: usize>(w: [&[f32]; S], x: [&[f32]; 
     })
 }
 
-/// The tile of [`DotKernel::dots`] on AVX-512: R·S dot products, each in U accumulators of 16
-/// lanes, then each one's total plus the products past the last multiple of 16·U. A small tile
-/// needs U = 2: with fewer than 8 independent chains of FMAs, their latency holds back the loads
-/// (a larger one is slower with 2: its accumulators no longer fit in registers).
+/// The tile of [`DotKernel::dots`] on AVX-512: R·S dot products, each in [`ACCUMULATORS`] of
+/// 16 lanes (values 32i..32i+15 in the first, 32i+16..32i+31 in the second), then each one's
+/// total plus the products past the last multiple of 32. Two accumulators give a tile of one
+/// or two dot products (decoding) enough independent chains of FMAs that their latency does
+/// not hold back the loads; every tile shape sums in the same order, so a row's dot products
+/// come out the same, bit for bit, whatever the other rows of x beside it.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn avx512_dots<const R: usize, const S: usize, const U: usize>(w: [&[f32]; S], x: [&[f32]; R]) -> [[f32; S]; R] {
+unsafe fn avx512_dots<const R: usize, const S: usize>(w: [&[f32]; S], x: [&[f32]; R]) -> [[f32; S]; R] {
     use std::arch::x86_64::*;
+    const U: usize = ACCUMULATORS;
     let k = x[0].len();
     let full = k / (16 * U) * (16 * U);
     let mut acc = [[[_mm512_setzero_ps(); S]; R]; U];
@@ -373,6 +385,7 @@ mod tests {
         let shapes = [
             (1, 1, 1),
             (1, 130, 77),
+            (2, 77, 130),
             (3, 200, 129),
             (SMALL_M, 65, 300),
             (SMALL_M_T, 13, 70),
@@ -407,11 +420,48 @@ mod tests {
     }
 
     #[test]
+    fn results_depend_neither_on_the_thread_count_nor_on_the_other_rows() {
+        // Bit for bit: sequential against the pool, and each row of x alone against the batch.
+        let (k, n) = (100, 300);
+        let w = random_vec(k * n, 6);
+        for m in [1, 2, 3, SMALL_M, 7, SMALL_M_T] {
+            let x = random_vec(m * k, 7);
+            let run = |m: usize, x: &[f32], par: Par| {
+                let mut out_t = vec![0.0; m * n];
+                matmul_small_m_t(&mut out_t, false, x, &w, m, k, n, par);
+                // the same values read as w [K, N]
+                let mut out = vec![0.0; m * n];
+                if m <= SMALL_M {
+                    matmul_small_m(&mut out, false, x, &w, m, k, n, par);
+                }
+                (out_t, out)
+            };
+            let pooled = run(m, &x, Par::rayon(0));
+            assert_eq!(run(m, &x, Par::Seq), pooled, "m={m}: sequential and pooled differ");
+            for (r, x_row) in x.chunks_exact(k).enumerate() {
+                let (alone_t, alone) = run(1, x_row, Par::rayon(0));
+                assert_eq!(
+                    alone_t,
+                    pooled.0[r * n..(r + 1) * n],
+                    "m={m}: [N, K] row {r} alone differs"
+                );
+                if m <= SMALL_M {
+                    assert_eq!(
+                        alone,
+                        pooled.1[r * n..(r + 1) * n],
+                        "m={m}: [K, N] row {r} alone differs"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn every_dot_kernel_matches_the_f64_dots_on_odd_shapes() {
         let kernels = DotKernel::available();
         // M rows of x against 4 rows of w: whole tiles of two x rows and one left over; K
-        // shorter than a vector, a multiple of one or two, and with a tail.
-        for (m, k) in [(1, 3), (2, 8), (3, 16), (5, 77), (4, 768)] {
+        // shorter than a vector, a multiple of one or two, and with tails of 1-31.
+        for (m, k) in [(1, 3), (2, 8), (3, 16), (2, 63), (5, 77), (4, 768)] {
             let x = random_vec(m * k, 4);
             let w = random_vec(DOT_STREAMS * k, 5);
             let rows: [&[f32]; DOT_STREAMS] = std::array::from_fn(|s| &w[s * k..(s + 1) * k]);
