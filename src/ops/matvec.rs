@@ -212,23 +212,29 @@ enum DotKernel {
 
 impl DotKernel {
     /// Every kernel this CPU runs, best first.
-    fn available() -> Vec<Self> {
-        let mut kernels = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                kernels.push(DotKernel::Avx512);
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                kernels.push(DotKernel::Avx2);
-            }
+    fn available() -> impl Iterator<Item = Self> {
+        let all = [
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::Avx512,
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::Avx2,
+            DotKernel::Portable,
+        ];
+        all.into_iter().filter(|kernel| kernel.runs_here())
+    }
+
+    fn runs_here(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            DotKernel::Portable => true,
         }
-        kernels.push(DotKernel::Portable);
-        kernels
     }
 
     fn best() -> Self {
-        Self::available()[0]
+        Self::available().next().expect("the portable kernel runs everywhere")
     }
 
     fn name(self) -> &'static str {
@@ -246,7 +252,7 @@ impl DotKernel {
         let k = x[0].len();
         assert!(w.iter().chain(&x).all(|row| row.len() == k));
         match self {
-            // SAFETY: each is chosen only where the CPU has its features (available), and
+            // SAFETY: each is chosen only where the CPU has its features (runs_here), and
             // every row holds k values.
             #[cfg(target_arch = "x86_64")]
             DotKernel::Avx512 => unsafe { avx512_dots(w, x) },
@@ -458,7 +464,7 @@ mod tests {
 
     #[test]
     fn every_dot_kernel_matches_the_f64_dots_on_odd_shapes() {
-        let kernels = DotKernel::available();
+        let kernels: Vec<DotKernel> = DotKernel::available().collect();
         // M rows of x against 4 rows of w: whole tiles of two x rows and one left over; K
         // shorter than a vector, a multiple of one or two, and with tails of 1-31.
         for (m, k) in [(1, 3), (2, 8), (3, 16), (2, 63), (5, 77), (4, 768)] {
