@@ -45,22 +45,22 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         .map(|&f| (f.to_string(), has_feature(f).into()))
         .collect();
     let env = std::env::var(KERNEL_ENV).ok().filter(|v| !v.is_empty());
-    let f32_path = match prompt_f32_path() {
+    let prompt = prompt_f32_path();
+    // Rows below the prompt kernel's first go to the decoding kernels.
+    let decode_rows = prompt.as_ref().map_or(SMALL_M, |(_, _, rows)| rows.start() - 1);
+    let decoding = format!(
+        "for decoding (up to {decode_rows} rows, the LM head up to {SMALL_M_T}) row-streaming kernels compiled for \
+         this build's target CPU, the LM head's dot products on {}",
+        dot_kernel_name()
+    );
+    let f32_path = match prompt {
         Some((isa, lanes, rows)) => format!(
             "prompts of {}-{} rows: {isa} panels of {lanes} rows, each weight broadcast from the stored rows; faer's \
-             matrix product for longer prompts and training; for decoding (up to {} rows, the LM head up to \
-             {SMALL_M_T}) row-streaming kernels compiled for this build's target CPU, the LM head's dot products on {}",
+             matrix product for longer prompts and training; {decoding}",
             rows.start(),
             rows.end(),
-            rows.start() - 1,
-            dot_kernel_name()
         ),
-        None => format!(
-            "faer's matrix product for prompts and training; for decoding (up to {SMALL_M} rows, the LM head up \
-             to {SMALL_M_T}) row-streaming kernels compiled for this build's target CPU, the LM head's dot products \
-             on {}",
-            dot_kernel_name()
-        ),
+        None => format!("faer's matrix product for prompts and training; {decoding}"),
     };
     let (bf16, q8_0) = match &chosen {
         Ok(k) => (
