@@ -6,8 +6,14 @@
 //!
 //! Sizes are multiplied with saturation: a product beyond u64 reads as u64::MAX bytes, which no
 //! machine has, so absurd sizes are refused without overflowing.
+//!
+//! [`HugePageAlloc`], the allocator the `gpt2` binary installs, puts buffers of 2 MiB and more
+//! on 2 MiB pages (`huge_pages`).
 
 use crate::error::{Error, Result};
+
+mod huge_pages;
+pub use huge_pages::{transparent_huge_pages, HugePageAlloc, HUGE_MIN_BYTES, HUGE_PAGE};
 
 /// The product of `factors`, saturating at u64::MAX.
 pub fn product(factors: &[usize]) -> u64 {

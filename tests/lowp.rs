@@ -311,4 +311,10 @@ fn info_names_the_features_and_the_kernel_each_dtype_uses() {
         f32_path.contains("AVX2 panels of 8 rows"),
         !has("avx512f") && has("avx2") && has("fma")
     );
+    // Large buffers ask for huge pages; the kernel's setting says whether they get them.
+    let huge = matches!(
+        gpt2::memory::transparent_huge_pages().as_deref(),
+        Some("always" | "madvise")
+    );
+    assert_eq!(best["memory_pages"].as_str().unwrap().contains("on 2 MiB pages"), huge);
 }

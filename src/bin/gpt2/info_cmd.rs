@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
+use gpt2::memory::HUGE_MIN_BYTES;
 use gpt2::ops::lowp::kernel::{has_feature, Kernel, KERNEL_ENV, REPORTED_FEATURES};
 use gpt2::ops::lowp::{prompt_path, Bf16Kernel, Kernels, Q8Kernel, WeightDtype};
 use gpt2::ops::matmul::{prompt_f32_path, Precision};
@@ -12,7 +13,7 @@ use serde_json::json;
 #[derive(Args)]
 pub struct InfoArgs {
     /// Print one JSON object: {"cpu", "features", "threads", "kernel_env", "f32", "bf16", "q8_0",
-    /// "prompts", "training_bf16"}.
+    /// "prompts", "training_bf16", "memory_pages"}.
     #[arg(long)]
     json: bool,
 }
@@ -94,6 +95,18 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             )
         }
     };
+    // Huge pages for the large buffers: the allocator asks, the kernel's setting decides.
+    let pages = match gpt2::memory::transparent_huge_pages().as_deref() {
+        Some(mode @ ("always" | "madvise")) => format!(
+            "buffers of {} MiB and more (weights, KV caches, activations) on 2 MiB pages (transparent huge pages: {mode})",
+            HUGE_MIN_BYTES >> 20
+        ),
+        Some(mode) => format!(
+            "4 KiB pages: transparent huge pages are `{mode}` in /sys/kernel/mm/transparent_hugepage/enabled \
+             (`madvise` lets the large buffers use 2 MiB pages, which decoding reads faster)"
+        ),
+        None => "the system's: no transparent huge pages here".to_string(),
+    };
     let report = json!({
         "cpu": cpu_name(),
         "features": features,
@@ -104,6 +117,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         "q8_0": q8_0,
         "prompts": prompts,
         "training_bf16": training_bf16,
+        "memory_pages": pages,
     });
     if args.json {
         println!("{report}");
@@ -155,6 +169,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             (true, false) => "on this CPU, but unused (Linux refused the tiles, or AVX-512 is missing)",
         };
         println!("AMX: {amx}");
+        println!("memory pages: {pages}");
     }
     Ok(())
 }

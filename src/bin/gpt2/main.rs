@@ -16,6 +16,10 @@ mod serve_cmd;
 mod tokenize_cmd;
 mod train_cmd;
 
+/// Large buffers (weights, caches, activations) on 2 MiB pages: see `gpt2::memory::HugePageAlloc`.
+#[global_allocator]
+static ALLOC: gpt2::memory::HugePageAlloc = gpt2::memory::HugePageAlloc;
+
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
