@@ -1,4 +1,4 @@
-//! Every command line README.md shows parses: each `gpt2 ...` (or `cargo run --release -- ...`)
+//! Every command line README.md and the docs it sends readers to show parses: each `gpt2 ...` (or `cargo run --release -- ...`)
 //! of its code blocks and of its inline code, tables included, runs with `--help` appended and
 //! exits 0. The synopses of the command table are made concrete first: an optional `[...]` is
 //! kept, an alternative `a|b` becomes its first choice, and a placeholder (`FILE`, `N`) or a
@@ -10,6 +10,13 @@ use common::run_gpt2;
 use std::collections::BTreeSet;
 
 const README: &str = include_str!("../README.md");
+/// The documents README.md sends readers to for the details, whose command lines must parse too.
+const DOCS: [(&str, &str); 4] = [
+    ("docs/performance.md", include_str!("../docs/performance.md")),
+    ("docs/walkthrough.md", include_str!("../docs/walkthrough.md")),
+    ("docs/serve.md", include_str!("../docs/serve.md")),
+    ("docs/distributed.md", include_str!("../docs/distributed.md")),
+];
 
 /// The command lines of the README, as written (without `gpt2`/`cargo run` and comments).
 fn command_lines(readme: &str) -> Vec<String> {
@@ -144,15 +151,18 @@ fn with_values(words: Vec<String>) -> Vec<String> {
 fn readme_command_lines_parse() {
     let lines = command_lines(README);
     assert!(lines.len() >= 30, "found only {} command lines: {lines:?}", lines.len());
+    let docs = DOCS
+        .iter()
+        .flat_map(|(name, text)| command_lines(text).into_iter().map(move |l| (*name, l)));
     let mut failures = Vec::new();
-    for line in &lines {
-        let words = with_values(shell_words(line).iter().filter_map(|w| concrete(w)).collect());
+    for (file, line) in lines.iter().map(|l| ("README.md", l.clone())).chain(docs) {
+        let words = with_values(shell_words(&line).iter().filter_map(|w| concrete(w)).collect());
         let mut args: Vec<&str> = words.iter().map(String::as_str).collect();
         args.push("--help");
         let out = run_gpt2(&args);
         if !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("Usage:") {
             failures.push(format!(
-                "`gpt2 {line}` (run as `gpt2 {}`): {}",
+                "{file}: `gpt2 {line}` (run as `gpt2 {}`): {}",
                 args.join(" "),
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
@@ -160,7 +170,7 @@ fn readme_command_lines_parse() {
     }
     assert!(
         failures.is_empty(),
-        "README command lines that do not parse:\n{}",
+        "command lines of README.md and its docs that do not parse:\n{}",
         failures.join("\n")
     );
 }
