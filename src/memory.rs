@@ -13,7 +13,9 @@
 use crate::error::{Error, Result};
 
 mod huge_pages;
-pub use huge_pages::{transparent_huge_pages, HugePageAlloc, HUGE_MIN_BYTES, HUGE_PAGE};
+pub use huge_pages::{
+    large_buffers_ask_for_huge_pages, transparent_huge_pages, HugePageAlloc, HUGE_MIN_BYTES, HUGE_PAGE,
+};
 
 /// The product of `factors`, saturating at u64::MAX.
 pub fn product(factors: &[usize]) -> u64 {

@@ -6,8 +6,8 @@
 //! in 2 MiB pages they span 240. On a Zen 5 host whose memory read at 75-85 GB/s, f32 decoding
 //! ran 1.1-1.2x as fast on huge pages (README, Performance). Linux hands out huge pages where a
 //! mapping asks for them (`madvise(MADV_HUGEPAGE)`) unless
-//! `/sys/kernel/mm/transparent_hugepage/enabled` says `never`; most distributions default to
-//! `madvise`, so a buffer gets them only if it asks.
+//! `/sys/kernel/mm/transparent_hugepage/enabled` says `never`; where it says `madvise` (Debian's
+//! and Ubuntu's default, among others) a buffer gets them only if it asks.
 //!
 //! [`HugePageAlloc`] maps each allocation of [`HUGE_MIN_BYTES`] or more on its own, starting on a
 //! 2 MiB boundary (so that all its whole 2 MiB spans can be huge pages), and asks for huge pages
@@ -36,7 +36,14 @@ mod linux {
     use std::alloc::{GlobalAlloc, Layout, System};
     use std::ptr;
 
-    /// See the module's documentation.
+    /// A global allocator that puts every block of [`HUGE_MIN_BYTES`] or more on a mapping of
+    /// its own, starting on a 2 MiB boundary, with transparent huge pages asked for
+    /// (`madvise(MADV_HUGEPAGE)`); smaller blocks go to the system allocator. A fresh mapping
+    /// reads as zero and its pages are faulted in only when written. Installing it also sets two
+    /// of glibc's malloc parameters for the whole process, once: blocks below 2 MiB come from the
+    /// heap (`M_MMAP_THRESHOLD`), and up to 4 MiB of free heap is kept (`M_TRIM_THRESHOLD`).
+    /// The `gpt2` binary installs it; a program opts in with `#[global_allocator] static ALLOC:
+    /// gpt2::memory::HugePageAlloc = gpt2::memory::HugePageAlloc;`.
     pub struct HugePageAlloc;
 
     fn is_huge(size: usize, align: usize) -> bool {
@@ -44,22 +51,24 @@ mod linux {
     }
 
     /// glibc's malloc maps blocks above 128 KiB on their own and hands the top of its heap back
-    /// to the kernel when 128 KiB of it are free, and raises both thresholds as large mapped
-    /// blocks are freed, so that a program that allocates and frees the same buffers over and
-    /// over soon reuses heap memory instead of faulting fresh pages in every time. Blocks from 2
-    /// MiB up never reach it here, so it would never raise them: a 16-token prompt's buffers
-    /// (a few MB in all, per generation) then cost a page fault every 4 KiB each time. So the
-    /// thresholds are set once to where they would have settled: everything below 2 MiB from
-    /// the heap, kept up to twice that free.
+    /// to the kernel when 128 KiB of it are free, and raises both thresholds to the size of each
+    /// larger mapped block freed, so that a program that allocates and frees the same buffers
+    /// over and over soon reuses heap memory instead of faulting fresh pages in every time. Here
+    /// the largest blocks never reach it, so its thresholds would stop at the largest block
+    /// below 2 MiB freed, and a 16-token prompt's buffers (a few MB in all, per generation) came
+    /// back as fresh pages each time: 570 page faults a generation. So the thresholds are set
+    /// once to where they would have settled: everything below 2 MiB from the heap, kept up to
+    /// twice that free.
     fn tune_system_allocator() {
         #[cfg(target_env = "gnu")]
         {
             static TUNED: std::sync::Once = std::sync::Once::new();
             TUNED.call_once(|| {
-                // SAFETY: mallopt only sets malloc's parameters; both values are in range.
+                // SAFETY: mallopt only sets malloc's parameters. (A 32-bit glibc caps the mapping
+                // threshold at 512 KiB and ignores the first call: harmless.)
                 unsafe {
                     libc::mallopt(libc::M_MMAP_THRESHOLD, HUGE_MIN_BYTES as libc::c_int);
-                    libc::mallopt(libc::M_TRIM_THRESHOLD, 2 * HUGE_MIN_BYTES as libc::c_int);
+                    libc::mallopt(libc::M_TRIM_THRESHOLD, (2 * HUGE_MIN_BYTES) as libc::c_int);
                 }
             });
         }
@@ -99,7 +108,8 @@ mod linux {
     }
 
     unsafe fn unmap(ptr: *mut u8, size: usize) {
-        libc::munmap(ptr as *mut libc::c_void, page_rounded(size));
+        let status = libc::munmap(ptr as *mut libc::c_void, page_rounded(size));
+        debug_assert_eq!(status, 0, "munmap of a block this allocator mapped");
     }
 
     // SAFETY: every block comes either from `map` (sizes from HUGE_MIN_BYTES up, alignment up to
@@ -155,26 +165,37 @@ pub fn transparent_huge_pages() -> Option<String> {
     Some(rest.split_once(']')?.0.to_string())
 }
 
+/// Whether this process's large buffers ask for huge pages, that is whether [`HugePageAlloc`] is
+/// its global allocator (or the kernel gives huge pages to all memory): a fresh buffer of
+/// [`HUGE_MIN_BYTES`] is looked up in /proc/self/smaps, and its mapping's flags hold `hg`. False
+/// where that cannot be read.
+pub fn large_buffers_ask_for_huge_pages() -> bool {
+    let buffer: Vec<u8> = std::hint::black_box(Vec::with_capacity(HUGE_MIN_BYTES));
+    mapping_flags(buffer.as_ptr() as usize).is_some_and(|flags| flags.split_whitespace().any(|f| f == "hg"))
+}
+
+/// The `VmFlags:` line of the mapping holding `addr`, from /proc/self/smaps (`hg`: huge pages
+/// asked for); None where there is no such file or mapping.
+fn mapping_flags(addr: usize) -> Option<String> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut inside = false;
+    for line in smaps.lines() {
+        match line.split_once(' ').and_then(|(range, _)| range.split_once('-')) {
+            Some((lo, hi)) => {
+                let (lo, hi) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16));
+                inside = matches!((lo, hi), (Ok(lo), Ok(hi)) if (lo..hi).contains(&addr));
+            }
+            _ if inside && line.starts_with("VmFlags:") => return Some(line.to_string()),
+            _ => {}
+        }
+    }
+    None
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use std::alloc::{GlobalAlloc, Layout};
-
-    /// The flags of the mapping holding `addr`, from /proc/self/smaps ("hg": huge pages asked for).
-    fn mapping_flags(addr: usize) -> String {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut inside = false;
-        for line in smaps.lines() {
-            if let Some((range, _)) = line.split_once(' ').filter(|(r, _)| r.contains('-')) {
-                let (lo, hi) = range.split_once('-').unwrap();
-                let (lo, hi) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16));
-                inside = matches!((lo, hi), (Ok(lo), Ok(hi)) if (lo..hi).contains(&addr));
-            } else if inside && line.starts_with("VmFlags:") {
-                return line.to_string();
-            }
-        }
-        panic!("no mapping holds {addr:#x}")
-    }
 
     #[test]
     fn large_blocks_start_on_a_huge_page_read_as_zero_and_keep_their_bytes_when_resized() {
@@ -189,7 +210,7 @@ mod tests {
             assert!(bytes.iter().all(|&b| b == 0));
             bytes.iter_mut().enumerate().for_each(|(i, b)| *b = (i % 251) as u8);
             if transparent_huge_pages().is_some_and(|mode| mode != "never") {
-                let flags = mapping_flags(block as usize);
+                let flags = mapping_flags(block as usize).expect("the block's mapping");
                 assert!(
                     flags.split_whitespace().any(|f| f == "hg"),
                     "huge pages asked for: {flags}"

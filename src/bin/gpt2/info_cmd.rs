@@ -95,17 +95,21 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             )
         }
     };
-    // Huge pages for the large buffers: the allocator asks, the kernel's setting decides.
-    let pages = match gpt2::memory::transparent_huge_pages().as_deref() {
-        Some(mode @ ("always" | "madvise")) => format!(
-            "buffers of {} MiB and more (weights, KV caches, activations) on 2 MiB pages (transparent huge pages: {mode})",
+    // Huge pages for the large buffers: this process's allocator asks, the kernel's setting decides.
+    let asked = gpt2::memory::large_buffers_ask_for_huge_pages();
+    let pages = match (gpt2::memory::transparent_huge_pages().as_deref(), asked) {
+        (Some(mode @ ("always" | "madvise")), true) => format!(
+            "buffers of {} MiB and more (weights, KV caches, activations) ask for 2 MiB pages (transparent huge pages: {mode})",
             HUGE_MIN_BYTES >> 20
         ),
-        Some(mode) => format!(
-            "4 KiB pages: transparent huge pages are `{mode}` in /sys/kernel/mm/transparent_hugepage/enabled \
-             (`madvise` lets the large buffers use 2 MiB pages, which decoding reads faster)"
+        (Some("madvise"), false) => "the kernel's base pages: this program's allocator does not ask for huge pages \
+             (gpt2::memory::HugePageAlloc does)"
+            .to_string(),
+        (Some(mode), _) => format!(
+            "the kernel's base pages: transparent huge pages are `{mode}` in /sys/kernel/mm/transparent_hugepage/enabled \
+             (with `madvise` the large buffers get 2 MiB pages, which decoding reads faster)"
         ),
-        None => "the system's: no transparent huge pages here".to_string(),
+        (None, _) => "the system's page size (no transparent huge pages)".to_string(),
     };
     let report = json!({
         "cpu": cpu_name(),

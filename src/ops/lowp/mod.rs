@@ -54,10 +54,12 @@ const PREFILL_COLS: usize = 2;
 const PANEL_ROWS: usize = 16;
 /// A longer prompt goes through the panel kernels this many rows at a time. Each task of
 /// weight rows runs over every panel of the prompt, so with all of a long prompt at once the
-/// panels (512 rows x 3072 x 4 bytes: 6 MiB) come from L3 again for every tile of weights; 64
-/// rows (1-4 panels: at most 768 KiB) stay in L2, and the weights are read once per 64 rows.
-/// GPT-2 124M's 48 block products of 512 rows (Zen 5, 2 threads, a probe): bf16 208-211 ms at
-/// once, 138-150 in blocks of 32-64 rows; q8_0 212-265 against 144-180; at 128 rows level.
+/// panels (512 rows of K = 3072 in bf16 pairs: 3 MiB) come from L3 again for every tile of
+/// weights; 64 rows (1-4 panels: at most 384 KiB in bf16, 768 KiB in f32 on AVX2) stay in L2,
+/// and the weights are read once per 64 rows. GPT-2 124M's 48 block products of 512 rows (Zen
+/// 5, 2 threads, a probe): bf16 208-211 ms at once, 138-150 in blocks of 32-64 rows; q8_0
+/// 212-265 against 144-180; at 128 rows level.
+#[cfg(target_arch = "x86_64")]
 const PROMPT_BLOCK_ROWS: usize = 64;
 
 /// How a model's weight matrices are stored.
@@ -245,8 +247,8 @@ impl LowpMatrix {
     }
 
     /// `out [M, N] = x [M, K] · Wᵀ`, on `kernels`: a prompt on the AVX-512, AMX or AVX2 panel
-    /// kernels from [`panel_rows`] rows on ([`PROMPT_BLOCK_ROWS`] at a time), else in
-    /// dot-product tiles.
+    /// kernels from [`panel_rows`] rows on, 64 rows at a time (a last block too short for them
+    /// in dot-product tiles), else in dot-product tiles.
     pub fn matmul(&self, out: &mut [f32], x: &[f32], m: usize, kernels: Kernels) {
         assert!(x.len() == m * self.cols && out.len() == m * self.rows);
         #[cfg(target_arch = "x86_64")]
