@@ -46,8 +46,11 @@ const DECODE_TASK_BYTES: usize = 1 << 20;
 
 /// Tiles: decoding (M < [`PREFILL_ROWS`]) reads `DECODE_STREAMS` weight rows side by side (more
 /// reads in flight); a prompt reads `PREFILL_ROWS` activation rows against `PREFILL_COLS`
-/// weight rows at a time.
-const DECODE_STREAMS: usize = 4;
+/// weight rows at a time. With the weights on huge pages ([`crate::memory::HugePageAlloc`]),
+/// 2 streams decode faster than 4 (Zen 5, `gpt2 bench generate --preset gpt2 --runs 3`
+/// alternating: q8_0 464-467 against 424-427 tokens/s with memory at 80-85 GB/s, 368-371
+/// against 352-366 at 54; bf16 198-204 against 188-197 at 55), 1 or 8 slower (340, 298-324).
+const DECODE_STREAMS: usize = 2;
 const PREFILL_ROWS: usize = 4;
 const PREFILL_COLS: usize = 2;
 /// Activation rows per panel of the [`panel`] kernels: the f32 lanes of a 512-bit register.
