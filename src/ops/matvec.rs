@@ -55,8 +55,12 @@ const MIN_TASKS: usize = 4;
 
 /// Weight rows a task reads side by side: rows of a [K, N] weight (axpy) and of wte (dot
 /// products, each against [`DOT_X_ROWS`] rows of x at once; more would spill the partial sums
-/// out of registers).
-const AXPY_STREAMS: usize = 8;
+/// out of registers). The row updates took 8 streams on 4 KiB pages; on huge pages
+/// ([`crate::memory::HugePageAlloc`]) 2 decode fastest (Zen 5, `gpt2 bench generate --preset
+/// gpt2 --runs 3` alternating: 102.8-103.5 tokens/s against 98.2-99.7 with 8 and 101.6-102.1
+/// with 4 when memory read at 55 GB/s, 150.2-152.1 against 134.9-139.8 with 8 at 82-87 GB/s;
+/// 1 stream 82-96).
+const AXPY_STREAMS: usize = 2;
 const DOT_STREAMS: usize = 4;
 const DOT_X_ROWS: usize = 2;
 /// Weight rows read side by side against one or two rows of x: on AVX-512 a probe streamed
