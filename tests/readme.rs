@@ -1,8 +1,9 @@
 //! Every command line README.md and the docs it sends readers to show parses: each `gpt2 ...`
 //! (or `cargo run --release -- ...`) of their code blocks and of their inline code, tables
-//! included, runs with `--help` appended and exits 0. The synopses of the command table are made concrete first: an optional `[...]` is
-//! kept, an alternative `a|b` becomes its first choice, and a placeholder (`FILE`, `N`) or a
-//! flag listed without its value gets a value of the right kind.
+//! included, runs with `--help` appended and exits 0. The synopses of the command table are
+//! made concrete first: an optional `[...]` is kept, an alternative `a|b` becomes its first
+//! choice, and a placeholder (`FILE`, `N`) or a flag listed without its value gets a value of
+//! the right kind.
 
 mod common;
 

@@ -166,7 +166,7 @@ pub fn transparent_huge_pages() -> Option<String> {
 }
 
 /// Whether this process's large buffers ask for huge pages, that is whether [`HugePageAlloc`] is
-/// its global allocator (or the kernel gives huge pages to all memory): a fresh buffer of
+/// its global allocator: a fresh buffer of
 /// [`HUGE_MIN_BYTES`] is looked up in /proc/self/smaps, and its mapping's flags hold `hg`. False
 /// where that cannot be read.
 pub fn large_buffers_ask_for_huge_pages() -> bool {

@@ -102,9 +102,10 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             "buffers of {} MiB and more (weights, KV caches, activations) ask for 2 MiB pages (transparent huge pages: {mode})",
             HUGE_MIN_BYTES >> 20
         ),
-        (Some("madvise"), false) => "the kernel's base pages: this program's allocator does not ask for huge pages \
-             (gpt2::memory::HugePageAlloc does)"
-            .to_string(),
+        (Some(mode @ ("always" | "madvise")), false) => format!(
+            "this program's allocator does not ask for huge pages (gpt2::memory::HugePageAlloc does; transparent \
+             huge pages: {mode})"
+        ),
         (Some(mode), _) => format!(
             "the kernel's base pages: transparent huge pages are `{mode}` in /sys/kernel/mm/transparent_hugepage/enabled \
              (with `madvise` the large buffers get 2 MiB pages, which decoding reads faster)"
