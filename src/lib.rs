@@ -27,4 +27,4 @@ pub mod train;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use generate::{generate_ids, Generator, Sampling};
-pub use model::{Gpt, KvCache, Workspace};
+pub use model::{Gpt, KvCache, KvDtype, Workspace};

@@ -5,7 +5,7 @@ use super::sampling::Sampling;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::memory::{product, Need};
-use crate::model::{Gpt, KvCache};
+use crate::model::{Gpt, KvCache, KvDtype};
 use crate::rng::Rng;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -98,14 +98,10 @@ impl<'m> Generator<'m> {
                 "the prompt is empty: generation needs at least one token to start from".into(),
             ));
         }
-        check_memory(&model.config, prompt.len(), &options)?;
+        check_memory(&model.config, model.kv_dtype(), prompt.len(), &options)?;
         let n_positions = model.config.n_positions;
         let window = &prompt[prompt.len().saturating_sub(n_positions)..];
-        let mut cache = KvCache::new(
-            &model.config,
-            1,
-            prompt.len().saturating_add(options.max_new_tokens).min(n_positions),
-        )?;
+        let mut cache = model.kv_cache(1, prompt.len().saturating_add(options.max_new_tokens).min(n_positions))?;
         let prompt_logits = model.forward_cached(&mut cache, window)?.to_vec();
         cache.broadcast(options.num_samples)?;
         let logits = prompt_logits.repeat(options.num_samples);
@@ -221,7 +217,7 @@ impl<'m> Generator<'m> {
 
 /// What generating needs up front (the cache of every sample, the largest pass over it, each
 /// sample's logits), checked against the machine before any of it is allocated.
-fn check_memory(cfg: &Config, prompt_len: usize, options: &GenerateOptions) -> Result<()> {
+fn check_memory(cfg: &Config, kv: KvDtype, prompt_len: usize, options: &GenerateOptions) -> Result<()> {
     let samples = options.num_samples;
     let len = prompt_len.saturating_add(options.max_new_tokens);
     let capacity = len.min(cfg.n_positions);
@@ -230,7 +226,7 @@ fn check_memory(cfg: &Config, prompt_len: usize, options: &GenerateOptions) -> R
     let step = if len > cfg.n_positions { capacity } else { 1 };
     let passes = KvCache::pass_floats(cfg, samples, step).max(KvCache::pass_floats(cfg, 1, prompt_len.min(capacity)));
     Need::new()
-        .floats("KV cache", KvCache::cache_floats(cfg, samples, capacity))
+        .floats("KV cache", KvCache::cache_floats(cfg, samples, capacity, kv))
         .floats("forward pass buffers", passes)
         .floats("next-token logits", product(&[samples, cfg.vocab_size]))
         .check(
@@ -266,13 +262,15 @@ mod tests {
             ..Default::default()
         };
         // 65536 caches of 1010 positions: 4.9 TB.
-        let err = check_memory(&cfg, 10, &options(MAX_SAMPLES)).unwrap_err().to_string();
+        let err = check_memory(&cfg, KvDtype::F32, 10, &options(MAX_SAMPLES))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("generating 65536 sample(s) with a context of 1010 tokens needs about")
                 && err.contains("KV cache 4.9 TB")
                 && err.contains("--num-samples"),
             "{err}"
         );
-        check_memory(&cfg, 10, &options(1)).unwrap();
+        check_memory(&cfg, KvDtype::F32, 10, &options(1)).unwrap();
     }
 }

@@ -6,13 +6,14 @@
 //! Shapes: B batch rows, T positions, N = B·T, C = n_embd, V = vocab, L = n_layer.
 
 use super::block::{block_backward, block_forward, Keys};
-use super::kv_cache::{KvCache, StepBuffers};
+use super::kv_cache::{KvCache, KvDtype, StepBuffers};
 use super::lora::{split_adapter, AdapterView, Lora};
 use super::lowp::{LowpBlock, LowpWeights};
 use super::params::{block_len, init_params, num_params, param_specs, BlockWeights, Layout, TensorSpec, Weights};
 use super::workspace::{BlockActs, Workspace};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::ops::attend_one;
 use crate::ops::attention::AttnShape;
 use crate::ops::cross_entropy::{check_targets, cross_entropy_backward_inplace, cross_entropy_forward};
 use crate::ops::dropout::{dropout_backward, Dropout, DropoutSeed, Site};
@@ -82,6 +83,23 @@ impl Gpt {
     /// How the weight matrices are stored.
     pub fn dtype(&self) -> WeightDtype {
         self.lowp.as_ref().map_or(WeightDtype::F32, LowpWeights::dtype)
+    }
+
+    /// How a KV cache for this model stores keys and values: f32 for f32 weights (the
+    /// reference's arithmetic); IEEE half precision for low-precision weights, whose decoding
+    /// is otherwise held back by reading an f32 cache as long contexts grow, where the CPU
+    /// widens it in registers ([`crate::ops::attend_one::vector_kernels`]; f32 elsewhere).
+    pub fn kv_dtype(&self) -> KvDtype {
+        match self.lowp.is_some() && attend_one::vector_kernels() {
+            true => KvDtype::F16,
+            false => KvDtype::F32,
+        }
+    }
+
+    /// An empty KV cache for this model ([`Gpt::kv_dtype`]): `rows` sequences of up to
+    /// `capacity` positions each.
+    pub fn kv_cache(&self, rows: usize, capacity: usize) -> Result<KvCache> {
+        KvCache::with_dtype(&self.config, rows, capacity, self.kv_dtype())
     }
 
     /// Bytes of the weights as stored: the f32 buffer and the low-precision matrices.

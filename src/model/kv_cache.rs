@@ -7,6 +7,11 @@
 //! The cache also holds the buffers of those passes, so each sequence (or request) owns its
 //! own and any number of them share one model.
 //!
+//! Keys and values are kept in f32, or in IEEE half precision ([`KvDtype::F16`], as llama.cpp
+//! keeps them by default): a model with low-precision weights decodes with a half-precision
+//! cache ([`super::Gpt::kv_dtype`]), since past a few hundred positions reading the cache costs
+//! as much as reading the weights; an f32 model keeps f32, matching the reference exactly.
+//!
 //! Shapes: B = rows (sequences decoded side by side), P = cache capacity in positions
 //! (at most n_positions), L = layers, NH = heads, hs = head size, C = NH·hs.
 
@@ -14,6 +19,82 @@ use super::workspace::{fit_all, BlockActs, BlockShape};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::memory::{human, product, sum, Need};
+use crate::ops::attention::KvRows;
+use crate::ops::lowp::half::f32_to_f16;
+
+/// How a [`KvCache`] stores its keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvDtype {
+    F32,
+    /// IEEE half precision (rounded to nearest even; widened back exactly when read).
+    F16,
+}
+
+impl KvDtype {
+    /// Bytes of one stored key or value element.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+}
+
+/// The keys or the values of every layer, [L, B, NH, P, hs], in the cache's dtype.
+enum KvBuffer {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+}
+
+impl KvBuffer {
+    fn zeros(dtype: KvDtype, len: usize) -> Self {
+        match dtype {
+            KvDtype::F32 => KvBuffer::F32(vec![0.0; len]),
+            KvDtype::F16 => KvBuffer::F16(vec![0; len]),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            KvBuffer::F32(b) => b.len(),
+            KvBuffer::F16(b) => b.len(),
+        }
+    }
+
+    /// Elements `range` (one layer's block of every row), to store into.
+    fn part(&mut self, range: std::ops::Range<usize>) -> KvRowsMut<'_> {
+        match self {
+            KvBuffer::F32(b) => KvRowsMut::F32(&mut b[range]),
+            KvBuffer::F16(b) => KvRowsMut::F16(&mut b[range]),
+        }
+    }
+}
+
+/// Layer l's keys or values, [B, NH, P, hs], to store new positions into.
+enum KvRowsMut<'a> {
+    F32(&'a mut [f32]),
+    F16(&'a mut [u16]),
+}
+
+impl KvRowsMut<'_> {
+    /// Elements at..at + x.len() = x (rounded to the cache's dtype).
+    fn put(&mut self, at: usize, x: &[f32]) {
+        match self {
+            KvRowsMut::F32(b) => b[at..at + x.len()].copy_from_slice(x),
+            KvRowsMut::F16(b) => b[at..at + x.len()]
+                .iter_mut()
+                .zip(x)
+                .for_each(|(h, &x)| *h = f32_to_f16(x)),
+        }
+    }
+
+    fn rows(&self) -> KvRows<'_> {
+        match self {
+            KvRowsMut::F32(b) => KvRows::F32(b),
+            KvRowsMut::F16(b) => KvRows::F16(b),
+        }
+    }
+}
 
 /// Cached keys and values of B sequences that all hold the same number of positions, plus
 /// the buffers of one cached forward pass.
@@ -24,8 +105,9 @@ pub struct KvCache {
     /// Elements of one (layer, row) block: NH·P·hs = P·C.
     block: usize,
     n_layer: usize,
-    k: Vec<f32>, // [L, B, NH, P, hs]
-    v: Vec<f32>, // [L, B, NH, P, hs]
+    dtype: KvDtype,
+    k: KvBuffer, // [L, B, NH, P, hs]
+    v: KvBuffer, // [L, B, NH, P, hs]
     pub(super) scratch: CachedActs,
 }
 
@@ -98,8 +180,8 @@ impl StepBuffers {
 
 /// Layer l's part of a cache, as the attention step of a block sees it.
 pub struct KvLayer<'a> {
-    k: &'a mut [f32], // [B, NH, P, hs]
-    v: &'a mut [f32], // [B, NH, P, hs]
+    k: KvRowsMut<'a>, // [B, NH, P, hs]
+    v: KvRowsMut<'a>, // [B, NH, P, hs]
     capacity: usize,
     /// Positions already cached: the new tokens sit at pos0, pos0 + 1, ...
     pub pos0: usize,
@@ -114,21 +196,27 @@ impl KvLayer<'_> {
             let (b, pos) = (i / t, self.pos0 + i % t);
             for h in 0..c / hs {
                 let at = b * row_block + (h * self.capacity + pos) * hs;
-                self.k[at..at + hs].copy_from_slice(&row[c + h * hs..][..hs]);
-                self.v[at..at + hs].copy_from_slice(&row[2 * c + h * hs..][..hs]);
+                self.k.put(at, &row[c + h * hs..][..hs]);
+                self.v.put(at, &row[2 * c + h * hs..][..hs]);
             }
         }
     }
 
     /// The cached keys and values, [B, NH, P, hs] each.
-    pub fn keys_values(&self) -> (&[f32], &[f32]) {
-        (self.k, self.v)
+    pub fn keys_values(&self) -> (KvRows<'_>, KvRows<'_>) {
+        (self.k.rows(), self.v.rows())
     }
 }
 
 impl KvCache {
-    /// An empty cache for `rows` sequences of up to `capacity` positions each.
+    /// An empty f32 cache for `rows` sequences of up to `capacity` positions each.
     pub fn new(cfg: &Config, rows: usize, capacity: usize) -> Result<Self> {
+        Self::with_dtype(cfg, rows, capacity, KvDtype::F32)
+    }
+
+    /// An empty cache for `rows` sequences of up to `capacity` positions each, its keys and
+    /// values stored in `dtype`.
+    pub fn with_dtype(cfg: &Config, rows: usize, capacity: usize, dtype: KvDtype) -> Result<Self> {
         if rows == 0 || capacity == 0 || capacity > cfg.n_positions {
             return Err(Error::Input(format!(
                 "a KV cache needs rows >= 1 and a capacity in [1, {}] positions; got {rows} rows, {capacity} positions",
@@ -143,15 +231,22 @@ impl KvCache {
             len: 0,
             block,
             n_layer: cfg.n_layer,
-            k: vec![0.0; size],
-            v: vec![0.0; size],
+            dtype,
+            k: KvBuffer::zeros(dtype, size),
+            v: KvBuffer::zeros(dtype, size),
             scratch: CachedActs::default(),
         })
     }
 
-    /// The keys and values (f32) of a cache of `rows` rows × `capacity` positions, saturating.
-    pub fn cache_floats(cfg: &Config, rows: usize, capacity: usize) -> u64 {
-        product(&[2, cfg.n_layer, rows, capacity, cfg.n_embd])
+    /// The memory of the keys and values of a cache of `rows` rows × `capacity` positions in
+    /// `dtype`, in f32s (4 bytes), saturating.
+    pub fn cache_floats(cfg: &Config, rows: usize, capacity: usize, dtype: KvDtype) -> u64 {
+        product(&[2, cfg.n_layer, rows, capacity, cfg.n_embd, dtype.bytes()]) / 4
+    }
+
+    /// How the keys and values are stored.
+    pub fn dtype(&self) -> KvDtype {
+        self.dtype
     }
 
     /// The values (f32) of the buffers of one cached pass over `t` new tokens in each of `rows`
@@ -206,9 +301,8 @@ impl KvCache {
             return Ok(());
         }
         let row_len = self.k.len();
-        let need = Need::new().floats("keys and values", product(&[2, row_len, rows]));
+        let need = Need::new().floats("keys and values", product(&[2, row_len, rows, self.dtype.bytes()]) / 4);
         need.check(&format!("a KV cache of {rows} rows"), "use fewer samples")?;
-        let size = row_len.saturating_mul(rows);
         let too_many = || {
             Error::Input(format!(
                 "a KV cache of {rows} rows needs {}: more than can be allocated (use fewer samples)",
@@ -216,14 +310,10 @@ impl KvCache {
             ))
         };
         for buf in [&mut self.k, &mut self.v] {
-            let mut new = Vec::new();
-            new.try_reserve_exact(size).map_err(|_| too_many())?;
-            // old: [L, 1, ...] → new: [L, rows, ...], each layer's block repeated.
-            new.extend(
-                buf.chunks_exact(self.block)
-                    .flat_map(|layer| std::iter::repeat_n(layer, rows).flatten().copied()),
-            );
-            *buf = new;
+            match buf {
+                KvBuffer::F32(b) => repeat_blocks(b, self.block, rows).ok_or_else(too_many)?,
+                KvBuffer::F16(b) => repeat_blocks(b, self.block, rows).ok_or_else(too_many)?,
+            }
         }
         self.rows = rows;
         Ok(())
@@ -241,16 +331,10 @@ impl KvCache {
         }
         let kept = keep.iter().filter(|&&k| k).count();
         for buf in [&mut self.k, &mut self.v] {
-            // Block (l, r) moves to (l, r') with l·kept + r' <= l·rows + r: never forward.
-            let mut dst = 0;
-            for l in 0..self.n_layer {
-                for r in (0..self.rows).filter(|&r| keep[r]) {
-                    let src = (l * self.rows + r) * self.block;
-                    buf.copy_within(src..src + self.block, dst * self.block);
-                    dst += 1;
-                }
+            match buf {
+                KvBuffer::F32(b) => keep_blocks(b, self.block, self.n_layer, keep),
+                KvBuffer::F16(b) => keep_blocks(b, self.block, self.n_layer, keep),
             }
-            buf.truncate(dst * self.block);
         }
         self.rows = kept;
         Ok(())
@@ -278,8 +362,8 @@ impl KvCache {
     pub(super) fn layer(&mut self, l: usize) -> (KvLayer<'_>, &mut CachedActs) {
         let layer = l * self.rows * self.block..(l + 1) * self.rows * self.block;
         let kv = KvLayer {
-            k: &mut self.k[layer.clone()],
-            v: &mut self.v[layer],
+            k: self.k.part(layer.clone()),
+            v: self.v.part(layer),
             capacity: self.capacity,
             pos0: self.len,
         };
@@ -295,6 +379,33 @@ impl KvCache {
     pub(super) fn advance(&mut self, t: usize) {
         self.len += t;
     }
+}
+
+/// buf [L, 1, block] becomes [L, rows, block], each layer's block repeated; None if the memory
+/// cannot be allocated.
+fn repeat_blocks<T: Copy>(buf: &mut Vec<T>, block: usize, rows: usize) -> Option<()> {
+    let mut new = Vec::new();
+    new.try_reserve_exact(buf.len().saturating_mul(rows)).ok()?;
+    new.extend(
+        buf.chunks_exact(block)
+            .flat_map(|layer| std::iter::repeat_n(layer, rows).flatten().copied()),
+    );
+    *buf = new;
+    Some(())
+}
+
+/// buf [L, R, block] keeps the blocks of the rows r whose `keep[r]` is true, in order.
+fn keep_blocks<T: Copy>(buf: &mut Vec<T>, block: usize, n_layer: usize, keep: &[bool]) {
+    // Block (l, r) moves to (l, r') with l·kept + r' <= l·rows + r: never forward.
+    let mut dst = 0;
+    for l in 0..n_layer {
+        for r in (0..keep.len()).filter(|&r| keep[r]) {
+            let src = (l * keep.len() + r) * block;
+            buf.copy_within(src..src + block, dst * block);
+            dst += 1;
+        }
+    }
+    buf.truncate(dst * block);
 }
 
 #[cfg(test)]
@@ -331,22 +442,32 @@ mod tests {
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
     }
 
+    /// The largest logit error a cache may add: an f32 one only sums in another order (errors
+    /// of 2e-7 in the test below), an f16 one also rounds every key and value to 11 significant
+    /// bits (1.6e-5).
+    const TOLERANCE: f32 = 1e-4;
+
     #[test]
     fn cached_logits_equal_full_forward_at_every_step() {
         let model = model();
         let (v, prompt_len, steps) = (model.config.vocab_size, 5, 19); // fills all 24 positions
-        for b in [1, 3] {
+        for (b, dtype) in [
+            (1, KvDtype::F32),
+            (3, KvDtype::F32),
+            (1, KvDtype::F16),
+            (3, KvDtype::F16),
+        ] {
             let mut seqs: Vec<Vec<u32>> = (0..b).map(|r| random_tokens(prompt_len, v, 10 + r as u64)).collect();
-            let mut cache = KvCache::new(&model.config, b, 24).unwrap();
+            let mut cache = KvCache::with_dtype(&model.config, b, 24, dtype).unwrap();
             let logits = model.forward_cached(&mut cache, &seqs.concat()).unwrap().to_vec();
             let err = max_abs_diff(&logits, &full_last_logits(&model, &seqs));
-            assert!(err <= 1e-4, "B={b} prefill: max error {err}");
+            assert!(err <= TOLERANCE, "B={b} {dtype:?} prefill: max error {err}");
             for step in 0..steps {
                 let next = random_tokens(b, v, 100 + step);
                 seqs.iter_mut().zip(&next).for_each(|(s, &id)| s.push(id));
                 let logits = model.forward_cached(&mut cache, &next).unwrap().to_vec();
                 let err = max_abs_diff(&logits, &full_last_logits(&model, &seqs));
-                assert!(err <= 1e-4, "B={b} step {step}: max error {err}");
+                assert!(err <= TOLERANCE, "B={b} {dtype:?} step {step}: max error {err}");
             }
             assert_eq!(cache.len(), 24);
             assert!(
@@ -356,26 +477,55 @@ mod tests {
         }
     }
 
+    /// A model with low-precision weights gets a half-precision cache where the CPU reads one
+    /// in registers, and decodes with it as its full forward pass computes.
+    #[test]
+    fn a_low_precision_model_decodes_with_a_half_precision_cache() {
+        let model = model();
+        assert_eq!(model.kv_dtype(), KvDtype::F32);
+        let lowp = model.to_dtype(crate::ops::lowp::WeightDtype::Bf16).unwrap();
+        let half = match crate::ops::attend_one::vector_kernels() {
+            true => KvDtype::F16,
+            false => KvDtype::F32,
+        };
+        assert_eq!(lowp.kv_dtype(), half);
+        let mut cache = lowp.kv_cache(1, 12).unwrap();
+        assert_eq!(cache.dtype(), half);
+        // The products round their inputs to bf16, where the cache's rounding of a key in the
+        // fifth digit can move an activation by one bf16 step (2^-8): 9e-4 here.
+        let tolerance = 1e-2;
+        let mut seq = random_tokens(4, lowp.config.vocab_size, 6);
+        let mut logits = lowp.forward_cached(&mut cache, &seq).unwrap().to_vec();
+        for id in [5, 9, 1, 30] {
+            let err = max_abs_diff(&logits, &full_last_logits(&lowp, std::slice::from_ref(&seq)));
+            assert!(err <= tolerance, "{} positions: max error {err}", seq.len());
+            seq.push(id);
+            logits = lowp.forward_cached(&mut cache, &[id]).unwrap().to_vec();
+        }
+    }
+
     #[test]
     fn broadcast_and_retain_keep_each_row_its_own_history() {
         let model = model();
         let v = model.config.vocab_size;
         let prompt = random_tokens(6, v, 3);
-        let mut cache = KvCache::new(&model.config, 1, 12).unwrap();
-        model.forward_cached(&mut cache, &prompt).unwrap();
-        cache.broadcast(3).unwrap();
-        let mut seqs = vec![prompt.clone(); 3];
-        let next = [7, 8, 9];
-        seqs.iter_mut().zip(&next).for_each(|(s, &id)| s.push(id));
-        model.forward_cached(&mut cache, &next).unwrap();
-        // Drop the middle row; the others continue as if alone.
-        cache.retain(&[true, false, true]).unwrap();
-        seqs.remove(1);
-        seqs[0].push(1);
-        seqs[1].push(2);
-        let logits = model.forward_cached(&mut cache, &[1, 2]).unwrap().to_vec();
-        let err = max_abs_diff(&logits, &full_last_logits(&model, &seqs));
-        assert!(err <= 1e-4, "max error {err}");
+        for dtype in [KvDtype::F32, KvDtype::F16] {
+            let mut cache = KvCache::with_dtype(&model.config, 1, 12, dtype).unwrap();
+            model.forward_cached(&mut cache, &prompt).unwrap();
+            cache.broadcast(3).unwrap();
+            let mut seqs = vec![prompt.clone(); 3];
+            let next = [7, 8, 9];
+            seqs.iter_mut().zip(&next).for_each(|(s, &id)| s.push(id));
+            model.forward_cached(&mut cache, &next).unwrap();
+            // Drop the middle row; the others continue as if alone.
+            cache.retain(&[true, false, true]).unwrap();
+            seqs.remove(1);
+            seqs[0].push(1);
+            seqs[1].push(2);
+            let logits = model.forward_cached(&mut cache, &[1, 2]).unwrap().to_vec();
+            let err = max_abs_diff(&logits, &full_last_logits(&model, &seqs));
+            assert!(err <= TOLERANCE, "{dtype:?}: max error {err}");
+        }
     }
 
     /// R requests at different positions decoded in one step give each the logits it gets
@@ -488,20 +638,18 @@ mod tests {
             ];
             bufs.iter().chain(&block_bufs).map(|b| b.len() as u64).sum::<u64>()
         };
-        let mut cache = KvCache::new(cfg, 1, 12).unwrap();
-        assert_eq!(
-            (cache.k.len() + cache.v.len()) as u64,
-            KvCache::cache_floats(cfg, 1, 12)
-        );
-        model.forward_cached(&mut cache, &random_tokens(5, 97, 1)).unwrap();
-        assert_eq!(held(&cache), KvCache::pass_floats(cfg, 1, 5), "prefill");
-        cache.broadcast(3).unwrap();
-        assert_eq!(
-            (cache.k.len() + cache.v.len()) as u64,
-            KvCache::cache_floats(cfg, 3, 12)
-        );
-        model.forward_cached(&mut cache, &[1, 2, 3]).unwrap();
-        assert_eq!(held(&cache), KvCache::pass_floats(cfg, 3, 1), "decoding step");
+        for dtype in [KvDtype::F32, KvDtype::F16] {
+            // the keys' and values' memory in f32s
+            let kv_floats = |cache: &KvCache| ((cache.k.len() + cache.v.len()) * dtype.bytes() / 4) as u64;
+            let mut cache = KvCache::with_dtype(cfg, 1, 12, dtype).unwrap();
+            assert_eq!(kv_floats(&cache), KvCache::cache_floats(cfg, 1, 12, dtype));
+            model.forward_cached(&mut cache, &random_tokens(5, 97, 1)).unwrap();
+            assert_eq!(held(&cache), KvCache::pass_floats(cfg, 1, 5), "prefill");
+            cache.broadcast(3).unwrap();
+            assert_eq!(kv_floats(&cache), KvCache::cache_floats(cfg, 3, 12, dtype));
+            model.forward_cached(&mut cache, &[1, 2, 3]).unwrap();
+            assert_eq!(held(&cache), KvCache::pass_floats(cfg, 3, 1), "decoding step");
+        }
     }
 
     #[test]

@@ -13,6 +13,6 @@ pub mod workspace;
 
 pub use data_parallel::DataParallel;
 pub use gpt::Gpt;
-pub use kv_cache::{KvCache, StepBuffers};
+pub use kv_cache::{KvCache, KvDtype, StepBuffers};
 pub use params::{non_finite_tensors, num_params, param_specs, TensorSpec, Weights};
 pub use workspace::Workspace;

@@ -11,8 +11,14 @@
 //! whenever the maximum grows (the online softmax). It keeps only O and each row's
 //! log-sum-exp `lse = m + ln l` [B, NH, T]; the backward pass recomputes each tile of P as
 //! `e^(S - lse)` from Q, K and lse. Tiles above the causal diagonal are never computed.
+//!
+//! Against a KV cache the keys and values may be stored in f32 or IEEE half precision
+//! ([`KvRows`]); a tile widens a block of f16 rows to f32 before its products, and a decoding
+//! step's single query per head goes to [`super::attend_one`], which reads the cache as stored.
 
+use super::attend_one::attend_one;
 use super::dropout::Dropout;
+use super::lowp::half::widen_f16;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
@@ -122,21 +128,84 @@ fn scores(s: &mut [f32], q: MatRef<'_, f32>, k: MatRef<'_, f32>, scale: f32) {
 /// row's log-sum-exp of its visible scores (what the backward pass needs to recompute P).
 pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: AttnShape, dropout: Option<Dropout>) {
     assert!(out.len() == s.b * s.t * s.c && qkv.len() == 3 * out.len() && lse.len() == s.b * s.n_head * s.t);
-    forward_tiles(out, lse, s, 0, |bh| s.head_qkv(qkv, bh), dropout);
+    let head = |bh| {
+        let [q, k, v] = s.head_qkv(qkv, bh);
+        (q, HeadRows::View(k), HeadRows::View(v))
+    };
+    forward_tiles(out, lse, s, 0, head, dropout);
+}
+
+/// A KV cache's keys or values, [B, NH, P, hs], as it stores them.
+#[derive(Clone, Copy)]
+pub enum KvRows<'a> {
+    F32(&'a [f32]),
+    /// IEEE half precision.
+    F16(&'a [u16]),
+}
+
+impl<'a> KvRows<'a> {
+    /// Elements held.
+    pub(crate) fn len(self) -> usize {
+        match self {
+            KvRows::F32(x) => x.len(),
+            KvRows::F16(x) => x.len(),
+        }
+    }
+
+    /// Elements at..at + n: one head's first positions.
+    fn part(self, at: usize, n: usize) -> KvRows<'a> {
+        match self {
+            KvRows::F32(x) => KvRows::F32(&x[at..at + n]),
+            KvRows::F16(x) => KvRows::F16(&x[at..at + n]),
+        }
+    }
+}
+
+/// One head's keys or values [positions, hs]: a view of f32 rows anywhere (in qkv), or the
+/// rows of a KV cache (hs apart), in f32 or half precision, the latter widened to f32 a block
+/// of keys at a time.
+#[derive(Clone, Copy)]
+enum HeadRows<'a> {
+    View(MatRef<'a, f32>),
+    Cached(KvRows<'a>),
+}
+
+impl<'a> HeadRows<'a> {
+    /// Rows k0..k0 + width as f32 [width, hs]: a view of f32 rows, or f16 rows widened into `buf`.
+    fn block<'b>(self, k0: usize, width: usize, hs: usize, buf: &'b mut Vec<f32>) -> MatRef<'b, f32>
+    where
+        'a: 'b,
+    {
+        match self {
+            HeadRows::View(rows) => rows.subrows(k0, width),
+            HeadRows::Cached(KvRows::F32(rows)) => {
+                MatRef::from_row_major_slice(&rows[k0 * hs..][..width * hs], width, hs)
+            }
+            HeadRows::Cached(KvRows::F16(rows)) => {
+                let n = width * hs;
+                if buf.len() < n {
+                    buf.resize(n, 0.0);
+                }
+                widen_f16(&rows[k0 * hs..][..n], &mut buf[..n]);
+                MatRef::from_row_major_slice(&buf[..n], width, hs)
+            }
+        }
+    }
 }
 
 /// Forward against a key/value cache (inference): the T new tokens of each batch row attend
 /// to every cached position before them and to themselves. qkv: [B, T, 3C] of the new tokens
 /// (only the query third is read); k_cache, v_cache: [B, NH, P, hs] with positions
-/// 0..pos0+T filled (the new tokens' own keys and values included); out: [B, T, C];
-/// lse: [B, NH, T]. New token i sits at position pos0 + i and sees keys 0..=pos0+i. With
-/// pos0 = 0 this is [`attention_forward`] without dropout.
+/// 0..pos0+T filled (the new tokens' own keys and values included), in f32 or f16 (widened
+/// to f32 for the products: the arithmetic is that of an f32 cache holding the same values);
+/// out: [B, T, C]; lse: [B, NH, T]. New token i sits at position pos0 + i and sees keys
+/// 0..=pos0+i. With pos0 = 0 and an f32 cache this is [`attention_forward`] without dropout.
 pub fn attention_forward_cached(
     out: &mut [f32],
     lse: &mut [f32],
     qkv: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: KvRows,
+    v_cache: KvRows,
     s: AttnShape,
     pos0: usize,
 ) {
@@ -152,11 +221,22 @@ pub fn attention_forward_cached(
             hs,
             3 * c,
         );
-        let k = strided(k_cache, bh * p * hs, ctx, hs, hs);
-        let v = strided(v_cache, bh * p * hs, ctx, hs, hs);
-        [q, k, v]
+        let (k, v) = (k_cache.part(bh * p * hs, ctx * hs), v_cache.part(bh * p * hs, ctx * hs));
+        (q, HeadRows::Cached(k), HeadRows::Cached(v))
     };
     forward_tiles(out, lse, s, pos0, head, None);
+}
+
+/// A forward task's buffers, grown as needed and never zeroed: one block of scores (no wider
+/// than the keys its tile sees) followed by the tile's O, and a block of keys and of values
+/// widened from f16. Zeroing a full tile's 48 KiB for each head cost a q8_0 decoding step
+/// 0.24 ms of attention against 0.21 (Zen 5, 16-token prompt, 128 new; within noise in whole
+/// runs).
+#[derive(Default)]
+struct TileScratch {
+    scores_o: Vec<f32>,
+    keys: Vec<f32>,
+    values: Vec<f32>,
 }
 
 /// The forward pass over every (batch, head, query tile), in parallel. `head(bh)` gives the
@@ -166,7 +246,7 @@ fn forward_tiles<'a>(
     lse: &mut [f32],
     s: AttnShape,
     pos0: usize,
-    head: impl Fn(usize) -> [MatRef<'a, f32>; 3] + Sync,
+    head: impl Fn(usize) -> (MatRef<'a, f32>, HeadRows<'a>, HeadRows<'a>) + Sync,
     dropout: Option<Dropout>,
 ) {
     let (t, c, hs) = (s.t, s.c, s.hs());
@@ -177,25 +257,34 @@ fn forward_tiles<'a>(
             let tiles = lse.par_chunks_mut(QUERY_TILE).enumerate();
             tiles.map(move |(i, lse)| (bh, i * QUERY_TILE, lse))
         })
-        .for_each_init(Vec::new, |scratch, (bh, r0, lse)| {
+        .for_each_init(TileScratch::default, |scratch, (bh, r0, lse)| {
             let (b, h) = (bh / s.n_head, bh % s.n_head);
-            let [q, k, v] = head(bh);
+            let (q, k, v) = head(bh);
             let rows = lse.len();
-            // Room for one block of scores (no wider than the keys the tile sees) and the
-            // tile's O, grown as needed, never zeroed: zeroing a full tile's 48 KiB for each
-            // head cost a q8_0 decoding step 0.24 ms of attention against 0.21 (Zen 5, 16-token
-            // prompt, 128 new; within noise in whole runs).
-            let widest = (QUERY_TILE * KEY_TILE / rows).min(pos0 + r0 + rows);
+            // one query: all its scores at once (attend_one)
+            let widest = match rows {
+                1 => pos0 + r0 + 1,
+                _ => (QUERY_TILE * KEY_TILE / rows).min(pos0 + r0 + rows),
+            };
             let (s_len, o_len) = (rows * widest, rows * hs);
-            if scratch.len() < s_len + o_len {
-                scratch.resize(s_len + o_len, 0.0);
+            if scratch.scores_o.len() < s_len + o_len {
+                scratch.scores_o.resize(s_len + o_len, 0.0);
             }
-            let (s_tile, o) = scratch.split_at_mut(s_len);
+            let (s_tile, o) = scratch.scores_o.split_at_mut(s_len);
             let o = &mut o[..o_len];
             let drop = dropout.map(|d| move |row: &mut [f32], i: usize, k0: usize| drop_row(&d, s, row, bh, i, k0));
             let q = q.subrows(r0, rows);
-            let o_tile = MatMut::from_row_major_slice_mut(o, rows, hs);
-            tile_forward(o_tile, lse, q, k, v, pos0 + r0, s.scale(), s_tile, drop);
+            match (k, v, q.try_as_row_major(), &drop) {
+                // a decoding step's query: the cache read once, as it is stored
+                (HeadRows::Cached(k), HeadRows::Cached(v), Some(q), None) if rows == 1 => {
+                    lse[0] = attend_one(o, q.row(0).as_slice(), k, v, pos0 + r0 + 1, s.scale(), s_tile);
+                }
+                _ => {
+                    let o_tile = MatMut::from_row_major_slice_mut(o, rows, hs);
+                    let widened = [&mut scratch.keys, &mut scratch.values];
+                    tile_forward(o_tile, lse, q, [k, v], pos0 + r0, s.scale(), s_tile, widened, drop);
+                }
+            }
             // SAFETY: head h of batch row b alone writes columns [h*hs, (h+1)*hs) of its rows;
             // this tile alone writes rows r0..r0+rows of them.
             let mut out_tile = unsafe { out.view((b * t + r0) * c + h * hs, rows, hs, c) };
@@ -204,30 +293,31 @@ fn forward_tiles<'a>(
 }
 
 /// The online softmax over one tile of R queries q [R, hs] at positions first..first+R
-/// against keys and values k, v [≥ first+R, hs]: o [R, hs] receives O, lse [R] each row's
+/// against keys and values `[k, v]` [≥ first+R, hs]: o [R, hs] receives O, lse [R] each row's
 /// log-sum-exp; s_tile is scratch for R rows of scores as wide as the widest block of keys
-/// (QUERY_TILE·KEY_TILE / R, at most first + R). `drop(row, i, k0)`, if given, multiplies row i
-/// of a block of weights (keys k0..) by its dropout mask.
+/// (QUERY_TILE·KEY_TILE / R, at most first + R), `widened` for a block of keys and one of
+/// values widened from f16. `drop(row, i, k0)`, if given, multiplies row i of a block of
+/// weights (keys k0..) by its dropout mask.
 #[allow(clippy::too_many_arguments)]
 fn tile_forward(
     mut o: MatMut<'_, f32>,
     lse: &mut [f32],
     q: MatRef<'_, f32>,
-    k: MatRef<'_, f32>,
-    v: MatRef<'_, f32>,
+    [k, v]: [HeadRows; 2],
     first: usize,
     scale: f32,
     s_tile: &mut [f32],
+    [k_buf, v_buf]: [&mut Vec<f32>; 2],
     drop: Option<impl Fn(&mut [f32], usize, usize)>,
 ) {
-    let rows = q.nrows();
+    let (rows, hs) = (q.nrows(), q.ncols());
     // Per row: m the largest score so far, l = Σ e^(s - m) over the keys so far.
     let (mut m, mut l) = ([f32::NEG_INFINITY; QUERY_TILE], [0.0f32; QUERY_TILE]);
     o.fill(0.0);
     for (k0, k1) in tiles(first + rows, QUERY_TILE * KEY_TILE / rows) {
         let width = k1 - k0;
         let s_tile = &mut s_tile[..rows * width];
-        scores(s_tile, q, k.subrows(k0, width), scale);
+        scores(s_tile, q, k.block(k0, width, hs, k_buf), scale);
         for (i, row) in s_tile.chunks_exact_mut(width).enumerate() {
             let (visible, masked) = row.split_at_mut(visible_keys(first + i, k0, width));
             masked.fill(0.0);
@@ -247,7 +337,8 @@ fn tile_forward(
         }
         // O += e^(S - m) V over this tile's keys.
         let weights = MatRef::from_row_major_slice(s_tile, rows, width);
-        matmul(o.as_mut(), Accum::Add, weights, v.subrows(k0, width), 1.0, Par::Seq);
+        let values = v.block(k0, width, hs, v_buf);
+        matmul(o.as_mut(), Accum::Add, weights, values, 1.0, Par::Seq);
     }
     for i in 0..rows {
         o.as_mut().row_mut(i).iter_mut().for_each(|x| *x /= l[i]);
@@ -514,13 +605,56 @@ mod tests {
                     .collect();
                 let mut out = vec![0.0; s.b * t * s.c];
                 let mut lse = vec![0.0; s.b * s.n_head * t];
-                attention_forward_cached(&mut out, &mut lse, &new_qkv, &k, &v, AttnShape { t, ..s }, pos0);
+                attention_forward_cached(
+                    &mut out,
+                    &mut lse,
+                    &new_qkv,
+                    KvRows::F32(&k),
+                    KvRows::F32(&v),
+                    AttnShape { t, ..s },
+                    pos0,
+                );
                 let expected: Vec<f32> = (0..s.b)
                     .flat_map(|b| full[(b * s.t + pos0) * s.c..(b + 1) * s.t * s.c].to_vec())
                     .collect();
                 let err = max_abs_diff(&out, &expected);
                 assert!(err < 1e-6, "{s:?} pos0 {pos0}: max error {err}");
             }
+        }
+    }
+
+    /// Keys and values widened from f16 give the f32 arithmetic on the same values, bit for
+    /// bit: a cache in half precision changes what is stored, not how attention computes.
+    #[test]
+    fn an_f16_cache_attends_as_an_f32_cache_of_the_same_values() {
+        use crate::ops::lowp::half::{f16_to_f32, f32_to_f16};
+        let s = AttnShape {
+            b: 2,
+            t: 1,
+            c: 24,
+            n_head: 3,
+        };
+        let (hs, p) = (s.c / s.n_head, 300);
+        let half: Vec<u16> = random_vec(2 * s.b * s.n_head * p * hs, 7)
+            .into_iter()
+            .map(f32_to_f16)
+            .collect();
+        let (k16, v16) = half.split_at(half.len() / 2);
+        let (k32, v32): (Vec<f32>, Vec<f32>) = (
+            k16.iter().map(|&h| f16_to_f32(h)).collect(),
+            v16.iter().map(|&h| f16_to_f32(h)).collect(),
+        );
+        // one query (decoding) and several, after a cache longer than one tile of several rows
+        for (t, pos0) in [(1, 0), (1, 299), (3, 0), (3, 290), (70, 200)] {
+            let s = AttnShape { t, ..s };
+            let qkv = random_vec(s.b * t * 3 * s.c, 8);
+            let run = |k: KvRows, v: KvRows| {
+                let (mut out, mut lse) = (vec![0.0; s.b * t * s.c], vec![0.0; s.b * s.n_head * t]);
+                attention_forward_cached(&mut out, &mut lse, &qkv, k, v, s, pos0);
+                (out, lse)
+            };
+            let wide = run(KvRows::F32(&k32), KvRows::F32(&v32));
+            assert_eq!(run(KvRows::F16(k16), KvRows::F16(v16)), wide, "T {t} pos0 {pos0}");
         }
     }
 

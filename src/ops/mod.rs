@@ -6,6 +6,7 @@
 
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
+pub mod attend_one;
 pub mod attention;
 pub mod cross_entropy;
 pub mod dropout;

@@ -239,7 +239,7 @@ impl Batch {
                 self.waiting.push_front(job);
                 return;
             }
-            match KvCache::new(&self.model.config, 1, job.prompt.len() + job.max_tokens) {
+            match self.model.kv_cache(1, job.prompt.len() + job.max_tokens) {
                 Ok(cache) => {
                     prompt_tokens += job.prompt.len();
                     self.running.push(Running {

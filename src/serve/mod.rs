@@ -44,7 +44,10 @@ impl Server {
         let (batch, context) = (limits.max_batch, cfg.n_positions);
         let step = StepBuffers::floats(cfg, batch.saturating_add(context), batch);
         Need::new()
-            .floats("KV caches", KvCache::cache_floats(cfg, batch, context))
+            .floats(
+                "KV caches",
+                KvCache::cache_floats(cfg, batch, context, model.kv_dtype()),
+            )
             .floats("step buffers", step)
             .floats("next-token logits", product(&[batch, cfg.vocab_size]))
             .check(

@@ -20,7 +20,7 @@ use crate::io::{atomic, cache, load_model_with_tokenizer, save_model, ExportForm
 use crate::memory::{product, sum, Need};
 use crate::model::data_parallel::{auto_shards, shard_rows};
 use crate::model::lora::{lora_specs, Lora};
-use crate::model::{num_params, DataParallel, Gpt, KvCache, TensorSpec, Workspace};
+use crate::model::{num_params, DataParallel, Gpt, KvCache, KvDtype, TensorSpec, Workspace};
 use crate::optim::{AdamW, AdamWConfig, LrSchedule};
 use crate::rng::Rng;
 use crate::runlog::jsonl::JsonLines;
@@ -378,7 +378,7 @@ fn check_memory(
         .collect();
     let activations = sum(&per_shard);
     let n = model.n_positions;
-    let sample = KvCache::cache_floats(model, 1, n).saturating_add(KvCache::pass_floats(model, 1, n));
+    let sample = KvCache::cache_floats(model, 1, n, KvDtype::F32).saturating_add(KvCache::pass_floats(model, 1, n));
     Need::new()
         .floats("parameters", if held < Held::Parameters { p as u64 } else { 0 })
         .floats(

@@ -64,10 +64,39 @@ pub fn f16_to_f32(h: u16) -> f32 {
             let value = frac as f32 * (1.0 / (1 << 24) as f32);
             return if sign != 0 { -value } else { value };
         }
-        (0x1f, _) => sign | 0x7f80_0000 | (frac << 13),
+        (0x1f, 0) => sign | 0x7f80_0000,
+        (0x1f, _) => sign | 0x7fc0_0000 | (frac << 13), // NaN, made quiet (as F16C does)
         _ => sign | ((exp + 112) << 23) | (frac << 13),
     };
     f32::from_bits(bits)
+}
+
+/// `out[i] = f16_to_f32(h[i])`: eight at a time with F16C's `vcvtph2ps` where the CPU has it
+/// (the same values: widening is exact), one at a time otherwise. Half-precision keys and
+/// values of the KV cache are widened so, a block of keys at a time.
+pub fn widen_f16(h: &[u16], out: &mut [f32]) {
+    assert_eq!(h.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("f16c") {
+        // SAFETY: the CPU has F16C; the lengths are equal.
+        return unsafe { widen_f16_f16c(h, out) };
+    }
+    out.iter_mut().zip(h).for_each(|(o, &h)| *o = f16_to_f32(h));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn widen_f16_f16c(h: &[u16], out: &mut [f32]) {
+    use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+    let (h_chunks, h_tail) = h.as_chunks::<8>();
+    let (out_chunks, out_tail) = out.as_chunks_mut::<8>();
+    for (h, out) in h_chunks.iter().zip(out_chunks) {
+        _mm256_storeu_ps(
+            out.as_mut_ptr(),
+            _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i)),
+        );
+    }
+    out_tail.iter_mut().zip(h_tail).for_each(|(o, &h)| *o = f16_to_f32(h));
 }
 
 #[cfg(test)]
@@ -103,6 +132,17 @@ mod tests {
         // subnormal halfway cases: 1.5 and 2.5 units of 2^-24
         assert_eq!(f32_to_f16(1.5 * 5.960_464_5e-8), 0x0002);
         assert_eq!(f32_to_f16(2.5 * 5.960_464_5e-8), 0x0002);
+    }
+
+    #[test]
+    fn widening_a_slice_gives_each_value_as_f16_to_f32_does() {
+        // every f16 bit pattern (NaNs compared by bits), in a length that leaves a tail
+        let h: Vec<u16> = (0u16..=0xffff).chain([0x3c00, 0x8001, 0x7bff]).collect();
+        let mut out = vec![0.0; h.len()];
+        widen_f16(&h, &mut out);
+        for (&h, &o) in h.iter().zip(&out) {
+            assert_eq!(o.to_bits(), f16_to_f32(h).to_bits(), "{h:#x}");
+        }
     }
 
     #[test]
