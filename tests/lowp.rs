@@ -245,7 +245,7 @@ fn every_format_loads_in_low_precision_as_the_f32_model_converts() {
             assert_eq!(loaded.params, converted.params, "{name} {dtype}");
             let tokens = [3u32, 1, 4, 1, 5, 9, 2, 6];
             let logits = |model: &Gpt| {
-                let mut cache = gpt2::KvCache::new(&model.config, 1, 16).unwrap();
+                let mut cache = model.kv_cache(1, 16).unwrap();
                 model.forward_cached(&mut cache, &tokens).unwrap().to_vec()
             };
             assert_eq!(logits(&loaded), logits(&converted), "{name} {dtype}");
@@ -320,5 +320,13 @@ fn info_names_the_features_and_the_kernel_each_dtype_uses() {
     assert_eq!(
         best["memory_pages"].as_str().unwrap().contains("ask for 2 MiB pages"),
         huge
+    );
+    // Decoding's attention, and the KV cache a low-precision model gets.
+    assert_eq!(
+        best["decoding_attention"]
+            .as_str()
+            .unwrap()
+            .contains("f16 for bf16 and q8_0"),
+        has("avx512f")
     );
 }

@@ -85,14 +85,15 @@ impl Gpt {
         self.lowp.as_ref().map_or(WeightDtype::F32, LowpWeights::dtype)
     }
 
-    /// How a KV cache for this model stores keys and values: f32 for f32 weights (the
-    /// reference's arithmetic); IEEE half precision for low-precision weights, whose decoding
-    /// is otherwise held back by reading an f32 cache as long contexts grow, where the CPU
-    /// widens it in registers ([`crate::ops::attend_one::vector_kernels`]; f32 elsewhere).
+    /// How a KV cache for this model stores keys and values. f32 weights: f32 (the reference's
+    /// arithmetic). Low-precision weights: IEEE half precision where decoding reads it in
+    /// registers ([`attend_one::reads_in_registers`]), since reading an f32 cache holds their
+    /// decoding back as the context grows; f32 elsewhere.
     pub fn kv_dtype(&self) -> KvDtype {
-        match self.lowp.is_some() && attend_one::vector_kernels() {
-            true => KvDtype::F16,
-            false => KvDtype::F32,
+        if self.lowp.is_some() && attend_one::reads_in_registers(self.config.head_size()) {
+            KvDtype::F16
+        } else {
+            KvDtype::F32
         }
     }
 

@@ -7,20 +7,24 @@
 //! decoding step waits for, so the half-precision cache of a low-precision model halves it.
 //!
 //! Kernels: AVX-512 where the CPU has it and hs is a multiple of 16 (GPT-2's is 64): four keys'
-//! dot products at a time, then O's 64-value blocks held in registers over all values;
-//! plain Rust otherwise.
+//! dot products at a time, then O's 64-value blocks held in registers over all values. The
+//! attention sends a query here only then ([`reads_in_registers`]); the plain Rust kernels are
+//! the reference the vector ones are tested against, and serve a direct call anywhere.
 
 use super::attention::KvRows;
 use super::lowp::half::f16_to_f32;
 
-/// Whether this CPU runs the vector kernels (a KV cache in f16 is only worth its widening there).
-pub fn vector_kernels() -> bool {
+/// Whether this CPU runs the vector kernels for heads of `hs` values, widening f16 in
+/// registers: where it does not, a decoding step's query goes through the tiled attention
+/// instead (faer's vector products), and a KV cache in f16 is not worth its widening.
+pub fn reads_in_registers(hs: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512f")
+        hs.is_multiple_of(16) && is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = hs;
         false
     }
 }
@@ -45,7 +49,7 @@ pub fn attend_one(o: &mut [f32], q: &[f32], k: KvRows, v: KvRows, n: usize, scal
 /// `out[j] = q · k_j` for the rows k_j of k, j < out.len().
 fn dots(out: &mut [f32], q: &[f32], k: KvRows, hs: usize) {
     #[cfg(target_arch = "x86_64")]
-    if vector_kernels() && hs.is_multiple_of(16) {
+    if reads_in_registers(hs) {
         // SAFETY: the CPU has AVX-512F; hs is a multiple of 16 and k holds out.len() rows.
         return unsafe {
             match k {
@@ -60,7 +64,7 @@ fn dots(out: &mut [f32], q: &[f32], k: KvRows, hs: usize) {
 /// `o = Σ_j p_j · v_j` over the rows v_j of v, j < p.len().
 fn weighted_rows(o: &mut [f32], p: &[f32], v: KvRows, hs: usize) {
     #[cfg(target_arch = "x86_64")]
-    if vector_kernels() && hs.is_multiple_of(16) {
+    if reads_in_registers(hs) {
         // SAFETY: the CPU has AVX-512F; hs is a multiple of 16 and v holds p.len() rows.
         return unsafe {
             match v {

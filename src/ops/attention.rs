@@ -16,7 +16,7 @@
 //! ([`KvRows`]); a tile widens a block of f16 rows to f32 before its products, and a decoding
 //! step's single query per head goes to [`super::attend_one`], which reads the cache as stored.
 
-use super::attend_one::attend_one;
+use super::attend_one::{attend_one, reads_in_registers};
 use super::dropout::Dropout;
 use super::lowp::half::widen_f16;
 use faer::linalg::matmul::matmul;
@@ -75,8 +75,9 @@ fn drop_row(d: &Dropout, s: AttnShape, row: &mut [f32], bh: usize, i: usize, k0:
 /// Query rows per tile: a task of the forward pass.
 const QUERY_TILE: usize = 64;
 /// Keys per tile: the width of each block of scores of a full query tile. A tile of fewer
-/// queries (decoding: one) takes keys QUERY_TILE·KEY_TILE / rows at a time, the same block of
-/// scores, in fewer and larger products.
+/// queries (the last of a prompt, or decoding where [`super::attend_one`] does not take it)
+/// takes keys QUERY_TILE·KEY_TILE / rows at a time, the same block of scores, in fewer and
+/// larger products.
 const KEY_TILE: usize = 128;
 
 /// The tiles (start, end) of 0..n, `size` at a time.
@@ -228,15 +229,14 @@ pub fn attention_forward_cached(
 }
 
 /// A forward task's buffers, grown as needed and never zeroed: one block of scores (no wider
-/// than the keys its tile sees) followed by the tile's O, and a block of keys and of values
+/// than the keys its tile sees) followed by the tile's O, and a block of keys or values
 /// widened from f16. Zeroing a full tile's 48 KiB for each head cost a q8_0 decoding step
 /// 0.24 ms of attention against 0.21 (Zen 5, 16-token prompt, 128 new; within noise in whole
 /// runs).
 #[derive(Default)]
 struct TileScratch {
     scores_o: Vec<f32>,
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    widened: Vec<f32>,
 }
 
 /// The forward pass over every (batch, head, query tile), in parallel. `head(bh)` gives the
@@ -276,12 +276,12 @@ fn forward_tiles<'a>(
             let q = q.subrows(r0, rows);
             match (k, v, q.try_as_row_major(), &drop) {
                 // a decoding step's query: the cache read once, as it is stored
-                (HeadRows::Cached(k), HeadRows::Cached(v), Some(q), None) if rows == 1 => {
+                (HeadRows::Cached(k), HeadRows::Cached(v), Some(q), None) if rows == 1 && reads_in_registers(hs) => {
                     lse[0] = attend_one(o, q.row(0).as_slice(), k, v, pos0 + r0 + 1, s.scale(), s_tile);
                 }
                 _ => {
                     let o_tile = MatMut::from_row_major_slice_mut(o, rows, hs);
-                    let widened = [&mut scratch.keys, &mut scratch.values];
+                    let widened = &mut scratch.widened;
                     tile_forward(o_tile, lse, q, [k, v], pos0 + r0, s.scale(), s_tile, widened, drop);
                 }
             }
@@ -295,8 +295,8 @@ fn forward_tiles<'a>(
 /// The online softmax over one tile of R queries q [R, hs] at positions first..first+R
 /// against keys and values `[k, v]` [≥ first+R, hs]: o [R, hs] receives O, lse [R] each row's
 /// log-sum-exp; s_tile is scratch for R rows of scores as wide as the widest block of keys
-/// (QUERY_TILE·KEY_TILE / R, at most first + R), `widened` for a block of keys and one of
-/// values widened from f16. `drop(row, i, k0)`, if given, multiplies row i of a block of
+/// (QUERY_TILE·KEY_TILE / R, at most first + R), `widened` for a block of keys, then of values,
+/// widened from f16. `drop(row, i, k0)`, if given, multiplies row i of a block of
 /// weights (keys k0..) by its dropout mask.
 #[allow(clippy::too_many_arguments)]
 fn tile_forward(
@@ -307,7 +307,7 @@ fn tile_forward(
     first: usize,
     scale: f32,
     s_tile: &mut [f32],
-    [k_buf, v_buf]: [&mut Vec<f32>; 2],
+    widened: &mut Vec<f32>,
     drop: Option<impl Fn(&mut [f32], usize, usize)>,
 ) {
     let (rows, hs) = (q.nrows(), q.ncols());
@@ -317,7 +317,7 @@ fn tile_forward(
     for (k0, k1) in tiles(first + rows, QUERY_TILE * KEY_TILE / rows) {
         let width = k1 - k0;
         let s_tile = &mut s_tile[..rows * width];
-        scores(s_tile, q, k.block(k0, width, hs, k_buf), scale);
+        scores(s_tile, q, k.block(k0, width, hs, widened), scale);
         for (i, row) in s_tile.chunks_exact_mut(width).enumerate() {
             let (visible, masked) = row.split_at_mut(visible_keys(first + i, k0, width));
             masked.fill(0.0);
@@ -337,7 +337,7 @@ fn tile_forward(
         }
         // O += e^(S - m) V over this tile's keys.
         let weights = MatRef::from_row_major_slice(s_tile, rows, width);
-        let values = v.block(k0, width, hs, v_buf);
+        let values = v.block(k0, width, hs, widened);
         matmul(o.as_mut(), Accum::Add, weights, values, 1.0, Par::Seq);
     }
     for i in 0..rows {

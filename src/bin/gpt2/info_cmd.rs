@@ -13,7 +13,7 @@ use serde_json::json;
 #[derive(Args)]
 pub struct InfoArgs {
     /// Print one JSON object: {"cpu", "features", "threads", "kernel_env", "f32", "bf16", "q8_0",
-    /// "prompts", "training_bf16", "memory_pages"}.
+    /// "prompts", "training_bf16", "decoding_attention", "memory_pages"}.
     #[arg(long)]
     json: bool,
 }
@@ -112,6 +112,14 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         ),
         (None, _) => "the system's page size (no transparent huge pages)".to_string(),
     };
+    // GPT-2's heads are 64 values at every size.
+    let decoding_attention = if gpt2::ops::attend_one::reads_in_registers(64) {
+        "one query per head on AVX-512, the KV cache read as stored: f16 for bf16 and q8_0 models \
+         (widened in registers), f32 for f32 models"
+    } else {
+        "the tiled attention's products (faer), the KV cache in f32 for every model (a cache in f16 \
+         is used only where AVX-512 widens it in registers)"
+    };
     let report = json!({
         "cpu": cpu_name(),
         "features": features,
@@ -122,6 +130,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         "q8_0": q8_0,
         "prompts": prompts,
         "training_bf16": training_bf16,
+        "decoding_attention": decoding_attention,
         "memory_pages": pages,
     });
     if args.json {
@@ -174,6 +183,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             (true, false) => "on this CPU, but unused (Linux refused the tiles, or AVX-512 is missing)",
         };
         println!("AMX: {amx}");
+        println!("decoding attention: {decoding_attention}");
         println!("memory pages: {pages}");
     }
     Ok(())

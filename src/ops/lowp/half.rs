@@ -1,6 +1,7 @@
 //! 16-bit floats: bf16 and IEEE half precision (f16) to and from f32, rounding to nearest even.
 //! Low-precision weights and their q8_0 scales are stored in them, and so are the tensors of
-//! bf16/f16 weight files and llm.c's bf16 files (`crate::io`).
+//! bf16/f16 weight files and llm.c's bf16 files (`crate::io`), and the keys and values of a
+//! half-precision KV cache ([`widen_f16`], [`narrow_f16_saturating`]).
 
 /// bf16 to f32: the bf16 bits are the top half of the f32's.
 #[inline(always)]
@@ -84,6 +85,46 @@ pub fn widen_f16(h: &[u16], out: &mut [f32]) {
     out.iter_mut().zip(h).for_each(|(o, &h)| *o = f16_to_f32(h));
 }
 
+/// `out[i] = f32_to_f16(x[i].clamp(-65504, 65504))`: rounded to nearest even, a value beyond the
+/// largest f16 held at it rather than made infinite (an infinite key would turn every score of
+/// its query into NaN); NaN stays NaN. Eight at a time with F16C's `vcvtps2ph` where the CPU
+/// has it (which rounds the same way), one at a time otherwise.
+pub fn narrow_f16_saturating(x: &[f32], out: &mut [u16]) {
+    assert_eq!(x.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("f16c") {
+        // SAFETY: the CPU has F16C; the lengths are equal.
+        return unsafe { narrow_f16_f16c(x, out) };
+    }
+    out.iter_mut()
+        .zip(x)
+        .for_each(|(h, &x)| *h = f32_to_f16(x.clamp(-F16_MAX, F16_MAX)));
+}
+
+/// The largest finite f16.
+const F16_MAX: f32 = 65504.0;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn narrow_f16_f16c(x: &[f32], out: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let (x_chunks, x_tail) = x.as_chunks::<8>();
+    let (out_chunks, out_tail) = out.as_chunks_mut::<8>();
+    let (low, high) = (_mm256_set1_ps(-F16_MAX), _mm256_set1_ps(F16_MAX));
+    for (x, out) in x_chunks.iter().zip(out_chunks) {
+        // min/max return their second operand where the first is NaN: NaN lanes put back after
+        let x = _mm256_loadu_ps(x.as_ptr());
+        let clamped = _mm256_max_ps(_mm256_min_ps(x, high), low);
+        let clamped = _mm256_blendv_ps(clamped, x, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(clamped);
+        _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, h);
+    }
+    out_tail
+        .iter_mut()
+        .zip(x_tail)
+        .for_each(|(h, &x)| *h = f32_to_f16(x.clamp(-F16_MAX, F16_MAX)));
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx,f16c")]
 unsafe fn widen_f16_f16c(h: &[u16], out: &mut [f32]) {
@@ -143,6 +184,41 @@ mod tests {
         for (&h, &o) in h.iter().zip(&out) {
             assert_eq!(o.to_bits(), f16_to_f32(h).to_bits(), "{h:#x}");
         }
+    }
+
+    #[test]
+    fn narrowing_a_slice_rounds_as_f32_to_f16_and_saturates() {
+        let mut x: Vec<f32> = crate::ops::test_util::random_vec(1001, 4)
+            .iter()
+            .map(|v| v * 300.0)
+            .collect();
+        // ties, subnormals, the largest f16 and beyond, infinities
+        x.extend([
+            1.0 + 1.0 / 2048.0,
+            1.0 + 3.0 / 2048.0,
+            1.5 * 5.960_464_5e-8,
+            2.5 * 5.960_464_5e-8,
+            1e-9,
+        ]);
+        x.extend([
+            65504.0,
+            65519.0,
+            65520.0,
+            1e6,
+            -1e6,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+        ]);
+        let mut out = vec![0; x.len()];
+        narrow_f16_saturating(&x, &mut out);
+        for (&x, &h) in x.iter().zip(&out) {
+            assert_eq!(h, f32_to_f16(x.clamp(-65504.0, 65504.0)), "{x}");
+        }
+        assert_eq!(f16_to_f32(out[out.len() - 5]), 65504.0); // 1e6 held at the largest f16
+        let mut nan = [0; 9];
+        narrow_f16_saturating(&[f32::NAN; 9], &mut nan);
+        assert!(nan.iter().all(|&h| f16_to_f32(h).is_nan()));
     }
 
     #[test]
