@@ -11,8 +11,33 @@
 //! attention sends a query here only then ([`reads_in_registers`]); the plain Rust kernels are
 //! the reference the vector ones are tested against, and serve a direct call anywhere.
 
-use super::attention::KvRows;
 use super::lowp::half::f16_to_f32;
+
+/// A KV cache's keys or values, [B, NH, P, hs], as it stores them.
+#[derive(Clone, Copy)]
+pub enum KvRows<'a> {
+    F32(&'a [f32]),
+    /// IEEE half precision.
+    F16(&'a [u16]),
+}
+
+impl<'a> KvRows<'a> {
+    /// Elements held.
+    pub(crate) fn len(self) -> usize {
+        match self {
+            KvRows::F32(x) => x.len(),
+            KvRows::F16(x) => x.len(),
+        }
+    }
+
+    /// Elements at..at + n: one head's first positions.
+    pub(super) fn part(self, at: usize, n: usize) -> KvRows<'a> {
+        match self {
+            KvRows::F32(x) => KvRows::F32(&x[at..at + n]),
+            KvRows::F16(x) => KvRows::F16(&x[at..at + n]),
+        }
+    }
+}
 
 /// Whether this CPU runs the vector kernels for heads of `hs` values, widening f16 in
 /// registers: where it does not, a decoding step's query goes through the tiled attention

@@ -16,6 +16,7 @@
 //! ([`KvRows`]); a tile widens a block of f16 rows to f32 before its products, and a decoding
 //! step's single query per head goes to [`super::attend_one`], which reads the cache as stored.
 
+pub use super::attend_one::KvRows;
 use super::attend_one::{attend_one, reads_in_registers};
 use super::dropout::Dropout;
 use super::lowp::half::widen_f16;
@@ -134,32 +135,6 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], s: AttnS
         (q, HeadRows::View(k), HeadRows::View(v))
     };
     forward_tiles(out, lse, s, 0, head, dropout);
-}
-
-/// A KV cache's keys or values, [B, NH, P, hs], as it stores them.
-#[derive(Clone, Copy)]
-pub enum KvRows<'a> {
-    F32(&'a [f32]),
-    /// IEEE half precision.
-    F16(&'a [u16]),
-}
-
-impl<'a> KvRows<'a> {
-    /// Elements held.
-    pub(crate) fn len(self) -> usize {
-        match self {
-            KvRows::F32(x) => x.len(),
-            KvRows::F16(x) => x.len(),
-        }
-    }
-
-    /// Elements at..at + n: one head's first positions.
-    fn part(self, at: usize, n: usize) -> KvRows<'a> {
-        match self {
-            KvRows::F32(x) => KvRows::F32(&x[at..at + n]),
-            KvRows::F16(x) => KvRows::F16(&x[at..at + n]),
-        }
-    }
 }
 
 /// One head's keys or values [positions, hs]: a view of f32 rows anywhere (in qkv), or the
