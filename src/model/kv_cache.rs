@@ -62,6 +62,13 @@ impl KvBuffer {
         }
     }
 
+    fn dtype(&self) -> KvDtype {
+        match self {
+            KvBuffer::F32(_) => KvDtype::F32,
+            KvBuffer::F16(_) => KvDtype::F16,
+        }
+    }
+
     /// [L, 1, block] as [L, rows, block], each layer's block repeated; None if the memory
     /// cannot be allocated.
     fn repeated(&self, block: usize, rows: usize) -> Option<Self> {
@@ -112,7 +119,6 @@ pub struct KvCache {
     /// Elements of one (layer, row) block: NH·P·hs = P·C.
     block: usize,
     n_layer: usize,
-    dtype: KvDtype,
     k: KvBuffer, // [L, B, NH, P, hs]
     v: KvBuffer, // [L, B, NH, P, hs]
     pub(super) scratch: CachedActs,
@@ -238,7 +244,6 @@ impl KvCache {
             len: 0,
             block,
             n_layer: cfg.n_layer,
-            dtype,
             k: KvBuffer::zeros(dtype, size),
             v: KvBuffer::zeros(dtype, size),
             scratch: CachedActs::default(),
@@ -253,7 +258,7 @@ impl KvCache {
 
     /// How the keys and values are stored.
     pub fn dtype(&self) -> KvDtype {
-        self.dtype
+        self.k.dtype()
     }
 
     /// The values (f32) of the buffers of one cached pass over `t` new tokens in each of `rows`
@@ -308,7 +313,10 @@ impl KvCache {
             return Ok(());
         }
         let row_len = self.k.len();
-        let need = Need::new().floats("keys and values", product(&[2, row_len, rows, self.dtype.bytes()]) / 4);
+        let need = Need::new().floats(
+            "keys and values",
+            product(&[2, row_len, rows, self.dtype().bytes()]) / 4,
+        );
         need.check(&format!("a KV cache of {rows} rows"), "use fewer samples")?;
         let too_many = || {
             Error::Input(format!(

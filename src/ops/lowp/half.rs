@@ -96,13 +96,16 @@ pub fn narrow_f16_saturating(x: &[f32], out: &mut [u16]) {
         // SAFETY: the CPU has F16C; the lengths are equal.
         return unsafe { narrow_f16_f16c(x, out) };
     }
-    out.iter_mut()
-        .zip(x)
-        .for_each(|(h, &x)| *h = f32_to_f16(x.clamp(-F16_MAX, F16_MAX)));
+    out.iter_mut().zip(x).for_each(|(h, &x)| *h = f32_to_f16_saturating(x));
 }
 
 /// The largest finite f16.
 const F16_MAX: f32 = 65504.0;
+
+/// One value as [`narrow_f16_saturating`] narrows it, without F16C.
+fn f32_to_f16_saturating(x: f32) -> u16 {
+    f32_to_f16(x.clamp(-F16_MAX, F16_MAX))
+}
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx,f16c")]
@@ -122,7 +125,7 @@ unsafe fn narrow_f16_f16c(x: &[f32], out: &mut [u16]) {
     out_tail
         .iter_mut()
         .zip(x_tail)
-        .for_each(|(h, &x)| *h = f32_to_f16(x.clamp(-F16_MAX, F16_MAX)));
+        .for_each(|(h, &x)| *h = f32_to_f16_saturating(x));
 }
 
 #[cfg(target_arch = "x86_64")]
