@@ -282,8 +282,9 @@ fn info_names_the_features_and_the_kernel_each_dtype_uses() {
         (used(&scalar, "bf16"), used(&scalar, "q8_0")),
         ("scalar".into(), "scalar".into())
     );
-    // A prompt runs on the panel kernels where the dtype's AVX-512 kernel is used, on f32
-    // panels where its AVX2 one is (or AVX-VNNI, for q8_0), on AMX tiles where its AMX kernel is.
+    // A bf16 prompt runs on the panel kernels where its AVX-512 kernel is used, on f32 panels
+    // where its AVX2 one is; a q8_0 prompt on its tiles of 16-row groups; either on AMX tiles
+    // where its AMX kernel is.
     let prompt =
         |json: &serde_json::Value, dtype: &str, path: &str| json["prompts"][dtype].as_str().unwrap().contains(path);
     let has = gpt2::ops::lowp::kernel::has_feature;
@@ -294,11 +295,9 @@ fn info_names_the_features_and_the_kernel_each_dtype_uses() {
         .collect();
     for kernels in [&best, &scalar].into_iter().chain(&forced) {
         let (bf16, q8_0) = (used(kernels, "bf16"), used(kernels, "q8_0"));
-        let f32_panels = (bf16 == "avx2", matches!(q8_0.as_str(), "avx2" | "avxvnni"));
-        assert_eq!(prompt(kernels, "bf16", "panels"), bf16 == "avx512bf16" || f32_panels.0);
-        assert_eq!(prompt(kernels, "q8_0", "panels"), q8_0 == "avx512vnni" || f32_panels.1);
-        assert_eq!(prompt(kernels, "bf16", "in f32"), f32_panels.0);
-        assert_eq!(prompt(kernels, "q8_0", "in f32"), f32_panels.1);
+        assert_eq!(prompt(kernels, "bf16", "panels"), bf16 == "avx512bf16" || bf16 == "avx2");
+        assert_eq!(prompt(kernels, "bf16", "in f32"), bf16 == "avx2");
+        assert_eq!(prompt(kernels, "q8_0", "groups of 16 weight rows"), q8_0 != "amx");
         assert_eq!(prompt(kernels, "bf16", "AMX"), bf16 == "amx");
         assert_eq!(prompt(kernels, "q8_0", "AMX"), q8_0 == "amx");
     }

@@ -30,6 +30,7 @@ const LANES: usize = 16;
 impl<'a> Tile<'a> for Scalar {
     type W = u16;
     type X = &'a [f32];
+    type Out = f32;
 
     fn tile<const R: usize, const S: usize>(&self, w: [&[u16]; S], x: [&'a [f32]; R]) -> [[f32; S]; R] {
         let mut acc = [[[0.0f32; LANES]; S]; R];
@@ -65,6 +66,7 @@ mod x86 {
     impl<'a> Tile<'a> for Avx2 {
         type W = u16;
         type X = &'a [f32];
+        type Out = f32;
 
         fn tile<const R: usize, const S: usize>(&self, w: [&[u16]; S], x: [&'a [f32]; R]) -> [[f32; S]; R] {
             let n = x[0].len();
@@ -98,6 +100,7 @@ mod x86 {
     impl<'a> Tile<'a> for Avx512 {
         type W = u16;
         type X = &'a [u16];
+        type Out = f32;
 
         fn tile<const R: usize, const S: usize>(&self, w: [&[u16]; S], x: [&'a [u16]; R]) -> [[f32; S]; R] {
             let n = x[0].len();

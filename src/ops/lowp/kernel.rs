@@ -3,7 +3,7 @@
 //! | dtype | kernels, best first | instruction doing the work |
 //! |---|---|---|
 //! | bf16 | `amx`, `avx512bf16`, `avx2`, `scalar` | `tdpbf16ps` on AMX tiles for prompts (decoding as `avx512bf16`); `vdpbf16ps` (pairs of bf16 products into f32); bf16 widened to f32 + FMA; plain Rust |
-//! | q8_0 | `amx`, `avx512vnni`, `avxvnni`, `avx2`, `scalar` | `tdpbssd` on AMX tiles for prompts (decoding as `avx512vnni`); `vpdpbusd` (u8·i8 quads into i32), 512-bit or VEX encoded; `vpmaddubsw` + `vpmaddwd`; plain Rust |
+//! | q8_0 | `amx`, `avx512vnni`, `avxvnni`, `avx2`, `scalar` | `tdpbssd` on AMX tiles for prompts (decoding as `avx512vnni`); `vpdpbusd` (u8·i8 quads of 16 or 8 weight rows into i32), 512-bit or VEX encoded; `vpmaddubsw` + `vpmaddwd`; plain Rust |
 //!
 //! The best kernel the CPU has is used, unless `GPT2_KERNEL` names one: a dtype that has a
 //! kernel of that name uses it (an error if the CPU lacks it), the other dtype keeps its best.
@@ -33,15 +33,15 @@ pub enum Bf16Kernel {
 /// The kernels of q8_0 weights (activations quantized to q8 blocks on the fly).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Q8Kernel {
-    /// Intel AMX `tdpbssd` for prompts, a q8_0 block of 16 weight rows x 16 prompt rows per
+    /// Intel AMX `tdpbssd` for prompts, 16 prompt rows x a q8_0 block of 16 weight rows per
     /// instruction; decoding runs the `avx512vnni` tiles.
     #[cfg(target_arch = "x86_64")]
     Amx,
-    /// AVX512-VNNI `vpdpbusd` on 512-bit registers, four blocks of a weight row a step (the
-    /// last nb mod 4 blocks on 256 bits, AVX512VL; the scales gathered with AVX512BW).
+    /// AVX512-VNNI `vpdpbusd` on 512-bit registers: a quad of 16 weight rows (a stored line of
+    /// a group) against an activation quad in every lane.
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
-    /// AVX-VNNI, the VEX-encoded `vpdpbusd` of CPUs without AVX-512.
+    /// AVX-VNNI, the VEX-encoded `vpdpbusd` of CPUs without AVX-512, on 8 rows at a time.
     #[cfg(target_arch = "x86_64")]
     AvxVnni,
     /// AVX2: `vpmaddubsw` on |w| and x·sign(w), then `vpmaddwd`.

@@ -4,15 +4,18 @@
 //! Decoding one token reads every weight once, so its speed is the weights' bytes over the
 //! memory bandwidth: bf16 halves the bytes of f32, q8_0 (34 bytes per 32 weights) nearly
 //! quarters them. A matrix is stored [N, K]: one row of K inputs per output, each row
-//! zero-padded to a multiple of 32 (q8_0's block). The product `y [M, N] = x [M, K] · Wᵀ`
-//! splits the N rows across threads (decoding, about 1 MiB of weights per task, at least 2
-//! tasks per thread; a prompt, 256 KiB and 4); within a task it computes tiles of dot
-//! products, R activation rows by S weight rows, so that a few rows (M > 1) read each weight
-//! once per R rows rather than once per row. A prompt of 10-12 rows or more ([`panel_rows`])
-//! goes to the AVX-512 [`panel`] kernels where the CPU has them: each weight broadcast against 16
-//! activation rows at once; where it has AMX, a prompt of 6 rows or more goes to AMX tiles of 16
-//! weight rows by 16 prompt rows; on AVX2 alone (and AVX-VNNI for q8_0), a prompt of 14 rows or
-//! more goes to panels in f32 (all in [`panel`]).
+//! zero-padded to a multiple of 32 (q8_0's block); q8_0 keeps its rows in groups of 16,
+//! interleaved ([`q8_0::Groups`]). The product `y [M, N] = x [M, K] · Wᵀ` splits the N rows
+//! (q8_0: the groups) across threads (decoding, about 1 MiB of weights per task, at least 2
+//! tasks per thread; a prompt, 256 KiB and 4); within a task it computes tiles, R activation
+//! rows by S weight rows (bf16: dot products; q8_0: S groups, 16 outputs in the lanes of a
+//! register), so that a few rows (M > 1) read each weight once per R rows rather than once per
+//! row. A bf16 prompt of 12 rows or more ([`panel_rows`]) goes to the AVX-512 [`panel`] kernels
+//! where the CPU has them: each weight broadcast against 16 activation rows at once; where it
+//! has AMX, a prompt of 6 rows or more in either dtype goes to AMX tiles of 16 weight rows by 16
+//! prompt rows; on AVX2 alone, a bf16 prompt of 14 rows or more goes to panels in f32 (all in
+//! [`panel`]). A q8_0 prompt stays on its tiles otherwise: with the outputs in the lanes they
+//! add nothing across lanes, as the panels do.
 
 pub mod bf16;
 pub mod half;
@@ -24,7 +27,7 @@ pub mod q8_0;
 pub use kernel::{Bf16Kernel, Kernel, Kernels, Q8Kernel};
 
 use half::f32_to_bf16;
-use q8_0::BlockQ8_0;
+use q8_0::{Groups, GROUP};
 use rayon::prelude::*;
 use std::fmt;
 use std::str::FromStr;
@@ -55,14 +58,13 @@ const PREFILL_ROWS: usize = 4;
 const PREFILL_COLS: usize = 2;
 /// Activation rows per panel of the [`panel`] kernels: the f32 lanes of a 512-bit register.
 const PANEL_ROWS: usize = 16;
-/// A longer prompt goes through the panel kernels this many rows at a time. Each task of
-/// weight rows runs over every panel of the prompt, so with all of a long prompt at once the
-/// panels (512 rows of K = 3072 in bf16 pairs: 3 MiB) come from L3 again for every tile of
-/// weights; 64 rows (1-4 panels: at most 384 KiB in bf16, 768 KiB in f32 on AVX2) stay in L2,
-/// and the weights are read once per 64 rows. GPT-2 124M's 48 block products of 512 rows (Zen
-/// 5, 2 threads, a probe): bf16 208-211 ms at once, 138-150 in blocks of 32-64 rows; q8_0
-/// 212-265 against 144-180; at 128 rows level.
-#[cfg(target_arch = "x86_64")]
+/// A longer prompt goes through the panel kernels (and q8_0's tiles) this many rows at a time.
+/// Each task of weight rows runs over every panel of the prompt, so with all of a long prompt
+/// at once the panels (512 rows of K = 3072 in bf16 pairs: 3 MiB) come from L3 again for every
+/// tile of weights; 64 rows (1-4 panels: at most 384 KiB in bf16, 768 KiB in f32 on AVX2, 192
+/// KiB of q8) stay in L2, and the weights are read once per 64 rows. GPT-2 124M's 48 block
+/// products of 512 rows (Zen 5, 2 threads, a probe): bf16 208-211 ms at once, 138-150 in
+/// blocks of 32-64 rows; q8_0 212-265 against 144-180; at 128 rows level.
 const PROMPT_BLOCK_ROWS: usize = 64;
 
 /// How a model's weight matrices are stored.
@@ -113,8 +115,8 @@ impl fmt::Display for WeightDtype {
 }
 
 enum Storage {
-    Bf16(Vec<u16>),       // [N, padded]
-    Q8_0(Vec<BlockQ8_0>), // [N, padded / 32]
+    Bf16(Vec<u16>), // [N, padded]
+    Q8_0(Groups),   // ⌈N/16⌉ groups of 16 rows of padded / 32 blocks
 }
 
 /// A weight matrix [N, K] in bf16 or q8_0, each row padded with zeros to `padded` (a
@@ -147,9 +149,9 @@ impl LowpMatrix {
         })
     }
 
-    /// Stores N rows of K weights in `dtype`, `chunk_rows` at a time: `chunk(rows, out)` writes
-    /// rows `rows` in f32 into `out` [rows.len(), K] (so a large matrix never needs a whole f32
-    /// copy). Every value must be finite.
+    /// Stores N rows of K weights in `dtype`, about `chunk_rows` at a time (a multiple of 16):
+    /// `chunk(rows, out)` writes rows `rows` in f32 into `out` [rows.len(), K] (so a large matrix
+    /// never needs a whole f32 copy). Every value must be finite.
     pub fn from_row_chunks(
         n: usize,
         k: usize,
@@ -161,10 +163,11 @@ impl LowpMatrix {
         let mut data = match dtype {
             WeightDtype::F32 => return Err("f32 weights are not stored as a LowpMatrix".into()),
             WeightDtype::Bf16 => Storage::Bf16(vec![0; n * padded]),
-            WeightDtype::Q8_0 => Storage::Q8_0(vec![BlockQ8_0 { d: 0, qs: [0; BLOCK] }; n * padded / BLOCK]),
+            WeightDtype::Q8_0 => Storage::Q8_0(Groups::zeros(n, padded / BLOCK)),
         };
+        let chunk_rows = chunk_rows.div_ceil(GROUP).max(1) * GROUP;
         let mut buf = Vec::new();
-        for first in (0..n).step_by(chunk_rows.max(1)) {
+        for first in (0..n).step_by(chunk_rows) {
             let rows = first..(first + chunk_rows).min(n);
             buf.resize(rows.len() * k, 0.0);
             chunk(rows, &mut buf)?;
@@ -180,16 +183,7 @@ impl LowpMatrix {
                     .par_chunks_mut(padded)
                     .zip(buf.par_chunks(k))
                     .for_each(|(out, x)| out.iter_mut().zip(x).for_each(|(o, &x)| *o = f32_to_bf16(x))),
-                Storage::Q8_0(out) => out[first * padded / BLOCK..]
-                    .par_chunks_mut(padded / BLOCK)
-                    .zip(buf.par_chunks(k))
-                    .for_each_init(
-                        || vec![0.0f32; padded],
-                        |row, (out, x)| {
-                            row[..k].copy_from_slice(x);
-                            q8_0::quantize_row(row, out);
-                        },
-                    ),
+                Storage::Q8_0(groups) => groups.quantize_rows(first, &buf, k),
             }
         }
         Ok(LowpMatrix {
@@ -221,15 +215,15 @@ impl LowpMatrix {
     pub fn bytes(&self) -> usize {
         match &self.data {
             Storage::Bf16(w) => std::mem::size_of_val(w.as_slice()),
-            Storage::Q8_0(w) => std::mem::size_of_val(w.as_slice()),
+            Storage::Q8_0(w) => std::mem::size_of_val(w.lines()),
         }
     }
 
-    /// The stored values as bytes (bf16 bits; q8_0 blocks, which have no padding).
+    /// The stored values as bytes (bf16 bits; q8_0 groups).
     pub fn as_bytes(&self) -> &[u8] {
         let (ptr, len) = match &self.data {
             Storage::Bf16(w) => (w.as_ptr() as *const u8, std::mem::size_of_val(w.as_slice())),
-            Storage::Q8_0(w) => (w.as_ptr() as *const u8, std::mem::size_of_val(w.as_slice())),
+            Storage::Q8_0(w) => (w.lines().as_ptr() as *const u8, std::mem::size_of_val(w.lines())),
         };
         // SAFETY: `len` bytes from `ptr` are the initialised contents of one Vec, borrowed from self.
         unsafe { std::slice::from_raw_parts(ptr, len) }
@@ -241,101 +235,136 @@ impl LowpMatrix {
         match &self.data {
             Storage::Bf16(w) => bf16::dequantize_row(&w[i * self.padded..][..k], out),
             Storage::Q8_0(w) => {
-                let nb = self.padded / BLOCK;
                 let mut row = vec![0.0; self.padded];
-                q8_0::dequantize_row(&w[i * nb..(i + 1) * nb], &mut row);
+                w.dequantize_row(i, &mut row);
                 out.copy_from_slice(&row[..k]);
             }
         }
     }
 
     /// `out [M, N] = x [M, K] · Wᵀ`, on `kernels`: a prompt on the AVX-512, AMX or AVX2 panel
-    /// kernels from [`panel_rows`] rows on, 64 rows at a time (a last block too short for them
-    /// in dot-product tiles), else in dot-product tiles.
+    /// kernels from [`panel_rows`] rows on, a q8_0 prompt of 4 rows or more in its tiles, either
+    /// 64 rows at a time (a last block too short for the panels in dot-product tiles); else in
+    /// tiles.
     pub fn matmul(&self, out: &mut [f32], x: &[f32], m: usize, kernels: Kernels) {
         assert!(x.len() == m * self.cols && out.len() == m * self.rows);
-        #[cfg(target_arch = "x86_64")]
-        if panel_rows(self.dtype(), kernels).is_some_and(|rows| m >= rows) {
-            if m > PROMPT_BLOCK_ROWS {
-                let (out_block, x_block) = (PROMPT_BLOCK_ROWS * self.rows, PROMPT_BLOCK_ROWS * self.cols);
-                for (out, x) in out.chunks_mut(out_block).zip(x.chunks(x_block)) {
-                    self.matmul(out, x, x.len() / self.cols, kernels); // a short last block: dot-product tiles
-                }
-                return;
+        let panels = panel_rows(self.dtype(), kernels).is_some_and(|rows| m >= rows);
+        if m > PROMPT_BLOCK_ROWS && (panels || self.dtype() == WeightDtype::Q8_0) {
+            let (out_block, x_block) = (PROMPT_BLOCK_ROWS * self.rows, PROMPT_BLOCK_ROWS * self.cols);
+            for (out, x) in out.chunks_mut(out_block).zip(x.chunks(x_block)) {
+                self.matmul(out, x, x.len() / self.cols, kernels);
             }
-            let (k, padded) = (self.cols, self.padded);
-            return match &self.data {
-                Storage::Bf16(w) => panel::bf16(out, x, m, k, w, padded, kernels.bf16()),
-                Storage::Q8_0(w) => panel::q8_0(out, x, m, k, w, padded, kernels.q8_0()),
-            };
+            return;
         }
-        if m == 1 {
-            return self.matmul_t(out, x, kernels); // [1, N] is its own transpose
-        }
-        let mut out_t = vec![0.0; m * self.rows];
-        self.matmul_t(&mut out_t, x, kernels);
-        transpose(out, &out_t, self.rows, m);
-    }
-
-    /// `out_t [N, M] = W · xᵀ`.
-    fn matmul_t(&self, out_t: &mut [f32], x: &[f32], kernels: Kernels) {
         let (k, padded) = (self.cols, self.padded);
         match &self.data {
-            Storage::Bf16(w) => match kernels.bf16() {
-                // AMX tiles serve prompts (panel_rows); a few rows read the weights with vdpbf16ps
-                #[cfg(target_arch = "x86_64")]
-                Bf16Kernel::Amx | Bf16Kernel::Avx512Bf16 => {
-                    let x = bf16::round_rows(x, k, padded);
-                    product(
-                        &bf16::Avx512,
-                        out_t,
-                        w,
-                        padded,
-                        &x.chunks_exact(padded).collect::<Vec<_>>(),
-                    )
-                }
-                #[cfg(target_arch = "x86_64")]
-                Bf16Kernel::Avx2 => {
-                    let x = pad_rows(x, k, padded);
-                    product(
-                        &bf16::Avx2,
-                        out_t,
-                        w,
-                        padded,
-                        &x.chunks_exact(padded).collect::<Vec<_>>(),
-                    )
-                }
-                Bf16Kernel::Scalar => {
-                    let x = pad_rows(x, k, padded);
-                    product(
-                        &bf16::Scalar,
-                        out_t,
-                        w,
-                        padded,
-                        &x.chunks_exact(padded).collect::<Vec<_>>(),
-                    )
-                }
-            },
+            #[cfg(target_arch = "x86_64")]
+            Storage::Bf16(w) if panels => panel::bf16(out, x, m, k, w, padded, kernels.bf16()),
+            Storage::Bf16(w) if m == 1 => bf16_t(out, w, x, k, padded, kernels.bf16()), // [1, N] is its own transpose
+            Storage::Bf16(w) => {
+                let mut out_t = vec![0.0; m * self.rows];
+                bf16_t(&mut out_t, w, x, k, padded, kernels.bf16());
+                transpose(out, &out_t, self.rows, m);
+            }
             Storage::Q8_0(w) => {
-                let acts = q8_0::Activations::quantize(x, k, padded);
-                let (x, nb) = (acts.rows(), padded / BLOCK);
-                match kernels.q8_0() {
-                    #[cfg(target_arch = "x86_64")]
-                    Q8Kernel::Amx | Q8Kernel::Avx512Vnni => product(&q8_0::Vnni512, out_t, w, nb, &x),
-                    #[cfg(target_arch = "x86_64")]
-                    Q8Kernel::AvxVnni => product(&q8_0::AvxVnni, out_t, w, nb, &x),
-                    #[cfg(target_arch = "x86_64")]
-                    Q8Kernel::Avx2 => product(&q8_0::Avx2, out_t, w, nb, &x),
-                    Q8Kernel::Scalar => product(&q8_0::Scalar, out_t, w, nb, &x),
-                }
+                let mut by_group = vec![[0.0f32; GROUP]; self.rows.div_ceil(GROUP) * m];
+                q8_0_product(&mut by_group, w, x, k, padded, panels, kernels.q8_0());
+                ungroup(out, &by_group, self.rows, m);
             }
         }
     }
 }
 
+/// `out_t [N, M] = W · xᵀ` for the bf16 weights `w` [N, `padded`] and x [M, K], in dot-product
+/// tiles (AMX tiles serve prompts, [`panel_rows`]; a few rows read the weights with `vdpbf16ps`).
+fn bf16_t(out_t: &mut [f32], w: &[u16], x: &[f32], k: usize, padded: usize, kernel: Bf16Kernel) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Bf16Kernel::Amx | Bf16Kernel::Avx512Bf16 => product(
+            &bf16::Avx512,
+            out_t,
+            w,
+            padded,
+            &row_slices(&bf16::round_rows(x, k, padded), padded),
+        ),
+        #[cfg(target_arch = "x86_64")]
+        Bf16Kernel::Avx2 => product(
+            &bf16::Avx2,
+            out_t,
+            w,
+            padded,
+            &row_slices(&pad_rows(x, k, padded), padded),
+        ),
+        Bf16Kernel::Scalar => product(
+            &bf16::Scalar,
+            out_t,
+            w,
+            padded,
+            &row_slices(&pad_rows(x, k, padded), padded),
+        ),
+    }
+}
+
+/// The rows of length `len` of `x`.
+fn row_slices<T>(x: &[T], len: usize) -> Vec<&[T]> {
+    x.chunks_exact(len).collect()
+}
+
+/// `by_group [⌈N/16⌉, M]`: entry (g, r) the 16 outputs of group g for activation row r, of the
+/// q8_0 `groups` times x [M, K] (quantized here, rows padded to `padded`): on AMX tiles where
+/// `amx_prompt` (the kernel is `amx` and the prompt long enough, [`panel_rows`]), else in tiles.
+fn q8_0_product(
+    by_group: &mut [[f32; GROUP]],
+    groups: &Groups,
+    x: &[f32],
+    k: usize,
+    padded: usize,
+    amx_prompt: bool,
+    kernel: Q8Kernel,
+) {
+    let per_group = q8_0::lines_per_group(groups.blocks());
+    let w = groups.lines();
+    #[cfg(target_arch = "x86_64")]
+    if amx_prompt {
+        let acts = q8_0::Activations::quantize(x, k, padded, crate::ops::amx::ROWS);
+        let m = x.len() / k;
+        return for_each_task(by_group, m, w, per_group, 1, |out, groups| {
+            // SAFETY: amx_prompt only with the `amx` kernel, chosen only where it is available
+            // (amx_tile, amx_int8, avx512f, f16c, amx::granted()); the activations hold whole
+            // tiles of 16 rows; each task configures its thread's tiles and releases them.
+            unsafe {
+                crate::ops::amx::configure(crate::ops::amx::Shape::Q8Block);
+                q8_0::amx_groups(out, groups, &acts);
+                crate::ops::amx::release();
+            }
+        });
+    }
+    let _ = amx_prompt;
+    let acts = q8_0::Activations::quantize(x, k, padded, 1);
+    let x = acts.rows();
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Q8Kernel::Amx | Q8Kernel::Avx512Vnni => product(&q8_0::Vnni512, by_group, w, per_group, &x),
+        #[cfg(target_arch = "x86_64")]
+        Q8Kernel::AvxVnni => product(&q8_0::AvxVnni, by_group, w, per_group, &x),
+        #[cfg(target_arch = "x86_64")]
+        Q8Kernel::Avx2 => product(&q8_0::Avx2, by_group, w, per_group, &x),
+        Q8Kernel::Scalar => product(&q8_0::Scalar, by_group, w, per_group, &x),
+    }
+}
+
+/// `out [M, N]` from `by_group [⌈N/16⌉, M]` of 16 outputs each: `out[r, n] = by_group[n/16, r][n % 16]`.
+fn ungroup(out: &mut [f32], by_group: &[[f32; GROUP]], n: usize, m: usize) {
+    out.par_chunks_mut(n).enumerate().for_each(|(r, out)| {
+        for (g, out) in out.chunks_mut(GROUP).enumerate() {
+            out.copy_from_slice(&by_group[g * m + r][..out.len()]);
+        }
+    });
+}
+
 /// From how many rows a product with `dtype` weights runs on the panel kernels of [`panel`]
-/// with `kernels` (AVX-512 where the dtype's kernel is `avx512bf16` or `avx512vnni`, AMX, or
-/// f32 on AVX2: [`AVX2_PROMPT_ROWS`]), None if it never does. Below it the dot-product tiles,
+/// with `kernels` (bf16: AVX-512 where its kernel is `avx512bf16`, AMX, or f32 on AVX2:
+/// [`AVX2_PROMPT_ROWS`]; q8_0: AMX), None if it never does. Below it the dot-product tiles,
 /// which waste no lanes, are faster: a panel costs the same for 1 to 16 rows, and the 48
 /// products of GPT-2 124M with cold weights took (bf16 tiles / panels) 10.1 / 14.8 ms at 8 rows,
 /// 14.1-14.9 / 14.8-15.3 at 11, 14.2-15.4 / 15.1 at 12; (q8_0) 13.0 / 15.6-16.1 at 8, 15.4 /
@@ -349,7 +378,6 @@ pub fn panel_rows(dtype: WeightDtype, kernels: Kernels) -> Option<usize> {
         #[cfg(target_arch = "x86_64")]
         WeightDtype::Q8_0 if kernels.q8_0() == Q8Kernel::Amx => Some(AMX_PROMPT_ROWS),
         #[cfg(target_arch = "x86_64")]
-        WeightDtype::Q8_0 if kernels.q8_0() == Q8Kernel::Avx512Vnni => Some(10),
         #[cfg(target_arch = "x86_64")]
         _ if f32_panels(dtype, kernels) => Some(AVX2_PROMPT_ROWS),
         _ => {
@@ -360,15 +388,10 @@ pub fn panel_rows(dtype: WeightDtype, kernels: Kernels) -> Option<usize> {
 }
 
 /// Whether a prompt's products with `dtype` weights run on the AVX2 panels of [`panel`]
-/// (activations and weights in f32) with `kernels`: where the dtype's kernel is `avx2`, or
-/// `avxvnni` for q8_0.
+/// (activations and weights in f32) with `kernels`: bf16 weights where their kernel is `avx2`.
 #[cfg(target_arch = "x86_64")]
 fn f32_panels(dtype: WeightDtype, kernels: Kernels) -> bool {
-    match dtype {
-        WeightDtype::Bf16 => kernels.bf16() == Bf16Kernel::Avx2,
-        WeightDtype::Q8_0 => matches!(kernels.q8_0(), Q8Kernel::Avx2 | Q8Kernel::AvxVnni),
-        WeightDtype::F32 => false,
-    }
+    dtype == WeightDtype::Bf16 && kernels.bf16() == Bf16Kernel::Avx2
 }
 
 /// From how many rows bf16 and q8_0 weights take the AVX2 panels ([`f32_panels`]). The 48
@@ -399,7 +422,7 @@ pub fn prompt_path(dtype: WeightDtype, kernels: Option<Kernels>) -> String {
         }
         WeightDtype::Q8_0 if kernels.is_some_and(|k| k.q8_0() == Q8Kernel::Amx) => {
             return format!(
-                "{AMX_PROMPT_ROWS} rows and more: AMX tdpbssd, a block of 16 weight rows x {PANEL_ROWS} prompt rows per tile"
+                "{AMX_PROMPT_ROWS} rows and more: AMX tdpbssd, {PANEL_ROWS} prompt rows x a block of 16 weight rows per tile, as stored"
             )
         }
         _ if kernels.is_some_and(|k| f32_panels(dtype, k)) => {
@@ -411,6 +434,10 @@ pub fn prompt_path(dtype: WeightDtype, kernels: Option<Kernels>) -> String {
         Some(rows) => {
             format!("{rows} rows and more: panels of {PANEL_ROWS} rows, each weight broadcast against a panel")
         }
+        None if dtype == WeightDtype::Q8_0 => format!(
+            "tiles of {PREFILL_ROWS} rows x {PREFILL_COLS} groups of {GROUP} weight rows, one output per lane, \
+             {PROMPT_BLOCK_ROWS} rows at a time"
+        ),
         None => format!("dot-product tiles of {PREFILL_ROWS} rows"),
     }
 }
@@ -433,18 +460,21 @@ fn pad_rows(x: &[f32], k: usize, padded: usize) -> Vec<f32> {
     out
 }
 
-/// One kernel: the dot products of S weight rows with R activation rows, `out[r][s] = w_s · x_r`.
-/// Rows are zero-padded to the same length.
+/// One kernel: the products of S stored weight rows with R activation rows, `out[r][s] = w_s ·
+/// x_r`. Rows are zero-padded to the same length. A stored "row" of bf16 is one weight row,
+/// its output one f32; of q8_0, a group of 16 rows, its output 16 f32.
 pub trait Tile<'a>: Sync {
-    /// What a stored weight row is made of (bf16 bits, q8_0 blocks).
+    /// What a stored weight row is made of (bf16 bits, q8_0 lines).
     type W: Sync;
     /// One activation row as the kernel reads it.
     type X: Copy + Send + Sync + 'a;
-    fn tile<const R: usize, const S: usize>(&self, w: [&[Self::W]; S], x: [Self::X; R]) -> [[f32; S]; R];
+    /// The outputs of one stored row and one activation row.
+    type Out: Copy + Send;
+    fn tile<const R: usize, const S: usize>(&self, w: [&[Self::W]; S], x: [Self::X; R]) -> [[Self::Out; S]; R];
 }
 
 /// `out_t [N, M] = W · xᵀ` with W stored [N, `row_len`] and x given as M rows.
-fn product<'a, T: Tile<'a>>(kernel: &T, out_t: &mut [f32], w: &[T::W], row_len: usize, x: &[T::X]) {
+fn product<'a, T: Tile<'a>>(kernel: &T, out_t: &mut [T::Out], w: &[T::W], row_len: usize, x: &[T::X]) {
     let m = x.len();
     for_each_task(out_t, m, w, row_len, 1, |out, rows| match m < PREFILL_ROWS {
         true => tiles::<T, 1, DECODE_STREAMS>(kernel, out, rows, x),
@@ -457,13 +487,13 @@ fn product<'a, T: Tile<'a>>(kernel: &T, out_t: &mut [f32], w: &[T::W], row_len: 
 /// multiple of `align`: every task but the last holds whole multiples), `out` the task's rows of
 /// `out_t` [N, `per_row`]. Each output is one task's, so
 /// results do not depend on how the rows are split.
-fn for_each_task<W: Sync>(
-    out_t: &mut [f32],
+fn for_each_task<W: Sync, O: Send>(
+    out_t: &mut [O],
     per_row: usize,
     w: &[W],
     row_len: usize,
     align: usize,
-    task: impl Fn(&mut [f32], &[&[W]]) + Sync,
+    task: impl Fn(&mut [O], &[&[W]]) + Sync,
 ) {
     let n = w.len() / row_len.max(1);
     let rows_per_task = (rows_per_task(n, row_len * std::mem::size_of::<W>(), per_row) / align).max(1) * align;
@@ -489,7 +519,12 @@ fn rows_per_task(n: usize, row_bytes: usize, m: usize) -> usize {
 /// `out [rows, M]`: `out[i, r] = rows[i] · x[r]`, in tiles of R × S (smaller at the edges).
 /// A tile's S weight rows lie 1/S of the task apart (rows i, q + i, 2q + i, ...): one core
 /// keeps more reads in flight from S distant sequential streams than from one.
-fn tiles<'a, T: Tile<'a>, const R: usize, const S: usize>(kernel: &T, out: &mut [f32], rows: &[&[T::W]], x: &[T::X]) {
+fn tiles<'a, T: Tile<'a>, const R: usize, const S: usize>(
+    kernel: &T,
+    out: &mut [T::Out],
+    rows: &[&[T::W]],
+    x: &[T::X],
+) {
     let q = rows.len() / S;
     for i in 0..q {
         let at: [usize; S] = std::array::from_fn(|s| s * q + i);
@@ -504,13 +539,13 @@ fn tiles<'a, T: Tile<'a>, const R: usize, const S: usize>(kernel: &T, out: &mut 
 /// activation row, R at a time.
 fn along_x<'a, T: Tile<'a>, const R: usize, const S: usize>(
     kernel: &T,
-    out: &mut [f32],
+    out: &mut [T::Out],
     at: [usize; S],
     w: [&[T::W]; S],
     x: &[T::X],
 ) {
     let m = x.len();
-    let mut put = |r: usize, dots: [f32; S]| at.iter().zip(dots).for_each(|(&i, d)| out[i * m + r] = d);
+    let mut put = |r: usize, dots: [T::Out; S]| at.iter().zip(dots).for_each(|(&i, d)| out[i * m + r] = d);
     let groups = m / R;
     for g in 0..groups {
         let xs: [T::X; R] = std::array::from_fn(|j| x[g * R + j]);
@@ -645,7 +680,6 @@ mod tests {
 
     #[test]
     fn q8_0_round_trip_is_within_half_a_step() {
-        assert_eq!(std::mem::size_of::<BlockQ8_0>(), 34);
         // blocks of all sizes, a zero block, an outlier among small weights, a ragged last block
         let k = 5 * BLOCK + 7;
         let mut w: Vec<f32> = random_vec(k, 4);
@@ -655,7 +689,7 @@ mod tests {
         }
         w[3 * BLOCK + 5] = 40.0;
         let mat = LowpMatrix::from_rows(&w, 1, k, WeightDtype::Q8_0).unwrap();
-        assert_eq!(mat.bytes(), 6 * 34);
+        assert_eq!(mat.bytes(), GROUP * 6 * 34); // one group of 16 rows, 15 of them zeros
         let mut back = vec![0.0; k];
         mat.dequantize_row(0, &mut back);
         for (b, (w, back)) in w.chunks(BLOCK).zip(back.chunks(BLOCK)).enumerate() {

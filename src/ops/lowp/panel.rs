@@ -1,49 +1,43 @@
-//! Products of a prompt's many activation rows with low-precision weights as stored, on
-//! AVX-512 (`avx512bf16` for bf16, `avx512vnni` for q8_0), AMX tiles (`amx`, both dtypes) or
-//! AVX2 + FMA (`avx2`, both dtypes, and `avxvnni` for q8_0).
+//! Products of a prompt's many activation rows with bf16 weights as stored, on AVX-512
+//! (`avx512bf16`), AMX tiles (`amx`) or AVX2 + FMA (`avx2`). (q8_0 weights are stored so that
+//! their own tiles already put one output in each lane: [`super::q8_0`].)
 //!
 //! The dot-product tiles of [`super::product`] keep each output in a register of partial sums
 //! and add its lanes at the end: right for a token or two, where reading the weights is all
 //! the work. A prompt of M rows is arithmetic, and is better served the other way round: the
 //! activations are packed once into panels of 16 rows, one row per 32-bit lane, and each stored
-//! weight pair (bf16) or quad (q8_0) is broadcast against a whole panel. Every lane then sums
-//! one output, nothing is added across lanes, and a weight is read from memory once per 16·P
-//! rows. A micro-kernel computes MR weight rows × P panels (MR·P registers of sums):
+//! weight pair is broadcast against a whole panel. Every lane then sums one output, nothing is
+//! added across lanes, and a weight is read from memory once per 16·P rows. A micro-kernel
+//! computes MR weight rows × P panels (MR·P registers of sums):
 //!
 //! ```text
-//!   x [M, K] ──pack──▶ panels [⌈M/16⌉][K/2 pairs | K/4 quads][16 lanes]
+//!   x [M, K] ──pack──▶ panels [⌈M/16⌉][K/2 pairs][16 lanes]
 //!   for each task of weight rows (whole tiles of MR rows, at least 4 tasks a thread):
 //!     for each MR rows, for each P panels:   sums[MR][P] (16 lanes each)
-//!       for each pair/quad j:  w = broadcast(row r, j);  sums[r][p] += panel[p][j] · w
+//!       for each pair j:  w = broadcast(row r, j);  sums[r][p] += panel[p][j] · w
 //!   out_t [N, 16·⌈M/16⌉] ──transpose──▶ out [M, N]
 //! ```
 //!
-//! On AVX-512 and AMX the arithmetic is the dot-product kernels' (activations rounded to bf16,
-//! or quantized to q8 blocks with the same scales and the same `vpdpbusd` correction); only the
-//! order of the f32 sums differs.
+//! On AVX-512 and AMX the arithmetic is the dot-product kernels' (activations rounded to bf16);
+//! only the order of the f32 sums differs.
 //!
-//! AVX2 has no bf16 dot product, no int8 one worth broadcasting against (its int8 product needs
-//! sign fixes and pairwise sums, four times the instructions of `vpdpbusd`; AVX-VNNI's is on 8
-//! lanes, and measured slower than f32 here), and 16 registers: there the panels hold the
-//! activations in f32, and a tile widens its MR rows to f32, 256 weights at a time into a buffer
-//! that stays in L1, then broadcasts each from there (a load, no shuffle) against the two 8-lane
-//! halves of each panel: a weight costs one FMA per 8 prompt rows, as in an f32 product, and is
-//! read from memory in its own bytes. With f32 activations, the q8_0 products are a little more
-//! exact here than in the dot-product tiles.
+//! AVX2 has no bf16 dot product and 16 registers: there the panels hold the activations in f32,
+//! and a tile widens its MR rows to f32, 256 weights at a time into a buffer that stays in L1,
+//! then broadcasts each from there (a load, no shuffle) against the two 8-lane halves of each
+//! panel: a weight costs one FMA per 8 prompt rows, as in an f32 product, and is read from
+//! memory in its own bytes.
 //!
 //! AMX turns the roles round and computes `out_t = W · xᵀ` a tile at a time: a tile of 16 weight
 //! rows is read straight from the stored rows (the tile's rows lie a weight row apart), and the
 //! panels are already in the layout the tile instructions want for their right operand (16
-//! lanes' pair, or quad, per 64-byte row). See [`amx_product`].
+//! lanes' pair per 64-byte row). See [`amx_product`].
 
-use super::half::{bf16_pair, f16_to_f32};
-use super::q8_0::{Activations, BlockQ8_0};
-use super::{bf16, q8_0};
-use super::{for_each_task, transpose, BLOCK};
-use super::{Bf16Kernel, Q8Kernel};
+use super::bf16;
+use super::half::bf16_pair;
+use super::Bf16Kernel;
+use super::{for_each_task, transpose};
 use crate::ops::amx;
 use rayon::prelude::*;
-use std::marker::PhantomData;
 
 /// Activation rows per panel, one per f32 lane.
 const LANES: usize = super::PANEL_ROWS;
@@ -228,61 +222,6 @@ fn amx_bf16(panels: &Bf16Panels, out: &mut [f32], m: usize, w: &[u16], padded: u
     unsafe { amx_product(panels, out, m, w, padded, 2 * TILE, amx::Shape::Bf16, tiles) }
 }
 
-/// q8_0 weights [N, `padded` / 32 blocks] times x [M, K] (quantized here as the dot-product
-/// kernels quantize it): `out` [M, N], on AMX int8 tiles where `kernel` is `amx`, in f32 (x as
-/// it is) where it is `avx2` or `avxvnni`, else by `vpdpbusd`.
-pub fn q8_0(out: &mut [f32], x: &[f32], m: usize, k: usize, w: &[BlockQ8_0], padded: usize, kernel: Q8Kernel) {
-    let quantized = || Q8Panels::pack(&Activations::quantize(x, k, padded), m, padded / BLOCK);
-    match kernel {
-        Q8Kernel::Amx => amx_q8_0(&quantized(), out, m, w, padded / BLOCK),
-        Q8Kernel::Avx2 | Q8Kernel::AvxVnni => product(&F32Panels::pack(x, m, k, padded), out, m, w, padded / BLOCK),
-        _ => product(&quantized(), out, m, w, padded / BLOCK),
-    }
-}
-
-/// [`amx_product`] in int8, a q8_0 block at a time: `tdpbssd` multiplies a tile of 16 weight
-/// rows' 32 int8 (read in place, one row's block a row's bytes from the next) by a panel's
-/// block, 8 quads x 16 lanes, into 16 x 16 exact i32 dot products, which AVX-512 adds in with
-/// both scales, `sums[r][lane] += d_w[r] · d_x[lane] · dot` (the dot-product kernels'
-/// arithmetic, summed in another order). The f32 sums of a tile stay in 16 registers over all
-/// blocks.
-fn amx_q8_0(panels: &Q8Panels, out: &mut [f32], m: usize, w: &[BlockQ8_0], nb: usize) {
-    const TILE: usize = amx::ROWS;
-    let (groups, per_panel) = (m.div_ceil(LANES), nb * LANES);
-    let tiles = |out_t: &mut [f32], rows: &[&[BlockQ8_0]], full: usize, stride: usize| {
-        // the weight scales of one tile of rows, [block][row]
-        let mut w_scales = vec![0.0f32; nb * TILE];
-        for r0 in (0..full).step_by(TILE) {
-            // row by row, each read in order (it is the first to read these weights)
-            for (r, row) in rows[r0..r0 + TILE].iter().enumerate() {
-                for (b, block) in row.iter().enumerate() {
-                    w_scales[b * TILE + r] = f16_to_f32(block.d);
-                }
-            }
-            for g in 0..groups {
-                // SAFETY: the tiles are configured (amx_product) and the CPU has AVX512F (a
-                // requirement of Q8Kernel::Amx); the tile's 16 rows of nb blocks lie in the
-                // task's rows, panel g's nb blocks of quads and scales in the panels, its 16
-                // rows x 16 lanes in out_t.
-                unsafe {
-                    x86::q8_0_amx_tile(
-                        &mut out_t[r0 * stride + g * LANES..],
-                        stride,
-                        rows[r0].as_ptr(),
-                        nb,
-                        &panels.quads[g * per_panel * BLOCK / 4..][..per_panel * BLOCK / 4],
-                        &panels.scales[g * per_panel..][..per_panel],
-                        &w_scales,
-                    )
-                }
-            }
-        }
-    };
-    // SAFETY: Q8Kernel::Amx is only chosen where it is available (amx_tile, amx_int8,
-    // amx::granted()).
-    unsafe { amx_product(panels, out, m, w, nb, TILE, amx::Shape::Q8Block, tiles) }
-}
-
 /// x rounded to bf16 in panels: `pairs[(g·K/2 + j)·16 + lane]` holds x[16g + lane][2j, 2j + 1]
 /// as two bf16 (the first in the low half, as `vdpbf16ps` pairs them); rows past M are zero.
 struct Bf16Panels {
@@ -327,13 +266,12 @@ impl Panels for Bf16Panels {
 
 /// x in f32 panels for the AVX2 tiles: `lines[(g·padded + j)·16 + lane]` = x[16g + lane][j];
 /// rows past M and columns past K are zero. The weights are stored `W`s.
-struct F32Panels<W> {
+struct F32Panels {
     lines: Vec<f32>,
     padded: usize,
-    weights: PhantomData<fn(&W)>,
 }
 
-impl<W> F32Panels<W> {
+impl F32Panels {
     fn pack(x: &[f32], m: usize, k: usize, padded: usize) -> Self {
         let mut lines = vec![0.0f32; m.div_ceil(LANES) * padded * LANES];
         lines
@@ -346,51 +284,24 @@ impl<W> F32Panels<W> {
                     }
                 }
             });
-        F32Panels {
-            lines,
-            padded,
-            weights: PhantomData,
-        }
+        F32Panels { lines, padded }
     }
 }
 
-/// A stored weight row's elements, widened to f32 a run at a time.
-pub(super) trait Widen: Sized + Sync {
-    /// Weights per element.
-    const WEIGHTS: usize;
-    /// Weights `from..from + out.len()` of `row` into `out` (`from` and the length multiples of
-    /// 32, a q8_0 block).
-    fn widen(row: &[Self], from: usize, out: &mut [f32]);
-}
+impl Panels for F32Panels {
+    type W = u16;
 
-impl Widen for u16 {
-    const WEIGHTS: usize = 1;
-    fn widen(row: &[u16], from: usize, out: &mut [f32]) {
-        bf16::dequantize_row(&row[from..], out);
-    }
-}
-
-impl Widen for BlockQ8_0 {
-    const WEIGHTS: usize = BLOCK;
-    fn widen(row: &[BlockQ8_0], from: usize, out: &mut [f32]) {
-        q8_0::dequantize_row(&row[from / BLOCK..], out);
-    }
-}
-
-impl<W: Widen> Panels for F32Panels<W> {
-    type W = W;
-
-    fn tile<const MR: usize, const P: usize>(&self, out: &mut [f32], stride: usize, rows: [&[W]; MR], g: usize) {
+    fn tile<const MR: usize, const P: usize>(&self, out: &mut [f32], stride: usize, rows: [&[u16]; MR], g: usize) {
         let padded = self.padded;
         assert!(
-            rows.iter().all(|r| r.len() * W::WEIGHTS == padded)
+            rows.iter().all(|r| r.len() == padded)
                 && self.lines.len() >= (g + P) * padded * LANES
                 && out.len() >= (MR - 1) * stride + P * LANES
         );
         // SAFETY: chosen only where the CPU has AVX2 and FMA (LowpMatrix::matmul: the kernel is
         // avx2 or avxvnni, which need them); every row holds `padded` weights, the panels
         // g..g + P exist and `out` holds the tile.
-        unsafe { x86::f32_tile::<W, MR, P>(out, stride, rows, &self.lines[g * padded * LANES..], padded) }
+        unsafe { x86::f32_tile::<MR, P>(out, stride, rows, &self.lines[g * padded * LANES..], padded) }
     }
 
     fn tile_rows(&self, panels: usize) -> usize {
@@ -401,7 +312,7 @@ impl<W: Widen> Panels for F32Panels<W> {
     }
 
     /// In the 16 AVX2 registers: MR·P·2 sums, 2·P panel halves and a broadcast.
-    fn task(&self, out_t: &mut [f32], stride: usize, rows: &[&[W]], panels: usize) {
+    fn task(&self, out_t: &mut [f32], stride: usize, rows: &[&[u16]], panels: usize) {
         match panels {
             1 => by_rows::<Self, 6, 1>(self, out_t, stride, rows, panels),
             _ => by_rows::<Self, 2, 2>(self, out_t, stride, rows, panels),
@@ -409,119 +320,9 @@ impl<W: Widen> Panels for F32Panels<W> {
     }
 }
 
-/// x quantized to q8 blocks in panels, for block b of panel g: `quads[((g·nb + b)·8 + q)·16 +
-/// lane]` the 4 int8 of x[16g + lane][32b + 4q..], `scales` and `corrections` [(g·nb + b)·16 +
-/// lane] the block's f32 scale and `-128 · Σ q` (see [`super::q8_0`]); rows past M are zero.
-struct Q8Panels {
-    quads: Vec<i32>,
-    scales: Vec<f32>,
-    corrections: Vec<i32>,
-    blocks: usize, // nb: blocks per row
-}
-
-impl Q8Panels {
-    fn pack(acts: &Activations, m: usize, blocks: usize) -> Self {
-        let per_block = LANES * BLOCK / 4;
-        let panels = m.div_ceil(LANES);
-        let mut packed = Q8Panels {
-            quads: vec![0; panels * blocks * per_block],
-            scales: vec![0.0; panels * blocks * LANES],
-            corrections: vec![0; panels * blocks * LANES],
-            blocks,
-        };
-        for (i, row) in acts.rows().into_iter().enumerate() {
-            let (g, lane) = (i / LANES, i % LANES);
-            for b in 0..blocks {
-                let at = g * blocks + b;
-                let (qs, d, corr) = row.block(b);
-                packed.scales[at * LANES + lane] = d;
-                packed.corrections[at * LANES + lane] = corr;
-                for (q, quad) in qs.chunks_exact(4).enumerate() {
-                    let bytes = [quad[0] as u8, quad[1] as u8, quad[2] as u8, quad[3] as u8];
-                    packed.quads[(at * BLOCK / 4 + q) * LANES + lane] = i32::from_le_bytes(bytes);
-                }
-            }
-        }
-        packed
-    }
-}
-
-impl Panels for Q8Panels {
-    type W = BlockQ8_0;
-
-    fn tile<const MR: usize, const P: usize>(
-        &self,
-        out: &mut [f32],
-        stride: usize,
-        rows: [&[BlockQ8_0]; MR],
-        g: usize,
-    ) {
-        let nb = self.blocks;
-        assert!(
-            rows.iter().all(|r| r.len() == nb)
-                && self.scales.len() >= (g + P) * nb * LANES
-                && out.len() >= (MR - 1) * stride + P * LANES
-        );
-        let at = g * nb;
-        // SAFETY: chosen only where the CPU has AVX512F, AVX512-VNNI and F16C
-        // (LowpMatrix::matmul); every row holds nb blocks, the panels g..g + P exist and `out`
-        // holds the tile.
-        unsafe {
-            x86::q8_0_tile::<MR, P>(
-                out,
-                stride,
-                rows,
-                &self.quads[at * LANES * BLOCK / 4..],
-                &self.scales[at * LANES..],
-                &self.corrections[at * LANES..],
-                nb,
-            )
-        }
-    }
-}
-
 mod x86 {
-    use super::super::q8_0::{f16_scale, BlockQ8_0};
-    use super::{amx, Widen, BLOCK, LANES};
+    use super::{bf16, LANES};
     use std::arch::x86_64::*;
-
-    /// 16 q8_0 rows of nb blocks (from `w`, a row's bytes apart) against one panel (`quads`
-    /// and `scales` of its nb blocks), with the rows' scales `w_scales` [block][row]:
-    /// `out[r·stride..][..16]` the 16 x 16 sums. After `amx::configure(Shape::Q8Block)` on
-    /// this thread.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn q8_0_amx_tile(
-        out: &mut [f32],
-        stride: usize,
-        w: *const BlockQ8_0,
-        nb: usize,
-        quads: &[i32],
-        scales: &[f32],
-        w_scales: &[f32],
-    ) {
-        #[repr(align(64))]
-        struct Dots([[i32; LANES]; amx::ROWS]);
-        let mut dots = Dots([[0; LANES]; amx::ROWS]);
-        let mut sums = [_mm512_setzero_ps(); amx::ROWS];
-        let row_bytes = nb * std::mem::size_of::<BlockQ8_0>();
-        let qs = std::mem::offset_of!(BlockQ8_0, qs);
-        for b in 0..nb {
-            amx::zero::<0>();
-            amx::load::<4>((w.add(b) as *const u8).add(qs), row_bytes);
-            amx::load::<6>(quads.as_ptr().add(b * LANES * BLOCK / 4) as *const u8, amx::ROW_BYTES);
-            amx::dot_i8::<0, 4, 6>();
-            amx::store::<0>(dots.0.as_mut_ptr() as *mut u8, amx::ROW_BYTES);
-            let d_x = _mm512_loadu_ps(scales.as_ptr().add(b * LANES));
-            let d_w = &w_scales[b * amx::ROWS..][..amx::ROWS];
-            for (r, sum) in sums.iter_mut().enumerate() {
-                let dot = _mm512_cvtepi32_ps(_mm512_load_si512(dots.0[r].as_ptr() as *const _));
-                *sum = _mm512_fmadd_ps(_mm512_mul_ps(dot, d_x), _mm512_set1_ps(d_w[r]), *sum);
-            }
-        }
-        for (r, &sum) in sums.iter().enumerate() {
-            _mm512_storeu_ps(out.as_mut_ptr().add(r * stride), sum);
-        }
-    }
 
     /// MR bf16 rows of 2n weights against P panels of n pairs (`pairs` from the first).
     #[target_feature(enable = "avx512f,avx512bf16")]
@@ -550,54 +351,13 @@ mod x86 {
         store(out, stride, &sums);
     }
 
-    /// MR q8_0 rows of nb blocks against P panels (`quads`, `scales`, `corrections` from the
-    /// first, `nb` blocks per panel).
-    #[target_feature(enable = "avx512f,avx512vnni,f16c")]
-    pub unsafe fn q8_0_tile<const MR: usize, const P: usize>(
-        out: &mut [f32],
-        stride: usize,
-        rows: [&[BlockQ8_0]; MR],
-        quads: &[i32],
-        scales: &[f32],
-        corrections: &[i32],
-        nb: usize,
-    ) {
-        const QUADS: usize = BLOCK / 4;
-        let mut sums = [[_mm512_setzero_ps(); P]; MR];
-        for b in 0..nb {
-            let panel = |p: usize| (p * nb + b) * LANES;
-            for r in 0..MR {
-                let block = rows[r].get_unchecked(b);
-                let d_w = _mm512_set1_ps(f16_scale(block.d));
-                // -128 · Σ q_x, then + Σ (q_w + 128)·q_x: Σ q_w·q_x in each lane
-                let mut dots: [__m512i; P] =
-                    std::array::from_fn(|p| _mm512_loadu_si512(corrections.as_ptr().add(panel(p)) as *const _));
-                for q in 0..QUADS {
-                    let quad = std::ptr::read_unaligned(block.qs.as_ptr().add(4 * q) as *const i32);
-                    // q_w + 128 as u8 (a flip of each byte's top bit; done on the vector, this
-                    // sends LLVM 22 into a loop when it compiles for AVX512-VNNI CPUs)
-                    let w = _mm512_set1_epi32(quad ^ 0x8080_8080u32 as i32);
-                    for (p, dot) in dots.iter_mut().enumerate() {
-                        let x = _mm512_loadu_si512(quads.as_ptr().add((panel(p) * QUADS) + q * LANES) as *const _);
-                        *dot = _mm512_dpbusd_epi32(*dot, w, x);
-                    }
-                }
-                for p in 0..P {
-                    let scale = _mm512_mul_ps(_mm512_loadu_ps(scales.as_ptr().add(panel(p))), d_w);
-                    sums[r][p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[p]), scale, sums[r][p]);
-                }
-            }
-        }
-        store(out, stride, &sums);
-    }
-
     /// MR rows of `padded` weights, widened to f32 [`RUN`] at a time, against P panels of f32
     /// lines (`lines` from the first), each panel as two halves of 8 lanes.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn f32_tile<W: Widen, const MR: usize, const P: usize>(
+    pub unsafe fn f32_tile<const MR: usize, const P: usize>(
         out: &mut [f32],
         stride: usize,
-        rows: [&[W]; MR],
+        rows: [&[u16]; MR],
         lines: &[f32],
         padded: usize,
     ) {
@@ -607,7 +367,7 @@ mod x86 {
         for from in (0..padded).step_by(RUN) {
             let len = RUN.min(padded - from);
             for (row, weights) in rows.iter().zip(&mut weights) {
-                W::widen(row, from, &mut weights[..len]);
+                bf16::dequantize_row(&row[from..], &mut weights[..len]);
             }
             for j in 0..len {
                 let line = |p: usize, half: usize| lines.as_ptr().add((p * padded + from + j) * LANES + 8 * half);

@@ -1,4 +1,4 @@
-//! q8_0 weights, llama.cpp's layout: blocks of 32 weights, each an f16 scale
+//! q8_0 weights, llama.cpp's quantization: blocks of 32 weights, each an f16 scale
 //! `d = max|w| / 127` and 32 int8 `q = round(w / d)`, so `w ≈ d·q`: 34 bytes per 32 weights.
 //!
 //! A product quantizes the activations the same way on the fly (one f32 scale per block of 32),
@@ -6,24 +6,58 @@
 //! `Σ_i w_i·x_i ≈ d_w·d_x · Σ_i q_w,i·q_x,i`, the sum exact in i32, the scaling and the sum over
 //! blocks in f32.
 //!
+//! The blocks are stored 16 weight rows to a group ([`Groups`]), interleaved by quads: a line
+//! (64 bytes) holds one quad `q_w[32b + 4q .. 32b + 4q + 4]` of each of the group's 16 rows in
+//! turn, and each pair of blocks starts with a line of their 32 f16 scales:
+//!
+//! ```text
+//!   group g (rows 16g..16g + 16), nb blocks a row, for each pair of blocks (2p, 2p + 1):
+//!     scales  [2 blocks][16 rows] f16              1 line
+//!     quads   [2 blocks][8 quads][16 rows][4 int8]  16 lines
+//!   (a last block alone: its scales in half a line, then its 8 lines)
+//! ```
+//!
+//! The scales lie among the quads they scale, so a group is read in one sequential stream.
+//! (the same bytes as llama.cpp's rows of blocks, rearranged as its repacked CPU layouts
+//! rearrange them). Then one 512-bit register holds a quad of 16 rows, and one `vpdpbusd` of it
+//! with an activation quad broadcast to every lane adds 64 products into 16 lanes, one lane per
+//! output: a block of 16 rows is 8 of them, one conversion of its 16 scales (`vcvtph2ps`) and
+//! one scaled add, and nothing is added across lanes. Stored a row of blocks at a time, each
+//! block's 32 int8 lay next to its scale and the kernel spent as many instructions gathering
+//! scales and spreading them over lanes as multiplying: with the weights in cache it read 60 GB/s
+//! on one Zen 5 core, a quarter of what this one needs per byte.
+//!
 //! Kernels (see [`super::kernel`]): `avx512vnni` and `avxvnni` use `vpdpbusd`, which multiplies
-//! unsigned by signed bytes: the weights get 128 added (`q_w + 128` in 1..=255) and the sum is
-//! corrected by `-128 · Σ q_x`, a number per activation block computed once per product.
-//! `avx512vnni` reads a weight row's blocks four at a time, two to a 512-bit register, and
-//! converts and applies their four scales in one vector (a block at a time, the scalar scale
-//! work was half the kernel's instructions); `avxvnni` goes a block at a time on 256 bits. `avx2`
-//! multiplies |q_w| by q_x·sign(q_w) (`vpmaddubsw`, pairs into i16, which cannot overflow with
-//! |q| ≤ 127). `scalar` is plain Rust.
+//! unsigned by signed bytes: the weights get 128 added (`q_w + 128` in 1..=255, a flip of each
+//! byte's top bit) and the sum is corrected by `-128 · Σ q_x`, a number per activation block
+//! computed once per product. `avxvnni` (256 bits) takes a group as two halves of 8 rows.
+//! `avx2` multiplies |q_w| by q_x·sign(q_w) (`vpmaddubsw`, pairs into i16, which cannot
+//! overflow with |q| ≤ 127, then `vpmaddwd` into i32). `amx` serves prompts: `tdpbssd` takes a
+//! block's 8 lines of a group, as stored, as its right tile (the layout AMX wants) against 16
+//! prompt rows. `scalar` is plain Rust.
 
 use super::half::{f16_to_f32, f32_to_f16};
 use super::{Tile, BLOCK};
+use rayon::prelude::*;
+
+/// Weight rows in a group.
+pub const GROUP: usize = 16;
+/// Quads (4 int8) in a block.
+const QUADS: usize = BLOCK / 4;
+/// Bytes in a line: a quad of each row of a group.
+const LINE: usize = 4 * GROUP;
+
+/// 64 bytes of a group, on a cache line of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, align(64))]
+pub struct Line(pub [u8; LINE]);
 
 /// 32 weights: `w_i ≈ d · qs[i]`, d an f16.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
-pub struct BlockQ8_0 {
-    pub d: u16,
-    pub qs: [i8; BLOCK],
+struct BlockQ8_0 {
+    d: u16,
+    qs: [i8; BLOCK],
 }
 
 /// The scale of a block whose largest magnitude is `amax`, and its inverse (0 for a block of zeros).
@@ -57,7 +91,7 @@ fn abs_max(x: &[f32; BLOCK]) -> f32 {
 }
 
 /// One row of weights, `x` [32·nb] (zero-padded), into `out` [nb].
-pub fn quantize_row(x: &[f32], out: &mut [BlockQ8_0]) {
+fn quantize_row(x: &[f32], out: &mut [BlockQ8_0]) {
     for (block, x) in out.iter_mut().zip(x.as_chunks::<BLOCK>().0) {
         // quantize with the scale as stored, so that d·q is as close to w as it can be
         block.d = f32_to_f16(scale(abs_max(x)).0);
@@ -65,19 +99,105 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ8_0]) {
     }
 }
 
-/// One row of weights back to f32, `out` [32·nb].
-pub fn dequantize_row(blocks: &[BlockQ8_0], out: &mut [f32]) {
-    for (block, out) in blocks.iter().zip(out.chunks_exact_mut(BLOCK)) {
-        let d = f16_to_f32(block.d);
-        out.iter_mut().zip(&block.qs).for_each(|(o, &q)| *o = d * q as f32);
+/// A q8_0 matrix of N rows of nb blocks, stored in ⌈N/16⌉ groups of 16 rows (rows past N zero):
+/// the layout of the module's documentation.
+pub struct Groups {
+    lines: Vec<Line>,
+    blocks: usize,
+}
+
+impl Groups {
+    /// `n` rows of `blocks` blocks of zeros.
+    pub fn zeros(n: usize, blocks: usize) -> Self {
+        Groups {
+            lines: vec![Line([0; LINE]); n.div_ceil(GROUP) * lines_per_group(blocks)],
+            blocks,
+        }
     }
+
+    /// nb, the blocks of a row.
+    pub fn blocks(&self) -> usize {
+        self.blocks
+    }
+
+    /// The stored lines, group after group.
+    pub fn lines(&self) -> &[Line] {
+        &self.lines
+    }
+
+    /// Quantizes rows `first..` (`first` a multiple of 16) from `x` [rows, K] (K ≤ 32·nb),
+    /// the groups in parallel.
+    pub fn quantize_rows(&mut self, first: usize, x: &[f32], k: usize) {
+        assert!(first.is_multiple_of(GROUP) && k <= self.blocks * BLOCK);
+        let (nb, per_group) = (self.blocks, lines_per_group(self.blocks));
+        self.lines[first / GROUP * per_group..]
+            .par_chunks_mut(per_group)
+            .zip(x.par_chunks(GROUP * k))
+            .for_each_init(
+                || (vec![0.0f32; nb * BLOCK], vec![BlockQ8_0 { d: 0, qs: [0; BLOCK] }; nb]),
+                |(row, blocks), (group, x)| {
+                    for (l, x) in x.chunks_exact(k).enumerate() {
+                        row[..k].copy_from_slice(x);
+                        quantize_row(row, blocks);
+                        for (b, block) in blocks.iter().enumerate() {
+                            for (q, quad) in block.qs.chunks_exact(4).enumerate() {
+                                let line = &mut group[quad_line(b, q)].0[4 * l..4 * l + 4];
+                                line.iter_mut().zip(quad).for_each(|(w, &q)| *w = q as u8);
+                            }
+                            set_scale(group, b, l, block.d);
+                        }
+                    }
+                },
+            );
+    }
+
+    /// Row i back to f32, `out` [32·nb].
+    pub fn dequantize_row(&self, i: usize, out: &mut [f32]) {
+        let (nb, per_group) = (self.blocks, lines_per_group(self.blocks));
+        let group = &self.lines[i / GROUP * per_group..][..per_group];
+        let l = i % GROUP;
+        for (b, out) in out.chunks_exact_mut(BLOCK).enumerate().take(nb) {
+            let d = f16_to_f32(scale_of(group, b, l));
+            for (q, out) in out.chunks_exact_mut(4).enumerate() {
+                let quad = &group[quad_line(b, q)].0[4 * l..4 * l + 4];
+                out.iter_mut().zip(quad).for_each(|(o, &q)| *o = d * q as i8 as f32);
+            }
+        }
+    }
+}
+
+/// Lines of a group of rows of nb blocks: 17 a pair of blocks (a line of scales, 8 lines of
+/// quads each), 9 for a last block alone.
+pub fn lines_per_group(blocks: usize) -> usize {
+    (2 * QUADS + 1) * (blocks / 2) + (QUADS + 1) * (blocks % 2)
+}
+
+/// The line of a group holding quad q of block b (of each of its rows).
+fn quad_line(b: usize, q: usize) -> usize {
+    (2 * QUADS + 1) * (b / 2) + 1 + QUADS * (b % 2) + q
+}
+
+/// Where the scale of row l's block b lies in a group: (line, byte).
+fn scale_at(b: usize, l: usize) -> (usize, usize) {
+    ((2 * QUADS + 1) * (b / 2), 2 * (GROUP * (b % 2) + l))
+}
+
+fn scale_of(group: &[Line], b: usize, l: usize) -> u16 {
+    let (line, byte) = scale_at(b, l);
+    u16::from_le_bytes([group[line].0[byte], group[line].0[byte + 1]])
+}
+
+fn set_scale(group: &mut [Line], b: usize, l: usize, d: u16) {
+    let (line, byte) = scale_at(b, l);
+    group[line].0[byte..byte + 2].copy_from_slice(&d.to_le_bytes());
 }
 
 /// Activations x [M, K] quantized by blocks of 32 (rows zero-padded to `padded` = 32·nb).
 pub struct Activations {
-    qs: Vec<i8>,         // [M, padded]
-    d: Vec<f32>,         // [M, nb] the f32 scale of each block
-    corr: Vec<[i32; 8]>, // [M, nb] (-128 · Σ qs of the block, 0, ..., 0): the vpdpbusd correction
+    qs: Vec<i8>,    // [M', padded]
+    d: Vec<f32>,    // [M', nb] the f32 scale of each block
+    corr: Vec<i32>, // [M', nb] -128 · Σ qs of the block: the vpdpbusd correction
+    rows: usize,    // M
     padded: usize,
 }
 
@@ -86,16 +206,20 @@ pub struct Activations {
 pub struct Row<'a> {
     qs: &'a [i8],
     d: &'a [f32],
-    corr: &'a [[i32; 8]],
+    corr: &'a [i32],
 }
 
 impl Activations {
-    pub fn quantize(x: &[f32], k: usize, padded: usize) -> Self {
+    /// The M rows of x [M, K], and rows of zeros after them up to a multiple of `row_multiple`
+    /// (so that AMX tiles of 16 rows can read past M).
+    pub fn quantize(x: &[f32], k: usize, padded: usize, row_multiple: usize) -> Self {
         let (m, nb) = (x.len() / k, padded / BLOCK);
+        let stored = m.div_ceil(row_multiple) * row_multiple;
         let mut acts = Activations {
-            qs: vec![0; m * padded],
-            d: vec![0.0; m * nb],
-            corr: vec![[0; 8]; m * nb],
+            qs: vec![0; stored * padded],
+            d: vec![0.0; stored * nb],
+            corr: vec![0; stored * nb],
+            rows: m,
             padded,
         };
         let mut row = vec![0.0f32; padded];
@@ -106,15 +230,16 @@ impl Activations {
                 let (d, inverse) = scale(abs_max(x));
                 quantize_into(qs, x, inverse);
                 acts.d[i * nb + b] = d;
-                acts.corr[i * nb + b][0] = -128 * qs.iter().map(|&q| q as i32).sum::<i32>();
+                acts.corr[i * nb + b] = -128 * qs.iter().map(|&q| q as i32).sum::<i32>();
             }
         }
         acts
     }
 
+    /// The M rows.
     pub fn rows(&self) -> Vec<Row<'_>> {
         let nb = self.padded / BLOCK;
-        (0..self.d.len() / nb.max(1))
+        (0..self.rows)
             .map(|i| Row {
                 qs: &self.qs[i * self.padded..(i + 1) * self.padded],
                 d: &self.d[i * nb..(i + 1) * nb],
@@ -124,39 +249,45 @@ impl Activations {
     }
 }
 
-impl Row<'_> {
-    /// Block b: its 32 int8, its scale and its `vpdpbusd` correction.
-    pub fn block(&self, b: usize) -> (&[i8], f32, i32) {
-        (&self.qs[b * BLOCK..(b + 1) * BLOCK], self.d[b], self.corr[b][0])
-    }
-}
-
-/// Checks that S weight rows and R activation rows have the same number of blocks.
-fn check_lengths<const R: usize, const S: usize>(w: &[&[BlockQ8_0]; S], x: &[Row; R]) {
+/// Checks that S groups and R activation rows have the same number of blocks.
+fn check_lengths<const R: usize, const S: usize>(w: &[&[Line]; S], x: &[Row; R]) -> usize {
     let nb = x[0].d.len();
     assert!(
-        w.iter().all(|w| w.len() == nb)
+        w.iter().all(|w| w.len() == lines_per_group(nb))
             && x.iter()
                 .all(|x| x.d.len() == nb && x.corr.len() == nb && x.qs.len() == nb * BLOCK)
     );
+    nb
 }
 
 /// Plain Rust.
 pub struct Scalar;
 
 impl<'a> Tile<'a> for Scalar {
-    type W = BlockQ8_0;
+    type W = Line;
     type X = Row<'a>;
+    type Out = [f32; GROUP];
 
-    fn tile<const R: usize, const S: usize>(&self, w: [&[BlockQ8_0]; S], x: [Row<'a>; R]) -> [[f32; S]; R] {
-        check_lengths(&w, &x);
-        let mut acc = [[0.0f32; S]; R];
-        for b in 0..x[0].d.len() {
+    fn tile<const R: usize, const S: usize>(&self, w: [&[Line]; S], x: [Row<'a>; R]) -> [[[f32; GROUP]; S]; R] {
+        let nb = check_lengths(&w, &x);
+        let mut acc = [[[0.0f32; GROUP]; S]; R];
+        for b in 0..nb {
             for (acc, x) in acc.iter_mut().zip(&x) {
-                let qx = &x.qs[b * BLOCK..(b + 1) * BLOCK];
-                for (acc, w) in acc.iter_mut().zip(&w) {
-                    let dot: i32 = w[b].qs.iter().zip(qx).map(|(&a, &b)| a as i32 * b as i32).sum();
-                    *acc += dot as f32 * (f16_to_f32(w[b].d) * x.d[b]);
+                for (acc, group) in acc.iter_mut().zip(&w) {
+                    let mut dots = [0i32; GROUP];
+                    for (q, line) in group[quad_line(b, 0)..quad_line(b, QUADS)].iter().enumerate() {
+                        let qx = &x.qs[b * BLOCK + 4 * q..][..4];
+                        for (dot, quad) in dots.iter_mut().zip(line.0.chunks_exact(4)) {
+                            *dot += quad
+                                .iter()
+                                .zip(qx)
+                                .map(|(&w, &x)| w as i8 as i32 * x as i32)
+                                .sum::<i32>();
+                        }
+                    }
+                    for (l, (acc, dot)) in acc.iter_mut().zip(dots).enumerate() {
+                        *acc += dot as f32 * (f16_to_f32(scale_of(group, b, l)) * x.d[b]);
+                    }
                 }
             }
         }
@@ -165,207 +296,236 @@ impl<'a> Tile<'a> for Scalar {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::f16_scale;
-#[cfg(target_arch = "x86_64")]
-pub use x86::{Avx2, AvxVnni, Vnni512};
+pub use x86::{amx_groups, Avx2, AvxVnni, Vnni512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::{lane_sums, Tile};
-    use super::{check_lengths, BlockQ8_0, Row, BLOCK};
+    use super::super::Tile;
+    use super::{check_lengths, quad_line, scale_at, Activations, Line, Row, BLOCK, GROUP, QUADS};
+    use crate::ops::amx;
     use std::arch::x86_64::*;
-    use std::ops::Range;
 
-    /// The f16 scale of a block as f32 (F16C).
-    #[target_feature(enable = "f16c")]
-    #[inline]
-    pub unsafe fn f16_scale(d: u16) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(d as i32)))
+    /// The 4 int8 of quad q of block b of an activation row, as one i32.
+    #[inline(always)]
+    unsafe fn x_quad(x: &Row, b: usize, q: usize) -> i32 {
+        std::ptr::read_unaligned(x.qs.as_ptr().add(b * BLOCK + 4 * q) as *const i32)
     }
 
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    unsafe fn load_block(p: *const i8) -> __m256i {
-        _mm256_loadu_si256(p as *const __m256i)
+    /// The 16 f16 scales of block b of a group, as stored.
+    #[inline(always)]
+    unsafe fn scales_ptr(group: &[Line], b: usize) -> *const u8 {
+        let (line, byte) = scale_at(b, 0);
+        group.as_ptr().add(line).cast::<u8>().add(byte)
     }
 
-    /// AVX2: `vpmaddubsw` + `vpmaddwd`.
-    pub struct Avx2;
+    /// AVX512-VNNI on 512 bits: a line (one quad of 16 rows) per `vpdpbusd`.
+    pub struct Vnni512;
 
-    impl<'a> Tile<'a> for Avx2 {
-        type W = BlockQ8_0;
+    impl<'a> Tile<'a> for Vnni512 {
+        type W = Line;
         type X = Row<'a>;
+        type Out = [f32; GROUP];
 
-        fn tile<const R: usize, const S: usize>(&self, w: [&[BlockQ8_0]; S], x: [Row<'a>; R]) -> [[f32; S]; R] {
-            check_lengths(&w, &x);
-            // SAFETY: chosen only where the CPU has AVX2, FMA and F16C (Kernels); lengths checked.
-            unsafe { avx2_tile(w, x) }
+        fn tile<const R: usize, const S: usize>(&self, w: [&[Line]; S], x: [Row<'a>; R]) -> [[[f32; GROUP]; S]; R] {
+            let nb = check_lengths(&w, &x);
+            // SAFETY: chosen only where the CPU has these features (Kernels); lengths checked.
+            unsafe { vnni512_tile(w, x, nb) }
         }
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn avx2_tile<const R: usize, const S: usize>(w: [&[BlockQ8_0]; S], x: [Row; R]) -> [[f32; S]; R] {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); S]; R];
-        for b in 0..x[0].d.len() {
-            let mut wq = [_mm256_setzero_si256(); S];
-            let mut dw = [0.0f32; S];
-            for s in 0..S {
-                let block = w[s].get_unchecked(b);
-                wq[s] = load_block(block.qs.as_ptr());
-                dw[s] = f16_scale(block.d);
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    unsafe fn vnni512_tile<const R: usize, const S: usize>(
+        w: [&[Line]; S],
+        x: [Row; R],
+        nb: usize,
+    ) -> [[[f32; GROUP]; S]; R] {
+        let flip = _mm512_set1_epi8(-128);
+        let mut sums = [[_mm512_setzero_ps(); S]; R];
+        for b in 0..nb {
+            // -128 · Σ q_x, then + Σ (q_w + 128)·q_x: Σ q_w·q_x in each row's lane
+            let mut dots: [[__m512i; S]; R] =
+                std::array::from_fn(|r| [_mm512_set1_epi32(*x[r].corr.get_unchecked(b)); S]);
+            for q in 0..QUADS {
+                let lines: [__m512i; S] = std::array::from_fn(|s| {
+                    _mm512_xor_si512(_mm512_load_si512(w[s].as_ptr().add(quad_line(b, q)) as *const _), flip)
+                });
+                for r in 0..R {
+                    let quad = _mm512_set1_epi32(x_quad(&x[r], b, q));
+                    for s in 0..S {
+                        dots[r][s] = _mm512_dpbusd_epi32(dots[r][s], lines[s], quad);
+                    }
+                }
             }
+            let d_w: [__m512; S] =
+                std::array::from_fn(|s| _mm512_cvtph_ps(_mm256_loadu_si256(scales_ptr(w[s], b) as *const _)));
             for r in 0..R {
-                let xq = load_block(x[r].qs.as_ptr().add(b * BLOCK));
-                let dx = *x[r].d.get_unchecked(b);
+                let d_x = _mm512_set1_ps(*x[r].d.get_unchecked(b));
                 for s in 0..S {
-                    // |w| · (x · sign(w)) = w · x, in pairs (i16), then in quads (i32)
-                    let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wq[s], wq[s]), _mm256_sign_epi8(xq, wq[s]));
-                    let quads = _mm256_madd_epi16(pairs, ones);
-                    acc[r][s] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(quads), _mm256_set1_ps(dw[s] * dx), acc[r][s]);
+                    sums[r][s] =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[r][s]), _mm512_mul_ps(d_w[s], d_x), sums[r][s]);
                 }
             }
         }
-        lane_sums(&acc)
+        let mut out = [[[0.0; GROUP]; S]; R];
+        for (out, sums) in out.iter_mut().zip(&sums) {
+            for (out, &sum) in out.iter_mut().zip(sums) {
+                _mm512_storeu_ps(out.as_mut_ptr(), sum);
+            }
+        }
+        out
     }
 
-    /// The 256-bit VNNI loop, two encodings of `vpdpbusd` (`$dp`), each under its features:
-    /// `$blocks(w, x, blocks)` sums blocks `blocks` of each tile's dot products into 8 lanes.
-    macro_rules! vnni_blocks {
-        ($blocks:ident, $features:literal, $dp:ident) => {
+    /// The 256-bit kernels: `$tile` computes a tile on two halves of 8 rows per group, `$dot`
+    /// adding the products of a half-line of weights (`$w`, as loaded) and an activation quad
+    /// in every lane (`$x`) into i32 sums (`$acc`, which start from `$start` for a block whose
+    /// activation correction is `$corr`).
+    macro_rules! tile256 {
+        ($tile:ident, $features:literal,
+         start: |$corr:ident| $start:expr,
+         dot: |$acc:ident, $w:ident, $x:ident| $dot:expr) => {
             #[target_feature(enable = $features)]
-            unsafe fn $blocks<const R: usize, const S: usize>(
-                w: [&[BlockQ8_0]; S],
+            unsafe fn $tile<const R: usize, const S: usize>(
+                w: [&[Line]; S],
                 x: [Row; R],
-                blocks: Range<usize>,
-            ) -> [[__m256; S]; R] {
-                let flip = _mm256_set1_epi8(-128);
-                let mut acc = [[_mm256_setzero_ps(); S]; R];
-                for b in blocks {
-                    let mut wu = [_mm256_setzero_si256(); S];
-                    let mut dw = [0.0f32; S];
-                    for s in 0..S {
-                        let block = w[s].get_unchecked(b);
-                        wu[s] = _mm256_xor_si256(load_block(block.qs.as_ptr()), flip); // q_w + 128 as u8
-                        dw[s] = f16_scale(block.d);
+                nb: usize,
+            ) -> [[[f32; GROUP]; S]; R] {
+                let mut sums = [[[_mm256_setzero_ps(); 2]; S]; R];
+                for b in 0..nb {
+                    let mut dots: [[[__m256i; 2]; S]; R] = std::array::from_fn(|r| {
+                        let $corr = *x[r].corr.get_unchecked(b);
+                        [[$start; 2]; S]
+                    });
+                    for q in 0..QUADS {
+                        let lines: [[__m256i; 2]; S] = std::array::from_fn(|s| {
+                            let line = w[s].as_ptr().add(quad_line(b, q)) as *const __m256i;
+                            [_mm256_load_si256(line), _mm256_load_si256(line.add(1))]
+                        });
+                        for r in 0..R {
+                            let $x = _mm256_set1_epi32(x_quad(&x[r], b, q));
+                            for s in 0..S {
+                                for h in 0..2 {
+                                    let ($acc, $w) = (dots[r][s][h], lines[s][h]);
+                                    dots[r][s][h] = $dot;
+                                }
+                            }
+                        }
                     }
-                    for r in 0..R {
-                        let xq = load_block(x[r].qs.as_ptr().add(b * BLOCK));
-                        let corr = _mm256_loadu_si256(x[r].corr.as_ptr().add(b) as *const __m256i);
-                        let dx = *x[r].d.get_unchecked(b);
-                        for s in 0..S {
-                            // corr + Σ (q_w + 128)·q_x = Σ q_w·q_x over the 8 lanes
-                            let dot = $dp(corr, wu[s], xq);
-                            acc[r][s] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(dw[s] * dx), acc[r][s]);
+                    for s in 0..S {
+                        let d_w = _mm512_cvtph_ps_256(scales_ptr(w[s], b));
+                        for r in 0..R {
+                            let d_x = _mm256_set1_ps(*x[r].d.get_unchecked(b));
+                            for h in 0..2 {
+                                let scale = _mm256_mul_ps(d_w[h], d_x);
+                                sums[r][s][h] =
+                                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[r][s][h]), scale, sums[r][s][h]);
+                            }
                         }
                     }
                 }
-                acc
+                let mut out = [[[0.0; GROUP]; S]; R];
+                for (out, sums) in out.iter_mut().zip(&sums) {
+                    for (out, halves) in out.iter_mut().zip(sums) {
+                        _mm256_storeu_ps(out.as_mut_ptr(), halves[0]);
+                        _mm256_storeu_ps(out.as_mut_ptr().add(8), halves[1]);
+                    }
+                }
+                out
             }
         };
     }
 
-    vnni_blocks!(
-        vnni256_blocks,
-        "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
-        _mm256_dpbusd_epi32
-    );
-    vnni_blocks!(avxvnni_blocks, "avx2,fma,f16c,avxvnni", _mm256_dpbusd_avx_epi32);
+    /// 16 f16 scales at `p` as two halves of 8 f32 (F16C).
+    #[target_feature(enable = "avx,f16c")]
+    #[inline]
+    unsafe fn _mm512_cvtph_ps_256(p: *const u8) -> [__m256; 2] {
+        [
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const _)),
+            _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const _)),
+        ]
+    }
 
-    /// AVX-VNNI `vpdpbusd` (VEX encoded), a block at a time.
+    tile256!(avxvnni_tile, "avx2,fma,f16c,avxvnni",
+        start: |corr| _mm256_set1_epi32(corr),
+        // corr + Σ (q_w + 128)·q_x
+        dot: |acc, w, x| _mm256_dpbusd_avx_epi32(acc, _mm256_xor_si256(w, _mm256_set1_epi8(-128)), x));
+    tile256!(avx2_tile, "avx2,fma,f16c",
+        start: |corr| { let _ = corr; _mm256_setzero_si256() },
+        // |w| · (x · sign(w)) = w · x, in pairs (i16), then in quads (i32)
+        dot: |acc, w, x| _mm256_add_epi32(acc, _mm256_madd_epi16(
+            _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)),
+            _mm256_set1_epi16(1))));
+
+    /// AVX-VNNI `vpdpbusd` (VEX encoded), a group as two halves of 8 rows.
     pub struct AvxVnni;
 
     impl<'a> Tile<'a> for AvxVnni {
-        type W = BlockQ8_0;
+        type W = Line;
         type X = Row<'a>;
+        type Out = [f32; GROUP];
 
-        fn tile<const R: usize, const S: usize>(&self, w: [&[BlockQ8_0]; S], x: [Row<'a>; R]) -> [[f32; S]; R] {
-            check_lengths(&w, &x);
+        fn tile<const R: usize, const S: usize>(&self, w: [&[Line]; S], x: [Row<'a>; R]) -> [[[f32; GROUP]; S]; R] {
+            let nb = check_lengths(&w, &x);
             // SAFETY: chosen only where the CPU has these features (Kernels); lengths checked.
-            unsafe { lane_sums(&avxvnni_blocks(w, x, 0..x[0].d.len())) }
+            unsafe { avxvnni_tile(w, x, nb) }
         }
     }
 
-    /// AVX512-VNNI `vpdpbusd` on 512-bit registers: a weight row's blocks four at a time (136
-    /// bytes), two to a register, so that the per-block work (the f16 scale, the scaling of the
-    /// i32 sums) is done in vectors, not one block at a time; the last nb mod 4 blocks on 256
-    /// bits. With GPT-2's weights in cache, products of 1 and 4 rows ran 1.14x and 1.30x faster
-    /// than a block at a time (Zen 5, 2 threads); from memory both read at the memory's speed.
-    pub struct Vnni512;
+    /// AVX2: `vpmaddubsw` + `vpmaddwd`, a group as two halves of 8 rows.
+    pub struct Avx2;
 
-    impl<'a> Tile<'a> for Vnni512 {
-        type W = BlockQ8_0;
+    impl<'a> Tile<'a> for Avx2 {
+        type W = Line;
         type X = Row<'a>;
+        type Out = [f32; GROUP];
 
-        fn tile<const R: usize, const S: usize>(&self, w: [&[BlockQ8_0]; S], x: [Row<'a>; R]) -> [[f32; S]; R] {
-            check_lengths(&w, &x);
-            // SAFETY: chosen only where the CPU has these features (Kernels); lengths checked.
-            unsafe { vnni512_tile(w, x) }
+        fn tile<const R: usize, const S: usize>(&self, w: [&[Line]; S], x: [Row<'a>; R]) -> [[[f32; GROUP]; S]; R] {
+            let nb = check_lengths(&w, &x);
+            // SAFETY: chosen only where the CPU has AVX2, FMA and F16C (Kernels); lengths checked.
+            unsafe { avx2_tile(w, x, nb) }
         }
     }
 
-    /// Blocks a step of the 512-bit loop reads from each weight row.
-    const GROUP: usize = 4;
-
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn vnni512_tile<const R: usize, const S: usize>(w: [&[BlockQ8_0]; S], x: [Row; R]) -> [[f32; S]; R] {
-        const SIZE: usize = std::mem::size_of::<BlockQ8_0>(); // 34: the scale d, then 32 q
-        let nb = x[0].d.len();
-        let groups = nb / GROUP;
-        let flip = _mm512_set1_epi8(-128);
-        // The group's 4 scales are its 16-bit words 0, 17, 34 and 51 (bytes 0, 34, 68, 102).
-        let scale_words = _mm512_setr_epi32(17 << 16, (51 << 16) | 34, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
-        // Spread the scales d_w·d_x of blocks (0, 1) or (2, 3) over the halves of a register.
-        let halves = [
-            _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
-            _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
-        ];
-        let mut acc = [[_mm512_setzero_ps(); S]; R];
-        for g in 0..groups {
-            let b = g * GROUP;
-            let mut d_w = [_mm_setzero_ps(); S];
-            let mut wu = [[_mm512_setzero_si512(); 2]; S];
-            for s in 0..S {
-                let p = w[s].as_ptr().add(b) as *const u8;
-                // only the scales' words: whole loads would let LLVM build the q from them by shifts
-                let head = _mm512_maskz_loadu_epi16(1 | 1 << 17, p as *const _);
-                let next = _mm512_maskz_loadu_epi16(1 << 2 | 1 << 19, p.add(64) as *const _);
-                d_w[s] = _mm_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(
-                    head,
-                    scale_words,
-                    next,
-                )));
-                for (h, pair_u) in wu[s].iter_mut().enumerate() {
-                    let q = p.add(2 * h * SIZE + 2); // the q of blocks 2h and 2h + 1
-                    let pair = _mm512_inserti64x4::<1>(
-                        _mm512_castsi256_si512(load_block(q as _)),
-                        load_block(q.add(SIZE) as _),
-                    );
-                    *pair_u = _mm512_xor_si512(pair, flip); // q_w + 128 as u8
-                }
-            }
-            for r in 0..R {
-                let d_x = _mm_loadu_ps(x[r].d.as_ptr().add(b));
-                let scales: [__m512; S] = std::array::from_fn(|s| _mm512_castps128_ps512(_mm_mul_ps(d_w[s], d_x)));
-                for (h, spread) in halves.iter().enumerate() {
-                    let xq = _mm512_loadu_si512(x[r].qs.as_ptr().add((b + 2 * h) * BLOCK) as *const _);
-                    let corr = _mm512_loadu_si512(x[r].corr.as_ptr().add(b + 2 * h) as *const _);
-                    for s in 0..S {
-                        // corr + Σ (q_w + 128)·q_x = Σ q_w·q_x over each half's 8 lanes
-                        let dot = _mm512_dpbusd_epi32(corr, wu[s][h], xq);
-                        let scale = _mm512_permutexvar_ps(*spread, scales[s]);
-                        acc[r][s] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r][s]);
+    /// AMX: `out[g·M + p]` = the 16 outputs of group g for prompt row p, for each of `groups`
+    /// (of `x`'s blocks) and each row of `x` (quantized with rows to a multiple of 16): for each 16 prompt rows and block b, `tdpbssd` multiplies the rows'
+    /// block (a left tile of 16 rows of 32 int8, read in place) by the group's 8 lines of the
+    /// block (the right tile, as stored) into 16 x 16 exact i32 dot products, which AVX-512
+    /// adds in with both scales (the dot-product kernels' arithmetic, summed in another order).
+    ///
+    /// # Safety
+    /// After `amx::configure(Shape::Q8Block)` on this thread, where the CPU has AVX512F and F16C.
+    #[target_feature(enable = "avx512f,f16c")]
+    pub unsafe fn amx_groups(out: &mut [[f32; GROUP]], groups: &[&[Line]], x: &Activations) {
+        #[repr(align(64))]
+        struct Dots([[i32; GROUP]; amx::ROWS]);
+        let (m, padded) = (x.rows, x.padded);
+        let nb = padded / BLOCK;
+        assert!(
+            groups.iter().all(|g| g.len() == super::lines_per_group(nb))
+                && out.len() == groups.len() * m
+                && x.qs.len() >= m.div_ceil(amx::ROWS) * amx::ROWS * padded
+        );
+        let mut dots = Dots([[0; GROUP]; amx::ROWS]);
+        for (group, out) in groups.iter().zip(out.chunks_exact_mut(m)) {
+            for p0 in (0..m).step_by(amx::ROWS) {
+                let mut sums = [_mm512_setzero_ps(); amx::ROWS];
+                for b in 0..nb {
+                    amx::zero::<0>();
+                    amx::load::<4>(x.qs.as_ptr().add(p0 * padded + b * BLOCK) as *const u8, padded);
+                    amx::load::<6>(group.as_ptr().add(quad_line(b, 0)) as *const u8, amx::ROW_BYTES);
+                    amx::dot_i8::<0, 4, 6>();
+                    amx::store::<0>(dots.0.as_mut_ptr() as *mut u8, amx::ROW_BYTES);
+                    let d_w = _mm512_cvtph_ps(_mm256_loadu_si256(scales_ptr(group, b) as *const _));
+                    for (p, sum) in sums.iter_mut().enumerate() {
+                        let d_x = _mm512_set1_ps(*x.d.get_unchecked((p0 + p) * nb + b));
+                        let dot = _mm512_cvtepi32_ps(_mm512_load_si512(dots.0[p].as_ptr() as *const _));
+                        *sum = _mm512_fmadd_ps(dot, _mm512_mul_ps(d_w, d_x), *sum);
                     }
                 }
+                for (out, sum) in out[p0..].iter_mut().zip(sums) {
+                    _mm512_storeu_ps(out.as_mut_ptr(), sum);
+                }
             }
         }
-        let mut out = lane_sums(&vnni256_blocks(w, x, groups * GROUP..nb));
-        for (out, acc) in out.iter_mut().zip(&acc) {
-            for (out, &acc) in out.iter_mut().zip(acc) {
-                *out += _mm512_reduce_add_ps(acc);
-            }
-        }
-        out
     }
 }
 
