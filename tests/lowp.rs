@@ -295,7 +295,10 @@ fn info_names_the_features_and_the_kernel_each_dtype_uses() {
         .collect();
     for kernels in [&best, &scalar].into_iter().chain(&forced) {
         let (bf16, q8_0) = (used(kernels, "bf16"), used(kernels, "q8_0"));
-        assert_eq!(prompt(kernels, "bf16", "panels"), bf16 == "avx512bf16" || bf16 == "avx2");
+        assert_eq!(
+            prompt(kernels, "bf16", "panels"),
+            bf16 == "avx512bf16" || bf16 == "avx2"
+        );
         assert_eq!(prompt(kernels, "bf16", "in f32"), bf16 == "avx2");
         assert_eq!(prompt(kernels, "q8_0", "groups of 16 weight rows"), q8_0 != "amx");
         assert_eq!(prompt(kernels, "bf16", "AMX"), bf16 == "amx");
