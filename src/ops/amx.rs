@@ -87,11 +87,14 @@ static Q8_BLOCK: Config = config(32, 8);
 /// Only where [`granted`] and the CPU has the products the tiles will run.
 #[inline]
 pub unsafe fn configure(shape: Shape) {
-    let config = match shape {
+    asm!("ldtilecfg [{}]", in(reg) config_of(shape), options(nostack, readonly, preserves_flags));
+}
+
+fn config_of(shape: Shape) -> &'static Config {
+    match shape {
         Shape::Bf16 => &BF16,
         Shape::Q8Block => &Q8_BLOCK,
-    };
-    asm!("ldtilecfg [{}]", in(reg) config, options(nostack, readonly, preserves_flags));
+    }
 }
 
 /// Returns this thread's tiles to their initial state (and the kernel stops saving them).
@@ -172,6 +175,113 @@ pub unsafe fn dot_i8<const C: usize, const A: usize, const B: usize>() {
         b = const B,
         options(nostack, nomem, preserves_flags)
     );
+}
+
+/// The tile instructions a kernel issues, with the meaning of the functions above: on this
+/// CPU's tiles ([`Hardware`]) or, in tests on any CPU, on an emulation of them shaped by the same
+/// configuration ([`Emulated`]), so that a kernel's reads, writes and arithmetic are checked
+/// where there is no AMX.
+pub trait TileOps {
+    /// [`zero`].
+    ///
+    /// # Safety
+    /// As [`zero`].
+    unsafe fn zero<const T: usize>(&mut self);
+    /// [`load`].
+    ///
+    /// # Safety
+    /// As [`load`].
+    unsafe fn load<const T: usize>(&mut self, base: *const u8, stride: usize);
+    /// [`store`].
+    ///
+    /// # Safety
+    /// As [`store`].
+    unsafe fn store<const T: usize>(&mut self, base: *mut u8, stride: usize);
+    /// [`dot_i8`].
+    ///
+    /// # Safety
+    /// As [`dot_i8`].
+    unsafe fn dot_i8<const C: usize, const A: usize, const B: usize>(&mut self);
+}
+
+/// This CPU's tiles.
+pub struct Hardware;
+
+impl TileOps for Hardware {
+    #[inline(always)]
+    unsafe fn zero<const T: usize>(&mut self) {
+        zero::<T>()
+    }
+    #[inline(always)]
+    unsafe fn load<const T: usize>(&mut self, base: *const u8, stride: usize) {
+        load::<T>(base, stride)
+    }
+    #[inline(always)]
+    unsafe fn store<const T: usize>(&mut self, base: *mut u8, stride: usize) {
+        store::<T>(base, stride)
+    }
+    #[inline(always)]
+    unsafe fn dot_i8<const C: usize, const A: usize, const B: usize>(&mut self) {
+        dot_i8::<C, A, B>()
+    }
+}
+
+/// Eight tiles in memory, each shaped (rows, bytes a row) as [`configure`] would shape it: a
+/// load or store moves only those bytes, and the rest of a loaded row reads as zero, as on the
+/// CPU.
+#[cfg(test)]
+pub struct Emulated {
+    shapes: [(usize, usize); 8],
+    tiles: [[[u8; ROW_BYTES]; ROWS]; 8],
+}
+
+#[cfg(test)]
+impl Emulated {
+    pub fn new(shape: Shape) -> Self {
+        let config = &config_of(shape).0;
+        Emulated {
+            shapes: std::array::from_fn(|t| {
+                let colsb = u16::from_le_bytes([config[16 + 2 * t], config[17 + 2 * t]]) as usize;
+                (config[48 + t] as usize, colsb)
+            }),
+            tiles: [[[0; ROW_BYTES]; ROWS]; 8],
+        }
+    }
+}
+
+#[cfg(test)]
+impl TileOps for Emulated {
+    unsafe fn zero<const T: usize>(&mut self) {
+        self.tiles[T] = [[0; ROW_BYTES]; ROWS];
+    }
+    unsafe fn load<const T: usize>(&mut self, base: *const u8, stride: usize) {
+        let (rows, colsb) = self.shapes[T];
+        self.tiles[T] = [[0; ROW_BYTES]; ROWS];
+        for (r, row) in self.tiles[T].iter_mut().enumerate().take(rows) {
+            std::ptr::copy_nonoverlapping(base.add(r * stride), row.as_mut_ptr(), colsb);
+        }
+    }
+    unsafe fn store<const T: usize>(&mut self, base: *mut u8, stride: usize) {
+        let (rows, colsb) = self.shapes[T];
+        for (r, row) in self.tiles[T].iter().enumerate().take(rows) {
+            std::ptr::copy_nonoverlapping(row.as_ptr(), base.add(r * stride), colsb);
+        }
+    }
+    unsafe fn dot_i8<const C: usize, const A: usize, const B: usize>(&mut self) {
+        let ((m, k), (b_rows, n_bytes), c_shape) = (self.shapes[A], self.shapes[B], self.shapes[C]);
+        assert!(b_rows * 4 == k && c_shape == (m, n_bytes), "tile shapes do not fit");
+        let (a, b) = (self.tiles[A], self.tiles[B]);
+        for i in 0..m {
+            for j in 0..n_bytes / 4 {
+                let c = &mut self.tiles[C][i][4 * j..4 * j + 4];
+                let mut sum = i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                for p in 0..k {
+                    sum = sum.wrapping_add(a[i][p] as i8 as i32 * b[p / 4][4 * j + p % 4] as i8 as i32);
+                }
+                c.copy_from_slice(&sum.to_le_bytes());
+            }
+        }
+    }
 }
 
 /// One read of an operand's tiles: where its first tile starts, the bytes between its rows,

@@ -334,7 +334,7 @@ fn q8_0_product(
             // tiles of 16 rows; each task configures its thread's tiles and releases them.
             unsafe {
                 crate::ops::amx::configure(crate::ops::amx::Shape::Q8Block);
-                q8_0::amx_groups(out, groups, &acts);
+                q8_0::amx_groups(&mut crate::ops::amx::Hardware, out, groups, &acts);
                 crate::ops::amx::release();
             }
         });

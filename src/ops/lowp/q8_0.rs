@@ -493,9 +493,15 @@ mod x86 {
     /// adds in with both scales (the dot-product kernels' arithmetic, summed in another order).
     ///
     /// # Safety
-    /// After `amx::configure(Shape::Q8Block)` on this thread, where the CPU has AVX512F and F16C.
+    /// Where the CPU has AVX512F and F16C, with `tiles` shaped as `Shape::Q8Block` (for
+    /// [`amx::Hardware`]: after `amx::configure(Shape::Q8Block)` on this thread).
     #[target_feature(enable = "avx512f,f16c")]
-    pub unsafe fn amx_groups(out: &mut [[f32; GROUP]], groups: &[&[Line]], x: &Activations) {
+    pub unsafe fn amx_groups<U: amx::TileOps>(
+        tiles: &mut U,
+        out: &mut [[f32; GROUP]],
+        groups: &[&[Line]],
+        x: &Activations,
+    ) {
         #[repr(align(64))]
         struct Dots([[i32; GROUP]; amx::ROWS]);
         let (m, padded) = (x.rows, x.padded);
@@ -510,11 +516,11 @@ mod x86 {
             for p0 in (0..m).step_by(amx::ROWS) {
                 let mut sums = [_mm512_setzero_ps(); amx::ROWS];
                 for b in 0..nb {
-                    amx::zero::<0>();
-                    amx::load::<4>(x.qs.as_ptr().add(p0 * padded + b * BLOCK) as *const u8, padded);
-                    amx::load::<6>(group.as_ptr().add(quad_line(b, 0)) as *const u8, amx::ROW_BYTES);
-                    amx::dot_i8::<0, 4, 6>();
-                    amx::store::<0>(dots.0.as_mut_ptr() as *mut u8, amx::ROW_BYTES);
+                    tiles.zero::<0>();
+                    tiles.load::<4>(x.qs.as_ptr().add(p0 * padded + b * BLOCK) as *const u8, padded);
+                    tiles.load::<6>(group.as_ptr().add(quad_line(b, 0)) as *const u8, amx::ROW_BYTES);
+                    tiles.dot_i8::<0, 4, 6>();
+                    tiles.store::<0>(dots.0.as_mut_ptr() as *mut u8, amx::ROW_BYTES);
                     let d_w = _mm512_cvtph_ps(_mm256_loadu_si256(scales_ptr(group, b) as *const _));
                     for (p, sum) in sums.iter_mut().enumerate() {
                         let d_x = _mm512_set1_ps(*x.d.get_unchecked((p0 + p) * nb + b));
@@ -533,6 +539,41 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_amx_kernel_on_emulated_tiles_matches_the_scalar_kernel() {
+        use crate::ops::amx::{Emulated, Shape};
+        use crate::ops::test_util::random_vec;
+        // its scaling runs on AVX-512 (every CPU with AMX has it)
+        if !(std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("f16c")) {
+            return;
+        }
+        // prompts of 1 to 3 tiles of 16 rows, partial ones included; odd numbers of blocks
+        for (m, k, n) in [(1, 32, 16), (6, 70, 40), (17, 100, 33), (33, 300, 20), (16, 64, 17)] {
+            let (x, w) = (random_vec(m * k, 7), random_vec(n * k, 8));
+            let padded = k.div_ceil(BLOCK) * BLOCK;
+            let mut groups = Groups::zeros(n, padded / BLOCK);
+            groups.quantize_rows(0, &w, k);
+            let group_lines: Vec<&[Line]> = groups.lines().chunks(lines_per_group(padded / BLOCK)).collect();
+            let acts = Activations::quantize(&x, k, padded, crate::ops::amx::ROWS);
+            let mut out = vec![[f32::NAN; GROUP]; group_lines.len() * m];
+            // SAFETY: AVX512F and F16C checked above; the emulated tiles are shaped as Q8Block.
+            unsafe { amx_groups(&mut Emulated::new(Shape::Q8Block), &mut out, &group_lines, &acts) };
+            for (g, &group) in group_lines.iter().enumerate() {
+                for (r, &row) in acts.rows().iter().enumerate() {
+                    let [[expected]] = Scalar.tile::<1, 1>([group], [row]);
+                    for (l, (&got, &want)) in out[g * m + r].iter().zip(&expected).enumerate() {
+                        let bound = 1e-5 * (1.0 + want.abs());
+                        assert!(
+                            (got - want).abs() <= bound,
+                            "m={m} k={k} n={n} group {g} row {r} lane {l}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn quantizing_rounds_as_f32_round_does() {
