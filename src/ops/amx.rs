@@ -271,12 +271,12 @@ impl TileOps for Emulated {
         let ((m, k), (b_rows, n_bytes), c_shape) = (self.shapes[A], self.shapes[B], self.shapes[C]);
         assert!(b_rows * 4 == k && c_shape == (m, n_bytes), "tile shapes do not fit");
         let (a, b) = (self.tiles[A], self.tiles[B]);
-        for i in 0..m {
+        for (a_row, c_row) in a.iter().zip(&mut self.tiles[C]).take(m) {
             for j in 0..n_bytes / 4 {
-                let c = &mut self.tiles[C][i][4 * j..4 * j + 4];
+                let c = &mut c_row[4 * j..4 * j + 4];
                 let mut sum = i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                for p in 0..k {
-                    sum = sum.wrapping_add(a[i][p] as i8 as i32 * b[p / 4][4 * j + p % 4] as i8 as i32);
+                for (p, &a) in a_row.iter().enumerate().take(k) {
+                    sum = sum.wrapping_add(a as i8 as i32 * b[p / 4][4 * j + p % 4] as i8 as i32);
                 }
                 c.copy_from_slice(&sum.to_le_bytes());
             }
