@@ -17,7 +17,7 @@ pub fn round_rows(x: &[f32], k: usize, padded: usize) -> Vec<u16> {
     out
 }
 
-/// Weights back to f32, `out` [n] from the first n of `row` (as `q8_0::dequantize_row`).
+/// Weights back to f32, `out` [n] from the first n of `row`.
 pub fn dequantize_row(row: &[u16], out: &mut [f32]) {
     out.iter_mut().zip(row).for_each(|(o, &b)| *o = bf16_to_f32(b));
 }

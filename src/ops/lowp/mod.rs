@@ -15,7 +15,7 @@
 //! has AMX, a prompt of 6 rows or more in either dtype goes to AMX tiles of 16 weight rows by 16
 //! prompt rows; on AVX2 alone, a bf16 prompt of 14 rows or more goes to panels in f32 (all in
 //! [`panel`]). A q8_0 prompt stays on its tiles otherwise: with the outputs in the lanes they
-//! add nothing across lanes, as the panels do.
+//! add nothing across lanes, like the panels.
 
 pub mod bf16;
 pub mod half;
@@ -64,7 +64,9 @@ const PANEL_ROWS: usize = 16;
 /// tile of weights; 64 rows (1-4 panels: at most 384 KiB in bf16, 768 KiB in f32 on AVX2, 192
 /// KiB of q8) stay in L2, and the weights are read once per 64 rows. GPT-2 124M's 48 block
 /// products of 512 rows (Zen 5, 2 threads, a probe): bf16 208-211 ms at once, 138-150 in
-/// blocks of 32-64 rows; q8_0 212-265 against 144-180; at 128 rows level.
+/// blocks of 32-64 rows; q8_0 (on its panels then, before [`q8_0::Groups`]) 212-265 against
+/// 144-180; at 128 rows level. q8_0's tiles now: whole prompts of 256 and 512 tokens 1.1-1.2x
+/// and 1.03-1.1x slower than in blocks of 64 (`gpt2 bench generate`, three pairs).
 const PROMPT_BLOCK_ROWS: usize = 64;
 
 /// How a model's weight matrices are stored.
@@ -243,13 +245,13 @@ impl LowpMatrix {
     }
 
     /// `out [M, N] = x [M, K] · Wᵀ`, on `kernels`: a prompt on the AVX-512, AMX or AVX2 panel
-    /// kernels from [`panel_rows`] rows on, a q8_0 prompt of 4 rows or more in its tiles, either
-    /// 64 rows at a time (a last block too short for the panels in dot-product tiles); else in
-    /// tiles.
+    /// kernels (or q8_0's AMX kernel) from [`panel_rows`] rows on, else in tiles; a long prompt
+    /// on the panels and any q8_0 prompt 64 rows at a time (a last block too short for the
+    /// panels in tiles).
     pub fn matmul(&self, out: &mut [f32], x: &[f32], m: usize, kernels: Kernels) {
         assert!(x.len() == m * self.cols && out.len() == m * self.rows);
-        let panels = panel_rows(self.dtype(), kernels).is_some_and(|rows| m >= rows);
-        if m > PROMPT_BLOCK_ROWS && (panels || self.dtype() == WeightDtype::Q8_0) {
+        let prompt_kernels = panel_rows(self.dtype(), kernels).is_some_and(|rows| m >= rows);
+        if m > PROMPT_BLOCK_ROWS && (prompt_kernels || self.dtype() == WeightDtype::Q8_0) {
             let (out_block, x_block) = (PROMPT_BLOCK_ROWS * self.rows, PROMPT_BLOCK_ROWS * self.cols);
             for (out, x) in out.chunks_mut(out_block).zip(x.chunks(x_block)) {
                 self.matmul(out, x, x.len() / self.cols, kernels);
@@ -259,16 +261,20 @@ impl LowpMatrix {
         let (k, padded) = (self.cols, self.padded);
         match &self.data {
             #[cfg(target_arch = "x86_64")]
-            Storage::Bf16(w) if panels => panel::bf16(out, x, m, k, w, padded, kernels.bf16()),
+            Storage::Bf16(w) if prompt_kernels => panel::bf16(out, x, m, k, w, padded, kernels.bf16()),
             Storage::Bf16(w) if m == 1 => bf16_t(out, w, x, k, padded, kernels.bf16()), // [1, N] is its own transpose
             Storage::Bf16(w) => {
                 let mut out_t = vec![0.0; m * self.rows];
                 bf16_t(&mut out_t, w, x, k, padded, kernels.bf16());
                 transpose(out, &out_t, self.rows, m);
             }
+            // one row of whole groups: out is already [⌈N/16⌉, 1] of 16 outputs
+            Storage::Q8_0(w) if m == 1 && self.rows.is_multiple_of(GROUP) => {
+                q8_0_product(out.as_chunks_mut::<GROUP>().0, w, x, k, padded, kernels.q8_0())
+            }
             Storage::Q8_0(w) => {
                 let mut by_group = vec![[0.0f32; GROUP]; self.rows.div_ceil(GROUP) * m];
-                q8_0_product(&mut by_group, w, x, k, padded, panels, kernels.q8_0());
+                q8_0_product(&mut by_group, w, x, k, padded, kernels.q8_0());
                 ungroup(out, &by_group, self.rows, m);
             }
         }
@@ -276,7 +282,7 @@ impl LowpMatrix {
 }
 
 /// `out_t [N, M] = W · xᵀ` for the bf16 weights `w` [N, `padded`] and x [M, K], in dot-product
-/// tiles (AMX tiles serve prompts, [`panel_rows`]; a few rows read the weights with `vdpbf16ps`).
+/// tiles (with `amx`, the `vdpbf16ps` ones: AMX tiles serve prompts, [`panel_rows`]).
 fn bf16_t(out_t: &mut [f32], w: &[u16], x: &[f32], k: usize, padded: usize, kernel: Bf16Kernel) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
@@ -312,26 +318,18 @@ fn row_slices<T>(x: &[T], len: usize) -> Vec<&[T]> {
 
 /// `by_group [⌈N/16⌉, M]`: entry (g, r) the 16 outputs of group g for activation row r, of the
 /// q8_0 `groups` times x [M, K] (quantized here, rows padded to `padded`): on AMX tiles where
-/// `amx_prompt` (the kernel is `amx` and the prompt long enough, [`panel_rows`]), else in tiles.
-fn q8_0_product(
-    by_group: &mut [[f32; GROUP]],
-    groups: &Groups,
-    x: &[f32],
-    k: usize,
-    padded: usize,
-    amx_prompt: bool,
-    kernel: Q8Kernel,
-) {
+/// the kernel is `amx` and the prompt has [`AMX_PROMPT_ROWS`] rows or more, else in tiles.
+fn q8_0_product(by_group: &mut [[f32; GROUP]], groups: &Groups, x: &[f32], k: usize, padded: usize, kernel: Q8Kernel) {
     let per_group = q8_0::lines_per_group(groups.blocks());
     let w = groups.lines();
+    let m = x.len() / k;
     #[cfg(target_arch = "x86_64")]
-    if amx_prompt {
+    if kernel == Q8Kernel::Amx && m >= AMX_PROMPT_ROWS {
         let acts = q8_0::Activations::quantize(x, k, padded, crate::ops::amx::ROWS);
-        let m = x.len() / k;
         return for_each_task(by_group, m, w, per_group, 1, |out, groups| {
-            // SAFETY: amx_prompt only with the `amx` kernel, chosen only where it is available
-            // (amx_tile, amx_int8, avx512f, f16c, amx::granted()); the activations hold whole
-            // tiles of 16 rows; each task configures its thread's tiles and releases them.
+            // SAFETY: Q8Kernel::Amx is only chosen where it is available (amx_tile, amx_int8,
+            // avx512f, f16c, amx::granted()); the activations hold whole tiles of 16 rows; each
+            // task shapes its thread's tiles as Q8Block, which amx_groups wants, and releases them.
             unsafe {
                 crate::ops::amx::configure(crate::ops::amx::Shape::Q8Block);
                 q8_0::amx_groups(&mut crate::ops::amx::Hardware, out, groups, &acts);
@@ -339,7 +337,6 @@ fn q8_0_product(
             }
         });
     }
-    let _ = amx_prompt;
     let acts = q8_0::Activations::quantize(x, k, padded, 1);
     let x = acts.rows();
     match kernel {
@@ -364,11 +361,11 @@ fn ungroup(out: &mut [f32], by_group: &[[f32; GROUP]], n: usize, m: usize) {
 
 /// From how many rows a product with `dtype` weights runs on the panel kernels of [`panel`]
 /// with `kernels` (bf16: AVX-512 where its kernel is `avx512bf16`, AMX, or f32 on AVX2:
-/// [`AVX2_PROMPT_ROWS`]; q8_0: AMX), None if it never does. Below it the dot-product tiles,
-/// which waste no lanes, are faster: a panel costs the same for 1 to 16 rows, and the 48
-/// products of GPT-2 124M with cold weights took (bf16 tiles / panels) 10.1 / 14.8 ms at 8 rows,
-/// 14.1-14.9 / 14.8-15.3 at 11, 14.2-15.4 / 15.1 at 12; (q8_0) 13.0 / 15.6-16.1 at 8, 15.4 /
-/// 16.1 at 9, 17.1 / 15.2 at 10 (Zen 4, 2 threads).
+/// [`AVX2_PROMPT_ROWS`]; q8_0: its AMX kernel, [`q8_0::amx_groups`]), None if it never does.
+/// Below it the dot-product tiles, which waste no lanes, are faster: a panel costs the same for
+/// 1 to 16 rows, and the 48 products of GPT-2 124M with cold weights took (bf16 tiles / panels)
+/// 10.1 / 14.8 ms at 8 rows, 14.1-14.9 / 14.8-15.3 at 11, 14.2-15.4 / 15.1 at 12 (Zen 4, 2
+/// threads).
 pub fn panel_rows(dtype: WeightDtype, kernels: Kernels) -> Option<usize> {
     match dtype {
         #[cfg(target_arch = "x86_64")]
@@ -377,7 +374,6 @@ pub fn panel_rows(dtype: WeightDtype, kernels: Kernels) -> Option<usize> {
         WeightDtype::Bf16 if kernels.bf16() == Bf16Kernel::Avx512Bf16 => Some(12),
         #[cfg(target_arch = "x86_64")]
         WeightDtype::Q8_0 if kernels.q8_0() == Q8Kernel::Amx => Some(AMX_PROMPT_ROWS),
-        #[cfg(target_arch = "x86_64")]
         #[cfg(target_arch = "x86_64")]
         _ if f32_panels(dtype, kernels) => Some(AVX2_PROMPT_ROWS),
         _ => {
@@ -394,24 +390,22 @@ fn f32_panels(dtype: WeightDtype, kernels: Kernels) -> bool {
     dtype == WeightDtype::Bf16 && kernels.bf16() == Bf16Kernel::Avx2
 }
 
-/// From how many rows bf16 and q8_0 weights take the AVX2 panels ([`f32_panels`]). The 48
-/// products of GPT-2 124M, 2 threads, kernel forced on Zen 5 (tiles / panels, ms): bf16 15.5 /
-/// 19.8 at 12 rows, 17.9 / 20.6 at 13, 20.9 / 20.4 at 14, 22.2-22.5 / 20.1-20.7 at 16, 36.0 /
-/// 30.3 at 32, 64.5 / 58.8 at 64; q8_0 14.3 / 18.3 at 12, 16.8 / 18.5 at 13, 19.7 / 17.7 at
-/// 14, 19.9 / 18.2-18.6 at 16, 36.5 / 30.4 at 32, 71.9 / 58.4 at 64 (`avxvnni` tiles: 21.7 at
-/// 16, 41.6 at 32). Both are bound by the f32 FMAs of the same products: the panels gain on the
+/// From how many rows bf16 weights take the AVX2 panels ([`f32_panels`]). The 48 products of
+/// GPT-2 124M, 2 threads, kernel forced on Zen 5 (tiles / panels, ms): 15.5 / 19.8 at 12 rows,
+/// 17.9 / 20.6 at 13, 20.9 / 20.4 at 14, 22.2-22.5 / 20.1-20.7 at 16, 36.0 / 30.3 at 32, 64.5 /
+/// 58.8 at 64. Both are bound by the f32 FMAs of the same products: the panels gain on the
 /// tiles' lane sums.
 #[cfg(target_arch = "x86_64")]
 const AVX2_PROMPT_ROWS: usize = 14;
 
 /// From how many rows bf16 and q8_0 weights take AMX tiles: a tile costs the same for 1 to 16
 /// rows; on the Xeon, GPT-2's products of 4 rows ran level with the dot-product tiles, of 8
-/// rows 1.1-1.4x (q8_0) to 1.2x (bf16) faster.
+/// rows 1.1-1.4x (q8_0, then stored in rows of blocks) to 1.2x (bf16) faster.
 #[cfg(target_arch = "x86_64")]
 const AMX_PROMPT_ROWS: usize = 6;
 
-/// How a prompt's products with `dtype` weights run on `kernels` (None: in the dot-product
-/// tiles), in words for `gpt2 info`.
+/// How a prompt's products with `dtype` weights run on `kernels` (None: in tiles), in words for
+/// `gpt2 info`.
 pub fn prompt_path(dtype: WeightDtype, kernels: Option<Kernels>) -> String {
     #[cfg(target_arch = "x86_64")]
     match dtype {
@@ -422,7 +416,8 @@ pub fn prompt_path(dtype: WeightDtype, kernels: Option<Kernels>) -> String {
         }
         WeightDtype::Q8_0 if kernels.is_some_and(|k| k.q8_0() == Q8Kernel::Amx) => {
             return format!(
-                "{AMX_PROMPT_ROWS} rows and more: AMX tdpbssd, {PANEL_ROWS} prompt rows x a block of 16 weight rows per tile, as stored"
+                "{AMX_PROMPT_ROWS} rows and more: AMX tdpbssd, {} prompt rows x a block of {GROUP} weight rows per tile, as stored",
+                crate::ops::amx::ROWS
             )
         }
         _ if kernels.is_some_and(|k| f32_panels(dtype, k)) => {
@@ -598,8 +593,10 @@ mod tests {
 
     #[test]
     fn every_kernel_matches_the_f64_product_on_odd_shapes() {
-        // K not a multiple of 8, 16 or 32 (and of 4 q8_0 blocks, the 512-bit VNNI kernel's step);
-        // N crossing tasks (64 rows) and tiles; M crossing tiles of 4 and, from panel_rows rows
+        // K not a multiple of 8, 16 or 32 (and odd numbers of q8_0 blocks: a last block alone);
+        // N crossing tasks (64 rows) and tiles, a multiple of 16 or not (a q8_0 group ending in
+        // rows of zeros; one activation row of whole groups is written in place); M crossing
+        // tiles of 4 and, from panel_rows rows
         // on, panels of 16 (1 to 5 of them: every P of the AVX-512 panel kernels, with a partial
         // last panel) and their row blocks; K beyond one run of the AVX2 panels (256); tasks (of
         // 32 rows for AMX) ending in a lone tile of 16 weight rows and a few rows more; prompts
@@ -607,6 +604,7 @@ mod tests {
         for (m, k, n) in [
             (1, 1, 1),
             (1, 33, 7),
+            (1, 70, 48),
             (1, 300, 37),
             (2, 70, 65),
             (3, 100, 131),

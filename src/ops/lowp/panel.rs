@@ -149,39 +149,36 @@ pub fn bf16(out: &mut [f32], x: &[f32], m: usize, k: usize, w: &[u16], padded: u
 /// `out [M, N] = x · Wᵀ` on AMX tiles, computed as `out_t = W · xᵀ`: then a tile of 16 weight
 /// rows is read straight from the stored rows (a row's bytes apart), and a right tile is part of
 /// a panel as packed, already in the layout the tile instructions want. Tasks hold multiples
-/// of `align` rows; `tiles(out_t, rows, full, stride)` computes each task's first `full` rows
-/// (a multiple of 16) with the tiles shaped as `shape`, and the rows past them run on the
-/// AVX-512 panels.
+/// of 32 rows; `tiles(out_t, rows, full, stride)` computes each task's first `full` rows (a
+/// multiple of 16) with the tiles shaped for bf16, and the rows past them run on the AVX-512
+/// panels.
 ///
 /// # Safety
-/// Only where the CPU has AMX with the products `tiles` runs and [`amx::granted`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn amx_product<K: Panels>(
-    panels: &K,
+/// Only where the CPU has AMX-BF16 and [`amx::granted`].
+unsafe fn amx_product(
+    panels: &Bf16Panels,
     out: &mut [f32],
     m: usize,
-    w: &[K::W],
+    w: &[u16],
     row_len: usize,
-    align: usize,
-    shape: amx::Shape,
-    tiles: impl Fn(&mut [f32], &[&[K::W]], usize, usize) + Sync,
+    tiles: impl Fn(&mut [f32], &[&[u16]], usize, usize) + Sync,
 ) {
     let n = w.len() / row_len;
     let groups = m.div_ceil(LANES);
     let stride = groups * LANES;
     let mut out_t = vec![0.0f32; n * stride];
-    for_each_task(&mut out_t, stride, w, row_len, align, |out_t, rows| {
+    for_each_task(&mut out_t, stride, w, row_len, 2 * amx::ROWS, |out_t, rows| {
         let full = rows.len() / amx::ROWS * amx::ROWS;
         assert!(rows
             .windows(2)
             .all(|r| r[1].as_ptr() == r[0].as_ptr().wrapping_add(row_len)));
         // SAFETY: the caller's promise.
-        unsafe { amx::configure(shape) };
+        unsafe { amx::configure(amx::Shape::Bf16) };
         tiles(out_t, rows, full, stride);
         // SAFETY: as above.
         unsafe { amx::release() };
         for (i, &row) in rows.iter().enumerate().skip(full) {
-            by_panels::<K, 1, 4>(panels, &mut out_t[i * stride..], stride, [row], groups);
+            by_panels::<Bf16Panels, 1, 4>(panels, &mut out_t[i * stride..], stride, [row], groups);
         }
     });
     transpose(out, &out_t, n, stride);
@@ -219,7 +216,7 @@ fn amx_bf16(panels: &Bf16Panels, out: &mut [f32], m: usize, w: &[u16], padded: u
     };
     // SAFETY: Bf16Kernel::Amx is only chosen where it is available (amx_tile, amx_bf16,
     // amx::granted()).
-    unsafe { amx_product(panels, out, m, w, padded, 2 * TILE, amx::Shape::Bf16, tiles) }
+    unsafe { amx_product(panels, out, m, w, padded, tiles) }
 }
 
 /// x rounded to bf16 in panels: `pairs[(g·K/2 + j)·16 + lane]` holds x[16g + lane][2j, 2j + 1]
@@ -265,7 +262,7 @@ impl Panels for Bf16Panels {
 }
 
 /// x in f32 panels for the AVX2 tiles: `lines[(g·padded + j)·16 + lane]` = x[16g + lane][j];
-/// rows past M and columns past K are zero. The weights are stored `W`s.
+/// rows past M and columns past K are zero.
 struct F32Panels {
     lines: Vec<f32>,
     padded: usize,
@@ -298,8 +295,8 @@ impl Panels for F32Panels {
                 && self.lines.len() >= (g + P) * padded * LANES
                 && out.len() >= (MR - 1) * stride + P * LANES
         );
-        // SAFETY: chosen only where the CPU has AVX2 and FMA (LowpMatrix::matmul: the kernel is
-        // avx2 or avxvnni, which need them); every row holds `padded` weights, the panels
+        // SAFETY: chosen only where the CPU has AVX2 and FMA (LowpMatrix::matmul: bf16's kernel
+        // is avx2, which needs them); every row holds `padded` weights, the panels
         // g..g + P exist and `out` holds the tile.
         unsafe { x86::f32_tile::<MR, P>(out, stride, rows, &self.lines[g * padded * LANES..], padded) }
     }

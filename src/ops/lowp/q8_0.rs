@@ -18,8 +18,10 @@
 //! ```
 //!
 //! The scales lie among the quads they scale, so a group is read in one sequential stream.
-//! (the same bytes as llama.cpp's rows of blocks, rearranged as its repacked CPU layouts
-//! rearrange them). Then one 512-bit register holds a quad of 16 rows, and one `vpdpbusd` of it
+//! Every block keeps its 34 bytes (rows past N, to fill the last group, are zeros, and a last
+//! block alone leaves half a line of scales empty), in the spirit of the layouts llama.cpp's CPU
+//! backend repacks q8_0 into for its own kernels. Then one 512-bit register holds a quad of 16
+//! rows, and one `vpdpbusd` of it
 //! with an activation quad broadcast to every lane adds 64 products into 16 lanes, one lane per
 //! output: a block of 16 rows is 8 of them, one conversion of its 16 scales (`vcvtph2ps`) and
 //! one scaled add, and nothing is added across lanes. Stored a row of blocks at a time (as
@@ -302,7 +304,7 @@ pub use x86::{amx_groups, Avx2, AvxVnni, Vnni512};
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::Tile;
-    use super::{check_lengths, quad_line, scale_at, Activations, Line, Row, BLOCK, GROUP, QUADS};
+    use super::{check_lengths, lines_per_group, quad_line, scale_at, Activations, Line, Row, BLOCK, GROUP, QUADS};
     use crate::ops::amx;
     use std::arch::x86_64::*;
 
@@ -376,12 +378,16 @@ mod x86 {
         out
     }
 
-    /// The 256-bit kernels: `$tile` computes a tile on two halves of 8 rows per group, `$dot`
-    /// adding the products of a half-line of weights (`$w`, as loaded) and an activation quad
-    /// in every lane (`$x`) into i32 sums (`$acc`, which start from `$start` for a block whose
-    /// activation correction is `$corr`).
+    /// The 256-bit kernels: `$tile` computes a tile on two halves of 8 rows per group (a
+    /// prompt's tiles of 4 rows x 2 groups hold more sums than AVX2's 16 registers, yet ran
+    /// faster than 4 x 1 or 2 x 2: 7.0-7.2 against 8.5-8.8 or 8.0-8.2 ms for a prompt of 16 with
+    /// `avxvnni`, 10.4-10.7 against 11.1-11.4 with `avx2`, Zen 5), `$dot`
+    /// adding the products of a half-line of weights (`$w`, as `$load` makes it of the loaded
+    /// `$line`) and an activation quad in every lane (`$x`) into i32 sums (`$acc`, which start
+    /// from `$start` for a block whose activation correction is `$corr`).
     macro_rules! tile256 {
         ($tile:ident, $features:literal,
+         load: |$line:ident| $load:expr,
          start: |$corr:ident| $start:expr,
          dot: |$acc:ident, $w:ident, $x:ident| $dot:expr) => {
             #[target_feature(enable = $features)]
@@ -399,7 +405,10 @@ mod x86 {
                     for q in 0..QUADS {
                         let lines: [[__m256i; 2]; S] = std::array::from_fn(|s| {
                             let line = w[s].as_ptr().add(quad_line(b, q)) as *const __m256i;
-                            [_mm256_load_si256(line), _mm256_load_si256(line.add(1))]
+                            [0, 1].map(|h| {
+                                let $line = _mm256_load_si256(line.add(h));
+                                $load
+                            })
                         });
                         for r in 0..R {
                             let $x = _mm256_set1_epi32(x_quad(&x[r], b, q));
@@ -412,7 +421,7 @@ mod x86 {
                         }
                     }
                     for s in 0..S {
-                        let d_w = _mm512_cvtph_ps_256(scales_ptr(w[s], b));
+                        let d_w = widen_scales(scales_ptr(w[s], b));
                         for r in 0..R {
                             let d_x = _mm256_set1_ps(*x[r].d.get_unchecked(b));
                             for h in 0..2 {
@@ -438,7 +447,7 @@ mod x86 {
     /// 16 f16 scales at `p` as two halves of 8 f32 (F16C).
     #[target_feature(enable = "avx,f16c")]
     #[inline]
-    unsafe fn _mm512_cvtph_ps_256(p: *const u8) -> [__m256; 2] {
+    unsafe fn widen_scales(p: *const u8) -> [__m256; 2] {
         [
             _mm256_cvtph_ps(_mm_loadu_si128(p as *const _)),
             _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const _)),
@@ -446,10 +455,13 @@ mod x86 {
     }
 
     tile256!(avxvnni_tile, "avx2,fma,f16c,avxvnni",
+        // q_w + 128 as u8
+        load: |line| _mm256_xor_si256(line, _mm256_set1_epi8(-128)),
         start: |corr| _mm256_set1_epi32(corr),
         // corr + Σ (q_w + 128)·q_x
-        dot: |acc, w, x| _mm256_dpbusd_avx_epi32(acc, _mm256_xor_si256(w, _mm256_set1_epi8(-128)), x));
+        dot: |acc, w, x| _mm256_dpbusd_avx_epi32(acc, w, x));
     tile256!(avx2_tile, "avx2,fma,f16c",
+        load: |line| line,
         start: |corr| { let _ = corr; _mm256_setzero_si256() },
         // |w| · (x · sign(w)) = w · x, in pairs (i16), then in quads (i32)
         dot: |acc, w, x| _mm256_add_epi32(acc, _mm256_madd_epi16(
@@ -493,8 +505,9 @@ mod x86 {
     /// adds in with both scales (the dot-product kernels' arithmetic, summed in another order).
     ///
     /// # Safety
-    /// Where the CPU has AVX512F and F16C, with `tiles` shaped as `Shape::Q8Block` (for
-    /// [`amx::Hardware`]: after `amx::configure(Shape::Q8Block)` on this thread).
+    /// Where the CPU has AVX512F and F16C, with `tiles` shaped as `Shape::Q8Block` (the loads
+    /// read as many bytes as that shape says); for [`amx::Hardware`], where the CPU has
+    /// AMX-INT8, [`amx::granted`] and after `amx::configure(Shape::Q8Block)` on this thread.
     #[target_feature(enable = "avx512f,f16c")]
     pub unsafe fn amx_groups<U: amx::TileOps>(
         tiles: &mut U,
@@ -507,7 +520,7 @@ mod x86 {
         let (m, padded) = (x.rows, x.padded);
         let nb = padded / BLOCK;
         assert!(
-            groups.iter().all(|g| g.len() == super::lines_per_group(nb))
+            groups.iter().all(|g| g.len() == lines_per_group(nb))
                 && out.len() == groups.len() * m
                 && x.qs.len() >= m.div_ceil(amx::ROWS) * amx::ROWS * padded
         );
