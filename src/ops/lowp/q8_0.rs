@@ -21,14 +21,13 @@
 //! Every block keeps its 34 bytes (rows past N, to fill the last group, are zeros, and a last
 //! block alone leaves half a line of scales empty), in the spirit of the layouts llama.cpp's CPU
 //! backend repacks q8_0 into for its own kernels. Then one 512-bit register holds a quad of 16
-//! rows, and one `vpdpbusd` of it
-//! with an activation quad broadcast to every lane adds 64 products into 16 lanes, one lane per
-//! output: a block of 16 rows is 8 of them, one conversion of its 16 scales (`vcvtph2ps`) and
-//! one scaled add, and nothing is added across lanes. Stored a row of blocks at a time (as
-//! llama.cpp's files hold them), each block's 32 int8 lay next to its scale, and the kernel
-//! spent as many instructions gathering scales and spreading them over lanes as multiplying: a
-//! 768 x 768 product from cache read 60 GB/s on one Zen 5 core, now 134 GB/s, so decoding is
-//! bound by memory even where memory reads at 80 GB/s and more.
+//! rows, and one `vpdpbusd` of it with an activation quad broadcast to every lane adds 64
+//! products into 16 lanes, one lane per output: a block of 16 rows is 8 of them, one conversion
+//! of its 16 scales (`vcvtph2ps`) and one scaled add, and nothing is added across lanes. Stored
+//! a row of blocks at a time (as llama.cpp's files hold them), each block's 32 int8 lay next to
+//! its scale, and the kernel spent as many instructions gathering scales and spreading them over
+//! lanes as multiplying: a 768 x 768 product from cache read 60 GB/s on one Zen 5 core, now 134
+//! GB/s, well past the 40-45 GB/s a core gets from memory at its fastest.
 //!
 //! Kernels (see [`super::kernel`]): `avx512vnni` and `avxvnni` use `vpdpbusd`, which multiplies
 //! unsigned by signed bytes: the weights get 128 added (`q_w + 128` in 1..=255, a flip of each
