@@ -53,6 +53,9 @@ const DECODE_TASK_BYTES: usize = 1 << 20;
 /// 2 streams decode faster than 4 (Zen 5, `gpt2 bench generate --preset gpt2 --runs 3`
 /// alternating: q8_0 464-467 against 424-427 tokens/s with memory at 80-85 GB/s, 368-371
 /// against 352-366 at 54; bf16 198-204 against 188-197 at 55), 1 or 8 slower (340, 298-324).
+/// q8_0 stored in groups (a stream is then a run of groups of 16 rows) kept 2: three rounds of
+/// 1, 2, 3 and 4 streams decoded at 359 / 374 / 362 / 318, 371 / 370 / 382 / 341 tokens/s at
+/// 50-57 GB/s, and 439 / 483 with 1 and 2 at 76-80.
 const DECODE_STREAMS: usize = 2;
 const PREFILL_ROWS: usize = 4;
 const PREFILL_COLS: usize = 2;
