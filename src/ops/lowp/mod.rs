@@ -240,9 +240,8 @@ impl LowpMatrix {
         match &self.data {
             Storage::Bf16(w) => bf16::dequantize_row(&w[i * self.padded..][..k], out),
             Storage::Q8_0(w) => {
-                let mut row = vec![0.0; self.padded];
-                w.dequantize_row(i, &mut row);
-                out.copy_from_slice(&row[..k]);
+                assert_eq!(out.len(), k);
+                w.dequantize_row(i, out)
             }
         }
     }

@@ -44,11 +44,9 @@ const LANES: usize = super::PANEL_ROWS;
 
 /// One kernel: packed activations and the micro-kernel that multiplies them with stored rows.
 trait Panels: Sync {
-    /// What a stored weight row is made of.
-    type W: Sync;
     /// `out[r·stride + 16·p + lane] = rows[r] · x[16·(g + p) + lane]` for the MR rows and the
     /// P panels from panel `g`.
-    fn tile<const MR: usize, const P: usize>(&self, out: &mut [f32], stride: usize, rows: [&[Self::W]; MR], g: usize);
+    fn tile<const MR: usize, const P: usize>(&self, out: &mut [f32], stride: usize, rows: [&[u16]; MR], g: usize);
 
     /// The weight rows MR of [`Panels::task`]'s tiles against `panels` panels. Every task but
     /// the last holds a multiple of them: rows left over are taken one at a time, a single
@@ -65,7 +63,7 @@ trait Panels: Sync {
 
     /// A task's `rows` against all `panels`, in tiles of MR rows x P panels that fill the
     /// AVX-512 registers (MR·P sums, P panel registers and a broadcast in 32).
-    fn task(&self, out_t: &mut [f32], stride: usize, rows: &[&[Self::W]], panels: usize)
+    fn task(&self, out_t: &mut [f32], stride: usize, rows: &[&[u16]], panels: usize)
     where
         Self: Sized,
     {
@@ -80,7 +78,7 @@ trait Panels: Sync {
 
 /// `out [M, N] = x · Wᵀ` for the weights `w` stored [N, `row_len`], the activations packed in
 /// `kernel` (M rows, in ⌈M/16⌉ panels).
-fn product<K: Panels>(kernel: &K, out: &mut [f32], m: usize, w: &[K::W], row_len: usize) {
+fn product<K: Panels>(kernel: &K, out: &mut [f32], m: usize, w: &[u16], row_len: usize) {
     let n = w.len() / row_len;
     let panels = m.div_ceil(LANES);
     let stride = panels * LANES;
@@ -101,7 +99,7 @@ fn by_rows<K: Panels, const MR: usize, const P: usize>(
     kernel: &K,
     out: &mut [f32],
     stride: usize,
-    rows: &[&[K::W]],
+    rows: &[&[u16]],
     panels: usize,
 ) {
     assert_eq!(
@@ -111,7 +109,7 @@ fn by_rows<K: Panels, const MR: usize, const P: usize>(
     );
     let blocks = rows.len() / MR;
     for (i, block) in rows.chunks_exact(MR).enumerate() {
-        let block: [&[K::W]; MR] = std::array::from_fn(|r| block[r]);
+        let block: [&[u16]; MR] = std::array::from_fn(|r| block[r]);
         by_panels::<K, MR, P>(kernel, &mut out[i * MR * stride..], stride, block, panels);
     }
     for (i, &row) in rows.iter().enumerate().skip(blocks * MR) {
@@ -124,7 +122,7 @@ fn by_panels<K: Panels, const MR: usize, const P: usize>(
     kernel: &K,
     out: &mut [f32],
     stride: usize,
-    rows: [&[K::W]; MR],
+    rows: [&[u16]; MR],
     panels: usize,
 ) {
     let groups = panels / P;
@@ -245,8 +243,6 @@ impl Bf16Panels {
 }
 
 impl Panels for Bf16Panels {
-    type W = u16;
-
     fn tile<const MR: usize, const P: usize>(&self, out: &mut [f32], stride: usize, rows: [&[u16]; MR], g: usize) {
         let n = self.per_panel;
         assert!(
@@ -286,8 +282,6 @@ impl F32Panels {
 }
 
 impl Panels for F32Panels {
-    type W = u16;
-
     fn tile<const MR: usize, const P: usize>(&self, out: &mut [f32], stride: usize, rows: [&[u16]; MR], g: usize) {
         let padded = self.padded;
         assert!(

@@ -153,14 +153,15 @@ impl Groups {
             );
     }
 
-    /// Row i back to f32, `out` [32·nb].
+    /// The first `out.len()` (at most 32·nb) weights of row i, back to f32.
     pub fn dequantize_row(&self, i: usize, out: &mut [f32]) {
-        let (nb, per_group) = (self.blocks, lines_per_group(self.blocks));
+        let per_group = lines_per_group(self.blocks);
+        assert!(out.len() <= self.blocks * BLOCK);
         let group = &self.lines[i / GROUP * per_group..][..per_group];
         let l = i % GROUP;
-        for (b, out) in out.chunks_exact_mut(BLOCK).enumerate().take(nb) {
+        for (b, out) in out.chunks_mut(BLOCK).enumerate() {
             let d = f16_to_f32(scale_of(group, b, l));
-            for (q, out) in out.chunks_exact_mut(4).enumerate() {
+            for (q, out) in out.chunks_mut(4).enumerate() {
                 let quad = &group[quad_line(b, q)].0[4 * l..4 * l + 4];
                 out.iter_mut().zip(quad).for_each(|(o, &q)| *o = d * q as i8 as f32);
             }
